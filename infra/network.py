@@ -1,0 +1,117 @@
+"""VPC, subnet with GKE secondary ranges, Cloud NAT, and private services access for Cloud SQL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.naming import child_options
+
+PODS_RANGE_NAME = "pods"
+SERVICES_RANGE_NAME = "services"
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    project: str
+    """GCP project."""
+    region: str
+    """Region of the subnet, router and NAT."""
+    subnet_cidr: str
+    """Primary range (node IPs)."""
+    secondary_ranges: dict[str, str]
+    """Secondary ranges by name: pods and Services of each cluster."""
+    private_services_cidr: str
+    """Range peered to Google's service producer network (Cloud SQL private IP)."""
+    labels: dict[str, str]
+    """Labels for labelable resources."""
+
+
+class Network(pulumi.ComponentResource):
+    """A custom-mode VPC whose nodes reach the internet only through Cloud NAT."""
+
+    network_id: pulumi.Output[str]
+    network_self_link: pulumi.Output[str]
+    subnet_self_link: pulumi.Output[str]
+    private_services_connection_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: NetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:network:Network", name, None, opts)
+        child = child_options(self, opts)
+
+        network = gcp.compute.Network(
+            f"{name}-vpc",
+            project=args.project,
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+            opts=child,
+        )
+        subnet = gcp.compute.Subnetwork(
+            f"{name}-subnet",
+            project=args.project,
+            region=args.region,
+            network=network.id,
+            ip_cidr_range=args.subnet_cidr,
+            private_ip_google_access=True,
+            secondary_ip_ranges=[
+                gcp.compute.SubnetworkSecondaryIpRangeArgs(range_name=range_name, ip_cidr_range=cidr)
+                for range_name, cidr in sorted(args.secondary_ranges.items())
+            ],
+            log_config=gcp.compute.SubnetworkLogConfigArgs(
+                aggregation_interval="INTERVAL_10_MIN", flow_sampling=0.5, metadata="INCLUDE_ALL_METADATA",
+            ),
+            opts=child,
+        )
+        router = gcp.compute.Router(
+            f"{name}-router", project=args.project, region=args.region, network=network.id, opts=child,
+        )
+        gcp.compute.RouterNat(
+            f"{name}-nat",
+            project=args.project,
+            region=args.region,
+            router=router.name,
+            nat_ip_allocate_option="AUTO_ONLY",
+            source_subnetwork_ip_ranges_to_nat="ALL_SUBNETWORKS_ALL_IP_RANGES",
+            log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
+            opts=child,
+        )
+        psa_address, _, psa_prefix = args.private_services_cidr.partition("/")
+        reserved = gcp.compute.GlobalAddress(
+            f"{name}-psa-range",
+            project=args.project,
+            network=network.id,
+            purpose="VPC_PEERING",
+            address_type="INTERNAL",
+            address=psa_address,
+            prefix_length=int(psa_prefix),
+            labels=args.labels,
+            opts=child,
+        )
+        connection = gcp.servicenetworking.Connection(
+            f"{name}-psa-connection",
+            network=network.id,
+            service="servicenetworking.googleapis.com",
+            reserved_peering_ranges=[reserved.name],
+            opts=child,
+        )
+
+        self.network_id = network.id
+        self.network_self_link = network.self_link
+        self.subnet_self_link = subnet.self_link
+        self.private_services_connection_id = connection.id
+        self._connection = connection
+        self.register_outputs({
+            "network_id": self.network_id,
+            "network_self_link": self.network_self_link,
+            "subnet_self_link": self.subnet_self_link,
+            "private_services_connection_id": self.private_services_connection_id,
+        })
+
+    @property
+    def private_services_connection(self) -> gcp.servicenetworking.Connection:
+        """Cloud SQL private IP needs this peering to exist first."""
+        return self._connection
+

@@ -1,0 +1,71 @@
+"""The GCS bucket that holds MLflow artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.naming import child_options
+
+
+@dataclass(frozen=True)
+class ArtifactBucketArgs:
+    project: str
+    """GCP project."""
+    location: str
+    """Bucket location (the region, to keep artifact traffic regional)."""
+    labels: dict[str, str]
+    """Bucket labels."""
+    nearline_after_days: int = 90
+    """Age at which objects move to Nearline."""
+    noncurrent_retention_days: int = 30
+    """Days a noncurrent (overwritten or deleted) version is kept."""
+    force_destroy: bool = False
+    """Allow deleting a non-empty bucket."""
+
+    def __post_init__(self) -> None:
+        for field in ("nearline_after_days", "noncurrent_retention_days"):
+            if not 1 <= getattr(self, field) <= 3650:
+                raise ValueError(f"ArtifactBucketArgs.{field}={getattr(self, field)}: allowed 1-3650")
+
+
+class ArtifactBucket(pulumi.ComponentResource):
+    """Private, versioned artifact storage; only the IAM granted here reaches it."""
+
+    bucket_name: pulumi.Output[str]
+    bucket_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ArtifactBucketArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:storage:ArtifactBucket", name, None, opts)
+        self._bucket = gcp.storage.Bucket(
+            f"{name}-bucket",
+            project=args.project,
+            location=args.location,
+            storage_class="STANDARD",
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning=gcp.storage.BucketVersioningArgs(enabled=True),
+            force_destroy=args.force_destroy,
+            labels=args.labels,
+            lifecycle_rules=[
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="SetStorageClass", storage_class="NEARLINE"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        age=args.nearline_after_days, matches_storage_classes=["STANDARD"], with_state="LIVE",
+                    ),
+                ),
+                gcp.storage.BucketLifecycleRuleArgs(
+                    action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                    condition=gcp.storage.BucketLifecycleRuleConditionArgs(
+                        days_since_noncurrent_time=args.noncurrent_retention_days, with_state="ARCHIVED",
+                    ),
+                ),
+            ],
+            opts=child_options(self, opts),
+        )
+        self.bucket_name = self._bucket.name
+        self.bucket_url = self._bucket.url
+        self.register_outputs({"bucket_name": self.bucket_name, "bucket_url": self.bucket_url})

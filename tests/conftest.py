@@ -1,0 +1,47 @@
+"""Shared fixtures: every test that declares resources gets fresh mocks and config."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import pulumi
+import pytest
+
+from offline.stack import StackRun, read_stack_config, run_program, run_stack
+
+BASE_CONFIG = {"gcp:project": "test-project-1", "mlflow-platform:environment": "dev"}
+
+
+@pytest.fixture
+def run_component() -> Callable[..., StackRun]:
+    """Run a program that builds one component under fresh mocks; returns every recorded resource."""
+
+    def run(build: Callable[[], Optional[dict]], config: Optional[dict] = None) -> StackRun:
+        return run_program("test", {**BASE_CONFIG, **(config or {})}, program=lambda: build() or {})
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def stack_runs() -> dict[str, StackRun]:
+    """The real program for the committed dev and prod stacks, run once per session."""
+    return {stack: run_stack(stack) for stack in ("dev", "prod")}
+
+
+@pytest.fixture
+def run_stack_with() -> Callable[..., StackRun]:
+    """The real program for a committed stack with some settings changed."""
+
+    def run(stack: str, **overrides: str) -> StackRun:
+        config, secret_keys = read_stack_config(stack)
+        config.update({key if ":" in key else f"mlflow-platform:{key}": value for key, value in overrides.items()})
+        return run_program(stack, config, secret_keys)
+
+    return run
+
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_config():
+    yield
+    pulumi.runtime.set_all_config({})

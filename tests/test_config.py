@@ -1,0 +1,147 @@
+"""The settings model: good stacks load, every bad stack is refused with key, value and what is allowed."""
+
+from __future__ import annotations
+
+import pulumi
+import pytest
+
+from infra.config import ConfigError, Settings, load_settings, settings_from_values
+from offline.stack import read_stack_config, run_program
+
+NS = "mlflow-platform"
+VALID = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev"}
+PROD_VALID = {
+    "gcp:project": "my-proj-123", f"{NS}:environment": "prod", f"{NS}:dbPointInTimeRecovery": "true",
+}
+
+
+def refusal(values: dict) -> str:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_values(values)
+    return str(caught.value)
+
+
+BAD_CONFIGS = {
+    # name: (changes to a valid dev stack, key named in the error, phrase of what is allowed)
+    "missing_gcp_project": ({"gcp:project": None}, "gcp:project", "required setting is missing"),
+    "malformed_gcp_project": ({"gcp:project": "My_Project"}, "gcp:project", "lowercase letters"),
+    "unknown_region": ({"gcp:region": "mars-north1"}, "gcp:region", "us-central1"),
+    "zone_outside_region": ({"gcp:zone": "europe-west1-b"}, "gcp:zone", "us-central1-a"),
+    "unknown_environment": ({f"{NS}:environment": "staging"}, f"{NS}:environment", "'dev' or 'prod'"),
+    "malformed_cidr": ({f"{NS}:subnetCidr": "10.10.0.0/33"}, f"{NS}:subnetCidr", "CIDR form"),
+    "cidr_with_host_bits": ({f"{NS}:podsCidr": "10.16.0.1/14"}, f"{NS}:podsCidr", "no host bits"),
+    "overlapping_cidrs": ({f"{NS}:servicesCidr": "10.10.8.0/24"}, f"{NS}:subnetCidr", "overlaps mlflow-platform:servicesCidr"),
+    "master_cidr_not_28": ({f"{NS}:masterCidr": "172.16.0.0/24"}, f"{NS}:masterCidr", "exactly /28"),
+    "private_services_too_small": ({f"{NS}:privateServicesCidr": "10.64.0.0/29"}, f"{NS}:privateServicesCidr", "/24 or larger"),
+    "bad_authorized_cidr": ({f"{NS}:masterAuthorizedCidrs": ["1.2.3.4/8"]}, f"{NS}:masterAuthorizedCidrs", "no host bits"),
+    "min_nodes_above_max": ({f"{NS}:minNodes": "5", f"{NS}:maxNodes": "3"}, f"{NS}:minNodes", "must be <= mlflow-platform:maxNodes"),
+    "serving_min_nodes_above_max": ({f"{NS}:servingMinNodes": "4", f"{NS}:servingMaxNodes": "2"}, f"{NS}:servingMinNodes", "<= mlflow-platform:servingMaxNodes"),
+    "unknown_machine_family": ({f"{NS}:machineType": "m9-standard-4"}, f"{NS}:machineType", "FAMILY one of e2"),
+    "malformed_machine_type": ({f"{NS}:machineType": "big"}, f"{NS}:machineType", "unknown machine type"),
+    "unknown_db_tier_format": ({f"{NS}:dbTier": "db-n1-standard-1"}, f"{NS}:dbTier", "db-custom-<vCPUs>-<MiB>"),
+    "db_custom_memory_out_of_range": ({f"{NS}:dbTier": "db-custom-1-65536"}, f"{NS}:dbTier", "0.9-6.5 GiB per vCPU"),
+    "shared_core_tier_on_enterprise_plus": ({f"{NS}:dbEdition": "ENTERPRISE_PLUS"}, f"{NS}:dbTier", "accepts only db-perf-optimized"),
+    "perf_tier_on_enterprise": ({f"{NS}:dbTier": "db-perf-optimized-N-2"}, f"{NS}:dbTier", "need db_edition ENTERPRISE_PLUS"),
+    "log_retention_beyond_edition": ({f"{NS}:dbLogRetentionDays": "14"}, f"{NS}:dbLogRetentionDays", "between 1 and 7 for edition ENTERPRISE"),
+    "pitr_without_backups": ({f"{NS}:dbBackups": "false", f"{NS}:dbPointInTimeRecovery": "true"}, f"{NS}:dbPointInTimeRecovery", "needs mlflow-platform:dbBackups=true"),
+    "ha_on_shared_core": ({f"{NS}:dbTier": "db-f1-micro", f"{NS}:dbHighAvailability": "true"}, f"{NS}:dbHighAvailability", "no high availability"),
+    "zero_tracking_replicas": ({f"{NS}:trackingReplicas": "0"}, f"{NS}:trackingReplicas", "between 1 and 20"),
+    "negative_serving_replicas": ({f"{NS}:servingMinReplicas": "-1"}, f"{NS}:servingMinReplicas", "between 1 and 100"),
+    "serving_min_replicas_above_max": ({f"{NS}:servingMinReplicas": "5", f"{NS}:servingMaxReplicas": "2"}, f"{NS}:servingMinReplicas", "<= mlflow-platform:servingMaxReplicas"),
+    "nearline_days_zero": ({f"{NS}:artifactNearlineAfterDays": "0"}, f"{NS}:artifactNearlineAfterDays", "between 1 and 3650"),
+    "noncurrent_days_too_many": ({f"{NS}:noncurrentRetentionDays": "4000"}, f"{NS}:noncurrentRetentionDays", "between 1 and 3650"),
+    "replicas_not_a_number": ({f"{NS}:trackingReplicas": "two"}, f"{NS}:trackingReplicas", "valid integer"),
+    "unknown_release_channel": ({f"{NS}:releaseChannel": "BETA"}, f"{NS}:releaseChannel", "'RAPID', 'REGULAR' or 'STABLE'"),
+    "unknown_auth_permission": ({f"{NS}:authDefaultPermission": "ALL"}, f"{NS}:authDefaultPermission", "'NO_PERMISSIONS'"),
+    "prebuilt_image_by_tag": ({f"{NS}:trackingImage": "repo/mlflow:latest"}, f"{NS}:trackingImage", "by digest"),
+    "ingress_host_not_fqdn": ({f"{NS}:ingressHost": "mlflow"}, f"{NS}:ingressHost", "fully qualified"),
+    "alias_like_version": ({f"{NS}:modelAlias": "v2"}, f"{NS}:modelAlias", "not of the form vN"),
+    "bad_memory_quantity": ({f"{NS}:trackingMemory": "1GB"}, f"{NS}:trackingMemory", "in Mi or Gi"),
+    "unknown_setting": ({f"{NS}:minNode": "1"}, f"{NS}:minNode", "unknown setting"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_config_is_refused_naming_key_and_allowed_values(name):
+    changes, key, allowed = BAD_CONFIGS[name]
+    values = {k: v for k, v in {**VALID, **changes}.items() if v is not None}
+    message = refusal(values)
+    assert key in message, f"{name}: error does not name {key}:\n{message}"
+    assert allowed in message, f"{name}: error does not say {allowed!r}:\n{message}"
+
+
+def test_bad_value_is_quoted_in_the_error():
+    message = refusal({**VALID, f"{NS}:machineType": "m9-standard-4"})
+    assert "'m9-standard-4'" in message
+
+
+@pytest.mark.parametrize("key", ["clusterDeletionProtection", "dbDeletionProtection", "dbBackups", "dbPointInTimeRecovery"])
+def test_prod_refuses_unprotected_or_unbacked_up(key):
+    values = {**PROD_VALID, f"{NS}:{key}": "false"}
+    if key == "dbBackups":
+        values[f"{NS}:dbPointInTimeRecovery"] = "false"
+    message = refusal(values)
+    assert f"{NS}:{key} = False: must be true when environment is prod" in message
+
+
+def test_prod_refuses_force_destroyed_bucket():
+    message = refusal({**PROD_VALID, f"{NS}:bucketForceDestroy": "true"})
+    assert f"{NS}:bucketForceDestroy = True: must be false when environment is prod" in message
+
+
+def test_every_problem_is_reported_at_once():
+    message = refusal({**VALID, f"{NS}:minNodes": "9", f"{NS}:trackingReplicas": "0"})
+    assert f"{NS}:minNodes" in message and f"{NS}:trackingReplicas" in message
+
+
+def test_serving_cluster_ranges_must_not_overlap_when_enabled():
+    overlapping = {**VALID, f"{NS}:servingPodsCidr": "10.16.0.0/16"}
+    settings_from_values(overlapping)  # unused ranges may overlap
+    message = refusal({**overlapping, f"{NS}:servingCluster": "true"})
+    assert f"{NS}:podsCidr" in message and "servingPodsCidr" in message
+
+
+def test_defaults_are_valid_and_frozen():
+    settings = settings_from_values(VALID)
+    assert settings.db_edition == "ENTERPRISE" and settings.db_tier.startswith("db-custom-")
+    with pytest.raises(Exception):
+        settings.min_nodes = 7
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_committed_stack_files_are_valid(stack):
+    config, _ = read_stack_config(stack)
+    settings = settings_from_values(config)
+    assert settings.environment == stack
+
+
+def test_cluster_location_is_zone_unless_regional():
+    assert settings_from_values(VALID).cluster_location == "us-central1-a"
+    regional = settings_from_values({**VALID, f"{NS}:regionalCluster": "true"})
+    assert regional.cluster_location == "us-central1"
+
+
+def test_load_settings_reads_pulumi_config_and_fails_before_any_resource():
+    declared = []
+
+    def program():
+        load_settings()
+        declared.append(pulumi.ComponentResource("mlflow:test:Never", "never"))
+        return {}
+
+    with pytest.raises(ConfigError, match="gcp:project: required setting is missing"):
+        run_program("dev", {f"{NS}:environment": "dev"}, program=program)
+    assert declared == []
+
+
+def test_load_settings_parses_types_from_config_strings():
+    seen: list[Settings] = []
+    run_program("dev", {**VALID, f"{NS}:minNodes": "2", f"{NS}:spotNodes": "true",
+                        f"{NS}:masterAuthorizedCidrs": '["203.0.113.0/24"]'},
+                program=lambda: seen.append(load_settings()) or {})
+    assert (seen[0].min_nodes, seen[0].spot_nodes, seen[0].master_authorized_cidrs) == (2, True, ("203.0.113.0/24",))
+
+
+def test_load_settings_refuses_unknown_keys_in_the_stack():
+    with pytest.raises(ConfigError, match=f"{NS}:macineType: unknown setting"):
+        run_program("dev", {**VALID, f"{NS}:macineType": "e2-standard-4"}, program=lambda: load_settings() and {})
