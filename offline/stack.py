@@ -35,8 +35,9 @@ class StackRun:
         return matches[0]
 
 
-def read_stack_config(stack: str, root: Path = ROOT) -> tuple[dict[str, str], list[str]]:
+def read_stack_config(stack: str, root: Optional[Path] = None) -> tuple[dict[str, str], list[str]]:
     """Config of Pulumi.<stack>.yaml as the engine passes it: full keys, string values."""
+    root = root or ROOT
     path = root / f"Pulumi.{stack}.yaml"
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path.name}; stacks: "
@@ -90,7 +91,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[s
     return StackRun(stack=stack, resources=list(monitor.records), outputs=outputs, secret_outputs=secret_outputs)
 
 
-def run_stack(stack: str, root: Path = ROOT, overrides: Optional[dict[str, str]] = None) -> StackRun:
+def run_stack(stack: str, root: Optional[Path] = None, overrides: Optional[dict[str, str]] = None) -> StackRun:
     config, secret_keys = read_stack_config(stack, root)
     config.update(overrides or {})
     return run_program(stack, config, secret_keys)

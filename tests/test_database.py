@@ -1,0 +1,88 @@
+import pulumi_gcp as gcp
+import pytest
+
+from infra.database import AUTH_DATABASE, TRACKING_DATABASE, Database, DatabaseArgs
+from offline.mocks import is_secret
+from tests.helpers import dig
+
+ARGS = dict(project="test-project-1", region="us-central1", network_id="net-id", tier="db-custom-1-3840",
+            edition="ENTERPRISE", labels={"app": "mlflow"})
+
+
+def build(run_component, **changes):
+    def program():
+        connection = gcp.servicenetworking.Connection(
+            "psa", network="net-id", service="servicenetworking.googleapis.com", reserved_peering_ranges=["range"])
+        database = Database("db", DatabaseArgs(**{**ARGS, "private_services_connection": connection, **changes}))
+        return {"password": database.password}
+
+    return run_component(program)
+
+
+def test_instance_has_private_ip_only(run_component):
+    instance = build(run_component).named("db-instance")
+    ip = dig(instance.inputs, "settings.ipConfiguration")
+    assert ip["ipv4Enabled"] is False and ip["privateNetwork"] == "net-id", instance.urn
+
+
+def test_connections_must_be_encrypted(run_component):
+    instance = build(run_component).named("db-instance")
+    assert dig(instance.inputs, "settings.ipConfiguration.sslMode") == "ENCRYPTED_ONLY", instance.urn
+
+
+def test_instance_waits_for_the_servicenetworking_connection(run_component):
+    run = build(run_component)
+    psa = next(r for r in run.resources if r.name == "psa")
+    assert psa.urn in run.named("db-instance").dependencies
+
+
+def test_postgres_16_with_explicit_edition_and_tier(run_component):
+    instance = build(run_component).named("db-instance")
+    assert instance.inputs["databaseVersion"] == "POSTGRES_16"
+    assert (dig(instance.inputs, "settings.edition"), dig(instance.inputs, "settings.tier")) == ("ENTERPRISE", "db-custom-1-3840")
+
+
+def test_ha_backups_and_pitr_when_asked(run_component):
+    instance = build(run_component, high_availability=True, point_in_time_recovery=True,
+                     log_retention_days=5).named("db-instance")
+    assert dig(instance.inputs, "settings.availabilityType") == "REGIONAL"
+    backup = dig(instance.inputs, "settings.backupConfiguration")
+    assert backup["enabled"] and backup["pointInTimeRecoveryEnabled"] and backup["transactionLogRetentionDays"] == 5
+
+
+def test_zonal_without_pitr_when_asked(run_component):
+    instance = build(run_component, high_availability=False, point_in_time_recovery=False).named("db-instance")
+    assert dig(instance.inputs, "settings.availabilityType") == "ZONAL"
+    assert dig(instance.inputs, "settings.backupConfiguration.pointInTimeRecoveryEnabled") is False
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_deletion_protection_sets_both_switches(run_component, protect):
+    instance = build(run_component, deletion_protection=protect).named("db-instance")
+    assert instance.inputs["deletionProtection"] is protect
+    assert dig(instance.inputs, "settings.deletionProtectionEnabled") is protect
+
+
+def test_maintenance_window_and_query_insights(run_component):
+    instance = build(run_component, maintenance_day=2, maintenance_hour=4).named("db-instance")
+    assert dig(instance.inputs, "settings.maintenanceWindow") == {"day": 2, "hour": 4, "updateTrack": "stable"}
+    assert dig(instance.inputs, "settings.insightsConfig.queryInsightsEnabled") is True
+
+
+def test_tracking_and_auth_databases_exist(run_component):
+    run = build(run_component)
+    names = {r.inputs["name"] for r in run.of_type("gcp:sql/database:Database")}
+    assert names == {TRACKING_DATABASE, AUTH_DATABASE}
+
+
+def test_user_password_is_random_and_only_ever_secret(run_component):
+    run = build(run_component)
+    user = run.named("db-user")
+    assert is_secret(user.inputs["password"]), f"{user.urn}: password input is not secret"
+    assert "password" in run.secret_outputs
+    assert run.named("db-password").inputs["special"] is False
+
+
+def test_pitr_without_backups_is_refused():
+    with pytest.raises(ValueError, match="point_in_time_recovery needs backups=True"):
+        DatabaseArgs(**{**ARGS, "private_services_connection": None, "backups": False})

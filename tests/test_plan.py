@@ -1,0 +1,59 @@
+"""`make plan` and the generated configuration reference."""
+
+from __future__ import annotations
+
+import re
+
+from offline import plan, reference
+from offline.stack import ROOT
+
+
+def plan_output(capsys, stack: str) -> tuple[int, str, str]:
+    code = plan.main(["--stack", stack])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plan_prints_full_type_tokens_indented_under_parents(capsys):
+    code, out, _ = plan_output(capsys, "dev")
+    assert code == 0
+    assert "\n    + mlflow:cluster:GkeCluster mlflow-platform\n" in out
+    assert "\n        + gcp:container/cluster:Cluster mlflow-platform-cluster\n" in out
+    assert "\n        + gcp:servicenetworking/connection:Connection mlflow-net-psa-connection\n" in out
+
+
+def test_plan_counts_resources_by_type(capsys):
+    _, out, _ = plan_output(capsys, "prod")
+    counts = dict(re.findall(r"^    (\S+)\s+(\d+)$", out, re.M))
+    assert counts["gcp:container/cluster:Cluster"] == "2"
+    assert int(counts["total"]) == sum(int(v) for k, v in counts.items() if k != "total")
+
+
+def test_plan_never_prints_secrets(capsys, stack_runs):
+    _, out, _ = plan_output(capsys, "dev")
+    password = stack_runs["dev"].named("mlflow-db-password").state["result"]["value"]
+    assert password not in out
+    assert "platform_kubeconfig: [secret]" in out and "gke-gcloud-auth-plugin" not in out
+
+
+def test_plan_of_an_invalid_stack_names_the_problem(capsys, tmp_path, monkeypatch):
+    (tmp_path / "Pulumi.broken.yaml").write_text(
+        "config:\n  gcp:project: my-proj-123\n  mlflow-platform:environment: dev\n  mlflow-platform:minNodes: 9\n")
+    monkeypatch.setattr("offline.stack.ROOT", tmp_path)
+    code, out, err = plan_output(capsys, "broken")
+    assert code == 2 and out == ""
+    assert "mlflow-platform:minNodes = 9: must be <= mlflow-platform:maxNodes (3)" in err
+
+
+def test_plan_of_an_unknown_stack_lists_the_known_ones(capsys):
+    code, _, err = plan_output(capsys, "staging")
+    assert code == 2 and "stacks: dev, prod" in err
+
+
+def test_pulumi_yaml_declares_every_setting_of_the_model():
+    assert (ROOT / "Pulumi.yaml").read_text() == reference.pulumi_yaml(), "run `make reference`"
+
+
+def test_readme_configuration_table_matches_the_model():
+    readme = (ROOT / "README.md").read_text()
+    assert reference.readme_with_table(readme) == readme, "run `make reference`"

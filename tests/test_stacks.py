@@ -1,0 +1,153 @@
+"""Whole-program tests: the committed dev and prod stacks under mocks, with policies over every resource."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.naming import gcp_labels
+from offline.mocks import is_secret
+from tests.helpers import dig
+
+STACKS = ["dev", "prod"]
+# Where each labelable GCP type keeps its labels.
+LABEL_PATHS = {
+    "gcp:storage/bucket:Bucket": "labels",
+    "gcp:artifactregistry/repository:Repository": "labels",
+    "gcp:compute/globalAddress:GlobalAddress": "labels",
+    "gcp:container/cluster:Cluster": "resourceLabels",
+    "gcp:container/nodePool:NodePool": "nodeConfig.resourceLabels",
+    "gcp:sql/databaseInstance:DatabaseInstance": "settings.userLabels",
+}
+IAM_TYPES = ("gcp:projects/iAMMember:IAMMember", "gcp:storage/bucketIAMMember:BucketIAMMember",
+             "gcp:serviceaccount/iAMMember:IAMMember", "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember")
+
+
+def gcp_resources(run):
+    return [r for r in run.resources if r.custom and r.type.startswith("gcp:")]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_service_account_keys_anywhere(stack_runs, stack):
+    assert stack_runs[stack].of_type("gcp:serviceaccount/key:Key") == []
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_database_has_no_public_ip_and_requires_tls(stack_runs, stack):
+    for instance in stack_runs[stack].of_type("gcp:sql/databaseInstance:DatabaseInstance"):
+        assert dig(instance.inputs, "settings.ipConfiguration.ipv4Enabled") is False, instance.urn
+        assert not dig(instance.inputs, "settings.ipConfiguration.authorizedNetworks"), instance.urn
+        assert dig(instance.inputs, "settings.ipConfiguration.sslMode") == "ENCRYPTED_ONLY", instance.urn
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_buckets_are_never_public(stack_runs, stack):
+    run = stack_runs[stack]
+    for bucket in run.of_type("gcp:storage/bucket:Bucket"):
+        assert bucket.inputs["publicAccessPrevention"] == "enforced", bucket.urn
+        assert bucket.inputs["uniformBucketLevelAccess"] is True, bucket.urn
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_iam_grant_to_the_public_and_no_basic_roles(stack_runs, stack):
+    for grant in (r for r in stack_runs[stack].resources if r.type in IAM_TYPES):
+        assert grant.inputs["member"] not in ("allUsers", "allAuthenticatedUsers"), grant.urn
+        assert grant.inputs["role"] not in ("roles/owner", "roles/editor", "roles/viewer"), grant.urn
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_labelable_resource_carries_the_standard_labels(stack_runs, stack):
+    expected = gcp_labels(stack)
+    labelled = [r for r in stack_runs[stack].resources if r.type in LABEL_PATHS]
+    assert {r.type for r in labelled} == set(LABEL_PATHS)
+    for record in labelled:
+        labels = dig(record.inputs, LABEL_PATHS[record.type]) or {}
+        assert expected.items() <= labels.items(), f"{record.urn}: labels {labels}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_gcp_resource_waits_for_the_project_apis(stack_runs, stack):
+    run = stack_runs[stack]
+    services = {r.urn for r in run.of_type("gcp:projects/service:Service")}
+    assert services
+    for record in gcp_resources(run):
+        if record.type != "gcp:projects/service:Service":
+            assert services <= set(record.dependencies), f"{record.urn} does not wait for the APIs"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_resources_are_parented_to_components_only(stack_runs, stack):
+    run = stack_runs[stack]
+    custom = {r.urn for r in run.resources if r.custom}
+    for record in run.resources:
+        assert record.parent not in custom, f"{record.urn} is parented to a custom resource"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_secrets_never_appear_in_plain_inputs_or_outputs(stack_runs, stack):
+    run = stack_runs[stack]
+    password = run.named("mlflow-db-password").state["result"]["value"]
+    for record in run.resources:
+        plain_inputs = json.dumps({k: v for k, v in record.inputs.items() if not is_secret(v)})
+        assert password not in plain_inputs, f"{record.urn} holds the database password in plain text"
+    assert {"platform_kubeconfig", "serving_kubeconfig"} <= run.secret_outputs
+
+
+def test_dev_is_cheap_and_destroyable(stack_runs):
+    run = stack_runs["dev"]
+    assert [c.inputs["location"] for c in run.of_type("gcp:container/cluster:Cluster")] == ["us-central1-a"]
+    assert all(c.inputs["deletionProtection"] is False for c in run.of_type("gcp:container/cluster:Cluster"))
+    assert dig(run.of_type("gcp:container/nodePool:NodePool")[0].inputs, "nodeConfig.spot") is True
+    instance = run.of_type("gcp:sql/databaseInstance:DatabaseInstance")[0]
+    assert instance.inputs["deletionProtection"] is False
+    assert dig(instance.inputs, "settings.availabilityType") == "ZONAL"
+
+
+def test_prod_is_protected_against_deletion(stack_runs):
+    run = stack_runs["prod"]
+    for cluster in run.of_type("gcp:container/cluster:Cluster"):
+        assert cluster.inputs["deletionProtection"] is True, cluster.urn
+    for instance in run.of_type("gcp:sql/databaseInstance:DatabaseInstance"):
+        assert instance.inputs["deletionProtection"] is True, instance.urn
+        assert dig(instance.inputs, "settings.deletionProtectionEnabled") is True, instance.urn
+    for bucket in run.of_type("gcp:storage/bucket:Bucket"):
+        assert bucket.inputs["forceDestroy"] is False, bucket.urn
+
+
+def test_prod_database_is_highly_available_with_point_in_time_recovery(stack_runs):
+    instance = stack_runs["prod"].of_type("gcp:sql/databaseInstance:DatabaseInstance")[0]
+    assert dig(instance.inputs, "settings.availabilityType") == "REGIONAL"
+    assert dig(instance.inputs, "settings.backupConfiguration.pointInTimeRecoveryEnabled") is True
+
+
+def test_prod_runs_two_regional_clusters_dev_one(stack_runs):
+    prod = stack_runs["prod"].of_type("gcp:container/cluster:Cluster")
+    assert sorted(c.name for c in prod) == ["mlflow-platform-cluster", "mlflow-serving-cluster"]
+    assert {c.inputs["location"] for c in prod} == {"us-central1"}
+    assert len(stack_runs["dev"].of_type("gcp:container/cluster:Cluster")) == 1
+    pools = {c.name: dig(c.inputs, "ipAllocationPolicy.clusterSecondaryRangeName") for c in prod}
+    assert len(set(pools.values())) == 2, f"clusters share a pod range: {pools}"
+
+
+DEV_PLAN_TYPES = {
+    "gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork", "gcp:compute/router:Router",
+    "gcp:compute/routerNat:RouterNat", "gcp:servicenetworking/connection:Connection",
+    "gcp:container/cluster:Cluster", "gcp:container/nodePool:NodePool",
+    "gcp:sql/databaseInstance:DatabaseInstance", "gcp:sql/database:Database", "gcp:sql/user:User",
+    "gcp:storage/bucket:Bucket", "gcp:artifactregistry/repository:Repository",
+    "gcp:serviceaccount/account:Account", "random:index/randomPassword:RandomPassword",
+}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_stack_declares_the_whole_foundation(stack_runs, stack):
+    missing = DEV_PLAN_TYPES - {r.type for r in stack_runs[stack].resources}
+    assert not missing, f"{stack} lacks {sorted(missing)}"
+
+
+def test_changing_a_setting_changes_the_plan(run_stack_with):
+    run = run_stack_with("dev", machineType="n2-standard-8", maxNodes="7")
+    pool = run.of_type("gcp:container/nodePool:NodePool")[0]
+    assert dig(pool.inputs, "nodeConfig.machineType") == "n2-standard-8"
+    assert dig(pool.inputs, "autoscaling.maxNodeCount") == 7
