@@ -8,10 +8,13 @@ from infra.apis import ProjectApis, ProjectApisArgs
 from infra.cluster import GkeCluster, GkeClusterArgs
 from infra.config import Settings
 from infra.database import Database, DatabaseArgs
+from infra.images import MlflowImages, MlflowImagesArgs, image_version
 from infra.naming import gcp_labels
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
 from infra.registry import ImageRepository, ImageRepositoryArgs
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
+from k8s.serving import ModelServing, ModelServingArgs
+from k8s.tracking import SECRET_ADMIN_PASSWORD, TRACKING_PORT, TrackingServer, TrackingServerArgs
 
 SERVING_PODS_RANGE_NAME = "serving-pods"
 SERVING_SERVICES_RANGE_NAME = "serving-services"
@@ -35,6 +38,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         secondary_ranges=secondary_ranges,
         private_services_cidr=settings.private_services_cidr,
         labels=labels,
+        internal_ips=(("tracking", settings.tracking_internal_ip),) if settings.serving_cluster else (),
+        global_ingress_address=bool(settings.ingress_host),
     ), after_apis)
 
     registry = ImageRepository(f"{prefix}-images", ImageRepositoryArgs(
@@ -43,6 +48,12 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         repository_id=f"{prefix}-images",
         labels=labels,
         keep_versions=settings.registry_keep_versions,
+    ), after_apis)
+    images = MlflowImages(f"{prefix}-build", MlflowImagesArgs(
+        repository_url=registry.repository_url,
+        registry_host=f"{settings.region}-docker.pkg.dev",
+        version=image_version(None),
+        prebuilt=(("tracking", settings.tracking_image), ("serving", settings.serving_image)),
     ), after_apis)
 
     def cluster(role: str, master_cidr: str, pods: str, services: str, machine_type: str,
@@ -71,7 +82,7 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
 
     platform = cluster("platform", settings.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME,
                        settings.machine_type, settings.min_nodes, settings.max_nodes, settings.spot_nodes)
-    serving = (
+    serving_cluster = (
         cluster("serving", settings.serving_master_cidr, SERVING_PODS_RANGE_NAME, SERVING_SERVICES_RANGE_NAME,
                 settings.serving_machine_type, settings.serving_min_nodes, settings.serving_max_nodes,
                 settings.serving_spot_nodes)
@@ -80,6 +91,7 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
 
     bucket = ArtifactBucket(f"{prefix}-artifacts", ArtifactBucketArgs(
         project=settings.project,
+        bucket_name=settings.bucket_name,
         location=settings.region,
         labels=labels,
         nearline_after_days=settings.artifact_nearline_after_days,
@@ -106,12 +118,81 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         maintenance_hour=settings.db_maintenance_hour,
     ), after_apis)
 
-    return {
+    tracking_version = image_version(settings.tracking_image)
+    tracking = TrackingServer("mlflow", TrackingServerArgs(
+        provider=platform.provider,
+        project=settings.project,
+        workload_pool=settings.workload_pool,
+        environment=settings.environment,
+        image=images.tracking_image,
+        image_version=tracking_version,
+        bucket_name=settings.bucket_name,
+        sql_connection_name=database.connection_name,
+        db_user=database.user_name,
+        db_password=database.password,
+        sql_proxy_image=settings.sql_proxy_image,
+        replicas=settings.tracking_replicas,
+        workers=settings.tracking_workers,
+        cpu=settings.tracking_cpu,
+        memory=settings.tracking_memory,
+        job_execution=settings.tracking_job_execution,
+        default_permission=settings.auth_default_permission,
+        auth_cache_ttl_seconds=settings.auth_cache_ttl_seconds,
+        ingress_host=settings.ingress_host,
+        ingress_static_ip_name=network.ingress_address_name,
+        internal_lb_ip=settings.tracking_internal_ip if settings.serving_cluster else None,
+        serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
+    ), after_apis)
+
+    outputs: dict[str, pulumi.Output] = {
         "platform_cluster_name": platform.cluster_name,
-        "serving_cluster_name": serving.cluster_name,
+        "serving_cluster_name": serving_cluster.cluster_name,
         "platform_kubeconfig": platform.kubeconfig,
-        "serving_kubeconfig": serving.kubeconfig,
+        "serving_kubeconfig": serving_cluster.kubeconfig,
         "artifact_bucket": bucket.bucket_name,
         "sql_connection_name": database.connection_name,
         "repository_url": registry.repository_url,
+        "tracking_image": images.tracking_image,
+        "serving_image": images.serving_image,
+        "tracking_in_cluster_url": tracking.in_cluster_url,
+        "tracking_admin_username": tracking.admin_username,
+        "tracking_admin_password": tracking.admin_password,
     }
+    if settings.ingress_host:
+        outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.ingress_host}")
+        outputs["ingress_ip"] = network.ingress_ip
+    if settings.serving_cluster:
+        outputs["tracking_internal_url"] = pulumi.Output.from_input(
+            f"http://{settings.tracking_internal_ip}:{TRACKING_PORT}")
+
+    if settings.model_name:
+        serving = ModelServing("mlflow-serving", ModelServingArgs(
+            provider=serving_cluster.provider,
+            tracking_provider=platform.provider,
+            project=settings.project,
+            workload_pool=settings.workload_pool,
+            environment=settings.environment,
+            image=images.serving_image,
+            setup_image=images.tracking_image,
+            model_name=settings.model_name,
+            model_alias=settings.model_alias,
+            rollout_token=settings.rollout_token,
+            # A separate serving cluster reaches tracking through its internal load balancer.
+            tracking_url=(f"http://{settings.tracking_internal_ip}:{TRACKING_PORT}"
+                          if settings.serving_cluster else tracking.in_cluster_url),
+            tracking_in_cluster_url=tracking.in_cluster_url,
+            tracking_namespace=tracking.namespace,
+            admin_secret_name=tracking.secret_name,
+            admin_secret_key=SECRET_ADMIN_PASSWORD,
+            admin_username=tracking.admin_username_value,
+            tracking_ready=tracking.deployment,
+            min_replicas=settings.serving_min_replicas,
+            max_replicas=settings.serving_max_replicas,
+            target_cpu_percent=settings.serving_target_cpu_percent,
+            workers=settings.serving_workers,
+            cpu=settings.serving_cpu,
+            memory=settings.serving_memory,
+        ), after_apis)
+        outputs["serving_in_cluster_url"] = serving.service_url
+        outputs["serving_model_uri"] = serving.model_uri
+    return outputs

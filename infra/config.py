@@ -124,6 +124,9 @@ class Settings(BaseModel):
     tracking_workers: int = Field(1, description="Server workers per tracking pod (1-8); scale with replicas instead.")
     tracking_cpu: str = Field("500m", description="CPU request of the tracking container.")
     tracking_memory: str = Field("1Gi", description="Memory request and limit of the tracking container.")
+    sql_proxy_image: str = Field(
+        "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.14.2@sha256:a77c72c56747cf2f431a4ed5e4a45e62003ca0fb94dc9f0c9cd390e84be2fa0e",
+        description="Cloud SQL Auth Proxy image by digest.")
     tracking_job_execution: bool = Field(False, description="Run MLflow's job runner in the server (+~2 GB RSS).")
     ingress_host: Optional[str] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
     auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
@@ -136,6 +139,7 @@ class Settings(BaseModel):
     serving_min_replicas: int = Field(1, description="HPA minimum serving replicas (1-100).")
     serving_max_replicas: int = Field(3, description="HPA maximum serving replicas (1-100).")
     serving_target_cpu_percent: int = Field(70, description="HPA target CPU utilisation, percent (10-95).")
+    serving_workers: int = Field(1, description="Server workers per serving pod (1-8); scale with replicas instead.")
     serving_cpu: str = Field("500m", description="CPU request of the serving container.")
     serving_memory: str = Field("1Gi", description="Memory request and limit of the serving container.")
 
@@ -233,7 +237,7 @@ class Settings(BaseModel):
             raise ValueError("db-custom memory must be a multiple of 256 MiB, 0.9-6.5 GiB per vCPU")
         return value
 
-    @field_validator("tracking_image", "serving_image")
+    @field_validator("tracking_image", "serving_image", "sql_proxy_image")
     @classmethod
     def _by_digest(cls, value: Optional[str]) -> Optional[str]:
         if value and not _IMAGE_BY_DIGEST.match(value):
@@ -293,6 +297,7 @@ class Settings(BaseModel):
             ("tracking_replicas", 1, 20), ("tracking_workers", 1, 8),
             ("auth_cache_ttl_seconds", 0, 3600), ("serving_min_replicas", 1, 100),
             ("serving_max_replicas", 1, 100), ("serving_target_cpu_percent", 10, 95),
+            ("serving_workers", 1, 8),
         ):
             bounded(key, low, high)
 
@@ -351,6 +356,17 @@ class Settings(BaseModel):
     @property
     def cluster_location(self) -> str:
         return self.region if self.regional_cluster else self.zone
+
+    @property
+    def bucket_name(self) -> str:
+        """Named, not autonamed: the manifests then show the real artifact destination."""
+        return f"{self.project}-{self.name_prefix}-artifacts"
+
+    @property
+    def tracking_internal_ip(self) -> str:
+        """Reserved for tracking's internal load balancer: the subnet's last usable address,
+        far from where GKE allocates node addresses."""
+        return str(ipaddress.IPv4Network(self.subnet_cidr)[-2])
 
     @property
     def workload_pool(self) -> str:

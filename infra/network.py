@@ -28,6 +28,10 @@ class NetworkArgs:
     """Range peered to Google's service producer network (Cloud SQL private IP)."""
     labels: dict[str, str]
     """Labels for labelable resources."""
+    internal_ips: tuple[tuple[str, str], ...] = ()
+    """(role, address) pairs reserved in the subnet for internal load balancers."""
+    global_ingress_address: bool = False
+    """Reserve a global external address for an HTTPS Ingress."""
 
 
 class Network(pulumi.ComponentResource):
@@ -37,6 +41,8 @@ class Network(pulumi.ComponentResource):
     network_self_link: pulumi.Output[str]
     subnet_self_link: pulumi.Output[str]
     private_services_connection_id: pulumi.Output[str]
+    ingress_address_name: Optional[pulumi.Output[str]]
+    ingress_ip: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: NetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:network:Network", name, None, opts)
@@ -98,6 +104,22 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
 
+        for role, address in args.internal_ips:
+            gcp.compute.Address(
+                f"{name}-{role}-ilb-ip",
+                project=args.project, region=args.region, subnetwork=subnet.id, address_type="INTERNAL",
+                address=address, labels=args.labels, opts=child,
+            )
+        self.ingress_address_name = None
+        self.ingress_ip = None
+        if args.global_ingress_address:
+            ingress_address = gcp.compute.GlobalAddress(
+                f"{name}-ingress-ip", project=args.project, address_type="EXTERNAL", ip_version="IPV4",
+                labels=args.labels, opts=child,
+            )
+            self.ingress_address_name = ingress_address.name
+            self.ingress_ip = ingress_address.address
+
         self.network_id = network.id
         self.network_self_link = network.self_link
         self.subnet_self_link = subnet.self_link
@@ -108,6 +130,8 @@ class Network(pulumi.ComponentResource):
             "network_self_link": self.network_self_link,
             "subnet_self_link": self.subnet_self_link,
             "private_services_connection_id": self.private_services_connection_id,
+            "ingress_address_name": self.ingress_address_name,
+            "ingress_ip": self.ingress_ip,
         })
 
     @property

@@ -15,6 +15,8 @@ from infra.naming import child_options
 class ArtifactBucketArgs:
     project: str
     """GCP project."""
+    bucket_name: str
+    """Globally unique bucket name."""
     location: str
     """Bucket location (the region, to keep artifact traffic regional)."""
     labels: dict[str, str]
@@ -43,6 +45,7 @@ class ArtifactBucket(pulumi.ComponentResource):
         self._bucket = gcp.storage.Bucket(
             f"{name}-bucket",
             project=args.project,
+            name=args.bucket_name,
             location=args.location,
             storage_class="STANDARD",
             uniform_bucket_level_access=True,

@@ -69,6 +69,8 @@ class PlatformMocks(pulumi.runtime.Mocks):
             state.update(name=name, selfLink=f"projects/{self.project}/global/networks/{name}")
         elif typ == "gcp:compute/subnetwork:Subnetwork":
             state.update(name=name, selfLink=f"projects/{self.project}/regions/{state.get('region')}/subnetworks/{name}")
+        elif typ == "gcp:compute/globalAddress:GlobalAddress" and state.get("addressType") == "EXTERNAL":
+            state.update(name=name, address="198.51.100.7")
         elif typ.startswith("gcp:"):
             state.setdefault("name", name)
         elif typ in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
@@ -84,9 +86,9 @@ class PlatformMocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list[tuple[str, str]]]]:
-        if args.token == "gcp:organizations/getProject:getProject":
-            return {"number": "123456789012", "projectId": self.project}, None
-        return {}, None
+        if args.token == "gcp:organizations/getClientConfig:getClientConfig":
+            return {"accessToken": "offline-access-token", "project": self.project}, []
+        return {}, []
 
 
 class RecordingMonitor(MockMonitor):

@@ -2,7 +2,8 @@ import pytest
 
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 
-ARGS = dict(project="test-project-1", location="us-central1", labels={"app": "mlflow"})
+ARGS = dict(project="test-project-1", bucket_name="test-project-1-mlflow-artifacts", location="us-central1",
+            labels={"app": "mlflow"})
 
 
 def build(run_component, **changes):
@@ -36,3 +37,7 @@ def test_force_destroy_only_when_asked(run_component, force):
 def test_lifecycle_days_out_of_range_are_refused():
     with pytest.raises(ValueError, match="noncurrent_retention_days=0: allowed 1-3650"):
         ArtifactBucketArgs(**ARGS, noncurrent_retention_days=0)
+
+
+def test_bucket_gets_the_given_name(run_component):
+    assert build(run_component).named("art-bucket").inputs["name"] == "test-project-1-mlflow-artifacts"

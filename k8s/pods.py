@@ -1,0 +1,111 @@
+"""Pure builders of pod-spec fragments shared by every workload: security, probes, resources, proxy.
+
+They return plain Kubernetes manifest dicts (camelCase), so they are testable without Pulumi and
+render to YAML as they are. Values may be Pulumi Inputs; the builders only place them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+APP_UID = 10001  # the numeric user of mlflow_image/Dockerfile
+PROXY_UID = 65532  # distroless "nonroot" of the Cloud SQL Auth Proxy image
+SQL_PROXY_PORT = 5432
+SQL_PROXY_HTTP_PORT = 9801
+TMP_VOLUME = "tmp"
+
+
+def container_security_context(run_as_user: int = APP_UID) -> dict:
+    """The `restricted` Pod Security Standard, plus a read-only root filesystem."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": run_as_user,
+        "runAsGroup": run_as_user,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context(run_as_user: int = APP_UID) -> dict:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": run_as_user,
+        "runAsGroup": run_as_user,
+        "fsGroup": run_as_user,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def cpu_millis(quantity: str) -> int:
+    match = re.fullmatch(r"(\d+)m|(\d+(?:\.\d+)?)", quantity)
+    if not match:
+        raise ValueError(f"cpu quantity {quantity!r}: allowed forms 500m or 1.5")
+    return int(match[1]) if match[1] else int(float(match[2]) * 1000)
+
+
+def resources(cpu: str, memory: str, cpu_burst: int = 2) -> dict:
+    """Requests as given; memory limit = request (no OOM surprises), CPU may burst to `cpu_burst`×."""
+    return {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": f"{cpu_millis(cpu) * cpu_burst}m", "memory": memory},
+    }
+
+
+def http_probe(path: str, port: int | str, *, period: int = 10, failures: int = 3, timeout: int = 5,
+               initial_delay: int = 0) -> dict:
+    probe = {"httpGet": {"path": path, "port": port}, "periodSeconds": period,
+             "failureThreshold": failures, "timeoutSeconds": timeout}
+    if initial_delay:
+        probe["initialDelaySeconds"] = initial_delay
+    return probe
+
+
+def tmp_volume(size: str = "1Gi") -> dict:
+    """Writable scratch space: the root filesystem is read-only."""
+    return {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": size}}
+
+
+def tmp_mount() -> dict:
+    return {"name": TMP_VOLUME, "mountPath": "/tmp"}
+
+
+def secret_env(name: str, secret_name: Any, key: str) -> dict:
+    """An env var read from a Secret: the value never appears in the manifest."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+
+
+def sql_proxy_sidecar(connection_name: Any, *, image: str, port: int = SQL_PROXY_PORT,
+                      http_port: int = SQL_PROXY_HTTP_PORT) -> dict:
+    """Cloud SQL Auth Proxy v2 as a native sidecar: an init container that keeps running.
+
+    Kubernetes starts the app only after the proxy's startup probe passes, and stops the proxy
+    after the app, so Jobs complete and connections drain on shutdown.
+    """
+    return {
+        "name": "cloud-sql-proxy",
+        "image": image,
+        "restartPolicy": "Always",
+        "args": [
+            "--private-ip",
+            "--structured-logs",
+            f"--port={port}",
+            "--address=127.0.0.1",
+            "--health-check",
+            "--http-address=0.0.0.0",
+            f"--http-port={http_port}",
+            "--prometheus",
+            # Let in-flight queries finish, then exit 0 so a completed Job is not marked failed.
+            "--max-sigterm-delay=20s",
+            "--exit-zero-on-sigterm",
+            connection_name,
+        ],
+        "ports": [{"name": "proxy-http", "containerPort": http_port}],
+        "startupProbe": http_probe("/startup", http_port, period=2, failures=30, timeout=2),
+        "livenessProbe": http_probe("/liveness", http_port, period=10, failures=3),
+        "readinessProbe": http_probe("/readiness", http_port, period=10, failures=3),
+        "resources": resources("100m", "128Mi"),
+        "securityContext": container_security_context(PROXY_UID),
+    }

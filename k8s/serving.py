@@ -1,0 +1,334 @@
+"""Model serving: `mlflow models serve` of the registry alias, a read-only user, autoscaling."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
+from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
+from k8s.pods import (
+    container_security_context, http_probe, pod_security_context, resources, secret_env, tmp_mount, tmp_volume,
+)
+
+SERVING_PORT = 8080
+COMPONENT = "serving"
+SERVICE_NAME = "mlflow-serving"
+KSA_NAME = "mlflow-serving"
+SERVING_USERNAME = "mlflow-serving"
+SETUP_SCRIPT = Path(__file__).parent / "scripts" / "ensure_serving_user.py"
+SCRIPT_DIR = "/opt/mlflow-scripts"
+SECRET_USERNAME = "username"
+SECRET_PASSWORD = "password"
+ALIAS_ANNOTATION = "mlflow.org/model-uri"
+ROLLOUT_ANNOTATION = "mlflow.org/rollout-token"
+
+
+# --- pure builders --------------------------------------------------------------------------
+def model_uri(model_name: str, alias: str) -> str:
+    return f"models:/{model_name}@{alias}"
+
+
+def serving_args(model_name: str, alias: str, workers: int = 1) -> list[str]:
+    return [
+        "models", "serve",
+        "-m", model_uri(model_name, alias),
+        "--env-manager", "local",
+        "--host", "0.0.0.0",
+        "--port", str(SERVING_PORT),
+        "--workers", str(workers),
+    ]
+
+
+def rollout_annotations(model_name: str, alias: str, rollout_token: str) -> dict[str, str]:
+    """Pod-template annotations: a new alias or token is a new template, so the pods roll
+    and load whatever version the alias points to now."""
+    return {ALIAS_ANNOTATION: model_uri(model_name, alias), ROLLOUT_ANNOTATION: rollout_token or "initial"}
+
+
+def serving_env(tracking_url: Any, secret_name: Any) -> list[dict]:
+    return [
+        {"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
+        secret_env("MLFLOW_TRACKING_USERNAME", secret_name, SECRET_USERNAME),
+        secret_env("MLFLOW_TRACKING_PASSWORD", secret_name, SECRET_PASSWORD),
+    ]
+
+
+def serving_container(*, image: Any, model_name: str, alias: str, workers: int, env: list[dict], cpu: str,
+                      memory: str) -> dict:
+    return {
+        "name": "serving",
+        "image": image,
+        "command": ["mlflow"],
+        "args": serving_args(model_name, alias, workers),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": SERVING_PORT}],
+        # Downloading the model from the registry may take minutes.
+        "startupProbe": http_probe("/ping", "http", period=5, failures=120),
+        "readinessProbe": http_probe("/ping", "http", period=5, failures=3),
+        "livenessProbe": http_probe("/ping", "http", period=20, failures=3),
+        "resources": resources(cpu, memory),
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount()],
+    }
+
+
+def setup_job_name(model_name: str, alias: str, rollout_token: str, script: str) -> str:
+    """One Job per (model, alias, token, script): a change reruns the grants."""
+    digest = hashlib.sha256("|".join([model_name, alias, rollout_token, script]).encode()).hexdigest()[:10]
+    return f"mlflow-serving-user-{digest}"
+
+
+def setup_container(*, image: Any, tracking_url: Any, admin_secret: Any, admin_key: str, admin_username: str,
+                    serving_secret: Any, model_name: str) -> dict:
+    return {
+        "name": "ensure-serving-user",
+        "image": image,
+        "command": ["python"],
+        "args": [f"{SCRIPT_DIR}/{SETUP_SCRIPT.name}"],
+        "env": [
+            {"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
+            {"name": "MLFLOW_TRACKING_USERNAME", "value": admin_username},
+            secret_env("MLFLOW_TRACKING_PASSWORD", admin_secret, admin_key),
+            secret_env("SERVING_USERNAME", serving_secret, SECRET_USERNAME),
+            secret_env("SERVING_PASSWORD", serving_secret, SECRET_PASSWORD),
+            {"name": "MODEL_NAME", "value": model_name},
+        ],
+        "resources": resources("100m", "256Mi"),
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount(), {"name": "scripts", "mountPath": SCRIPT_DIR, "readOnly": True}],
+    }
+
+
+def hpa_spec(deployment_name: str, min_replicas: int, max_replicas: int, target_cpu_percent: int) -> dict:
+    return {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
+        "minReplicas": min_replicas,
+        "maxReplicas": max_replicas,
+        "metrics": [{"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": target_cpu_percent}}}],
+        # Scale down slowly: a model load costs far more than an idle replica.
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+    }
+
+
+# --- component ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelServingArgs:
+    provider: k8s.Provider
+    """Provider of the cluster serving runs on."""
+    tracking_provider: k8s.Provider
+    """Provider of the platform cluster, where the serving-user Job talks to tracking."""
+    project: str
+    """GCP project (Workload Identity)."""
+    workload_pool: str
+    """PROJECT.svc.id.goog."""
+    environment: str
+    """dev or prod, for the GCP service account id."""
+    image: pulumi.Input[str]
+    """Serving image by digest."""
+    setup_image: pulumi.Input[str]
+    """Image with MLflow's auth client (the tracking image) for the serving-user Job."""
+    model_name: str
+    """Registered model to serve."""
+    model_alias: str
+    """Registry alias to serve."""
+    tracking_url: pulumi.Input[str]
+    """Tracking URL as seen from the serving pods."""
+    tracking_in_cluster_url: pulumi.Input[str]
+    """Tracking URL inside the platform cluster."""
+    tracking_namespace: pulumi.Input[str]
+    """Namespace of tracking, where the serving-user Job runs."""
+    admin_secret_name: pulumi.Input[str]
+    """Secret holding the tracking admin password."""
+    admin_secret_key: str
+    """Key of the admin password in that Secret."""
+    admin_username: str
+    """Tracking admin user."""
+    tracking_ready: pulumi.Resource
+    """The tracking Deployment: the Job waits until it serves."""
+    rollout_token: str = ""
+    """Change to roll the pods without changing the alias."""
+    namespace: str = "mlflow-serving"
+    """Namespace of the serving Deployment."""
+    min_replicas: int = 1
+    """HPA minimum."""
+    max_replicas: int = 3
+    """HPA maximum."""
+    target_cpu_percent: int = 70
+    """HPA CPU target."""
+    workers: int = 1
+    """Server workers per pod."""
+    cpu: str = "500m"
+    """CPU request."""
+    memory: str = "1Gi"
+    """Memory request and limit."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(f"ModelServingArgs.min_replicas={self.min_replicas}, max_replicas={self.max_replicas}: "
+                             "need 1 <= min_replicas <= max_replicas")
+        if not 10 <= self.target_cpu_percent <= 95:
+            raise ValueError(f"ModelServingArgs.target_cpu_percent={self.target_cpu_percent}: allowed 10-95")
+
+
+class ModelServing(pulumi.ComponentResource):
+    """Serves `models:/NAME@ALIAS` with a read-only identity, autoscaled and disruption-budgeted."""
+
+    namespace: pulumi.Output[str]
+    service_url: pulumi.Output[str]
+    model_uri: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:serving:ModelServing", name, None, opts)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        tracking_opts = pulumi.ResourceOptions(parent=self, provider=args.tracking_provider)
+        labels = k8s_labels(name, COMPONENT)
+        selector = k8s_selector(name, COMPONENT)
+
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata={"name": args.namespace, "labels": {
+                **k8s_labels(name, "namespace"),
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }},
+            opts=k8s_opts,
+        )
+        ns_name = namespace.metadata["name"]
+        # Its own identity, with no roles: the pods must not inherit the node's service account.
+        identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
+            project=args.project,
+            account_id=cap_name(f"mlflow-serving-{args.environment}", 30),
+            workload_pool=args.workload_pool,
+            namespace=ns_name,
+            ksa_name=KSA_NAME,
+            provider=args.provider,
+            labels=labels,
+        ), child_options(self, opts))
+
+        password = random.RandomPassword(f"{name}-user-password", length=32, special=False,
+                                         opts=pulumi.ResourceOptions(parent=self))
+        credentials = pulumi.Output.secret(password.result.apply(
+            lambda value: {SECRET_USERNAME: SERVING_USERNAME, SECRET_PASSWORD: value}))
+        serving_secret = k8s.core.v1.Secret(
+            f"{name}-credentials",
+            metadata={"name": "mlflow-serving-credentials", "namespace": ns_name, "labels": labels},
+            type="Opaque", string_data=credentials, opts=k8s_opts,
+        )
+        # The Job that creates the user runs beside tracking, so it needs the credentials there too.
+        setup_secret = k8s.core.v1.Secret(
+            f"{name}-setup-credentials",
+            metadata={"name": "mlflow-serving-credentials", "namespace": args.tracking_namespace,
+                      "labels": k8s_labels(name, "serving-setup")},
+            type="Opaque", string_data=credentials, opts=tracking_opts,
+        )
+        script = SETUP_SCRIPT.read_text()
+        scripts = k8s.core.v1.ConfigMap(
+            f"{name}-setup-script",
+            metadata={"name": "mlflow-serving-setup", "namespace": args.tracking_namespace,
+                      "labels": k8s_labels(name, "serving-setup")},
+            data={SETUP_SCRIPT.name: script},
+            opts=tracking_opts,
+        )
+        setup_labels = k8s_labels(name, "serving-setup")
+        setup = k8s.batch.v1.Job(
+            f"{name}-setup",
+            metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token, script),
+                      "namespace": args.tracking_namespace, "labels": setup_labels},
+            spec={
+                "backoffLimit": 6,
+                "activeDeadlineSeconds": 600,
+                "template": {
+                    "metadata": {"labels": setup_labels},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        "containers": [setup_container(
+                            image=args.setup_image, tracking_url=args.tracking_in_cluster_url,
+                            admin_secret=args.admin_secret_name, admin_key=args.admin_secret_key,
+                            admin_username=args.admin_username, serving_secret=setup_secret.metadata["name"],
+                            model_name=args.model_name)],
+                        "volumes": [tmp_volume("64Mi"), {"name": "scripts", "configMap": {
+                            "name": scripts.metadata["name"], "defaultMode": 0o444}}],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(tracking_opts, pulumi.ResourceOptions(
+                depends_on=[args.tracking_ready], delete_before_replace=True)),
+        )
+
+        container = serving_container(
+            image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
+            env=serving_env(args.tracking_url, serving_secret.metadata["name"]), cpu=args.cpu, memory=args.memory)
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec={
+                # No `replicas`: the HPA owns the count; Pulumi would fight it on every update.
+                "revisionHistoryLimit": 5,
+                "selector": {"matchLabels": selector},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": labels,
+                                 "annotations": rollout_annotations(args.model_name, args.model_alias,
+                                                                    args.rollout_token)},
+                    "spec": {
+                        "serviceAccountName": identity.ksa_name,
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [container],
+                        "volumes": [tmp_volume("4Gi")],
+                        "topologySpreadConstraints": [
+                            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+                             "labelSelector": {"matchLabels": selector}}
+                            for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup])),
+        )
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec=hpa_spec(SERVICE_NAME, args.min_replicas, args.max_replicas, args.target_cpu_percent),
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment])),
+        )
+        if args.min_replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+                spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+                opts=k8s_opts,
+            )
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec={"type": "ClusterIP", "selector": selector,
+                  "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": "http", "protocol": "TCP"}]},
+            opts=k8s_opts,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
+                  # Any pod of this cluster may call the model; nothing from outside it.
+                  "ingress": [{"from": [{"namespaceSelector": {}}],
+                               "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}]},
+            opts=k8s_opts,
+        )
+
+        self.namespace = ns_name
+        self.service_url = pulumi.Output.concat(
+            "http://", service.metadata["name"], ".", ns_name, ".svc.cluster.local:", str(SERVING_PORT))
+        self.model_uri = pulumi.Output.from_input(model_uri(args.model_name, args.model_alias))
+        self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
+                               "model_uri": self.model_uri})

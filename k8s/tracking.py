@@ -1,0 +1,448 @@
+"""The MLflow tracking server: migrations Job, Deployment with the Cloud SQL proxy, auth, exposure."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from infra.database import AUTH_DATABASE, TRACKING_DATABASE
+from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
+from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
+from k8s.pods import (
+    SQL_PROXY_PORT, container_security_context, http_probe, pod_security_context,
+    resources, secret_env, sql_proxy_sidecar, tmp_mount, tmp_volume,
+)
+
+TRACKING_PORT = 5000
+COMPONENT = "tracking"
+SERVICE_NAME = "mlflow-tracking"
+KSA_NAME = "mlflow-tracking"
+BACKEND_CONFIG_NAME = "mlflow-tracking"
+ADMIN_USERNAME = "admin"
+AUTH_CONFIG_DIR = "/etc/mlflow-auth"
+AUTH_CONFIG_FILE = "basic_auth.ini"
+PROMETHEUS_DIR = "/tmp/prometheus"
+# Secret keys, referenced by the pods; their values are never in a manifest.
+SECRET_BACKEND_URI = "backend-store-uri"
+SECRET_AUTH_URI = "auth-database-uri"
+SECRET_FLASK_KEY = "flask-secret-key"
+SECRET_ADMIN_PASSWORD = "admin-password"
+# Google front ends and health checkers: where Ingress traffic to NEG backends comes from.
+GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
+
+
+# --- pure builders --------------------------------------------------------------------------
+def service_hosts(service: str, namespace: str) -> list[str]:
+    """Every in-cluster DNS name of a Service."""
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+            f"{service}.{namespace}.svc.cluster.local"]
+
+
+def allowed_hosts(namespace: str, ingress_host: Optional[str], internal_ip: Optional[str]) -> list[str]:
+    """Host headers the server accepts (its DNS-rebinding guard answers 403 to any other)."""
+    hosts = [f"{host}:{TRACKING_PORT}" for host in service_hosts(SERVICE_NAME, namespace)]
+    hosts += service_hosts(SERVICE_NAME, namespace)
+    if internal_ip:
+        hosts.append(f"{internal_ip}:{TRACKING_PORT}")
+    if ingress_host:
+        hosts.append(ingress_host)
+    # kubectl port-forward
+    hosts += [f"localhost:{TRACKING_PORT}", f"127.0.0.1:{TRACKING_PORT}"]
+    return hosts
+
+
+def postgres_uri(user: str, password: str, database: str, host: str = "127.0.0.1",
+                 port: int = SQL_PROXY_PORT) -> str:
+    """SQLAlchemy URI through the proxy; psycopg2 explicitly (SQLAlchemy 2.1 defaults to psycopg 3)."""
+    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{database}"
+
+
+def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_uri: str) -> str:
+    """The basic-auth app's config. It holds the auth database URI, so it lives in a Secret;
+    the admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD."""
+    return "\n".join([
+        "[mlflow]",
+        f"default_permission = {default_permission}",
+        f"database_uri = {database_uri}",
+        f"admin_username = {ADMIN_USERNAME}",
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        f"auth_cache_ttl_seconds = {cache_ttl_seconds}",
+        "",
+    ])
+
+
+def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Optional[str],
+                  internal_ip: Optional[str]) -> list[str]:
+    return [
+        "server",
+        "--host", "0.0.0.0",
+        "--port", str(TRACKING_PORT),
+        "--workers", str(workers),
+        "--app-name", "basic-auth",
+        "--serve-artifacts",
+        "--artifacts-destination", f"gs://{bucket}/artifacts",
+        "--allowed-hosts", ",".join(allowed_hosts(namespace, ingress_host, internal_ip)),
+        "--expose-prometheus", PROMETHEUS_DIR,
+    ]
+
+
+def tracking_env(secret_name: Any, job_execution: bool) -> list[dict]:
+    return [
+        secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, SECRET_BACKEND_URI),
+        secret_env("MLFLOW_FLASK_SERVER_SECRET_KEY", secret_name, SECRET_FLASK_KEY),
+        secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", secret_name, SECRET_ADMIN_PASSWORD),
+        {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": f"{AUTH_CONFIG_DIR}/{AUTH_CONFIG_FILE}"},
+        {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "true" if job_execution else "false"},
+        {"name": "MLFLOW_TRACKING_DIR", "value": "/tmp/mlruns"},
+    ]
+
+
+def auth_config_volume(secret_name: Any) -> dict:
+    return {"name": "auth-config", "secret": {
+        "secretName": secret_name, "defaultMode": 0o440, "items": [{"key": AUTH_CONFIG_FILE, "path": AUTH_CONFIG_FILE}],
+    }}
+
+
+def auth_config_mount() -> dict:
+    return {"name": "auth-config", "mountPath": AUTH_CONFIG_DIR, "readOnly": True}
+
+
+def tracking_container(*, image: Any, args: list, env: list[dict], cpu: str, memory: str) -> dict:
+    return {
+        "name": "mlflow",
+        "image": image,
+        "command": ["mlflow"],
+        "args": args,
+        "env": env,
+        "ports": [{"name": "http", "containerPort": TRACKING_PORT}],
+        "startupProbe": http_probe("/health", "http", period=5, failures=60),
+        "readinessProbe": http_probe("/health", "http", period=10, failures=3),
+        "livenessProbe": http_probe("/health", "http", period=20, failures=3),
+        "resources": resources(cpu, memory),
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount(), auth_config_mount()],
+    }
+
+
+def migration_containers(*, image: Any, secret_name: Any) -> tuple[list[dict], list[dict]]:
+    """(init containers after the proxy, main containers) of the migration Job.
+
+    The tracking schema is upgraded first, then the auth schema; each runs once per image version.
+    Kubernetes expands $(VAR) from the container's env, so the URIs stay in the Secret.
+    """
+    base = {"image": image, "resources": resources("250m", "512Mi"),
+            "securityContext": container_security_context(), "volumeMounts": [tmp_mount()]}
+    upgrade_tracking = {
+        **base, "name": "upgrade-tracking-db",
+        "command": ["mlflow"], "args": ["db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"],
+        "env": [secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, SECRET_BACKEND_URI)],
+    }
+    upgrade_auth = {
+        **base, "name": "upgrade-auth-db",
+        "command": ["python"], "args": ["-m", "mlflow.server.auth", "db", "upgrade", "--url",
+                                        "$(MLFLOW_AUTH_DATABASE_URI)"],
+        "env": [secret_env("MLFLOW_AUTH_DATABASE_URI", secret_name, SECRET_AUTH_URI)],
+    }
+    return [upgrade_tracking], [upgrade_auth]
+
+
+def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_cidr: Optional[str],
+                           expose_ingress: bool) -> list[dict]:
+    """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers."""
+    peers: list[dict] = [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": serving_namespace}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}},
+    ]
+    if serving_pod_cidr:
+        peers.append({"ipBlock": {"cidr": serving_pod_cidr}})
+    if expose_ingress:
+        peers += [{"ipBlock": {"cidr": cidr}} for cidr in GOOGLE_LB_RANGES]
+    return [{"from": peers, "ports": [{"protocol": "TCP", "port": TRACKING_PORT}]}]
+
+
+# --- component ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrackingServerArgs:
+    provider: k8s.Provider
+    """Provider of the platform cluster."""
+    project: str
+    """GCP project (Workload Identity)."""
+    workload_pool: str
+    """PROJECT.svc.id.goog."""
+    environment: str
+    """dev or prod, for the GCP service account id."""
+    image: pulumi.Input[str]
+    """Tracking image by digest."""
+    image_version: str
+    """Content hash of the image sources: names the migration Job."""
+    bucket_name: str
+    """Artifact bucket."""
+    sql_connection_name: pulumi.Input[str]
+    """PROJECT:REGION:INSTANCE of the Cloud SQL instance."""
+    db_user: pulumi.Input[str]
+    """Database user."""
+    db_password: pulumi.Input[str]
+    """Database password (a secret)."""
+    sql_proxy_image: str
+    """Cloud SQL Auth Proxy image by digest (the settings model holds the pinned default)."""
+    namespace: str = "mlflow"
+    """Namespace of the tracking server."""
+    serving_namespace: str = "mlflow-serving"
+    """Namespace of model serving, admitted by the NetworkPolicy."""
+    replicas: int = 2
+    """Deployment replicas."""
+    workers: int = 1
+    """Server workers per pod."""
+    cpu: str = "500m"
+    """CPU request."""
+    memory: str = "1Gi"
+    """Memory request and limit."""
+    job_execution: bool = False
+    """Run MLflow's job runner."""
+    default_permission: str = "READ"
+    """basic-auth default permission."""
+    auth_cache_ttl_seconds: int = 300
+    """basic-auth credential cache TTL."""
+    ingress_host: Optional[str] = None
+    """Public host served through an Ingress with a managed certificate."""
+    ingress_static_ip_name: Optional[pulumi.Input[str]] = None
+    """Name of the global address the Ingress uses."""
+    internal_lb_ip: Optional[str] = None
+    """Reserved internal address: exposes tracking to the VPC through an internal load balancer."""
+    serving_pod_cidr: Optional[str] = None
+    """Pod range of a separate serving cluster, admitted by the NetworkPolicy."""
+
+    def __post_init__(self) -> None:
+        if "@sha256:" not in self.sql_proxy_image:
+            raise ValueError(f"TrackingServerArgs.sql_proxy_image={self.sql_proxy_image!r}: must be pinned by digest")
+        if self.replicas < 1:
+            raise ValueError(f"TrackingServerArgs.replicas={self.replicas}: must be >= 1")
+        if not 1 <= self.workers <= 8:
+            raise ValueError(f"TrackingServerArgs.workers={self.workers}: allowed 1-8")
+        if self.default_permission not in ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS"):
+            raise ValueError(f"TrackingServerArgs.default_permission={self.default_permission!r}: "
+                             "allowed READ, EDIT, MANAGE, NO_PERMISSIONS")
+
+
+class TrackingServer(pulumi.ComponentResource):
+    """Namespace, identity, secrets, migrations, Deployment, Service(s), optional Ingress, policies."""
+
+    namespace: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+    in_cluster_url: pulumi.Output[str]
+    admin_username: pulumi.Output[str]
+    admin_password: pulumi.Output[str]
+
+    def __init__(self, name: str, args: TrackingServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:tracking:TrackingServer", name, None, opts)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        labels = k8s_labels(name, COMPONENT)
+        selector = k8s_selector(name, COMPONENT)
+
+        namespace = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata={"name": args.namespace, "labels": {
+                **k8s_labels(name, "namespace"),
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }},
+            opts=k8s_opts,
+        )
+        ns_name = namespace.metadata["name"]
+        identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
+            project=args.project,
+            account_id=cap_name(f"mlflow-tracking-{args.environment}", 30),
+            workload_pool=args.workload_pool,
+            namespace=ns_name,
+            ksa_name=KSA_NAME,
+            provider=args.provider,
+            labels=labels,
+            project_roles=("roles/cloudsql.client",),
+            bucket_grants=(BucketGrant(bucket=args.bucket_name, role="roles/storage.objectUser"),),
+        ), child_options(self, opts))
+
+        child = pulumi.ResourceOptions(parent=self)
+        admin_password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
+        flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
+
+        def secret_values(parts: list) -> dict[str, str]:
+            user, password, admin, flask = parts
+            auth_uri = postgres_uri(user, password, AUTH_DATABASE)
+            return {
+                SECRET_BACKEND_URI: postgres_uri(user, password, TRACKING_DATABASE),
+                SECRET_AUTH_URI: auth_uri,
+                SECRET_ADMIN_PASSWORD: admin,
+                SECRET_FLASK_KEY: flask,
+                AUTH_CONFIG_FILE: auth_config_ini(args.default_permission, args.auth_cache_ttl_seconds, auth_uri),
+            }
+
+        secret = k8s.core.v1.Secret(
+            f"{name}-secrets",
+            metadata={"name": "mlflow-tracking", "namespace": ns_name, "labels": labels},
+            type="Opaque",
+            string_data=pulumi.Output.secret(pulumi.Output.all(
+                args.db_user, args.db_password, admin_password.result, flask_key.result).apply(secret_values)),
+            opts=k8s_opts,
+        )
+        secret_name = secret.metadata["name"]
+
+        proxy = sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)
+        pod_base = {
+            "serviceAccountName": identity.ksa_name,
+            "automountServiceAccountToken": False,
+            "securityContext": pod_security_context(),
+        }
+        migrate_init, migrate_main = migration_containers(image=args.image, secret_name=secret_name)
+        migration = k8s.batch.v1.Job(
+            f"{name}-migrate",
+            metadata={"name": f"mlflow-migrate-{args.image_version[:12]}", "namespace": ns_name,
+                      "labels": k8s_labels(name, "migration")},
+            spec={
+                "backoffLimit": 3,
+                "activeDeadlineSeconds": 1200,
+                "template": {
+                    "metadata": {"labels": k8s_labels(name, "migration")},
+                    "spec": {**pod_base, "restartPolicy": "Never",
+                             "initContainers": [proxy, *migrate_init], "containers": migrate_main,
+                             "volumes": [tmp_volume("256Mi")]},
+                },
+            },
+            # Never patched in place: a new image version is a new Job.
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+
+        args_list = tracking_args(bucket=args.bucket_name, namespace=args.namespace, workers=args.workers,
+                                  ingress_host=args.ingress_host, internal_ip=args.internal_lb_ip)
+        container = tracking_container(image=args.image, args=args_list, env=tracking_env(secret_name, args.job_execution),
+                                       cpu=args.cpu, memory=args.memory)
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec={
+                "replicas": args.replicas,
+                "revisionHistoryLimit": 5,
+                "selector": {"matchLabels": selector},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {
+                        # The auth config is read only at start: a change must roll the pods.
+                        "mlflow.org/auth-settings": f"{args.default_permission},ttl={args.auth_cache_ttl_seconds}",
+                    }},
+                    "spec": {
+                        **pod_base,
+                        "terminationGracePeriodSeconds": 45,
+                        "initContainers": [proxy],
+                        "containers": [container],
+                        "volumes": [tmp_volume(), auth_config_volume(secret_name)],
+                        "topologySpreadConstraints": _spread(selector),
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[migration])),
+        )
+
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
+                      "annotations": ingress_backend_annotations() if args.ingress_host else {}},
+            spec={"type": "ClusterIP", "selector": selector,
+                  "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]},
+            opts=k8s_opts,
+        )
+        if args.internal_lb_ip is not None:
+            k8s.core.v1.Service(
+                f"{name}-internal-lb",
+                metadata={"name": f"{SERVICE_NAME}-internal", "namespace": ns_name, "labels": labels,
+                          "annotations": {"networking.gke.io/load-balancer-type": "Internal"}},
+                spec={"type": "LoadBalancer", "loadBalancerIP": args.internal_lb_ip, "selector": selector,
+                      "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]},
+                opts=k8s_opts,
+            )
+        if args.ingress_host:
+            self._ingress(name, args, ns_name, labels, service.metadata["name"], k8s_opts)
+        if args.replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb",
+                metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+                spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+                opts=k8s_opts,
+            )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
+                  "ingress": network_policy_ingress(args.namespace, args.serving_namespace,
+                                                    args.serving_pod_cidr, bool(args.ingress_host))},
+            opts=k8s_opts,
+        )
+
+        self.namespace = ns_name
+        self.service_name = service.metadata["name"]
+        self.in_cluster_url = pulumi.Output.concat(
+            "http://", service.metadata["name"], ".", ns_name, ".svc.cluster.local:", str(TRACKING_PORT))
+        self.admin_username = pulumi.Output.from_input(ADMIN_USERNAME)
+        self.admin_username_value = ADMIN_USERNAME
+        self.secret_name = secret_name
+        self.admin_password = pulumi.Output.secret(admin_password.result)
+        self.deployment = deployment
+        self.register_outputs({
+            "namespace": self.namespace,
+            "service_name": self.service_name,
+            "in_cluster_url": self.in_cluster_url,
+            "admin_username": self.admin_username,
+            "admin_password": self.admin_password,
+        })
+
+    def _ingress(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str], labels: dict,
+                 service_name: pulumi.Output[str], k8s_opts: pulumi.ResourceOptions) -> None:
+        certificate = k8s.apiextensions.CustomResource(
+            f"{name}-certificate",
+            api_version="networking.gke.io/v1",
+            kind="ManagedCertificate",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec={"domains": [args.ingress_host]},
+            opts=k8s_opts,
+        )
+        backend = k8s.apiextensions.CustomResource(
+            f"{name}-backend-config",
+            api_version="cloud.google.com/v1",
+            kind="BackendConfig",
+            metadata={"name": BACKEND_CONFIG_NAME, "namespace": ns_name, "labels": labels},
+            spec={"healthCheck": {"type": "HTTP", "requestPath": "/health", "port": TRACKING_PORT},
+                  "timeoutSec": 300, "connectionDraining": {"drainingTimeoutSec": 30}},
+            opts=k8s_opts,
+        )
+        annotations = {
+            "kubernetes.io/ingress.class": "gce",
+            "networking.gke.io/managed-certificates": certificate.metadata["name"],
+            "kubernetes.io/ingress.allow-http": "false",
+        }
+        if args.ingress_static_ip_name is not None:
+            annotations["kubernetes.io/ingress.global-static-ip-name"] = args.ingress_static_ip_name
+        k8s.networking.v1.Ingress(
+            f"{name}-ingress",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels, "annotations": annotations},
+            spec={"defaultBackend": {"service": {"name": service_name,
+                                                 "port": {"number": TRACKING_PORT}}}},
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[backend])),
+        )
+
+
+def _spread(selector: dict) -> list[dict]:
+    return [
+        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
+         "labelSelector": {"matchLabels": selector}}
+        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+    ]
+
+
+def ingress_backend_annotations() -> dict[str, str]:
+    """Container-native load balancing, health-checked on /health (the root answers 401)."""
+    return {"cloud.google.com/neg": json.dumps({"ingress": True}),
+            "cloud.google.com/backend-config": json.dumps({"default": BACKEND_CONFIG_NAME})}
