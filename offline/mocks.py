@@ -109,7 +109,7 @@ class RecordingMonitor(MockMonitor):
                 custom=bool(request.custom),
                 inputs=_inputs_with_secrets(request.object),
                 parent=request.parent,
-                provider=request.provider.split("::")[0] if request.provider else "",
+                provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
                 dependencies=sorted(set(request.dependencies)),
                 state=registration.state,
             ))

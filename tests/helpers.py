@@ -27,3 +27,22 @@ def plain(value: Any) -> Any:
 def children_of(run, component_name: str) -> list:
     parent = next(r for r in run.resources if r.name == component_name and not r.custom)
     return [r for r in run.resources if r.parent == parent.urn]
+
+
+def pod_spec(record) -> dict:
+    return record.inputs["spec"]["template"]["spec"]
+
+
+def containers(record) -> list[dict]:
+    spec = pod_spec(record)
+    return list(spec.get("initContainers", [])) + list(spec.get("containers", []))
+
+
+def container(record, name: str) -> dict:
+    found = [c for c in containers(record) if c["name"] == name]
+    assert len(found) == 1, f"{record.urn}: {len(found)} containers named {name!r}"
+    return found[0]
+
+
+def env_of(container_spec: dict) -> dict[str, dict]:
+    return {entry["name"]: entry for entry in container_spec.get("env", [])}

@@ -151,3 +151,50 @@ def test_changing_a_setting_changes_the_plan(run_stack_with):
     pool = run.of_type("gcp:container/nodePool:NodePool")[0]
     assert dig(pool.inputs, "nodeConfig.machineType") == "n2-standard-8"
     assert dig(pool.inputs, "autoscaling.maxNodeCount") == 7
+
+
+WORKLOAD_TYPES = ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_container_is_hardened_limited_probed_and_digest_pinned(stack_runs, stack):
+    run = stack_runs[stack]
+    workloads = [r for r in run.resources if r.type in WORKLOAD_TYPES]
+    assert len(workloads) >= 4
+    for workload in workloads:
+        spec = workload.inputs["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, workload.urn
+        assert spec.get("automountServiceAccountToken") is False, workload.urn
+        long_running = workload.type == "kubernetes:apps/v1:Deployment"
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{workload.urn} container {c['name']}"
+            context = c["securityContext"]
+            assert context["runAsNonRoot"] is True and context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"], where
+            assert context["seccompProfile"]["type"] == "RuntimeDefault", where
+            assert c["resources"]["limits"]["memory"] and c["resources"]["limits"]["cpu"], where
+            assert c["resources"]["requests"]["cpu"], where
+            assert "@sha256:" in c["image"], f"{where}: image {c['image']} is not pinned by digest"
+            if long_running or c.get("restartPolicy") == "Always":
+                assert "readinessProbe" in c and "livenessProbe" in c and "startupProbe" in c, where
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_kubernetes_object_has_the_recommended_labels(stack_runs, stack):
+    keys = {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+            "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"}
+    for record in stack_runs[stack].resources:
+        if record.type.startswith("kubernetes:") and record.custom:
+            labels = record.inputs["metadata"].get("labels", {})
+            assert keys <= set(labels), f"{record.urn} lacks {sorted(keys - set(labels))}"
+
+
+def test_dev_plan_lists_the_workloads(stack_runs):
+    run = stack_runs["dev"]
+    names = {r.inputs["metadata"]["name"] for r in run.of_type("kubernetes:apps/v1:Deployment")}
+    assert names == {"mlflow-tracking", "mlflow-serving"}
+    for token, minimum in (("kubernetes:batch/v1:Job", 2), ("kubernetes:core/v1:Service", 2),
+                           ("kubernetes:core/v1:ServiceAccount", 2), ("kubernetes:core/v1:Secret", 2),
+                           ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", 1),
+                           ("docker-build:index:Image", 2)):
+        assert len(run.of_type(token)) >= minimum, token

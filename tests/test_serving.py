@@ -1,0 +1,131 @@
+"""Model serving: pure builders, then the component as the committed stacks declare it."""
+
+from __future__ import annotations
+
+import pytest
+
+from k8s.serving import (
+    ALIAS_ANNOTATION, ROLLOUT_ANNOTATION, ModelServingArgs, hpa_spec, rollout_annotations, serving_args,
+    setup_job_name,
+)
+from tests.helpers import container, env_of, plain, pod_spec
+
+
+def test_serves_the_registry_alias_with_the_local_environment():
+    args = serving_args("iris", "champion")
+    assert args[:2] == ["models", "serve"]
+    assert args[args.index("-m") + 1] == "models:/iris@champion"
+    assert args[args.index("--env-manager") + 1] == "local"
+
+
+def test_alias_or_token_change_changes_the_pod_template():
+    base = rollout_annotations("iris", "champion", "")
+    assert rollout_annotations("iris", "challenger", "") != base
+    assert rollout_annotations("iris", "champion", "2026-11-30") != base
+    assert base[ALIAS_ANNOTATION] == "models:/iris@champion" and base[ROLLOUT_ANNOTATION] == "initial"
+
+
+def test_setup_job_reruns_when_model_alias_or_script_change():
+    name = setup_job_name("iris", "champion", "", "script")
+    assert name != setup_job_name("iris", "champion", "", "script v2")
+    assert name != setup_job_name("iris", "canary", "", "script")
+    assert name == setup_job_name("iris", "champion", "", "script") and len(name) <= 63
+
+
+def test_hpa_scales_on_cpu_within_bounds():
+    spec = hpa_spec("mlflow-serving", 2, 9, 65)
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 9)
+    assert spec["metrics"][0]["resource"]["target"] == {"type": "Utilization", "averageUtilization": 65}
+
+
+def test_args_refuse_min_above_max():
+    with pytest.raises(ValueError, match="min_replicas=5, max_replicas=2"):
+        ModelServingArgs(provider=None, tracking_provider=None, project="p", workload_pool="w", environment="dev",
+                         image="i", setup_image="i", model_name="m", model_alias="a", tracking_url="u",
+                         tracking_in_cluster_url="u", tracking_namespace="n", admin_secret_name="s",
+                         admin_secret_key="k", admin_username="admin", tracking_ready=None,
+                         min_replicas=5, max_replicas=2)
+
+
+# --- as declared by the stacks --------------------------------------------------------------
+def serving_deployment(run):
+    return run.named("mlflow-serving-deployment")
+
+
+def test_serving_is_absent_without_a_model(run_stack_with):
+    run = run_stack_with("dev", modelName="")
+    assert not [r for r in run.resources if r.type.startswith("mlflow:serving")]
+    assert len(run.of_type("kubernetes:apps/v1:Deployment")) == 1
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_serving_pods_run_models_serve_with_credentials_from_a_secret(stack_runs, stack):
+    serving = container(serving_deployment(stack_runs[stack]), "serving")
+    assert serving["command"] == ["mlflow"]
+    assert serving["args"][serving["args"].index("-m") + 1] == "models:/iris-classifier@champion"
+    env = env_of(serving)
+    assert "valueFrom" in env["MLFLOW_TRACKING_USERNAME"] and "valueFrom" in env["MLFLOW_TRACKING_PASSWORD"]
+    assert serving["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert serving["startupProbe"]["failureThreshold"] * serving["startupProbe"]["periodSeconds"] >= 300
+
+
+def test_dev_serving_reaches_tracking_in_cluster_prod_through_the_internal_lb(stack_runs):
+    dev = env_of(container(serving_deployment(stack_runs["dev"]), "serving"))["MLFLOW_TRACKING_URI"]["value"]
+    prod = env_of(container(serving_deployment(stack_runs["prod"]), "serving"))["MLFLOW_TRACKING_URI"]["value"]
+    assert dev == "http://mlflow-tracking.mlflow.svc.cluster.local:5000"
+    assert prod == "http://10.10.15.254:5000"
+
+
+def test_prod_serving_runs_on_the_serving_cluster(stack_runs):
+    run = stack_runs["prod"]
+    serving_provider = run.named("mlflow-serving-k8s").urn
+    assert serving_deployment(run).provider == serving_provider
+    assert run.named("mlflow-deployment").provider == run.named("mlflow-platform-k8s").urn
+
+
+def test_rollout_token_rolls_the_serving_pods(run_stack_with):
+    first = serving_deployment(run_stack_with("dev", rolloutToken="one"))
+    second = serving_deployment(run_stack_with("dev", rolloutToken="two"))
+    annotations = lambda d: d.inputs["spec"]["template"]["metadata"]["annotations"]  # noqa: E731
+    assert annotations(first) != annotations(second)
+
+
+def test_hpa_bounds_follow_config(run_stack_with):
+    hpa = run_stack_with("dev", servingMinReplicas="2", servingMaxReplicas="7").named("mlflow-serving-hpa")
+    assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (2, 7)
+    assert hpa.inputs["apiVersion"] == "autoscaling/v2"
+
+
+def test_deployment_leaves_replicas_to_the_hpa(stack_runs):
+    assert "replicas" not in serving_deployment(stack_runs["prod"]).inputs["spec"]
+
+
+def test_pdb_in_prod_only(stack_runs):
+    assert stack_runs["prod"].named("mlflow-serving-pdb").inputs["spec"]["maxUnavailable"] == 1
+    assert not [r for r in stack_runs["dev"].resources if r.name == "mlflow-serving-pdb"]
+
+
+def test_serving_user_job_runs_beside_tracking_after_it_is_ready(stack_runs):
+    run = stack_runs["prod"]
+    job = run.named("mlflow-serving-setup")
+    assert job.inputs["metadata"]["namespace"] == "mlflow"
+    assert job.provider == run.named("mlflow-platform-k8s").urn
+    assert run.named("mlflow-deployment").urn in job.dependencies
+    assert job.urn in serving_deployment(run).dependencies
+    env = env_of(container(job, "ensure-serving-user"))
+    assert env["MODEL_NAME"]["value"] == "iris-classifier"
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "admin-password"
+
+
+def test_serving_credentials_are_the_same_secret_on_both_sides(stack_runs):
+    run = stack_runs["prod"]
+    serving = plain(run.named("mlflow-serving-credentials").inputs["stringData"])
+    setup = plain(run.named("mlflow-serving-setup-credentials").inputs["stringData"])
+    assert serving == setup and serving["username"] == "mlflow-serving"
+
+
+def test_serving_identity_has_no_gcp_roles(stack_runs):
+    run = stack_runs["prod"]
+    assert not [r for r in run.resources if r.name.startswith("mlflow-serving-identity-")
+                and r.type in ("gcp:projects/iAMMember:IAMMember", "gcp:storage/bucketIAMMember:BucketIAMMember")]
+    assert pod_spec(serving_deployment(run))["serviceAccountName"] == "mlflow-serving"

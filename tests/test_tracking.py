@@ -1,0 +1,198 @@
+"""The tracking server: pure builders, then the component as the committed stacks declare it."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.config import settings_from_values
+from k8s.tracking import (
+    AUTH_CONFIG_FILE, TrackingServerArgs, allowed_hosts, auth_config_ini, postgres_uri, tracking_args,
+    tracking_env,
+)
+from offline.mocks import is_secret
+from tests.helpers import container, containers, env_of, pod_spec, plain
+
+
+# --- pure builders --------------------------------------------------------------------------
+def test_backend_uri_goes_through_the_local_proxy_with_psycopg2():
+    assert postgres_uri("mlflow", "pw", "mlflow") == "postgresql+psycopg2://mlflow:pw@127.0.0.1:5432/mlflow"
+
+
+def test_allowed_hosts_name_every_service_dns_name_with_port_and_the_ingress_host():
+    hosts = allowed_hosts("mlflow", "mlflow.example.com", "10.10.15.254")
+    for host in ("mlflow-tracking:5000", "mlflow-tracking.mlflow.svc.cluster.local:5000",
+                 "mlflow-tracking.mlflow.svc.cluster.local", "mlflow.example.com", "10.10.15.254:5000"):
+        assert host in hosts
+    assert "*" not in hosts
+
+
+def test_server_args_serve_artifacts_from_the_bucket_with_basic_auth():
+    args = tracking_args(bucket="b", namespace="mlflow", workers=3, ingress_host=None, internal_ip=None)
+    assert args[0] == "server"
+    assert args[args.index("--artifacts-destination") + 1] == "gs://b/artifacts"
+    assert "--serve-artifacts" in args
+    assert args[args.index("--app-name") + 1] == "basic-auth"
+    assert args[args.index("--workers") + 1] == "3"
+
+
+def test_job_runner_is_off_unless_configured():
+    assert env_of({"env": tracking_env("s", False)})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    assert env_of({"env": tracking_env("s", True)})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "true"
+
+
+def test_auth_config_names_the_auth_database_default_permission_and_cache():
+    ini = auth_config_ini("READ", 300, "postgresql+psycopg2://u:p@127.0.0.1:5432/mlflow_auth")
+    assert "default_permission = READ" in ini and "auth_cache_ttl_seconds = 300" in ini
+    assert "database_uri = postgresql+psycopg2://u:p@127.0.0.1:5432/mlflow_auth" in ini
+    assert "admin_password" not in ini
+
+
+def test_args_refuse_an_unpinned_proxy_image():
+    with pytest.raises(ValueError, match="sql_proxy_image.*pinned by digest"):
+        TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", environment="dev",
+                           image="i", image_version="v", bucket_name="b", sql_connection_name="c", db_user="u",
+                           db_password="pw", sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2")
+
+
+# --- as declared by the stacks --------------------------------------------------------------
+def tracking_deployment(run):
+    return run.named("mlflow-deployment")
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_proxy_is_a_native_sidecar_and_the_app_is_a_main_container(stack_runs, stack):
+    spec = pod_spec(tracking_deployment(stack_runs[stack]))
+    assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy"]
+    assert spec["initContainers"][0]["restartPolicy"] == "Always"
+    assert [c["name"] for c in spec["containers"]] == ["mlflow"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_proxy_connects_to_the_stack_instance(stack_runs, stack):
+    run = stack_runs[stack]
+    connection = run.named("mlflow-db-instance").state["connectionName"]
+    assert container(tracking_deployment(run), "cloud-sql-proxy")["args"][-1] == connection
+
+
+def test_migration_job_runs_both_upgrades_behind_the_proxy(stack_runs):
+    run = stack_runs["dev"]
+    job = next(r for r in run.of_type("kubernetes:batch/v1:Job") if r.name == "mlflow-migrate")
+    spec = pod_spec(job)
+    assert spec["initContainers"][0]["name"] == "cloud-sql-proxy" and spec["restartPolicy"] == "Never"
+    assert container(job, "upgrade-tracking-db")["args"] == ["db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"]
+    auth = container(job, "upgrade-auth-db")
+    assert auth["command"] + auth["args"] == ["python", "-m", "mlflow.server.auth", "db", "upgrade", "--url",
+                                              "$(MLFLOW_AUTH_DATABASE_URI)"]
+
+
+def test_migration_job_precedes_the_deployment(stack_runs):
+    run = stack_runs["dev"]
+    job = run.named("mlflow-migrate")
+    assert job.urn in tracking_deployment(run).dependencies
+
+
+def test_migration_job_is_named_per_image_version(run_stack_with):
+    digest_a, digest_b = "a" * 64, "b" * 64
+    image = "us-docker.pkg.dev/p/r/mlflow-tracking@sha256:"
+    first = run_stack_with("dev", trackingImage=image + digest_a).named("mlflow-migrate")
+    second = run_stack_with("dev", trackingImage=image + digest_b).named("mlflow-migrate")
+    assert first.inputs["metadata"]["name"] == "mlflow-migrate-aaaaaaaaaaaa"
+    assert second.inputs["metadata"]["name"] == "mlflow-migrate-bbbbbbbbbbbb"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_secrets_are_referenced_never_inlined(stack_runs, stack):
+    run = stack_runs[stack]
+    secrets = [plain(r.state["result"]) for r in run.of_type("random:index/randomPassword:RandomPassword")]
+    for record in run.of_type("kubernetes:apps/v1:Deployment") + run.of_type("kubernetes:batch/v1:Job"):
+        text = repr(record.inputs)
+        assert not any(secret in text for secret in secrets), f"{record.urn} inlines a secret"
+        for spec in containers(record):
+            for entry in spec.get("env", []):
+                assert not any(word in entry["name"] for word in ("PASSWORD", "SECRET", "URI")) \
+                    or "valueFrom" in entry or entry["name"] == "MLFLOW_TRACKING_URI", f"{record.urn}: {entry}"
+
+
+def test_tracking_secret_holds_psycopg2_uris_and_the_auth_config(stack_runs):
+    secret = stack_runs["dev"].named("mlflow-secrets")
+    assert is_secret(secret.inputs["stringData"]), secret.urn
+    data = plain(secret.inputs["stringData"])
+    assert data["backend-store-uri"].startswith("postgresql+psycopg2://mlflow:")
+    assert data["backend-store-uri"].endswith("@127.0.0.1:5432/mlflow")
+    assert "database_uri = postgresql+psycopg2://" in data[AUTH_CONFIG_FILE]
+    assert len(data["flask-secret-key"]) == 64
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_server_env_and_args_follow_config(stack_runs, stack):
+    run = stack_runs[stack]
+    app = container(tracking_deployment(run), "mlflow")
+    env = env_of(app)
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "flask-secret-key"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].endswith(AUTH_CONFIG_FILE)
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    bucket = run.named("mlflow-artifacts-bucket").inputs["name"]
+    assert app["args"][app["args"].index("--artifacts-destination") + 1] == f"gs://{bucket}/artifacts"
+    assert app["startupProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_workers_and_replicas_follow_config(run_stack_with):
+    deployment = tracking_deployment(run_stack_with("dev", trackingWorkers="3", trackingReplicas="4"))
+    app = container(deployment, "mlflow")
+    assert app["args"][app["args"].index("--workers") + 1] == "3"
+    assert deployment.inputs["spec"]["replicas"] == 4
+
+
+def test_rolling_update_never_drops_below_desired(stack_runs):
+    strategy = tracking_deployment(stack_runs["prod"]).inputs["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def test_pdb_only_with_more_than_one_replica(stack_runs):
+    assert [r.name for r in stack_runs["prod"].of_type("kubernetes:policy/v1:PodDisruptionBudget")
+            if r.name == "mlflow-pdb"] == ["mlflow-pdb"]
+    assert not [r for r in stack_runs["dev"].resources if r.name == "mlflow-pdb"]
+
+
+def test_prod_exposes_tracking_to_the_serving_cluster_through_an_internal_lb(stack_runs):
+    run = stack_runs["prod"]
+    lb = run.named("mlflow-internal-lb")
+    assert lb.inputs["metadata"]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
+    assert lb.inputs["spec"]["type"] == "LoadBalancer"
+    reserved = run.of_type("gcp:compute/address:Address")[0]
+    assert lb.inputs["spec"]["loadBalancerIP"] == reserved.inputs["address"]
+    assert reserved.inputs["addressType"] == "INTERNAL"
+    assert not [r for r in stack_runs["dev"].resources if r.name == "mlflow-internal-lb"]
+
+
+def test_prod_ingress_uses_a_managed_certificate_and_health_checks_health(stack_runs):
+    run = stack_runs["prod"]
+    certificate = run.named("mlflow-certificate")
+    assert certificate.inputs["apiVersion"] == "networking.gke.io/v1"
+    assert certificate.inputs["spec"]["domains"] == ["mlflow.example.com"]
+    assert run.named("mlflow-backend-config").inputs["spec"]["healthCheck"]["requestPath"] == "/health"
+    ingress = run.named("mlflow-ingress")
+    annotations = ingress.inputs["metadata"]["annotations"]
+    assert annotations["networking.gke.io/managed-certificates"] == "mlflow-tracking"
+    assert annotations["kubernetes.io/ingress.allow-http"] == "false"
+    service = run.named("mlflow-service").inputs["metadata"]["annotations"]
+    assert "cloud.google.com/backend-config" in service
+
+
+def test_network_policy_admits_namespace_serving_and_load_balancers_only(stack_runs):
+    policy = stack_runs["prod"].named("mlflow-netpol").inputs["spec"]
+    peers = policy["ingress"][0]["from"]
+    assert {"podSelector": {}} in peers
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlflow-serving"}}} in peers
+    assert {"ipBlock": {"cidr": "130.211.0.0/22"}} in peers
+    assert {"ipBlock": {"cidr": "10.24.0.0/16"}} in peers  # the serving cluster's pods
+    assert policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 5000}]
+
+
+def test_tracking_identity_reads_and_writes_only_the_artifact_bucket(stack_runs):
+    run = stack_runs["dev"]
+    grant = run.named("mlflow-identity-bucket-0")
+    assert grant.inputs["bucket"] == settings_from_values(
+        {"gcp:project": "my-mlflow-dev", "mlflow-platform:environment": "dev"}).bucket_name
+    assert run.named("mlflow-identity-ksa").inputs["metadata"]["namespace"] == "mlflow"
+    assert pod_spec(tracking_deployment(run))["serviceAccountName"] == "mlflow-tracking"
