@@ -14,6 +14,7 @@ import pulumi_random as random
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
 from k8s.pods import (
+    SECRETS_AS_ENV_REASON, checkov_skips, default_deny_ingress,
     container_security_context, http_probe, pod_security_context, resources, secret_env, tmp_mount, tmp_volume,
 )
 
@@ -202,6 +203,7 @@ class ModelServing(pulumi.ComponentResource):
             opts=k8s_opts,
         )
         ns_name = namespace.metadata["name"]
+        k8s.networking.v1.NetworkPolicy(f"{name}-default-deny", **default_deny_ingress(ns_name, labels), opts=k8s_opts)
         # Its own identity, with no roles: the pods must not inherit the node's service account.
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
@@ -241,7 +243,8 @@ class ModelServing(pulumi.ComponentResource):
         setup = k8s.batch.v1.Job(
             f"{name}-setup",
             metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token, script),
-                      "namespace": args.tracking_namespace, "labels": setup_labels},
+                      "namespace": args.tracking_namespace, "labels": setup_labels,
+                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
             spec={
                 "backoffLimit": 6,
                 "activeDeadlineSeconds": 600,
@@ -270,7 +273,8 @@ class ModelServing(pulumi.ComponentResource):
             env=serving_env(args.tracking_url, serving_secret.metadata["name"]), cpu=args.cpu, memory=args.memory)
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
+                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
             spec={
                 # No `replicas`: the HPA owns the count; Pulumi would fight it on every update.
                 "revisionHistoryLimit": 5,

@@ -14,6 +14,7 @@ from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
 from k8s.pods import (
+    SECRETS_AS_ENV_REASON, checkov_skips, default_deny_ingress,
     SQL_PROXY_PORT, container_security_context, http_probe, pod_security_context,
     resources, secret_env, sql_proxy_sidecar, tmp_mount, tmp_volume,
 )
@@ -255,6 +256,7 @@ class TrackingServer(pulumi.ComponentResource):
             opts=k8s_opts,
         )
         ns_name = namespace.metadata["name"]
+        k8s.networking.v1.NetworkPolicy(f"{name}-default-deny", **default_deny_ingress(ns_name, labels), opts=k8s_opts)
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
             account_id=cap_name(f"mlflow-tracking-{args.environment}", 30),
@@ -302,7 +304,8 @@ class TrackingServer(pulumi.ComponentResource):
         migration = k8s.batch.v1.Job(
             f"{name}-migrate",
             metadata={"name": f"mlflow-migrate-{args.image_version[:12]}", "namespace": ns_name,
-                      "labels": k8s_labels(name, "migration")},
+                      "labels": k8s_labels(name, "migration"),
+                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
             spec={
                 "backoffLimit": 3,
                 "activeDeadlineSeconds": 1200,
@@ -323,7 +326,8 @@ class TrackingServer(pulumi.ComponentResource):
                                        cpu=args.cpu, memory=args.memory)
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
+                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
             spec={
                 "replicas": args.replicas,
                 "revisionHistoryLimit": 5,

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import shutil
 import sys
 from collections import Counter
+from pathlib import Path
 
 from infra.config import ConfigError
-from offline.stack import StackRun, run_stack
+from offline.render import render
+from offline.stack import ROOT, StackRun, run_stack
+
+PLAN_DIR = ROOT / "plan"
 
 
 def resource_tree(run: StackRun) -> list[str]:
@@ -41,22 +47,63 @@ def outputs_summary(run: StackRun) -> list[str]:
             for name, value in sorted(run.outputs.items())]
 
 
+def write_plan(files: dict[str, str], directory: Path) -> None:
+    """Replace directory's contents with files: a removed resource leaves no stale manifest."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    for relative, text in files.items():
+        path = directory / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def stale_report(files: dict[str, str], directory: Path) -> list[str]:
+    """Unified diffs between the committed plan and a fresh render; empty when current."""
+    committed = {p.relative_to(directory).as_posix(): p.read_text()
+                 for p in sorted(directory.rglob("*")) if p.is_file()} if directory.exists() else {}
+    report = []
+    for relative in sorted(set(files) | set(committed)):
+        old, new = committed.get(relative, ""), files.get(relative, "")
+        if old != new:
+            report += difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                           f"committed/{relative}", f"rendered/{relative}")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<stack>.yaml")
+    parser.add_argument("--stack", action="append", required=True,
+                        help="stack name (repeatable): reads Pulumi.<stack>.yaml")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; fail with a diff when plan/<stack>/ is stale")
+    parser.add_argument("--quiet", action="store_true", help="do not print the resource tree")
     args = parser.parse_args(argv)
-    try:
-        run = run_stack(args.stack)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"error: stack {args.stack!r} is invalid:\n{err}", file=sys.stderr)
-        return 2
-    print(f"Previewing stack {args.stack!r} offline (mocked providers; nothing is created):\n")
-    print("\n".join(resource_tree(run)))
-    print("\nResources by type:")
-    print("\n".join(type_counts(run)))
-    print("\nOutputs:")
-    print("\n".join(outputs_summary(run)))
-    return 0
+    stale = False
+    for stack in args.stack:
+        try:
+            run = run_stack(stack)
+        except (ConfigError, FileNotFoundError) as err:
+            print(f"error: stack {stack!r} is invalid:\n{err}", file=sys.stderr)
+            return 2
+        files = render(run)
+        directory = PLAN_DIR / stack
+        if args.check:
+            report = stale_report(files, directory)
+            if report:
+                stale = True
+                print(f"plan/{stack} is stale; run `make plan STACK={stack}` and commit it:", file=sys.stderr)
+                sys.stderr.writelines(report)
+            continue
+        if not args.quiet:
+            print(f"Previewing stack {stack!r} offline (mocked providers; nothing is created):\n")
+            print("\n".join(resource_tree(run)))
+            print("\nResources by type:")
+            print("\n".join(type_counts(run)))
+            print("\nOutputs:")
+            print("\n".join(outputs_summary(run)))
+        write_plan(files, directory)
+        print(f"\nWrote plan/{stack}/ ({len(files)} files)")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
