@@ -1,29 +1,59 @@
-# Everything runs from a project-local virtualenv that `make install` builds itself.
+# Everything runs from project-local virtualenvs that these targets build themselves.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+CHECKOV_VENV := .venv-checkov
+RUNTIME_VENV := .venv-runtime
 STACK ?= dev
+STACKS := dev prod
+PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install test plan reference clean
+.PHONY: install checkov runtime test plan plan-all plan-check validate reference local clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install $(PIP_FLAGS) -r requirements-dev.txt
+	touch $@
+
+# checkov pins libraries the Pulumi SDK also uses: it gets its own virtualenv.
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-checkov.txt
+	touch $@
+
+# What the pods run (mlflow_image/ pins) plus the local stand-ins for Cloud SQL and GCS.
+$(RUNTIME_VENV)/.installed: requirements-runtime.txt mlflow_image/requirements-common.txt \
+		mlflow_image/requirements-tracking.txt mlflow_image/requirements-serving.txt
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-runtime.txt
 	touch $@
 
 install: $(VENV)/.installed
+checkov: $(CHECKOV_VENV)/.installed
+runtime: $(RUNTIME_VENV)/.installed
 
-## make test: the whole offline suite (unit, component, whole-stack policy, plan).
-test: install
+## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end).
+test: install checkov runtime
 	$(PY) -m pytest
 
-## make plan STACK=dev|prod: print every resource the stack would create, offline.
+## make plan STACK=dev|prod: print every resource of the stack and write plan/<stack>/.
 plan: install
 	$(PY) -m offline.plan --stack $(STACK)
+
+plan-all: install
+	$(PY) -m offline.plan $(addprefix --stack ,$(STACKS)) --quiet
+
+## make plan-check: fail with a diff when the committed plan/ is stale.
+plan-check: install
+	$(PY) -m offline.plan $(addprefix --stack ,$(STACKS)) --check
 
 ## make reference: regenerate Pulumi.yaml's config section and README's table from infra/config.py.
 reference: install
 	$(PY) -m offline.reference --write
 
+## make local: the platform on this machine (Postgres, GCS emulator, tracking, serving); Ctrl-C stops it.
+local: install runtime
+	$(PY) -m local
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) .pytest_cache .local

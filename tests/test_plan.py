@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from offline import plan, reference
 from offline.stack import ROOT
+
+
+@pytest.fixture(autouse=True)
+def plan_dir(tmp_path, monkeypatch):
+    """`make plan` writes plan/<stack>/; tests write to a scratch copy instead of the repository."""
+    monkeypatch.setattr(plan, "PLAN_DIR", tmp_path / "plan")
+    return tmp_path / "plan"
 
 
 def plan_output(capsys, stack: str) -> tuple[int, str, str]:
@@ -57,3 +66,11 @@ def test_pulumi_yaml_declares_every_setting_of_the_model():
 def test_readme_configuration_table_matches_the_model():
     readme = (ROOT / "README.md").read_text()
     assert reference.readme_with_table(readme) == readme, "run `make reference`"
+
+
+def test_plan_writes_the_rendered_files(capsys, plan_dir):
+    code, out, _ = plan_output(capsys, "dev")
+    assert code == 0 and "Wrote plan/dev/" in out
+    assert (plan_dir / "dev" / "resources.yaml").exists()
+    assert sorted(p.name for p in (plan_dir / "dev" / "k8s").glob("*deployment*")) == [
+        "11-deployment-mlflow-mlflow-tracking.yaml", "12-deployment-mlflow-serving-mlflow-serving.yaml"]
