@@ -1,0 +1,228 @@
+"""The security rules of the `mlflow-platform-security` policy pack, as plain functions.
+
+Every rule is `check_<name>(resource_type, props) -> list[str]`: the violation messages for one
+resource's inputs (camelCase, as the engine passes them), empty when it complies. Keeping them free of
+the policy runtime lets the offline tests run them over the mocked dev and prod stacks;
+`policy/__main__.py` only wraps them in `ResourceValidationPolicy`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+# Offline (mocked) inputs keep secrets wrapped as {SIG_KEY: SECRET_SIG, "value": ...};
+# the policy runtime unwraps them itself. Either way rules see the plain value.
+SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+class _Unknown:
+    """A value a preview cannot know yet (it depends on a resource not created); the pack maps to it."""
+
+    def __repr__(self) -> str:
+        return "<unknown until apply>"
+
+
+UNKNOWN = _Unknown()
+
+KEY_TYPE = "gcp:serviceaccount/key:Key"
+SQL_TYPE = "gcp:sql/databaseInstance:DatabaseInstance"
+BUCKET_TYPE = "gcp:storage/bucket:Bucket"
+CLUSTER_TYPE = "gcp:container/cluster:Cluster"
+NODE_POOL_TYPE = "gcp:container/nodePool:NodePool"
+# Member grants carry `member`; the Binding variants carry `members` and would otherwise be a way around.
+IAM_TYPES = frozenset({
+    "gcp:projects/iAMMember:IAMMember", "gcp:storage/bucketIAMMember:BucketIAMMember",
+    "gcp:serviceaccount/iAMMember:IAMMember", "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember",
+    "gcp:projects/iAMBinding:IAMBinding", "gcp:storage/bucketIAMBinding:BucketIAMBinding",
+    "gcp:serviceaccount/iAMBinding:IAMBinding", "gcp:artifactregistry/repositoryIamBinding:RepositoryIamBinding",
+})
+PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
+BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
+# Where each workload type keeps its pod spec.
+POD_SPEC_PATHS = {
+    "kubernetes:apps/v1:Deployment": "spec.template.spec",
+    "kubernetes:apps/v1:StatefulSet": "spec.template.spec",
+    "kubernetes:apps/v1:DaemonSet": "spec.template.spec",
+    "kubernetes:batch/v1:Job": "spec.template.spec",
+    "kubernetes:batch/v1:CronJob": "spec.jobTemplate.spec.template.spec",
+    "kubernetes:core/v1:Pod": "spec",
+}
+# Per type: where its `env` label is, and what prod requires. A policy pack does not know the stack it
+# runs against, so the label the program puts on every GCP resource tells prod resources apart.
+PROD_PROTECTION: dict[str, tuple[str, dict[str, bool]]] = {
+    CLUSTER_TYPE: ("resourceLabels.env", {"deletionProtection": True}),
+    # Provider-side and API-side protection are two different switches; prod needs both.
+    SQL_TYPE: ("settings.userLabels.env", {"deletionProtection": True, "settings.deletionProtectionEnabled": True}),
+    BUCKET_TYPE: ("labels.env", {"forceDestroy": False}),
+}
+
+
+def plain(value: Any) -> Any:
+    """`value` without its secret wrapper."""
+    while isinstance(value, Mapping) and value.get(SIG_KEY) == SECRET_SIG:
+        value = value.get("value")
+    return value
+
+
+def get(props: Any, path: str, default: Any = None) -> Any:
+    """`get(props, "settings.ipConfiguration.ipv4Enabled")`, looking through secrets; default when absent."""
+    value = plain(props)
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return default
+        value = plain(value[part])
+    return value
+
+
+def check_no_service_account_keys(resource_type: str, props: dict) -> list[str]:
+    if resource_type == KEY_TYPE:
+        return ["service-account keys are forbidden: they leak and never expire; use Workload Identity"]
+    return []
+
+
+def check_sql_private_and_tls(resource_type: str, props: dict) -> list[str]:
+    if resource_type != SQL_TYPE:
+        return []
+    violations = []
+    ipv4 = get(props, "settings.ipConfiguration.ipv4Enabled")
+    if ipv4 is not False:
+        violations.append(f"Cloud SQL instance must have no public IP: settings.ipConfiguration.ipv4Enabled "
+                          f"must be false (is {ipv4!r})")
+    ssl_mode = get(props, "settings.ipConfiguration.sslMode")
+    if ssl_mode != "ENCRYPTED_ONLY":
+        violations.append(f"Cloud SQL instance must require TLS: settings.ipConfiguration.sslMode "
+                          f"must be 'ENCRYPTED_ONLY' (is {ssl_mode!r})")
+    return violations
+
+
+def check_bucket_not_public(resource_type: str, props: dict) -> list[str]:
+    if resource_type != BUCKET_TYPE:
+        return []
+    violations = []
+    prevention = get(props, "publicAccessPrevention")
+    if prevention != "enforced":
+        violations.append(f"bucket must prevent public access: publicAccessPrevention must be 'enforced' "
+                          f"(is {prevention!r})")
+    uniform = get(props, "uniformBucketLevelAccess")
+    if uniform is not True:
+        violations.append(f"bucket must use IAM only, no object ACLs: uniformBucketLevelAccess must be true "
+                          f"(is {uniform!r})")
+    return violations
+
+
+def check_iam_no_public_or_basic_roles(resource_type: str, props: dict) -> list[str]:
+    if resource_type not in IAM_TYPES:
+        return []
+    members = get(props, "members")
+    members = [get(props, "member")] + (members if isinstance(members, list) else [])
+    violations = [f"IAM grant to the public: member {member!r} is forbidden"
+                  for member in map(plain, members) if member in PUBLIC_MEMBERS]
+    role = get(props, "role")
+    if role in BASIC_ROLES:
+        violations.append(f"IAM grant of basic role {role!r} is forbidden: grant a predefined role "
+                          "on the narrowest resource")
+    return violations
+
+
+def check_gke_private_workload_identity(resource_type: str, props: dict) -> list[str]:
+    if resource_type != CLUSTER_TYPE:
+        return []
+    violations = []
+    private_nodes = get(props, "privateClusterConfig.enablePrivateNodes")
+    if private_nodes is not True:
+        violations.append(f"GKE cluster nodes must have no public IPs: privateClusterConfig.enablePrivateNodes "
+                          f"must be true (is {private_nodes!r})")
+    if not get(props, "workloadIdentityConfig.workloadPool"):
+        violations.append("GKE cluster must enable Workload Identity: workloadIdentityConfig.workloadPool "
+                          "must be set")
+    return violations
+
+
+def check_node_pool_gke_metadata(resource_type: str, props: dict) -> list[str]:
+    if resource_type != NODE_POOL_TYPE:
+        return []
+    mode = get(props, "nodeConfig.workloadMetadataConfig.mode")
+    if mode != "GKE_METADATA":
+        # Without it pods reach the node's metadata server and act as the node service account.
+        return [f"node pool must serve Workload Identity: nodeConfig.workloadMetadataConfig.mode "
+                f"must be 'GKE_METADATA' (is {mode!r})"]
+    return []
+
+
+def check_workload_hardening(resource_type: str, props: dict) -> list[str]:
+    if resource_type not in POD_SPEC_PATHS:
+        return []
+    pod = get(props, POD_SPEC_PATHS[resource_type]) or {}
+    pod_non_root = get(pod, "securityContext.runAsNonRoot")
+    violations = []
+    for field in ("initContainers", "containers"):
+        containers = get(pod, field)
+        for container in containers if isinstance(containers, list) else []:
+            where = f"{field[:-1]} {get(container, 'name')!r}"
+            # The pod-level setting applies to every container that does not override it.
+            non_root = get(container, "securityContext.runAsNonRoot", pod_non_root)
+            if non_root is not True:
+                violations.append(f"{where}: securityContext.runAsNonRoot must be true (is {non_root!r})")
+            read_only = get(container, "securityContext.readOnlyRootFilesystem")
+            if read_only is not True:
+                violations.append(f"{where}: securityContext.readOnlyRootFilesystem must be true "
+                                  f"(is {read_only!r})")
+            escalation = get(container, "securityContext.allowPrivilegeEscalation")
+            if escalation is not False:
+                violations.append(f"{where}: securityContext.allowPrivilegeEscalation must be false "
+                                  f"(is {escalation!r})")
+            dropped = get(container, "securityContext.capabilities.drop") or []
+            if not isinstance(dropped, list) or "ALL" not in map(plain, dropped):
+                violations.append(f"{where}: securityContext.capabilities.drop must contain 'ALL' "
+                                  f"(is {dropped!r})")
+            if not get(container, "resources.limits.memory"):
+                violations.append(f"{where}: resources.limits.memory must be set")
+            image = get(container, "image")
+            # A freshly built image is unknown during preview; it is checked again at apply.
+            if isinstance(image, str) and "@sha256:" not in image:
+                violations.append(f"{where}: image {image!r} must be pinned by digest (@sha256:...)")
+    return violations
+
+
+def check_prod_deletion_protection(resource_type: str, props: dict) -> list[str]:
+    if resource_type not in PROD_PROTECTION:
+        return []
+    label_path, required = PROD_PROTECTION[resource_type]
+    if get(props, label_path) != "prod":
+        return []
+    return [f"prod resource must be protected against deletion: {path} must be {str(expected).lower()} "
+            f"(is {get(props, path)!r})"
+            for path, expected in required.items() if get(props, path) is not expected]
+
+
+# (policy name, description, rule): the pack registers exactly these, in this order.
+POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
+    ("no-service-account-keys",
+     "No service-account JSON keys: workloads authenticate through Workload Identity.",
+     check_no_service_account_keys),
+    ("cloud-sql-private-ip-and-tls",
+     "Cloud SQL instances have no public IPv4 address and accept only TLS connections.",
+     check_sql_private_and_tls),
+    ("bucket-not-public",
+     "Storage buckets enforce public access prevention and uniform bucket-level access.",
+     check_bucket_not_public),
+    ("iam-no-public-members-or-basic-roles",
+     "IAM grants never name allUsers/allAuthenticatedUsers nor the basic roles owner, editor, viewer.",
+     check_iam_no_public_or_basic_roles),
+    ("gke-private-nodes-and-workload-identity",
+     "GKE clusters have private nodes and Workload Identity enabled.",
+     check_gke_private_workload_identity),
+    ("gke-node-pool-metadata-server",
+     "GKE node pools run the GKE metadata server (workloadMetadataConfig.mode GKE_METADATA).",
+     check_node_pool_gke_metadata),
+    ("kubernetes-workload-hardening",
+     "Every container runs as non-root with a read-only root filesystem, no privilege escalation, "
+     "all capabilities dropped, a memory limit, and an image pinned by digest.",
+     check_workload_hardening),
+    ("prod-deletion-protection",
+     "Resources labelled env=prod are protected against deletion: cluster and Cloud SQL deletion "
+     "protection on, bucket forceDestroy off.",
+     check_prod_deletion_protection),
+]

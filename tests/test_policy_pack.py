@@ -1,0 +1,215 @@
+"""The policy pack (policy/): its rules pass the committed dev and prod stacks, each rule catches the
+problem it exists for, and the pack builds and runs with the real pulumi_policy runtime."""
+
+from __future__ import annotations
+
+import copy
+import runpy
+import sys
+from typing import Any
+
+import pulumi_policy
+import pytest
+from pulumi_policy.deserialize import deserialize_properties
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+from offline.mocks import secret
+from offline.stack import ROOT, StackRun
+from policy import rules
+
+STACKS = ["dev", "prod"]
+RULES = {name: check for name, _, check in rules.POLICIES}
+
+
+@pytest.fixture(scope="module")
+def runs(stack_runs) -> dict[str, StackRun]:
+    """The real program for dev and prod under mocks (conftest runs each stack once per session)."""
+    return stack_runs
+
+
+def violations(record_type: str, inputs: dict) -> list[str]:
+    return [message for check in RULES.values() for message in check(record_type, inputs)]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_recorded_resource_complies_with_every_rule(runs, stack):
+    found = {r.urn: v for r in runs[stack].resources if (v := violations(r.type, r.inputs))}
+    assert found == {}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_rules_meet_the_resources_they_guard(runs, stack):
+    # Zero violations only means something if every guarded kind of resource was actually checked.
+    types = {r.type for r in runs[stack].resources}
+    guarded = {rules.SQL_TYPE, rules.BUCKET_TYPE, rules.CLUSTER_TYPE, rules.NODE_POOL_TYPE,
+               "kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job"}
+    assert guarded <= types
+    assert types & rules.IAM_TYPES
+    envs = {rules.get(r.inputs, rules.PROD_PROTECTION[r.type][0])
+            for r in runs[stack].resources if r.type in rules.PROD_PROTECTION}
+    assert envs == {stack}
+
+
+def first(run: StackRun, type_token: str):
+    return run.of_type(type_token)[0]
+
+
+def mutated(inputs: dict, path: str, value: Any) -> dict:
+    """A copy of `inputs` with `a.b.0.c` set to value (deleted when value is DELETE)."""
+    inputs = copy.deepcopy(inputs)
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    target = inputs
+    for part in parents:
+        target = target[part]
+    if value is DELETE:
+        del target[last]
+    else:
+        target[last] = value
+    return inputs
+
+
+DELETE = object()
+POD = "spec.template.spec"
+BREAKAGES = [
+    # (rule, stack, resource type, field, bad value, what the violation must say)
+    ("cloud-sql-private-ip-and-tls", "dev", rules.SQL_TYPE, "settings.ipConfiguration.ipv4Enabled", True,
+     "ipv4Enabled must be false"),
+    ("cloud-sql-private-ip-and-tls", "prod", rules.SQL_TYPE, "settings.ipConfiguration.sslMode",
+     "ALLOW_UNENCRYPTED_AND_ENCRYPTED", "sslMode must be 'ENCRYPTED_ONLY'"),
+    ("bucket-not-public", "dev", rules.BUCKET_TYPE, "publicAccessPrevention", "inherited",
+     "publicAccessPrevention must be 'enforced'"),
+    ("bucket-not-public", "prod", rules.BUCKET_TYPE, "uniformBucketLevelAccess", DELETE,
+     "uniformBucketLevelAccess must be true"),
+    ("iam-no-public-members-or-basic-roles", "dev", "gcp:storage/bucketIAMMember:BucketIAMMember", "member",
+     "allUsers", "member 'allUsers'"),
+    ("iam-no-public-members-or-basic-roles", "prod", "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember",
+     "member", "allAuthenticatedUsers", "member 'allAuthenticatedUsers'"),
+    ("iam-no-public-members-or-basic-roles", "prod", "gcp:projects/iAMMember:IAMMember", "role", "roles/editor",
+     "basic role 'roles/editor'"),
+    ("iam-no-public-members-or-basic-roles", "dev", "gcp:serviceaccount/iAMMember:IAMMember", "role",
+     "roles/owner", "basic role 'roles/owner'"),
+    ("gke-private-nodes-and-workload-identity", "dev", rules.CLUSTER_TYPE, "privateClusterConfig.enablePrivateNodes",
+     False, "enablePrivateNodes must be true"),
+    ("gke-private-nodes-and-workload-identity", "prod", rules.CLUSTER_TYPE, "workloadIdentityConfig", DELETE,
+     "must enable Workload Identity"),
+    ("gke-node-pool-metadata-server", "dev", rules.NODE_POOL_TYPE, "nodeConfig.workloadMetadataConfig.mode",
+     "GCE_METADATA", "mode must be 'GKE_METADATA'"),
+    ("kubernetes-workload-hardening", "dev", "kubernetes:apps/v1:Deployment",
+     f"{POD}.containers.0.securityContext.readOnlyRootFilesystem", DELETE, "readOnlyRootFilesystem must be true"),
+    ("kubernetes-workload-hardening", "prod", "kubernetes:apps/v1:Deployment",
+     f"{POD}.initContainers.0.securityContext.runAsNonRoot", False, "runAsNonRoot must be true"),
+    ("kubernetes-workload-hardening", "dev", "kubernetes:batch/v1:Job",
+     f"{POD}.containers.0.securityContext.allowPrivilegeEscalation", True, "allowPrivilegeEscalation must be false"),
+    ("kubernetes-workload-hardening", "prod", "kubernetes:batch/v1:Job",
+     f"{POD}.containers.0.securityContext.capabilities.drop", ["NET_RAW"], "capabilities.drop must contain 'ALL'"),
+    ("kubernetes-workload-hardening", "dev", "kubernetes:apps/v1:Deployment",
+     f"{POD}.containers.0.resources.limits.memory", DELETE, "resources.limits.memory must be set"),
+    ("kubernetes-workload-hardening", "prod", "kubernetes:batch/v1:Job", f"{POD}.containers.0.image",
+     "us-central1-docker.pkg.dev/p/mlflow-images/mlflow-tracking:3.1", "must be pinned by digest"),
+    ("prod-deletion-protection", "prod", rules.CLUSTER_TYPE, "deletionProtection", False,
+     "deletionProtection must be true"),
+    ("prod-deletion-protection", "prod", rules.SQL_TYPE, "settings.deletionProtectionEnabled", False,
+     "settings.deletionProtectionEnabled must be true"),
+    ("prod-deletion-protection", "prod", rules.SQL_TYPE, "deletionProtection", DELETE,
+     "deletionProtection must be true"),
+    ("prod-deletion-protection", "prod", rules.BUCKET_TYPE, "forceDestroy", True, "forceDestroy must be false"),
+]
+
+
+@pytest.mark.parametrize("rule,stack,type_token,path,value,message", BREAKAGES,
+                         ids=[f"{rule}:{stack}:{t.rsplit(':', 1)[1]}.{path}" for rule, stack, t, path, *_ in BREAKAGES])
+def test_each_rule_catches_its_problem(runs, rule, stack, type_token, path, value, message):
+    record = first(runs[stack], type_token)
+    assert RULES[rule](record.type, record.inputs) == []
+    found = RULES[rule](record.type, mutated(record.inputs, path, value))
+    assert any(message in violation for violation in found), found
+
+
+def test_service_account_keys_are_refused(runs):
+    account = first(runs["dev"], "gcp:serviceaccount/account:Account")
+    key_inputs = {"serviceAccountId": account.state["name"]}
+    assert RULES["no-service-account-keys"](rules.KEY_TYPE, key_inputs) == [
+        "service-account keys are forbidden: they leak and never expire; use Workload Identity"]
+
+
+def test_pod_level_non_root_covers_containers_that_do_not_override_it(runs):
+    job = first(runs["dev"], "kubernetes:batch/v1:Job")
+    inputs = mutated(job.inputs, f"{POD}.containers.0.securityContext.runAsNonRoot", DELETE)
+    assert RULES["kubernetes-workload-hardening"](job.type, inputs) == []
+    inputs = mutated(inputs, f"{POD}.securityContext.runAsNonRoot", DELETE)
+    assert any("runAsNonRoot must be true" in v for v in RULES["kubernetes-workload-hardening"](job.type, inputs))
+
+
+def test_deletion_protection_is_only_required_in_prod(runs):
+    # dev is destroyable on purpose: its cluster, instance and bucket carry env=dev.
+    for type_token in rules.PROD_PROTECTION:
+        record = first(runs["dev"], type_token)
+        label_path, required = rules.PROD_PROTECTION[type_token]
+        assert rules.get(record.inputs, label_path) == "dev"
+        relabelled = mutated(record.inputs, label_path, "prod")
+        assert RULES["prod-deletion-protection"](type_token, relabelled), f"dev {type_token} would pass as prod"
+
+
+def test_an_image_unknown_during_preview_is_not_judged(runs):
+    deployment = first(runs["dev"], "kubernetes:apps/v1:Deployment")
+    inputs = mutated(deployment.inputs, f"{POD}.containers.0.image", rules.UNKNOWN)
+    assert RULES["kubernetes-workload-hardening"](deployment.type, inputs) == []
+
+
+def test_rules_see_through_secrets(runs):
+    bucket = first(runs["prod"], rules.BUCKET_TYPE)
+    assert violations(bucket.type, mutated(bucket.inputs, "publicAccessPrevention", secret("enforced"))) == []
+    assert violations(bucket.type, mutated(bucket.inputs, "labels", secret(bucket.inputs["labels"]))) == []
+    found = violations(bucket.type, mutated(bucket.inputs, "publicAccessPrevention", secret("inherited")))
+    assert any("publicAccessPrevention" in v for v in found), found
+
+
+@pytest.fixture
+def pack(monkeypatch) -> dict:
+    """policy/__main__.py run as the Pulumi CLI runs it, with PolicyPack capturing instead of serving gRPC."""
+    captured: dict = {}
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", lambda **kwargs: captured.update(kwargs))
+    try:
+        runpy.run_path(str(ROOT / "policy"), run_name="__main__")
+    finally:
+        sys.modules.pop("rules", None)  # imported from the pack directory, as the CLI does
+    return captured
+
+
+def test_pack_is_built_from_every_rule(pack):
+    assert pack["name"] == "mlflow-platform-security"
+    assert pack["enforcement_level"] is pulumi_policy.EnforcementLevel.MANDATORY
+    assert [p.name for p in pack["policies"]] == [name for name, _, _ in rules.POLICIES]
+    assert all(isinstance(p, pulumi_policy.ResourceValidationPolicy) and p.description for p in pack["policies"])
+
+
+def run_policies(pack: dict, type_token: str, inputs: dict) -> list[str]:
+    """Every violation the pack's policies report for one resource, through the runtime's own argument types."""
+    props = unknown_checking_proxy(deserialize_properties(inputs))
+    args = pulumi_policy.ResourceValidationArgs(type_token, props, "urn:test", "test", None, None)
+    reported: list[str] = []
+    for policy in pack["policies"]:
+        policy.validate(args, lambda message, urn=None: reported.append(message))
+    return reported
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_pack_passes_the_stack_through_the_policy_runtime(pack, runs, stack):
+    found = {r.urn: v for r in runs[stack].resources if (v := run_policies(pack, r.type, r.inputs))}
+    assert found == {}
+
+
+def test_pack_reports_violations_and_tolerates_preview_unknowns(pack, runs):
+    instance = first(runs["prod"], rules.SQL_TYPE)
+    found = run_policies(pack, instance.type, mutated(instance.inputs, "settings.ipConfiguration.ipv4Enabled", True))
+    assert any("ipv4Enabled must be false" in v for v in found), found
+
+    deployment = first(runs["prod"], "kubernetes:apps/v1:Deployment")
+    # During preview an image still to be built is unknown: judged at apply, not an error now.
+    assert run_policies(pack, deployment.type,
+                        mutated(deployment.inputs, f"{POD}.containers.0.image", UNKNOWN_STRING_VALUE)) == []
+    # Other fields unknown in preview fail closed rather than pass unchecked.
+    found = run_policies(pack, deployment.type,
+                         mutated(deployment.inputs, f"{POD}.containers.0.securityContext.runAsNonRoot",
+                                 UNKNOWN_STRING_VALUE))
+    assert any("runAsNonRoot must be true (is <unknown until apply>)" in v for v in found), found
