@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from infra.config import ConfigError
+from offline.cost import cost_summary_line
 from offline.render import render
 from offline.stack import ROOT, StackRun, run_stack
 
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(type_counts(run)))
             print("\nOutputs:")
             print("\n".join(outputs_summary(run)))
+            print(f"\n{cost_summary_line(run)}")
         write_plan(files, directory)
         print(f"\nWrote plan/{stack}/ ({len(files)} files)")
     return 1 if stale else 0

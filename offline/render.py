@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from offline.cost import cost_markdown
 from offline.mocks import ResourceRecord, is_secret
 from offline.stack import StackRun
 
@@ -151,5 +152,6 @@ def render(run: StackRun) -> dict[str, str]:
         "resources.yaml": to_yaml(resources_document(run)),
         "graph.md": graph_markdown(run),
         "summary.md": summary_markdown(run),
+        "cost.md": cost_markdown(run),
         **manifest_files(run),
     }

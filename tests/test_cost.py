@@ -1,0 +1,65 @@
+"""The cost estimate: itemised from the declared resources, moving the way prices do."""
+
+from __future__ import annotations
+
+import pytest
+
+from offline.cost import estimate, load_prices, machine_hourly, sql_hourly, totals
+from offline.reference import cost_section
+from offline.stack import ROOT
+
+
+def line(run, prefix: str):
+    matches = [item for item in estimate(run) if item.item.startswith(prefix)]
+    assert len(matches) == 1, [i.item for i in estimate(run)]
+    return matches[0]
+
+
+def test_prod_costs_more_than_dev(stack_runs):
+    assert totals(estimate(stack_runs["prod"]))[0] > totals(estimate(stack_runs["dev"]))[1]
+
+
+def test_high_availability_raises_the_database_line(stack_runs, run_stack_with):
+    zonal = line(stack_runs["dev"], "Cloud SQL").monthly_min
+    regional = line(run_stack_with("dev", dbHighAvailability="true"), "Cloud SQL").monthly_min
+    assert regional > 1.8 * zonal
+
+
+def test_machine_type_changes_the_node_line(stack_runs, run_stack_with):
+    base = line(stack_runs["dev"], "Nodes")
+    bigger = line(run_stack_with("dev", machineType="n2-standard-8"), "Nodes")
+    assert bigger.monthly_min > base.monthly_min and "n2-standard-8" in bigger.detail
+
+
+def test_spot_nodes_are_cheaper(stack_runs, run_stack_with):
+    spot = line(stack_runs["dev"], "Nodes")
+    on_demand = line(run_stack_with("dev", spotNodes="false"), "Nodes")
+    assert on_demand.monthly_max > 2 * spot.monthly_max
+
+
+def test_node_line_spans_autoscaling_min_to_max(run_stack_with):
+    item = line(run_stack_with("dev", minNodes="2", maxNodes="5"), "Nodes")
+    assert item.monthly_max == pytest.approx(item.monthly_min * 5 / 2)
+
+
+def test_regional_pools_count_three_zones(stack_runs):
+    assert "3-9 × e2-standard-4 (3 zones)" in line(stack_runs["prod"], "Nodes: mlflow-platform").detail
+
+
+def test_load_balancers_are_priced_only_where_declared(stack_runs):
+    assert not [i for i in estimate(stack_runs["dev"]) if i.item == "Load balancers"]
+    assert "2 forwarding rule(s)" in line(stack_runs["prod"], "Load balancers").detail
+
+
+def test_unit_prices_follow_the_table():
+    prices = load_prices()
+    assert machine_hourly("e2-standard-4", prices) == pytest.approx(4 * 0.021811 + 16 * 0.002923)
+    assert machine_hourly("e2-highcpu-4", prices) < machine_hourly("e2-standard-4", prices)
+    assert sql_hourly("db-custom-2-7680", "ENTERPRISE", prices) == pytest.approx(2 * 0.0413 + 7.5 * 0.007)
+    assert "Source:" in (ROOT / "pricing" / "prices.yaml").read_text()
+
+
+def test_readme_cost_section_matches_the_committed_plans():
+    readme = (ROOT / "README.md").read_text()
+    assert cost_section() in readme, "run `make reference` after `make plan-all`"
+    assert "### stack `prod`" in cost_section()
