@@ -8,6 +8,7 @@ from infra.apis import ProjectApis, ProjectApisArgs
 from infra.cluster import GkeCluster, GkeClusterArgs
 from infra.config import Settings
 from infra.database import Database, DatabaseArgs
+from infra.edge import EdgePolicy, EdgePolicyArgs
 from infra.images import MlflowImages, MlflowImagesArgs, image_version
 from infra.naming import gcp_labels
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
@@ -118,6 +119,10 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         maintenance_hour=settings.db_maintenance_hour,
     ), after_apis)
 
+    edge = (EdgePolicy(f"{prefix}-edge", EdgePolicyArgs(
+        project=settings.project, requests_per_minute=settings.armor_requests_per_minute, labels=labels), after_apis)
+        if settings.cloud_armor else None)
+    iap_secret = settings.iap_oauth_client_secret
     tracking_version = image_version(settings.tracking_image)
     tracking = TrackingServer("mlflow", TrackingServerArgs(
         provider=platform.provider,
@@ -140,6 +145,9 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         auth_cache_ttl_seconds=settings.auth_cache_ttl_seconds,
         ingress_host=settings.ingress_host,
         ingress_static_ip_name=network.ingress_address_name,
+        security_policy_name=edge.policy_name if edge else None,
+        iap_client_id=settings.iap_oauth_client_id if settings.iap else None,
+        iap_client_secret=pulumi.Output.secret(iap_secret.get_secret_value()) if settings.iap and iap_secret else None,
         internal_lb_ip=settings.tracking_internal_ip if settings.serving_cluster else None,
         serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
     ), after_apis)

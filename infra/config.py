@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 
 import pulumi
 from pulumi.runtime import config as pulumi_config
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 PROJECT_NAMESPACE = "mlflow-platform"
@@ -49,6 +49,9 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9.\-/:_]+@sha256:[0-9a-f]{64}$")
 _WEEKDAYS = {"MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6, "SUN": 7}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+SECRET_FIELDS = frozenset({"iap_oauth_client_secret"})
 
 
 class ConfigError(ValueError):
@@ -129,6 +132,11 @@ class Settings(BaseModel):
         description="Cloud SQL Auth Proxy image by digest.")
     tracking_job_execution: bool = Field(False, description="Run MLflow's job runner in the server (+~2 GB RSS).")
     ingress_host: Optional[str] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
+    cloud_armor: bool = Field(False, description="Cloud Armor per-client rate limiting on the Ingress (needs `ingressHost`).")
+    armor_requests_per_minute: int = Field(600, description="Requests per minute one client IP may make before 429 (10-100000).")
+    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress (needs `ingressHost` and an OAuth client).")
+    iap_oauth_client_id: Optional[str] = Field(None, description="OAuth client id for IAP.")
+    iap_oauth_client_secret: Optional[SecretStr] = Field(None, description="OAuth client secret for IAP: `pulumi config set --secret`.")
     auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
     auth_cache_ttl_seconds: int = Field(300, description="Seconds a verified credential stays cached (0-3600); 0 checks scrypt on every request.")
 
@@ -297,7 +305,7 @@ class Settings(BaseModel):
             ("tracking_replicas", 1, 20), ("tracking_workers", 1, 8),
             ("auth_cache_ttl_seconds", 0, 3600), ("serving_min_replicas", 1, 100),
             ("serving_max_replicas", 1, 100), ("serving_target_cpu_percent", 10, 95),
-            ("serving_workers", 1, 8),
+            ("serving_workers", 1, 8), ("armor_requests_per_minute", 10, 100_000),
         ):
             bounded(key, low, high)
 
@@ -320,6 +328,12 @@ class Settings(BaseModel):
         if self.db_point_in_time_recovery and not self.db_backups:
             errors.append(_line("db_point_in_time_recovery", True, f"needs {_key('db_backups')}=true"))
 
+        for key in ("cloud_armor", "iap"):
+            if getattr(self, key) and not self.ingress_host:
+                errors.append(_line(key, True, f"needs {_key('ingress_host')}: edge protection sits on the Ingress"))
+        if self.iap and not (self.iap_oauth_client_id and self.iap_oauth_client_secret):
+            errors.append(_line("iap", True, f"needs {_key('iap_oauth_client_id')} and "
+                                             f"{_key('iap_oauth_client_secret')} (set it with --secret)"))
         if self.environment == "prod":
             for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
                         "db_point_in_time_recovery"):
@@ -419,7 +433,8 @@ def _describe(err: ValidationError) -> str:
         if problem["type"] == "missing":
             lines.append(f"{key}: required setting is missing; set it with `pulumi config set {key} VALUE`")
         else:
-            lines.append(f"{key} = {problem.get('input')!r}: {problem['msg'].removeprefix('Value error, ')}")
+            shown = "[secret]" if name in SECRET_FIELDS else repr(problem.get("input"))
+            lines.append(f"{key} = {shown}: {problem['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -432,6 +447,8 @@ def load_settings() -> Settings:
         config = pulumi.Config(namespace)
         if Settings.model_fields[name].annotation == tuple[str, ...]:
             raw = config.get_object(short)
+        elif name in SECRET_FIELDS:
+            raw = pulumi_config.get_config(key)  # Config.get would warn that the value is secret
         else:
             raw = config.get(short)
         values.pop(key, None)

@@ -214,12 +214,22 @@ class TrackingServerArgs:
     """Public host served through an Ingress with a managed certificate."""
     ingress_static_ip_name: Optional[pulumi.Input[str]] = None
     """Name of the global address the Ingress uses."""
+    security_policy_name: Optional[pulumi.Input[str]] = None
+    """Cloud Armor policy attached to the Ingress backend."""
+    iap_client_id: Optional[str] = None
+    """OAuth client id: turns on Identity-Aware Proxy for the Ingress."""
+    iap_client_secret: Optional[pulumi.Input[str]] = None
+    """OAuth client secret for IAP (a secret)."""
     internal_lb_ip: Optional[str] = None
     """Reserved internal address: exposes tracking to the VPC through an internal load balancer."""
     serving_pod_cidr: Optional[str] = None
     """Pod range of a separate serving cluster, admitted by the NetworkPolicy."""
 
     def __post_init__(self) -> None:
+        if bool(self.iap_client_id) != bool(self.iap_client_secret):
+            raise ValueError("TrackingServerArgs.iap_client_id and iap_client_secret go together")
+        if (self.security_policy_name is not None or self.iap_client_id) and not self.ingress_host:
+            raise ValueError("TrackingServerArgs: Cloud Armor and IAP need ingress_host")
         if "@sha256:" not in self.sql_proxy_image:
             raise ValueError(f"TrackingServerArgs.sql_proxy_image={self.sql_proxy_image!r}: must be pinned by digest")
         if self.replicas < 1:
@@ -413,13 +423,23 @@ class TrackingServer(pulumi.ComponentResource):
             spec={"domains": [args.ingress_host]},
             opts=k8s_opts,
         )
+        iap_secret_name = None
+        if args.iap_client_id:
+            iap_secret = k8s.core.v1.Secret(
+                f"{name}-iap-oauth",
+                metadata={"name": "mlflow-iap-oauth", "namespace": ns_name, "labels": labels},
+                type="Opaque",
+                string_data=pulumi.Output.secret(pulumi.Output.from_input(args.iap_client_secret).apply(
+                    lambda secret: {"client_id": args.iap_client_id, "client_secret": secret})),
+                opts=k8s_opts,
+            )
+            iap_secret_name = iap_secret.metadata["name"]
         backend = k8s.apiextensions.CustomResource(
             f"{name}-backend-config",
             api_version="cloud.google.com/v1",
             kind="BackendConfig",
             metadata={"name": BACKEND_CONFIG_NAME, "namespace": ns_name, "labels": labels},
-            spec={"healthCheck": {"type": "HTTP", "requestPath": "/health", "port": TRACKING_PORT},
-                  "timeoutSec": 300, "connectionDraining": {"drainingTimeoutSec": 30}},
+            spec=backend_config_spec(args.security_policy_name, iap_secret_name),
             opts=k8s_opts,
         )
         annotations = {
@@ -444,6 +464,18 @@ def _spread(selector: dict) -> list[dict]:
          "labelSelector": {"matchLabels": selector}}
         for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
     ]
+
+
+def backend_config_spec(security_policy: Any = None, iap_secret_name: Any = None) -> dict:
+    """Load-balancer backend settings: health check on /health, optional Cloud Armor and IAP."""
+    spec: dict = {"healthCheck": {"type": "HTTP", "requestPath": "/health", "port": TRACKING_PORT},
+                  "timeoutSec": 300, "connectionDraining": {"drainingTimeoutSec": 30},
+                  "logging": {"enable": True, "sampleRate": 1.0}}
+    if security_policy is not None:
+        spec["securityPolicy"] = {"name": security_policy}
+    if iap_secret_name is not None:
+        spec["iap"] = {"enabled": True, "oauthclientCredentials": {"secretName": iap_secret_name}}
+    return spec
 
 
 def ingress_backend_annotations() -> dict[str, str]:

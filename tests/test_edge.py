@@ -1,0 +1,56 @@
+"""Edge protection on the Ingress: Cloud Armor rate limiting and Identity-Aware Proxy."""
+
+from __future__ import annotations
+
+import pytest
+
+from infra.config import ConfigError, settings_from_values
+from offline.crd_validate import validate_custom_resource
+from offline.render import manifest, render
+from tests.helpers import plain
+
+NS = "mlflow-platform"
+IAP = {"iap": "true", "iapOauthClientId": "1234-abc.apps.googleusercontent.com",
+       "iapOauthClientSecret": "GOCSPX-offline-test-secret-value"}
+
+
+def test_cloud_armor_needs_an_ingress():
+    with pytest.raises(ConfigError, match=f"{NS}:cloudArmor = True: needs {NS}:ingressHost"):
+        settings_from_values({"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:cloudArmor": "true"})
+
+
+def test_iap_needs_an_oauth_client_and_never_echoes_the_secret():
+    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
+              f"{NS}:iap": "true", f"{NS}:iapOauthClientSecret": "GOCSPX-do-not-print"}
+    with pytest.raises(ConfigError) as caught:
+        settings_from_values(values)
+    assert f"needs {NS}:iapOauthClientId" in str(caught.value)
+    assert "GOCSPX-do-not-print" not in str(caught.value)
+    settings = settings_from_values({**values, f"{NS}:iapOauthClientId": "id"})
+    assert "GOCSPX-do-not-print" not in repr(settings)
+
+
+def test_prod_attaches_a_rate_limiting_policy_to_the_backend(stack_runs):
+    run = stack_runs["prod"]
+    policy = run.of_type("gcp:compute/securityPolicy:SecurityPolicy")[0]
+    throttle = next(rule for rule in policy.inputs["rules"] if rule["action"] == "throttle")
+    limits = throttle["rateLimitOptions"]
+    assert limits["rateLimitThreshold"] == {"count": 600, "intervalSec": 60}
+    assert (limits["enforceOnKey"], limits["exceedAction"]) == ("IP", "deny(429)")
+    backend = run.named("mlflow-backend-config").inputs["spec"]
+    assert backend["securityPolicy"] == {"name": policy.state["name"]}
+
+
+def test_dev_has_no_edge_protection(stack_runs):
+    assert stack_runs["dev"].of_type("gcp:compute/securityPolicy:SecurityPolicy") == []
+
+
+def test_iap_is_rendered_schema_valid_with_the_client_secret_masked(run_stack_with):
+    run = run_stack_with("prod", **IAP)
+    backend = run.named("mlflow-backend-config")
+    assert backend.inputs["spec"]["iap"] == {"enabled": True,
+                                             "oauthclientCredentials": {"secretName": "mlflow-iap-oauth"}}
+    assert validate_custom_resource(manifest(backend)) == []
+    secret = run.named("mlflow-iap-oauth")
+    assert plain(secret.inputs["stringData"])["client_secret"] == IAP["iapOauthClientSecret"]
+    assert not any(IAP["iapOauthClientSecret"] in text for text in render(run).values())
