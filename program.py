@@ -10,6 +10,7 @@ from infra.config import Settings
 from infra.database import Database, DatabaseArgs
 from infra.edge import EdgePolicy, EdgePolicyArgs
 from infra.images import MlflowImages, MlflowImagesArgs, image_version
+from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
 from infra.registry import ImageRepository, ImageRepositoryArgs
@@ -150,6 +151,22 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         iap_client_secret=pulumi.Output.secret(iap_secret.get_secret_value()) if settings.iap and iap_secret else None,
         internal_lb_ip=settings.tracking_internal_ip if settings.serving_cluster else None,
         serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
+    ), after_apis)
+
+    Monitoring(f"{prefix}-monitoring", MonitoringArgs(
+        project=settings.project,
+        environment=settings.environment,
+        tracking_namespace="mlflow",
+        serving_namespace="mlflow-serving",
+        bucket=settings.bucket_name,
+        serving_min_replicas=settings.serving_min_replicas,
+        serving_max_replicas=settings.serving_max_replicas,
+        labels=labels,
+        alerts_enabled=settings.alerts_enabled,
+        alert_email=settings.alert_email,
+        serving_p99_ms=settings.alert_serving_p99_ms,
+        serving_error_percent=settings.alert_serving_error_percent,
+        db_storage_percent=settings.alert_db_storage_percent,
     ), after_apis)
 
     outputs: dict[str, pulumi.Output] = {

@@ -140,6 +140,13 @@ class Settings(BaseModel):
     auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
     auth_cache_ttl_seconds: int = Field(300, description="Seconds a verified credential stays cached (0-3600); 0 checks scrypt on every request.")
 
+    # --- observability ---------------------------------------------------------------------
+    alerts_enabled: bool = Field(True, description="Alert policies evaluate and notify (dev may turn them off).")
+    alert_email: Optional[str] = Field(None, description="E-mail address notified by every alert; empty: none.")
+    alert_serving_p99_ms: int = Field(250, description="Alert when serving p99 latency exceeds this, ms (10-60000).")
+    alert_serving_error_percent: int = Field(5, description="Alert when serving 5xx exceed this share, percent (1-100).")
+    alert_db_storage_percent: int = Field(85, description="Alert when Cloud SQL storage exceeds this, percent (50-99).")
+
     # --- model serving -------------------------------------------------------------------
     model_name: Optional[str] = Field(None, description="Registered model to serve; empty creates no serving Deployment.")
     model_alias: str = Field("champion", description="Registry alias served (`models:/NAME@ALIAS`).")
@@ -259,6 +266,13 @@ class Settings(BaseModel):
             raise ValueError("must be a fully qualified lowercase DNS name, e.g. mlflow.example.com")
         return value or None
 
+    @field_validator("alert_email")
+    @classmethod
+    def _email(cls, value: Optional[str]) -> Optional[str]:
+        if value and not _EMAIL.match(value):
+            raise ValueError("must be an e-mail address, e.g. oncall@example.com")
+        return value or None
+
     @field_validator("model_name")
     @classmethod
     def _model_name(cls, value: Optional[str]) -> Optional[str]:
@@ -306,6 +320,8 @@ class Settings(BaseModel):
             ("auth_cache_ttl_seconds", 0, 3600), ("serving_min_replicas", 1, 100),
             ("serving_max_replicas", 1, 100), ("serving_target_cpu_percent", 10, 95),
             ("serving_workers", 1, 8), ("armor_requests_per_minute", 10, 100_000),
+            ("alert_serving_p99_ms", 10, 60_000), ("alert_serving_error_percent", 1, 100),
+            ("alert_db_storage_percent", 50, 99),
         ):
             bounded(key, low, high)
 

@@ -146,9 +146,15 @@ def summary_markdown(run: StackRun) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dashboard_files(run: StackRun) -> dict[str, str]:
+    return {f"monitoring/{record.name}.json": record.inputs["dashboardJson"] + "\n"
+            for record in run.of_type("gcp:monitoring/dashboard:Dashboard")}
+
+
 def render(run: StackRun) -> dict[str, str]:
     """Relative path -> file content, for everything under plan/<stack>/."""
     return {
+        **dashboard_files(run),
         "resources.yaml": to_yaml(resources_document(run)),
         "graph.md": graph_markdown(run),
         "summary.md": summary_markdown(run),

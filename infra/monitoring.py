@@ -1,0 +1,156 @@
+"""Dashboards and alerts over the platform's metrics (Managed Prometheus and Cloud SQL / GCS)."""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.naming import child_options
+
+DASHBOARD_TEMPLATE = Path(__file__).resolve().parent.parent / "monitoring" / "dashboard.json"
+
+
+def render_dashboard(*, environment: str, tracking_namespace: str, serving_namespace: str, bucket: str,
+                     serving_min_replicas: int, serving_max_replicas: int,
+                     template: Path = DASHBOARD_TEMPLATE) -> str:
+    """The dashboard JSON with this stack's names filled in; fails on any unfilled placeholder."""
+    text = string.Template(template.read_text()).substitute(
+        environment=environment, tracking_namespace=tracking_namespace, serving_namespace=serving_namespace,
+        bucket=bucket, serving_min_replicas=serving_min_replicas, serving_max_replicas=serving_max_replicas)
+    return json.dumps(json.loads(text), indent=2, sort_keys=True)
+
+
+def serving_p99_query(namespace: str, threshold_ms: int) -> str:
+    return (f'histogram_quantile(0.99, sum by (le) (rate(mlflow_serving_request_duration_seconds_bucket'
+            f'{{namespace="{namespace}",path="/invocations"}}[5m]))) > {threshold_ms / 1000:g}')
+
+
+def serving_error_ratio_query(namespace: str, percent: int) -> str:
+    return (f'sum(rate(mlflow_serving_requests_total{{namespace="{namespace}",status=~"5.."}}[5m])) / '
+            f'sum(rate(mlflow_serving_requests_total{{namespace="{namespace}"}}[5m])) > {percent / 100:g}')
+
+
+def tracking_down_query(namespace: str) -> str:
+    """No tracking pod answers its scrape (or none is scraped at all)."""
+    selector = f'namespace="{namespace}",job="mlflow-tracking"'
+    return f'(sum(up{{{selector}}}) or vector(0)) < 1'
+
+
+@dataclass(frozen=True)
+class MonitoringArgs:
+    project: str
+    """GCP project."""
+    environment: str
+    """dev or prod: in titles and labels."""
+    tracking_namespace: str
+    """Namespace of the tracking pods."""
+    serving_namespace: str
+    """Namespace of the serving pods."""
+    bucket: str
+    """Artifact bucket, for its size chart."""
+    serving_min_replicas: int
+    """HPA minimum, drawn on the replicas chart."""
+    serving_max_replicas: int
+    """HPA maximum, drawn on the replicas chart."""
+    labels: dict[str, str]
+    """User labels of alert policies and channels."""
+    alerts_enabled: bool = True
+    """Alert policies evaluate and notify; off keeps them declared but silent."""
+    alert_email: Optional[str] = None
+    """Address notified by every alert."""
+    serving_p99_ms: int = 250
+    """Serving p99 latency threshold."""
+    serving_error_percent: int = 5
+    """Serving 5xx ratio threshold, percent."""
+    db_storage_percent: int = 85
+    """Cloud SQL storage utilisation threshold, percent."""
+
+
+class Monitoring(pulumi.ComponentResource):
+    """One dashboard and four alert policies, optionally mailing one address."""
+
+    dashboard_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: MonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:monitoring:Monitoring", name, None, opts)
+        child = child_options(self, opts)
+        dashboard = gcp.monitoring.Dashboard(
+            f"{name}-dashboard",
+            project=args.project,
+            dashboard_json=render_dashboard(
+                environment=args.environment, tracking_namespace=args.tracking_namespace,
+                serving_namespace=args.serving_namespace, bucket=args.bucket,
+                serving_min_replicas=args.serving_min_replicas, serving_max_replicas=args.serving_max_replicas),
+            opts=child,
+        )
+        channels = []
+        if args.alert_email:
+            channel = gcp.monitoring.NotificationChannel(
+                f"{name}-email", project=args.project, type="email", display_name=f"MLflow {args.environment} on-call",
+                labels={"email_address": args.alert_email}, user_labels=args.labels, opts=child)
+            channels.append(channel.id)
+
+        def promql_alert(key: str, title: str, query: str, duration: str, runbook: str) -> None:
+            gcp.monitoring.AlertPolicy(
+                f"{name}-{key}",
+                project=args.project,
+                display_name=f"MLflow {args.environment}: {title}",
+                combiner="OR",
+                enabled=args.alerts_enabled,
+                severity="ERROR" if args.environment == "prod" else "WARNING",
+                conditions=[gcp.monitoring.AlertPolicyConditionArgs(
+                    display_name=title,
+                    condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
+                        query=query, duration=duration, evaluation_interval="60s"),
+                )],
+                documentation=gcp.monitoring.AlertPolicyDocumentationArgs(content=runbook, mime_type="text/markdown"),
+                notification_channels=channels,
+                user_labels=args.labels,
+                opts=child,
+            )
+
+        promql_alert("serving-latency", f"serving p99 latency above {args.serving_p99_ms} ms",
+                     serving_p99_query(args.serving_namespace, args.serving_p99_ms), "300s",
+                     "Serving is slow. Check the replicas chart (at the HPA maximum? raise `servingMaxReplicas`) "
+                     "and CPU throttling; see README, Operating it.")
+        promql_alert("serving-errors", f"serving 5xx above {args.serving_error_percent}%",
+                     serving_error_ratio_query(args.serving_namespace, args.serving_error_percent), "300s",
+                     "Serving fails requests. `kubectl -n mlflow-serving logs deploy/mlflow-serving`; a bad model "
+                     "version? Roll back the alias; see README, Operating it.")
+        promql_alert("tracking-down", "tracking server unavailable", tracking_down_query(args.tracking_namespace),
+                     "180s", "No tracking pod answers. Check the Deployment, the cloud-sql-proxy sidecar logs and "
+                     "Cloud SQL; see README, Operating it.")
+        gcp.monitoring.AlertPolicy(
+            f"{name}-db-storage",
+            project=args.project,
+            display_name=f"MLflow {args.environment}: Cloud SQL storage above {args.db_storage_percent}%",
+            combiner="OR",
+            enabled=args.alerts_enabled,
+            severity="WARNING",
+            conditions=[gcp.monitoring.AlertPolicyConditionArgs(
+                display_name="Cloud SQL disk utilisation",
+                condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                    filter='resource.type = "cloudsql_database" AND '
+                           'metric.type = "cloudsql.googleapis.com/database/disk/utilization"',
+                    comparison="COMPARISON_GT",
+                    threshold_value=args.db_storage_percent / 100,
+                    duration="600s",
+                    aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                        alignment_period="300s", per_series_aligner="ALIGN_MEAN")],
+                ),
+            )],
+            documentation=gcp.monitoring.AlertPolicyDocumentationArgs(
+                content="Storage grows automatically, but check what fills it (runs? logged metrics?) and the "
+                        "growth rate; see README, Operating it.", mime_type="text/markdown"),
+            notification_channels=channels,
+            user_labels=args.labels,
+            opts=child,
+        )
+        self.dashboard_id = dashboard.id
+        self.register_outputs({"dashboard_id": self.dashboard_id})

@@ -1,0 +1,38 @@
+"""`python -m mlflow_serving -m models:/NAME@ALIAS --port 8080`: what `mlflow models serve
+--env-manager local` does (download the model once, run uvicorn on MLflow's scoring app), with
+/metrics added by a middleware."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+
+import uvicorn
+from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+from mlflow.pyfunc import scoring_server
+from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+from mlflow.utils.file_utils import path_to_local_file_uri
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mlflow_serving", description=__doc__)
+    parser.add_argument("-m", "--model-uri", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, default=8080)
+    parser.add_argument("-w", "--workers", type=int, default=1)
+    parser.add_argument("-t", "--timeout", type=int, default=int(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()))
+    args = parser.parse_args(argv)
+
+    local_path = _download_artifact_from_uri(args.model_uri)
+    os.environ[scoring_server._SERVER_MODEL_PATH] = path_to_local_file_uri(local_path)
+    os.environ[MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.name] = str(args.timeout)
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several workers: metrics are aggregated through files, one set per worker.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
+    uvicorn.run("mlflow_serving.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, timeout_keep_alive=30, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

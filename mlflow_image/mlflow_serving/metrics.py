@@ -1,0 +1,72 @@
+"""Request count by status, latency histogram and in-flight gauge, as a pure ASGI middleware."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+# Paths are labels: anything else is "other", so a scanner cannot explode the series count.
+KNOWN_PATHS = frozenset({"/invocations", "/ping", "/health", "/version"})
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ServingMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter("mlflow_serving_requests", "Scoring-server requests by path, method and status.",
+                                ["path", "method", "status"], registry=self.registry)
+        self.latency = Histogram("mlflow_serving_request_duration_seconds", "Time to answer a request.",
+                                 ["path"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("mlflow_serving_requests_in_flight", "Requests being answered now.",
+                               registry=self.registry, multiprocess_mode="livesum")
+
+    def exposition(self) -> bytes:
+        """All workers' metrics when PROMETHEUS_MULTIPROC_DIR is set, else this process's."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class PrometheusMiddleware:
+    """Counts and times every HTTP request of the wrapped app; answers GET /metrics itself."""
+
+    def __init__(self, app, metrics: ServingMetrics | None = None):
+        self.app = app
+        self.metrics = metrics or ServingMetrics()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] == "/metrics":
+            await self._exposition(send)
+            return
+        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
+        status = 500  # what the client gets if the app raises before answering
+        started = time.perf_counter()
+        self.metrics.in_flight.inc()
+
+        async def send_and_watch(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(path, scope.get("method", ""), str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+    async def _exposition(self, send) -> None:
+        body = self.metrics.exposition()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})

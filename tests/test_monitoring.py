@@ -1,0 +1,108 @@
+"""Dashboards and alerts: valid, about the metrics the pods really export, thresholds from config."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from infra.monitoring import render_dashboard, serving_error_ratio_query, serving_p99_query
+from offline.stack import ROOT
+
+# What the exporters of this platform produce (tracking: prometheus-flask-exporter via
+# --expose-prometheus; serving: mlflow_serving.metrics; proxy: --prometheus; GMP: up).
+EXPORTED = {"mlflow_http_request_total", "mlflow_http_request_duration_seconds_bucket",
+            "mlflow_serving_requests_total", "mlflow_serving_request_duration_seconds_bucket",
+            "mlflow_serving_requests_in_flight", "cloudsqlconn_dial_failure_count", "up"}
+PROMQL_FUNCTIONS = {"sum", "rate", "histogram_quantile", "clamp_min", "count", "by", "le", "or", "vector"}
+
+
+def dashboard(stack: str) -> dict:
+    return json.loads((ROOT / "plan" / stack / "monitoring" / "mlflow-monitoring-dashboard.json").read_text())
+
+
+def queries(document: dict) -> list[str]:
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            found.extend(v for k, v in node.items() if k == "prometheusQuery")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(document)
+    return found
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_dashboard_is_rendered_into_the_plan_with_every_chart(stack):
+    document = dashboard(stack)
+    titles = [tile["widget"]["title"] for tile in document["mosaicLayout"]["tiles"]]
+    for needle in ("Tracking: requests/s", "Tracking: error ratio", "Tracking: latency p50 / p99",
+                   "Serving: requests/s", "Serving: error ratio", "Serving: latency p50 / p99",
+                   "Serving: replicas vs HPA bounds", "Cloud SQL proxy: connection errors", "Cloud SQL: CPU",
+                   "Cloud SQL: storage", "Cloud SQL: connections", "Artifact bucket"):
+        assert any(title.startswith(needle) for title in titles), needle
+    assert f"({stack})" in document["displayName"]
+
+
+def test_dashboard_queries_use_only_exported_metrics():
+    used = set()
+    for query in queries(dashboard("prod")):
+        assert query.count("(") == query.count(")"), query
+        used |= {name for name in re.findall(r"\b([a-z_]+)\s*(?=\{|\(|\[)", query)} - PROMQL_FUNCTIONS
+    assert used <= EXPORTED, used - EXPORTED
+    assert {"mlflow_http_request_total", "mlflow_serving_requests_total"} <= used
+
+
+def test_dashboard_draws_the_hpa_bounds_of_the_stack():
+    thresholds = next(tile["widget"]["xyChart"]["thresholds"] for tile in dashboard("prod")["mosaicLayout"]["tiles"]
+                      if tile["widget"]["title"].startswith("Serving: replicas"))
+    assert [t["value"] for t in thresholds] == [2, 10]
+
+
+def test_unfilled_placeholder_fails(tmp_path):
+    template = tmp_path / "d.json"
+    template.write_text('{"displayName": "${nope}"}')
+    with pytest.raises(KeyError):
+        render_dashboard(environment="dev", tracking_namespace="a", serving_namespace="b", bucket="c",
+                         serving_min_replicas=1, serving_max_replicas=2, template=template)
+
+
+def test_alert_queries_carry_the_thresholds():
+    assert serving_p99_query("mlflow-serving", 250).endswith("> 0.25")
+    assert serving_error_ratio_query("mlflow-serving", 5).endswith("> 0.05")
+
+
+def alerts(run) -> dict[str, dict]:
+    return {r.name: r.inputs for r in run.of_type("gcp:monitoring/alertPolicy:AlertPolicy")}
+
+
+def test_prod_alerts_are_on_and_mail_the_on_call(stack_runs):
+    run = stack_runs["prod"]
+    policies = alerts(run)
+    assert set(policies) == {f"mlflow-monitoring-{k}" for k in ("serving-latency", "serving-errors",
+                                                                 "tracking-down", "db-storage")}
+    channel = run.of_type("gcp:monitoring/notificationChannel:NotificationChannel")[0]
+    assert channel.inputs["labels"] == {"email_address": "mlflow-oncall@example.com"}
+    for name, policy in policies.items():
+        # the mocks give every resource the id NAME-id
+        assert policy["enabled"] is True and policy["notificationChannels"] == [f"{channel.name}-id"], name
+        assert "README" in policy["documentation"]["content"]
+
+
+def test_dev_alerts_are_declared_but_off(stack_runs):
+    policies = alerts(stack_runs["dev"])
+    assert len(policies) == 4 and not any(p["enabled"] for p in policies.values())
+    assert stack_runs["dev"].of_type("gcp:monitoring/notificationChannel:NotificationChannel") == []
+
+
+def test_thresholds_follow_config(run_stack_with):
+    policies = alerts(run_stack_with("prod", alertServingP99Ms="100", alertDbStoragePercent="70"))
+    latency = policies["mlflow-monitoring-serving-latency"]["conditions"][0]
+    assert latency["conditionPrometheusQueryLanguage"]["query"].endswith("> 0.1")
+    storage = policies["mlflow-monitoring-db-storage"]["conditions"][0]["conditionThreshold"]
+    assert storage["thresholdValue"] == 0.7
