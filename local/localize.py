@@ -1,0 +1,248 @@
+"""Every difference between a rendered container and the process `make local` runs for it.
+
+A container of plan/<stack>/k8s/ runs with its command, args and env exactly as rendered, except
+for these cluster-specific things (the complete list; `LocalCommand.changes` names each one made):
+
+1. command: a bare executable (`mlflow`, `python`) is the runtime virtualenv's, as the image's
+   PATH (/opt/venv/bin first) would resolve it.
+2. Secrets: a `secretKeyRef` env value, or a file of a secret volume, is the value generated for
+   this machine (the rendered Secrets are masked); a key the rendered Secret lacks is an error.
+3. Volumes: a path under a volume mount (the emptyDir at /tmp, a secret, a configMap) is the same
+   relative path under a local directory for that volume.
+4. The Cloud SQL Auth Proxy address of the pod (its sidecar's --address:--port, 127.0.0.1:5432)
+   becomes the local Postgres, 127.0.0.1:PORT, in env values and secret values.
+5. Service DNS names in URLs (http://mlflow-tracking.mlflow.svc.cluster.local:5000) become
+   http://127.0.0.1:LOCAL_PORT of the workload that Service selects.
+6. `--host 0.0.0.0` becomes `--host 127.0.0.1`: nothing listens beyond this machine.
+7. `--port N` becomes the local port chosen for the workload.
+8. `--allowed-hosts LIST` becomes `LIST,127.0.0.1:LOCAL_PORT` (the Host header clients send here).
+9. `$(VAR)` in command and args is expanded from the container env, as the kubelet does
+   (after the rules above, so it expands to the local values).
+
+The process environment is the manifest env plus what the image provides (IMAGE_ENV, from
+mlflow_image/Dockerfile: PATH, HOME=/tmp, PYTHON* flags; /tmp being the local dir of the pod's
+/tmp volume, also given as TMPDIR) and the explicit `extra_env` of a workload (the tracking
+server's STORAGE_EMULATOR_HOST: the GCS emulator standing in for GCS). Nothing is inherited
+from the caller's environment.
+
+Pure functions: no files are written here (`LocalCommand.files` lists what to write).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Mapping, Optional
+
+SECRET_PLACEHOLDER = "[secret]"
+LOCAL_HOST = "127.0.0.1"
+CLUSTER_TMP = "/tmp"
+# What mlflow_image/Dockerfile's runtime-base stage sets (PATH and HOME are filled in locally).
+IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class LocalizeError(ValueError):
+    """A container refers to something the local platform cannot provide."""
+
+
+@dataclass(frozen=True)
+class LocalSite:
+    """Where the cluster's endpoints and files are on this machine, for one pod."""
+
+    bin_dir: Path
+    """bin/ of the runtime virtualenv (the image's /opt/venv/bin)."""
+    volume_root: Path
+    """Local directory of this pod: each volume is a subdirectory named after it."""
+    secrets: Mapping[tuple[str, str], str]
+    """(secret name, key) -> local value, for the pod's namespace."""
+    config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """configMap name -> its data (from the rendered ConfigMap)."""
+    proxy_address: Optional[str] = None
+    """host:port of the pod's Cloud SQL proxy sidecar, if any."""
+    postgres_address: Optional[str] = None
+    """host:port of the local Postgres that replaces the proxy."""
+    services: Mapping[str, str] = field(default_factory=dict)
+    """cluster host:port (every DNS form of a Service) -> 127.0.0.1:local port."""
+    listen_port: Optional[int] = None
+    """Local port this container listens on (replaces --port)."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """Env the cluster gets from elsewhere (e.g. Workload Identity for GCS): explicit per workload."""
+
+
+@dataclass(frozen=True)
+class LocalCommand:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    files: dict[Path, tuple[str, int]]
+    """Files to write before starting: path -> (text, mode)."""
+    changes: list[str]
+    """Each difference from the rendered container, secret values masked."""
+    secret_env: frozenset[str]
+    """Names of env vars whose values are secrets."""
+
+
+def volume_dir(site: LocalSite, volume_name: str) -> Path:
+    return site.volume_root / volume_name
+
+
+def _mounts(container: dict, volumes: list[dict], site: LocalSite) -> list[tuple[str, Path, dict]]:
+    """(mountPath, local dir, volume) of each mount, longest mount path first."""
+    by_name = {volume["name"]: volume for volume in volumes}
+    result = []
+    for mount in container.get("volumeMounts", []):
+        volume = by_name.get(mount["name"])
+        if volume is None:
+            raise LocalizeError(f"container {container['name']!r} mounts unknown volume {mount['name']!r}")
+        result.append((mount["mountPath"].rstrip("/") or "/", volume_dir(site, mount["name"]), volume))
+    return sorted(result, key=lambda item: len(item[0]), reverse=True)
+
+
+def _local_path(value: str, mounts: list[tuple[str, Path, dict]]) -> Optional[str]:
+    """The local path of `value` if it is a path under a volume mount."""
+    for mount_path, local_dir, _ in mounts:
+        if value == mount_path:
+            return str(local_dir)
+        if value.startswith(mount_path + "/"):
+            return str(local_dir / PurePosixPath(value[len(mount_path) + 1:]))
+    return None
+
+
+def _volume_files(mounts: list[tuple[str, Path, dict]], site: LocalSite, rewrite) -> dict[Path, tuple[str, int]]:
+    files: dict[Path, tuple[str, int]] = {}
+    for _, local_dir, volume in mounts:
+        if "secret" in volume:
+            source = volume["secret"]
+            name = source["secretName"]
+            items = source.get("items") or [{"key": key, "path": key} for (secret, key) in site.secrets
+                                            if secret == name]
+            for item in items:
+                if (name, item["key"]) not in site.secrets:
+                    raise LocalizeError(f"volume {volume['name']!r}: no local value for secret {name}/{item['key']}")
+                files[local_dir / item["path"]] = (
+                    rewrite(site.secrets[(name, item["key"])], f"secret file {name}/{item['key']}"), 0o600)
+        elif "configMap" in volume:
+            name = volume["configMap"]["name"]
+            if name not in site.config_maps:
+                raise LocalizeError(f"volume {volume['name']!r}: configMap {name!r} is not in the manifests")
+            for key, text in site.config_maps[name].items():
+                files[local_dir / key] = (text, 0o644)
+        elif "emptyDir" not in volume:
+            raise LocalizeError(f"volume {volume['name']!r}: only emptyDir, secret and configMap are supported")
+    return files
+
+
+_URL_HOST = re.compile(r"(?P<scheme>https?://)(?P<hostport>[A-Za-z0-9.\-]+:\d+)")
+_VAR_REF = re.compile(r"\$\$|\$\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes `$(VAR)` expansion: defined vars are replaced, `$$` is a literal `$`,
+    references to undefined vars stay as written."""
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match["name"], match.group(0))
+    return _VAR_REF.sub(replace, text)
+
+
+def localize_container(container: dict, volumes: list[dict], site: LocalSite) -> LocalCommand:
+    """The local process for one rendered container (see the module docstring for every rule)."""
+    changes: list[str] = []
+    mounts = _mounts(container, volumes, site)
+
+    def rewrite_value(value: str, where: str = "") -> str:
+        """Rules 4 and 5, on any env or secret value."""
+        if site.proxy_address and site.postgres_address and site.proxy_address in value:
+            value = value.replace(site.proxy_address, site.postgres_address)
+            if where:
+                changes.append(f"{where}: Cloud SQL proxy {site.proxy_address} -> Postgres {site.postgres_address}")
+        return _URL_HOST.sub(
+            lambda m: m["scheme"] + site.services.get(m["hostport"], m["hostport"]), value)
+
+    # --- env (rules 2-5) -----------------------------------------------------------------
+    env: dict[str, str] = {}
+    secret_names: set[str] = set()
+    for entry in container.get("env", []):
+        name = entry["name"]
+        if "value" in entry:
+            original = str(entry["value"])
+            local = _local_path(original, mounts) or rewrite_value(original)
+            if local != original:
+                changes.append(f"env {name}: {original} -> {local}")
+            env[name] = local
+            continue
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+        if ref is None:
+            raise LocalizeError(f"container {container['name']!r} env {name}: only value and secretKeyRef are supported")
+        key = (ref["name"], ref["key"])
+        if key not in site.secrets:
+            raise LocalizeError(f"container {container['name']!r} env {name}: no local value for secret "
+                                f"{ref['name']}/{ref['key']}")
+        changes.append(f"env {name}: secret {ref['name']}/{ref['key']} -> local value")
+        env[name] = rewrite_value(site.secrets[key], f"env {name}")
+        secret_names.add(name)
+
+    # --- args (rules 3, 6, 7, 8) ---------------------------------------------------------
+    args = list(container.get("args", []))
+    for index, arg in enumerate(args):
+        previous = args[index - 1] if index else None
+        original = container["args"][index]
+        if previous == "--host" and arg == "0.0.0.0":
+            args[index] = LOCAL_HOST
+        elif previous == "--port" or arg.startswith("--port="):
+            if site.listen_port is None:
+                raise LocalizeError(f"container {container['name']!r} listens on {arg} but has no local port")
+            args[index] = f"--port={site.listen_port}" if arg.startswith("--port=") else str(site.listen_port)
+        elif previous == "--allowed-hosts":
+            if site.listen_port is None:
+                raise LocalizeError(f"container {container['name']!r} has --allowed-hosts but no local port")
+            args[index] = f"{arg},{LOCAL_HOST}:{site.listen_port}"
+            changes.append(f"arg --allowed-hosts: appended {LOCAL_HOST}:{site.listen_port}")
+            continue
+        else:
+            args[index] = _local_path(arg, mounts) or arg
+        if args[index] != original:
+            label = previous if previous and previous.startswith("-") else f"args[{index}]"
+            changes.append(f"arg {label}: {original} -> {args[index]}")
+
+    # --- command (rule 1) ----------------------------------------------------------------
+    command = list(container.get("command", []))
+    if not command:
+        raise LocalizeError(f"container {container['name']!r} has no command: the image default is not rendered")
+    if "/" not in command[0]:
+        executable = site.bin_dir / command[0]
+        if not executable.exists():
+            raise LocalizeError(f"container {container['name']!r}: {command[0]!r} is not in {site.bin_dir}")
+        changes.append(f"command {command[0]} -> {executable}")
+        command[0] = str(executable)
+
+    # --- $(VAR) (rule 9) -----------------------------------------------------------------
+    argv = [expand_vars(part, env) for part in command + args]
+    for index, (before, after) in enumerate(zip(command + args, argv)):
+        if before != after:
+            masked = SECRET_PLACEHOLDER if any(f"$({name})" in before for name in secret_names) else after
+            changes.append(f"expand argv[{index}]: {before} -> {masked}")
+
+    # --- process environment -------------------------------------------------------------
+    tmp = _local_path(CLUSTER_TMP, mounts)
+    if tmp is None:
+        raise LocalizeError(f"container {container['name']!r} has no /tmp volume (HOME and scratch space)")
+    process_env = {
+        "PATH": f"{site.bin_dir}:{SYSTEM_PATH}",
+        "HOME": tmp,
+        "TMPDIR": tmp,
+        "LANG": "C.UTF-8",
+        **IMAGE_ENV,
+        **env,
+    }
+    for name, value in site.extra_env.items():
+        if name in env:
+            raise LocalizeError(f"extra env {name} would override the manifest's value")
+        process_env[name] = value
+        changes.append(f"env {name}: added {value}")
+
+    return LocalCommand(argv=argv, env=process_env, cwd=Path(tmp), files=_volume_files(mounts, site, rewrite_value),
+                        changes=changes, secret_env=frozenset(secret_names))

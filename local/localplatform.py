@@ -1,0 +1,519 @@
+"""The platform of plan/<stack>/k8s/ on this machine: Postgres for Cloud SQL, a GCS emulator for
+the bucket, and the migration Job, tracking server, serving-user Job and model server run with
+the rendered commands (changed only as `local.localize` lists).
+
+    with LocalPlatform(workdir) as platform:
+        platform.tracking_url, platform.serving_url, platform.admin_username, platform.admin_password
+        platform.run_client("train", "--model-name", ..., user="admin")
+        platform.restart_tracking(); platform.restart_postgres(); ...
+
+Every process runs in its own process group with its output in workdir/logs/ (secrets never
+reach the console); leaving the `with` block stops them all. MLFLOW_LOCAL_RUNTIME_VENV names
+another runtime virtualenv (default .venv-runtime), e.g. to rehearse an MLflow upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import quote
+
+from infra.database import AUTH_DATABASE, DB_USER, TRACKING_DATABASE
+from k8s.serving import SECRET_PASSWORD, SECRET_USERNAME, SERVING_USERNAME
+from k8s.tracking import (
+    ADMIN_USERNAME, AUTH_CONFIG_FILE, SECRET_ADMIN_PASSWORD, SECRET_AUTH_URI, SECRET_BACKEND_URI, SECRET_FLASK_KEY,
+    auth_config_ini, postgres_uri,
+)
+from local.localize import LocalCommand, LocalSite, localize_container
+from local.manifests import (
+    ROOT, Manifests, artifacts_bucket, container, pod_spec, run_to_completion_containers, selects,
+    served_model, service_dns_names, sql_proxy_address,
+)
+from local.postgres import LocalPostgres
+from local.processes import (
+    LocalPlatformError, ManagedProcess, Redactor, free_port, http, http_ok, log_tail, run_to_completion,
+)
+
+CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
+DEFAULT_RUNTIME_VENV = ROOT / ".venv-runtime"
+RUNTIME_VENV_ENV = "MLFLOW_LOCAL_RUNTIME_VENV"
+AUTH_SETTINGS_ANNOTATION = "mlflow.org/auth-settings"
+EMULATOR_HOST_ENV = "STORAGE_EMULATOR_HOST"
+MAX_STARTUP_SECONDS = 240.0
+JOB_TIMEOUT_SECONDS = 300.0
+
+
+def generate_password(length: int = 32) -> str:
+    """Letters and digits, like the program's RandomPassword(special=False)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def parse_auth_settings(tracking_deployment: dict) -> tuple[str, int]:
+    """(default permission, cache TTL) from the pod-template annotation `READ,ttl=300`."""
+    annotations = tracking_deployment["spec"]["template"]["metadata"].get("annotations", {})
+    value = annotations.get(AUTH_SETTINGS_ANNOTATION, "")
+    match = re.fullmatch(r"(?P<permission>[A-Z_]+),ttl=(?P<ttl>\d+)", value)
+    if not match:
+        raise LocalPlatformError(f"tracking Deployment annotation {AUTH_SETTINGS_ANNOTATION}={value!r}: "
+                                 "expected PERMISSION,ttl=SECONDS")
+    return match["permission"], int(match["ttl"])
+
+
+@dataclass(frozen=True)
+class Credentials:
+    db_password: str
+    admin_password: str
+    flask_secret_key: str
+    serving_password: str
+    postgres_superuser_password: str
+
+    @classmethod
+    def generate(cls) -> "Credentials":
+        return cls(generate_password(), generate_password(), generate_password(64), generate_password(),
+                   generate_password())
+
+    def values(self) -> list[str]:
+        return [self.db_password, self.admin_password, self.flask_secret_key, self.serving_password,
+                self.postgres_superuser_password]
+
+
+def cluster_secret_values(credentials: Credentials, default_permission: str, cache_ttl: int) -> dict[str, dict[str, str]]:
+    """Every key a Secret of the program may hold -> the value it would hold, built with the
+    program's own functions (URIs through the proxy address, as in the cluster). Which Secret
+    gets which keys is read from the rendered manifests."""
+    auth_uri = postgres_uri(DB_USER, credentials.db_password, AUTH_DATABASE)
+    return {
+        "tracking": {
+            SECRET_BACKEND_URI: postgres_uri(DB_USER, credentials.db_password, TRACKING_DATABASE),
+            SECRET_AUTH_URI: auth_uri,
+            SECRET_ADMIN_PASSWORD: credentials.admin_password,
+            SECRET_FLASK_KEY: credentials.flask_secret_key,
+            AUTH_CONFIG_FILE: auth_config_ini(default_permission, cache_ttl, auth_uri),
+        },
+        "serving-credentials": {SECRET_USERNAME: SERVING_USERNAME, SECRET_PASSWORD: credentials.serving_password},
+    }
+
+
+def local_secrets(manifests: Manifests, values: dict[str, dict[str, str]]) -> dict[tuple[str, str, str], str]:
+    """(namespace, secret, key) -> value for every key of every rendered Secret."""
+    result = {}
+    for secret in manifests.all("Secret"):
+        meta = secret["metadata"]
+        keys = set(secret.get("stringData") or {}) | set(secret.get("data") or {})
+        source = next((group for group in values.values() if keys <= set(group)), None)
+        if source is None:
+            raise LocalPlatformError(f"Secret {meta['namespace']}/{meta['name']} has keys {sorted(keys)}: "
+                                     "the local platform does not know values for all of them")
+        for key in keys:
+            result[(meta["namespace"], meta["name"], key)] = source[key]
+    return result
+
+
+def _write_file(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(text)
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    returncode: int
+    stdout: str
+    log_path: Path
+
+    def json(self):
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        if not lines:
+            raise LocalPlatformError(f"client printed nothing; log {self.log_path}")
+        return json.loads(lines[-1])
+
+
+@dataclass(frozen=True)
+class JobResult:
+    container: str
+    returncode: int
+    log_path: Path
+
+
+class LocalPlatform:
+    """Postgres, GCS emulator, migrations, tracking, serving user, demo model, serving."""
+
+    def __init__(self, workdir: Path, *, stack: str = "dev", plan_dir: Optional[Path] = None,
+                 runtime_venv: Optional[Path] = None, demo_model: bool = True,
+                 progress: Optional[Callable[[str], None]] = None):
+        self.workdir = Path(workdir).resolve()
+        self.demo_model = demo_model
+        self.progress = progress or (lambda message: None)
+        self.runtime_venv = Path(runtime_venv or os.environ.get(RUNTIME_VENV_ENV) or DEFAULT_RUNTIME_VENV)
+        self.bin_dir = self.runtime_venv / "bin"
+        missing = [name for name in ("python", "mlflow", "gcp-storage-emulator") if not (self.bin_dir / name).exists()]
+        if missing:
+            raise LocalPlatformError(f"runtime virtualenv {self.runtime_venv} lacks {', '.join(missing)}: "
+                                     "build it with `make runtime`")
+
+        self.manifests = Manifests.load(stack, plan_dir)
+        m = self.manifests
+        self.tracking_deployment = m.one("Deployment", component="tracking")
+        self.serving_deployment = m.one("Deployment", component="serving")
+        self.migration_job = m.one("Job", component="migration")
+        self.serving_user_job = m.one("Job", component="serving-setup")
+        self.tracking_container = container(self.tracking_deployment, "mlflow")
+        self.serving_container = container(self.serving_deployment, "serving")
+        self.model_name, self.model_alias = served_model(self.serving_container)
+        self.bucket, self.artifacts_prefix = artifacts_bucket(self.tracking_container)
+        self.default_permission, self.auth_cache_ttl = parse_auth_settings(self.tracking_deployment)
+
+        self.credentials = Credentials.generate()
+        self.redact = Redactor(self.credentials.values())
+        self.secret_values = local_secrets(
+            m, cluster_secret_values(self.credentials, self.default_permission, self.auth_cache_ttl))
+
+        self.postgres_port, self.emulator_port = free_port(), free_port()
+        self.tracking_port, self.serving_port = free_port(), free_port()
+        self.logs_dir = self.workdir / "logs"
+        self.secrets_dir = self.workdir / "secrets"
+        self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
+                                      self.credentials.postgres_superuser_password, self.logs_dir / "postgres.log",
+                                      self.redact)
+        self.emulator: Optional[ManagedProcess] = None
+        self.tracking: Optional[ManagedProcess] = None
+        self.serving: Optional[ManagedProcess] = None
+        self.demo_run: Optional[dict] = None
+        self._client_runs = 0
+
+    # --- endpoints and credentials -------------------------------------------------------
+    @property
+    def tracking_url(self) -> str:
+        return f"http://127.0.0.1:{self.tracking_port}"
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://127.0.0.1:{self.serving_port}"
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    @property
+    def admin_username(self) -> str:
+        return ADMIN_USERNAME
+
+    @property
+    def admin_password(self) -> str:
+        return self.credentials.admin_password
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.secrets_dir / "admin-password"
+
+    @property
+    def serving_username(self) -> str:
+        return SERVING_USERNAME
+
+    @property
+    def serving_password(self) -> str:
+        return self.credentials.serving_password
+
+    def database_uri(self, database: str) -> str:
+        """SQLAlchemy URI of a database on the local Postgres (a secret)."""
+        return postgres_uri(DB_USER, self.credentials.db_password, database, port=self.postgres_port)
+
+    def endpoints(self) -> dict:
+        return {
+            "tracking_url": self.tracking_url, "serving_url": self.serving_url,
+            "admin_username": self.admin_username, "admin_password_file": str(self.admin_password_file),
+            "serving_username": self.serving_username,
+            "serving_password_file": str(self.secrets_dir / "serving-password"),
+            "model_uri": f"models:/{self.model_name}@{self.model_alias}",
+            "gcs_emulator_url": self.emulator_url, "bucket": self.bucket,
+            "postgres": f"127.0.0.1:{self.postgres_port}", "logs": str(self.logs_dir),
+        }
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> "LocalPlatform":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.postgres.run_as is not None:
+            self.workdir.chmod(0o711)  # the Postgres user must reach workdir/postgres; nothing else is readable
+        self.logs_dir.mkdir(exist_ok=True)
+        self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        _write_file(self.admin_password_file, self.admin_password + "\n", 0o600)
+        _write_file(self.secrets_dir / "serving-password", self.serving_password + "\n", 0o600)
+
+        self.progress(f"postgres: initdb ({self.postgres.bin_dir})")
+        self.postgres.init()
+        self.postgres.start()
+        self._bootstrap_database()
+        self.progress(f"postgres: ready on 127.0.0.1:{self.postgres_port}")
+        self.start_emulator()
+        self.progress(f"gcs emulator: bucket {self.bucket} on {self.emulator_url}")
+        self.run_migrations()
+        self.progress("migration job: done")
+        self.start_tracking()
+        self.progress(f"tracking: {self.tracking_url}")
+        self.ensure_serving_user()
+        if self.demo_model:
+            self.demo_run = self.train_model(variant="base")
+            self.progress(f"demo model: {self.model_name} version {self.demo_run['version']} @{self.model_alias}")
+            self.ensure_serving_user()  # as `make promote` would: READ on the model now registered
+            self.start_serving()
+            self.progress(f"serving: {self.serving_url}")
+
+    def stop(self) -> None:
+        """Stop everything started, newest first; every process group is gone afterwards."""
+        errors = []
+        for process in (self.serving, self.tracking, self.emulator):
+            if process is not None:
+                try:
+                    process.stop()
+                except Exception as err:  # keep stopping the others
+                    errors.append(err)
+        try:
+            self.postgres.stop()
+        except Exception as err:
+            errors.append(err)
+        if errors:
+            raise LocalPlatformError("; ".join(str(err) for err in errors))
+
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.postgres.process, self.emulator, self.tracking, self.serving) if p is not None]
+
+    # --- Postgres --------------------------------------------------------------------------
+    def _bootstrap_database(self) -> None:
+        """The user and databases Pulumi creates on Cloud SQL."""
+        self.run_client("bootstrap_db", user=None, extra_env={
+            "PG_HOST": "127.0.0.1", "PG_PORT": str(self.postgres_port), "PG_SUPERUSER": self.postgres.superuser,
+            "PG_SUPERUSER_PASSWORD": self.credentials.postgres_superuser_password, "DB_USER": DB_USER,
+            "DB_PASSWORD": self.credentials.db_password, "DATABASES": f"{TRACKING_DATABASE},{AUTH_DATABASE}",
+        })
+
+    def restart_postgres(self) -> None:
+        self.postgres.restart()
+
+    # --- GCS emulator -----------------------------------------------------------------------
+    def start_emulator(self) -> None:
+        """Disk-backed (workdir/gcs), so a restart keeps the objects; the bucket is created if missing."""
+        data_dir = self.workdir / "gcs"
+        data_dir.mkdir(exist_ok=True)
+        argv = [str(self.bin_dir / "gcp-storage-emulator"), "--data-dir", str(data_dir), "start",
+                "--host", "127.0.0.1", "--port", str(self.emulator_port), "--default-bucket", self.bucket]
+        self.emulator = ManagedProcess("gcs-emulator", argv, env=self.client_env(), cwd=data_dir,
+                                       log_path=self.logs_dir / "gcs-emulator.log", redact=self.redact)
+        self.emulator.start()
+        self.emulator.wait_until(lambda: http_ok(f"{self.emulator_url}/storage/v1/b/{self.bucket}"), 60,
+                                 f"bucket {self.bucket} served")
+
+    def restart_emulator(self) -> None:
+        if self.emulator:
+            self.emulator.stop()
+        self.start_emulator()
+
+    def list_objects(self, prefix: str = "") -> list[dict]:
+        """Objects of the bucket under `prefix` (the emulator's JSON API, no credentials)."""
+        items, token = [], None
+        for _ in range(1000):
+            url = f"{self.emulator_url}/storage/v1/b/{self.bucket}/o?prefix={quote(prefix)}"
+            if token:
+                url += f"&pageToken={quote(token)}"
+            response = http("GET", url)
+            if response.status != 200:
+                raise LocalPlatformError(f"listing gs://{self.bucket}/{prefix}: HTTP {response.status}")
+            page = response.json()
+            items += page.get("items", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return items
+        raise LocalPlatformError("bucket listing did not end after 1000 pages")
+
+    def read_object(self, name: str) -> bytes:
+        response = http("GET", f"{self.emulator_url}/storage/v1/b/{self.bucket}/o/{quote(name, safe='')}?alt=media")
+        if response.status != 200:
+            raise LocalPlatformError(f"reading gs://{self.bucket}/{name}: HTTP {response.status}")
+        return response.body
+
+    # --- workloads from the manifests -------------------------------------------------------
+    def _workload_port(self, workload: dict) -> Optional[int]:
+        if workload is self.tracking_deployment:
+            return self.tracking_port
+        if workload is self.serving_deployment:
+            return self.serving_port
+        return None
+
+    def _services(self) -> dict[str, str]:
+        """Every DNS form of every Service, with its port -> 127.0.0.1:local port of what it selects."""
+        mapping = {}
+        for service in self.manifests.all("Service"):
+            for workload in (self.tracking_deployment, self.serving_deployment):
+                if selects(service, workload):
+                    for port in service["spec"]["ports"]:
+                        for host in service_dns_names(service):
+                            mapping[f"{host}:{port['port']}"] = f"127.0.0.1:{self._workload_port(workload)}"
+        return mapping
+
+    def _site(self, workload: dict, name: str, listen_port: Optional[int] = None,
+              extra_env: Optional[dict] = None) -> LocalSite:
+        namespace = workload["metadata"]["namespace"]
+        return LocalSite(
+            bin_dir=self.bin_dir,
+            volume_root=self.workdir / "pods" / name,
+            secrets={(secret, key): value for (ns, secret, key), value in self.secret_values.items()
+                     if ns == namespace},
+            config_maps={cm["metadata"]["name"]: cm.get("data") or {} for cm in self.manifests.all("ConfigMap")
+                         if cm["metadata"]["namespace"] == namespace},
+            proxy_address=sql_proxy_address(workload),
+            postgres_address=self.postgres.address,
+            services=self._services(),
+            listen_port=listen_port,
+            extra_env=extra_env or {},
+        )
+
+    def localized(self, workload: dict, container_spec: dict, name: str, listen_port: Optional[int] = None,
+                  extra_env: Optional[dict] = None) -> LocalCommand:
+        site = self._site(workload, name, listen_port, extra_env)
+        return localize_container(container_spec, pod_spec(workload).get("volumes", []), site)
+
+    def _prepare(self, workload: dict, command: LocalCommand, name: str) -> None:
+        """A new pod: its emptyDir volumes start empty, its secret and configMap files are written."""
+        pod_dir = self.workdir / "pods" / name
+        for volume in pod_spec(workload).get("volumes", []):
+            local = pod_dir / volume["name"]
+            if "emptyDir" in volume and local.exists():
+                shutil.rmtree(local)
+            local.mkdir(parents=True, exist_ok=True)
+        for path, (text, mode) in command.files.items():
+            _write_file(path, text, mode)
+
+    def job_commands(self, job: dict, job_name: str) -> list[tuple[dict, LocalCommand]]:
+        """(rendered container, local command) of each container a Job runs, in order."""
+        return [(spec, self.localized(job, spec, job_name)) for spec in run_to_completion_containers(job)]
+
+    def tracking_command(self) -> LocalCommand:
+        return self.localized(self.tracking_deployment, self.tracking_container, "tracking", self.tracking_port,
+                              extra_env={EMULATOR_HOST_ENV: self.emulator_url})
+
+    def serving_command(self) -> LocalCommand:
+        return self.localized(self.serving_deployment, self.serving_container, "serving", self.serving_port)
+
+    def _run_job(self, job: dict, job_name: str) -> list[JobResult]:
+        results = []
+        for spec, command in self.job_commands(job, job_name):
+            self._prepare(job, command, job_name)
+            log_path = self.logs_dir / f"{job_name}-{spec['name']}.log"
+            completed = run_to_completion(f"{job_name}/{spec['name']}", command.argv, env=command.env,
+                                          cwd=command.cwd, log_path=log_path, timeout=JOB_TIMEOUT_SECONDS)
+            results.append(JobResult(spec["name"], completed.returncode, log_path))
+            if completed.returncode != 0:
+                raise LocalPlatformError(
+                    f"{job_name} container {spec['name']} exited with code {completed.returncode}; log {log_path}:\n"
+                    f"{log_tail(log_path, self.redact)}")
+        return results
+
+    def run_migrations(self) -> list[JobResult]:
+        """The migration Job's containers, in order (tracking schema, then auth schema)."""
+        return self._run_job(self.migration_job, "migrate")
+
+    def ensure_serving_user(self) -> list[JobResult]:
+        """The serving-user Job: creates/updates the read-only user and its READ grants."""
+        return self._run_job(self.serving_user_job, "serving-user")
+
+    def _start_server(self, workload: dict, spec: dict, command: LocalCommand, name: str, port: int) -> None:
+        """Start and wait for the readiness probe; the process is registered (so `stop` finds it)
+        before it is started."""
+        self._prepare(workload, command, name)
+        process = ManagedProcess(name, command.argv, env=command.env, cwd=command.cwd,
+                                 log_path=self.logs_dir / f"{name}.log", redact=self.redact)
+        setattr(self, name, process)
+        process.start()
+        probe = (spec.get("readinessProbe") or {}).get("httpGet", {})
+        startup = spec.get("startupProbe") or {}
+        budget = min(MAX_STARTUP_SECONDS,
+                     float(startup.get("failureThreshold", 30) * startup.get("periodSeconds", 5)))
+        url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
+        process.wait_until(lambda: http_ok(url), budget, f"readiness probe {url} answering 200")
+
+    def start_tracking(self) -> None:
+        self._start_server(self.tracking_deployment, self.tracking_container, self.tracking_command(), "tracking",
+                           self.tracking_port)
+
+    def restart_tracking(self) -> None:
+        if self.tracking:
+            self.tracking.stop()
+        self.start_tracking()
+
+    def start_serving(self) -> None:
+        self._start_server(self.serving_deployment, self.serving_container, self.serving_command(), "serving",
+                           self.serving_port)
+
+    def restart_serving(self) -> None:
+        """A rollout: the new process loads whatever version the alias points to now."""
+        if self.serving:
+            self.serving.stop()
+        self.start_serving()
+
+    # --- clients in the runtime virtualenv ------------------------------------------------------
+    def client_env(self) -> dict[str, str]:
+        """Environment of helper processes of the runtime virtualenv (clients, the emulator):
+        nothing inherited from the caller, no credentials."""
+        home = self.workdir / "clients"
+        home.mkdir(parents=True, exist_ok=True)
+        return {"PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
+                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+    def run_client(self, script: str | Path, *args: str, user: Optional[str] = "admin",
+                   extra_env: Optional[dict] = None, check: bool = True, timeout: float = 300.0) -> ClientResult:
+        """Run a script with the runtime virtualenv's python against the tracking server.
+
+        `script`: a path, or the name of one of local/clients/. `user`: "admin", "serving" or None
+        (no credentials). Its stdout is returned (print results, never secrets); stderr is logged.
+        """
+        path = Path(script) if "/" in str(script) or str(script).endswith(".py") else CLIENTS_DIR / f"{script}.py"
+        env = {**self.client_env(), "MLFLOW_TRACKING_URI": self.tracking_url}
+        if user == "admin":
+            env.update(MLFLOW_TRACKING_USERNAME=self.admin_username, MLFLOW_TRACKING_PASSWORD=self.admin_password)
+        elif user == "serving":
+            env.update(MLFLOW_TRACKING_USERNAME=self.serving_username,
+                       MLFLOW_TRACKING_PASSWORD=self.serving_password)
+        elif user is not None:
+            raise ValueError(f"user={user!r}: allowed admin, serving or None")
+        env.update(extra_env or {})
+        self._client_runs += 1
+        log_path = self.logs_dir / "clients" / f"{self._client_runs:03d}-{path.stem}.log"
+        completed = run_to_completion(f"client {path.name}", [str(self.bin_dir / "python"), str(path), *args],
+                                      env=env, cwd=Path(env["HOME"]), log_path=log_path, timeout=timeout,
+                                      capture_stdout=True)
+        result = ClientResult(completed.returncode, completed.stdout or "", log_path)
+        if check and completed.returncode != 0:
+            raise LocalPlatformError(f"client {path.name} {self.redact(' '.join(args))} exited with code {completed.returncode}; "
+                                     f"log {log_path}:\n{log_tail(log_path, self.redact)}")
+        return result
+
+    def train_model(self, variant: str = "base", experiment: str = "iris-demo") -> dict:
+        """Train, log, register a new version of the served model and move the served alias to it."""
+        return self.run_client("train", "--model-name", self.model_name, "--alias", self.model_alias,
+                               "--experiment", experiment, "--variant", variant).json()
+
+    def schema_snapshot(self) -> dict:
+        """Tables, columns, indexes and alembic revision of both databases."""
+        uris = {name: self.database_uri(name) for name in (TRACKING_DATABASE, AUTH_DATABASE)}
+        return self.run_client("schema", user=None, extra_env={"DATABASE_URIS": json.dumps(uris)}).json()

@@ -1,0 +1,459 @@
+"""Testing layer 5: the rendered manifests (plan/dev/k8s/) run for real on this machine.
+
+Unit tests (no processes) pin down the complete list of what `make local` changes in a rendered
+container. The end-to-end tests run one LocalPlatform for the module (Postgres, GCS emulator,
+migrations, tracking with basic auth, serving user, demo model, serving) and check auth, logging,
+artifact storage, the registry, serving, permissions, migrations and restarts.
+Missing Postgres binaries or runtime virtualenv FAIL the tests (CI installs both).
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from infra.database import AUTH_DATABASE, TRACKING_DATABASE
+from k8s.serving import SERVING_PORT
+from k8s.tracking import TRACKING_PORT, auth_config_ini
+from local.localize import IMAGE_ENV, LocalizeError, LocalSite, expand_vars, localize_container
+from local.localplatform import LocalPlatform, parse_auth_settings
+from local.manifests import ROOT, Manifests
+from local.postgres import find_bin_dir
+from local.processes import LocalPlatformError, descendants, http, pids_alive
+
+CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
+PROCESS_ENV = {"PATH", "HOME", "TMPDIR", "LANG", *IMAGE_ENV}
+
+
+# ============================ unit: the substitution, no processes ============================
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory) -> LocalPlatform:
+    """A platform that is never started: real manifests, a stub runtime virtualenv."""
+    venv = tmp_path_factory.mktemp("stub-venv")
+    (venv / "bin").mkdir()
+    for name in ("python", "mlflow", "gcp-storage-emulator"):
+        (venv / "bin" / name).touch()
+    return LocalPlatform(tmp_path_factory.mktemp("work"), runtime_venv=venv)
+
+
+def argv_diff(rendered: list[str], local: list[str]) -> dict[str, tuple[str, str]]:
+    """Changed argv entries, keyed by the flag before them (or their index)."""
+    assert len(rendered) == len(local), (rendered, local)
+    return {(rendered[i - 1] if i and rendered[i - 1].startswith("-") else f"argv[{i}]"): (a, b)
+            for i, (a, b) in enumerate(zip(rendered, local)) if a != b}
+
+
+def check_env(spec: dict, env: dict[str, str], expected_changes: dict[str, str], extra: set[str] = frozenset()):
+    """Every manifest env var is present; literal values unchanged unless listed; nothing else added."""
+    manifest = {e["name"]: e for e in spec["env"]}
+    assert set(env) == set(manifest) | PROCESS_ENV | set(extra)
+    for name, entry in manifest.items():
+        if name in expected_changes:
+            assert env[name] == expected_changes[name], name
+        else:
+            assert "value" in entry, f"{name} comes from a secret: its local value must be checked"
+            assert env[name] == entry["value"], name
+
+
+def test_tracking_container_changes_only_cluster_specifics(offline):
+    p, spec = offline, offline.tracking_container
+    command = p.tracking_command()
+    pod = p.workdir / "pods" / "tracking"
+    allowed = spec["args"][spec["args"].index("--allowed-hosts") + 1]
+    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
+        "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
+        "--host": ("0.0.0.0", "127.0.0.1"),
+        "--port": (str(TRACKING_PORT), str(p.tracking_port)),
+        "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.tracking_port}"),
+        "--expose-prometheus": ("/tmp/prometheus", str(pod / "tmp" / "prometheus")),
+    }
+    check_env(spec, command.env, {
+        "MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": p.credentials.flask_secret_key,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": p.admin_password,
+        "MLFLOW_AUTH_CONFIG_PATH": str(pod / "auth-config" / "basic_auth.ini"),
+        "MLFLOW_TRACKING_DIR": str(pod / "tmp" / "mlruns"),
+    }, extra={"STORAGE_EMULATOR_HOST"})
+    assert command.env["STORAGE_EMULATOR_HOST"] == f"http://127.0.0.1:{p.emulator_port}"
+    assert p.database_uri(TRACKING_DATABASE) == (
+        f"postgresql+psycopg2://mlflow:{p.credentials.db_password}@127.0.0.1:{p.postgres_port}/mlflow")
+    assert command.env["HOME"] == command.env["TMPDIR"] == str(pod / "tmp") == str(command.cwd)
+
+
+def test_tracking_auth_config_is_the_clusters_with_the_local_database(offline):
+    command = offline.tracking_command()
+    ini_path = offline.workdir / "pods" / "tracking" / "auth-config" / "basic_auth.ini"
+    assert set(command.files) == {ini_path}
+    text, mode = command.files[ini_path]
+    assert mode == 0o600
+    p = offline
+    assert text == auth_config_ini(p.default_permission, p.auth_cache_ttl, p.database_uri(AUTH_DATABASE))
+    parsed = configparser.ConfigParser()
+    parsed.read_string(text)
+    assert dict(parsed["mlflow"]) == {
+        "default_permission": p.default_permission, "database_uri": p.database_uri(AUTH_DATABASE),
+        "admin_username": "admin", "auth_cache_ttl_seconds": str(p.auth_cache_ttl),
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+
+
+def test_serving_container_changes_only_cluster_specifics(offline):
+    p, spec = offline, offline.serving_container
+    command = p.serving_command()
+    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
+        "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
+        "--host": ("0.0.0.0", "127.0.0.1"),
+        "--port": (str(SERVING_PORT), str(p.serving_port)),
+    }
+    check_env(spec, command.env, {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.tracking_port}",
+        "MLFLOW_TRACKING_USERNAME": "mlflow-serving",
+        "MLFLOW_TRACKING_PASSWORD": p.serving_password,
+    })
+    assert command.files == {}
+
+
+def test_migration_job_runs_both_upgrades_in_order_against_local_postgres(offline):
+    p = offline
+    commands = p.job_commands(p.migration_job, "migrate")
+    assert [spec["name"] for spec, _ in commands] == ["upgrade-tracking-db", "upgrade-auth-db"]
+    (tracking_spec, tracking), (auth_spec, auth) = commands
+    assert argv_diff(tracking_spec["command"] + tracking_spec["args"], tracking.argv) == {
+        "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
+        "argv[3]": ("$(MLFLOW_BACKEND_STORE_URI)", p.database_uri(TRACKING_DATABASE)),
+    }
+    assert argv_diff(auth_spec["command"] + auth_spec["args"], auth.argv) == {
+        "argv[0]": ("python", str(p.bin_dir / "python")),
+        "--url": ("$(MLFLOW_AUTH_DATABASE_URI)", p.database_uri(AUTH_DATABASE)),
+    }
+    check_env(tracking_spec, tracking.env, {"MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE)})
+    check_env(auth_spec, auth.env, {"MLFLOW_AUTH_DATABASE_URI": p.database_uri(AUTH_DATABASE)})
+
+
+def test_serving_user_job_gets_the_configmap_script_and_local_tracking(offline):
+    p = offline
+    [(spec, command)] = p.job_commands(p.serving_user_job, "serving-user")
+    script = p.workdir / "pods" / "serving-user" / "scripts" / "ensure_serving_user.py"
+    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
+        "argv[0]": ("python", str(p.bin_dir / "python")),
+        "argv[1]": ("/opt/mlflow-scripts/ensure_serving_user.py", str(script)),
+    }
+    check_env(spec, command.env, {
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.tracking_port}",
+        "MLFLOW_TRACKING_PASSWORD": p.admin_password,
+        "SERVING_USERNAME": "mlflow-serving",
+        "SERVING_PASSWORD": p.serving_password,
+    })
+    config_map = p.manifests.config_map_data("mlflow", "mlflow-serving-setup")
+    assert command.files == {script: (config_map["ensure_serving_user.py"], 0o644)}
+
+
+def test_changes_are_listed_without_secrets(offline):
+    p = offline
+    commands = [p.tracking_command(), p.serving_command()]
+    commands += [c for _, c in p.job_commands(p.migration_job, "m") + p.job_commands(p.serving_user_job, "s")]
+    text = "\n".join(change for command in commands for change in command.changes)
+    for secret in p.credentials.values():
+        assert secret not in text
+    assert "Cloud SQL proxy 127.0.0.1:5432 -> Postgres 127.0.0.1:" in text
+    assert "--allowed-hosts: appended 127.0.0.1:" in text
+
+
+def _site(tmp_path: Path, **overrides) -> LocalSite:
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    (tmp_path / "bin" / "mlflow").touch()
+    values = dict(bin_dir=tmp_path / "bin", volume_root=tmp_path / "pod", secrets={("s", "k"): "sv"},
+                  services={"mlflow-tracking.mlflow.svc.cluster.local:5000": "127.0.0.1:1234"}, listen_port=4321)
+    values.update(overrides)
+    return LocalSite(**values)
+
+
+TMP = {"name": "tmp", "emptyDir": {}}
+TMP_MOUNT = {"name": "tmp", "mountPath": "/tmp"}
+
+
+def test_everything_else_stays_as_rendered(tmp_path):
+    spec = {"name": "x", "command": ["mlflow"], "volumeMounts": [TMP_MOUNT],
+            "args": ["--workers", "1", "--bind", "0.0.0.0", "--url", "http://example.com:5000", "/etc/other",
+                     "--host", "10.0.0.1", "$(A)|$$(A)|$(UNDEFINED)", "127.0.0.1:5432"],
+            "env": [{"name": "A", "value": "http://mlflow-tracking.mlflow.svc.cluster.local:5000/x"},
+                    {"name": "B", "value": "postgresql://u@127.0.0.1:5432/db"},
+                    {"name": "C", "value": "http://other.svc.cluster.local:5000"}]}
+    command = localize_container(spec, [TMP], _site(tmp_path))
+    assert command.argv == [str(tmp_path / "bin" / "mlflow"), "--workers", "1", "--bind", "0.0.0.0", "--url",
+                            "http://example.com:5000", "/etc/other", "--host", "10.0.0.1",
+                            "http://127.0.0.1:1234/x|$(A)|$(UNDEFINED)", "127.0.0.1:5432"]
+    # no proxy sidecar in this pod: its addresses are nobody's business
+    assert {k: command.env[k] for k in "ABC"} == {"A": "http://127.0.0.1:1234/x",
+                                                 "B": "postgresql://u@127.0.0.1:5432/db",
+                                                 "C": "http://other.svc.cluster.local:5000"}
+
+
+def test_proxy_address_only_in_values(tmp_path):
+    spec = {"name": "x", "command": ["mlflow"], "volumeMounts": [TMP_MOUNT], "args": ["127.0.0.1:5432"],
+            "env": [{"name": "URI", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}
+    site = _site(tmp_path, secrets={("s", "k"): "postgresql+psycopg2://u:p@127.0.0.1:5432/db"},
+                 proxy_address="127.0.0.1:5432", postgres_address="127.0.0.1:6543")
+    command = localize_container(spec, [TMP], site)
+    assert command.env["URI"] == "postgresql+psycopg2://u:p@127.0.0.1:6543/db"
+    assert command.argv[1:] == ["127.0.0.1:5432"]
+    assert command.secret_env == {"URI"}
+
+
+def test_unknown_secret_or_volume_is_an_error(tmp_path):
+    spec = {"name": "x", "command": ["mlflow"], "volumeMounts": [TMP_MOUNT],
+            "env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "missing"}}}]}
+    with pytest.raises(LocalizeError, match="no local value for secret s/missing"):
+        localize_container(spec, [TMP], _site(tmp_path))
+    with pytest.raises(LocalizeError, match="unknown volume"):
+        localize_container({"name": "x", "command": ["mlflow"], "volumeMounts": [{"name": "v", "mountPath": "/v"}]},
+                           [TMP], _site(tmp_path))
+    with pytest.raises(LocalizeError, match="no local port"):
+        localize_container({"name": "x", "command": ["mlflow"], "args": ["--port", "1"], "volumeMounts": [TMP_MOUNT]},
+                           [TMP], _site(tmp_path, listen_port=None))
+
+
+def test_expand_vars_follows_kubernetes():
+    assert expand_vars("$(A)-$(B)-$$(A)-$(A", {"A": "1"}) == "1-$(B)-$(A)-$(A"
+
+
+def test_image_env_is_the_dockerfiles():
+    dockerfile = (ROOT / "mlflow_image" / "Dockerfile").read_text()
+    runtime_base = dockerfile.split("AS runtime-base", 1)[1].split("FROM ", 1)[0]
+    for name, value in {**IMAGE_ENV, "HOME": "/tmp"}.items():
+        assert re.search(rf"\b{name}={re.escape(value)}\b", runtime_base), name
+    assert "WORKDIR /tmp" in runtime_base
+
+
+def test_local_secrets_cover_exactly_the_rendered_keys(offline):
+    rendered = {(s["metadata"]["namespace"], s["metadata"]["name"], key)
+                for s in offline.manifests.all("Secret") for key in s["stringData"]}
+    assert set(offline.secret_values) == rendered
+
+
+def test_auth_settings_come_from_the_tracking_annotation():
+    deployment = Manifests.load("dev").one("Deployment", component="tracking")
+    permission, ttl = parse_auth_settings(deployment)
+    assert permission in ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS") and ttl >= 0
+    annotated = {"spec": {"template": {"metadata": {"annotations": {"mlflow.org/auth-settings": "EDIT,ttl=60"}}}}}
+    assert parse_auth_settings(annotated) == ("EDIT", 60)
+    with pytest.raises(LocalPlatformError, match="auth-settings"):
+        parse_auth_settings({"spec": {"template": {"metadata": {"annotations": {}}}}})
+
+
+def test_missing_postgres_names_the_package(monkeypatch):
+    import local.postgres as postgres
+
+    monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
+    monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
+    with pytest.raises(LocalPlatformError, match="apt-get install postgresql"):
+        postgres.find_bin_dir()
+
+
+def test_missing_runtime_venv_says_how_to_build_it(tmp_path):
+    with pytest.raises(LocalPlatformError, match="make runtime"):
+        LocalPlatform(tmp_path / "work", runtime_venv=tmp_path / "no-venv")
+
+
+# ============================ end to end: one platform for the module ============================
+@pytest.fixture(scope="module")
+def platform(request):
+    workdir = Path(tempfile.mkdtemp(prefix="mlflow-local-e2e-"))
+    try:
+        find_bin_dir()
+        local = LocalPlatform(workdir)
+    except LocalPlatformError as err:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(f"the local platform cannot run here: {err}", pytrace=False)
+    failed_before = request.session.testsfailed
+    try:
+        with local:
+            yield local
+            started = {pid for p in local.processes() if p.running for pid in (p.pid, *descendants(p.pid))}
+        assert started and not pids_alive(started), "processes left behind"
+    finally:
+        # keep only the logs of a failed run
+        for child in workdir.iterdir():
+            if child.name != "logs" or request.session.testsfailed == failed_before:
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        if request.session.testsfailed == failed_before:
+            workdir.rmdir()
+        else:
+            print(f"\nlocal platform logs kept in {workdir / 'logs'}")
+
+
+def checks(platform: LocalPlatform, *args: str) -> dict:
+    return platform.run_client(CHECKS, *args, user="admin", timeout=120).json()
+
+
+def api(platform: LocalPlatform, method: str, path: str, body=None, auth="admin"):
+    credentials = {"admin": (platform.admin_username, platform.admin_password),
+                   "serving": (platform.serving_username, platform.serving_password)}.get(auth, auth)
+    return http(method, f"{platform.tracking_url}/api/2.0/mlflow/{path}", json_body=body, auth=credentials)
+
+
+def invocations(platform: LocalPlatform, rows: dict) -> list:
+    response = http("POST", f"{platform.serving_url}/invocations",
+                    json_body={"dataframe_split": {"columns": rows["columns"], "data": rows["data"]}})
+    assert response.status == 200, response.body[:500]
+    return response.json()["predictions"]
+
+
+def test_health_is_open_and_the_api_needs_credentials(platform):
+    assert http("GET", f"{platform.tracking_url}/health").status == 200
+    assert api(platform, "GET", "experiments/search?max_results=1", auth=None).status == 401
+    assert api(platform, "GET", "experiments/search?max_results=1",
+               auth=(platform.admin_username, "wrong-" + platform.admin_password)).status == 401
+    assert api(platform, "GET", "experiments/search?max_results=1", auth=("nobody", "x")).status == 401
+    assert api(platform, "GET", "experiments/search?max_results=1").status == 200
+
+
+def test_tracking_exposes_prometheus_metrics(platform):
+    # --expose-prometheus: /metrics is behind basic auth like every route but /health
+    assert http("GET", f"{platform.tracking_url}/metrics").status == 401
+    response = http("GET", f"{platform.tracking_url}/metrics", auth=(platform.admin_username, platform.admin_password))
+    assert response.status == 200 and b"mlflow_http_request_total" in response.body
+
+
+@pytest.fixture(scope="module")
+def state(platform) -> dict:
+    """What the demo training logged, as the client reads it back through the server."""
+    return checks(platform, "snapshot")
+
+
+def test_run_logged_with_params_metrics_and_model(platform, state):
+    demo = platform.demo_run
+    run = state["experiments"][demo["experiment_id"]]["runs"][demo["run_id"]]
+    assert run["status"] == "FINISHED"
+    assert run["params"] == {"variant": "base", "max_iter": "500", "C": "1.0"}
+    assert run["metrics"]["train_accuracy"] > 0.9 and run["metrics"]["n_samples"] == 150
+    assert run["notes"] == "iris classifier, variant base\n"
+    # through the server's artifact proxy: the client holds no GCS credentials
+    assert run["artifact_uri"].startswith("mlflow-artifacts:/")
+    version = state["registered_models"][platform.model_name]["versions"][demo["version"]]
+    assert version["run_id"] == demo["run_id"] and version["status"] == "READY"
+    assert {"MLmodel", "input_example.json", "serving_input_example.json"} <= set(version["files"])
+
+
+def test_registered_model_has_the_served_alias(platform, state):
+    model = state["registered_models"][platform.model_name]
+    assert model["aliases"] == {platform.model_alias: platform.demo_run["version"]}
+
+
+def test_artifacts_land_in_the_emulator_bucket(platform):
+    assert "STORAGE_EMULATOR_HOST" not in platform.client_env()  # clients reach GCS only through tracking
+    demo = platform.demo_run
+    base = f"{platform.artifacts_prefix}/{demo['experiment_id']}"
+    names = {item["name"] for item in platform.list_objects(base + "/")}
+    notes = f"{base}/{demo['run_id']}/artifacts/notes/README.txt"
+    assert notes in names
+    assert platform.read_object(notes) == b"iris classifier, variant base\n"
+    model_dir = f"{base}/models/{demo['model_id']}/artifacts"
+    assert {f"{model_dir}/MLmodel", f"{model_dir}/input_example.json"} <= names
+    assert b"signature" in platform.read_object(f"{model_dir}/MLmodel")
+
+
+def test_serving_predicts_like_pyfunc(platform):
+    local = checks(platform, "predict", f"models:/{platform.model_name}@{platform.model_alias}")
+    assert local["model_id"] == platform.demo_run["model_id"]
+    assert invocations(platform, local) == local["predictions"]
+    assert len(set(local["predictions"])) == 3  # a real classifier: all three species
+
+
+def test_serving_user_can_read_but_not_write(platform):
+    name, demo = platform.model_name, platform.demo_run
+    read = {
+        "get model": api(platform, "GET", f"registered-models/get?name={name}", auth="serving"),
+        "get experiment": api(platform, "GET", f"experiments/get?experiment_id={demo['experiment_id']}",
+                              auth="serving"),
+        "get run": api(platform, "GET", f"runs/get?run_id={demo['run_id']}", auth="serving"),
+    }
+    assert {op: r.status for op, r in read.items()} == {op: 200 for op in read}
+    write = {
+        "create run": api(platform, "POST", "runs/create", {"experiment_id": demo["experiment_id"]},
+                          auth="serving"),
+        "set alias": api(platform, "POST", "registered-models/alias",
+                         {"name": name, "alias": "hijacked", "version": demo["version"]}, auth="serving"),
+        "update model": api(platform, "PATCH", "registered-models/update",
+                            {"name": name, "description": "x"}, auth="serving"),
+        "delete version": api(platform, "DELETE", "model-versions/delete",
+                              {"name": name, "version": demo["version"]}, auth="serving"),
+        "delete model": api(platform, "DELETE", "registered-models/delete", {"name": name}, auth="serving"),
+    }
+    assert {op: r.status for op, r in write.items()} == {op: 403 for op in write}
+    upload = http("PUT", f"{platform.tracking_url}/api/2.0/mlflow-artifacts/artifacts/{demo['experiment_id']}/"
+                         f"{demo['run_id']}/artifacts/evil.txt", json_body="x",
+                  auth=(platform.serving_username, platform.serving_password))
+    assert upload.status == 403
+    assert api(platform, "GET", f"registered-models/get?name={name}").json()["registered_model"]["name"] == name
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "MLflow 3.17 basic-auth lets every authenticated user create experiments and registered models "
+    "(a wildcard DENY grant would also hide the served model); only workspaces gate creation"))
+def test_serving_user_cannot_create_resources(platform):
+    created = {
+        "experiment": api(platform, "POST", "experiments/create", {"name": "by-serving-user"}, auth="serving"),
+        "registered model": api(platform, "POST", "registered-models/create", {"name": "by-serving-user"},
+                                auth="serving"),
+    }
+    # leave nothing behind for the tests after this one
+    if created["experiment"].status == 200:
+        experiment_id = created["experiment"].json()["experiment_id"]
+        assert api(platform, "POST", "experiments/delete", {"experiment_id": experiment_id}).status == 200
+    if created["registered model"].status == 200:
+        assert api(platform, "DELETE", "registered-models/delete", {"name": "by-serving-user"}).status == 200
+    assert {kind: r.status for kind, r in created.items()} == {kind: 403 for kind in created}
+
+
+def test_migrations_twice_are_a_no_op(platform):
+    before = platform.schema_snapshot()
+    assert list(before[TRACKING_DATABASE]["alembic_versions"]) == ["alembic_version"]
+    assert list(before[AUTH_DATABASE]["alembic_versions"]) == ["alembic_version_auth"]
+    assert all(len(v) == 1 for db in before.values() for v in db["alembic_versions"].values())
+    results = platform.run_migrations()
+    assert [(r.container, r.returncode) for r in results] == [("upgrade-tracking-db", 0), ("upgrade-auth-db", 0)]
+    assert platform.schema_snapshot() == before
+    assert http("GET", f"{platform.tracking_url}/health").status == 200
+
+
+def test_restarts_lose_nothing(platform):
+    state = checks(platform, "snapshot")
+    assert state["registered_models"][platform.model_name]["versions"]
+    objects = sorted((o["name"], o.get("md5Hash")) for o in platform.list_objects())
+    platform.restart_tracking()
+    assert checks(platform, "snapshot") == state
+    platform.restart_postgres()
+    platform.restart_emulator()
+    assert sorted((o["name"], o.get("md5Hash")) for o in platform.list_objects()) == objects
+    assert checks(platform, "snapshot") == state  # tracking reconnected to both, artifacts readable
+    rows = checks(platform, "predict", f"models:/{platform.model_name}@{platform.model_alias}")
+    assert invocations(platform, rows) == rows["predictions"]
+
+
+def test_moving_the_alias_and_rolling_serving_serves_the_new_version(platform):
+    uri = f"models:/{platform.model_name}@{platform.model_alias}"
+    old = checks(platform, "predict", uri)
+    second = platform.train_model(variant="shifted")
+    assert second["version"] != platform.demo_run["version"]
+    platform.ensure_serving_user()  # as a promotion does
+    new = checks(platform, "predict", uri)
+    assert new["model_id"] == second["model_id"]
+    assert all(a != b for a, b in zip(new["predictions"], old["predictions"])), "the two models must differ"
+    assert invocations(platform, new) == old["predictions"]  # the running server keeps what it loaded
+    platform.restart_serving()
+    assert invocations(platform, new) == new["predictions"]
+
+
+def test_no_secret_in_any_log(platform):
+    logs = {path: path.read_text(errors="replace") for path in platform.logs_dir.rglob("*.log")}
+    assert len(logs) >= 8
+    leaks = {str(path): [i for i, secret in enumerate(platform.credentials.values()) if secret in text]
+             for path, text in logs.items()}
+    assert {path: found for path, found in leaks.items() if found} == {}
+
