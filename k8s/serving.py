@@ -37,10 +37,11 @@ def model_uri(model_name: str, alias: str) -> str:
 
 
 def serving_args(model_name: str, alias: str, workers: int = 1) -> list[str]:
+    """`mlflow models serve --env-manager local` as packaged in the serving image (mlflow_serving):
+    the same scoring app, plus Prometheus metrics at /metrics."""
     return [
-        "models", "serve",
-        "-m", model_uri(model_name, alias),
-        "--env-manager", "local",
+        "-m", "mlflow_serving",
+        "--model-uri", model_uri(model_name, alias),
         "--host", "0.0.0.0",
         "--port", str(SERVING_PORT),
         "--workers", str(workers),
@@ -66,7 +67,7 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
     return {
         "name": "serving",
         "image": image,
-        "command": ["mlflow"],
+        "command": ["python"],
         "args": serving_args(model_name, alias, workers),
         "env": env,
         "ports": [{"name": "http", "containerPort": SERVING_PORT}],

@@ -21,7 +21,8 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
 
 The process environment is the manifest env plus what the image provides (IMAGE_ENV, from
 mlflow_image/Dockerfile: PATH, HOME=/tmp, PYTHON* flags; /tmp being the local dir of the pod's
-/tmp volume, also given as TMPDIR) and the explicit `extra_env` of a workload (the tracking
+/tmp volume, also given as TMPDIR; for the serving target PYTHONPATH, where the image copies
+mlflow_serving, is mlflow_image/) and the explicit `extra_env` of a workload (the tracking
 server's STORAGE_EMULATOR_HOST: the GCS emulator standing in for GCS). Nothing is inherited
 from the caller's environment.
 
@@ -40,6 +41,9 @@ LOCAL_HOST = "127.0.0.1"
 CLUSTER_TMP = "/tmp"
 # What mlflow_image/Dockerfile's runtime-base stage sets (PATH and HOME are filled in locally).
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+# The serving target also puts mlflow_image/mlflow_serving on PYTHONPATH (/opt/mlflow-serving).
+IMAGE_DIR = Path(__file__).resolve().parent.parent / "mlflow_image"
+SERVING_IMAGE_ENV = {"PYTHONPATH": str(IMAGE_DIR)}
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 

@@ -31,7 +31,7 @@ from k8s.tracking import (
     ADMIN_USERNAME, AUTH_CONFIG_FILE, SECRET_ADMIN_PASSWORD, SECRET_AUTH_URI, SECRET_BACKEND_URI, SECRET_FLASK_KEY,
     auth_config_ini, postgres_uri,
 )
-from local.localize import LocalCommand, LocalSite, localize_container
+from local.localize import SERVING_IMAGE_ENV, LocalCommand, LocalSite, localize_container
 from local.manifests import (
     ROOT, Manifests, artifacts_bucket, container, pod_spec, run_to_completion_containers, selects,
     served_model, service_dns_names, sql_proxy_address,
@@ -412,7 +412,8 @@ class LocalPlatform:
                               extra_env={EMULATOR_HOST_ENV: self.emulator_url})
 
     def serving_command(self) -> LocalCommand:
-        return self.localized(self.serving_deployment, self.serving_container, "serving", self.serving_port)
+        return self.localized(self.serving_deployment, self.serving_container, "serving", self.serving_port,
+                              extra_env=SERVING_IMAGE_ENV)
 
     def _run_job(self, job: dict, job_name: str) -> list[JobResult]:
         results = []

@@ -125,9 +125,9 @@ _MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)@(?P<alias>.+)$")
 
 
 def served_model(serving_container: dict) -> tuple[str, str]:
-    """(model name, alias) from `mlflow models serve -m models:/NAME@ALIAS`."""
-    uri = flag_value(serving_container.get("args", []), "-m") or flag_value(serving_container.get("args", []),
-                                                                            "--model-uri")
+    """(model name, alias) from `--model-uri models:/NAME@ALIAS` (or `mlflow models serve -m …`)."""
+    args = serving_container.get("args", [])
+    uri = flag_value(args, "--model-uri") or flag_value(args, "-m")
     match = _MODEL_URI.match(uri or "")
     if not match:
         raise ManifestError(f"serving container {serving_container['name']!r} serves {uri!r}, not models:/NAME@ALIAS")

@@ -106,7 +106,7 @@ def test_serving_container_changes_only_cluster_specifics(offline):
     p, spec = offline, offline.serving_container
     command = p.serving_command()
     assert argv_diff(spec["command"] + spec["args"], command.argv) == {
-        "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
+        "argv[0]": ("python", str(p.bin_dir / "python")),
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": (str(SERVING_PORT), str(p.serving_port)),
     }
@@ -114,7 +114,8 @@ def test_serving_container_changes_only_cluster_specifics(offline):
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.tracking_port}",
         "MLFLOW_TRACKING_USERNAME": "mlflow-serving",
         "MLFLOW_TRACKING_PASSWORD": p.serving_password,
-    })
+    }, extra={"PYTHONPATH"})
+    assert command.env["PYTHONPATH"] == str(ROOT / "mlflow_image")  # the image's /opt/mlflow-serving
     assert command.files == {}
 
 

@@ -11,11 +11,11 @@ from k8s.serving import (
 from tests.helpers import container, env_of, plain, pod_spec
 
 
-def test_serves_the_registry_alias_with_the_local_environment():
-    args = serving_args("iris", "champion")
-    assert args[:2] == ["models", "serve"]
-    assert args[args.index("-m") + 1] == "models:/iris@champion"
-    assert args[args.index("--env-manager") + 1] == "local"
+def test_serves_the_registry_alias_through_the_metrics_wrapper():
+    args = serving_args("iris", "champion", workers=2)
+    assert args[:2] == ["-m", "mlflow_serving"]
+    assert args[args.index("--model-uri") + 1] == "models:/iris@champion"
+    assert args[args.index("--workers") + 1] == "2"
 
 
 def test_alias_or_token_change_changes_the_pod_template():
@@ -61,8 +61,8 @@ def test_serving_is_absent_without_a_model(run_stack_with):
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_serving_pods_run_models_serve_with_credentials_from_a_secret(stack_runs, stack):
     serving = container(serving_deployment(stack_runs[stack]), "serving")
-    assert serving["command"] == ["mlflow"]
-    assert serving["args"][serving["args"].index("-m") + 1] == "models:/iris-classifier@champion"
+    assert serving["command"] == ["python"]
+    assert serving["args"][serving["args"].index("--model-uri") + 1] == "models:/iris-classifier@champion"
     env = env_of(serving)
     assert "valueFrom" in env["MLFLOW_TRACKING_USERNAME"] and "valueFrom" in env["MLFLOW_TRACKING_PASSWORD"]
     assert serving["readinessProbe"]["httpGet"]["path"] == "/ping"
