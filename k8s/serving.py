@@ -13,6 +13,7 @@ import pulumi_random as random
 
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
+from k8s.logs import LOGGING_FILE, LOGGING_PATH, logging_config_json, logging_mount, logging_volume
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, checkov_skips, default_deny_ingress,
     container_security_context, http_probe, pod_security_context, resources, secret_env, tmp_mount, tmp_volume,
@@ -45,6 +46,7 @@ def serving_args(model_name: str, alias: str, workers: int = 1) -> list[str]:
         "--host", "0.0.0.0",
         "--port", str(SERVING_PORT),
         "--workers", str(workers),
+        "--log-config", LOGGING_PATH,
     ]
 
 
@@ -77,8 +79,13 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
         "livenessProbe": http_probe("/ping", "http", period=20, failures=3),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount()],
+        "volumeMounts": [tmp_mount(), logging_mount()],
     }
+
+
+def pod_monitoring_spec(selector: dict) -> dict:
+    return {"selector": {"matchLabels": selector},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}
 
 
 def setup_job_name(model_name: str, alias: str, rollout_token: str, script: str) -> str:
@@ -269,6 +276,12 @@ class ModelServing(pulumi.ComponentResource):
                 depends_on=[args.tracking_ready], delete_before_replace=True)),
         )
 
+        logging_config = k8s.core.v1.ConfigMap(
+            f"{name}-logging",
+            metadata={"name": "mlflow-logging", "namespace": ns_name, "labels": labels},
+            data={LOGGING_FILE: logging_config_json()},
+            opts=k8s_opts,
+        )
         container = serving_container(
             image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
             env=serving_env(args.tracking_url, serving_secret.metadata["name"]), cpu=args.cpu, memory=args.memory)
@@ -291,7 +304,7 @@ class ModelServing(pulumi.ComponentResource):
                         "securityContext": pod_security_context(),
                         "terminationGracePeriodSeconds": 30,
                         "containers": [container],
-                        "volumes": [tmp_volume("4Gi")],
+                        "volumes": [tmp_volume("4Gi"), logging_volume(logging_config.metadata["name"])],
                         "topologySpreadConstraints": [
                             {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                              "labelSelector": {"matchLabels": selector}}
@@ -314,6 +327,14 @@ class ModelServing(pulumi.ComponentResource):
                 spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
                 opts=k8s_opts,
             )
+        k8s.apiextensions.CustomResource(
+            f"{name}-pod-monitoring",
+            api_version="monitoring.googleapis.com/v1",
+            kind="PodMonitoring",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec=pod_monitoring_spec(selector),
+            opts=k8s_opts,
+        )
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},

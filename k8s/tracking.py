@@ -13,9 +13,10 @@ import pulumi_random as random
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
+from k8s.logs import LOGGING_FILE, LOGGING_PATH, logging_config_json, logging_mount, logging_volume
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, checkov_skips, default_deny_ingress,
-    SQL_PROXY_PORT, container_security_context, http_probe, pod_security_context,
+    SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, http_probe, pod_security_context,
     resources, secret_env, sql_proxy_sidecar, tmp_mount, tmp_volume,
 )
 
@@ -33,6 +34,9 @@ SECRET_BACKEND_URI = "backend-store-uri"
 SECRET_AUTH_URI = "auth-database-uri"
 SECRET_FLASK_KEY = "flask-secret-key"
 SECRET_ADMIN_PASSWORD = "admin-password"
+METRICS_PORT = 9102
+# Managed Service for Prometheus' collectors run in this namespace.
+GMP_NAMESPACE = "gmp-system"
 # Google front ends and health checkers: where Ingress traffic to NEG backends comes from.
 GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
 
@@ -89,6 +93,7 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
         "--artifacts-destination", f"gs://{bucket}/artifacts",
         "--allowed-hosts", ",".join(allowed_hosts(namespace, ingress_host, internal_ip)),
         "--expose-prometheus", PROMETHEUS_DIR,
+        "--uvicorn-opts", f"--log-config {LOGGING_PATH}",
     ]
 
 
@@ -126,7 +131,29 @@ def tracking_container(*, image: Any, args: list, env: list[dict], cpu: str, mem
         "livenessProbe": http_probe("/health", "http", period=20, failures=3),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount(), auth_config_mount()],
+        "volumeMounts": [tmp_mount(), auth_config_mount(), logging_mount()],
+    }
+
+
+def metrics_exporter_container(*, image: Any) -> dict:
+    """Serves the server's multiprocess metrics files (shared /tmp) on METRICS_PORT.
+
+    MLflow answers /metrics only to admins once basic auth is on; giving the scraper an admin
+    password would be worse than this sidecar, which only the collector may reach.
+    """
+    return {
+        "name": "metrics-exporter",
+        "image": image,
+        "command": ["python"],
+        "args": ["-m", "mlflow_metrics", "--dir", PROMETHEUS_DIR, "--host", "0.0.0.0",
+                 "--port", str(METRICS_PORT)],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+        "startupProbe": http_probe("/metrics", "metrics", period=2, failures=30),
+        "readinessProbe": http_probe("/metrics", "metrics", period=15, failures=3),
+        "livenessProbe": http_probe("/metrics", "metrics", period=30, failures=3),
+        "resources": resources("50m", "128Mi"),
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount()],
     }
 
 
@@ -152,19 +179,31 @@ def migration_containers(*, image: Any, secret_name: Any) -> tuple[list[dict], l
     return [upgrade_tracking], [upgrade_auth]
 
 
+def pod_monitoring_spec(selector: dict) -> dict:
+    """Managed Prometheus scrapes the server's metrics (via the exporter) and the proxy's."""
+    return {
+        "selector": {"matchLabels": selector},
+        "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"},
+                      {"port": "proxy-http", "path": "/metrics", "interval": "30s"}],
+    }
+
+
 def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_cidr: Optional[str],
                            expose_ingress: bool) -> list[dict]:
     """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers."""
     peers: list[dict] = [
         {"podSelector": {}},
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": serving_namespace}}},
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": GMP_NAMESPACE}}},
     ]
     if serving_pod_cidr:
         peers.append({"ipBlock": {"cidr": serving_pod_cidr}})
     if expose_ingress:
         peers += [{"ipBlock": {"cidr": cidr}} for cidr in GOOGLE_LB_RANGES]
-    return [{"from": peers, "ports": [{"protocol": "TCP", "port": TRACKING_PORT}]}]
+    collector = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": GMP_NAMESPACE}}}
+    return [{"from": peers, "ports": [{"protocol": "TCP", "port": TRACKING_PORT}]},
+            {"from": [collector], "ports": [{"protocol": "TCP", "port": METRICS_PORT},
+                                            {"protocol": "TCP", "port": SQL_PROXY_HTTP_PORT}]}]
 
 
 # --- component ------------------------------------------------------------------------------
@@ -303,6 +342,12 @@ class TrackingServer(pulumi.ComponentResource):
             opts=k8s_opts,
         )
         secret_name = secret.metadata["name"]
+        logging_config = k8s.core.v1.ConfigMap(
+            f"{name}-logging",
+            metadata={"name": "mlflow-logging", "namespace": ns_name, "labels": labels},
+            data={LOGGING_FILE: logging_config_json()},
+            opts=k8s_opts,
+        )
 
         proxy = sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)
         pod_base = {
@@ -352,8 +397,9 @@ class TrackingServer(pulumi.ComponentResource):
                         **pod_base,
                         "terminationGracePeriodSeconds": 45,
                         "initContainers": [proxy],
-                        "containers": [container],
-                        "volumes": [tmp_volume(), auth_config_volume(secret_name)],
+                        "containers": [container, metrics_exporter_container(image=args.image)],
+                        "volumes": [tmp_volume(), auth_config_volume(secret_name),
+                                    logging_volume(logging_config.metadata["name"])],
                         "topologySpreadConstraints": _spread(selector),
                     },
                 },
@@ -387,6 +433,7 @@ class TrackingServer(pulumi.ComponentResource):
                 spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
                 opts=k8s_opts,
             )
+        self._metrics_collection(name, ns_name, labels, selector, k8s_opts)
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol",
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
@@ -412,6 +459,17 @@ class TrackingServer(pulumi.ComponentResource):
             "admin_username": self.admin_username,
             "admin_password": self.admin_password,
         })
+
+    def _metrics_collection(self, name: str, ns_name: pulumi.Output[str], labels: dict, selector: dict,
+                            k8s_opts: pulumi.ResourceOptions) -> None:
+        k8s.apiextensions.CustomResource(
+            f"{name}-pod-monitoring",
+            api_version="monitoring.googleapis.com/v1",
+            kind="PodMonitoring",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec=pod_monitoring_spec(selector),
+            opts=k8s_opts,
+        )
 
     def _ingress(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str], labels: dict,
                  service_name: pulumi.Output[str], k8s_opts: pulumi.ResourceOptions) -> None:

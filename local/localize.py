@@ -8,7 +8,8 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
 2. Secrets: a `secretKeyRef` env value, or a file of a secret volume, is the value generated for
    this machine (the rendered Secrets are masked); a key the rendered Secret lacks is an error.
 3. Volumes: a path under a volume mount (the emptyDir at /tmp, a secret, a configMap) is the same
-   relative path under a local directory for that volume.
+   relative path under a local directory for that volume, also as a word of an option string
+   (`--uvicorn-opts "--log-config /etc/mlflow-logging/logging.json"`).
 4. The Cloud SQL Auth Proxy address of the pod (its sidecar's --address:--port, 127.0.0.1:5432)
    becomes the local Postgres, 127.0.0.1:PORT, in env values and secret values.
 5. Service DNS names in URLs (http://mlflow-tracking.mlflow.svc.cluster.local:5000) become
@@ -21,8 +22,8 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
 
 The process environment is the manifest env plus what the image provides (IMAGE_ENV, from
 mlflow_image/Dockerfile: PATH, HOME=/tmp, PYTHON* flags; /tmp being the local dir of the pod's
-/tmp volume, also given as TMPDIR; for the serving target PYTHONPATH, where the image copies
-mlflow_serving, is mlflow_image/) and the explicit `extra_env` of a workload (the tracking
+/tmp volume, also given as TMPDIR; PYTHONPATH, where the image copies mlflow_serving and
+mlflow_metrics, is mlflow_image/) and the explicit `extra_env` of a workload (the tracking
 server's STORAGE_EMULATOR_HOST: the GCS emulator standing in for GCS). Nothing is inherited
 from the caller's environment.
 
@@ -41,9 +42,10 @@ LOCAL_HOST = "127.0.0.1"
 CLUSTER_TMP = "/tmp"
 # What mlflow_image/Dockerfile's runtime-base stage sets (PATH and HOME are filled in locally).
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-# The serving target also puts mlflow_image/mlflow_serving on PYTHONPATH (/opt/mlflow-serving).
+# The image's PYTHONPATH (/opt/mlflow-extras) holds mlflow_serving and mlflow_metrics, which
+# live in mlflow_image/ here: (image value, local value).
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "mlflow_image"
-SERVING_IMAGE_ENV = {"PYTHONPATH": str(IMAGE_DIR)}
+IMAGE_PATHS = {"PYTHONPATH": ("/opt/mlflow-extras", str(IMAGE_DIR))}
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -112,6 +114,13 @@ def _local_path(value: str, mounts: list[tuple[str, Path, dict]]) -> Optional[st
         if value.startswith(mount_path + "/"):
             return str(local_dir / PurePosixPath(value[len(mount_path) + 1:]))
     return None
+
+
+def _local_paths_in(value: str, mounts: list[tuple[str, Path, dict]]) -> Optional[str]:
+    """`value` with every space-separated word that is a path under a mount made local."""
+    words = value.split(" ")
+    local = [_local_path(word, mounts) or word for word in words]
+    return " ".join(local) if local != words else None
 
 
 def _volume_files(mounts: list[tuple[str, Path, dict]], site: LocalSite, rewrite) -> dict[Path, tuple[str, int]]:
@@ -207,7 +216,7 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
             changes.append(f"arg --allowed-hosts: appended {LOCAL_HOST}:{site.listen_port}")
             continue
         else:
-            args[index] = _local_path(arg, mounts) or arg
+            args[index] = _local_path(arg, mounts) or _local_paths_in(arg, mounts) or arg
         if args[index] != original:
             label = previous if previous and previous.startswith("-") else f"args[{index}]"
             changes.append(f"arg {label}: {original} -> {args[index]}")
@@ -240,6 +249,7 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
         "TMPDIR": tmp,
         "LANG": "C.UTF-8",
         **IMAGE_ENV,
+        **{name: local for name, (_, local) in IMAGE_PATHS.items()},
         **env,
     }
     for name, value in site.extra_env.items():

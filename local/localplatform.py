@@ -31,7 +31,7 @@ from k8s.tracking import (
     ADMIN_USERNAME, AUTH_CONFIG_FILE, SECRET_ADMIN_PASSWORD, SECRET_AUTH_URI, SECRET_BACKEND_URI, SECRET_FLASK_KEY,
     auth_config_ini, postgres_uri,
 )
-from local.localize import SERVING_IMAGE_ENV, LocalCommand, LocalSite, localize_container
+from local.localize import LocalCommand, LocalSite, localize_container
 from local.manifests import (
     ROOT, Manifests, artifacts_bucket, container, pod_spec, run_to_completion_containers, selects,
     served_model, service_dns_names, sql_proxy_address,
@@ -168,6 +168,7 @@ class LocalPlatform:
         self.migration_job = m.one("Job", component="migration")
         self.serving_user_job = m.one("Job", component="serving-setup")
         self.tracking_container = container(self.tracking_deployment, "mlflow")
+        self.exporter_container = container(self.tracking_deployment, "metrics-exporter")
         self.serving_container = container(self.serving_deployment, "serving")
         self.model_name, self.model_alias = served_model(self.serving_container)
         self.bucket, self.artifacts_prefix = artifacts_bucket(self.tracking_container)
@@ -180,6 +181,7 @@ class LocalPlatform:
 
         self.postgres_port, self.emulator_port = free_port(), free_port()
         self.tracking_port, self.serving_port = free_port(), free_port()
+        self.tracking_metrics_port = free_port()
         self.logs_dir = self.workdir / "logs"
         self.secrets_dir = self.workdir / "secrets"
         self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
@@ -187,6 +189,7 @@ class LocalPlatform:
                                       self.redact)
         self.emulator: Optional[ManagedProcess] = None
         self.tracking: Optional[ManagedProcess] = None
+        self.tracking_metrics: Optional[ManagedProcess] = None
         self.serving: Optional[ManagedProcess] = None
         self.demo_run: Optional[dict] = None
         self._client_runs = 0
@@ -234,6 +237,9 @@ class LocalPlatform:
             "admin_username": self.admin_username, "admin_password_file": str(self.admin_password_file),
             "serving_username": self.serving_username,
             "serving_password_file": str(self.secrets_dir / "serving-password"),
+            "tracking_metrics_url": f"http://127.0.0.1:{self.tracking_metrics_port}/metrics",
+            "serving_metrics_url": f"{self.serving_url}/metrics",
+
             "model_uri": f"models:/{self.model_name}@{self.model_alias}",
             "gcs_emulator_url": self.emulator_url, "bucket": self.bucket,
             "postgres": f"127.0.0.1:{self.postgres_port}", "logs": str(self.logs_dir),
@@ -252,6 +258,12 @@ class LocalPlatform:
         self.stop()
 
     def start(self) -> None:
+        self.start_storage()
+        self.start_services()
+
+    def start_storage(self) -> None:
+        """Postgres with the user and databases, and the bucket: what exists before MLflow runs
+        (an upgrade rehearsal lets an older MLflow write there before `start_services`)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.postgres.run_as is not None:
             self.workdir.chmod(0o711)  # the Postgres user must reach workdir/postgres; nothing else is readable
@@ -267,6 +279,9 @@ class LocalPlatform:
         self.progress(f"postgres: ready on 127.0.0.1:{self.postgres_port}")
         self.start_emulator()
         self.progress(f"gcs emulator: bucket {self.bucket} on {self.emulator_url}")
+
+    def start_services(self) -> None:
+        """Migration Job, tracking, serving user (then demo model and serving), on the data there."""
         self.run_migrations()
         self.progress("migration job: done")
         self.start_tracking()
@@ -282,7 +297,7 @@ class LocalPlatform:
     def stop(self) -> None:
         """Stop everything started, newest first; every process group is gone afterwards."""
         errors = []
-        for process in (self.serving, self.tracking, self.emulator):
+        for process in (self.serving, self.tracking_metrics, self.tracking, self.emulator):
             if process is not None:
                 try:
                     process.stop()
@@ -412,8 +427,7 @@ class LocalPlatform:
                               extra_env={EMULATOR_HOST_ENV: self.emulator_url})
 
     def serving_command(self) -> LocalCommand:
-        return self.localized(self.serving_deployment, self.serving_container, "serving", self.serving_port,
-                              extra_env=SERVING_IMAGE_ENV)
+        return self.localized(self.serving_deployment, self.serving_container, "serving", self.serving_port)
 
     def _run_job(self, job: dict, job_name: str) -> list[JobResult]:
         results = []
@@ -437,10 +451,15 @@ class LocalPlatform:
         """The serving-user Job: creates/updates the read-only user and its READ grants."""
         return self._run_job(self.serving_user_job, "serving-user")
 
-    def _start_server(self, workload: dict, spec: dict, command: LocalCommand, name: str, port: int) -> None:
+    def _start_server(self, workload: dict, spec: dict, command: LocalCommand, name: str, port: int,
+                      sidecar_of: Optional[str] = None) -> None:
         """Start and wait for the readiness probe; the process is registered (so `stop` finds it)
-        before it is started."""
-        self._prepare(workload, command, name)
+        before it is started. A sidecar joins the already prepared pod of `sidecar_of`."""
+        if sidecar_of is None:
+            self._prepare(workload, command, name)
+        else:
+            for path, (text, mode) in command.files.items():
+                _write_file(path, text, mode)
         process = ManagedProcess(name, command.argv, env=command.env, cwd=command.cwd,
                                  log_path=self.logs_dir / f"{name}.log", redact=self.redact)
         setattr(self, name, process)
@@ -452,13 +471,21 @@ class LocalPlatform:
         url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
         process.wait_until(lambda: http_ok(url), budget, f"readiness probe {url} answering 200")
 
+    def exporter_command(self) -> LocalCommand:
+        """The metrics-exporter container, in the tracking pod (same /tmp, its own port)."""
+        return self.localized(self.tracking_deployment, self.exporter_container, "tracking",
+                              self.tracking_metrics_port)
+
     def start_tracking(self) -> None:
         self._start_server(self.tracking_deployment, self.tracking_container, self.tracking_command(), "tracking",
                            self.tracking_port)
+        self._start_server(self.tracking_deployment, self.exporter_container, self.exporter_command(),
+                           "tracking_metrics", self.tracking_metrics_port, sidecar_of="tracking")
 
     def restart_tracking(self) -> None:
-        if self.tracking:
-            self.tracking.stop()
+        for process in (self.tracking_metrics, self.tracking):
+            if process:
+                process.stop()
         self.start_tracking()
 
     def start_serving(self) -> None:

@@ -18,7 +18,7 @@ from offline.stack import StackRun
 
 SECRET_MASK = "[secret]"
 # Apply order a human expects when reading the manifests.
-KIND_ORDER = ("Namespace", "ServiceAccount", "Secret", "ConfigMap", "Job", "Deployment", "Service",
+KIND_ORDER = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "Job", "Deployment", "Service",
               "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "BackendConfig",
               "ManagedCertificate", "Ingress", "PodMonitoring")
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "type", "data", "stringData",

@@ -10,6 +10,7 @@ Missing Postgres binaries or runtime virtualenv FAIL the tests (CI installs both
 from __future__ import annotations
 
 import configparser
+import json
 import re
 import shutil
 import tempfile
@@ -20,14 +21,14 @@ import pytest
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from k8s.serving import SERVING_PORT
 from k8s.tracking import TRACKING_PORT, auth_config_ini
-from local.localize import IMAGE_ENV, LocalizeError, LocalSite, expand_vars, localize_container
+from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, expand_vars, localize_container
 from local.localplatform import LocalPlatform, parse_auth_settings
 from local.manifests import ROOT, Manifests
 from local.postgres import find_bin_dir
 from local.processes import LocalPlatformError, descendants, http, pids_alive
 
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
-PROCESS_ENV = {"PATH", "HOME", "TMPDIR", "LANG", *IMAGE_ENV}
+PROCESS_ENV = {"PATH", "HOME", "TMPDIR", "LANG", *IMAGE_ENV, *IMAGE_PATHS}
 
 
 # ============================ unit: the substitution, no processes ============================
@@ -71,6 +72,8 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
         "--port": (str(TRACKING_PORT), str(p.tracking_port)),
         "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.tracking_port}"),
         "--expose-prometheus": ("/tmp/prometheus", str(pod / "tmp" / "prometheus")),
+        "--uvicorn-opts": ("--log-config /etc/mlflow-logging/logging.json",
+                           f"--log-config {pod / 'logging' / 'logging.json'}"),
     }
     check_env(spec, command.env, {
         "MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
@@ -88,7 +91,8 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
 def test_tracking_auth_config_is_the_clusters_with_the_local_database(offline):
     command = offline.tracking_command()
     ini_path = offline.workdir / "pods" / "tracking" / "auth-config" / "basic_auth.ini"
-    assert set(command.files) == {ini_path}
+    logging_config = offline.workdir / "pods" / "tracking" / "logging" / "logging.json"
+    assert set(command.files) == {ini_path, logging_config}
     text, mode = command.files[ini_path]
     assert mode == 0o600
     p = offline
@@ -109,14 +113,16 @@ def test_serving_container_changes_only_cluster_specifics(offline):
         "argv[0]": ("python", str(p.bin_dir / "python")),
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": (str(SERVING_PORT), str(p.serving_port)),
+        "--log-config": ("/etc/mlflow-logging/logging.json",
+                         str(p.workdir / "pods" / "serving" / "logging" / "logging.json")),
     }
     check_env(spec, command.env, {
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.tracking_port}",
         "MLFLOW_TRACKING_USERNAME": "mlflow-serving",
         "MLFLOW_TRACKING_PASSWORD": p.serving_password,
-    }, extra={"PYTHONPATH"})
-    assert command.env["PYTHONPATH"] == str(ROOT / "mlflow_image")  # the image's /opt/mlflow-serving
-    assert command.files == {}
+    })
+    assert command.env["PYTHONPATH"] == str(ROOT / "mlflow_image")  # the image's /opt/mlflow-extras
+    assert set(command.files) == {p.workdir / "pods" / "serving" / "logging" / "logging.json"}
 
 
 def test_migration_job_runs_both_upgrades_in_order_against_local_postgres(offline):
@@ -226,7 +232,8 @@ def test_expand_vars_follows_kubernetes():
 def test_image_env_is_the_dockerfiles():
     dockerfile = (ROOT / "mlflow_image" / "Dockerfile").read_text()
     runtime_base = dockerfile.split("AS runtime-base", 1)[1].split("FROM ", 1)[0]
-    for name, value in {**IMAGE_ENV, "HOME": "/tmp"}.items():
+    image_values = {name: image for name, (image, _) in IMAGE_PATHS.items()}
+    for name, value in {**IMAGE_ENV, **image_values, "HOME": "/tmp"}.items():
         assert re.search(rf"\b{name}={re.escape(value)}\b", runtime_base), name
     assert "WORKDIR /tmp" in runtime_base
 
@@ -458,3 +465,83 @@ def test_no_secret_in_any_log(platform):
              for path, text in logs.items()}
     assert {path: found for path, found in leaks.items() if found} == {}
 
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """Prometheus text format -> {(name, labels): value} (no external parser needed)."""
+    samples = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)", line.strip())
+        if not match or line.startswith("#"):
+            continue
+        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match[2] or ""))
+        samples[(match[1], labels)] = float(match[3])
+    return samples
+
+
+def delta(before: dict, after: dict, name: str, **labels) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def scrape_tracking(platform: LocalPlatform) -> dict:
+    """What Managed Prometheus scrapes: the exporter sidecar, no credentials."""
+    response = http("GET", platform.endpoints()["tracking_metrics_url"])
+    assert response.status == 200
+    return metric_samples(response.body.decode())
+
+
+def test_exporter_sidecar_runs_as_rendered_in_the_tracking_pod(offline):
+    spec = offline.exporter_container
+    command = offline.exporter_command()
+    tmp = offline.workdir / "pods" / "tracking" / "tmp"
+    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
+        "argv[0]": ("python", str(offline.bin_dir / "python")),
+        "--dir": ("/tmp/prometheus", str(tmp / "prometheus")),
+        "--host": ("0.0.0.0", "127.0.0.1"),
+        "--port": ("9102", str(offline.tracking_metrics_port)),
+    }
+
+
+def test_tracking_metrics_count_exactly_the_calls(platform):
+    # The exporter reads the server's files: its own scrapes are not server requests.
+    per_scrape = 0
+    before = scrape_tracking(platform)
+    assert api(platform, "GET", "experiments/search?max_results=1", auth=None).status == 401
+    for _ in range(2):
+        assert api(platform, "GET", "experiments/search?max_results=1").status == 200
+    after = scrape_tracking(platform)
+    assert delta(before, after, "mlflow_http_request_total", method="GET", status="401") == 1
+    assert delta(before, after, "mlflow_http_request_total", method="GET", status="200") == 2 + per_scrape
+    assert delta(before, after, "mlflow_http_request_duration_seconds_count", method="GET", status="200",
+                 mlflow_version=next(dict(k[1])["mlflow_version"] for k in after
+                                     if k[0] == "mlflow_http_request_duration_seconds_count")) == 2 + per_scrape
+
+
+def test_serving_metrics_count_exactly_the_calls(platform, state):
+    rows = checks(platform, "predict", f"models:/{platform.model_name}@{platform.model_alias}")
+    before = metric_samples(http("GET", f"{platform.serving_url}/metrics").body.decode())
+    for _ in range(3):
+        invocations(platform, rows)
+    assert http("POST", f"{platform.serving_url}/invocations", json_body={"bad": "payload"}).status == 400
+    after = metric_samples(http("GET", f"{platform.serving_url}/metrics").body.decode())
+    assert delta(before, after, "mlflow_serving_requests_total", path="/invocations", method="POST", status="200") == 3
+    assert delta(before, after, "mlflow_serving_requests_total", path="/invocations", method="POST", status="400") == 1
+    assert delta(before, after, "mlflow_serving_request_duration_seconds_count", path="/invocations") == 4
+    assert after[("mlflow_serving_requests_in_flight", frozenset())] == 0
+
+
+def test_servers_log_json_lines_with_a_severity(platform):
+    for name in ("tracking", "serving"):
+        lines = [line for line in (platform.logs_dir / f"{name}.log").read_text().splitlines() if line.strip()]
+        parsed = [json.loads(line) for line in lines if line.startswith("{")]
+        assert len(parsed) >= 3, f"{name}: no JSON log lines"
+        assert all(entry.get("severity") in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for entry in parsed)
+        assert any("/health" in entry.get("message", "") or "/ping" in entry.get("message", "")
+                   or "Uvicorn running" in entry.get("message", "") for entry in parsed), name
+
+
+def test_no_authorization_header_in_any_log(platform):
+    for path in platform.logs_dir.rglob("*.log"):
+        text = path.read_text(errors="replace")
+        assert "Authorization" not in text and "Basic " not in text, path.name

@@ -72,5 +72,5 @@ def test_plan_writes_the_rendered_files(capsys, plan_dir):
     code, out, _ = plan_output(capsys, "dev")
     assert code == 0 and "Wrote plan/dev/" in out
     assert (plan_dir / "dev" / "resources.yaml").exists()
-    assert sorted(p.name for p in (plan_dir / "dev" / "k8s").glob("*deployment*")) == [
-        "11-deployment-mlflow-mlflow-tracking.yaml", "12-deployment-mlflow-serving-mlflow-serving.yaml"]
+    names = sorted(p.name.split("-", 1)[1] for p in (plan_dir / "dev" / "k8s").glob("*-deployment-*"))
+    assert names == ["deployment-mlflow-mlflow-tracking.yaml", "deployment-mlflow-serving-mlflow-serving.yaml"]

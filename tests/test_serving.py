@@ -129,3 +129,11 @@ def test_serving_identity_has_no_gcp_roles(stack_runs):
     assert not [r for r in run.resources if r.name.startswith("mlflow-serving-identity-")
                 and r.type in ("gcp:projects/iAMMember:IAMMember", "gcp:storage/bucketIAMMember:BucketIAMMember")]
     assert pod_spec(serving_deployment(run))["serviceAccountName"] == "mlflow-serving"
+
+
+def test_serving_is_scraped_and_logs_json(stack_runs):
+    run = stack_runs["dev"]
+    monitoring = run.named("mlflow-serving-pod-monitoring").inputs
+    assert monitoring["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s"}]
+    serving = container(serving_deployment(run), "serving")
+    assert serving["args"][serving["args"].index("--log-config") + 1] == "/etc/mlflow-logging/logging.json"

@@ -64,7 +64,7 @@ def test_proxy_is_a_native_sidecar_and_the_app_is_a_main_container(stack_runs, s
     spec = pod_spec(tracking_deployment(stack_runs[stack]))
     assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy"]
     assert spec["initContainers"][0]["restartPolicy"] == "Always"
-    assert [c["name"] for c in spec["containers"]] == ["mlflow"]
+    assert [c["name"] for c in spec["containers"]] == ["mlflow", "metrics-exporter"]
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -83,6 +83,8 @@ def test_migration_job_runs_both_upgrades_behind_the_proxy(stack_runs):
     auth = container(job, "upgrade-auth-db")
     assert auth["command"] + auth["args"] == ["python", "-m", "mlflow.server.auth", "db", "upgrade", "--url",
                                               "$(MLFLOW_AUTH_DATABASE_URI)"]
+    assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy", "upgrade-tracking-db"]
+    assert [c["name"] for c in spec["containers"]] == ["upgrade-auth-db"]
 
 
 def test_migration_job_precedes_the_deployment(stack_runs):
@@ -196,3 +198,30 @@ def test_tracking_identity_reads_and_writes_only_the_artifact_bucket(stack_runs)
         {"gcp:project": "my-mlflow-dev", "mlflow-platform:environment": "dev"}).bucket_name
     assert run.named("mlflow-identity-ksa").inputs["metadata"]["namespace"] == "mlflow"
     assert pod_spec(tracking_deployment(run))["serviceAccountName"] == "mlflow-tracking"
+
+
+def test_managed_prometheus_scrapes_the_exporter_and_the_proxy_without_credentials(stack_runs):
+    run = stack_runs["dev"]
+    monitoring = run.named("mlflow-pod-monitoring").inputs
+    assert monitoring["apiVersion"] == "monitoring.googleapis.com/v1"
+    assert monitoring["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"},
+                                               {"port": "proxy-http", "path": "/metrics", "interval": "30s"}]
+    exporter = container(tracking_deployment(run), "metrics-exporter")
+    app = container(tracking_deployment(run), "mlflow")
+    # the exporter reads the directory the server writes its multiprocess metrics to, on the shared /tmp
+    assert exporter["args"][exporter["args"].index("--dir") + 1] == app["args"][app["args"].index("--expose-prometheus") + 1]
+    assert {"name": "tmp", "mountPath": "/tmp"} in exporter["volumeMounts"]
+    assert "--prometheus" in container(tracking_deployment(run), "cloud-sql-proxy")["args"]
+
+
+def test_network_policy_admits_only_the_collector_to_the_metrics_ports(stack_runs):
+    rules = stack_runs["dev"].named("mlflow-netpol").inputs["spec"]["ingress"]
+    metrics_rule = next(rule for rule in rules if {"protocol": "TCP", "port": 9102} in rule["ports"])
+    assert metrics_rule["ports"] == [{"protocol": "TCP", "port": 9102}, {"protocol": "TCP", "port": 9801}]
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}}]
+
+
+def test_server_logs_json_lines_through_the_mounted_logging_config(stack_runs):
+    app = container(tracking_deployment(stack_runs["dev"]), "mlflow")
+    assert app["args"][app["args"].index("--uvicorn-opts") + 1] == "--log-config /etc/mlflow-logging/logging.json"
+    assert {"name": "logging", "mountPath": "/etc/mlflow-logging", "readOnly": True} in app["volumeMounts"]

@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-p", "--port", type=int, default=8080)
     parser.add_argument("-w", "--workers", type=int, default=1)
     parser.add_argument("-t", "--timeout", type=int, default=int(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()))
+    parser.add_argument("--log-config", help="logging dictConfig as JSON (uvicorn's --log-config)")
     args = parser.parse_args(argv)
 
     local_path = _download_artifact_from_uri(args.model_uri)
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
         # Several workers: metrics are aggregated through files, one set per worker.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
     uvicorn.run("mlflow_serving.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, timeout_keep_alive=30, log_level="info")
+                workers=args.workers, timeout_keep_alive=30, log_level="info",
+                **({"log_config": args.log_config} if args.log_config else {}))
 
 
 if __name__ == "__main__":
