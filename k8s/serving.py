@@ -13,9 +13,10 @@ import pulumi_random as random
 
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
-from k8s.logs import LOGGING_FILE, LOGGING_PATH, logging_config_json, logging_mount, logging_volume
+from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
+from k8s.namespace import workload_namespace
 from k8s.pods import (
-    SECRETS_AS_ENV_REASON, checkov_skips, default_deny_ingress,
+    SECRETS_AS_ENV_REASON, checkov_skips,
     container_security_context, http_probe, pod_security_context, resources, secret_env, tmp_mount, tmp_volume,
 )
 
@@ -201,17 +202,8 @@ class ModelServing(pulumi.ComponentResource):
         labels = k8s_labels(name, COMPONENT)
         selector = k8s_selector(name, COMPONENT)
 
-        namespace = k8s.core.v1.Namespace(
-            f"{name}-ns",
-            metadata={"name": args.namespace, "labels": {
-                **k8s_labels(name, "namespace"),
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/enforce-version": "latest",
-            }},
-            opts=k8s_opts,
-        )
-        ns_name = namespace.metadata["name"]
-        k8s.networking.v1.NetworkPolicy(f"{name}-default-deny", **default_deny_ingress(ns_name, labels), opts=k8s_opts)
+        namespace = workload_namespace(name, args.namespace, labels, k8s_opts)
+        ns_name = namespace.name
         # Its own identity, with no roles: the pods must not inherit the node's service account.
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
@@ -276,12 +268,6 @@ class ModelServing(pulumi.ComponentResource):
                 depends_on=[args.tracking_ready], delete_before_replace=True)),
         )
 
-        logging_config = k8s.core.v1.ConfigMap(
-            f"{name}-logging",
-            metadata={"name": "mlflow-logging", "namespace": ns_name, "labels": labels},
-            data={LOGGING_FILE: logging_config_json()},
-            opts=k8s_opts,
-        )
         container = serving_container(
             image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
             env=serving_env(args.tracking_url, serving_secret.metadata["name"]), cpu=args.cpu, memory=args.memory)
@@ -304,7 +290,7 @@ class ModelServing(pulumi.ComponentResource):
                         "securityContext": pod_security_context(),
                         "terminationGracePeriodSeconds": 30,
                         "containers": [container],
-                        "volumes": [tmp_volume("4Gi"), logging_volume(logging_config.metadata["name"])],
+                        "volumes": [tmp_volume("4Gi"), logging_volume(namespace.logging_config_map)],
                         "topologySpreadConstraints": [
                             {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                              "labelSelector": {"matchLabels": selector}}

@@ -13,9 +13,10 @@ import pulumi_random as random
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
-from k8s.logs import LOGGING_FILE, LOGGING_PATH, logging_config_json, logging_mount, logging_volume
+from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
+from k8s.namespace import workload_namespace
 from k8s.pods import (
-    SECRETS_AS_ENV_REASON, checkov_skips, default_deny_ingress,
+    SECRETS_AS_ENV_REASON, checkov_skips,
     SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, http_probe, pod_security_context,
     resources, secret_env, sql_proxy_sidecar, tmp_mount, tmp_volume,
 )
@@ -295,17 +296,8 @@ class TrackingServer(pulumi.ComponentResource):
         labels = k8s_labels(name, COMPONENT)
         selector = k8s_selector(name, COMPONENT)
 
-        namespace = k8s.core.v1.Namespace(
-            f"{name}-ns",
-            metadata={"name": args.namespace, "labels": {
-                **k8s_labels(name, "namespace"),
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/enforce-version": "latest",
-            }},
-            opts=k8s_opts,
-        )
-        ns_name = namespace.metadata["name"]
-        k8s.networking.v1.NetworkPolicy(f"{name}-default-deny", **default_deny_ingress(ns_name, labels), opts=k8s_opts)
+        namespace = workload_namespace(name, args.namespace, labels, k8s_opts)
+        ns_name = namespace.name
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
             account_id=cap_name(f"mlflow-tracking-{args.environment}", 30),
@@ -342,12 +334,6 @@ class TrackingServer(pulumi.ComponentResource):
             opts=k8s_opts,
         )
         secret_name = secret.metadata["name"]
-        logging_config = k8s.core.v1.ConfigMap(
-            f"{name}-logging",
-            metadata={"name": "mlflow-logging", "namespace": ns_name, "labels": labels},
-            data={LOGGING_FILE: logging_config_json()},
-            opts=k8s_opts,
-        )
 
         proxy = sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)
         pod_base = {
@@ -399,7 +385,7 @@ class TrackingServer(pulumi.ComponentResource):
                         "initContainers": [proxy],
                         "containers": [container, metrics_exporter_container(image=args.image)],
                         "volumes": [tmp_volume(), auth_config_volume(secret_name),
-                                    logging_volume(logging_config.metadata["name"])],
+                                    logging_volume(namespace.logging_config_map)],
                         "topologySpreadConstraints": _spread(selector),
                     },
                 },
