@@ -5,8 +5,8 @@ from __future__ import annotations
 import pulumi
 import pytest
 
-from infra.config import ConfigError, Settings, load_settings, settings_from_values
-from offline.stack import read_stack_config, run_program
+from infra.config import SECRET_FIELDS, ConfigError, Settings, config_keys, load_settings, settings_from_values
+from offline.stack import ROOT, read_stack_config, run_program
 
 NS = "mlflow-platform"
 VALID = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev"}
@@ -145,3 +145,14 @@ def test_load_settings_parses_types_from_config_strings():
 def test_load_settings_refuses_unknown_keys_in_the_stack():
     with pytest.raises(ConfigError, match=f"{NS}:macineType: unknown setting"):
         run_program("dev", {**VALID, f"{NS}:macineType": "e2-standard-4"}, program=lambda: load_settings() and {})
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_committed_stack_files_show_every_setting(stack):
+    config, _ = read_stack_config(stack)
+    text = (ROOT / f"Pulumi.{stack}.yaml").read_text()
+    for name, key in config_keys().items():
+        if name in SECRET_FIELDS:  # never a plain value in a stack file: shown as a comment
+            assert key in text and key not in config, key
+        else:
+            assert key in config, f"Pulumi.{stack}.yaml lacks {key}"
