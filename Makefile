@@ -8,7 +8,7 @@ STACK ?= dev
 STACKS := dev prod
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install checkov runtime test plan plan-all plan-check validate reference local clean
+.PHONY: install checkov runtime test plan plan-all plan-check reference local bench clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ reference: install
 ## make local: the platform on this machine (Postgres, GCS emulator, tracking, serving); Ctrl-C stops it.
 local: install runtime
 	$(PY) -m local
+
+## make bench [BENCH_ARGS=--quick]: serving, tracking and program-time benchmarks side by side on
+## the local platform (~8 min); results in benchmarks/results/, report in docs/benchmarks.md.
+bench: install runtime
+	$(PY) -m benchmarks $(BENCH_ARGS)
+	$(PY) -m benchmarks.program_time
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) .pytest_cache .local

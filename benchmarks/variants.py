@@ -1,0 +1,199 @@
+"""Extra server processes beside a running LocalPlatform: the rendered container with one thing
+changed (workers, an auth-config value, an env var, a Python path), or a plain command a user
+would type. Nothing in the repository is edited: each variant gets its own pod directory under
+the platform's workdir, with its own copy of the secret files."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from local.localplatform import EMULATOR_HOST_ENV, LocalPlatform
+from k8s.tracking import AUTH_CONFIG_FILE
+from local.localize import LocalCommand
+from local.manifests import pod_spec
+from local.processes import ManagedProcess, free_port, http_ok
+
+READY_TIMEOUT = 240.0
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: ManagedProcess
+    command: str
+    """What runs, as a user would write it (cluster form; no secrets)."""
+    notes: str = ""
+    ready_path: str = "/ping"
+    owned: bool = True
+    """Started here (stopped here); False for the platform's own processes."""
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        self.process.wait_until(lambda: http_ok(self.url + self.ready_path), timeout,
+                                f"{self.ready_path} answering 200")
+
+    def stop(self) -> None:
+        if self.owned:
+            self.process.stop()
+
+
+def _replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
+
+
+def _write_file(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(text)
+
+
+def _prepare(platform: LocalPlatform, workload: dict, command: LocalCommand, name: str,
+             file_edit: Optional[Callable[[Path, str], str]] = None) -> None:
+    pod_dir = platform.workdir / "pods" / name
+    for volume in pod_spec(workload).get("volumes", []):
+        (pod_dir / volume["name"]).mkdir(parents=True, exist_ok=True)
+    for path, (text, mode) in command.files.items():
+        _write_file(path, file_edit(path, text) if file_edit else text, mode)
+
+
+def _start(platform: LocalPlatform, name: str, argv: list[str], env: dict, cwd: Path, port: int, command: str,
+           ready_path: str, notes: str, settings: dict) -> Server:
+    process = ManagedProcess(name, argv, env=env, cwd=cwd, log_path=platform.logs_dir / f"{name}.log",
+                             redact=platform.redact)
+    process.start()
+    return Server(name, f"http://127.0.0.1:{port}", process, command, notes, ready_path, True, settings)
+
+
+def rendered_serving_command(platform: LocalPlatform, **flags: str) -> str:
+    spec = platform.serving_container
+    parts = spec["command"] + spec["args"]
+    for flag, value in flags.items():
+        parts = _replace_flag(parts, flag, value)
+    return " ".join(parts)
+
+
+def platform_serving(platform: LocalPlatform) -> Server:
+    spec = platform.serving_container
+    workers = spec["args"][spec["args"].index("--workers") + 1]
+    return Server("serving", platform.serving_url, platform.serving, rendered_serving_command(platform),
+                  "the serving Deployment as rendered (plan/dev/k8s), run by LocalPlatform", "/ping", False,
+                  {"workers": int(workers), "middleware": True, "http": "auto (h11)", "loop": "auto (asyncio)"})
+
+
+def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int] = None,
+                    extra_pythonpath: Optional[Path] = None, notes: str = "", settings: Optional[dict] = None) -> Server:
+    """The rendered serving container, with --workers changed and/or more packages importable
+    (uvicorn picks httptools and uvloop by itself when they are installed)."""
+    port = free_port()
+    command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
+    argv, env = command.argv, dict(command.env)
+    if extra_pythonpath is not None:
+        env["PYTHONPATH"] = ":".join(part for part in (env.get("PYTHONPATH"), str(extra_pythonpath)) if part)
+    flags = {}
+    if workers is not None:
+        argv = _replace_flag(argv, "--workers", str(workers))
+        flags["--workers"] = str(workers)
+    _prepare(platform, platform.serving_deployment, command, name)
+    return _start(platform, name, argv, env, command.cwd, port, rendered_serving_command(platform, **flags),
+                  "/ping", notes, settings or {})
+
+
+def models_serve(platform: LocalPlatform, name: str, workers: int, notes: str = "") -> Server:
+    """`mlflow models serve -m models:/NAME@ALIAS --env-manager local --workers N`, as a user runs it
+    (same registry credentials and scratch directory as a serving pod, no mlflow_serving package)."""
+    port = free_port()
+    command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
+    # the image's extra packages (mlflow_serving) are not part of what a user has
+    env = {key: value for key, value in command.env.items() if key != "PYTHONPATH"}
+    uri = f"models:/{platform.model_name}@{platform.model_alias}"
+    argv = [str(platform.bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+            "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
+    _prepare(platform, platform.serving_deployment, command, name)
+    return _start(platform, name, argv, env, command.cwd, port,
+                  f"mlflow models serve -m {uri} --env-manager local --workers {workers}", "/ping", notes,
+                  {"workers": workers, "middleware": False, "http": "auto (h11)", "loop": "auto (asyncio)"})
+
+
+def rendered_tracking_command(platform: LocalPlatform, **flags: str) -> str:
+    spec = platform.tracking_container
+    parts = list(spec["command"] + spec["args"])
+    for flag, value in flags.items():
+        parts = _replace_flag(parts, flag, value)
+    # the allowed-hosts list is long and beside the point here
+    index = parts.index("--allowed-hosts")
+    parts[index + 1] = "…"
+    return " ".join(parts)
+
+
+def platform_tracking(platform: LocalPlatform) -> Server:
+    spec = platform.tracking_container
+    env = {entry["name"]: entry.get("value") for entry in spec["env"]}
+    return Server("tracking", platform.tracking_url, platform.tracking, rendered_tracking_command(platform),
+                  "the tracking Deployment as rendered, run by LocalPlatform", "/health", False,
+                  {"workers": int(spec["args"][spec["args"].index("--workers") + 1]),
+                   "auth_cache_ttl_seconds": platform.auth_cache_ttl,
+                   "job_execution": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION"),
+                   "http": "auto (h11)", "loop": "auto (asyncio)"})
+
+
+def tracking_variant(platform: LocalPlatform, name: str, *, workers: Optional[int] = None,
+                     auth_cache_ttl: Optional[int] = None, job_execution: Optional[bool] = None,
+                     extra_pythonpath: Optional[Path] = None, notes: str = "") -> Server:
+    """The rendered tracking container with its workers, its auth config's cache TTL (a copy of the
+    ini in the variant's own pod directory) or MLFLOW_SERVER_ENABLE_JOB_EXECUTION changed."""
+    port = free_port()
+    command = platform.localized(platform.tracking_deployment, platform.tracking_container, name, port,
+                                 extra_env={EMULATOR_HOST_ENV: platform.emulator_url})
+    argv, env = command.argv, dict(command.env)
+    flags = {}
+    settings = {"workers": workers, "auth_cache_ttl_seconds": platform.auth_cache_ttl,
+                "job_execution": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION"),
+                "http": "auto (h11)", "loop": "auto (asyncio)"}
+    if extra_pythonpath is not None:
+        # `mlflow server` runs uvicorn as a child process, which inherits PYTHONPATH
+        env["PYTHONPATH"] = ":".join(part for part in (env.get("PYTHONPATH"), str(extra_pythonpath)) if part)
+        settings.update({"http": "auto (httptools)", "loop": "auto (uvloop)"})
+    if workers is not None:
+        argv = _replace_flag(argv, "--workers", str(workers))
+        flags["--workers"] = str(workers)
+    else:
+        settings["workers"] = int(argv[argv.index("--workers") + 1])
+    file_edit = None
+    if auth_cache_ttl is not None:
+        settings["auth_cache_ttl_seconds"] = auth_cache_ttl
+
+        def file_edit(path: Path, text: str) -> str:
+            if path.name != AUTH_CONFIG_FILE:
+                return text
+            edited, count = re.subn(r"(?m)^auth_cache_ttl_seconds = \d+$",
+                                    f"auth_cache_ttl_seconds = {auth_cache_ttl}", text)
+            if count != 1:
+                raise RuntimeError("the rendered auth config has no auth_cache_ttl_seconds line to change")
+            return edited
+    if job_execution is not None:
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if job_execution else "false"
+        settings["job_execution"] = env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+    _prepare(platform, platform.tracking_deployment, command, name, file_edit)
+    if auth_cache_ttl is not None and not any(path.name == AUTH_CONFIG_FILE for path in command.files):
+        raise RuntimeError(f"the rendered tracking pod has no {AUTH_CONFIG_FILE} file to change")
+    described = rendered_tracking_command(platform, **flags)
+    changes = [f"{key}={value}" for key, value in (("auth_cache_ttl_seconds", auth_cache_ttl),
+                                                    ("+ httptools, uvloop", "importable" if extra_pythonpath else None),
+                                                    ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", settings["job_execution"]
+                                                     if job_execution is not None else None)) if value is not None]
+    if changes:
+        described += "  [" + ", ".join(changes) + "]"
+    return _start(platform, name, argv, env, command.cwd, port, described, "/health", notes, settings)
