@@ -4,11 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 RUNTIME_VENV := .venv-runtime
+UPGRADE_VENV := .venv-mlflow2
+TARGET ?= local
 STACK ?= dev
 STACKS := dev prod
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install checkov runtime test plan plan-all plan-check reference local bench clean
+.PHONY: install checkov runtime upgrade-venv test plan plan-all plan-check reference local bench promote rollback clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +30,19 @@ $(RUNTIME_VENV)/.installed: requirements-runtime.txt mlflow_image/requirements-c
 	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-runtime.txt
 	touch $@
 
+# The last MLflow 2.x release, to rehearse the upgrade of an existing database (tests/test_upgrade.py).
+$(UPGRADE_VENV)/.installed: requirements-upgrade.txt
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-upgrade.txt
+	touch $@
+
 install: $(VENV)/.installed
 checkov: $(CHECKOV_VENV)/.installed
 runtime: $(RUNTIME_VENV)/.installed
+upgrade-venv: $(UPGRADE_VENV)/.installed
 
 ## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end).
-test: install checkov runtime
+test: install checkov runtime upgrade-venv
 	$(PY) -m pytest
 
 ## make plan STACK=dev|prod: print every resource of the stack and write plan/<stack>/.
@@ -61,5 +70,14 @@ bench: install runtime
 	$(PY) -m benchmarks $(BENCH_ARGS)
 	$(PY) -m benchmarks.program_time
 
+## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [TARGET=local|cluster] [STACK=dev]
+promote: install runtime
+	$(PY) -m ops.promote --model '$(MODEL)' --version '$(VERSION)' --alias '$(ALIAS)' \
+		$(foreach r,$(REQUIRE),--require '$(r)') --target $(TARGET) --stack $(STACK)
+
+## make rollback MODEL=iris-classifier ALIAS=champion [TARGET=local|cluster] [STACK=dev]
+rollback: install runtime
+	$(PY) -m ops.promote --model '$(MODEL)' --alias '$(ALIAS)' --rollback --target $(TARGET) --stack $(STACK)
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) .pytest_cache .local
+	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) .pytest_cache .local

@@ -18,6 +18,7 @@ from pathlib import Path
 from local.localplatform import LocalPlatform
 from local.manifests import ROOT
 from local.processes import LocalPlatformError
+from local.rollout import ServingRollouts
 
 DEFAULT_WORKDIR = ROOT / ".local"
 THROWAWAY = ("postgres", "gcs", "pods", "clients", "secrets")
@@ -72,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     pid_file.write_text(f"{os.getpid()}\n")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
+    rollouts = ServingRollouts(workdir)  # SIGUSR1: restart serving (`make promote`)
+    rollouts.install()
 
     def progress(message: str) -> None:
         print(f"[local] {message}", flush=True)
@@ -91,6 +94,7 @@ MLflow platform ({args.stack} manifests) up in {time.monotonic() - started:.0f}s
   logs      {platform.logs_dir}/
 Ctrl-C stops everything.""", flush=True)
             while True:
+                rollouts.poll(platform, progress)
                 for process in platform.processes():
                     process.check_alive()  # a crash ends the session rather than leaving it half up
                 time.sleep(1)

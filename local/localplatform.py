@@ -482,10 +482,14 @@ class LocalPlatform:
         self._start_server(self.tracking_deployment, self.exporter_container, self.exporter_command(),
                            "tracking_metrics", self.tracking_metrics_port, sidecar_of="tracking")
 
-    def restart_tracking(self) -> None:
+    def stop_tracking(self) -> None:
+        """The whole tracking pod (server and sidecars), e.g. while its databases are restored."""
         for process in (self.tracking_metrics, self.tracking):
             if process:
                 process.stop()
+
+    def restart_tracking(self) -> None:
+        self.stop_tracking()
         self.start_tracking()
 
     def start_serving(self) -> None:

@@ -1,0 +1,121 @@
+"""Asking a running `make local` (python -m local) to roll its serving process, as a promotion does.
+
+The protocol, both halves here:
+
+- the requester (`request_rollout`, used by `python -m ops.promote --target local`) reads the pid
+  from WORKDIR/local.pid, checks it is a `python -m local`, notes the generation in
+  WORKDIR/serving-rollout.json, sends SIGUSR1 and waits (bounded) for a newer generation;
+- `python -m local` (`ServingRollouts`) only sets a flag in the signal handler; its main loop
+  restarts serving (the new process loads whatever version the alias points to now) and writes
+  {"generation", "ready", "error", "serving_pid", "finished"} to WORKDIR/serving-rollout.json.
+
+SIGUSR1, not SIGHUP: SIGHUP (terminal closed) keeps stopping `make local`. Nothing else is
+accepted: the status file holds no secret and the signal carries no data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+ROLLOUT_SIGNAL = signal.SIGUSR1
+STATUS_FILE = "serving-rollout.json"
+PID_FILE = "local.pid"
+
+
+class RolloutRequestError(RuntimeError):
+    """No running `make local` to ask, or it did not roll serving in time."""
+
+
+def read_status(workdir: Path) -> dict:
+    try:
+        return json.loads((workdir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_status(workdir: Path, status: dict) -> None:
+    tmp = workdir / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(status, indent=2) + "\n")
+    tmp.replace(workdir / STATUS_FILE)  # atomic: a reader never sees half a file
+
+
+def local_pid(workdir: Path) -> Optional[int]:
+    """The pid of the `python -m local` using `workdir`, if one runs (the check `make local` itself
+    does before starting)."""
+    try:
+        pid = int((workdir / PID_FILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    is_python = any(part.endswith(b"python") or b"python3" in part for part in cmdline)
+    return pid if is_python and b"local" in cmdline else None
+
+
+def request_rollout(workdir: Path, timeout: float = 300.0, poll: float = 0.2) -> dict:
+    """Ask the running `make local` to restart serving and wait until it answered; returns the
+    status (raises if there is no such process, it did not answer in time, or serving failed)."""
+    workdir = Path(workdir)
+    pid = local_pid(workdir)
+    if pid is None:
+        raise RolloutRequestError(f"no running `make local` uses {workdir} (no live pid in {workdir / PID_FILE})")
+    before = read_status(workdir).get("generation", 0)
+    os.kill(pid, ROLLOUT_SIGNAL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = read_status(workdir)
+        if status.get("generation", 0) > before:
+            if not status.get("ready"):
+                raise RolloutRequestError(f"`make local` restarted serving but it is not ready: {status.get('error')}")
+            return status
+        if local_pid(workdir) != pid:
+            raise RolloutRequestError(f"`make local` (pid {pid}) stopped before serving was rolled")
+        time.sleep(poll)
+    raise RolloutRequestError(f"`make local` (pid {pid}) did not roll serving within {timeout:.0f}s")
+
+
+class ServingRollouts:
+    """The `python -m local` half: `install()` once (before the platform starts, so an early
+    request is not fatal: SIGUSR1's default action ends the process), `poll(platform)` in the main loop."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.pending = False
+        self.generation = 0
+
+    def install(self) -> None:
+        (self.workdir / STATUS_FILE).unlink(missing_ok=True)  # generations restart with this process
+        signal.signal(ROLLOUT_SIGNAL, self._on_signal)
+
+    def _on_signal(self, _signum, _frame) -> None:
+        self.pending = True  # nothing else in a handler: the loop does the work
+
+    def poll(self, platform, progress: Callable[[str], None] = lambda message: None) -> Optional[dict]:
+        """Restart serving if asked; a failed start is reported, not raised (the requester moves the
+        alias back and asks again), and leaves no serving process behind."""
+        if not self.pending:
+            return None
+        self.pending = False
+        progress("serving: rolling (requested by SIGUSR1)")
+        error = None
+        try:
+            platform.restart_serving()
+        except Exception as err:  # reported to the requester; `make local` stays up
+            error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            if platform.serving is not None:
+                try:
+                    platform.serving.stop()
+                except Exception as stop_err:  # still report the first failure
+                    error += f"; stopping it failed too: {stop_err}"
+                platform.serving = None  # the main loop's liveness check must not trip on it
+        self.generation += 1
+        status = {"generation": self.generation, "ready": error is None, "error": error,
+                  "serving_pid": platform.serving.pid if platform.serving else None,
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write_status(self.workdir, status)
+        progress("serving: rolled" if error is None else f"serving: roll failed: {error}")
+        return status

@@ -1,0 +1,72 @@
+"""Test support for the rehearsals on a LocalPlatform (tests/test_promote.py, test_upgrade.py,
+test_backup_restore.py): a platform in a scratch directory, stopped afterwards, whose logs are
+kept only when a test of the module failed. Imported by tests only (it uses pytest)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import os
+import signal
+
+from local.localplatform import LocalPlatform
+from local.postgres import find_bin_dir
+from local.processes import LocalPlatformError, descendants, pids_alive
+
+
+def processes_using(directory: Path) -> dict[int, str]:
+    """pid -> command line of every live process whose command line or working directory is
+    under `directory` (what a platform started there and did not stop)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if str(directory) in cmdline or cwd.startswith(str(directory)):
+            found[int(entry.name)] = cmdline.strip()
+    return found
+
+
+@contextmanager
+def scratch_platform(request, prefix: str, **kwargs) -> Iterator[LocalPlatform]:
+    """A LocalPlatform, not started (the caller starts it, whole or in parts); missing Postgres
+    binaries or runtime virtualenv FAIL the tests. Every process is gone afterwards."""
+    import pytest
+
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        find_bin_dir()
+        platform = LocalPlatform(workdir, **kwargs)
+    except LocalPlatformError as err:
+        shutil.rmtree(workdir, ignore_errors=True)
+        pytest.fail(f"the local platform cannot run here: {err}", pytrace=False)
+    failed_before = request.session.testsfailed
+    try:
+        yield platform
+    finally:
+        started = {pid for p in platform.processes() if p.running for pid in (p.pid, *descendants(p.pid))}
+        platform.stop()
+        left = pids_alive(started)
+        strays = processes_using(workdir)  # also those the platform lost track of
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        failed = request.session.testsfailed != failed_before
+        for child in workdir.iterdir():
+            if child.name != "logs" or not failed:
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+        if failed:
+            print(f"\nlocal platform logs kept in {workdir / 'logs'}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        assert not left and not strays, f"processes left behind: {left or strays}"

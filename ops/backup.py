@@ -1,0 +1,79 @@
+"""Logical backup and restore of the two MLflow databases: the exact pg_dump / psql / pg_restore
+command lines docs/runbook.md gives and tests/test_backup_restore.py runs.
+
+Passwords never appear in a command line: they go in the PGPASSWORD environment variable
+(`pg_env`). Against Cloud SQL the host and port are those of a Cloud SQL Auth Proxy
+(127.0.0.1:5432); the user is the program's database user `mlflow`, owner of both databases.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+DUMP_FORMAT = "--format=custom"
+RESTORE_FLAGS = ("--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction")
+
+
+def _connection(host: str, port: int, user: str, database: str) -> list[str]:
+    return ["--host", host, "--port", str(port), "--username", user, "--dbname", database]
+
+
+def dump_command(bin_dir: Path | str, host: str, port: int, user: str, database: str, out: Path | str) -> list[str]:
+    """`pg_dump` of one database to a custom-format archive (compressed, restorable selectively)."""
+    return [str(Path(bin_dir) / "pg_dump"), *_connection(host, port, user, database), DUMP_FORMAT, "--file", str(out)]
+
+
+def recreate_commands(bin_dir: Path | str, host: str, port: int, superuser: str, database: str,
+                      owner: str) -> list[str]:
+    """`psql` that drops a database (closing its connections) and creates it empty, owned by `owner`."""
+    return [str(Path(bin_dir) / "psql"), *_connection(host, port, superuser, "postgres"), "--no-psqlrc",
+            "-v", "ON_ERROR_STOP=1",
+            "-c", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
+            "-c", f'CREATE DATABASE "{database}" OWNER "{owner}"']
+
+
+def restore_command(bin_dir: Path | str, host: str, port: int, user: str, database: str,
+                    archive: Path | str) -> list[str]:
+    """`pg_restore` of an archive into an empty database, every object owned by `user`, all or nothing."""
+    return [str(Path(bin_dir) / "pg_restore"), *_connection(host, port, user, database), *RESTORE_FLAGS, str(archive)]
+
+
+# Before upgrading from MLflow 2.x: the explicit denials its auth database holds. MLflow 3.x's
+# auth migration drops them (tests/test_upgrade.py); re-express them before upgrading.
+DENIED_GRANTS_SQL = (
+    "SELECT u.username, 'experiment', p.experiment_id FROM experiment_permissions p "
+    "JOIN users u ON u.id = p.user_id WHERE p.permission = 'NO_PERMISSIONS' "
+    "UNION ALL SELECT u.username, 'registered_model', p.name FROM registered_model_permissions p "
+    "JOIN users u ON u.id = p.user_id WHERE p.permission = 'NO_PERMISSIONS' ORDER BY 1, 2, 3"
+)
+
+
+def query_command(bin_dir: Path | str, host: str, port: int, user: str, database: str, sql: str) -> list[str]:
+    """`psql` printing the rows of one query as `a|b|c` lines."""
+    return [str(Path(bin_dir) / "psql"), *_connection(host, port, user, database), "--no-psqlrc", "--no-align",
+            "--tuples-only", "-v", "ON_ERROR_STOP=1", "-c", sql]
+
+
+def pg_env(password: str, path: Optional[str] = None) -> dict[str, str]:
+    return {"PATH": path or "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PGPASSWORD": password,
+            "PGCONNECT_TIMEOUT": "10"}
+
+
+def run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0, cwd: Optional[Path] = None) -> str:
+    """Run one client command in its own process group (killed on timeout); returns stdout,
+    raises RuntimeError with stderr (no password: it is only in the environment)."""
+    proc = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise RuntimeError(f"{Path(argv[0]).name} did not finish within {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} exited with code {proc.returncode}: {err.strip()[-500:]}")
+    return out

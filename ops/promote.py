@@ -1,0 +1,403 @@
+"""Promote a registered model version to a serving alias, or roll the alias back, and roll serving.
+
+    python -m ops.promote --model NAME --version N --alias ALIAS [--require 'accuracy>=0.9' ...]
+    python -m ops.promote --model NAME --alias ALIAS --rollback
+        [--target local|cluster] [--stack dev] [--workdir .local] [--tracking-uri URL] [--timeout S]
+
+In order, stopping at the first failure:
+ 1. the model exists and the version exists and is READY (for --rollback: the alias is set and
+    a previous version is recorded, and that version is READY);
+ 2. every --require gate holds on the latest value of that metric in the version's run
+    (operators >= > <= < ==); a failed gate changes nothing;
+ 3. the serving user gets READ on the model and its experiments (the serving-user Job's logic,
+    ops.grants, in the runtime virtualenv);
+ 4. the alias moves; the registered-model tag `mlflow.promote.previous.<ALIAS>` records the
+    version it pointed to before (a rollback swaps the two, so a second rollback rolls forward);
+ 5. serving rolls and is waited for: `local` asks the running `make local` (SIGUSR1), `cluster`
+    patches the serving Deployment's `mlflow.org/rollout-token` annotation and waits for the
+    rollout. If it is not ready in time the alias and the tag are put back, serving is rolled
+    back onto them, and the command fails.
+
+Targets: `local` reads WORKDIR/endpoints.json of a running `make local`. `cluster` talks to the
+tracking URL given by --tracking-uri or MLFLOW_TRACKING_URI (a port-forward, or the ingress),
+as MLFLOW_TRACKING_USERNAME/PASSWORD or else the stack's admin outputs, and to the serving
+cluster through `pulumi stack output serving_kubeconfig --show-secrets`.
+
+Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
+4 rollout failed (alias and tag restored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence
+
+from ops.registry import NOT_FOUND, RegistryError, RestRegistry
+from ops.rollout import (
+    ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, load_apps_api,
+    serving_kubeconfig, stack_output,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = "READY"
+PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
+EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT = 1, 2, 3, 4
+GRANT_TIMEOUT = 180.0
+
+
+def previous_tag(alias: str) -> str:
+    return PREVIOUS_TAG.format(alias=alias)
+
+
+class PromotionError(RuntimeError):
+    exit_code = EXIT_ERROR
+
+
+class GateFailed(PromotionError):
+    exit_code = EXIT_GATE
+
+
+class RolloutFailed(PromotionError):
+    exit_code = EXIT_ROLLOUT
+
+
+# --- gates ----------------------------------------------------------------------------------------
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b, "==": lambda a, b: a == b,
+}
+_REQUIREMENT = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_.\-/ ]*?[A-Za-z0-9_.\-/])\s*(?P<op>>=|<=|==|>|<)\s*"
+                          r"(?P<threshold>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    metric: str
+    op: str
+    threshold: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Requirement":
+        match = _REQUIREMENT.match(text)
+        if not match:
+            raise ValueError(f"--require {text!r}: expected METRIC OP NUMBER with OP one of "
+                             f"{' '.join(_OPERATORS)}, e.g. 'accuracy>=0.9'")
+        return cls(match["metric"], match["op"], float(match["threshold"]))
+
+    def holds(self, value: float) -> bool:
+        return _OPERATORS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+# --- the registry and the serving user --------------------------------------------------------------
+class Registry(Protocol):
+    def get_model(self, name: str): ...
+    def get_version(self, name: str, version: str): ...
+    def get_run(self, run_id: str): ...
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+    def delete_alias(self, name: str, alias: str) -> None: ...
+    def set_model_tag(self, name: str, key: str, value: str) -> None: ...
+    def delete_model_tag(self, name: str, key: str) -> None: ...
+
+
+class Granter(Protocol):
+    def grant(self, model: str) -> str:
+        """Give the serving user READ on the model and its experiments; return a summary."""
+
+
+class RuntimeGranter:
+    """Runs `python -m ops.grants` with the runtime virtualenv's python (MLflow's auth client);
+    credentials go through its environment only."""
+
+    def __init__(self, python: Path, tracking_uri: str, username: str, password: str, serving_user: str,
+                 timeout: float = GRANT_TIMEOUT):
+        self.python, self.tracking_uri, self.serving_user, self.timeout = Path(python), tracking_uri, serving_user, timeout
+        self._credentials = (username, password)
+
+    def command(self, model: str) -> list[str]:
+        return [str(self.python), "-m", "ops.grants", "--model", model, "--user", self.serving_user]
+
+    def grant(self, model: str) -> str:
+        if not self.python.exists():
+            raise PromotionError(f"{self.python} does not exist: the serving-user grants need the runtime "
+                                 "virtualenv (`make runtime`)")
+        with tempfile.TemporaryDirectory(prefix="ops-grants-") as home:
+            env = {"PATH": f"{self.python.parent}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
+                   "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+                   "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                   "MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
+                   "MLFLOW_TRACKING_PASSWORD": self._credentials[1]}
+            proc = subprocess.Popen(self.command(model), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+            try:
+                out, err = proc.communicate(timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise PromotionError(f"granting READ to {self.serving_user!r} did not finish within "
+                                     f"{self.timeout:.0f}s") from None
+        if proc.returncode != 0:
+            last = [line for line in err.replace(self._credentials[1], "[secret]").splitlines() if line.strip()]
+            raise PromotionError(f"granting READ to {self.serving_user!r} on {model!r} failed: "
+                                 f"{last[-1] if last else f'exit code {proc.returncode}'}")
+        lines = out.strip().splitlines()
+        if not lines:
+            raise PromotionError(f"granting READ to {self.serving_user!r} on {model!r} printed nothing")
+        result = json.loads(lines[-1])
+        return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
+
+
+# --- promotion -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Outcome:
+    model: str
+    alias: str
+    version: str
+    previous: Optional[str]
+    rollout: str
+
+
+def _model(registry: Registry, name: str):
+    try:
+        return registry.get_model(name)
+    except RegistryError as err:
+        if err.code == NOT_FOUND:
+            raise PromotionError(f"registered model {name!r} does not exist") from None
+        raise PromotionError(f"reading registered model {name!r}: {err}") from None
+
+
+def _ready_version(registry: Registry, name: str, version: str):
+    try:
+        mv = registry.get_version(name, version)
+    except RegistryError as err:
+        if err.code == NOT_FOUND:
+            raise PromotionError(f"model {name!r} has no version {version}") from None
+        raise PromotionError(f"reading model {name!r} version {version}: {err}") from None
+    if mv.status != READY:
+        raise PromotionError(f"model {name!r} version {version} is {mv.status or 'in no known state'}, "
+                             f"not {READY}: wait until its registration finishes")
+    return mv
+
+
+def check_gates(registry: Registry, mv, requirements: Sequence[Requirement]) -> list[str]:
+    """Each gate on the version's run; raises before anything changes."""
+    if not requirements:
+        return []
+    where = f"model {mv.name!r} version {mv.version}"
+    if not mv.run_id:
+        raise PromotionError(f"{where} has no run: no metric to check {', '.join(map(str, requirements))}")
+    run = registry.get_run(mv.run_id)
+    passed = []
+    for requirement in requirements:
+        if requirement.metric not in run.metrics:
+            known = ", ".join(sorted(run.metrics)) or "none"
+            raise PromotionError(f"unknown metric {requirement.metric!r}: run {mv.run_id} of {where} "
+                                 f"logged {known}")
+        value = run.metrics[requirement.metric]
+        if not requirement.holds(value):
+            raise GateFailed(f"gate failed: {requirement.metric} = {value:g} is not {requirement.op} "
+                             f"{requirement.threshold:g} (run {mv.run_id} of {where}); nothing changed")
+        passed.append(f"{requirement.metric} = {value:g} {requirement.op} {requirement.threshold:g}")
+    return passed
+
+
+def _switch(registry: Registry, granter: Granter, roller: Roller, *, model, alias: str, target: str,
+            record: Optional[str], log: Callable[[str], None]) -> str:
+    """Grant, move the alias to `target`, record `record` as the previous version (None: leave the
+    tag), roll; on a failed roll put alias and tag back, roll back, raise RolloutFailed."""
+    name, tag = model.name, previous_tag(alias)
+    log(granter.grant(name))
+    before, tag_before = model.aliases.get(alias), model.tags.get(tag)
+
+    def put_back() -> str:
+        if before is None:
+            registry.delete_alias(name, alias)
+        else:
+            registry.set_alias(name, alias, before)
+        if record is not None:
+            if tag_before is None:
+                registry.delete_model_tag(name, tag)
+            else:
+                registry.set_model_tag(name, tag, tag_before)
+        return f"alias {name}@{alias} moved back to {before or '(unset)'}"
+
+    registry.set_alias(name, alias, target)
+    if record is not None:
+        try:
+            registry.set_model_tag(name, tag, record)
+        except RegistryError as err:
+            registry.set_alias(name, alias, before) if before else registry.delete_alias(name, alias)
+            raise PromotionError(f"recording the previous version of {name}@{alias} failed ({err}); "
+                                 "the alias was put back") from None
+    log(f"{name}@{alias}: {before or '(unset)'} -> {target}")
+    try:
+        return roller.roll(name, alias, target)
+    except RolloutError as err:
+        failure = str(err)
+    except Exception as err:  # an API or client error mid-rollout: undo all the same
+        failure = f"{type(err).__name__}: {err}"
+    restored = put_back()
+    try:
+        back = roller.restore()
+    except RolloutError as err:
+        back = f"serving did not come back either: {err}"
+    raise RolloutFailed(f"rollout of {name}@{alias} -> version {target} failed: {failure}; {restored}; {back}")
+
+
+def promote(registry: Registry, granter: Granter, roller: Roller, *, model: str, version: str, alias: str,
+            requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print) -> Outcome:
+    version = str(version)
+    registered = _model(registry, model)
+    mv = _ready_version(registry, model, version)
+    for line in check_gates(registry, mv, requirements):
+        log(f"gate passed: {line}")
+    previous = registered.aliases.get(alias)
+    record = previous if previous not in (None, version) else None
+    if previous == version:
+        log(f"{model}@{alias} already points to version {version}: rolling serving onto it anyway")
+    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=record, log=log)
+    log(rollout)
+    return Outcome(model, alias, version, previous, rollout)
+
+
+def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str, alias: str,
+             log: Callable[[str], None] = print) -> Outcome:
+    registered = _model(registry, model)
+    current = registered.aliases.get(alias)
+    if current is None:
+        raise PromotionError(f"model {model!r} has no alias {alias!r}: nothing to roll back")
+    target = registered.tags.get(previous_tag(alias))
+    if not target:
+        raise PromotionError(f"no previous version recorded for {model}@{alias} (tag {previous_tag(alias)}): "
+                             "only an alias moved by ops.promote can be rolled back")
+    _ready_version(registry, model, target)
+    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=target, record=current, log=log)
+    log(rollout)
+    return Outcome(model, alias, target, current, rollout)
+
+
+# --- command line ------------------------------------------------------------------------------------
+def runtime_python() -> Path:
+    from local.localplatform import DEFAULT_RUNTIME_VENV, RUNTIME_VENV_ENV
+
+    return Path(os.environ.get(RUNTIME_VENV_ENV) or DEFAULT_RUNTIME_VENV) / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Target:
+    tracking_uri: str
+    username: str
+    password: str
+    serving_user: str
+    roller: Roller
+    notes: tuple[str, ...] = ()
+
+
+def local_target(workdir: Path, timeout: float) -> Target:
+    endpoints_file = Path(workdir) / "endpoints.json"
+    try:
+        endpoints = json.loads(endpoints_file.read_text())
+    except OSError:
+        raise PromotionError(f"{endpoints_file} is missing: is `make local` running?") from None
+    password = Path(endpoints["admin_password_file"]).read_text().strip()
+    return Target(endpoints["tracking_url"], endpoints["admin_username"], password, endpoints["serving_username"],
+                  LocalSignalRoller(Path(workdir), timeout=timeout))
+
+
+def serving_deployment(stack: str) -> tuple[str, str]:
+    """(namespace, name) of the serving Deployment, from the rendered plan of the stack."""
+    from local.manifests import Manifests
+
+    deployment = Manifests.load(stack).one("Deployment", component="serving")
+    return deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+
+
+def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> Target:
+    from k8s.serving import ROLLOUT_ANNOTATION, SERVING_USERNAME
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise PromotionError("--target cluster needs the tracking URL: --tracking-uri or MLFLOW_TRACKING_URI "
+                             "(e.g. `kubectl -n mlflow port-forward svc/mlflow-tracking 5000:5000` and "
+                             "http://localhost:5000)")
+    try:
+        username = os.environ.get("MLFLOW_TRACKING_USERNAME") or stack_output("tracking_admin_username", stack, cwd=ROOT)
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or stack_output("tracking_admin_password", stack,
+                                                                              secret=True, cwd=ROOT)
+        namespace, name = serving_deployment(stack)
+        roller = ClusterRoller(load_apps_api(serving_kubeconfig(stack, cwd=ROOT)), namespace, name, timeout=timeout)
+        roller.check()  # before anything changes
+    except RolloutError as err:
+        raise PromotionError(str(err)) from None
+    note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's rolloutToken: record it with "
+            f"`pulumi config set rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")
+    return Target(tracking_uri, username, password, SERVING_USERNAME, roller, (note,))
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ops.promote", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="registered model name")
+    parser.add_argument("--version", help="model version to promote (not with --rollback)")
+    parser.add_argument("--alias", required=True, help="serving alias, e.g. champion")
+    parser.add_argument("--require", action="append", default=[], metavar="METRIC_OP_VALUE",
+                        help="gate on a metric of the version's run, e.g. 'accuracy>=0.9' (repeatable)")
+    parser.add_argument("--rollback", action="store_true", help="point the alias back to its previous version")
+    parser.add_argument("--target", choices=("local", "cluster"), default="local")
+    parser.add_argument("--stack", default="dev", help="Pulumi stack of --target cluster (default dev)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".local", help="`make local` work dir (default .local)")
+    parser.add_argument("--tracking-uri", help="tracking URL for --target cluster (default $MLFLOW_TRACKING_URI)")
+    parser.add_argument("--timeout", type=float, help="seconds to wait for serving (local 300, cluster 600)")
+    args = parser.parse_args(argv)
+    if args.rollback == bool(args.version):
+        parser.error("give --version N to promote, or --rollback (without --version)")
+    if args.rollback and args.require:
+        parser.error("--require gates a promotion, not a rollback")
+    try:
+        args.requirements = [Requirement.parse(text) for text in args.require]
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
+    try:
+        if args.target == "local":
+            target = local_target(args.workdir, args.timeout or 300.0)
+        else:
+            target = cluster_target(args.stack, args.tracking_uri, args.timeout or DEFAULT_CLUSTER_TIMEOUT)
+        registry = RestRegistry(target.tracking_uri, (target.username, target.password))
+        granter = RuntimeGranter(runtime_python(), target.tracking_uri, target.username, target.password,
+                                 target.serving_user)
+        if args.rollback:
+            outcome = rollback(registry, granter, target.roller, model=args.model, alias=args.alias, log=log)
+        else:
+            outcome = promote(registry, granter, target.roller, model=args.model, version=args.version,
+                              alias=args.alias, requirements=args.requirements, log=log)
+    except PromotionError as err:
+        print(f"promote: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except RegistryError as err:
+        print(f"promote: error: tracking answered {err}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    log(f"{outcome.model}@{outcome.alias} = version {outcome.version} (was {outcome.previous or 'unset'}), served")
+    for note in target.notes:
+        log(note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
