@@ -47,6 +47,7 @@ def latency_summary(seconds: Sequence[float]) -> dict:
 
 # --- /proc ---------------------------------------------------------------------------------
 def _children() -> dict[int, list[int]]:
+    # Runs in the runtime virtualenv too, where local/ (it imports Pulumi) cannot be imported.
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

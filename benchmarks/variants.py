@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from local.localplatform import EMULATOR_HOST_ENV, LocalPlatform
+from local.localplatform import EMULATOR_HOST_ENV, LocalPlatform, write_private_file
 from k8s.tracking import AUTH_CONFIG_FILE
 from local.localize import LocalCommand
 from local.manifests import pod_spec
@@ -52,21 +52,13 @@ def _replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
     return argv
 
 
-def _write_file(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), mode)
-        handle.write(text)
-
-
 def _prepare(platform: LocalPlatform, workload: dict, command: LocalCommand, name: str,
              file_edit: Optional[Callable[[Path, str], str]] = None) -> None:
     pod_dir = platform.workdir / "pods" / name
     for volume in pod_spec(workload).get("volumes", []):
         (pod_dir / volume["name"]).mkdir(parents=True, exist_ok=True)
     for path, (text, mode) in command.files.items():
-        _write_file(path, file_edit(path, text) if file_edit else text, mode)
+        write_private_file(path, file_edit(path, text) if file_edit else text, mode)
 
 
 def _start(platform: LocalPlatform, name: str, argv: list[str], env: dict, cwd: Path, port: int, command: str,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
-from local.localplatform import CLIENTS_DIR, ClientResult, LocalPlatform, _write_file
+from local.localplatform import CLIENTS_DIR, ClientResult, LocalPlatform, write_private_file
 from local.manifests import ROOT
 from local.processes import LocalPlatformError, ManagedProcess, free_port, http_ok, log_tail, run_to_completion
 
@@ -92,7 +92,7 @@ class LegacyTracking:
         tmp = self.pod_dir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         ini = self.pod_dir / "auth-config" / "basic_auth.ini"
-        _write_file(ini, legacy_auth_config(p), 0o600)
+        write_private_file(ini, legacy_auth_config(p), 0o600)
         # Two workers: 2.x checks scrypt on every request (no credential cache), and clients
         # download artifacts in parallel.
         argv = [str(self.bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),

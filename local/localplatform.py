@@ -117,7 +117,7 @@ def local_secrets(manifests: Manifests, values: dict[str, dict[str, str]]) -> di
     return result
 
 
-def _write_file(path: Path, text: str, mode: int) -> None:
+def write_private_file(path: Path, text: str, mode: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:
@@ -269,8 +269,8 @@ class LocalPlatform:
             self.workdir.chmod(0o711)  # the Postgres user must reach workdir/postgres; nothing else is readable
         self.logs_dir.mkdir(exist_ok=True)
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
-        _write_file(self.admin_password_file, self.admin_password + "\n", 0o600)
-        _write_file(self.secrets_dir / "serving-password", self.serving_password + "\n", 0o600)
+        write_private_file(self.admin_password_file, self.admin_password + "\n", 0o600)
+        write_private_file(self.secrets_dir / "serving-password", self.serving_password + "\n", 0o600)
 
         self.progress(f"postgres: initdb ({self.postgres.bin_dir})")
         self.postgres.init()
@@ -416,7 +416,7 @@ class LocalPlatform:
                 shutil.rmtree(local)
             local.mkdir(parents=True, exist_ok=True)
         for path, (text, mode) in command.files.items():
-            _write_file(path, text, mode)
+            write_private_file(path, text, mode)
 
     def job_commands(self, job: dict, job_name: str) -> list[tuple[dict, LocalCommand]]:
         """(rendered container, local command) of each container a Job runs, in order."""
@@ -459,7 +459,7 @@ class LocalPlatform:
             self._prepare(workload, command, name)
         else:
             for path, (text, mode) in command.files.items():
-                _write_file(path, text, mode)
+                write_private_file(path, text, mode)
         process = ManagedProcess(name, command.argv, env=command.env, cwd=command.cwd,
                                  log_path=self.logs_dir / f"{name}.log", redact=self.redact)
         setattr(self, name, process)
