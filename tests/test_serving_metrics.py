@@ -76,3 +76,24 @@ def test_metrics_endpoint_is_answered_by_the_middleware_not_counted():
     assert status == 200
     assert b'mlflow_serving_requests_total{method="GET",path="/ping",status="200"} 1.0' in body
     assert b'path="/metrics"' not in body
+
+
+def test_a_request_is_counted_before_its_last_byte_reaches_the_client():
+    metrics = ServingMetrics()
+    seen_at_last_byte = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            seen_at_last_byte.append(sample(metrics, "mlflow_serving_requests_total",
+                                            path="/invocations", method="POST", status="400"))
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(PrometheusMiddleware(scoring_app(400), metrics)(
+            {"type": "http", "path": "/invocations", "method": "POST", "headers": []}, receive, send))
+    finally:
+        loop.close()
+    assert seen_at_last_byte == [1]

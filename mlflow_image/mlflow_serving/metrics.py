@@ -49,20 +49,30 @@ class PrometheusMiddleware:
         path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
         status = 500  # what the client gets if the app raises before answering
         started = time.perf_counter()
+        recorded = False
         self.metrics.in_flight.inc()
+
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                self.metrics.in_flight.dec()
+                self.metrics.requests.labels(path, scope.get("method", ""), str(status)).inc()
+                self.metrics.latency.labels(path).observe(time.perf_counter() - started)
 
         async def send_and_watch(message):
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Counted before the last byte leaves: a client that reads /metrics next sees it.
+                record()
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_watch)
         finally:
-            self.metrics.in_flight.dec()
-            self.metrics.requests.labels(path, scope.get("method", ""), str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)
+            record()
 
     async def _exposition(self, send) -> None:
         body = self.metrics.exposition()
