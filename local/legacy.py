@@ -93,10 +93,10 @@ class LegacyTracking:
         tmp.mkdir(parents=True, exist_ok=True)
         ini = self.pod_dir / "auth-config" / "basic_auth.ini"
         write_private_file(ini, legacy_auth_config(p), 0o600)
-        # Two workers: 2.x checks scrypt on every request (no credential cache), and clients
-        # download artifacts in parallel.
+        # One worker: each 2.x worker migrates the auth database and creates the admin user as it
+        # boots, and two doing so on a fresh database collide; gunicorn then halts the server.
         argv = [str(self.bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", "2", "--app-name", "basic-auth", "--serve-artifacts",
+                "--workers", "1", "--app-name", "basic-auth", "--serve-artifacts",
                 "--artifacts-destination", f"gs://{p.bucket}/{p.artifacts_prefix}"]
         env = {"PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp),
                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
