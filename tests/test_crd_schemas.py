@@ -18,6 +18,7 @@ SCHEMA_PATHS = sorted(SCHEMA_DIR.glob("*.json"))
 EXPECTED_KINDS = {
     ("cloud.google.com/v1", "BackendConfig"),
     ("networking.gke.io/v1", "ManagedCertificate"),
+    ("networking.gke.io/v1beta1", "FrontendConfig"),
     ("monitoring.googleapis.com/v1", "PodMonitoring"),
 }
 
@@ -29,6 +30,15 @@ EXAMPLES = {
         "kind": "BackendConfig",
         "metadata": METADATA,
         "spec": {"healthCheck": {"requestPath": "/health"}},
+    },
+    "FrontendConfig": {
+        "apiVersion": "networking.gke.io/v1beta1",
+        "kind": "FrontendConfig",
+        "metadata": METADATA,
+        "spec": {
+            "sslPolicy": "mlflow-tls-modern",
+            "redirectToHttps": {"enabled": True, "responseCodeName": "MOVED_PERMANENTLY_DEFAULT"},
+        },
     },
     "ManagedCertificate": {
         "apiVersion": "networking.gke.io/v1",
@@ -136,6 +146,9 @@ def test_typo_in_nested_field_is_rejected_and_named():
     [
         ("BackendConfig", ["specs"], {}),
         ("BackendConfig", ["spec", "healthcheck"], {}),
+        ("FrontendConfig", ["spec", "sslPolcy"], "mlflow-tls-modern"),
+        ("FrontendConfig", ["spec", "redirectToHTTPS"], {"enabled": True}),
+        ("FrontendConfig", ["spec", "redirectToHttps", "responseCode"], "FOUND"),
         ("ManagedCertificate", ["spec", "domain"], ["a.example.com"]),
         ("PodMonitoring", ["spec", "endpoints", 0, "intervall"], "30s"),
         ("PodMonitoring", ["metadata", "lables"], {}),
@@ -158,6 +171,11 @@ def test_unknown_fields_are_rejected_at_every_level(kind, path, value):
     [
         ("BackendConfig", ["spec", "timeoutSec"], "300", "$.spec.timeoutSec: expected integer, got string"),
         ("BackendConfig", ["spec", "healthCheck", "port"], "5000", "$.spec.healthCheck.port: expected integer"),
+        ("FrontendConfig", ["spec", "sslPolicy"], {"name": "mlflow-tls-modern"},
+         "$.spec.sslPolicy: expected string, got object"),
+        ("FrontendConfig", ["spec", "redirectToHttps"], True, "$.spec.redirectToHttps: expected object, got boolean"),
+        ("FrontendConfig", ["spec", "redirectToHttps", "enabled"], "true",
+         "$.spec.redirectToHttps.enabled: expected boolean, got string"),
         ("ManagedCertificate", ["spec", "domains"], "mlflow.example.com", "$.spec.domains: expected array"),
         ("PodMonitoring", ["spec", "endpoints"], {"port": "http"}, "$.spec.endpoints: expected array, got object"),
         ("PodMonitoring", ["metadata", "labels"], ["a"], "$.metadata.labels: expected object, got array"),
@@ -185,6 +203,31 @@ def test_schema_constraints_are_enforced():
     backend = example("BackendConfig")
     backend["spec"]["cdn"] = {"cachePolicy": {"includeHost": True}}
     assert validate_custom_resource(backend) == ["$.spec.cdn.enabled: required field is missing"]
+
+    frontend = example("FrontendConfig")
+    frontend["spec"]["redirectToHttps"] = {"responseCodeName": "MOVED_PERMANENTLY_DEFAULT"}
+    assert validate_custom_resource(frontend) == ["$.spec.redirectToHttps.enabled: required field is missing"]
+
+
+def test_frontend_config_spec_fields():
+    """The FrontendConfig field names the program renders, as pinned (upstream types.go)."""
+    schema = crd_validate.load_schema("networking.gke.io/v1beta1", "FrontendConfig")
+    spec = schema["properties"]["spec"]
+    assert set(spec["properties"]) == {"sslPolicy", "redirectToHttps"}
+    assert spec["properties"]["sslPolicy"]["type"] == "string"
+    redirect = spec["properties"]["redirectToHttps"]
+    assert {name: sub["type"] for name, sub in redirect["properties"].items()} == {
+        "enabled": "boolean", "responseCodeName": "string"}
+    assert redirect["required"] == ["enabled"]
+
+    # Each part of the spec is optional on its own.
+    for key in ("sslPolicy", "redirectToHttps"):
+        doc = example("FrontendConfig")
+        del doc["spec"][key]
+        assert validate_custom_resource(doc) == []
+    doc = example("FrontendConfig")
+    doc["spec"]["redirectToHttps"] = {"enabled": False}
+    assert validate_custom_resource(doc) == []
 
 
 def test_metadata_is_checked():
@@ -258,8 +301,8 @@ def test_cli_exit_codes(tmp_path, capsys):
 
 
 def test_cli_reports_gke_custom_resources_without_a_schema(tmp_path, capsys):
-    path = tmp_path / "frontend.yaml"
-    path.write_text(yaml.safe_dump({"apiVersion": "networking.gke.io/v1beta1", "kind": "FrontendConfig",
+    path = tmp_path / "attachment.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "networking.gke.io/v1", "kind": "ServiceAttachment",
                                     "metadata": {"name": "x"}}))
     assert crd_validate.main([str(path)]) == 1
     assert "supported kinds" in capsys.readouterr().out
