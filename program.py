@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pulumi
 
-from infra.apis import ProjectApis, ProjectApisArgs
+from infra.apis import IAP_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
 from infra.cluster import GkeCluster, GkeClusterArgs
 from infra.config import Settings
 from infra.database import Database, DatabaseArgs
@@ -26,7 +26,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
     prefix = settings.name_prefix
     labels = gcp_labels(settings.environment)
 
-    apis = ProjectApis(f"{prefix}-apis", ProjectApisArgs(project=settings.project))
+    apis = ProjectApis(f"{prefix}-apis", ProjectApisArgs(
+        project=settings.project, services=REQUIRED_APIS + (IAP_API,) if settings.iap else REQUIRED_APIS))
     after_apis = pulumi.ResourceOptions(depends_on=[apis])
 
     secondary_ranges = {PODS_RANGE_NAME: settings.pods_cidr, SERVICES_RANGE_NAME: settings.services_cidr}
@@ -40,7 +41,7 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         secondary_ranges=secondary_ranges,
         private_services_cidr=settings.private_services_cidr,
         labels=labels,
-        internal_ips=(("tracking", settings.tracking_internal_ip),) if settings.serving_cluster else (),
+        internal_ips=(("tracking", settings.tracking_lb_address),) if settings.serving_cluster else (),
         global_ingress_address=bool(settings.ingress_host),
     ), after_apis)
 
@@ -59,7 +60,7 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
     ), after_apis)
 
     def cluster(role: str, master_cidr: str, pods: str, services: str, machine_type: str,
-                min_nodes: int, max_nodes: int, spot: bool) -> GkeCluster:
+                min_nodes: int, max_nodes: int, spot: bool, disk_type: str) -> GkeCluster:
         return GkeCluster(f"{prefix}-{role}", GkeClusterArgs(
             project=settings.project,
             location=settings.cluster_location,
@@ -77,17 +78,20 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
             max_nodes=max_nodes,
             spot=spot,
             disk_size_gb=settings.node_disk_size_gb,
+            disk_type=disk_type,
             release_channel=settings.release_channel,
             deletion_protection=settings.cluster_deletion_protection,
             master_authorized_cidrs=settings.master_authorized_cidrs,
+            dns_endpoint=settings.control_plane_endpoint == "dns",
         ), after_apis)
 
     platform = cluster("platform", settings.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME,
-                       settings.machine_type, settings.min_nodes, settings.max_nodes, settings.spot_nodes)
+                       settings.machine_type, settings.min_nodes, settings.max_nodes, settings.spot_nodes,
+                       settings.boot_disk_type("platform"))
     serving_cluster = (
         cluster("serving", settings.serving_master_cidr, SERVING_PODS_RANGE_NAME, SERVING_SERVICES_RANGE_NAME,
                 settings.serving_machine_type, settings.serving_min_nodes, settings.serving_max_nodes,
-                settings.serving_spot_nodes)
+                settings.serving_spot_nodes, settings.boot_disk_type("serving"))
         if settings.serving_cluster else platform
     )
 
@@ -121,21 +125,26 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
     ), after_apis)
 
     edge = (EdgePolicy(f"{prefix}-edge", EdgePolicyArgs(
-        project=settings.project, requests_per_minute=settings.armor_requests_per_minute, labels=labels), after_apis)
-        if settings.cloud_armor else None)
+        project=settings.project, labels=labels,
+        requests_per_minute=settings.armor_requests_per_minute if settings.cloud_armor else None,
+        iap_members=settings.iap_members if settings.iap else ()), after_apis)
+        if settings.ingress_host else None)
+    tracking_lb_address = network.internal_addresses.get("tracking")
     iap_secret = settings.iap_oauth_client_secret
     tracking_version = image_version(settings.tracking_image)
     tracking = TrackingServer("mlflow", TrackingServerArgs(
         provider=platform.provider,
         project=settings.project,
-        workload_pool=settings.workload_pool,
+        workload_pool=platform.workload_pool,
         environment=settings.environment,
         image=images.tracking_image,
         image_version=tracking_version,
-        bucket_name=settings.bucket_name,
+        bucket_name=bucket.bucket_name,
         sql_connection_name=database.connection_name,
         db_user=database.user_name,
         db_password=database.password,
+        tracking_database=database.tracking_database,
+        auth_database=database.auth_database,
         sql_proxy_image=settings.sql_proxy_image,
         replicas=settings.tracking_replicas,
         workers=settings.tracking_workers,
@@ -146,10 +155,11 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         auth_cache_ttl_seconds=settings.auth_cache_ttl_seconds,
         ingress_host=settings.ingress_host,
         ingress_static_ip_name=network.ingress_address_name,
-        security_policy_name=edge.policy_name if edge else None,
+        security_policy_name=edge.security_policy_name if edge else None,
+        ssl_policy_name=edge.ssl_policy_name if edge else None,
         iap_client_id=settings.iap_oauth_client_id if settings.iap else None,
         iap_client_secret=pulumi.Output.secret(iap_secret.get_secret_value()) if settings.iap and iap_secret else None,
-        internal_lb_ip=settings.tracking_internal_ip if settings.serving_cluster else None,
+        internal_lb_ip=tracking_lb_address,
         serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
     ), after_apis)
 
@@ -158,7 +168,7 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         environment=settings.environment,
         tracking_namespace="mlflow",
         serving_namespace="mlflow-serving",
-        bucket=settings.bucket_name,
+        bucket=bucket.bucket_name,
         serving_min_replicas=settings.serving_min_replicas,
         serving_max_replicas=settings.serving_max_replicas,
         labels=labels,
@@ -186,25 +196,25 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
     if settings.ingress_host:
         outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.ingress_host}")
         outputs["ingress_ip"] = network.ingress_ip
-    if settings.serving_cluster:
-        outputs["tracking_internal_url"] = pulumi.Output.from_input(
-            f"http://{settings.tracking_internal_ip}:{TRACKING_PORT}")
+    # A separate serving cluster reaches tracking through its internal load balancer.
+    tracking_internal_url = (pulumi.Output.concat("http://", tracking_lb_address, f":{TRACKING_PORT}")
+                             if tracking_lb_address is not None else None)
+    if tracking_internal_url is not None:
+        outputs["tracking_internal_url"] = tracking_internal_url
 
     if settings.model_name:
         serving = ModelServing("mlflow-serving", ModelServingArgs(
             provider=serving_cluster.provider,
             tracking_provider=platform.provider,
             project=settings.project,
-            workload_pool=settings.workload_pool,
+            workload_pool=serving_cluster.workload_pool,
             environment=settings.environment,
             image=images.serving_image,
             setup_image=images.tracking_image,
             model_name=settings.model_name,
             model_alias=settings.model_alias,
             rollout_token=settings.rollout_token,
-            # A separate serving cluster reaches tracking through its internal load balancer.
-            tracking_url=(f"http://{settings.tracking_internal_ip}:{TRACKING_PORT}"
-                          if settings.serving_cluster else tracking.in_cluster_url),
+            tracking_url=tracking_internal_url or tracking.in_cluster_url,
             tracking_in_cluster_url=tracking.in_cluster_url,
             tracking_namespace=tracking.namespace,
             admin_secret_name=tracking.secret_name,

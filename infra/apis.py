@@ -23,6 +23,8 @@ REQUIRED_APIS = (
     "sqladmin.googleapis.com",
     "storage.googleapis.com",
 )
+# Only with `iap: true`: Identity-Aware Proxy on the Ingress.
+IAP_API = "iap.googleapis.com"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
+from infra.cloud_rules import SUPPORTED_VULNERABILITY_MODES
 from infra.naming import cap_name, child_options
 
 NODE_SA_PROJECT_ROLES = ("roles/container.defaultNodeServiceAccount",)
@@ -33,7 +34,7 @@ class GkeClusterArgs:
     master_cidr: str
     """/28 for the control plane's private endpoint."""
     workload_pool: str
-    """Workload Identity pool, PROJECT.svc.id.goog."""
+    """Workload Identity pool, PROJECT.svc.id.goog; bindings to it must wait for the cluster."""
     repository_location: str
     """Region of the Artifact Registry repository the nodes pull from."""
     repository_id: pulumi.Input[str]
@@ -50,18 +51,27 @@ class GkeClusterArgs:
     """Spot VMs for the pool."""
     disk_size_gb: int = 50
     """Boot disk size per node."""
+    disk_type: str = "pd-balanced"
+    """Boot disk type; the settings model checks it against the machine series."""
     release_channel: str = "REGULAR"
     """GKE release channel."""
     deletion_protection: bool = True
     """Refuse `pulumi destroy` of the cluster."""
     master_authorized_cidrs: tuple[str, ...] = field(default_factory=tuple)
-    """CIDRs allowed to the public control-plane endpoint; empty leaves it open to authenticated clients."""
+    """CIDRs allowed to the control-plane IP endpoint; empty leaves it open to authenticated clients."""
+    dns_endpoint: bool = False
+    """Turn the public IP endpoint off; clients reach the control plane by its DNS name, authorized by IAM."""
+    vulnerability_mode: str = "VULNERABILITY_DISABLED"
+    """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
 
     def __post_init__(self) -> None:
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"GkeClusterArgs.min_nodes={self.min_nodes} must be <= max_nodes={self.max_nodes}")
         if self.release_channel not in ("RAPID", "REGULAR", "STABLE"):
             raise ValueError(f"GkeClusterArgs.release_channel={self.release_channel!r}: allowed RAPID, REGULAR, STABLE")
+        if self.vulnerability_mode not in SUPPORTED_VULNERABILITY_MODES:
+            raise ValueError(f"GkeClusterArgs.vulnerability_mode={self.vulnerability_mode!r}: "
+                             f"allowed {', '.join(SUPPORTED_VULNERABILITY_MODES)}")
 
 
 class GkeCluster(pulumi.ComponentResource):
@@ -71,6 +81,9 @@ class GkeCluster(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     node_service_account_email: pulumi.Output[str]
+    workload_pool: pulumi.Output[str]
+    """The pool exists once this cluster does: Workload Identity bindings take it from here."""
+    provider: k8s.Provider
 
     def __init__(self, name: str, args: GkeClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:cluster:GkeCluster", name, None, opts)
@@ -84,11 +97,13 @@ class GkeCluster(pulumi.ComponentResource):
             opts=child,
         )
         node_member = node_sa.email.apply(lambda email: f"serviceAccount:{email}")
-        for role in NODE_SA_PROJECT_ROLES:
+        node_roles = [
             gcp.projects.IAMMember(
                 f"{name}-nodes-{role.split('/')[-1].lower()}",
                 project=args.project, role=role, member=node_member, opts=child,
             )
+            for role in NODE_SA_PROJECT_ROLES
+        ]
         gcp.artifactregistry.RepositoryIamMember(
             f"{name}-nodes-registry-reader",
             project=args.project,
@@ -119,9 +134,13 @@ class GkeCluster(pulumi.ComponentResource):
             ),
             private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
                 enable_private_nodes=True,
-                enable_private_endpoint=False,
+                enable_private_endpoint=args.dns_endpoint,
                 master_ipv4_cidr_block=args.master_cidr,
             ),
+            control_plane_endpoints_config=gcp.container.ClusterControlPlaneEndpointsConfigArgs(
+                dns_endpoint_config=gcp.container.ClusterControlPlaneEndpointsConfigDnsEndpointConfigArgs(
+                    allow_external_traffic=True),
+            ) if args.dns_endpoint else None,
             master_authorized_networks_config=authorized,
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=args.workload_pool),
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
@@ -135,17 +154,23 @@ class GkeCluster(pulumi.ComponentResource):
             ),
             logging_config=gcp.container.ClusterLoggingConfigArgs(enable_components=["SYSTEM_COMPONENTS", "WORKLOADS"]),
             security_posture_config=gcp.container.ClusterSecurityPostureConfigArgs(
-                mode="BASIC", vulnerability_mode="VULNERABILITY_BASIC",
+                mode="BASIC", vulnerability_mode=args.vulnerability_mode,
             ),
             maintenance_policy=gcp.container.ClusterMaintenancePolicyArgs(
                 daily_maintenance_window=gcp.container.ClusterMaintenancePolicyDailyMaintenanceWindowArgs(start_time="03:00"),
             ),
-            # The default pool cannot be configured as needed; replace it with the pool below.
+            # The default pool cannot be configured as needed; replace it with the pool below. Until
+            # it is removed its node runs as the node account, not the Compute Engine default one.
             remove_default_node_pool=True,
             initial_node_count=1,
+            node_config=gcp.container.ClusterNodeConfigArgs(
+                service_account=node_sa.email,
+                oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
+                disk_type=args.disk_type,
+            ),
             resource_labels=args.labels,
             deletion_protection=args.deletion_protection,
-            opts=child,
+            opts=child_options(self, opts, depends_on=node_roles),
         )
         pool = gcp.container.NodePool(
             f"{name}-pool",
@@ -161,7 +186,7 @@ class GkeCluster(pulumi.ComponentResource):
                 machine_type=args.machine_type,
                 spot=args.spot,
                 disk_size_gb=args.disk_size_gb,
-                disk_type="pd-balanced",
+                disk_type=args.disk_type,
                 image_type="COS_CONTAINERD",
                 service_account=node_sa.email,
                 oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
@@ -178,10 +203,18 @@ class GkeCluster(pulumi.ComponentResource):
 
         self.cluster_name = cluster.name
         self.endpoint = cluster.endpoint
-        self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(
-            cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate,
-        ).apply(lambda parts: kubeconfig_for(*parts)))
+        if args.dns_endpoint:
+            # The DNS endpoint presents a publicly trusted certificate: no CA data to pin.
+            dns_name = cluster.control_plane_endpoints_config.apply(
+                lambda config: config.dns_endpoint_config.endpoint)
+            self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(cluster.name, dns_name).apply(
+                lambda parts: kubeconfig_for(parts[0], parts[1], None)))
+        else:
+            self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(
+                cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate,
+            ).apply(lambda parts: kubeconfig_for(*parts)))
         self.node_service_account_email = node_sa.email
+        self.workload_pool = cluster.workload_identity_config.apply(lambda config: config.workload_pool)
         # Workloads need nodes to run on: the provider, and so every object it creates, waits for the pool.
         self.provider = k8s.Provider(
             f"{name}-k8s", kubeconfig=self.kubeconfig, enable_server_side_apply=True,
@@ -192,18 +225,20 @@ class GkeCluster(pulumi.ComponentResource):
             "endpoint": self.endpoint,
             "kubeconfig": self.kubeconfig,
             "node_service_account_email": self.node_service_account_email,
+            "workload_pool": self.workload_pool,
         })
 
 
-def kubeconfig_for(cluster_name: str, endpoint: str, ca_certificate: str) -> str:
+def kubeconfig_for(cluster_name: str, endpoint: str, ca_certificate: Optional[str]) -> str:
     """A kubeconfig that authenticates through gke-gcloud-auth-plugin: no static credentials inside."""
     context = f"gke-{cluster_name}"
+    server = {"server": f"https://{endpoint}"}
+    if ca_certificate:
+        server["certificate-authority-data"] = ca_certificate
     return json.dumps({
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": context, "cluster": {
-            "server": f"https://{endpoint}", "certificate-authority-data": ca_certificate,
-        }}],
+        "clusters": [{"name": context, "cluster": server}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
         "current-context": context,
         "users": [{"name": context, "user": {"exec": {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import itertools
 import re
 from typing import Any, Literal, Optional
 
@@ -18,6 +17,8 @@ import pulumi
 from pulumi.runtime import config as pulumi_config
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from infra import cloud_rules
 
 PROJECT_NAMESPACE = "mlflow-platform"
 
@@ -41,8 +42,7 @@ DB_TIER_FORMATS = (
     "db-f1-micro", "db-g1-small", "db-custom-<vCPUs>-<MiB>", "db-perf-optimized-N-<vCPUs>",
 )
 _DB_CUSTOM = re.compile(r"^db-custom-(?P<cpus>\d+)-(?P<mib>\d+)$")
-_DB_PERF = re.compile(r"^db-perf-optimized-N-(?P<cpus>\d+)$")
-_SHARED_CORE_TIERS = ("db-f1-micro", "db-g1-small")
+_IAM_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s:]+$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
@@ -82,7 +82,9 @@ class Settings(BaseModel):
     master_cidr: str = Field("172.16.0.0/28", description="Control-plane range of the platform cluster (/28).")
     serving_master_cidr: str = Field("172.16.0.16/28", description="Control-plane range of the serving cluster (/28).")
     private_services_cidr: str = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
-    master_authorized_cidrs: tuple[str, ...] = Field((), description="CIDRs allowed to reach the public control-plane endpoint (JSON list); empty allows any.")
+    master_authorized_cidrs: tuple[str, ...] = Field((), description="CIDRs allowed to reach the control-plane IP endpoint (JSON list); empty allows any (refused in prod unless `controlPlaneEndpoint` is dns).")
+    control_plane_endpoint: Literal["ip", "dns"] = Field("ip", description="How kubectl and Pulumi reach the control plane: `ip` (public IP endpoint, limited by `masterAuthorizedCidrs`) or `dns` (public IP endpoint off; DNS endpoint authorized by IAM).")
+    tracking_internal_ip: Optional[str] = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
 
     # --- clusters ------------------------------------------------------------------------
     regional_cluster: bool = Field(False, description="Regional (3-zone) control plane and nodes; otherwise zonal in `gcp:zone`.")
@@ -92,12 +94,14 @@ class Settings(BaseModel):
     max_nodes: int = Field(3, description="Maximum nodes per zone of the platform pool.")
     spot_nodes: bool = Field(False, description="Run the platform pool on Spot VMs (cheap, preemptible).")
     node_disk_size_gb: int = Field(50, description="Boot disk size of each node, GB (20-2000).")
+    node_disk_type: Literal["auto", "pd-balanced", "pd-ssd", "hyperdisk-balanced"] = Field("auto", description="Boot disk type of the platform pool; auto: pd-balanced, or hyperdisk-balanced on C4/N4.")
     cluster_deletion_protection: bool = Field(True, description="Refuse to delete the clusters (must be true in prod).")
     serving_cluster: bool = Field(False, description="Run model serving on a separate GKE cluster.")
     serving_machine_type: str = Field("e2-standard-4", description="Node machine type of the serving cluster.")
     serving_min_nodes: int = Field(1, description="Minimum nodes per zone of the serving pool.")
     serving_max_nodes: int = Field(3, description="Maximum nodes per zone of the serving pool.")
     serving_spot_nodes: bool = Field(False, description="Run the serving pool on Spot VMs.")
+    serving_node_disk_type: Literal["auto", "pd-balanced", "pd-ssd", "hyperdisk-balanced"] = Field("auto", description="Boot disk type of the serving pool; auto as for `nodeDiskType`.")
 
     # --- database ------------------------------------------------------------------------
     db_tier: str = Field("db-custom-1-3840", description="Cloud SQL machine tier.")
@@ -137,6 +141,7 @@ class Settings(BaseModel):
     iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress (needs `ingressHost` and an OAuth client).")
     iap_oauth_client_id: Optional[str] = Field(None, description="OAuth client id for IAP.")
     iap_oauth_client_secret: Optional[SecretStr] = Field(None, description="OAuth client secret for IAP: `pulumi config set --secret`.")
+    iap_members: tuple[str, ...] = Field((), description="Who may pass IAP (JSON list of `user:`, `group:`, `serviceAccount:` or `domain:` members); needed with `iap`.")
     auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
     auth_cache_ttl_seconds: int = Field(300, description="Seconds a verified credential stays cached (0-3600); 0 checks scrypt on every request.")
 
@@ -190,14 +195,23 @@ class Settings(BaseModel):
             raise ValueError(f"must be an IPv4 network in CIDR form with no host bits set, e.g. 10.0.0.0/20 ({err})") from None
         return value
 
-    @field_validator("master_authorized_cidrs", mode="before")
+    @field_validator("master_authorized_cidrs", "iap_members", mode="before")
     @classmethod
     def _json_list(cls, value: Any) -> Any:
         if isinstance(value, str):  # the CLI stores structured values as JSON text
             try:
                 return json.loads(value) if value.strip() else []
             except json.JSONDecodeError:
-                raise ValueError('must be a JSON list of CIDRs, e.g. ["203.0.113.0/24"]') from None
+                raise ValueError('must be a JSON list, e.g. ["203.0.113.0/24"] or ["group:ml@example.com"]') from None
+        return value
+
+    @field_validator("iap_members")
+    @classmethod
+    def _iap_members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for member in value:
+            if not _IAM_MEMBER.match(member):
+                raise ValueError(f"{member!r} is not an IAM member; allowed: user:EMAIL, group:EMAIL, "
+                                 "serviceAccount:EMAIL, domain:DOMAIN")
         return value
 
     @field_validator("master_authorized_cidrs")
@@ -213,15 +227,16 @@ class Settings(BaseModel):
     @field_validator("master_cidr", "serving_master_cidr")
     @classmethod
     def _master_size(cls, value: str) -> str:
-        if ipaddress.IPv4Network(value).prefixlen != 28:
-            raise ValueError("GKE control-plane ranges must be exactly /28")
+        if ipaddress.IPv4Network(value).prefixlen != cloud_rules.CONTROL_PLANE_PREFIX:
+            raise ValueError(f"GKE control-plane ranges must be exactly /{cloud_rules.CONTROL_PLANE_PREFIX}")
         return value
 
     @field_validator("private_services_cidr")
     @classmethod
     def _psa_size(cls, value: str) -> str:
-        if ipaddress.IPv4Network(value).prefixlen > 24:
-            raise ValueError("private services access needs a /24 or larger range (prefix length 8-24)")
+        if ipaddress.IPv4Network(value).prefixlen > cloud_rules.PRIVATE_SERVICES_MAX_PREFIX:
+            raise ValueError(f"private services access needs a /{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX} "
+                             f"or larger range (prefix length 8-{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX})")
         return value
 
     @field_validator("machine_type", "serving_machine_type")
@@ -240,7 +255,7 @@ class Settings(BaseModel):
     @field_validator("db_tier")
     @classmethod
     def _db_tier(cls, value: str) -> str:
-        if value in _SHARED_CORE_TIERS or _DB_PERF.match(value):
+        if value in cloud_rules.SHARED_CORE_TIERS or cloud_rules.DB_PERF_TIER.match(value):
             return value
         custom = _DB_CUSTOM.match(value)
         if not custom:
@@ -334,13 +349,7 @@ class Settings(BaseModel):
         if not self.zone.startswith(self.region + "-") or not re.fullmatch(r"[a-f]", self.zone[len(self.region) + 1:]):
             errors.append(_line("zone", self.zone, f"must be a zone of region {self.region}: {self.region}-a … {self.region}-f"))
 
-        errors += self._cidr_overlaps()
-        errors += self._tier_matches_edition()
-
-        max_log_days = 7 if self.db_edition == "ENTERPRISE" else 35
-        if not 1 <= self.db_log_retention_days <= max_log_days:
-            errors.append(_line("db_log_retention_days", self.db_log_retention_days,
-                                f"must be between 1 and {max_log_days} for edition {self.db_edition}"))
+        errors += self._cloud_rules()
         if self.db_point_in_time_recovery and not self.db_backups:
             errors.append(_line("db_point_in_time_recovery", True, f"needs {_key('db_backups')}=true"))
 
@@ -350,7 +359,12 @@ class Settings(BaseModel):
         if self.iap and not (self.iap_oauth_client_id and self.iap_oauth_client_secret):
             errors.append(_line("iap", True, f"needs {_key('iap_oauth_client_id')} and "
                                              f"{_key('iap_oauth_client_secret')} (set it with --secret)"))
+        if self.iap and not self.iap_members:
+            errors.append(_line("iap", True, f"needs {_key('iap_members')}: IAP refuses everyone not granted access"))
         if self.environment == "prod":
+            if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
+                errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
+                                    f"environment is prod, or set {_key('control_plane_endpoint')}=dns"))
             for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
                         "db_point_in_time_recovery"):
                 if not getattr(self, key):
@@ -361,26 +375,36 @@ class Settings(BaseModel):
             raise ValueError("\n".join(errors))
         return self
 
-    def _cidr_overlaps(self) -> list[str]:
+    def _cloud_rules(self) -> list[str]:
+        """What GCP itself would refuse (infra/cloud_rules.py names each rule's source)."""
         keys = ["subnet_cidr", "pods_cidr", "services_cidr", "master_cidr", "private_services_cidr"]
         if self.serving_cluster:
             keys += ["serving_pods_cidr", "serving_services_cidr", "serving_master_cidr"]
-        networks = {key: ipaddress.IPv4Network(getattr(self, key)) for key in keys}
-        return [
+        errors = [
             _line(a, getattr(self, a), f"overlaps {_key(b)} ({getattr(self, b)}); ranges must be disjoint")
-            for a, b in itertools.combinations(keys, 2)
-            if networks[a].overlaps(networks[b])
+            for a, b in cloud_rules.overlapping_ranges({key: getattr(self, key) for key in keys})
         ]
-
-    def _tier_matches_edition(self) -> list[str]:
-        perf = bool(_DB_PERF.match(self.db_tier))
-        if self.db_edition == "ENTERPRISE_PLUS" and not perf:
-            return [_line("db_tier", self.db_tier, "edition ENTERPRISE_PLUS accepts only db-perf-optimized-N-<vCPUs> tiers")]
-        if self.db_edition == "ENTERPRISE" and perf:
-            return [_line("db_tier", self.db_tier, "db-perf-optimized tiers need db_edition ENTERPRISE_PLUS")]
-        if self.db_high_availability and self.db_tier in _SHARED_CORE_TIERS:
-            return [_line("db_high_availability", True, f"shared-core tier {self.db_tier} has no high availability")]
-        return []
+        checks = [
+            ("db_tier", self.db_tier, cloud_rules.tier_edition_problem(self.db_tier, self.db_edition)),
+            ("db_high_availability", True,
+             cloud_rules.high_availability_problem(self.db_tier) if self.db_high_availability else None),
+            ("db_log_retention_days", self.db_log_retention_days,
+             cloud_rules.retention_problem(self.db_backup_retention_count, self.db_log_retention_days)),
+        ]
+        max_log_days = cloud_rules.max_log_retention_days(self.db_edition)
+        if not 1 <= self.db_log_retention_days <= max_log_days:
+            checks.append(("db_log_retention_days", self.db_log_retention_days,
+                           f"must be between 1 and {max_log_days} for edition {self.db_edition}"))
+        if self.tracking_internal_ip:
+            checks.append(("tracking_internal_ip", self.tracking_internal_ip,
+                           cloud_rules.internal_address_problem(self.subnet_cidr, self.tracking_internal_ip)))
+        for machine_key, disk_key in (("machine_type", "node_disk_type"),
+                                      ("serving_machine_type", "serving_node_disk_type")):
+            disk_type = getattr(self, disk_key)
+            if disk_type != "auto":
+                checks.append((disk_key, disk_type,
+                               cloud_rules.boot_disk_problem(getattr(self, machine_key), disk_type)))
+        return errors + [_line(key, value, problem) for key, value, problem in checks if problem]
 
     # --- derived values ------------------------------------------------------------------
     @property
@@ -393,10 +417,18 @@ class Settings(BaseModel):
         return f"{self.project}-{self.name_prefix}-artifacts"
 
     @property
-    def tracking_internal_ip(self) -> str:
-        """Reserved for tracking's internal load balancer: the subnet's last usable address,
-        far from where GKE allocates node addresses."""
-        return str(ipaddress.IPv4Network(self.subnet_cidr)[-2])
+    def tracking_lb_address(self) -> str:
+        """Reserved for tracking's internal load balancer."""
+        return self.tracking_internal_ip or cloud_rules.last_usable_address(self.subnet_cidr)
+
+    def boot_disk_type(self, pool: Literal["platform", "serving"]) -> str:
+        machine_type, disk_type = ((self.machine_type, self.node_disk_type) if pool == "platform"
+                                   else (self.serving_machine_type, self.serving_node_disk_type))
+        return cloud_rules.default_boot_disk_type(machine_type) if disk_type == "auto" else disk_type
+
+    def open_control_plane(self) -> bool:
+        """The control plane's public IP endpoint answers any address (dev only; `make plan` warns)."""
+        return self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs
 
     @property
     def workload_pool(self) -> str:

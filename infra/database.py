@@ -77,6 +77,10 @@ class Database(pulumi.ComponentResource):
     private_ip_address: pulumi.Output[str]
     user_name: pulumi.Output[str]
     password: pulumi.Output[str]
+    tracking_database: pulumi.Output[str]
+    """Name of MLflow's tracking database, once it exists."""
+    auth_database: pulumi.Output[str]
+    """Name of the basic-auth app's database, once it exists."""
 
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:database:Database", name, None, opts)
@@ -128,14 +132,16 @@ class Database(pulumi.ComponentResource):
             ),
             opts=child_options(self, opts, depends_on=[args.private_services_connection]),
         )
-        for database in (TRACKING_DATABASE, AUTH_DATABASE):
-            gcp.sql.Database(
+        databases = {
+            database: gcp.sql.Database(
                 f"{name}-{database.replace('_', '-')}",
                 project=args.project,
                 instance=instance.name,
                 name=database,
                 opts=child,
-            )
+            ).name
+            for database in (TRACKING_DATABASE, AUTH_DATABASE)
+        }
         password = random.RandomPassword(
             f"{name}-password",
             length=32,
@@ -159,10 +165,14 @@ class Database(pulumi.ComponentResource):
         self.private_ip_address = instance.private_ip_address
         self.user_name = user.name
         self.password = pulumi.Output.secret(password.result)
+        self.tracking_database = databases[TRACKING_DATABASE]
+        self.auth_database = databases[AUTH_DATABASE]
         self.register_outputs({
             "instance_name": self.instance_name,
             "connection_name": self.connection_name,
             "private_ip_address": self.private_ip_address,
             "user_name": self.user_name,
             "password": self.password,
+            "tracking_database": self.tracking_database,
+            "auth_database": self.auth_database,
         })

@@ -1,4 +1,4 @@
-"""Cloud Armor in front of the tracking Ingress: per-client rate limiting."""
+"""What sits in front of the tracking Ingress: TLS policy, Cloud Armor rate limiting, IAP access."""
 
 from __future__ import annotations
 
@@ -11,29 +11,52 @@ import pulumi_gcp as gcp
 from infra.naming import child_options
 
 DEFAULT_RULE_PRIORITY = 2147483647
+IAP_ACCESSOR_ROLE = "roles/iap.httpsResourceAccessor"
 
 
 @dataclass(frozen=True)
 class EdgePolicyArgs:
     project: str
     """GCP project."""
-    requests_per_minute: int
-    """Requests one client IP may make per minute before it gets 429."""
     labels: dict[str, str]
     """Policy labels."""
+    requests_per_minute: Optional[int] = None
+    """Cloud Armor: requests one client IP may make per minute before it gets 429; None: no policy."""
+    iap_members: tuple[str, ...] = ()
+    """Members granted passage through Identity-Aware Proxy (user:, group:, serviceAccount:, domain:)."""
 
     def __post_init__(self) -> None:
-        if not 10 <= self.requests_per_minute <= 100_000:
+        if self.requests_per_minute is not None and not 10 <= self.requests_per_minute <= 100_000:
             raise ValueError(f"EdgePolicyArgs.requests_per_minute={self.requests_per_minute}: allowed 10-100000")
 
 
 class EdgePolicy(pulumi.ComponentResource):
-    """A Cloud Armor policy the Ingress's BackendConfig attaches to the tracking backend."""
+    """The Ingress's SSL policy (TLS 1.2 at least), an optional Cloud Armor policy for the tracking
+    backend, and who may pass IAP."""
 
-    policy_name: pulumi.Output[str]
+    ssl_policy_name: pulumi.Output[str]
+    security_policy_name: Optional[pulumi.Output[str]]
 
     def __init__(self, name: str, args: EdgePolicyArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:edge:EdgePolicy", name, None, opts)
+        child = child_options(self, opts)
+        # GCLB's default SSL policy still accepts TLS 1.0 and 1.1.
+        ssl_policy = gcp.compute.SSLPolicy(
+            f"{name}-tls", project=args.project, min_tls_version="TLS_1_2", profile="MODERN",
+            description="MLflow Ingress: TLS 1.2 or newer", opts=child)
+        self.ssl_policy_name = ssl_policy.name
+        self.security_policy_name = (self._rate_limit(name, args, child)
+                                     if args.requests_per_minute is not None else None)
+        for index, member in enumerate(args.iap_members):
+            # Project level: the backend service IAP protects is created by GKE's Ingress
+            # controller, under a name Pulumi does not know.
+            gcp.iap.WebIamMember(f"{name}-iap-{index}", project=args.project, role=IAP_ACCESSOR_ROLE,
+                                 member=member, opts=child)
+        self.register_outputs({"ssl_policy_name": self.ssl_policy_name,
+                               "security_policy_name": self.security_policy_name})
+
+    @staticmethod
+    def _rate_limit(name: str, args: EdgePolicyArgs, child: pulumi.ResourceOptions) -> pulumi.Output[str]:
         every_ip = gcp.compute.SecurityPolicyRuleMatchArgs(
             versioned_expr="SRC_IPS_V1", config=gcp.compute.SecurityPolicyRuleMatchConfigArgs(src_ip_ranges=["*"]))
         policy = gcp.compute.SecurityPolicy(
@@ -59,7 +82,6 @@ class EdgePolicy(pulumi.ComponentResource):
                 gcp.compute.SecurityPolicyRuleArgs(
                     priority=DEFAULT_RULE_PRIORITY, action="allow", description="default", match=every_ip),
             ],
-            opts=child_options(self, opts),
+            opts=child,
         )
-        self.policy_name = policy.name
-        self.register_outputs({"policy_name": self.policy_name})
+        return policy.name

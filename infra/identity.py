@@ -32,8 +32,8 @@ class WorkloadIdentityArgs:
     """GCP project of the service account."""
     account_id: str
     """GCP service account id (6-30 chars)."""
-    workload_pool: str
-    """PROJECT.svc.id.goog of the cluster."""
+    workload_pool: pulumi.Input[str]
+    """PROJECT.svc.id.goog, from the cluster: the pool exists only once a cluster enables it."""
     namespace: pulumi.Input[str]
     """Namespace of the Kubernetes service account."""
     ksa_name: str
@@ -59,6 +59,8 @@ class WorkloadIdentity(pulumi.ComponentResource):
 
     gcp_service_account_email: pulumi.Output[str]
     ksa_name: pulumi.Output[str]
+    grants: list[pulumi.Resource]
+    """Every IAM binding of the identity: a workload that must not start before IAM allows it waits for these."""
 
     def __init__(self, name: str, args: WorkloadIdentityArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:identity:WorkloadIdentity", name, None, opts)
@@ -71,16 +73,20 @@ class WorkloadIdentity(pulumi.ComponentResource):
             opts=child,
         )
         member = account.email.apply(lambda email: f"serviceAccount:{email}")
-        for role in args.project_roles:
+        grants: list[pulumi.Resource] = [
             gcp.projects.IAMMember(
                 f"{name}-{role.split('/')[-1].replace('.', '-').lower()}",
                 project=args.project, role=role, member=member, opts=child,
             )
-        for index, grant in enumerate(args.bucket_grants):
+            for role in args.project_roles
+        ]
+        grants += [
             gcp.storage.BucketIAMMember(
                 f"{name}-bucket-{index}", bucket=grant.bucket, role=grant.role, member=member, opts=child,
             )
-        gcp.serviceaccount.IAMMember(
+            for index, grant in enumerate(args.bucket_grants)
+        ]
+        grants.append(gcp.serviceaccount.IAMMember(
             f"{name}-wi-binding",
             service_account_id=account.name,
             role=WORKLOAD_IDENTITY_USER,
@@ -88,7 +94,7 @@ class WorkloadIdentity(pulumi.ComponentResource):
                 "serviceAccount:", args.workload_pool, "[", args.namespace, "/", args.ksa_name, "]",
             ),
             opts=child,
-        )
+        ))
         ksa = k8s.core.v1.ServiceAccount(
             f"{name}-ksa",
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -103,6 +109,7 @@ class WorkloadIdentity(pulumi.ComponentResource):
         )
         self.gcp_service_account_email = account.email
         self.ksa_name = ksa.metadata.name
+        self.grants = grants
         self.register_outputs({
             "gcp_service_account_email": self.gcp_service_account_email,
             "ksa_name": self.ksa_name,

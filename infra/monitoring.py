@@ -52,8 +52,8 @@ class MonitoringArgs:
     """Namespace of the tracking pods."""
     serving_namespace: str
     """Namespace of the serving pods."""
-    bucket: str
-    """Artifact bucket, for its size chart."""
+    bucket: pulumi.Input[str]
+    """Artifact bucket (its output), for its size chart."""
     serving_min_replicas: int
     """HPA minimum, drawn on the replicas chart."""
     serving_max_replicas: int
@@ -83,10 +83,10 @@ class Monitoring(pulumi.ComponentResource):
         dashboard = gcp.monitoring.Dashboard(
             f"{name}-dashboard",
             project=args.project,
-            dashboard_json=render_dashboard(
+            dashboard_json=pulumi.Output.from_input(args.bucket).apply(lambda bucket: render_dashboard(
                 environment=args.environment, tracking_namespace=args.tracking_namespace,
-                serving_namespace=args.serving_namespace, bucket=args.bucket,
-                serving_min_replicas=args.serving_min_replicas, serving_max_replicas=args.serving_max_replicas),
+                serving_namespace=args.serving_namespace, bucket=bucket,
+                serving_min_replicas=args.serving_min_replicas, serving_max_replicas=args.serving_max_replicas)),
             opts=child,
         )
         channels = []

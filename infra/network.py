@@ -43,6 +43,10 @@ class Network(pulumi.ComponentResource):
     private_services_connection_id: pulumi.Output[str]
     ingress_address_name: Optional[pulumi.Output[str]]
     ingress_ip: Optional[pulumi.Output[str]]
+    internal_addresses: dict[str, pulumi.Output[str]]
+    """Reserved internal addresses by role: consumers take these, so they wait for the reservation."""
+    private_services_connection: gcp.servicenetworking.Connection
+    """Cloud SQL private IP needs this peering to exist first."""
 
     def __init__(self, name: str, args: NetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:network:Network", name, None, opts)
@@ -101,15 +105,20 @@ class Network(pulumi.ComponentResource):
             network=network.id,
             service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[reserved.name],
+            # Deleting the peering fails while Cloud SQL's producer network lingers after the
+            # instance is gone; abandoning it lets `pulumi destroy` finish (the VPC's deletion removes it).
+            deletion_policy="ABANDON",
             opts=child,
         )
 
-        for role, address in args.internal_ips:
-            gcp.compute.Address(
+        self.internal_addresses = {
+            role: gcp.compute.Address(
                 f"{name}-{role}-ilb-ip",
                 project=args.project, region=args.region, subnetwork=subnet.id, address_type="INTERNAL",
                 address=address, labels=args.labels, opts=child,
-            )
+            ).address
+            for role, address in args.internal_ips
+        }
         self.ingress_address_name = None
         self.ingress_ip = None
         if args.global_ingress_address:
@@ -124,7 +133,7 @@ class Network(pulumi.ComponentResource):
         self.network_self_link = network.self_link
         self.subnet_self_link = subnet.self_link
         self.private_services_connection_id = connection.id
-        self._connection = connection
+        self.private_services_connection = connection
         self.register_outputs({
             "network_id": self.network_id,
             "network_self_link": self.network_self_link,
@@ -132,10 +141,6 @@ class Network(pulumi.ComponentResource):
             "private_services_connection_id": self.private_services_connection_id,
             "ingress_address_name": self.ingress_address_name,
             "ingress_ip": self.ingress_ip,
+            "internal_addresses": self.internal_addresses,
         })
-
-    @property
-    def private_services_connection(self) -> gcp.servicenetworking.Connection:
-        """Cloud SQL private IP needs this peering to exist first."""
-        return self._connection
 

@@ -137,8 +137,8 @@ class ModelServingArgs:
     """Provider of the platform cluster, where the serving-user Job talks to tracking."""
     project: str
     """GCP project (Workload Identity)."""
-    workload_pool: str
-    """PROJECT.svc.id.goog."""
+    workload_pool: pulumi.Input[str]
+    """PROJECT.svc.id.goog, from the cluster."""
     environment: str
     """dev or prod, for the GCP service account id."""
     image: pulumi.Input[str]

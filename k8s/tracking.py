@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra.database import AUTH_DATABASE, TRACKING_DATABASE
+from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
@@ -26,6 +26,7 @@ COMPONENT = "tracking"
 SERVICE_NAME = "mlflow-tracking"
 KSA_NAME = "mlflow-tracking"
 BACKEND_CONFIG_NAME = "mlflow-tracking"
+FRONTEND_CONFIG_NAME = "mlflow-tracking"
 ADMIN_USERNAME = "admin"
 AUTH_CONFIG_DIR = "/etc/mlflow-auth"
 AUTH_CONFIG_FILE = "basic_auth.ini"
@@ -36,10 +37,6 @@ SECRET_AUTH_URI = "auth-database-uri"
 SECRET_FLASK_KEY = "flask-secret-key"
 SECRET_ADMIN_PASSWORD = "admin-password"
 METRICS_PORT = 9102
-# Managed Service for Prometheus' collectors run in this namespace.
-GMP_NAMESPACE = "gmp-system"
-# Google front ends and health checkers: where Ingress traffic to NEG backends comes from.
-GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -82,6 +79,10 @@ def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_ur
     ])
 
 
+def artifacts_destination(bucket: str) -> str:
+    return f"gs://{bucket}/artifacts"
+
+
 def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Optional[str],
                   internal_ip: Optional[str]) -> list[str]:
     return [
@@ -91,7 +92,7 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
         "--workers", str(workers),
         "--app-name", "basic-auth",
         "--serve-artifacts",
-        "--artifacts-destination", f"gs://{bucket}/artifacts",
+        "--artifacts-destination", artifacts_destination(bucket),
         "--allowed-hosts", ",".join(allowed_hosts(namespace, ingress_host, internal_ip)),
         "--expose-prometheus", PROMETHEUS_DIR,
         "--uvicorn-opts", f"--log-config {LOGGING_PATH}",
@@ -189,22 +190,42 @@ def pod_monitoring_spec(selector: dict) -> dict:
     }
 
 
+def namespace_peer(namespace: str) -> dict:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def collector_peers() -> list[dict]:
+    """Managed Prometheus' collectors, wherever GKE runs them (Standard or Autopilot)."""
+    return [namespace_peer(namespace) for namespace in MANAGED_COLLECTOR_NAMESPACES]
+
+
 def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_cidr: Optional[str],
                            expose_ingress: bool) -> list[dict]:
-    """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers."""
-    peers: list[dict] = [
-        {"podSelector": {}},
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": serving_namespace}}},
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": GMP_NAMESPACE}}},
-    ]
+    """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers.
+
+    A separate serving cluster's pods are admitted by their pod range: the internal load balancer
+    keeps their source address because its Service has `externalTrafficPolicy: Local`.
+    """
+    peers: list[dict] = [{"podSelector": {}}, namespace_peer(serving_namespace), *collector_peers()]
     if serving_pod_cidr:
         peers.append({"ipBlock": {"cidr": serving_pod_cidr}})
     if expose_ingress:
         peers += [{"ipBlock": {"cidr": cidr}} for cidr in GOOGLE_LB_RANGES]
-    collector = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": GMP_NAMESPACE}}}
     return [{"from": peers, "ports": [{"protocol": "TCP", "port": TRACKING_PORT}]},
-            {"from": [collector], "ports": [{"protocol": "TCP", "port": METRICS_PORT},
-                                            {"protocol": "TCP", "port": SQL_PROXY_HTTP_PORT}]}]
+            {"from": collector_peers(), "ports": [{"protocol": "TCP", "port": METRICS_PORT},
+                                                  {"protocol": "TCP", "port": SQL_PROXY_HTTP_PORT}]}]
+
+
+def internal_lb_service_spec(selector: dict, address: Any) -> dict:
+    """Tracking for the VPC (a separate serving cluster) on a reserved internal address.
+
+    `externalTrafficPolicy: Local` keeps the client's pod address (with `Cluster` GKE source-NATs to
+    a node address, which the NetworkPolicy above drops); the load balancer's health check then
+    asks each node's healthCheckNodePort and sends traffic only to nodes running a ready pod.
+    """
+    return {"type": "LoadBalancer", "loadBalancerIP": address, "externalTrafficPolicy": "Local",
+            "selector": selector,
+            "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]}
 
 
 # --- component ------------------------------------------------------------------------------
@@ -214,22 +235,26 @@ class TrackingServerArgs:
     """Provider of the platform cluster."""
     project: str
     """GCP project (Workload Identity)."""
-    workload_pool: str
-    """PROJECT.svc.id.goog."""
+    workload_pool: pulumi.Input[str]
+    """PROJECT.svc.id.goog, from the cluster."""
     environment: str
     """dev or prod, for the GCP service account id."""
     image: pulumi.Input[str]
     """Tracking image by digest."""
     image_version: str
     """Content hash of the image sources: names the migration Job."""
-    bucket_name: str
-    """Artifact bucket."""
+    bucket_name: pulumi.Input[str]
+    """Artifact bucket (its output: grants and the server wait for it)."""
     sql_connection_name: pulumi.Input[str]
     """PROJECT:REGION:INSTANCE of the Cloud SQL instance."""
     db_user: pulumi.Input[str]
     """Database user."""
     db_password: pulumi.Input[str]
     """Database password (a secret)."""
+    tracking_database: pulumi.Input[str]
+    """MLflow's database (the Database resource's output: URIs wait for it)."""
+    auth_database: pulumi.Input[str]
+    """The basic-auth app's database (the Database resource's output)."""
     sql_proxy_image: str
     """Cloud SQL Auth Proxy image by digest (the settings model holds the pinned default)."""
     namespace: str = "mlflow"
@@ -256,12 +281,15 @@ class TrackingServerArgs:
     """Name of the global address the Ingress uses."""
     security_policy_name: Optional[pulumi.Input[str]] = None
     """Cloud Armor policy attached to the Ingress backend."""
+    ssl_policy_name: Optional[pulumi.Input[str]] = None
+    """SSL policy of the Ingress's HTTPS proxy (its FrontendConfig)."""
     iap_client_id: Optional[str] = None
     """OAuth client id: turns on Identity-Aware Proxy for the Ingress."""
     iap_client_secret: Optional[pulumi.Input[str]] = None
     """OAuth client secret for IAP (a secret)."""
-    internal_lb_ip: Optional[str] = None
-    """Reserved internal address: exposes tracking to the VPC through an internal load balancer."""
+    internal_lb_ip: Optional[pulumi.Input[str]] = None
+    """Reserved internal address (the Address resource's output): exposes tracking to the VPC
+    through an internal load balancer."""
     serving_pod_cidr: Optional[str] = None
     """Pod range of a separate serving cluster, admitted by the NetworkPolicy."""
 
@@ -270,6 +298,9 @@ class TrackingServerArgs:
             raise ValueError("TrackingServerArgs.iap_client_id and iap_client_secret go together")
         if (self.security_policy_name is not None or self.iap_client_id) and not self.ingress_host:
             raise ValueError("TrackingServerArgs: Cloud Armor and IAP need ingress_host")
+        if self.ingress_host and self.ssl_policy_name is None:
+            raise ValueError("TrackingServerArgs.ssl_policy_name: an Ingress needs an SSL policy "
+                             "(GCLB's default still accepts TLS 1.0)")
         if "@sha256:" not in self.sql_proxy_image:
             raise ValueError(f"TrackingServerArgs.sql_proxy_image={self.sql_proxy_image!r}: must be pinned by digest")
         if self.replicas < 1:
@@ -315,10 +346,10 @@ class TrackingServer(pulumi.ComponentResource):
         flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
 
         def secret_values(parts: list) -> dict[str, str]:
-            user, password, admin, flask = parts
-            auth_uri = postgres_uri(user, password, AUTH_DATABASE)
+            user, password, admin, flask, tracking_database, auth_database = parts
+            auth_uri = postgres_uri(user, password, auth_database)
             return {
-                SECRET_BACKEND_URI: postgres_uri(user, password, TRACKING_DATABASE),
+                SECRET_BACKEND_URI: postgres_uri(user, password, tracking_database),
                 SECRET_AUTH_URI: auth_uri,
                 SECRET_ADMIN_PASSWORD: admin,
                 SECRET_FLASK_KEY: flask,
@@ -330,7 +361,8 @@ class TrackingServer(pulumi.ComponentResource):
             metadata={"name": "mlflow-tracking", "namespace": ns_name, "labels": labels},
             type="Opaque",
             string_data=pulumi.Output.secret(pulumi.Output.all(
-                args.db_user, args.db_password, admin_password.result, flask_key.result).apply(secret_values)),
+                args.db_user, args.db_password, admin_password.result, flask_key.result,
+                args.tracking_database, args.auth_database).apply(secret_values)),
             opts=k8s_opts,
         )
         secret_name = secret.metadata["name"]
@@ -357,12 +389,15 @@ class TrackingServer(pulumi.ComponentResource):
                              "volumes": [tmp_volume("256Mi")]},
                 },
             },
-            # Never patched in place: a new image version is a new Job.
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(delete_before_replace=True)),
+            # Never patched in place: a new image version is a new Job. It is the first to reach
+            # Cloud SQL through Workload Identity, so it waits for the identity's IAM bindings.
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                delete_before_replace=True, depends_on=identity.grants)),
         )
 
-        args_list = tracking_args(bucket=args.bucket_name, namespace=args.namespace, workers=args.workers,
-                                  ingress_host=args.ingress_host, internal_ip=args.internal_lb_ip)
+        args_list = pulumi.Output.all(args.bucket_name, args.internal_lb_ip).apply(
+            lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.workers,
+                                         ingress_host=args.ingress_host, internal_ip=values[1]))
         container = tracking_container(image=args.image, args=args_list, env=tracking_env(secret_name, args.job_execution),
                                        cpu=args.cpu, memory=args.memory)
         deployment = k8s.apps.v1.Deployment(
@@ -393,10 +428,13 @@ class TrackingServer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[migration])),
         )
 
+        # The Service names its BackendConfig: that exists first, so the NEG is health-checked on /health.
+        backend = self._backend_config(name, args, ns_name, labels, k8s_opts) if args.ingress_host else None
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
-                      "annotations": ingress_backend_annotations() if args.ingress_host else {}},
+                      "annotations": (backend.metadata["name"].apply(ingress_backend_annotations)
+                                      if backend is not None else {})},
             spec={"type": "ClusterIP", "selector": selector,
                   "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]},
             opts=k8s_opts,
@@ -406,8 +444,7 @@ class TrackingServer(pulumi.ComponentResource):
                 f"{name}-internal-lb",
                 metadata={"name": f"{SERVICE_NAME}-internal", "namespace": ns_name, "labels": labels,
                           "annotations": {"networking.gke.io/load-balancer-type": "Internal"}},
-                spec={"type": "LoadBalancer", "loadBalancerIP": args.internal_lb_ip, "selector": selector,
-                      "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]},
+                spec=internal_lb_service_spec(selector, args.internal_lb_ip),
                 opts=k8s_opts,
             )
         if args.ingress_host:
@@ -457,16 +494,8 @@ class TrackingServer(pulumi.ComponentResource):
             opts=k8s_opts,
         )
 
-    def _ingress(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str], labels: dict,
-                 service_name: pulumi.Output[str], k8s_opts: pulumi.ResourceOptions) -> None:
-        certificate = k8s.apiextensions.CustomResource(
-            f"{name}-certificate",
-            api_version="networking.gke.io/v1",
-            kind="ManagedCertificate",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-            spec={"domains": [args.ingress_host]},
-            opts=k8s_opts,
-        )
+    def _backend_config(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str], labels: dict,
+                        k8s_opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
         iap_secret_name = None
         if args.iap_client_id:
             iap_secret = k8s.core.v1.Secret(
@@ -478,7 +507,7 @@ class TrackingServer(pulumi.ComponentResource):
                 opts=k8s_opts,
             )
             iap_secret_name = iap_secret.metadata["name"]
-        backend = k8s.apiextensions.CustomResource(
+        return k8s.apiextensions.CustomResource(
             f"{name}-backend-config",
             api_version="cloud.google.com/v1",
             kind="BackendConfig",
@@ -486,9 +515,29 @@ class TrackingServer(pulumi.ComponentResource):
             spec=backend_config_spec(args.security_policy_name, iap_secret_name),
             opts=k8s_opts,
         )
+
+    def _ingress(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str], labels: dict,
+                 service_name: pulumi.Output[str], k8s_opts: pulumi.ResourceOptions) -> None:
+        certificate = k8s.apiextensions.CustomResource(
+            f"{name}-certificate",
+            api_version="networking.gke.io/v1",
+            kind="ManagedCertificate",
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            spec={"domains": [args.ingress_host]},
+            opts=k8s_opts,
+        )
+        frontend = k8s.apiextensions.CustomResource(
+            f"{name}-frontend-config",
+            api_version="networking.gke.io/v1beta1",
+            kind="FrontendConfig",
+            metadata={"name": FRONTEND_CONFIG_NAME, "namespace": ns_name, "labels": labels},
+            spec={"sslPolicy": args.ssl_policy_name},
+            opts=k8s_opts,
+        )
         annotations = {
             "kubernetes.io/ingress.class": "gce",
             "networking.gke.io/managed-certificates": certificate.metadata["name"],
+            "networking.gke.io/v1beta1.FrontendConfig": frontend.metadata["name"],
             "kubernetes.io/ingress.allow-http": "false",
         }
         if args.ingress_static_ip_name is not None:
@@ -498,7 +547,7 @@ class TrackingServer(pulumi.ComponentResource):
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels, "annotations": annotations},
             spec={"defaultBackend": {"service": {"name": service_name,
                                                  "port": {"number": TRACKING_PORT}}}},
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[backend])),
+            opts=k8s_opts,
         )
 
 
@@ -522,7 +571,7 @@ def backend_config_spec(security_policy: Any = None, iap_secret_name: Any = None
     return spec
 
 
-def ingress_backend_annotations() -> dict[str, str]:
+def ingress_backend_annotations(backend_config_name: str) -> dict[str, str]:
     """Container-native load balancing, health-checked on /health (the root answers 401)."""
     return {"cloud.google.com/neg": json.dumps({"ingress": True}),
-            "cloud.google.com/backend-config": json.dumps({"default": BACKEND_CONFIG_NAME})}
+            "cloud.google.com/backend-config": json.dumps({"default": backend_config_name})}

@@ -57,6 +57,11 @@ class PlatformMocks(pulumi.runtime.Mocks):
         if typ == "gcp:container/cluster:Cluster":
             state.update(name=name, endpoint=OFFLINE_ENDPOINT,
                          masterAuth={"clusterCaCertificate": base64.b64encode(b"offline-ca").decode()})
+            if "controlPlaneEndpointsConfig" in state:
+                dns = dict(state["controlPlaneEndpointsConfig"].get("dnsEndpointConfig") or {})
+                dns["endpoint"] = f"gke-{_fake(name, 'dns', 16)}.{state.get('location')}.gke.goog"
+                state["controlPlaneEndpointsConfig"] = {**state["controlPlaneEndpointsConfig"],
+                                                        "dnsEndpointConfig": dns}
         elif typ == "gcp:sql/databaseInstance:DatabaseInstance":
             state.update(name=name, connectionName=f"{state.get('project', self.project)}:{state.get('region')}:{name}",
                          privateIpAddress="10.64.0.3")

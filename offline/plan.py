@@ -9,10 +9,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from infra.config import ConfigError
+from infra.config import ConfigError, Settings, settings_from_values
 from offline.cost import cost_summary_line
 from offline.render import render
-from offline.stack import ROOT, StackRun, run_stack
+from offline.stack import ROOT, StackRun, read_stack_config, run_stack
 
 PLAN_DIR = ROOT / "plan"
 
@@ -46,6 +46,16 @@ def type_counts(run: StackRun) -> list[str]:
 def outputs_summary(run: StackRun) -> list[str]:
     return [f"    {name}: {'[secret]' if name in run.secret_outputs else value}"
             for name, value in sorted(run.outputs.items())]
+
+
+def warnings(settings: Settings) -> list[str]:
+    """What a stack allows that prod refuses: said before anyone runs `pulumi up`."""
+    found = []
+    if settings.open_control_plane():
+        found.append("the control plane's public IP endpoint accepts connections from any address "
+                     "(authenticated); set mlflow-platform:masterAuthorizedCidrs to the ranges you deploy "
+                     "from, or mlflow-platform:controlPlaneEndpoint to dns")
+    return found
 
 
 def write_plan(files: dict[str, str], directory: Path) -> None:
@@ -86,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ConfigError, FileNotFoundError) as err:
             print(f"error: stack {stack!r} is invalid:\n{err}", file=sys.stderr)
             return 2
+        for warning in warnings(settings_from_values(read_stack_config(stack)[0])):
+            print(f"warning: stack {stack!r}: {warning}", file=sys.stderr)
         files = render(run)
         directory = PLAN_DIR / stack
         if args.check:

@@ -20,7 +20,7 @@ SECRET_MASK = "[secret]"
 # Apply order a human expects when reading the manifests.
 KIND_ORDER = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "Job", "Deployment", "Service",
               "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "BackendConfig",
-              "ManagedCertificate", "Ingress", "PodMonitoring")
+              "FrontendConfig", "ManagedCertificate", "Ingress", "PodMonitoring")
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "type", "data", "stringData",
                  "automountServiceAccountToken")
 
@@ -63,6 +63,19 @@ def _short(urn: str) -> str:
     return urn.rsplit("::", 1)[-1] if urn else ""
 
 
+def dependency_names(run: StackRun, record: ResourceRecord) -> list[str]:
+    """What `pulumi up` creates before this resource: explicit `depends_on` and the resources whose
+    outputs it consumes. A component all of whose resources are dependencies is shown by its name."""
+    dependencies = set(record.dependencies)
+    shown: list[str] = []
+    for component in run.resources:
+        children = {r.urn for r in run.resources if r.parent == component.urn and r.custom}
+        if not component.custom and len(children) > 1 and children <= dependencies:
+            dependencies -= children
+            shown.append(f"{component.name} (all {len(children)})")
+    return sorted(shown + [_short(urn) for urn in dependencies])
+
+
 def resources_document(run: StackRun) -> list[dict]:
     return [
         {
@@ -70,6 +83,7 @@ def resources_document(run: StackRun) -> list[dict]:
             "name": record.name,
             "parent": _short(record.parent) or f"mlflow-platform-{run.stack}",
             **({"provider": _short(record.provider)} if record.provider else {}),
+            **({"dependsOn": dependency_names(run, record)} if record.dependencies else {}),
             "inputs": masked(record.inputs),
         }
         for record in sorted(run.resources, key=lambda r: r.urn)

@@ -1,4 +1,4 @@
-"""Edge protection on the Ingress: Cloud Armor rate limiting and Identity-Aware Proxy."""
+"""Edge protection on the Ingress: TLS policy, Cloud Armor rate limiting and Identity-Aware Proxy."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from tests.helpers import plain
 
 NS = "mlflow-platform"
 IAP = {"iap": "true", "iapOauthClientId": "1234-abc.apps.googleusercontent.com",
-       "iapOauthClientSecret": "GOCSPX-offline-test-secret-value"}
+       "iapOauthClientSecret": "GOCSPX-offline-test-secret-value",
+       "iapMembers": '["group:ml-team@example.com", "user:ana@example.com"]'}
 
 
 def test_cloud_armor_needs_an_ingress():
@@ -26,8 +27,43 @@ def test_iap_needs_an_oauth_client_and_never_echoes_the_secret():
         settings_from_values(values)
     assert f"needs {NS}:iapOauthClientId" in str(caught.value)
     assert "GOCSPX-do-not-print" not in str(caught.value)
-    settings = settings_from_values({**values, f"{NS}:iapOauthClientId": "id"})
+    settings = settings_from_values({**values, f"{NS}:iapOauthClientId": "id",
+                                     f"{NS}:iapMembers": '["group:ml@example.com"]'})
     assert "GOCSPX-do-not-print" not in repr(settings)
+
+
+def test_iap_without_members_is_refused_since_it_would_admit_nobody():
+    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
+              f"{NS}:iap": "true", f"{NS}:iapOauthClientId": "id", f"{NS}:iapOauthClientSecret": "s"}
+    with pytest.raises(ConfigError, match=f"{NS}:iap = True: needs {NS}:iapMembers"):
+        settings_from_values(values)
+    with pytest.raises(ConfigError, match="not an IAM member; allowed: user:EMAIL"):
+        settings_from_values({**values, f"{NS}:iapMembers": '["ana@example.com"]'})
+
+
+def test_iap_enables_its_api_and_grants_each_member_passage(run_stack_with):
+    run = run_stack_with("prod", **IAP)
+    assert "iap.googleapis.com" in {r.inputs["service"] for r in run.of_type("gcp:projects/service:Service")}
+    grants = run.of_type("gcp:iap/webIamMember:WebIamMember")
+    assert {(g.inputs["role"], g.inputs["member"]) for g in grants} == {
+        ("roles/iap.httpsResourceAccessor", "group:ml-team@example.com"),
+        ("roles/iap.httpsResourceAccessor", "user:ana@example.com")}
+
+
+def test_iap_api_is_not_enabled_without_iap(stack_runs):
+    services = {r.inputs["service"] for r in stack_runs["prod"].of_type("gcp:projects/service:Service")}
+    assert "iap.googleapis.com" not in services
+
+
+def test_ingress_refuses_tls_below_1_2_through_its_frontend_config(stack_runs):
+    run = stack_runs["prod"]
+    [policy] = run.of_type("gcp:compute/sSLPolicy:SSLPolicy")
+    assert policy.inputs["minTlsVersion"] == "TLS_1_2"
+    frontend = run.named("mlflow-frontend-config")
+    assert frontend.inputs["spec"] == {"sslPolicy": policy.state["name"]}
+    assert validate_custom_resource(manifest(frontend)) == []
+    ingress = run.named("mlflow-ingress").inputs["metadata"]["annotations"]
+    assert ingress["networking.gke.io/v1beta1.FrontendConfig"] == frontend.inputs["metadata"]["name"]
 
 
 def test_prod_attaches_a_rate_limiting_policy_to_the_backend(stack_runs):

@@ -71,9 +71,13 @@ def test_serving_pods_run_models_serve_with_credentials_from_a_secret(stack_runs
 
 def test_dev_serving_reaches_tracking_in_cluster_prod_through_the_internal_lb(stack_runs):
     dev = env_of(container(serving_deployment(stack_runs["dev"]), "serving"))["MLFLOW_TRACKING_URI"]["value"]
-    prod = env_of(container(serving_deployment(stack_runs["prod"]), "serving"))["MLFLOW_TRACKING_URI"]["value"]
+    prod_run = stack_runs["prod"]
+    prod = env_of(container(serving_deployment(prod_run), "serving"))["MLFLOW_TRACKING_URI"]["value"]
     assert dev == "http://mlflow-tracking.mlflow.svc.cluster.local:5000"
-    assert prod == "http://10.10.15.254:5000"
+    address = prod_run.named("mlflow-net-tracking-ilb-ip")
+    assert prod == f"http://{address.state['address']}:5000"
+    # the URL is the Address's output, so the Deployment is created after the reservation
+    assert address.urn in serving_deployment(prod_run).dependencies
 
 
 def test_prod_serving_runs_on_the_serving_cluster(stack_runs):

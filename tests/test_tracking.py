@@ -51,7 +51,8 @@ def test_args_refuse_an_unpinned_proxy_image():
     with pytest.raises(ValueError, match="sql_proxy_image.*pinned by digest"):
         TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", environment="dev",
                            image="i", image_version="v", bucket_name="b", sql_connection_name="c", db_user="u",
-                           db_password="pw", sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2")
+                           db_password="pw", tracking_database="t", auth_database="a",
+                           sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2")
 
 
 # --- as declared by the stacks --------------------------------------------------------------
@@ -218,7 +219,9 @@ def test_network_policy_admits_only_the_collector_to_the_metrics_ports(stack_run
     rules = stack_runs["dev"].named("mlflow-netpol").inputs["spec"]["ingress"]
     metrics_rule = next(rule for rule in rules if {"protocol": "TCP", "port": 9102} in rule["ports"])
     assert metrics_rule["ports"] == [{"protocol": "TCP", "port": 9102}, {"protocol": "TCP", "port": 9801}]
-    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}}}]
+    # Standard clusters run the collectors in gmp-system, Autopilot in gke-gmp-system
+    assert metrics_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+                                    for ns in ("gmp-system", "gke-gmp-system")]
 
 
 def test_server_logs_json_lines_through_the_mounted_logging_config(stack_runs):

@@ -1,0 +1,139 @@
+"""GCP's rules that Pulumi mocks cannot see, in one place, each with its source.
+
+A real `pulumi up` fails (or leaves a platform that misbehaves) when a stack breaks one of these;
+the settings model (`infra/config.py`) applies them before any resource is declared. Every
+function returns the problem as text, or None, so the model can name the key and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import re
+from typing import Optional
+
+# --- network --------------------------------------------------------------------------------------
+# https://cloud.google.com/vpc/docs/subnets#unusable-ip-addresses-in-every-subnet: in every primary
+# IPv4 range the network address, the default gateway, the second-to-last address and the broadcast
+# address are reserved; a compute.Address asking for one of them is refused.
+RESERVED_POSITIONS = (0, 1, -2, -1)
+
+
+def reserved_addresses(cidr: str) -> tuple[str, ...]:
+    network = ipaddress.IPv4Network(cidr)
+    return tuple(str(network[position]) for position in RESERVED_POSITIONS)
+
+
+def last_usable_address(cidr: str) -> str:
+    """The highest address GCP lets an internal address take: far from where nodes are allocated."""
+    return str(ipaddress.IPv4Network(cidr)[-3])
+
+
+def internal_address_problem(cidr: str, address: str) -> Optional[str]:
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return "must be an IPv4 address"
+    if ip not in ipaddress.IPv4Network(cidr):
+        return f"must lie in the subnet {cidr}"
+    if address in reserved_addresses(cidr):
+        return (f"is reserved by GCP in {cidr} (first two and last two addresses: "
+                f"{', '.join(reserved_addresses(cidr))}); allowed: any other address of the subnet")
+    return None
+
+
+# https://cloud.google.com/kubernetes-engine/docs/how-to/legacy/network-isolation: a private
+# cluster's control-plane range is exactly a /28.
+CONTROL_PLANE_PREFIX = 28
+# https://cloud.google.com/vpc/docs/configure-private-services-access#allocating-range: the
+# allocated range must be a /24 or larger.
+PRIVATE_SERVICES_MAX_PREFIX = 24
+
+
+def overlapping_ranges(ranges: dict[str, str]) -> list[tuple[str, str]]:
+    """Pairs of named ranges that overlap. GKE, the subnet and the peered producer network
+    share one routing domain, so every range must be disjoint
+    (https://cloud.google.com/kubernetes-engine/docs/concepts/alias-ips#cluster_sizing)."""
+    networks = {name: ipaddress.IPv4Network(cidr) for name, cidr in ranges.items()}
+    return [(a, b) for a, b in itertools.combinations(ranges, 2) if networks[a].overlaps(networks[b])]
+
+
+# --- Compute Engine boot disks -------------------------------------------------------------------
+# https://cloud.google.com/compute/docs/disks#disk-types ("Machine series support"): C4 and N4
+# attach only Hyperdisk; C3/C3D take both; the older series take no Hyperdisk boot disk.
+BOOT_DISK_TYPES = ("pd-balanced", "pd-ssd", "hyperdisk-balanced")
+_HYPERDISK_ONLY = ("c4", "n4")
+_BOTH = ("c3", "c3d")
+
+
+def boot_disk_types(family: str) -> tuple[str, ...]:
+    if family in _HYPERDISK_ONLY:
+        return ("hyperdisk-balanced",)
+    if family in _BOTH:
+        return BOOT_DISK_TYPES
+    return ("pd-balanced", "pd-ssd")
+
+
+def machine_family(machine_type: str) -> str:
+    return machine_type.split("-", 1)[0]
+
+
+def default_boot_disk_type(machine_type: str) -> str:
+    """pd-balanced (GKE's default) where the series takes it, otherwise Hyperdisk Balanced."""
+    return boot_disk_types(machine_family(machine_type))[0]
+
+
+def boot_disk_problem(machine_type: str, disk_type: str) -> Optional[str]:
+    allowed = boot_disk_types(machine_family(machine_type))
+    if disk_type not in allowed:
+        return (f"machine type {machine_type} ({machine_family(machine_type)} series) cannot boot from "
+                f"{disk_type}; allowed: {', '.join(allowed)}")
+    return None
+
+
+# --- Cloud SQL -------------------------------------------------------------------------------------
+# https://cloud.google.com/sql/docs/postgres/editions-intro: Enterprise Plus runs only the
+# performance-optimized (db-perf-optimized-N-*) machines, which Enterprise does not offer; shared-core
+# tiers have no high availability (https://cloud.google.com/sql/docs/postgres/instance-settings).
+DB_PERF_TIER = re.compile(r"^db-perf-optimized-N-(?P<cpus>\d+)$")
+SHARED_CORE_TIERS = ("db-f1-micro", "db-g1-small")
+
+
+def tier_edition_problem(tier: str, edition: str) -> Optional[str]:
+    perf = bool(DB_PERF_TIER.match(tier))
+    if edition == "ENTERPRISE_PLUS" and not perf:
+        return "edition ENTERPRISE_PLUS accepts only db-perf-optimized-N-<vCPUs> tiers"
+    if edition == "ENTERPRISE" and perf:
+        return "db-perf-optimized tiers need db_edition ENTERPRISE_PLUS"
+    return None
+
+
+def high_availability_problem(tier: str) -> Optional[str]:
+    return f"shared-core tier {tier} has no high availability" if tier in SHARED_CORE_TIERS else None
+
+
+# BackupConfiguration.transactionLogRetentionDays: 1-7, 1-35 on Enterprise Plus
+# (https://cloud.google.com/sql/docs/postgres/admin-api/rest/v1/instances#backupconfiguration).
+def max_log_retention_days(edition: str) -> int:
+    return 35 if edition == "ENTERPRISE_PLUS" else 7
+
+
+def retention_problem(retained_backups: int, log_retention_days: int) -> Optional[str]:
+    """The API refuses more days of transaction logs than backups kept ("Invalid request: backup
+    retention should be > transaction log retention", terraform-google-sql-db PR #785); its own
+    defaults, 7 backups and 7 days, are accepted, so equal counts pass."""
+    if log_retention_days > retained_backups:
+        return f"must be <= the backups kept ({retained_backups}): Cloud SQL keeps logs only as far back as backups"
+    return None
+
+
+# --- GKE -----------------------------------------------------------------------------------------
+# https://cloud.google.com/kubernetes-engine/docs/deprecations/posture-management-deprecation:
+# VULNERABILITY_BASIC (Standard tier workload vulnerability scanning) was removed on 2025-07-31.
+SUPPORTED_VULNERABILITY_MODES = ("VULNERABILITY_DISABLED", "VULNERABILITY_ENTERPRISE")
+# Managed Service for Prometheus runs its collectors here: Standard clusters, then Autopilot
+# (https://cloud.google.com/stackdriver/docs/managed-prometheus/setup-managed).
+MANAGED_COLLECTOR_NAMESPACES = ("gmp-system", "gke-gmp-system")
+# Google front ends and health checkers, the sources of Ingress and load-balancer health-check
+# traffic (https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges).
+GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
