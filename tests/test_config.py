@@ -5,6 +5,7 @@ from __future__ import annotations
 import pulumi
 import pytest
 
+from infra import cloud_rules
 from infra.config import SECRET_FIELDS, ConfigError, Settings, config_keys, load_settings, settings_from_values
 from offline.stack import ROOT, read_stack_config, run_program
 
@@ -12,6 +13,7 @@ NS = "mlflow-platform"
 VALID = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev"}
 PROD_VALID = {
     "gcp:project": "my-proj-123", f"{NS}:environment": "prod", f"{NS}:dbPointInTimeRecovery": "true",
+    f"{NS}:controlPlaneEndpoint": "dns",
 }
 
 
@@ -58,6 +60,17 @@ BAD_CONFIGS = {
     "alias_like_version": ({f"{NS}:modelAlias": "v2"}, f"{NS}:modelAlias", "not of the form vN"),
     "bad_memory_quantity": ({f"{NS}:trackingMemory": "1GB"}, f"{NS}:trackingMemory", "in Mi or Gi"),
     "unknown_setting": ({f"{NS}:minNode": "1"}, f"{NS}:minNode", "unknown setting"),
+    # GCP's own rules (infra/cloud_rules.py), which mocks cannot see
+    "internal_ip_reserved_by_gcp": ({f"{NS}:trackingInternalIp": "10.10.15.254"}, f"{NS}:trackingInternalIp", "reserved by GCP"),
+    "internal_ip_is_the_gateway": ({f"{NS}:trackingInternalIp": "10.10.0.1"}, f"{NS}:trackingInternalIp", "reserved by GCP"),
+    "internal_ip_outside_subnet": ({f"{NS}:trackingInternalIp": "10.11.0.5"}, f"{NS}:trackingInternalIp", "must lie in the subnet 10.10.0.0/20"),
+    "internal_ip_malformed": ({f"{NS}:trackingInternalIp": "10.10.0.300"}, f"{NS}:trackingInternalIp", "IPv4 address"),
+    "c4_with_persistent_disk": ({f"{NS}:machineType": "c4-standard-4", f"{NS}:nodeDiskType": "pd-balanced"}, f"{NS}:nodeDiskType", "allowed: hyperdisk-balanced"),
+    "n4_serving_with_ssd": ({f"{NS}:servingMachineType": "n4-standard-8", f"{NS}:servingNodeDiskType": "pd-ssd"}, f"{NS}:servingNodeDiskType", "allowed: hyperdisk-balanced"),
+    "hyperdisk_on_e2": ({f"{NS}:nodeDiskType": "hyperdisk-balanced"}, f"{NS}:nodeDiskType", "allowed: pd-balanced, pd-ssd"),
+    "log_retention_beyond_backups": ({f"{NS}:dbBackupRetentionCount": "3", f"{NS}:dbLogRetentionDays": "5"}, f"{NS}:dbLogRetentionDays", "must be <= the backups kept (3)"),
+    "unknown_control_plane_endpoint": ({f"{NS}:controlPlaneEndpoint": "private"}, f"{NS}:controlPlaneEndpoint", "'ip' or 'dns'"),
+    "unknown_disk_type": ({f"{NS}:nodeDiskType": "pd-standard"}, f"{NS}:nodeDiskType", "'hyperdisk-balanced'"),
 }
 
 
@@ -73,6 +86,34 @@ def test_bad_config_is_refused_naming_key_and_allowed_values(name):
 def test_bad_value_is_quoted_in_the_error():
     message = refusal({**VALID, f"{NS}:machineType": "m9-standard-4"})
     assert "'m9-standard-4'" in message
+
+
+def test_prod_refuses_a_control_plane_open_to_the_internet():
+    message = refusal({**PROD_VALID, f"{NS}:controlPlaneEndpoint": "ip"})
+    assert f"{NS}:masterAuthorizedCidrs = []: must list the ranges you deploy from" in message
+    assert f"or set {NS}:controlPlaneEndpoint=dns" in message
+    for closed in ({f"{NS}:controlPlaneEndpoint": "dns"}, {f"{NS}:masterAuthorizedCidrs": '["203.0.113.0/24"]'}):
+        assert settings_from_values({**PROD_VALID, **closed}).environment == "prod"
+
+
+def test_equal_backup_and_log_retention_is_accepted_as_cloud_sql_defaults_are():
+    settings = settings_from_values({**VALID, f"{NS}:dbBackupRetentionCount": "7", f"{NS}:dbLogRetentionDays": "7"})
+    assert (settings.db_backup_retention_count, settings.db_log_retention_days) == (7, 7)
+
+
+@pytest.mark.parametrize("machine_type, disk_type", [("e2-standard-4", "pd-balanced"), ("c3-standard-4", "pd-balanced"),
+                                                     ("c4-standard-4", "hyperdisk-balanced"),
+                                                     ("n4-standard-8", "hyperdisk-balanced")])
+def test_auto_boot_disk_is_one_the_machine_series_takes(machine_type, disk_type):
+    settings = settings_from_values({**VALID, f"{NS}:machineType": machine_type})
+    assert settings.boot_disk_type("platform") == disk_type
+
+
+@pytest.mark.parametrize("subnet", ["10.10.0.0/20", "10.0.0.0/24", "192.168.4.0/22"])
+def test_default_internal_lb_address_is_never_one_gcp_reserves(subnet):
+    settings = settings_from_values({**VALID, f"{NS}:subnetCidr": subnet})
+    assert settings.tracking_lb_address not in cloud_rules.reserved_addresses(subnet)
+    assert cloud_rules.internal_address_problem(subnet, settings.tracking_lb_address) is None
 
 
 @pytest.mark.parametrize("key", ["clusterDeletionProtection", "dbDeletionProtection", "dbBackups", "dbPointInTimeRecovery"])

@@ -1,0 +1,151 @@
+"""The first `pulumi up` on an empty project: what a GCP engineer found that mocks did not.
+
+Each test names the defect it guards (issue 12); each failed on the code before the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+
+from infra.cloud_rules import SUPPORTED_VULNERABILITY_MODES, reserved_addresses
+from infra.cluster import GkeClusterArgs
+from tests.helpers import plain
+
+STACKS = ("dev", "prod")
+
+
+def clusters(run):
+    return run.of_type("gcp:container/cluster:Cluster")
+
+
+# 1. the tracking internal load balancer's address ------------------------------------------------
+def test_internal_lb_address_is_one_gcp_lets_an_address_take(stack_runs):
+    run = stack_runs["prod"]
+    [address] = run.of_type("gcp:compute/address:Address")
+    subnet = run.named("mlflow-net-subnet").inputs["ipCidrRange"]
+    assert ipaddress.IPv4Address(address.inputs["address"]) in ipaddress.IPv4Network(subnet)
+    assert address.inputs["address"] not in reserved_addresses(subnet)
+
+
+def test_internal_lb_service_waits_for_the_reserved_address(stack_runs):
+    run = stack_runs["prod"]
+    address = run.named("mlflow-net-tracking-ilb-ip")
+    service = run.named("mlflow-internal-lb")
+    assert service.inputs["spec"]["loadBalancerIP"] == address.state["address"]
+    assert address.urn in service.dependencies
+
+
+# 3. serving-cluster traffic through the internal load balancer keeps its source address ----------
+def test_internal_lb_keeps_the_client_address_so_the_network_policy_sees_the_pod_range(stack_runs):
+    spec = stack_runs["prod"].named("mlflow-internal-lb").inputs["spec"]
+    assert spec["externalTrafficPolicy"] == "Local"
+
+
+# 5. vulnerability scanning mode ------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_clusters_ask_for_a_vulnerability_mode_gke_still_offers(stack_runs, stack):
+    for cluster in clusters(stack_runs[stack]):
+        assert cluster.inputs["securityPostureConfig"]["vulnerabilityMode"] in SUPPORTED_VULNERABILITY_MODES
+
+
+def test_cluster_args_refuse_the_removed_basic_vulnerability_mode():
+    with pytest.raises(ValueError, match="vulnerability_mode='VULNERABILITY_BASIC': allowed VULNERABILITY_DISABLED"):
+        GkeClusterArgs(project="p", location="us-central1-a", network_id="n", subnet_self_link="s",
+                       pods_range_name="pods", services_range_name="services", master_cidr="172.16.0.0/28",
+                       workload_pool="p.svc.id.goog", repository_location="us-central1", repository_id="r",
+                       labels={}, vulnerability_mode="VULNERABILITY_BASIC")
+
+
+# 6. the migration Job races IAM propagation -----------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_migration_job_waits_for_the_identitys_iam_bindings(stack_runs, stack):
+    run = stack_runs[stack]
+    job = run.named("mlflow-migrate")
+    for grant in ("mlflow-identity-cloudsql-client", "mlflow-identity-wi-binding", "mlflow-identity-bucket-0"):
+        assert run.named(grant).urn in job.dependencies, f"{job.urn} does not wait for {grant}"
+
+
+# 7. the bucket grant names the bucket by its output ----------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_bucket_grant_waits_for_the_bucket(stack_runs, stack):
+    run = stack_runs[stack]
+    bucket = run.named("mlflow-artifacts-bucket")
+    grant = run.named("mlflow-identity-bucket-0")
+    assert grant.inputs["bucket"] == bucket.state["name"]
+    assert bucket.urn in grant.dependencies
+
+
+# 8. the prod control plane is not open to the internet -------------------------------------------
+def test_prod_control_plane_has_no_public_ip_endpoint_and_is_reached_by_its_dns_name(stack_runs):
+    run = stack_runs["prod"]
+    for cluster in clusters(run):
+        assert cluster.inputs["privateClusterConfig"]["enablePrivateEndpoint"] is True
+        assert cluster.inputs["controlPlaneEndpointsConfig"]["dnsEndpointConfig"]["allowExternalTraffic"] is True
+    kubeconfig = json.loads(run.outputs["platform_kubeconfig"])
+    server = kubeconfig["clusters"][0]["cluster"]
+    assert server["server"].endswith(".gke.goog") and "certificate-authority-data" not in server
+
+
+def test_dev_control_plane_keeps_its_ip_endpoint_with_the_cluster_ca(stack_runs):
+    [cluster] = clusters(stack_runs["dev"])
+    assert cluster.inputs["privateClusterConfig"]["enablePrivateEndpoint"] is False
+    server = json.loads(stack_runs["dev"].outputs["platform_kubeconfig"])["clusters"][0]["cluster"]
+    assert "certificate-authority-data" in server
+
+
+# 9. the temporary default node pool -------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_default_node_pool_runs_as_the_node_account_not_compute_default(stack_runs, stack):
+    run = stack_runs[stack]
+    for cluster in clusters(run):
+        role = cluster.name.removesuffix("-cluster")
+        account = run.named(f"{role}-nodes-sa")
+        assert cluster.inputs["nodeConfig"]["serviceAccount"] == account.state["email"]
+        assert run.named(f"{role}-nodes-container.defaultnodeserviceaccount").urn in cluster.dependencies
+
+
+# 10. destroying dev -----------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_private_services_connection_is_abandoned_on_destroy(stack_runs, stack):
+    [connection] = stack_runs[stack].of_type("gcp:servicenetworking/connection:Connection")
+    assert connection.inputs["deletionPolicy"] == "ABANDON"
+
+
+# 12. boot disks GCP accepts for the machine series -----------------------------------------------
+def test_c4_pools_boot_from_hyperdisk(run_stack_with):
+    run = run_stack_with("prod", servingMachineType="c4-standard-4")
+    pool = run.named("mlflow-serving-pool")
+    assert pool.inputs["nodeConfig"]["diskType"] == "hyperdisk-balanced"
+    assert run.named("mlflow-serving-cluster").inputs["nodeConfig"]["diskType"] == "hyperdisk-balanced"
+    assert run.named("mlflow-platform-pool").inputs["nodeConfig"]["diskType"] == "pd-balanced"
+
+
+# the plan shows the order `pulumi up` takes -----------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_committed_plan_records_each_resources_dependencies(stack, stack_runs):
+    from offline.render import resources_document
+
+    document = {entry["name"]: entry for entry in resources_document(stack_runs[stack])}
+    assert "mlflow-artifacts-bucket" in document["mlflow-identity-bucket-0"]["dependsOn"]
+    assert "mlflow-apis (all 11)" in document["mlflow-net-vpc"]["dependsOn"]
+    assert {"mlflow-identity-cloudsql-client", "mlflow-identity-wi-binding"} <= set(document["mlflow-migrate"]["dependsOn"])
+
+
+def test_make_plan_warns_about_an_open_dev_control_plane(capsys):
+    from offline.plan import main
+
+    assert main(["--stack", "dev", "--stack", "prod", "--check"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: stack 'dev': the control plane's public IP endpoint accepts connections from any address" in err
+    assert "stack 'prod'" not in err
+
+
+def test_secrets_stay_masked_in_the_dependency_plan(stack_runs):
+    from offline.render import render
+
+    resources = render(stack_runs["prod"])["resources.yaml"]
+    password = plain(stack_runs["prod"].named("mlflow-admin-password").state["result"])
+    assert password not in resources
