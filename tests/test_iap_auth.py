@@ -1,0 +1,88 @@
+"""The IAP client plugin (clients/mlflow-iap-auth), installed as a user would, used by MLflow's own
+client against a recording server: basic auth stays in `Authorization`, the IAP token goes in
+`Proxy-Authorization`, and the token is fetched once per lifetime."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN = ROOT / "clients" / "mlflow-iap-auth"
+RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
+
+CLIENT = """
+import mlflow_iap_auth
+from mlflow import MlflowClient
+
+fetched = []
+def fake_fetch(audience):
+    fetched.append(audience)
+    return f"id-token-for-{audience}"
+
+mlflow_iap_auth._fetch_id_token = fake_fetch
+client = MlflowClient()
+client.search_experiments()
+client.search_experiments()
+print(len(fetched))
+"""
+
+
+class Recorder(BaseHTTPRequestHandler):
+    seen: list[dict] = []
+
+    def _answer(self):
+        self.seen.append(dict(self.headers))
+        body = json.dumps({"experiments": []}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recording_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    Recorder.seen = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", Recorder.seen
+    server.shutdown()
+
+
+@pytest.mark.slow
+def test_mlflow_client_sends_basic_auth_and_the_iap_token_together(tmp_path, recording_server):
+    url, seen = recording_server
+    target = tmp_path / "site"
+    subprocess.run([str(RUNTIME_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                    str(PLUGIN)], check=True, capture_output=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(target),
+           "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_AUTH": "iap", "MLFLOW_IAP_CLIENT_ID": "1234-abc.apps",
+           "MLFLOW_TRACKING_USERNAME": "ana", "MLFLOW_TRACKING_PASSWORD": "s3cret"}
+    done = subprocess.run([str(RUNTIME_PYTHON), "-c", CLIENT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "1", "the token is fetched once and reused"
+    assert len(seen) == 2
+    for headers in seen:
+        assert headers["Authorization"] == "Basic " + base64.b64encode(b"ana:s3cret").decode()
+        assert headers["Proxy-Authorization"] == "Bearer id-token-for-1234-abc.apps"
+
+
+@pytest.mark.slow
+def test_iap_auth_without_the_client_id_says_what_to_set(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(PLUGIN)}
+    code = "import mlflow_iap_auth; mlflow_iap_auth.IapRequestAuthProvider().get_auth()"
+    done = subprocess.run([str(RUNTIME_PYTHON), "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "MLFLOW_TRACKING_AUTH=iap needs MLFLOW_IAP_CLIENT_ID" in done.stderr
