@@ -140,6 +140,32 @@ def check_gke_private_workload_identity(resource_type: str, props: dict) -> list
     return violations
 
 
+# GKE Standard removed basic workload vulnerability scanning on 2025-07-31: the API refuses it.
+REMOVED_VULNERABILITY_MODES = frozenset({"VULNERABILITY_BASIC"})
+
+
+def check_gke_cluster_first_up(resource_type: str, props: dict) -> list[str]:
+    """What the GKE API refuses or a first `up` regrets, though the provider schema accepts it."""
+    if resource_type != CLUSTER_TYPE:
+        return []
+    violations = []
+    mode = get(props, "securityPostureConfig.vulnerabilityMode")
+    if mode in REMOVED_VULNERABILITY_MODES:
+        violations.append(f"securityPostureConfig.vulnerabilityMode {mode!r} is no longer offered by GKE; "
+                          "use VULNERABILITY_DISABLED or VULNERABILITY_ENTERPRISE")
+    if not get(props, "nodeConfig.serviceAccount"):
+        violations.append("nodeConfig.serviceAccount must be set: otherwise the default node pool GKE creates "
+                          "first runs as the Compute Engine default service account")
+    if get(props, "resourceLabels.env") == "prod":
+        private_endpoint = get(props, "privateClusterConfig.enablePrivateEndpoint") is True
+        authorized = get(props, "masterAuthorizedNetworksConfig.cidrBlocks") or []
+        if not private_endpoint and not authorized:
+            violations.append("prod control plane must not be open to the internet: set "
+                              "privateClusterConfig.enablePrivateEndpoint (DNS endpoint) or "
+                              "masterAuthorizedNetworksConfig.cidrBlocks")
+    return violations
+
+
 def check_node_pool_gke_metadata(resource_type: str, props: dict) -> list[str]:
     if resource_type != NODE_POOL_TYPE:
         return []
@@ -214,6 +240,10 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("gke-private-nodes-and-workload-identity",
      "GKE clusters have private nodes and Workload Identity enabled.",
      check_gke_private_workload_identity),
+    ("gke-cluster-first-up",
+     "GKE clusters ask only for what GKE still offers, run the default pool as the node account, and in "
+     "prod keep the control plane off the internet.",
+     check_gke_cluster_first_up),
     ("gke-node-pool-metadata-server",
      "GKE node pools run the GKE metadata server (workloadMetadataConfig.mode GKE_METADATA).",
      check_node_pool_gke_metadata),
