@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,9 +65,10 @@ def recording_server():
 @pytest.mark.slow
 def test_mlflow_client_sends_basic_auth_and_the_iap_token_together(tmp_path, recording_server):
     url, seen = recording_server
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "plugin"
+    shutil.copytree(PLUGIN, source)  # setuptools builds in the source tree
     subprocess.run([str(RUNTIME_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                    str(PLUGIN)], check=True, capture_output=True)
+                    str(source)], check=True, capture_output=True)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(target),
            "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_AUTH": "iap", "MLFLOW_IAP_CLIENT_ID": "1234-abc.apps",
            "MLFLOW_TRACKING_USERNAME": "ana", "MLFLOW_TRACKING_PASSWORD": "s3cret"}
