@@ -128,9 +128,10 @@ def retention_problem(retained_backups: int, log_retention_days: int) -> Optiona
 
 
 # --- GKE -----------------------------------------------------------------------------------------
-# https://cloud.google.com/kubernetes-engine/docs/deprecations/posture-management-deprecation:
-# VULNERABILITY_BASIC (Standard tier workload vulnerability scanning) was removed on 2025-07-31.
-SUPPORTED_VULNERABILITY_MODES = ("VULNERABILITY_DISABLED", "VULNERABILITY_ENTERPRISE")
+# https://cloud.google.com/kubernetes-engine/docs/deprecations/vulnerability-scanning-gkee: the
+# standard tier (VULNERABILITY_BASIC) was removed on 2025-07-31, Advanced Vulnerability Insights
+# (VULNERABILITY_ENTERPRISE) on 2026-06-16; a removed tier cannot be enabled.
+SUPPORTED_VULNERABILITY_MODES = ("VULNERABILITY_DISABLED",)
 # Managed Service for Prometheus runs its collectors here: Standard clusters, then Autopilot
 # (https://cloud.google.com/stackdriver/docs/managed-prometheus/setup-managed).
 MANAGED_COLLECTOR_NAMESPACES = ("gmp-system", "gke-gmp-system")

@@ -141,7 +141,10 @@ class GkeCluster(pulumi.ComponentResource):
                 dns_endpoint_config=gcp.container.ClusterControlPlaneEndpointsConfigDnsEndpointConfigArgs(
                     allow_external_traffic=True),
             ) if args.dns_endpoint else None,
-            master_authorized_networks_config=authorized,
+            master_authorized_networks_config=authorized or (
+                # DNS mode: the private IP endpoint admits only the cluster's own nodes and pods.
+                gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(cidr_blocks=[])
+                if args.dns_endpoint else None),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=args.workload_pool),
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
             enable_shielded_nodes=True,
@@ -163,14 +166,16 @@ class GkeCluster(pulumi.ComponentResource):
             # it is removed its node runs as the node account, not the Compute Engine default one.
             remove_default_node_pool=True,
             initial_node_count=1,
+            # Only the account: that pool is GKE's default e2-medium, whatever the pool below runs.
             node_config=gcp.container.ClusterNodeConfigArgs(
                 service_account=node_sa.email,
                 oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
-                disk_type=args.disk_type,
             ),
             resource_labels=args.labels,
             deletion_protection=args.deletion_protection,
-            opts=child_options(self, opts, depends_on=node_roles),
+            # Once the default pool is gone GKE reports no nodeConfig; without this every later `up`
+            # would see a difference in a replace-on-change field and replace the cluster.
+            opts=child_options(self, opts, depends_on=node_roles, ignore_changes=["nodeConfig"]),
         )
         pool = gcp.container.NodePool(
             f"{name}-pool",

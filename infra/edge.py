@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -47,11 +48,12 @@ class EdgePolicy(pulumi.ComponentResource):
         self.ssl_policy_name = ssl_policy.name
         self.security_policy_name = (self._rate_limit(name, args, child)
                                      if args.requests_per_minute is not None else None)
-        for index, member in enumerate(args.iap_members):
+        for member in args.iap_members:
             # Project level: the backend service IAP protects is created by GKE's Ingress
-            # controller, under a name Pulumi does not know.
-            gcp.iap.WebIamMember(f"{name}-iap-{index}", project=args.project, role=IAP_ACCESSOR_ROLE,
-                                 member=member, opts=child)
+            # controller, under a name Pulumi does not know. Named by member, so editing the list
+            # never recreates (and briefly revokes) another member's grant.
+            gcp.iap.WebIamMember(f"{name}-iap-{hashlib.sha256(member.encode()).hexdigest()[:8]}",
+                                 project=args.project, role=IAP_ACCESSOR_ROLE, member=member, opts=child)
         self.register_outputs({"ssl_policy_name": self.ssl_policy_name,
                                "security_policy_name": self.security_policy_name})
 

@@ -105,8 +105,9 @@ class Network(pulumi.ComponentResource):
             network=network.id,
             service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[reserved.name],
-            # Deleting the peering fails while Cloud SQL's producer network lingers after the
-            # instance is gone; abandoning it lets `pulumi destroy` finish (the VPC's deletion removes it).
+            # Deleting the peering fails while Cloud SQL's producer network lingers after the instance
+            # is gone, which stops `pulumi destroy`; abandoned, it is left to the VPC's deletion (see
+            # the README's troubleshooting if GCP still refuses that).
             deletion_policy="ABANDON",
             opts=child,
         )

@@ -428,6 +428,9 @@ class TrackingServer(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[migration])),
         )
 
+        # Pulumi waits up to 10 minutes for a Service to reach a ready pod; created before the
+        # Deployment it would time out behind Cloud SQL's creation and the migration Job.
+        after_pods = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment]))
         # The Service names its BackendConfig: that exists first, so the NEG is health-checked on /health.
         backend = self._backend_config(name, args, ns_name, labels, k8s_opts) if args.ingress_host else None
         service = k8s.core.v1.Service(
@@ -437,7 +440,7 @@ class TrackingServer(pulumi.ComponentResource):
                                       if backend is not None else {})},
             spec={"type": "ClusterIP", "selector": selector,
                   "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]},
-            opts=k8s_opts,
+            opts=after_pods,
         )
         if args.internal_lb_ip is not None:
             k8s.core.v1.Service(
@@ -445,7 +448,7 @@ class TrackingServer(pulumi.ComponentResource):
                 metadata={"name": f"{SERVICE_NAME}-internal", "namespace": ns_name, "labels": labels,
                           "annotations": {"networking.gke.io/load-balancer-type": "Internal"}},
                 spec=internal_lb_service_spec(selector, args.internal_lb_ip),
-                opts=k8s_opts,
+                opts=after_pods,
             )
         if args.ingress_host:
             self._ingress(name, args, ns_name, labels, service.metadata["name"], k8s_opts)

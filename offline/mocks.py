@@ -42,6 +42,7 @@ class ResourceRecord:
     provider: str = ""
     dependencies: list[str] = field(default_factory=list)
     state: dict = field(default_factory=dict)
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 class PlatformMocks(pulumi.runtime.Mocks):
@@ -117,6 +118,7 @@ class RecordingMonitor(MockMonitor):
                 provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
                 dependencies=sorted(set(request.dependencies)),
                 state=registration.state,
+                ignore_changes=list(request.ignoreChanges),
             ))
         return response
 

@@ -84,6 +84,7 @@ def resources_document(run: StackRun) -> list[dict]:
             "parent": _short(record.parent) or f"mlflow-platform-{run.stack}",
             **({"provider": _short(record.provider)} if record.provider else {}),
             **({"dependsOn": dependency_names(run, record)} if record.dependencies else {}),
+            **({"ignoreChanges": record.ignore_changes} if record.ignore_changes else {}),
             "inputs": masked(record.inputs),
         }
         for record in sorted(run.resources, key=lambda r: r.urn)

@@ -140,8 +140,8 @@ def check_gke_private_workload_identity(resource_type: str, props: dict) -> list
     return violations
 
 
-# GKE Standard removed basic workload vulnerability scanning on 2025-07-31: the API refuses it.
-REMOVED_VULNERABILITY_MODES = frozenset({"VULNERABILITY_BASIC"})
+# GKE removed workload vulnerability scanning (basic 2025-07-31, enterprise 2026-06-16): the API refuses both.
+REMOVED_VULNERABILITY_MODES = frozenset({"VULNERABILITY_BASIC", "VULNERABILITY_ENTERPRISE"})
 
 
 def check_gke_cluster_first_up(resource_type: str, props: dict) -> list[str]:
@@ -152,7 +152,7 @@ def check_gke_cluster_first_up(resource_type: str, props: dict) -> list[str]:
     mode = get(props, "securityPostureConfig.vulnerabilityMode")
     if mode in REMOVED_VULNERABILITY_MODES:
         violations.append(f"securityPostureConfig.vulnerabilityMode {mode!r} is no longer offered by GKE; "
-                          "use VULNERABILITY_DISABLED or VULNERABILITY_ENTERPRISE")
+                          "use VULNERABILITY_DISABLED")
     if not get(props, "nodeConfig.serviceAccount"):
         violations.append("nodeConfig.serviceAccount must be set: otherwise the default node pool GKE creates "
                           "first runs as the Compute Engine default service account")

@@ -84,6 +84,8 @@ def test_prod_control_plane_has_no_public_ip_endpoint_and_is_reached_by_its_dns_
     for cluster in clusters(run):
         assert cluster.inputs["privateClusterConfig"]["enablePrivateEndpoint"] is True
         assert cluster.inputs["controlPlaneEndpointsConfig"]["dnsEndpointConfig"]["allowExternalTraffic"] is True
+        # the private IP endpoint admits the cluster's own nodes and pods, not the whole VPC
+        assert cluster.inputs["masterAuthorizedNetworksConfig"] == {"cidrBlocks": []}
     kubeconfig = json.loads(run.outputs["platform_kubeconfig"])
     server = kubeconfig["clusters"][0]["cluster"]
     assert server["server"].endswith(".gke.goog") and "certificate-authority-data" not in server
@@ -105,6 +107,8 @@ def test_default_node_pool_runs_as_the_node_account_not_compute_default(stack_ru
         account = run.named(f"{role}-nodes-sa")
         assert cluster.inputs["nodeConfig"]["serviceAccount"] == account.state["email"]
         assert run.named(f"{role}-nodes-container.defaultnodeserviceaccount").urn in cluster.dependencies
+        # GKE reports no nodeConfig once the default pool is gone: a later `up` must not replace the cluster
+        assert cluster.ignore_changes == ["nodeConfig"]
 
 
 # 10. destroying dev -----------------------------------------------------------------------------
@@ -119,8 +123,30 @@ def test_c4_pools_boot_from_hyperdisk(run_stack_with):
     run = run_stack_with("prod", servingMachineType="c4-standard-4")
     pool = run.named("mlflow-serving-pool")
     assert pool.inputs["nodeConfig"]["diskType"] == "hyperdisk-balanced"
-    assert run.named("mlflow-serving-cluster").inputs["nodeConfig"]["diskType"] == "hyperdisk-balanced"
     assert run.named("mlflow-platform-pool").inputs["nodeConfig"]["diskType"] == "pd-balanced"
+    # the temporary default pool is GKE's e2-medium, which cannot boot from Hyperdisk: it keeps GKE's default
+    assert "diskType" not in run.named("mlflow-serving-cluster").inputs["nodeConfig"]
+
+
+# Services wait for their pods -----------------------------------------------------------------
+@pytest.mark.parametrize("stack", STACKS)
+def test_tracking_services_are_created_once_their_pods_are_ready(stack_runs, stack):
+    run = stack_runs[stack]
+    deployment = run.named("mlflow-deployment")
+    for service in ("mlflow-service", "mlflow-internal-lb"):
+        if any(r.name == service for r in run.resources):
+            # Pulumi gives a Service 10 minutes to reach a ready pod: not enough behind Cloud SQL's creation
+            assert deployment.urn in run.named(service).dependencies
+
+
+def test_iap_grants_are_named_by_member_so_editing_the_list_keeps_the_others(run_stack_with):
+    members = ["group:a@example.com", "user:b@example.com"]
+    names = {}
+    for listed in (members, members[1:]):
+        run = run_stack_with("prod", iap="true", iapOauthClientId="id", iapOauthClientSecret="s",
+                             iapMembers=json.dumps(listed))
+        names[len(listed)] = {g.inputs["member"]: g.name for g in run.of_type("gcp:iap/webIamMember:WebIamMember")}
+    assert names[1]["user:b@example.com"] == names[2]["user:b@example.com"]
 
 
 # the plan shows the order `pulumi up` takes -----------------------------------------------------

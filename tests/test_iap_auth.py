@@ -81,6 +81,36 @@ def test_mlflow_client_sends_basic_auth_and_the_iap_token_together(tmp_path, rec
         assert headers["Proxy-Authorization"] == "Bearer id-token-for-1234-abc.apps"
 
 
+IMPERSONATION = """
+import google.auth
+from google.auth import impersonated_credentials
+import mlflow_iap_auth
+
+google.auth.default = lambda scopes: ("user-credentials", "project")
+class Target:
+    def __init__(self, source_credentials, target_principal, target_scopes):
+        self.principal = target_principal
+impersonated_credentials.Credentials = Target
+class IdToken:
+    def __init__(self, target, target_audience, include_email):
+        self.token = f"{target.principal}|{target_audience}|{include_email}"
+    def refresh(self, request):
+        pass
+impersonated_credentials.IDTokenCredentials = IdToken
+print(mlflow_iap_auth._fetch_id_token("1234-abc.apps"))
+"""
+
+
+@pytest.mark.slow
+def test_a_person_gets_the_token_by_impersonating_the_named_service_account(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(PLUGIN),
+           "MLFLOW_IAP_SERVICE_ACCOUNT": "mlflow-users@p.iam.gserviceaccount.com"}
+    done = subprocess.run([str(RUNTIME_PYTHON), "-c", IMPERSONATION], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "mlflow-users@p.iam.gserviceaccount.com|1234-abc.apps|True"
+
+
 @pytest.mark.slow
 def test_iap_auth_without_the_client_id_says_what_to_set(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(PLUGIN)}

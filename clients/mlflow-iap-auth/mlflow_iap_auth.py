@@ -7,8 +7,11 @@ basic auth), so both credentials travel together:
     export MLFLOW_TRACKING_AUTH=iap MLFLOW_IAP_CLIENT_ID=<OAuth client id of the IAP backend>
     export MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...
 
-The ID token comes from Application Default Credentials (a service account, or
-`gcloud auth application-default login` with a user that holds roles/iap.httpsResourceAccessor).
+The ID token is for a service account listed in `iapMembers`: the one of Application Default
+Credentials where that is a service account (CI, workloads), or, for a person logged in with
+`gcloud auth application-default login`, the one named by MLFLOW_IAP_SERVICE_ACCOUNT, which the
+person impersonates (roles/iam.serviceAccountTokenCreator on it). Google issues ID tokens for
+other audiences only to service accounts.
 """
 
 from __future__ import annotations
@@ -22,15 +25,28 @@ from mlflow.tracking.request_auth.abstract_request_auth_provider import RequestA
 from requests.auth import AuthBase
 
 CLIENT_ID_ENV = "MLFLOW_IAP_CLIENT_ID"
+SERVICE_ACCOUNT_ENV = "MLFLOW_IAP_SERVICE_ACCOUNT"
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # Google ID tokens live an hour; refresh well before that.
 TOKEN_LIFETIME_SECONDS = 50 * 60
 
 
 def _fetch_id_token(audience: str) -> str:
+    import google.auth
     import google.auth.transport.requests
     import google.oauth2.id_token
+    from google.auth import impersonated_credentials
 
-    return google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
+    request = google.auth.transport.requests.Request()
+    service_account = os.environ.get(SERVICE_ACCOUNT_ENV)
+    if not service_account:
+        return google.oauth2.id_token.fetch_id_token(request, audience)
+    source, _ = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
+    target = impersonated_credentials.Credentials(source_credentials=source, target_principal=service_account,
+                                                  target_scopes=[CLOUD_PLATFORM_SCOPE])
+    credentials = impersonated_credentials.IDTokenCredentials(target, target_audience=audience, include_email=True)
+    credentials.refresh(request)
+    return credentials.token
 
 
 class IapProxyAuth(AuthBase):
