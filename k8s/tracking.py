@@ -84,7 +84,7 @@ def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_ur
 
 def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Optional[str],
                   internal_ip: Optional[str]) -> list[str]:
-    return [
+    args = [
         "server",
         "--host", "0.0.0.0",
         "--port", str(TRACKING_PORT),
@@ -96,6 +96,11 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
         "--expose-prometheus", PROMETHEUS_DIR,
         "--uvicorn-opts", f"--log-config {LOGGING_PATH}",
     ]
+    if ingress_host:
+        # MLflow's CORS guard answers 403 to a state-changing /api or /ajax-api call whose Origin is
+        # neither localhost (always allowed: port-forwards) nor listed: the UI behind the Ingress.
+        args += ["--cors-allowed-origins", f"https://{ingress_host}"]
+    return args
 
 
 def tracking_env(secret_name: Any, job_execution: bool) -> list[dict]:

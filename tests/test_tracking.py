@@ -35,6 +35,14 @@ def test_server_args_serve_artifacts_from_the_bucket_with_basic_auth():
     assert args[args.index("--workers") + 1] == "3"
 
 
+def test_the_ingress_origin_may_change_state_and_no_other():
+    args = tracking_args(bucket="b", namespace="mlflow", workers=1, ingress_host="mlflow.example.com", internal_ip=None)
+    assert args[args.index("--cors-allowed-origins") + 1] == "https://mlflow.example.com"
+    # without an ingress only localhost origins (port-forwards) may: MLflow's default
+    assert "--cors-allowed-origins" not in tracking_args(bucket="b", namespace="mlflow", workers=1,
+                                                         ingress_host=None, internal_ip=None)
+
+
 def test_job_runner_is_off_unless_configured():
     assert env_of({"env": tracking_env("s", False)})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     assert env_of({"env": tracking_env("s", True)})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "true"
@@ -179,6 +187,8 @@ def test_prod_ingress_uses_a_managed_certificate_and_health_checks_health(stack_
     assert annotations["kubernetes.io/ingress.allow-http"] == "false"
     service = run.named("mlflow-service").inputs["metadata"]["annotations"]
     assert "cloud.google.com/backend-config" in service
+    args = container(tracking_deployment(run), "mlflow")["args"]
+    assert args[args.index("--cors-allowed-origins") + 1] == "https://mlflow.example.com"  # the UI's origin
 
 
 def test_network_policy_admits_namespace_serving_and_load_balancers_only(stack_runs):
