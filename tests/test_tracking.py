@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infra.config import settings_from_values
@@ -11,6 +13,8 @@ from k8s.tracking import (
 )
 from offline.mocks import is_secret
 from tests.helpers import container, containers, env_of, pod_spec, plain
+
+DOCKERFILE = Path(__file__).resolve().parent.parent / "mlflow_image" / "Dockerfile"
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -91,8 +95,20 @@ def test_migration_job_runs_both_upgrades_behind_the_proxy(stack_runs):
     auth = container(job, "upgrade-auth-db")
     assert auth["command"] + auth["args"] == ["python", "-m", "mlflow.server.auth", "db", "upgrade", "--url",
                                               "$(MLFLOW_AUTH_DATABASE_URI)"]
-    assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy", "upgrade-tracking-db"]
+    assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy", "wait-for-database",
+                                                          "upgrade-tracking-db"]
     assert [c["name"] for c in spec["containers"]] == ["upgrade-auth-db"]
+
+
+def test_migration_job_first_waits_minutes_for_the_database_as_iam_propagates(stack_runs):
+    job = stack_runs["dev"].named("mlflow-migrate")
+    wait = container(job, "wait-for-database")
+    assert wait["command"] + wait["args"] == ["python", "-m", "mlflow_dbwait", "--url-env",
+                                              "MLFLOW_BACKEND_STORE_URI", "--timeout", "420"]
+    assert env_of(wait)["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["key"] == "backend-store-uri"
+    assert 420 < job.inputs["spec"]["activeDeadlineSeconds"]  # the wait fits, with the migrations after it
+    tracking_stage = DOCKERFILE.read_text().split("AS tracking", 1)[1].split("FROM ", 1)[0]
+    assert "COPY mlflow_dbwait /opt/mlflow-extras/mlflow_dbwait" in tracking_stage  # the module is in the image
 
 
 def test_migration_job_precedes_the_deployment(stack_runs):
