@@ -71,12 +71,19 @@ def test_the_reason_says_no_version_is_behind_the_alias_yet():
                              "(INVALID_PARAMETER_VALUE: Registered model alias champion not found.)")
 
 
-def test_other_registry_errors_are_retried_with_their_own_reason():
-    loader, calls = loader_failing(FORBIDDEN, OSError("Connection refused"))
+def test_a_403_names_both_causes_mlflow_gives_it_for():
+    loader, calls = loader_failing(FORBIDDEN)
     loader.run()
-    forbidden, refused = calls["statuses"]
-    assert forbidden.reason.startswith("PERMISSION_DENIED: API request to endpoint") and "403" in forbidden.reason
-    assert refused.reason == "OSError: Connection refused"
+    assert calls["statuses"][0].reason == (
+        "models:/iris@champion: the model is not registered yet or the serving user lacks READ on it "
+        "(PERMISSION_DENIED: API request to endpoint /api/2.0/mlflow/registered-models/alias failed with error "
+        "code 403 != 200. Response body: 'Permission denied')")
+
+
+def test_other_errors_are_retried_with_their_own_reason():
+    loader, calls = loader_failing(OSError("Connection refused"), RegistryError("INTERNAL_ERROR", "boom"))
+    loader.run()
+    assert [status.reason for status in calls["statuses"]] == ["OSError: Connection refused", "INTERNAL_ERROR: boom"]
     assert loader.status.state == "ready"
 
 
@@ -98,7 +105,8 @@ def test_each_failed_attempt_is_logged_with_its_reason_and_delay(caplog):
     lines = [record.getMessage() for record in caplog.records]
     assert lines[0].startswith("models:/iris@champion not loaded (attempt 1): no version behind")
     assert lines[0].endswith("retrying in 1s")
-    assert lines[1].startswith("models:/iris@champion not loaded (attempt 2): PERMISSION_DENIED")
+    assert lines[1].startswith("models:/iris@champion not loaded (attempt 2): models:/iris@champion: the model is "
+                               "not registered yet or the serving user lacks READ on it (PERMISSION_DENIED")
     assert lines[2] == "models:/iris@champion loaded from /models/1 after 2 failed attempts: serving"
     assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING", "INFO"]
 

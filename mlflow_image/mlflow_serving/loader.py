@@ -19,6 +19,7 @@ MAX_REASON_CHARS = 300
 # Registry answers meaning "nothing behind the alias yet": the model or the alias does not exist.
 _MISSING_MODEL = "RESOURCE_DOES_NOT_EXIST"
 _MISSING_ALIAS = "INVALID_PARAMETER_VALUE"
+_FORBIDDEN = "PERMISSION_DENIED"
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,15 @@ def describe(err: BaseException) -> str:
     return text[:MAX_REASON_CHARS]
 
 
-def nothing_behind_alias(err: BaseException) -> bool:
-    code = getattr(err, "error_code", None)
-    return code == _MISSING_MODEL or (code == _MISSING_ALIAS and "alias" in str(err))
+def explain(err: BaseException, model_uri: str) -> str:
+    """Why `model_uri` could not be fetched, in the operator's terms, with MLflow's own reason."""
+    code, reason = getattr(err, "error_code", None), describe(err)
+    if code == _MISSING_MODEL or (code == _MISSING_ALIAS and "alias" in str(err)):
+        return f"no version behind {model_uri} yet ({reason})"
+    if code == _FORBIDDEN:
+        # MLflow 3's basic auth answers 403, not 404, to a non-admin asking for an unregistered model.
+        return f"{model_uri}: the model is not registered yet or the serving user lacks READ on it ({reason})"
+    return reason
 
 
 class ModelLoader:
@@ -96,9 +103,7 @@ class ModelLoader:
             except Exception as err:
                 failures += 1
                 delay = self.backoff.delay(failures)
-                reason = describe(err)
-                if nothing_behind_alias(err):
-                    reason = f"no version behind {self.model_uri} yet ({reason})"
+                reason = explain(err, self.model_uri)
                 self.status = Status("waiting", self.model_uri, failures, reason, delay)
                 logger.warning("%s not loaded (attempt %d): %s; retrying in %gs",
                                self.model_uri, failures, reason, delay)
