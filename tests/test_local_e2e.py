@@ -323,7 +323,9 @@ def migrate_while_the_database_refuses(local: LocalPlatform) -> str:
         while "attempt 1 failed" not in (log.read_text() if log.exists() else ""):
             if job.done() or time.monotonic() > deadline:
                 local.postgres.start()
-                raise AssertionError(f"the migration Job logged no failed attempt; it ended with {job.exception()}")
+                outcome = job.exception() if job.done() else "nothing yet"
+                raise AssertionError(f"the migration Job logged no failed wait-for-database attempt; it ended with "
+                                     f"{outcome}")
             time.sleep(0.2)
         local.postgres.start()
         job.result(timeout=300)
@@ -336,9 +338,10 @@ def rehearse_first_up(local: LocalPlatform) -> FirstUp:
     any model exists. Then the first version is registered and the alias set, as a first promotion.
 
     Against the old serving process (download the model, then listen) this fails: the process
-    exits with RESOURCE_DOES_NOT_EXIST before /live answers (a crash loop in the cluster), and
-    `start_serving(ready=False)` raises with that log. Without the wait-for-database step, the
-    migration Job's first container fails on the refused connection.
+    exits on the registry's answer (403 for a model not registered yet) before /live answers (a
+    crash loop in the cluster), and `start_serving(ready=False)` raises with that log. Without the
+    wait-for-database container `migrate_while_the_database_refuses` fails: no attempt is logged
+    (`mlflow db upgrade` then rides out a short outage on MLflow's internal ~100 s retry).
     """
     local.start_storage()
     migration_log = migrate_while_the_database_refuses(local)

@@ -1,9 +1,10 @@
 """Waits until the database accepts a connection: the migration Job's first step.
 
 On a new project the Cloud SQL Auth Proxy refuses connections until the IAM bindings it needs
-(roles/cloudsql.client, Workload Identity) have propagated, which takes minutes; the Job's few
-pod retries, seconds apart, can all fail meanwhile. This retries with a bounded backoff, logs
-each attempt, and exits 0 once connected, or 1 with the last error when the budget is spent.
+(roles/cloudsql.client, Workload Identity) have propagated, which takes minutes. `mlflow db
+upgrade` retries its connection for only ~100 s (an MLflow internal, MAX_RETRY_COUNT), so the
+Job's few pods may all fail meanwhile. This waits for a budget the manifest states, logs each
+attempt, and exits 0 once connected, or 1 with the last error when the budget is spent.
 """
 
 from __future__ import annotations
