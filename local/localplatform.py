@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import string
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -459,8 +460,9 @@ class LocalPlatform:
     def _start_server(self, workload: dict, spec: dict, command: LocalCommand, name: str, port: int,
                       sidecar_of: Optional[str] = None, ready: bool = True) -> None:
         """Start and wait as the kubelet does: the startup probe within its budget, then (if
-        `ready`) the readiness probe. The process is registered (so `stop` finds it) before it is
-        started. A sidecar joins the already prepared pod of `sidecar_of`."""
+        `ready`) the readiness probe, both within MAX_STARTUP_SECONDS. The process is registered
+        (so `stop` finds it) before it is started. A sidecar joins the already prepared pod of
+        `sidecar_of`."""
         if sidecar_of is None:
             self._prepare(workload, command, name)
         else:
@@ -470,6 +472,7 @@ class LocalPlatform:
                                  log_path=self.logs_dir / f"{name}.log", redact=self.redact)
         setattr(self, name, process)
         process.start()
+        started = time.monotonic()
         startup = spec.get("startupProbe") or {}
         budget = min(MAX_STARTUP_SECONDS,
                      float(startup.get("failureThreshold", 30) * startup.get("periodSeconds", 5)))
@@ -477,7 +480,7 @@ class LocalPlatform:
         process.wait_until(lambda: http_ok(live_url), budget, f"startup probe {live_url} answering 200")
         if ready:
             ready_url = probe_url(port, spec.get("readinessProbe") or {})
-            process.wait_until(lambda: http_ok(ready_url), MAX_STARTUP_SECONDS,
+            process.wait_until(lambda: http_ok(ready_url), MAX_STARTUP_SECONDS - (time.monotonic() - started),
                                f"readiness probe {ready_url} answering 200")
 
     def exporter_command(self) -> LocalCommand:

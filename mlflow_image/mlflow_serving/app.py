@@ -1,7 +1,8 @@
 """The uvicorn app factory: MLflow's scoring app for the model, behind a gate that answers until
 the model is loaded, with metrics.
 
-MLflow is imported only by the loader thread, so /live answers while it imports and downloads.
+MLflow's scoring server, the download and the model's flavor are imported by the loader thread,
+so /live answers meanwhile.
 """
 
 from __future__ import annotations

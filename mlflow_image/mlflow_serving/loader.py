@@ -88,11 +88,9 @@ class ModelLoader:
         self.app: Any = None
         self.status = Status("loading", model_uri, reason="downloading and loading the model")
 
-    def start(self) -> threading.Thread:
+    def start(self) -> None:
         # A daemon: a pod told to stop while it waits must not hang on this thread.
-        thread = threading.Thread(target=self.run, name="model-loader", daemon=True)
-        thread.start()
-        return thread
+        threading.Thread(target=self.run, name="model-loader", daemon=True).start()
 
     def run(self) -> None:
         failures = 0
