@@ -1,9 +1,11 @@
 """Testing layer 5: the rendered manifests (plan/dev/k8s/) run for real on this machine.
 
 Unit tests (no processes) pin down the complete list of what `make local` changes in a rendered
-container. The end-to-end tests run one LocalPlatform for the module (Postgres, GCS emulator,
-migrations, tracking with basic auth, serving user, demo model, serving) and check auth, logging,
-artifact storage, the registry, serving, permissions, migrations and restarts.
+container. The end-to-end tests run one LocalPlatform for the module, of the dev stack rendered
+with an ingress host, brought up as a first `pulumi up` would (Postgres, GCS emulator, migrations
+while the database still refuses, tracking with basic auth, serving user, serving before any
+model, then the demo model): they check that rehearsal, auth, CORS, logging, artifact storage, the
+registry, serving, permissions, migrations and restarts.
 Missing Postgres binaries or runtime virtualenv FAIL the tests (CI installs both).
 """
 
