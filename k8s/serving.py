@@ -127,6 +127,14 @@ def setup_container(*, image: Any, tracking_url: Any, admin_secret: Any, admin_k
     }
 
 
+def pdb_spec(selector: dict) -> dict:
+    return {"maxUnavailable": 1, "selector": {"matchLabels": selector},
+            # Pods waiting for their model are running but unready; evicting them disrupts nothing.
+            # The default (IfHealthyBudget) would let a platform still waiting for its first model
+            # block every node drain and upgrade.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow"}
+
+
 def hpa_spec(deployment_name: str, min_replicas: int, max_replicas: int, target_cpu_percent: int) -> dict:
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
@@ -321,7 +329,7 @@ class ModelServing(pulumi.ComponentResource):
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+                spec=pdb_spec(selector),
                 opts=k8s_opts,
             )
         k8s.apiextensions.CustomResource(

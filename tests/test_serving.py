@@ -112,6 +112,11 @@ def test_hpa_bounds_follow_config(run_stack_with):
     assert hpa.inputs["apiVersion"] == "autoscaling/v2"
 
 
+def test_pods_waiting_for_a_model_never_block_a_node_drain(stack_runs):
+    pdb = stack_runs["prod"].named("mlflow-serving-pdb").inputs["spec"]
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
 def test_deployment_leaves_replicas_to_the_hpa(stack_runs):
     assert "replicas" not in serving_deployment(stack_runs["prod"]).inputs["spec"]
 
