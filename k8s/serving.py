@@ -31,6 +31,9 @@ SECRET_USERNAME = "username"
 SECRET_PASSWORD = "password"
 ALIAS_ANNOTATION = "mlflow.org/model-uri"
 ROLLOUT_ANNOTATION = "mlflow.org/rollout-token"
+LIVE_PATH = "/live"  # mlflow_serving: 200 while the process runs
+READY_PATH = "/ping"  # MLflow's: 200 once the model is loaded, 503 with the reason before
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -57,6 +60,13 @@ def rollout_annotations(model_name: str, alias: str, rollout_token: str) -> dict
     return {ALIAS_ANNOTATION: model_uri(model_name, alias), ROLLOUT_ANNOTATION: rollout_token or "initial"}
 
 
+def deployment_annotations() -> dict[str, str]:
+    """`pulumi up` creates and updates the Deployment without waiting for ready pods: on a fresh
+    platform no version is behind the alias yet, so the pods wait (unready) and Pulumi's await
+    would fail the whole update after ~10 minutes. `make promote` waits for the rollout itself."""
+    return {**checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON), SKIP_AWAIT_ANNOTATION: "true"}
+
+
 def serving_env(tracking_url: Any, secret_name: Any) -> list[dict]:
     return [
         {"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
@@ -74,10 +84,11 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
         "args": serving_args(model_name, alias, workers),
         "env": env,
         "ports": [{"name": "http", "containerPort": SERVING_PORT}],
-        # Downloading the model from the registry may take minutes.
-        "startupProbe": http_probe("/ping", "http", period=5, failures=120),
-        "readinessProbe": http_probe("/ping", "http", period=5, failures=3),
-        "livenessProbe": http_probe("/ping", "http", period=20, failures=3),
+        # The server answers /live at once and loads the model in the background; /ping is 503
+        # until then (no version behind the alias yet, a download, 403): unready, never killed.
+        "startupProbe": http_probe(LIVE_PATH, "http", period=5, failures=24),
+        "readinessProbe": http_probe(READY_PATH, "http", period=5, failures=3),
+        "livenessProbe": http_probe(LIVE_PATH, "http", period=20, failures=3),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), logging_mount()],
@@ -114,6 +125,14 @@ def setup_container(*, image: Any, tracking_url: Any, admin_secret: Any, admin_k
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), {"name": "scripts", "mountPath": SCRIPT_DIR, "readOnly": True}],
     }
+
+
+def pdb_spec(selector: dict) -> dict:
+    return {"maxUnavailable": 1, "selector": {"matchLabels": selector},
+            # Pods waiting for their model are running but unready; evicting them disrupts nothing.
+            # The default (IfHealthyBudget) would let a platform still waiting for its first model
+            # block every node drain and upgrade.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow"}
 
 
 def hpa_spec(deployment_name: str, min_replicas: int, max_replicas: int, target_cpu_percent: int) -> dict:
@@ -274,7 +293,7 @@ class ModelServing(pulumi.ComponentResource):
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
-                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
+                      "annotations": deployment_annotations()},
             spec={
                 # No `replicas`: the HPA owns the count; Pulumi would fight it on every update.
                 "revisionHistoryLimit": 5,
@@ -310,7 +329,7 @@ class ModelServing(pulumi.ComponentResource):
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb",
                 metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+                spec=pdb_spec(selector),
                 opts=k8s_opts,
             )
         k8s.apiextensions.CustomResource(

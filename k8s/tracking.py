@@ -37,6 +37,9 @@ SECRET_AUTH_URI = "auth-database-uri"
 SECRET_FLASK_KEY = "flask-secret-key"
 SECRET_ADMIN_PASSWORD = "admin-password"
 METRICS_PORT = 9102
+# How long the migration Job waits for its first database connection: IAM changes usually apply
+# within 2 minutes, sometimes 7 or more. The Job's activeDeadlineSeconds still bounds the whole Job.
+DB_WAIT_SECONDS = 420
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -85,7 +88,7 @@ def artifacts_destination(bucket: str) -> str:
 
 def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Optional[str],
                   internal_ip: Optional[str]) -> list[str]:
-    return [
+    args = [
         "server",
         "--host", "0.0.0.0",
         "--port", str(TRACKING_PORT),
@@ -97,6 +100,11 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
         "--expose-prometheus", PROMETHEUS_DIR,
         "--uvicorn-opts", f"--log-config {LOGGING_PATH}",
     ]
+    if ingress_host:
+        # MLflow's CORS guard answers 403 to a state-changing /api or /ajax-api call whose Origin is
+        # neither localhost (always allowed: port-forwards) nor listed: the UI behind the Ingress.
+        args += ["--cors-allowed-origins", f"https://{ingress_host}"]
+    return args
 
 
 def tracking_env(secret_name: Any, job_execution: bool) -> list[dict]:
@@ -162,11 +170,19 @@ def metrics_exporter_container(*, image: Any) -> dict:
 def migration_containers(*, image: Any, secret_name: Any) -> tuple[list[dict], list[dict]]:
     """(init containers after the proxy, main containers) of the migration Job.
 
-    The tracking schema is upgraded first, then the auth schema; each runs once per image version.
-    Kubernetes expands $(VAR) from the container's env, so the URIs stay in the Secret.
+    First the database is waited for (mlflow_dbwait: the proxy refuses connections until the IAM
+    bindings propagate, which can take minutes on a new project); then the tracking schema is
+    upgraded, then the auth schema; each runs once per image version. Kubernetes expands $(VAR)
+    from the container's env, so the URIs stay in the Secret.
     """
     base = {"image": image, "resources": resources("250m", "512Mi"),
             "securityContext": container_security_context(), "volumeMounts": [tmp_mount()]}
+    wait_for_database = {
+        **base, "name": "wait-for-database", "resources": resources("100m", "256Mi"),
+        "command": ["python"], "args": ["-m", "mlflow_dbwait", "--url-env", "MLFLOW_BACKEND_STORE_URI",
+                                        "--timeout", str(DB_WAIT_SECONDS)],
+        "env": [secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, SECRET_BACKEND_URI)],
+    }
     upgrade_tracking = {
         **base, "name": "upgrade-tracking-db",
         "command": ["mlflow"], "args": ["db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"],
@@ -178,7 +194,7 @@ def migration_containers(*, image: Any, secret_name: Any) -> tuple[list[dict], l
                                         "$(MLFLOW_AUTH_DATABASE_URI)"],
         "env": [secret_env("MLFLOW_AUTH_DATABASE_URI", secret_name, SECRET_AUTH_URI)],
     }
-    return [upgrade_tracking], [upgrade_auth]
+    return [wait_for_database, upgrade_tracking], [upgrade_auth]
 
 
 def pod_monitoring_spec(selector: dict) -> dict:

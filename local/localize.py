@@ -22,10 +22,10 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
 
 The process environment is the manifest env plus what the image provides (IMAGE_ENV, from
 mlflow_image/Dockerfile: PATH, HOME=/tmp, PYTHON* flags; /tmp being the local dir of the pod's
-/tmp volume, also given as TMPDIR; PYTHONPATH, where the image copies mlflow_serving and
-mlflow_metrics, is mlflow_image/) and the explicit `extra_env` of a workload (the tracking
-server's STORAGE_EMULATOR_HOST: the GCS emulator standing in for GCS). Nothing is inherited
-from the caller's environment.
+/tmp volume, also given as TMPDIR; PYTHONPATH, where the images copy mlflow_serving,
+mlflow_metrics and mlflow_dbwait, is mlflow_image/) and the explicit `extra_env` of a workload
+(the tracking server's STORAGE_EMULATOR_HOST: the GCS emulator standing in for GCS). Nothing is
+inherited from the caller's environment.
 
 Pure functions: no files are written here (`LocalCommand.files` lists what to write).
 """
@@ -42,8 +42,8 @@ LOCAL_HOST = "127.0.0.1"
 CLUSTER_TMP = "/tmp"
 # What mlflow_image/Dockerfile's runtime-base stage sets (PATH and HOME are filled in locally).
 IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-# The image's PYTHONPATH (/opt/mlflow-extras) holds mlflow_serving and mlflow_metrics, which
-# live in mlflow_image/ here: (image value, local value).
+# The images' PYTHONPATH (/opt/mlflow-extras) holds mlflow_serving, mlflow_metrics and mlflow_dbwait,
+# which live in mlflow_image/ here: (image value, local value).
 IMAGE_DIR = Path(__file__).resolve().parent.parent / "mlflow_image"
 IMAGE_PATHS = {"PYTHONPATH": ("/opt/mlflow-extras", str(IMAGE_DIR))}
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import string
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -65,6 +66,11 @@ def parse_auth_settings(tracking_deployment: dict) -> tuple[str, int]:
         raise LocalPlatformError(f"tracking Deployment annotation {AUTH_SETTINGS_ANNOTATION}={value!r}: "
                                  "expected PERMISSION,ttl=SECONDS")
     return match["permission"], int(match["ttl"])
+
+
+def probe_url(port: int, probe: dict) -> str:
+    """The local URL of an httpGet probe of a container listening on `port`."""
+    return f"http://127.0.0.1:{port}{probe.get('httpGet', {}).get('path', '/')}"
 
 
 @dataclass(frozen=True)
@@ -452,9 +458,11 @@ class LocalPlatform:
         return self._run_job(self.serving_user_job, "serving-user")
 
     def _start_server(self, workload: dict, spec: dict, command: LocalCommand, name: str, port: int,
-                      sidecar_of: Optional[str] = None) -> None:
-        """Start and wait for the readiness probe; the process is registered (so `stop` finds it)
-        before it is started. A sidecar joins the already prepared pod of `sidecar_of`."""
+                      sidecar_of: Optional[str] = None, ready: bool = True) -> None:
+        """Start and wait as the kubelet does: the startup probe within its budget, then (if
+        `ready`) the readiness probe, both within MAX_STARTUP_SECONDS. The process is registered
+        (so `stop` finds it) before it is started. A sidecar joins the already prepared pod of
+        `sidecar_of`."""
         if sidecar_of is None:
             self._prepare(workload, command, name)
         else:
@@ -464,12 +472,16 @@ class LocalPlatform:
                                  log_path=self.logs_dir / f"{name}.log", redact=self.redact)
         setattr(self, name, process)
         process.start()
-        probe = (spec.get("readinessProbe") or {}).get("httpGet", {})
+        started = time.monotonic()
         startup = spec.get("startupProbe") or {}
         budget = min(MAX_STARTUP_SECONDS,
                      float(startup.get("failureThreshold", 30) * startup.get("periodSeconds", 5)))
-        url = f"http://127.0.0.1:{port}{probe.get('path', '/')}"
-        process.wait_until(lambda: http_ok(url), budget, f"readiness probe {url} answering 200")
+        live_url = probe_url(port, startup)
+        process.wait_until(lambda: http_ok(live_url), budget, f"startup probe {live_url} answering 200")
+        if ready:
+            ready_url = probe_url(port, spec.get("readinessProbe") or {})
+            process.wait_until(lambda: http_ok(ready_url), MAX_STARTUP_SECONDS - (time.monotonic() - started),
+                               f"readiness probe {ready_url} answering 200")
 
     def exporter_command(self) -> LocalCommand:
         """The metrics-exporter container, in the tracking pod (same /tmp, its own port)."""
@@ -492,9 +504,10 @@ class LocalPlatform:
         self.stop_tracking()
         self.start_tracking()
 
-    def start_serving(self) -> None:
+    def start_serving(self, ready: bool = True) -> None:
+        """`ready=False`: return once the process is live, e.g. still waiting for its model."""
         self._start_server(self.serving_deployment, self.serving_container, self.serving_command(), "serving",
-                           self.serving_port)
+                           self.serving_port, ready=ready)
 
     def restart_serving(self) -> None:
         """A rollout: the new process loads whatever version the alias points to now."""

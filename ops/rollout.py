@@ -25,7 +25,9 @@ from k8s.serving import ROLLOUT_ANNOTATION
 FIELD_MANAGER = "mlflow-promote"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 KUBERNETES_REQUIREMENT = "kubernetes==37.0.2"
-DEFAULT_CLUSTER_TIMEOUT = 600.0  # the serving startupProbe allows 120 x 5 s for the model download
+# New pods answer /live at once and turn ready once the model is downloaded and loaded: 600 s leaves
+# room for a large model, and is the Deployment's default progressDeadlineSeconds.
+DEFAULT_CLUSTER_TIMEOUT = 600.0
 
 
 class RolloutError(RuntimeError):

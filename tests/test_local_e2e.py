@@ -1,9 +1,11 @@
 """Testing layer 5: the rendered manifests (plan/dev/k8s/) run for real on this machine.
 
 Unit tests (no processes) pin down the complete list of what `make local` changes in a rendered
-container. The end-to-end tests run one LocalPlatform for the module (Postgres, GCS emulator,
-migrations, tracking with basic auth, serving user, demo model, serving) and check auth, logging,
-artifact storage, the registry, serving, permissions, migrations and restarts.
+container. The end-to-end tests run one LocalPlatform for the module, of the dev stack rendered
+with an ingress host, brought up as a first `pulumi up` would (Postgres, GCS emulator, migrations
+while the database still refuses, tracking with basic auth, serving user, serving before any
+model, then the demo model): they check that rehearsal, auth, CORS, logging, artifact storage, the
+registry, serving, permissions, migrations and restarts.
 Missing Postgres binaries or runtime virtualenv FAIL the tests (CI installs both).
 """
 
@@ -14,6 +16,9 @@ import json
 import re
 import shutil
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +30,10 @@ from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, exp
 from local.localplatform import LocalPlatform, parse_auth_settings
 from local.manifests import ROOT, Manifests
 from local.postgres import find_bin_dir
-from local.processes import LocalPlatformError, descendants, http, pids_alive
+from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive
+from offline.plan import write_plan
+from offline.render import render
+from offline.stack import run_stack
 
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 PROCESS_ENV = {"PATH", "HOME", "TMPDIR", "LANG", *IMAGE_ENV, *IMAGE_PATHS}
@@ -125,11 +133,14 @@ def test_serving_container_changes_only_cluster_specifics(offline):
     assert set(command.files) == {p.workdir / "pods" / "serving" / "logging" / "logging.json"}
 
 
-def test_migration_job_runs_both_upgrades_in_order_against_local_postgres(offline):
+def test_migration_job_waits_then_runs_both_upgrades_in_order_against_local_postgres(offline):
     p = offline
     commands = p.job_commands(p.migration_job, "migrate")
-    assert [spec["name"] for spec, _ in commands] == ["upgrade-tracking-db", "upgrade-auth-db"]
-    (tracking_spec, tracking), (auth_spec, auth) = commands
+    assert [spec["name"] for spec, _ in commands] == ["wait-for-database", "upgrade-tracking-db", "upgrade-auth-db"]
+    (wait_spec, wait), (tracking_spec, tracking), (auth_spec, auth) = commands
+    assert argv_diff(wait_spec["command"] + wait_spec["args"], wait.argv) == {
+        "argv[0]": ("python", str(p.bin_dir / "python"))}
+    check_env(wait_spec, wait.env, {"MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE)})
     assert argv_diff(tracking_spec["command"] + tracking_spec["args"], tracking.argv) == {
         "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
         "argv[3]": ("$(MLFLOW_BACKEND_STORE_URI)", p.database_uri(TRACKING_DATABASE)),
@@ -269,20 +280,114 @@ def test_missing_runtime_venv_says_how_to_build_it(tmp_path):
 
 
 # ============================ end to end: one platform for the module ============================
+INGRESS_HOST = "mlflow.example.com"
+IRIS_ROW = {"dataframe_split": {"columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)",
+                                            "petal width (cm)"], "data": [[5.1, 3.5, 1.4, 0.2]]}}
+WAITING_ATTEMPTS = 3
+SERVE_WITHIN_SECONDS = 60.0
+
+
 @pytest.fixture(scope="module")
-def platform(request):
+def ingress_plan(tmp_path_factory) -> Path:
+    """The dev stack with an ingress host, rendered as `make plan` renders it (the committed dev
+    stack has none): the same platform, plus what the UI behind an Ingress needs."""
+    plan_dir = tmp_path_factory.mktemp("plan")
+    run = run_stack("dev", overrides={"mlflow-platform:ingressHost": INGRESS_HOST})
+    write_plan(render(run), plan_dir / "dev")
+    return plan_dir
+
+
+@dataclass(frozen=True)
+class FirstUp:
+    """What the first-up rehearsal saw (see `rehearse_first_up`)."""
+
+    platform: LocalPlatform
+    migration_log: str
+    """The migration Job's wait-for-database log: the database refused its first attempt."""
+    attempts_while_waiting: int
+    """Failed model loads serving logged before any model existed."""
+    waiting: dict[str, HttpResponse]
+    """/live, /ping and /invocations while waiting."""
+    pids: tuple[int, int]
+    """Serving's pid while waiting, and once it served."""
+    seconds_to_serve: float
+    """From the alias being set to the first 200 from /invocations."""
+
+
+def migrate_while_the_database_refuses(local: LocalPlatform) -> str:
+    """The migration Job, started while the database refuses every connection (as the Cloud SQL
+    proxy does on a new project until IAM propagates); it comes back after a first failed attempt."""
+    log = local.logs_dir / "migrate-wait-for-database.log"
+    local.postgres.stop()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        job = pool.submit(local.run_migrations)
+        deadline = time.monotonic() + 60
+        while "attempt 1 failed" not in (log.read_text() if log.exists() else ""):
+            if job.done() or time.monotonic() > deadline:
+                local.postgres.start()
+                outcome = job.exception() if job.done() else "nothing yet"
+                raise AssertionError(f"the migration Job logged no failed wait-for-database attempt; it ended with "
+                                     f"{outcome}")
+            time.sleep(0.2)
+        local.postgres.start()
+        job.result(timeout=300)
+    return log.read_text()
+
+
+def rehearse_first_up(local: LocalPlatform) -> FirstUp:
+    """The first `pulumi up` on an empty project, in the program's dependency order: Postgres and
+    the bucket, the migration Job, tracking, the serving-user Job, then serving, started before
+    any model exists. Then the first version is registered and the alias set, as a first promotion.
+
+    Against the old serving process (download the model, then listen) this fails: the process
+    exits on the registry's answer (403 for a model not registered yet) before /live answers (a
+    crash loop in the cluster), and `start_serving(ready=False)` raises with that log. Without the
+    wait-for-database container `migrate_while_the_database_refuses` fails: no attempt is logged
+    (`mlflow db upgrade` then rides out a short outage on MLflow's internal ~100 s retry).
+    """
+    local.start_storage()
+    migration_log = migrate_while_the_database_refuses(local)
+    local.start_tracking()
+    local.ensure_serving_user()
+    local.start_serving(ready=False)  # live; unready until a version is behind the alias
+    serving, serving_log = local.serving, local.logs_dir / "serving.log"
+    deadline = time.monotonic() + 60
+    while serving_log.read_text().count("not loaded (attempt") < WAITING_ATTEMPTS:
+        serving.check_alive()  # a crash (loop) ends the rehearsal here, with the log
+        assert time.monotonic() < deadline, f"serving logged no {WAITING_ATTEMPTS} failed attempts in 60 s"
+        time.sleep(0.2)
+    waiting = {"live": http("GET", f"{local.serving_url}/live"), "ping": http("GET", f"{local.serving_url}/ping"),
+               "invocations": http("POST", f"{local.serving_url}/invocations", json_body=IRIS_ROW)}
+    attempts = serving_log.read_text().count("not loaded (attempt")
+    waiting_pid = serving.pid
+
+    local.demo_run = local.train_model(variant="base")  # registers version 1 and sets the alias
+    promoted = time.monotonic()
+    local.ensure_serving_user()  # READ on the model, as `make promote` grants it
+    while http("POST", f"{local.serving_url}/invocations", json_body=IRIS_ROW).status != 200:
+        serving.check_alive()
+        assert time.monotonic() < promoted + 2 * SERVE_WITHIN_SECONDS, "serving never served the first version"
+        time.sleep(0.2)
+    return FirstUp(local, migration_log, attempts, waiting, (waiting_pid, local.serving.pid),
+                   time.monotonic() - promoted)
+
+
+@pytest.fixture(scope="module")
+def first_up(request, ingress_plan) -> FirstUp:
     workdir = Path(tempfile.mkdtemp(prefix="mlflow-local-e2e-"))
     try:
         find_bin_dir()
-        local = LocalPlatform(workdir)
+        local = LocalPlatform(workdir, plan_dir=ingress_plan)
     except LocalPlatformError as err:
         shutil.rmtree(workdir, ignore_errors=True)
         pytest.fail(f"the local platform cannot run here: {err}", pytrace=False)
     failed_before = request.session.testsfailed
     try:
-        with local:
-            yield local
+        try:
+            yield rehearse_first_up(local)
             started = {pid for p in local.processes() if p.running for pid in (p.pid, *descendants(p.pid))}
+        finally:
+            local.stop()
         assert started and not pids_alive(started), "processes left behind"
     finally:
         # keep only the logs of a failed run
@@ -293,6 +398,45 @@ def platform(request):
             workdir.rmdir()
         else:
             print(f"\nlocal platform logs kept in {workdir / 'logs'}")
+
+
+@pytest.fixture(scope="module")
+def platform(first_up) -> LocalPlatform:
+    return first_up.platform
+
+
+def test_first_up_migrations_wait_for_the_database(first_up):
+    log = first_up.migration_log
+    assert "wait-for-database: attempt 1 failed: OperationalError: " in log
+    assert re.search(r"wait-for-database: connected after [2-9] attempt\(s\)", log), log
+
+
+def test_first_up_serving_waits_for_a_model_unready_never_restarted_then_serves_within_60s(first_up):
+    assert first_up.attempts_while_waiting >= WAITING_ATTEMPTS  # alive through several retries: no crash loop
+    waiting = first_up.waiting
+    assert waiting["live"].status == 200
+    assert waiting["ping"].status == 503 and waiting["invocations"].status == 503
+    # no model registered yet: MLflow's basic auth answers the serving user 403 (not 404) for it
+    reason = waiting["ping"].json()["reason"]
+    assert reason.startswith("models:/iris-classifier@champion: the model is not registered yet or the serving "
+                             "user lacks READ on it (PERMISSION_DENIED: "), reason
+    assert first_up.pids[1] == first_up.pids[0], "serving was restarted"
+    assert first_up.seconds_to_serve < SERVE_WITHIN_SECONDS
+
+
+def test_the_ui_behind_the_ingress_may_change_state_other_origins_may_not(platform):
+    def create_experiment(origin: str, name: str):
+        # what the browser sends through the Ingress: its Host, its Origin, the user's basic auth
+        return http("POST", f"{platform.tracking_url}/ajax-api/2.0/mlflow/experiments/create",
+                    json_body={"name": name}, auth=(platform.admin_username, platform.admin_password),
+                    headers={"Host": INGRESS_HOST, "Origin": origin})
+
+    allowed = create_experiment(f"https://{INGRESS_HOST}", "created-from-the-ui")
+    refused = create_experiment("https://evil.example.net", "created-from-elsewhere")
+    assert allowed.status == 200, allowed.body[:300]
+    assert (refused.status, refused.body) == (403, b"Cross-origin request blocked")
+    deleted = api(platform, "POST", "experiments/delete", {"experiment_id": allowed.json()["experiment_id"]})
+    assert deleted.status == 200  # leave nothing behind for the tests after this one
 
 
 def checks(platform: LocalPlatform, *args: str) -> dict:
@@ -425,7 +569,8 @@ def test_migrations_twice_are_a_no_op(platform):
     assert list(before[AUTH_DATABASE]["alembic_versions"]) == ["alembic_version_auth"]
     assert all(len(v) == 1 for db in before.values() for v in db["alembic_versions"].values())
     results = platform.run_migrations()
-    assert [(r.container, r.returncode) for r in results] == [("upgrade-tracking-db", 0), ("upgrade-auth-db", 0)]
+    assert [(r.container, r.returncode) for r in results] == [("wait-for-database", 0), ("upgrade-tracking-db", 0),
+                                                              ("upgrade-auth-db", 0)]
     assert platform.schema_snapshot() == before
     assert http("GET", f"{platform.tracking_url}/health").status == 200
 

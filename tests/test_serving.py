@@ -65,8 +65,24 @@ def test_serving_pods_run_models_serve_with_credentials_from_a_secret(stack_runs
     assert serving["args"][serving["args"].index("--model-uri") + 1] == "models:/iris-classifier@champion"
     env = env_of(serving)
     assert "valueFrom" in env["MLFLOW_TRACKING_USERNAME"] and "valueFrom" in env["MLFLOW_TRACKING_PASSWORD"]
-    assert serving["readinessProbe"]["httpGet"]["path"] == "/ping"
-    assert serving["startupProbe"]["failureThreshold"] * serving["startupProbe"]["periodSeconds"] >= 300
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_waiting_for_a_model_makes_the_pod_unready_never_killed(stack_runs, stack):
+    # /ping is 503 until a version is behind the alias (mlflow_serving): only readiness may look at it.
+    serving = container(serving_deployment(stack_runs[stack]), "serving")
+    paths = {probe: serving[probe]["httpGet"]["path"] for probe in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert paths == {"startupProbe": "/live", "livenessProbe": "/live", "readinessProbe": "/ping"}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_pulumi_up_does_not_wait_for_serving_to_be_ready(stack_runs, stack):
+    run = stack_runs[stack]
+    deployment = serving_deployment(run)
+    assert deployment.inputs["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    # nothing else waits: the tracking Deployment is still awaited, the HPA still scales this one
+    assert "pulumi.com/skipAwait" not in run.named("mlflow-deployment").inputs["metadata"].get("annotations", {})
+    assert run.named("mlflow-serving-hpa").inputs["spec"]["scaleTargetRef"]["name"] == "mlflow-serving"
 
 
 def test_dev_serving_reaches_tracking_in_cluster_prod_through_the_internal_lb(stack_runs):
@@ -98,6 +114,11 @@ def test_hpa_bounds_follow_config(run_stack_with):
     hpa = run_stack_with("dev", servingMinReplicas="2", servingMaxReplicas="7").named("mlflow-serving-hpa")
     assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (2, 7)
     assert hpa.inputs["apiVersion"] == "autoscaling/v2"
+
+
+def test_pods_waiting_for_a_model_never_block_a_node_drain(stack_runs):
+    pdb = stack_runs["prod"].named("mlflow-serving-pdb").inputs["spec"]
+    assert pdb["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_deployment_leaves_replicas_to_the_hpa(stack_runs):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infra.config import settings_from_values
@@ -11,6 +13,8 @@ from k8s.tracking import (
 )
 from offline.mocks import is_secret
 from tests.helpers import container, containers, env_of, pod_spec, plain
+
+DOCKERFILE = Path(__file__).resolve().parent.parent / "mlflow_image" / "Dockerfile"
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -33,6 +37,14 @@ def test_server_args_serve_artifacts_from_the_bucket_with_basic_auth():
     assert "--serve-artifacts" in args
     assert args[args.index("--app-name") + 1] == "basic-auth"
     assert args[args.index("--workers") + 1] == "3"
+
+
+def test_the_ingress_origin_may_change_state_and_no_other():
+    args = tracking_args(bucket="b", namespace="mlflow", workers=1, ingress_host="mlflow.example.com", internal_ip=None)
+    assert args[args.index("--cors-allowed-origins") + 1] == "https://mlflow.example.com"
+    # without an ingress only localhost origins (port-forwards) may: MLflow's default
+    assert "--cors-allowed-origins" not in tracking_args(bucket="b", namespace="mlflow", workers=1,
+                                                         ingress_host=None, internal_ip=None)
 
 
 def test_job_runner_is_off_unless_configured():
@@ -84,8 +96,20 @@ def test_migration_job_runs_both_upgrades_behind_the_proxy(stack_runs):
     auth = container(job, "upgrade-auth-db")
     assert auth["command"] + auth["args"] == ["python", "-m", "mlflow.server.auth", "db", "upgrade", "--url",
                                               "$(MLFLOW_AUTH_DATABASE_URI)"]
-    assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy", "upgrade-tracking-db"]
+    assert [c["name"] for c in spec["initContainers"]] == ["cloud-sql-proxy", "wait-for-database",
+                                                          "upgrade-tracking-db"]
     assert [c["name"] for c in spec["containers"]] == ["upgrade-auth-db"]
+
+
+def test_migration_job_first_waits_minutes_for_the_database_as_iam_propagates(stack_runs):
+    job = stack_runs["dev"].named("mlflow-migrate")
+    wait = container(job, "wait-for-database")
+    assert wait["command"] + wait["args"] == ["python", "-m", "mlflow_dbwait", "--url-env",
+                                              "MLFLOW_BACKEND_STORE_URI", "--timeout", "420"]
+    assert env_of(wait)["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["key"] == "backend-store-uri"
+    assert 420 < job.inputs["spec"]["activeDeadlineSeconds"]  # the wait fits, with the migrations after it
+    tracking_stage = DOCKERFILE.read_text().split("AS tracking", 1)[1].split("FROM ", 1)[0]
+    assert "COPY mlflow_dbwait /opt/mlflow-extras/mlflow_dbwait" in tracking_stage  # the module is in the image
 
 
 def test_migration_job_precedes_the_deployment(stack_runs):
@@ -180,6 +204,8 @@ def test_prod_ingress_uses_a_managed_certificate_and_health_checks_health(stack_
     assert annotations["kubernetes.io/ingress.allow-http"] == "false"
     service = run.named("mlflow-service").inputs["metadata"]["annotations"]
     assert "cloud.google.com/backend-config" in service
+    args = container(tracking_deployment(run), "mlflow")["args"]
+    assert args[args.index("--cors-allowed-origins") + 1] == "https://mlflow.example.com"  # the UI's origin
 
 
 def test_network_policy_admits_namespace_serving_and_load_balancers_only(stack_runs):

@@ -1,6 +1,8 @@
 """`python -m mlflow_serving -m models:/NAME@ALIAS --port 8080`: what `mlflow models serve
 --env-manager local` does (download the model once, run uvicorn on MLflow's scoring app), with
-/metrics added by a middleware."""
+/metrics added by a middleware. The server answers at once: the model is loaded in the background
+(retried until a version is behind the alias), /ping says 503 with the reason until then, and /live
+says whether the process runs."""
 
 from __future__ import annotations
 
@@ -10,9 +12,8 @@ import tempfile
 
 import uvicorn
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
-from mlflow.pyfunc import scoring_server
-from mlflow.tracking.artifact_utils import _download_artifact_from_uri
-from mlflow.utils.file_utils import path_to_local_file_uri
+
+from mlflow_serving.app import MODEL_URI_ENV, STATE_DIR_ENV
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,14 +26,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-config", help="logging dictConfig as JSON (uvicorn's --log-config)")
     args = parser.parse_args(argv)
 
-    local_path = _download_artifact_from_uri(args.model_uri)
-    os.environ[scoring_server._SERVER_MODEL_PATH] = path_to_local_file_uri(local_path)
+    # Workers are separate processes: they learn the model and their shared download dir from here.
+    os.environ[MODEL_URI_ENV] = args.model_uri
+    os.environ[STATE_DIR_ENV] = tempfile.mkdtemp(prefix="mlflow-serving-")
     os.environ[MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.name] = str(args.timeout)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers: metrics are aggregated through files, one set per worker.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
+    # lifespan "on": the gate starts the model loader at startup, so it must run.
     uvicorn.run("mlflow_serving.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, timeout_keep_alive=30, log_level="info",
+                workers=args.workers, timeout_keep_alive=30, log_level="info", lifespan="on",
                 **({"log_config": args.log_config} if args.log_config else {}))
 
 

@@ -1,14 +1,97 @@
-"""The uvicorn app factory: MLflow's scoring app for the downloaded model, with metrics."""
+"""The uvicorn app factory: MLflow's scoring app for the model, behind a gate that answers until
+the model is loaded, with metrics.
+
+MLflow's scoring server, the download and the model's flavor are imported by the loader thread,
+so /live answers meanwhile.
+"""
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
-from mlflow.pyfunc import scoring_server
-
+from mlflow_serving.loader import ModelLoader
 from mlflow_serving.metrics import PrometheusMiddleware
+
+MODEL_URI_ENV = "MLFLOW_SERVING_MODEL_URI"
+STATE_DIR_ENV = "MLFLOW_SERVING_STATE_DIR"
+LIVE_PATH = "/live"
+_MODEL_PATH_FILE = "model-path"
+
+
+async def _send_json(send, status: int, document: dict) -> None:
+    body = json.dumps(document).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ModelGate:
+    """ASGI app: GET /live is 200 while the process runs; every other request goes to the scoring
+    app once the loader has built it, and is answered 503 with the loader's status until then.
+    The loader starts with the server (lifespan startup)."""
+
+    def __init__(self, loader: ModelLoader):
+        self.loader = loader
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] == LIVE_PATH:
+            await _send_json(send, 200, {"live": True})
+            return
+        app = self.loader.app
+        if app is None:
+            await _send_json(send, 503, self.loader.status.body())
+            return
+        await app(scope, receive, send)
+
+    async def _lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.loader.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def download_once(model_uri: str, state_dir: Path) -> str:
+    """The model's local path. With several workers the first one downloads (under a lock) and
+    records where; the others load that same copy, so a pod never serves two versions."""
+    with open(state_dir / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        record = state_dir / _MODEL_PATH_FILE
+        if record.exists():
+            return record.read_text()
+        from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+
+        target = tempfile.mkdtemp(prefix="model-", dir=state_dir)
+        try:
+            path = _download_artifact_from_uri(model_uri, output_path=target)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        record.write_text(path)
+        return path
+
+
+def scoring_app(local_path: str):
+    """What `mlflow models serve --env-manager local` serves for a downloaded model."""
+    from mlflow.pyfunc import scoring_server
+    from mlflow.utils.file_utils import path_to_local_file_uri
+
+    return scoring_server.init(scoring_server.load_model_with_mlflow_config(path_to_local_file_uri(local_path)))
 
 
 def create_app():
-    model = scoring_server.load_model_with_mlflow_config(os.environ[scoring_server._SERVER_MODEL_PATH])
-    return PrometheusMiddleware(scoring_server.init(model))
+    state_dir = Path(os.environ[STATE_DIR_ENV])
+    loader = ModelLoader(os.environ[MODEL_URI_ENV], fetch=lambda uri: download_once(uri, state_dir),
+                         build=scoring_app)
+    return PrometheusMiddleware(ModelGate(loader))

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import multiprocess
 
 # Paths are labels: anything else is "other", so a scanner cannot explode the series count.
-KNOWN_PATHS = frozenset({"/invocations", "/ping", "/health", "/version"})
+KNOWN_PATHS = frozenset({"/invocations", "/ping", "/health", "/version", "/live"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

@@ -1,0 +1,117 @@
+"""The serving image's gate in front of MLflow's scoring app, driven as an ASGI app, and the
+download every worker of a pod shares (no server, no MLflow)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, "mlflow_image")
+from mlflow_serving.app import ModelGate, download_once  # noqa: E402
+from mlflow_serving.loader import ModelLoader, Status  # noqa: E402
+
+URI = "models:/iris@champion"
+
+
+def run(app, scope: dict, messages: list[dict]) -> list[dict]:
+    """Drive one ASGI call; returns what the app sent. A private loop: asyncio.run would unset
+    the global loop the Pulumi tests rely on."""
+    sent: list[dict] = []
+    incoming = list(messages)
+
+    async def receive():
+        return incoming.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(app(scope, receive, send))
+    finally:
+        loop.close()
+    return sent
+
+
+def get(app, path: str, method: str = "GET") -> tuple[int, bytes]:
+    sent = run(app, {"type": "http", "path": path, "method": method, "headers": []},
+               [{"type": "http.request", "body": b"", "more_body": False}])
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def waiting_loader() -> ModelLoader:
+    loader = ModelLoader(URI, fetch=lambda uri: "/models/1", build=lambda path: None)
+    loader.status = Status("waiting", URI, 2, f"no version behind {URI} yet (RESOURCE_DOES_NOT_EXIST: ...)", 4)
+    return loader
+
+
+async def scoring_app(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-from", b"mlflow")]})
+    await send({"type": "http.response.body", "body": f"scored {scope['path']}".encode()})
+
+
+def test_live_answers_200_while_the_model_is_not_loaded():
+    assert get(ModelGate(waiting_loader()), "/live") == (200, b'{"live": true}')
+
+
+@pytest.mark.parametrize("path, method", [("/ping", "GET"), ("/health", "GET"), ("/invocations", "POST")])
+def test_every_other_path_answers_503_with_the_loaders_reason(path, method):
+    status, body = get(ModelGate(waiting_loader()), path, method)
+    assert status == 503
+    assert json.loads(body) == {"ready": False, "state": "waiting", "model_uri": URI, "attempts": 2,
+                                "retry_in_seconds": 4,
+                                "reason": f"no version behind {URI} yet (RESOURCE_DOES_NOT_EXIST: ...)"}
+
+
+def test_once_loaded_requests_reach_the_scoring_app_unchanged():
+    loader = waiting_loader()
+    loader.app = scoring_app
+    sent = run(ModelGate(loader), {"type": "http", "path": "/invocations", "method": "POST", "headers": []},
+               [{"type": "http.request", "body": b"", "more_body": False}])
+    assert sent == [{"type": "http.response.start", "status": 200, "headers": [(b"x-from", b"mlflow")]},
+                    {"type": "http.response.body", "body": b"scored /invocations"}]
+    assert get(ModelGate(loader), "/live")[0] == 200
+
+
+def test_server_startup_starts_the_loader_and_shutdown_completes():
+    loader = waiting_loader()
+    started = []
+    loader.start = lambda: started.append(True)
+    sent = run(ModelGate(loader), {"type": "lifespan"},
+               [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    assert started == [True]
+    assert sent == [{"type": "lifespan.startup.complete"}, {"type": "lifespan.shutdown.complete"}]
+
+
+@pytest.fixture
+def fake_download(monkeypatch):
+    """MLflow's download function, standing in: writes MLmodel under output_path, or fails."""
+    calls = []
+
+    def download(uri, output_path):
+        calls.append(uri)
+        (Path(output_path) / "MLmodel").write_text("flavors: {}\n")
+        if len(calls) == 1:
+            raise OSError("connection reset mid-download")
+        return output_path
+
+    module = types.ModuleType("mlflow.tracking.artifact_utils")
+    module._download_artifact_from_uri = download
+    monkeypatch.setitem(sys.modules, "mlflow.tracking.artifact_utils", module)
+    return calls
+
+
+def test_workers_of_a_pod_share_one_complete_download(tmp_path, fake_download):
+    with pytest.raises(OSError, match="mid-download"):
+        download_once(URI, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["lock"]  # the partial copy is gone
+    first = download_once(URI, tmp_path)
+    assert (Path(first) / "MLmodel").exists() and Path(first).parent == tmp_path
+    assert download_once(URI, tmp_path) == first  # another worker: the same copy, no download
+    assert fake_download == [URI, URI]
