@@ -342,7 +342,9 @@ class ModelServing(pulumi.ComponentResource):
         )
         service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            # Pulumi's Service await wants a ready pod within 10 minutes: none is before a model exists.
+            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
+                      "annotations": {SKIP_AWAIT_ANNOTATION: "true"}},
             spec={"type": "ClusterIP", "selector": selector,
                   "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": "http", "protocol": "TCP"}]},
             opts=k8s_opts,

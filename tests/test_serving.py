@@ -85,6 +85,21 @@ def test_pulumi_up_does_not_wait_for_serving_to_be_ready(stack_runs, stack):
     assert run.named("mlflow-serving-hpa").inputs["spec"]["scaleTargetRef"]["name"] == "mlflow-serving"
 
 
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_nothing_pulumi_awaits_depends_on_a_ready_serving_pod(stack_runs, stack):
+    # Pulumi awaits a Deployment's ready replicas and a Service's ready endpoints; before the first
+    # model version exists no serving pod is ready, so every such object selecting them skips the await.
+    run = stack_runs[stack]
+    pod_labels = serving_deployment(run).inputs["spec"]["template"]["metadata"]["labels"]
+    awaited = [r for r in run.resources if r.inputs.get("kind") in ("Deployment", "Service")]
+    selecting = [r for r in awaited
+                 if (lambda sel: sel and all(pod_labels.get(k) == v for k, v in sel.items()))(
+                     r.inputs["spec"].get("selector", {}).get("matchLabels", r.inputs["spec"].get("selector")))]
+    assert {r.name for r in selecting} == {"mlflow-serving-deployment", "mlflow-serving-service"}
+    for record in selecting:
+        assert record.inputs["metadata"].get("annotations", {}).get("pulumi.com/skipAwait") == "true", record.urn
+
+
 def test_dev_serving_reaches_tracking_in_cluster_prod_through_the_internal_lb(stack_runs):
     dev = env_of(container(serving_deployment(stack_runs["dev"]), "serving"))["MLFLOW_TRACKING_URI"]["value"]
     prod_run = stack_runs["prod"]
