@@ -32,8 +32,10 @@ def serving_p99_query(namespace: str, threshold_ms: int) -> str:
 
 
 def serving_error_ratio_query(namespace: str, percent: int) -> str:
-    return (f'sum(rate(mlflow_serving_requests_total{{namespace="{namespace}",status=~"5.."}}[5m])) / '
-            f'sum(rate(mlflow_serving_requests_total{{namespace="{namespace}"}}[5m])) > {percent / 100:g}')
+    """Failed predictions only: a pod waiting for its model answers the readiness probe's /ping with 503."""
+    selector = f'namespace="{namespace}",path="/invocations"'
+    return (f'sum(rate(mlflow_serving_requests_total{{{selector},status=~"5.."}}[5m])) / '
+            f'sum(rate(mlflow_serving_requests_total{{{selector}}}[5m])) > {percent / 100:g}')
 
 
 def tracking_down_query(namespace: str) -> str:

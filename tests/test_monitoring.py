@@ -77,6 +77,16 @@ def test_alert_queries_carry_the_thresholds():
     assert serving_error_ratio_query("mlflow-serving", 5).endswith("> 0.05")
 
 
+def test_serving_errors_count_predictions_not_the_probes_of_pods_waiting_for_a_model(stack_runs):
+    # a pod waiting for its first model answers the kubelet's /ping with 503 every few seconds
+    query = serving_error_ratio_query("mlflow-serving", 5)
+    assert query.count('path="/invocations"') == 2
+    tile = next(tile for tile in dashboard("prod")["mosaicLayout"]["tiles"]
+                if tile["widget"]["title"] == "Serving: error ratio (5xx)")
+    promql = tile["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"]["prometheusQuery"]
+    assert promql.count('path="/invocations"') == 2
+
+
 def alerts(run) -> dict[str, dict]:
     return {r.name: r.inputs for r in run.of_type("gcp:monitoring/alertPolicy:AlertPolicy")}
 
