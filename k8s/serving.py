@@ -213,8 +213,8 @@ class ModelServingArgs:
                              "need 1 <= min_replicas <= max_replicas")
         if not 10 <= self.target_cpu_percent <= 95:
             raise ValueError(f"ModelServingArgs.target_cpu_percent={self.target_cpu_percent}: allowed 10-95")
-        if not 1 <= self.max_batch_size <= 1024:
-            raise ValueError(f"ModelServingArgs.max_batch_size={self.max_batch_size}: allowed 1-1024")
+        if not 1 <= self.max_batch_size <= 10_000:
+            raise ValueError(f"ModelServingArgs.max_batch_size={self.max_batch_size}: allowed 1-10000")
         if not 0 <= self.max_batch_delay_ms <= 100:
             raise ValueError(f"ModelServingArgs.max_batch_delay_ms={self.max_batch_delay_ms}: allowed 0-100")
 

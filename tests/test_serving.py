@@ -35,7 +35,7 @@ def test_batching_is_off_unless_asked():
     assert args[args.index("--max-batch-size") + 1] == "1"
 
 
-@pytest.mark.parametrize("field, value", [("max_batch_size", 0), ("max_batch_size", 2000), ("max_batch_delay_ms", -1),
+@pytest.mark.parametrize("field, value", [("max_batch_size", 0), ("max_batch_size", 20_000), ("max_batch_delay_ms", -1),
                                           ("max_batch_delay_ms", 101)])
 def test_serving_args_refuse_batching_out_of_bounds(field, value):
     with pytest.raises(ValueError, match=f"ModelServingArgs.{field}={value}"):

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("iris", "scaled")
 SERVERS = {  # name: argv after the model path (None: mlflow models serve)
     "mlflow": None,
-    "batching": ["--max-batch-size", "32", "--max-batch-delay-ms", "2"],
+    "batching": ["--max-batch-size", "1024", "--max-batch-delay-ms", "2"],  # as rendered
     "unbatched": ["--max-batch-size", "1"],
 }
 THREADS = 16

@@ -33,7 +33,7 @@ _SAFE_INT = 2 ** 53
 
 @dataclass(frozen=True)
 class BatchSettings:
-    max_rows: int = 32
+    max_rows: int = 1024
     """Rows per predict at most; 1 turns batching off."""
     max_delay_ms: float = 2.0
     """How long the first request of a batch waits for others that are already being received."""
@@ -209,7 +209,7 @@ class Batcher:
         self.observe = observe
         self.queue: "queue.SimpleQueue[Request]" = queue.SimpleQueue()
         self.receiving = 0
-        """Requests whose body the event loop is reading or that wait in the queue (loop thread only)."""
+        """Requests whose body the event loop is still reading (changed on the loop thread only)."""
         self._carry: Optional[Request] = None
 
     def start(self) -> "Batcher":
@@ -239,9 +239,9 @@ class Batcher:
             try:
                 request = self.queue.get_nowait()
             except queue.Empty:
-                # Wait only for requests the loop has started receiving: alone, no one waits.
+                # Wait only for requests the loop is receiving now: alone, no one waits.
                 remaining = deadline - time.perf_counter()
-                if self.receiving <= len(taken) or remaining <= 0:
+                if self.receiving <= 0 or remaining <= 0:
                     break
                 try:
                     request = self.queue.get(timeout=remaining)
@@ -257,17 +257,19 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            taken = self._take()
-            groups: dict[tuple, list[Request]] = {}
-            for request in taken:
-                groups.setdefault(request.key or ("alone", id(request)), []).append(request)
-            for group in groups.values():
-                answers = self.scorer.together(group) if len(group) > 1 and self.scorer.mergeable else None
-                if answers is None:
-                    answers = [self.scorer.alone(request) for request in group]
-                self.observe(len(group), sum(request.rows for request in group))
-                for request, answer in zip(group, answers):
-                    request.done(answer)
+            self._run_once()
+
+    def _run_once(self) -> None:
+        groups: dict[tuple, list[Request]] = {}
+        for request in self._take():
+            groups.setdefault(request.key or ("alone", id(request)), []).append(request)
+        for group in groups.values():
+            answers = self.scorer.together(group) if len(group) > 1 and self.scorer.mergeable else None
+            if answers is None:
+                answers = [self.scorer.alone(request) for request in group]
+            self.observe(len(group), sum(request.rows for request in group))
+            for request, answer in zip(group, answers):
+                request.done(answer)
 
 
 def _header(scope: dict, name: bytes) -> Optional[str]:
@@ -290,11 +292,7 @@ class BatchingApp:
         if scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST":
             await self.mlflow_app(scope, receive, send)
             return
-        self.batcher.receiving += 1
-        try:
-            answer = await self._answer(scope, receive)
-        finally:
-            self.batcher.receiving -= 1
+        answer = await self._answer(scope, receive)
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [(b"content-length", str(len(answer.body)).encode()),
                                 (b"content-type", answer.content_type)]})
@@ -302,13 +300,17 @@ class BatchingApp:
 
     async def _answer(self, scope, receive) -> Answer:
         chunks = []
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
+        self.batcher.receiving += 1
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        finally:
+            self.batcher.receiving -= 1
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
