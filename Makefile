@@ -74,7 +74,8 @@ local: install runtime
 	$(PY) -m local
 
 ## make bench [BENCH_ARGS=--quick]: serving, tracking and program-time benchmarks side by side on
-## the local platform (~8 min); results in benchmarks/results/, report in docs/benchmarks.md.
+## the local platform, with MLServer beside the serving pod (~10 min); results in benchmarks/results/,
+## report in docs/benchmarks.md (conclusions by hand in benchmarks/serving_conclusions.md).
 bench: install runtime mlserver-venv
 	$(PY) -m benchmarks $(BENCH_ARGS)
 	$(PY) -m benchmarks.program_time

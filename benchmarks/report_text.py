@@ -97,6 +97,15 @@ def defaults_table(s: Optional[S], t: Optional[T]) -> str:
                f"(c=1: {_fmt(s.get('project-w2', 1, 1, 'rps'))} rps against {_fmt(s.get('project-w1', 1, 1, 'rps'))}). "
                if w2_floor else "")
             + "Scale with replicas (HPA); a pod limited to 500m CPU cannot feed a second worker anyway."])
+        settings = s.d["configs"]["project-w1"]["settings"]
+        if settings.get("max_batch_size", 1) > 1:
+            rows.append([
+                "`servingMaxBatchSize` / `servingMaxBatchDelayMs`",
+                f"**{settings['max_batch_size']} rows / {settings['max_batch_delay_ms']:g} ms** (new)",
+                f"c={hi}, 1-row: {_fmt(s.get('project-w1', 1, hi, 'rps'))} rps with batching, "
+                f"{_fmt(s.get('project-unbatched', 1, hi, 'rps'))} without; "
+                f"{_fmt(s.get('project-w1', 1, hi, 'requests_per_predict'), 1)} requests per predict. "
+                "Why these values: see Serving, What the numbers say."])
         if s.has("project-w1-std"):
             rows.append([
                 "serving image: add `httptools`, `uvloop` (what `uvicorn[standard]` adds for HTTP)", "**add** (change)",
