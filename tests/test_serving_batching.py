@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, "mlflow_image")
 from mlflow_serving.batching import (  # noqa: E402
-    TIMED_OUT, Answer, Batcher, BatchingApp, BatchSettings, Request, batch_key, merged_document,
+    INTERNAL_ERROR, TIMED_OUT, Answer, Batcher, BatchingApp, BatchSettings, Request, batch_key, merged_document,
 )
 
 COLUMNS = ["sl", "sw", "pl", "pw"]
@@ -105,6 +105,21 @@ def test_a_failed_batch_is_answered_request_by_request():
     batcher._run_once()
     assert batcher.scorer.calls == [("together", 3), ("alone", 1), ("alone", 1), ("alone", 1)]
     assert [r["answer"].status for r in results] == [200, 400, 200]
+
+
+class BuggyScorer(FakeScorer):
+    def together(self, requests: list[Request]):
+        raise RuntimeError("a bug, not a bad request")
+
+
+def test_an_unexpected_failure_answers_500_and_the_batcher_goes_on():
+    batcher = Batcher(BuggyScorer(), BatchSettings(max_rows=32, max_delay_ms=0))
+    results = queued(batcher, 1.0, 2.0)
+    batcher._run_once()
+    assert [r["answer"] for r in results] == [INTERNAL_ERROR, INTERNAL_ERROR]
+    later = queued(batcher, 3.0)
+    batcher._run_once()
+    assert later[0]["answer"].body == b"3.0"
 
 
 def test_a_batch_stops_at_max_rows_and_the_rest_waits_for_the_next():

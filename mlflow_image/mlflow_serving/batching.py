@@ -182,19 +182,19 @@ class Scorer:
             data = self.scoring.infer_and_parse_data(merged_document(documents), self.input_schema)
             predictions = (self.model.predict(data, params=params) if self.takes_params
                            else self.model.predict(data))
+            pieces = split_output(predictions, [request.rows for request in requests])
+            if pieces is None:
+                logger.warning("the model's output does not have one row per input row: batching turned off")
+                self.mergeable = False
+                return None
+            answers = []
+            for piece in pieces:
+                out = StringIO()
+                self.scoring.predictions_to_json(piece, out)
+                answers.append(Answer(200, out.getvalue().encode(), _media(JSON)))
         except Exception as err:  # each request then gets its own answer, or its own error
             logger.debug("batch of %d failed (%s): answering one by one", len(requests), err)
             return None
-        pieces = split_output(predictions, [request.rows for request in requests])
-        if pieces is None:
-            logger.warning("the model's output does not have one row per input row: batching turned off")
-            self.mergeable = False
-            return None
-        answers = []
-        for piece in pieces:
-            out = StringIO()
-            self.scoring.predictions_to_json(piece, out)
-            answers.append(Answer(200, out.getvalue().encode(), _media(JSON)))
         return answers
 
 
@@ -264,10 +264,14 @@ class Batcher:
         for request in self._take():
             groups.setdefault(request.key or ("alone", id(request)), []).append(request)
         for group in groups.values():
-            answers = self.scorer.together(group) if len(group) > 1 and self.scorer.mergeable else None
-            if answers is None:
-                answers = [self.scorer.alone(request) for request in group]
-            self.observe(len(group), sum(request.rows for request in group))
+            try:
+                answers = self.scorer.together(group) if len(group) > 1 and self.scorer.mergeable else None
+                if answers is None:
+                    answers = [self.scorer.alone(request) for request in group]
+                self.observe(len(group), sum(request.rows for request in group))
+            except Exception:  # a bug here must not stop the thread and leave every later request waiting
+                logger.exception("batch of %d requests failed", len(group))
+                answers = [INTERNAL_ERROR] * len(group)
             for request, answer in zip(group, answers):
                 request.done(answer)
 
