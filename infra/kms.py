@@ -55,7 +55,9 @@ class EncryptionKeys(pulumi.ComponentResource):
         # Key rings and keys cannot be deleted: autonamed, so a stack destroyed and made again does
         # not collide with the names its predecessor left behind.
         ring = gcp.kms.KeyRing(f"{name}-ring", project=args.project, location=args.location, opts=child)
-        project_number = gcp.organizations.get_project_output(project_id=args.project).number
+        # Lookups call Resource Manager and Cloud Storage: on an empty project, only once their APIs are on.
+        after_apis = pulumi.InvokeOutputOptions(depends_on=child.depends_on)
+        project_number = gcp.organizations.get_project_output(project_id=args.project, opts=after_apis).number
 
         def key(role: str) -> gcp.kms.CryptoKey:
             return gcp.kms.CryptoKey(
@@ -75,7 +77,7 @@ class EncryptionKeys(pulumi.ComponentResource):
             self.data_key_id = data_key.id
             sql_agent = gcp.projects.ServiceIdentity(
                 f"{name}-sql-agent", project=args.project, service="sqladmin.googleapis.com", opts=child)
-            storage_agent = gcp.storage.get_project_service_account_output(project=args.project)
+            storage_agent = gcp.storage.get_project_service_account_output(project=args.project, opts=after_apis)
             self.data_key_grants = [
                 gcp.kms.CryptoKeyIAMMember(
                     f"{name}-data-{agent}", crypto_key_id=data_key.id, role=ENCRYPTER_DECRYPTER,
