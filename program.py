@@ -10,6 +10,7 @@ from infra.config import Settings
 from infra.database import Database, DatabaseArgs
 from infra.edge import EdgePolicy, EdgePolicyArgs
 from infra.images import MlflowImages, MlflowImagesArgs, image_version
+from infra.kms import EncryptionKeys, EncryptionKeysArgs
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
@@ -59,6 +60,9 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         prebuilt=(("tracking", settings.tracking_image), ("serving", settings.serving_image)),
     ), after_apis)
 
+    keys = EncryptionKeys(f"{prefix}-keys", EncryptionKeysArgs(
+        project=settings.project, location=settings.region, labels=labels, data_key=settings.cmek), after_apis)
+
     def cluster(role: str, master_cidr: str, pods: str, services: str, machine_type: str,
                 min_nodes: int, max_nodes: int, spot: bool, disk_type: str) -> GkeCluster:
         return GkeCluster(f"{prefix}-{role}", GkeClusterArgs(
@@ -83,6 +87,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
             deletion_protection=settings.cluster_deletion_protection,
             master_authorized_cidrs=settings.master_authorized_cidrs,
             dns_endpoint=settings.control_plane_endpoint == "dns",
+            secrets_key_id=keys.secrets_key_id,
+            secrets_key_grants=tuple(keys.secrets_key_grants),
         ), after_apis)
 
     platform = cluster("platform", settings.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME,
@@ -103,6 +109,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         nearline_after_days=settings.artifact_nearline_after_days,
         noncurrent_retention_days=settings.noncurrent_retention_days,
         force_destroy=settings.bucket_force_destroy,
+        encryption_key_id=keys.data_key_id,
+        encryption_key_grants=tuple(keys.data_key_grants),
     ), after_apis)
 
     database = Database(f"{prefix}-db", DatabaseArgs(
@@ -122,6 +130,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         deletion_protection=settings.db_deletion_protection,
         maintenance_day=settings.maintenance_day_number,
         maintenance_hour=settings.db_maintenance_hour,
+        encryption_key_id=keys.data_key_id,
+        encryption_key_grants=tuple(keys.data_key_grants),
     ), after_apis)
 
     edge = (EdgePolicy(f"{prefix}-edge", EdgePolicyArgs(

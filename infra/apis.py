@@ -12,6 +12,7 @@ from infra.naming import child_options
 
 REQUIRED_APIS = (
     "artifactregistry.googleapis.com",
+    "cloudkms.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "compute.googleapis.com",
     "container.googleapis.com",

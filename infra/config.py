@@ -120,6 +120,7 @@ class Settings(BaseModel):
     artifact_nearline_after_days: int = Field(90, description="Move artifacts to Nearline after this many days (1-3650).")
     noncurrent_retention_days: int = Field(30, description="Delete overwritten/deleted artifact versions after this many days (1-3650).")
     bucket_force_destroy: bool = Field(False, description="Let `pulumi destroy` delete a non-empty bucket (must be false in prod).")
+    cmek: bool = Field(False, description="Encrypt Cloud SQL and the artifact bucket with a Cloud KMS key the program holds (must be true in prod).")
     registry_keep_versions: int = Field(10, description="Image versions the registry cleanup policy keeps (1-1000).")
 
     # --- images --------------------------------------------------------------------------
@@ -374,6 +375,8 @@ class Settings(BaseModel):
                     errors.append(_line(key, False, "must be true when environment is prod"))
             if self.bucket_force_destroy:
                 errors.append(_line("bucket_force_destroy", True, "must be false when environment is prod"))
+            if not self.cmek:
+                errors.append(_line("cmek", False, "must be true when environment is prod"))
         if errors:
             raise ValueError("\n".join(errors))
         return self

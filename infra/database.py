@@ -62,6 +62,11 @@ class DatabaseArgs:
     maintenance_hour: int = 3
     """Maintenance window start hour, UTC."""
 
+    encryption_key_id: Optional[pulumi.Input[str]] = None
+    """Cloud KMS key for the instance's disks and backups (CMEK); None: Google-managed."""
+    encryption_key_grants: tuple[pulumi.Resource, ...] = ()
+    """The key's grant to Cloud SQL's service agent: the instance waits for it."""
+
     def __post_init__(self) -> None:
         if self.point_in_time_recovery and not self.backups:
             raise ValueError("DatabaseArgs.point_in_time_recovery needs backups=True")
@@ -91,6 +96,7 @@ class Database(pulumi.ComponentResource):
             project=args.project,
             region=args.region,
             database_version=POSTGRES_VERSION,
+            encryption_key_name=args.encryption_key_id,
             deletion_protection=args.deletion_protection,
             settings=gcp.sql.DatabaseInstanceSettingsArgs(
                 tier=args.tier,
@@ -130,7 +136,8 @@ class Database(pulumi.ComponentResource):
                     for flag, value in DATABASE_FLAGS.items()
                 ],
             ),
-            opts=child_options(self, opts, depends_on=[args.private_services_connection]),
+            opts=child_options(self, opts, depends_on=[args.private_services_connection,
+                                                       *args.encryption_key_grants]),
         )
         databases = {
             database: gcp.sql.Database(

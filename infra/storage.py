@@ -27,6 +27,10 @@ class ArtifactBucketArgs:
     """Days a noncurrent (overwritten or deleted) version is kept."""
     force_destroy: bool = False
     """Allow deleting a non-empty bucket."""
+    encryption_key_id: Optional[pulumi.Input[str]] = None
+    """Cloud KMS key new objects are encrypted with (CMEK); None: Google-managed."""
+    encryption_key_grants: tuple[pulumi.Resource, ...] = ()
+    """The key's grant to Cloud Storage's service agent: the bucket waits for it."""
 
     def __post_init__(self) -> None:
         for field in ("nearline_after_days", "noncurrent_retention_days"):
@@ -52,6 +56,8 @@ class ArtifactBucket(pulumi.ComponentResource):
             public_access_prevention="enforced",
             versioning=gcp.storage.BucketVersioningArgs(enabled=True),
             force_destroy=args.force_destroy,
+            encryption=gcp.storage.BucketEncryptionArgs(default_kms_key_name=args.encryption_key_id)
+            if args.encryption_key_id is not None else None,
             labels=args.labels,
             lifecycle_rules=[
                 gcp.storage.BucketLifecycleRuleArgs(
@@ -67,7 +73,7 @@ class ArtifactBucket(pulumi.ComponentResource):
                     ),
                 ),
             ],
-            opts=child_options(self, opts),
+            opts=child_options(self, opts, depends_on=list(args.encryption_key_grants)),
         )
         self.bucket_name = self._bucket.name
         self.bucket_url = self._bucket.url

@@ -116,6 +116,13 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
         items.append(LineItem("Load balancers", f"{balancers} forwarding rule(s) (HTTPS Ingress, internal LB)",
                               lb, lb))
 
+    keys = run.of_type("gcp:kms/cryptoKey:CryptoKey")
+    if keys:
+        kms = prices["kms"]
+        monthly = len(keys) * kms["versions_kept"] * kms["key_version_per_month"]
+        items.append(LineItem("Cloud KMS", f"{len(keys)} key(s) × up to {kms['versions_kept']} active versions "
+                              "(90-day rotation)", monthly, monthly))
+
     storage = prices["storage"]
     stored = usage["bucket_gb"] * storage["standard_per_gb_month"] + usage["registry_gb"] * storage[
         "registry_per_gb_month"]

@@ -14,6 +14,7 @@ from pulumi.runtime.rpc import _special_secret_sig as SECRET_SIG
 from pulumi.runtime.rpc import _special_sig_key as SIG_KEY
 
 OFFLINE_ENDPOINT = "203.0.113.10"  # TEST-NET-3: never routable
+OFFLINE_PROJECT_NUMBER = "123456789012"
 
 
 def secret(value: Any) -> dict:
@@ -69,6 +70,9 @@ class PlatformMocks(pulumi.runtime.Mocks):
         elif typ == "gcp:serviceaccount/account:Account":
             email = f"{state['accountId']}@{state.get('project', self.project)}.iam.gserviceaccount.com"
             state.update(email=email, name=f"projects/{state.get('project', self.project)}/serviceAccounts/{email}")
+        elif typ == "gcp:projects/serviceIdentity:ServiceIdentity":
+            agent = {"sqladmin.googleapis.com": "gcp-sa-cloud-sql"}[state["service"]]
+            state.update(email=f"service-{OFFLINE_PROJECT_NUMBER}@{agent}.iam.gserviceaccount.com")
         elif typ == "gcp:storage/bucket:Bucket":
             state.update(name=name, url=f"gs://{name}")
         elif typ == "gcp:compute/network:Network":
@@ -94,6 +98,10 @@ class PlatformMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list[tuple[str, str]]]]:
         if args.token == "gcp:organizations/getClientConfig:getClientConfig":
             return {"accessToken": "offline-access-token", "project": self.project}, []
+        if args.token == "gcp:organizations/getProject:getProject":
+            return {"number": OFFLINE_PROJECT_NUMBER, "projectId": args.args.get("projectId", self.project)}, []
+        if args.token == "gcp:storage/getProjectServiceAccount:getProjectServiceAccount":
+            return {"emailAddress": f"service-{OFFLINE_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"}, []
         return {}, []
 
 

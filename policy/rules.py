@@ -166,6 +166,30 @@ def check_gke_cluster_first_up(resource_type: str, props: dict) -> list[str]:
     return violations
 
 
+# Per type: where its `env` label is, and where prod must name a Cloud KMS key.
+PROD_ENCRYPTION: dict[str, tuple[str, str]] = {
+    CLUSTER_TYPE: ("resourceLabels.env", "databaseEncryption.keyName"),
+    SQL_TYPE: ("settings.userLabels.env", "encryptionKeyName"),
+    BUCKET_TYPE: ("labels.env", "encryption.defaultKmsKeyName"),
+}
+
+
+def check_prod_encryption_keys(resource_type: str, props: dict) -> list[str]:
+    """Prod encrypts Kubernetes Secrets, the database and the artifacts with keys the project holds."""
+    if resource_type not in PROD_ENCRYPTION:
+        return []
+    label_path, key_path = PROD_ENCRYPTION[resource_type]
+    if get(props, label_path) != "prod":
+        return []
+    violations = []
+    if not get(props, key_path):
+        violations.append(f"prod resource must be encrypted with a Cloud KMS key: {key_path} must be set")
+    if resource_type == CLUSTER_TYPE and get(props, "databaseEncryption.state") != "ENCRYPTED":
+        violations.append("prod cluster must encrypt Secrets at the application layer: "
+                          f"databaseEncryption.state must be 'ENCRYPTED' (is {get(props, 'databaseEncryption.state')!r})")
+    return violations
+
+
 def check_node_pool_gke_metadata(resource_type: str, props: dict) -> list[str]:
     if resource_type != NODE_POOL_TYPE:
         return []
@@ -251,6 +275,10 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
      "Every container runs as non-root with a read-only root filesystem, no privilege escalation, "
      "all capabilities dropped, a memory limit, and an image pinned by digest.",
      check_workload_hardening),
+    ("prod-encryption-keys",
+     "Resources labelled env=prod are encrypted with Cloud KMS keys: cluster Secrets (application layer), "
+     "Cloud SQL and the artifact bucket (CMEK).",
+     check_prod_encryption_keys),
     ("prod-deletion-protection",
      "Resources labelled env=prod are protected against deletion: cluster and Cloud SQL deletion "
      "protection on, bucket forceDestroy off.",

@@ -13,7 +13,7 @@ NS = "mlflow-platform"
 VALID = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev"}
 PROD_VALID = {
     "gcp:project": "my-proj-123", f"{NS}:environment": "prod", f"{NS}:dbPointInTimeRecovery": "true",
-    f"{NS}:controlPlaneEndpoint": "dns",
+    f"{NS}:controlPlaneEndpoint": "dns", f"{NS}:cmek": "true",
 }
 
 

@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from infra.apis import REQUIRED_APIS
 from infra.cloud_rules import SUPPORTED_VULNERABILITY_MODES, reserved_addresses
 from infra.cluster import GkeClusterArgs
 from tests.helpers import plain
@@ -156,7 +157,7 @@ def test_committed_plan_records_each_resources_dependencies(stack, stack_runs):
 
     document = {entry["name"]: entry for entry in resources_document(stack_runs[stack])}
     assert "mlflow-artifacts-bucket" in document["mlflow-identity-bucket-0"]["dependsOn"]
-    assert "mlflow-apis (all 11)" in document["mlflow-net-vpc"]["dependsOn"]
+    assert f"mlflow-apis (all {len(REQUIRED_APIS)})" in document["mlflow-net-vpc"]["dependsOn"]
     assert {"mlflow-identity-cloudsql-client", "mlflow-identity-wi-binding"} <= set(document["mlflow-migrate"]["dependsOn"])
 
 

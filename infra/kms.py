@@ -1,0 +1,87 @@
+"""Cloud KMS keys the program holds: Kubernetes Secrets in etcd, and optionally Cloud SQL and the
+artifact bucket (CMEK), are encrypted with them; each Google service agent may use only its key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+
+from infra.naming import child_options
+
+ENCRYPTER_DECRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+SECONDS_PER_DAY = 86_400
+
+
+def gke_service_agent(project_number: str) -> str:
+    """GKE's own service account, which encrypts Secrets for the control plane
+    (https://cloud.google.com/kubernetes-engine/docs/how-to/encrypting-secrets)."""
+    return f"serviceAccount:service-{project_number}@container-engine-robot.iam.gserviceaccount.com"
+
+
+@dataclass(frozen=True)
+class EncryptionKeysArgs:
+    project: str
+    """GCP project."""
+    location: str
+    """Region of the key ring: GKE, Cloud SQL and a regional bucket need keys in their own region."""
+    labels: dict[str, str]
+    """Key labels."""
+    rotation_days: int = 90
+    """A new primary key version this often; older versions still decrypt."""
+    data_key: bool = False
+    """Also a key for Cloud SQL and the artifact bucket (CMEK), usable only by their service agents."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rotation_days <= 36_500:
+            raise ValueError(f"EncryptionKeysArgs.rotation_days={self.rotation_days}: allowed 1-36500")
+
+
+class EncryptionKeys(pulumi.ComponentResource):
+    """A key ring, a key for the clusters' Secrets and optionally a data key, with their grants."""
+
+    secrets_key_id: pulumi.Output[str]
+    data_key_id: Optional[pulumi.Output[str]]
+    secrets_key_grants: list[pulumi.Resource]
+    """The clusters wait for these: GKE refuses a key its agent cannot use."""
+    data_key_grants: list[pulumi.Resource]
+    """Cloud SQL and the bucket wait for these."""
+
+    def __init__(self, name: str, args: EncryptionKeysArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:kms:EncryptionKeys", name, None, opts)
+        child = child_options(self, opts)
+        # Key rings and keys cannot be deleted: autonamed, so a stack destroyed and made again does
+        # not collide with the names its predecessor left behind.
+        ring = gcp.kms.KeyRing(f"{name}-ring", project=args.project, location=args.location, opts=child)
+        # Lookups call Resource Manager and Cloud Storage: on an empty project, only once their APIs are on.
+        after_apis = pulumi.InvokeOutputOptions(depends_on=child.depends_on)
+        project_number = gcp.organizations.get_project_output(project_id=args.project, opts=after_apis).number
+
+        def key(role: str) -> gcp.kms.CryptoKey:
+            return gcp.kms.CryptoKey(
+                f"{name}-{role}", key_ring=ring.id, purpose="ENCRYPT_DECRYPT",
+                rotation_period=f"{args.rotation_days * SECONDS_PER_DAY}s", labels=args.labels, opts=child)
+
+        secrets_key = key("secrets")
+        self.secrets_key_id = secrets_key.id
+        self.secrets_key_grants = [gcp.kms.CryptoKeyIAMMember(
+            f"{name}-secrets-gke", crypto_key_id=secrets_key.id, role=ENCRYPTER_DECRYPTER,
+            member=project_number.apply(gke_service_agent), opts=child)]
+
+        self.data_key_id = None
+        self.data_key_grants = []
+        if args.data_key:
+            data_key = key("data")
+            self.data_key_id = data_key.id
+            sql_agent = gcp.projects.ServiceIdentity(
+                f"{name}-sql-agent", project=args.project, service="sqladmin.googleapis.com", opts=child)
+            storage_agent = gcp.storage.get_project_service_account_output(project=args.project, opts=after_apis)
+            self.data_key_grants = [
+                gcp.kms.CryptoKeyIAMMember(
+                    f"{name}-data-{agent}", crypto_key_id=data_key.id, role=ENCRYPTER_DECRYPTER,
+                    member=pulumi.Output.concat("serviceAccount:", email), opts=child)
+                for agent, email in (("sql", sql_agent.email), ("storage", storage_agent.email_address))
+            ]
+        self.register_outputs({"secrets_key_id": self.secrets_key_id, "data_key_id": self.data_key_id})
