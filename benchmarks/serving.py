@@ -71,7 +71,12 @@ def start_servers(platform: LocalPlatform, options: ServingOptions) -> tuple[lis
     skipped = []
     if options.all_variants:
         servers.append(models_serve(platform, "models-serve-w2", 2, "`mlflow models serve` with two workers"))
-        peers, reason = mlserver.peers(platform)
+        try:
+            peers, reason = mlserver.peers(platform)
+        except BaseException:  # the caller never sees these servers: stop them here
+            for server in servers:
+                server.stop()
+            raise
         servers += peers
         if reason:
             skipped.append(reason)
