@@ -5,12 +5,13 @@ PY := $(VENV)/bin/python
 CHECKOV_VENV := .venv-checkov
 RUNTIME_VENV := .venv-runtime
 UPGRADE_VENV := .venv-mlflow2
+MLSERVER_VENV := .venv-mlserver
 TARGET ?= local
 STACK ?= dev
 STACKS := dev prod
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install checkov runtime upgrade-venv test plan plan-all plan-check reference local bench promote rollback clean
+.PHONY: install checkov runtime upgrade-venv mlserver-venv test plan plan-all plan-check reference local bench promote rollback clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +37,18 @@ $(UPGRADE_VENV)/.installed: requirements-upgrade.txt
 	$(UPGRADE_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-upgrade.txt
 	touch $@
 
+# MLServer + mlserver-mlflow, the serving peer of `make bench`: it pins FastAPI and uvloop below what
+# the pods run, so it gets its own virtualenv, never used by the pods or by `make test`.
+$(MLSERVER_VENV)/.installed: requirements-mlserver.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-mlserver.txt
+	touch $@
+
 install: $(VENV)/.installed
 checkov: $(CHECKOV_VENV)/.installed
 runtime: $(RUNTIME_VENV)/.installed
 upgrade-venv: $(UPGRADE_VENV)/.installed
+mlserver-venv: $(MLSERVER_VENV)/.installed
 
 ## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end).
 test: install checkov runtime upgrade-venv
@@ -65,8 +74,9 @@ local: install runtime
 	$(PY) -m local
 
 ## make bench [BENCH_ARGS=--quick]: serving, tracking and program-time benchmarks side by side on
-## the local platform (~8 min); results in benchmarks/results/, report in docs/benchmarks.md.
-bench: install runtime
+## the local platform, with MLServer beside the serving pod (~10 min); results in benchmarks/results/,
+## report in docs/benchmarks.md (conclusions by hand in benchmarks/serving_conclusions.md).
+bench: install runtime mlserver-venv
 	$(PY) -m benchmarks $(BENCH_ARGS)
 	$(PY) -m benchmarks.program_time
 
@@ -80,4 +90,4 @@ rollback: install runtime
 	$(PY) -m ops.promote --model '$(MODEL)' --alias '$(ALIAS)' --rollback --target $(TARGET) --stack $(STACK)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) .pytest_cache .local
+	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) $(MLSERVER_VENV) .pytest_cache .local

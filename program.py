@@ -235,6 +235,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
             max_replicas=settings.serving_max_replicas,
             target_cpu_percent=settings.serving_target_cpu_percent,
             workers=settings.serving_workers,
+            max_batch_size=settings.serving_max_batch_size,
+            max_batch_delay_ms=settings.serving_max_batch_delay_ms,
             cpu=settings.serving_cpu,
             memory=settings.serving_memory,
         ), after_apis)

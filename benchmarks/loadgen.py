@@ -37,8 +37,12 @@ def iris_rows(rows: int) -> tuple[list[str], list[list[float]]]:
 
 
 @lru_cache(maxsize=None)
-def payload(rows: int) -> bytes:
+def payload(rows: int, body_format: str = "mlflow") -> bytes:
     columns, data = iris_rows(rows)
+    if body_format == "v2":  # one FP64 input per column, decoded into a DataFrame by MLServer's pandas codec
+        return json.dumps({"parameters": {"content_type": "pd"},
+                           "inputs": [{"name": column, "shape": [rows, 1], "datatype": "FP64",
+                                       "data": [row[i] for row in data]} for i, column in enumerate(columns)]}).encode()
     return json.dumps({"dataframe_split": {"columns": columns, "data": data}}).encode()
 
 
@@ -104,8 +108,10 @@ async def _point(url: str, body: bytes, concurrency: int, duration: float, warmu
 
 
 def point(url: str, rows: int, concurrency: int, duration: float, warmup: float = 0.5,
-          max_requests: int = 100_000, pids: list[int] | None = None, raw: bool = False) -> dict:
-    return asyncio.run(_point(url, payload(rows), concurrency, duration, warmup, max_requests, pids or [], raw))
+          max_requests: int = 100_000, pids: list[int] | None = None, raw: bool = False,
+          body_format: str = "mlflow") -> dict:
+    return asyncio.run(_point(url, payload(rows, body_format), concurrency, duration, warmup, max_requests,
+                              pids or [], raw))
 
 
 def ceiling(model_uri: str, rows: list[int], duration: float, rounds: int = 1, core: int | None = None) -> dict:

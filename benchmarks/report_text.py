@@ -4,7 +4,10 @@ so a rerun on another machine does not leave stale claims behind."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
+
+CONCLUSIONS = Path(__file__).resolve().parent / "serving_conclusions.md"
 
 
 def _ms(per_second) -> Optional[float]:
@@ -94,6 +97,15 @@ def defaults_table(s: Optional[S], t: Optional[T]) -> str:
                f"(c=1: {_fmt(s.get('project-w2', 1, 1, 'rps'))} rps against {_fmt(s.get('project-w1', 1, 1, 'rps'))}). "
                if w2_floor else "")
             + "Scale with replicas (HPA); a pod limited to 500m CPU cannot feed a second worker anyway."])
+        settings = s.d["configs"]["project-w1"]["settings"]
+        if settings.get("max_batch_size", 1) > 1:
+            rows.append([
+                "`servingMaxBatchSize` / `servingMaxBatchDelayMs`",
+                f"**{settings['max_batch_size']} rows / {settings['max_batch_delay_ms']:g} ms** (new)",
+                f"c={hi}, 1-row: {_fmt(s.get('project-w1', 1, hi, 'rps'))} rps with batching, "
+                f"{_fmt(s.get('project-unbatched', 1, hi, 'rps'))} without; "
+                f"{_fmt(s.get('project-w1', 1, hi, 'requests_per_predict'), 1)} requests per predict. "
+                "Why these values: see Serving, What the numbers say."])
         if s.has("project-w1-std"):
             rows.append([
                 "serving image: add `httptools`, `uvloop` (what `uvicorn[standard]` adds for HTTP)", "**add** (change)",
@@ -138,90 +150,8 @@ def defaults_table(s: Optional[S], t: Optional[T]) -> str:
 
 
 def serving_analysis(s: S) -> str:
-    p = []
-    hi, mid = s.hi, s.mid
-    a1, a4, a16 = (s.get("project-w1", 1, c, "rps") for c in (1, mid, hi))
-    b1, b4, b16 = (s.get("models-serve-w2", 1, c, "rps") for c in (1, mid, hi))
-    b_c1_ms = s.get("models-serve-w2", 1, 1, "p50_ms")
-    stall_cap = hi / (b_c1_ms / 1000) if b_c1_ms else None
-    needed = 2 * b16 if b16 else None
-    p.append(
-        f"**(a) against (b).** The project's pod answers {_fmt(a1)} requests/s on one connection (p50 "
-        f"{_fmt(s.get('project-w1', 1, 1, 'p50_ms'), 1)} ms); `mlflow models serve --workers 2` answers "
-        f"{_fmt(b1)} (p50 {_fmt(b_c1_ms, 1)} ms): {_fmt(s.ratio(1, 1, 'a_over_b_rps'), 1)}× at c=1, "
-        f"{_fmt(s.ratio(1, mid, 'a_over_b_rps'), 1)}× at c={mid}. At c={hi} it is "
-        f"{_fmt(s.ratio(1, hi, 'a_over_b_rps'), 2)}× (1-row: {_fmt(a16)} vs {_fmt(b16)} rps) and "
-        f"{_fmt(s.ratio(100, hi, 'a_over_b_rps'), 2)}× (100-row). Two different limits meet there: (b) waits out its "
-        f"stall on every request, so {hi} connections cap it near {hi} / {_fmt(b_c1_ms, 0)} ms ≈ {_fmt(stall_cap)} rps "
-        f"(it kept {_fmt(s.get('models-serve-w2', 1, hi, 'server_cpu_per_s'), 2)} cores busy), while (a) is capped "
-        f"by its one core ({_fmt(s.get('project-w1', 1, hi, 'server_cpu_per_s'), 2)} cores busy, "
-        f"{_fmt(s.get('project-w1', 1, hi, 'rps_per_core'))} requests per CPU-second). 2× would need "
-        f"{_fmt(needed)} rps from one core, {_fmt(_ms(needed), 2)} ms of CPU per request, when MLflow's own "
-        f"parse + predict + serialize takes {_fmt(_ms(s.ceiling(1, 'invocations')), 2)} ms before any HTTP (see "
-        f"below): not reachable while serving MLflow's scoring app. At c=64 the stall no longer binds (b) and it "
-        f"uses both cores: {_fmt(s.ratio(1, 64, 'a_over_b_rps'), 2)}×. The 2× holds at c ≤ {mid}.")
-    p.append(
-        "**The stall.** With `--workers` > 1 uvicorn binds the listening socket itself (`socket.socket()`, protocol 0) "
-        "and hands it to the worker processes; asyncio only sets `TCP_NODELAY` on accepted sockets whose protocol is "
-        "`IPPROTO_TCP`, so Nagle's algorithm stays on. Each response is two writes (headers, body); the body waits for "
-        "the client's ACK of the headers, which Linux delays by ~40 ms. With one worker, uvicorn lets asyncio create "
-        "the socket from `getaddrinfo` (protocol 6) and the stall does not happen. Reported upstream as "
-        "Kludex/uvicorn#3149 (open when this was written). uvloop sets `TCP_NODELAY` on every TCP connection itself, "
-        + (f"which is why `project-w2-std` has no stall (c=1 p50 {_fmt(s.get('project-w2-std', 1, 1, 'p50_ms'), 1)} ms, "
-           f"c={hi} {_fmt(s.get('project-w2-std', 1, hi, 'rps'))} rps"
-           + (" — the most measured at that point)." if s.get('project-w2-std', 1, hi, 'rps') == max(
-               s.get(name, 1, hi, 'rps') or 0 for name in s.d["configs"]) else ").")
-           if s.has("project-w2-std") else "so installing it removes the stall."))
-    p.append(
-        f"**p99 at c={mid}.** (a) has p50/p99 {_fmt(s.get('project-w1', 1, mid, 'p50_ms'), 1)}/"
-        f"{_fmt(s.get('project-w1', 1, mid, 'p99_ms'), 1)} ms (1-row) and {_fmt(s.get('project-w1', 100, mid, 'p50_ms'), 1)}/"
-        f"{_fmt(s.get('project-w1', 100, mid, 'p99_ms'), 1)} ms (100-row). One worker is (nearly) saturated from c=1 on "
-        f"(~{_fmt(_ms(s.get('project-w1', 1, mid, 'rps_per_core')), 1)} ms of CPU per request), so four requests "
-        "queue behind each other: p50 ≈ 4 × service time, and the tail is whatever else runs on the machine (here: "
-        f"load average {s.d['loadavg']['before'][0]}–{s.d['loadavg']['after'][0]} from other engineers' tests). "
-        + (lambda best: f"Across the variants the lowest p99 at c={mid} was {_fmt(best[1], 1)} ms (`{best[0]}`, 1-row) "
-           "— the difference between them is within this machine's noise. ")(
-            min(((name, s.get(name, 1, mid, "p99_ms")) for name in s.d["configs"]), key=lambda x: x[1] or 1e9))
-        + "The goal needs either a shorter service time (most of it is MLflow's scoring path, below) or fewer "
-        "requests queued per worker."
-        + " In the cluster the HPA spreads c over replicas; with a 500m CPU limit one pod serves about half the "
-        "requests per second measured here and CFS throttling adds up to 50 ms to the tail: serving latency goals "
-        "want `servingCpu` ≥ 1 (prod has it).")
-    inv1, pr1 = s.ceiling(1, "invocations"), s.ceiling(1, "predict")
-    p.append(
-        f"**Where a request's time goes** (1-row, one core): `model.predict` alone runs {_fmt(pr1)} times/s "
-        f"({_fmt(_ms(pr1), 2)} ms: MLflow's schema enforcement and pandas, not the logistic regression); MLflow's "
-        f"`invocations()` — parse the JSON, predict, serialize — {_fmt(inv1)} times/s ({_fmt(_ms(inv1), 2)} ms); the "
-        f"whole HTTP server {_fmt(s.get('project-w1', 1, hi, 'rps_per_core'))} requests per CPU-second "
-        f"({_fmt(_ms(s.get('project-w1', 1, hi, 'rps_per_core')), 2)} ms). So (a)/(c) per core is "
-        f"{_fmt(s.ratio(1, hi, 'a_over_ceiling_per_core'), 2)} (1-row) and {_fmt(s.ratio(100, hi, 'a_over_ceiling_per_core'), 2)} "
-        f"(100-row), and (a) reaches {_fmt(s.ratio(1, hi, 'a_over_invocations_ceiling_per_core'), 2)} of MLflow's own "
-        "request handling without HTTP. The rest is uvicorn, FastAPI (its timeout middleware, routing) and a thread "
-        "hop per request (`asyncio.to_thread`)"
-        + (f"; httptools + uvloop add {_fmt(s.median_gain('project-w1-std', 'project-w1'), 0, ' %')} requests per "
-           "CPU-second (median over all points)" if s.has("project-w1-std") else "")
-        + ". Closing the rest of the gap means serving without MLflow's scoring app, which the project does not "
-        "do: `/invocations` must answer exactly what `mlflow models serve` answers.")
-    g = s.d["goals"]["middleware_loss_at_most_5pct"]
-    ip = g["in_process"]
-    p.append(
-        f"**Metrics middleware.** Called in-process around a trivial ASGI app, with and without it, alternating, the "
-        f"middleware costs {_fmt(s.d['middleware_in_process']['middleware_cpu_us_per_request'], 1)} µs of CPU per "
-        f"request (a counter, a histogram, a gauge and one wrapped `send`); a whole request costs the server "
-        f"{_fmt(ip['1']['request_cpu_us'], 0)} µs (1-row) — so {_fmt(g['value'], 2, ' %')} of throughput at most. "
-        f"End to end, (a) against `models-serve-w1` (the same app and uvicorn without it) differs by "
-        f"{_fmt(g['end_to_end_mean_loss_pct'], 1, ' %')} on average over c={g['over_concurrency']}, from "
-        f"{_fmt(min(s.ratio(r, c, 'middleware_throughput_loss_pct') for r in (1, 100) for c in g['over_concurrency']), 1)} to "
-        f"{_fmt(max(s.ratio(r, c, 'middleware_throughput_loss_pct') for r in (1, 100) for c in g['over_concurrency']), 1)} % "
-        "per point: that spread is this shared machine's noise (and the two launchers' different log configs), "
-        "not the middleware.")
-    p.append(
-        "**Not measured.** MLServer: its last release (1.7.1, June 2025) pins `fastapi<0.116` and Python < 3.13 while "
-        "MLflow 3.17 runs here with FastAPI 0.165, and MLflow deprecated `--enable-mlserver`: a separate virtualenv "
-        "with a downgraded FastAPI would measure a different stack, so it was left out. `--timeout-keep-alive` only "
-        "decides when an idle connection is closed; a closed-loop load keeps every connection busy, so it cannot show "
-        "here — 30 s (mlflow_serving's value) outlives typical client idle gaps, uvicorn's default 5 s does not.")
-    return "\n\n".join(p)
+    """Written by hand after a run (STYLE: conclusions are not generated around live numbers)."""
+    return CONCLUSIONS.read_text().strip() if CONCLUSIONS.exists() else "(no conclusions written for this run)"
 
 
 def tracking_analysis(t: T) -> str:

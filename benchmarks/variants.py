@@ -32,6 +32,10 @@ class Server:
     owned: bool = True
     """Started here (stopped here); False for the platform's own processes."""
     settings: dict = field(default_factory=dict)
+    score_path: str = "/invocations"
+    """Where requests are posted."""
+    body_format: str = "mlflow"
+    """mlflow (dataframe_split JSON) or v2 (the V2 inference protocol)."""
 
     @property
     def pid(self) -> int:
@@ -78,17 +82,20 @@ def rendered_serving_command(platform: LocalPlatform, **flags: str) -> str:
 
 
 def platform_serving(platform: LocalPlatform) -> Server:
-    spec = platform.serving_container
-    workers = spec["args"][spec["args"].index("--workers") + 1]
+    args = platform.serving_container["args"]
     return Server("serving", platform.serving_url, platform.serving, rendered_serving_command(platform),
                   "the serving Deployment as rendered (plan/dev/k8s), run by LocalPlatform", "/ping", False,
-                  {"workers": int(workers), "middleware": True, "http": "auto (h11)", "loop": "auto (asyncio)"})
+                  {"workers": int(args[args.index("--workers") + 1]),
+                   "max_batch_size": int(args[args.index("--max-batch-size") + 1]),
+                   "max_batch_delay_ms": float(args[args.index("--max-batch-delay-ms") + 1]),
+                   "middleware": True, "http": "auto (httptools)", "loop": "auto (uvloop)"})
 
 
 def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int] = None,
-                    extra_pythonpath: Optional[Path] = None, notes: str = "", settings: Optional[dict] = None) -> Server:
-    """The rendered serving container, with --workers changed and/or more packages importable
-    (uvicorn picks httptools and uvloop by itself when they are installed)."""
+                    max_batch_size: Optional[int] = None, extra_pythonpath: Optional[Path] = None, notes: str = "",
+                    settings: Optional[dict] = None) -> Server:
+    """The rendered serving container, with --workers or --max-batch-size changed and/or more
+    packages importable (uvicorn picks httptools and uvloop by itself when they are installed)."""
     port = free_port()
     command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
     argv, env = command.argv, dict(command.env)
@@ -98,6 +105,9 @@ def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int
     if workers is not None:
         argv = _replace_flag(argv, "--workers", str(workers))
         flags["--workers"] = str(workers)
+    if max_batch_size is not None:
+        argv = _replace_flag(argv, "--max-batch-size", str(max_batch_size))
+        flags["--max-batch-size"] = str(max_batch_size)
     _prepare(platform, platform.serving_deployment, command, name)
     return _start(platform, name, argv, env, command.cwd, port, rendered_serving_command(platform, **flags),
                   "/ping", notes, settings or {})

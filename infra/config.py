@@ -161,6 +161,8 @@ class Settings(BaseModel):
     serving_max_replicas: int = Field(3, description="HPA maximum serving replicas (1-100).")
     serving_target_cpu_percent: int = Field(70, description="HPA target CPU utilisation, percent (10-95).")
     serving_workers: int = Field(1, description="Server workers per serving pod (1-8); scale with replicas instead.")
+    serving_max_batch_size: int = Field(1024, description="Rows one predict answers at most when concurrent requests are batched (1-10000); 1 turns batching off.")
+    serving_max_batch_delay_ms: int = Field(2, description="How long a batch waits for requests already arriving, ms (0-100).")
     serving_cpu: str = Field("500m", description="CPU request of the serving container.")
     serving_memory: str = Field("1Gi", description="Memory request and limit of the serving container.")
 
@@ -335,7 +337,8 @@ class Settings(BaseModel):
             ("tracking_replicas", 1, 20), ("tracking_workers", 1, 8),
             ("auth_cache_ttl_seconds", 0, 3600), ("serving_min_replicas", 1, 100),
             ("serving_max_replicas", 1, 100), ("serving_target_cpu_percent", 10, 95),
-            ("serving_workers", 1, 8), ("armor_requests_per_minute", 10, 100_000),
+            ("serving_workers", 1, 8), ("serving_max_batch_size", 1, 10_000),
+            ("serving_max_batch_delay_ms", 0, 100), ("armor_requests_per_minute", 10, 100_000),
             ("alert_serving_p99_ms", 10, 60_000), ("alert_serving_error_percent", 1, 100),
             ("alert_db_storage_percent", 50, 99),
         ):

@@ -41,15 +41,19 @@ def model_uri(model_name: str, alias: str) -> str:
     return f"models:/{model_name}@{alias}"
 
 
-def serving_args(model_name: str, alias: str, workers: int = 1) -> list[str]:
+def serving_args(model_name: str, alias: str, workers: int = 1, max_batch_size: int = 1,
+                 max_batch_delay_ms: int = 0) -> list[str]:
     """`mlflow models serve --env-manager local` as packaged in the serving image (mlflow_serving):
-    the same scoring app, plus Prometheus metrics at /metrics."""
+    the same answers, plus Prometheus metrics at /metrics, and concurrent /invocations batched into
+    one predict when max_batch_size > 1."""
     return [
         "-m", "mlflow_serving",
         "--model-uri", model_uri(model_name, alias),
         "--host", "0.0.0.0",
         "--port", str(SERVING_PORT),
         "--workers", str(workers),
+        "--max-batch-size", str(max_batch_size),
+        "--max-batch-delay-ms", str(max_batch_delay_ms),
         "--log-config", LOGGING_PATH,
     ]
 
@@ -76,12 +80,12 @@ def serving_env(tracking_url: Any, secret_name: Any) -> list[dict]:
 
 
 def serving_container(*, image: Any, model_name: str, alias: str, workers: int, env: list[dict], cpu: str,
-                      memory: str) -> dict:
+                      memory: str, max_batch_size: int = 1, max_batch_delay_ms: int = 0) -> dict:
     return {
         "name": "serving",
         "image": image,
         "command": ["python"],
-        "args": serving_args(model_name, alias, workers),
+        "args": serving_args(model_name, alias, workers, max_batch_size, max_batch_delay_ms),
         "env": env,
         "ports": [{"name": "http", "containerPort": SERVING_PORT}],
         # The server answers /live at once and loads the model in the background; /ping is 503
@@ -194,6 +198,10 @@ class ModelServingArgs:
     """HPA CPU target."""
     workers: int = 1
     """Server workers per pod."""
+    max_batch_size: int = 1
+    """Rows per predict when concurrent requests are batched; 1 is MLflow's app unbatched."""
+    max_batch_delay_ms: int = 0
+    """How long a batch waits for requests already arriving."""
     cpu: str = "500m"
     """CPU request."""
     memory: str = "1Gi"
@@ -205,6 +213,10 @@ class ModelServingArgs:
                              "need 1 <= min_replicas <= max_replicas")
         if not 10 <= self.target_cpu_percent <= 95:
             raise ValueError(f"ModelServingArgs.target_cpu_percent={self.target_cpu_percent}: allowed 10-95")
+        if not 1 <= self.max_batch_size <= 10_000:
+            raise ValueError(f"ModelServingArgs.max_batch_size={self.max_batch_size}: allowed 1-10000")
+        if not 0 <= self.max_batch_delay_ms <= 100:
+            raise ValueError(f"ModelServingArgs.max_batch_delay_ms={self.max_batch_delay_ms}: allowed 0-100")
 
 
 class ModelServing(pulumi.ComponentResource):
@@ -289,7 +301,8 @@ class ModelServing(pulumi.ComponentResource):
 
         container = serving_container(
             image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
-            env=serving_env(args.tracking_url, serving_secret.metadata["name"]), cpu=args.cpu, memory=args.memory)
+            env=serving_env(args.tracking_url, serving_secret.metadata["name"]), cpu=args.cpu, memory=args.memory,
+            max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms)
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,

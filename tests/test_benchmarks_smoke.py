@@ -60,11 +60,12 @@ SERVING_SCHEMA = {
         "by_payload_and_concurrency": {"type": "object", "additionalProperties": {
             "type": "object", "additionalProperties": {
                 "type": "object", "required": ["a_over_b_rps", "a_over_b_rps_per_core", "a_over_ceiling_per_core",
-                                               "middleware_throughput_loss_pct"],
+                                               "a_over_unbatched_rps"],
                 "additionalProperties": OPT_NUMBER}}},
         "middleware_in_process": {"type": "object", "required": ["middleware_cpu_us_per_request"],
                                   "properties": {"middleware_cpu_us_per_request": NUMBER}},
-        "goals": {"type": "object", "required": ["middleware_loss_at_most_5pct"]},
+        "goals": {"type": "object", "required": ["middleware_loss_at_most_5pct", "a_p50_at_most_3ms_at_c1",
+                                                 "a_p99_at_most_15ms_at_c4", "a_memory_at_most_110pct_of_unbatched"]},
     },
 }
 
@@ -118,8 +119,11 @@ def test_serving_results_have_the_documented_shape(quick_run):
     rows = {r["payload_rows"] for r in data["results"]}
     concurrency = {r["concurrency"] for r in data["results"]}
     assert points == {(c, n, k) for c in configs for n in rows for k in concurrency}
-    assert {"project-w1", "models-serve-w2", "models-serve-w1"} <= configs
-    assert {data["configs"][c]["role"] for c in configs} >= {"a", "b", "no-middleware"}
+    assert {"project-w1", "models-serve-w1", "project-unbatched"} <= configs
+    assert {data["configs"][c]["role"] for c in configs} >= {"a", "b", "variant"}
+    # (a) batches (its /metrics counted predicts); batching off forms none
+    assert all(r["requests_per_predict"] for r in data["results"] if r["config"] == "project-w1")
+    assert not any(r["requests_per_predict"] for r in data["results"] if r["config"] == "project-unbatched")
     assert set(data["ceiling_rps"]) == {str(n) for n in rows}
 
 
@@ -138,4 +142,4 @@ def test_report_and_plots_are_written(quick_run):
     report = (quick_run / "benchmarks.md").read_text()
     for heading in ("## Goals", "## Recommended defaults", "## Serving", "## Tracking", "## Machine"):
         assert heading in report
-    assert "project-w1" in report and "models-serve-w2" in report
+    assert "project-w1" in report and "models-serve-w1" in report

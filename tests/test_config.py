@@ -37,6 +37,8 @@ BAD_CONFIGS = {
     "private_services_too_small": ({f"{NS}:privateServicesCidr": "10.64.0.0/29"}, f"{NS}:privateServicesCidr", "/24 or larger"),
     "bad_authorized_cidr": ({f"{NS}:masterAuthorizedCidrs": ["1.2.3.4/8"]}, f"{NS}:masterAuthorizedCidrs", "no host bits"),
     "min_nodes_above_max": ({f"{NS}:minNodes": "5", f"{NS}:maxNodes": "3"}, f"{NS}:minNodes", "must be <= mlflow-platform:maxNodes"),
+    "batch_size_zero": ({f"{NS}:servingMaxBatchSize": "0"}, f"{NS}:servingMaxBatchSize", "between 1 and 10000"),
+    "batch_delay_too_long": ({f"{NS}:servingMaxBatchDelayMs": "250"}, f"{NS}:servingMaxBatchDelayMs", "between 0 and 100"),
     "serving_min_nodes_above_max": ({f"{NS}:servingMinNodes": "4", f"{NS}:servingMaxNodes": "2"}, f"{NS}:servingMinNodes", "<= mlflow-platform:servingMaxNodes"),
     "unknown_machine_family": ({f"{NS}:machineType": "m9-standard-4"}, f"{NS}:machineType", "FAMILY one of e2"),
     "malformed_machine_type": ({f"{NS}:machineType": "big"}, f"{NS}:machineType", "unknown machine type"),

@@ -18,6 +18,30 @@ def test_serves_the_registry_alias_through_the_metrics_wrapper():
     assert args[args.index("--workers") + 1] == "2"
 
 
+MINIMAL_ARGS = dict(provider=None, tracking_provider=None, project="p", workload_pool="w", environment="dev",
+                    image="i", setup_image="i", model_name="m", model_alias="a", tracking_url="u",
+                    tracking_in_cluster_url="u", tracking_namespace="n", admin_secret_name="s",
+                    admin_secret_key="k", admin_username="admin", tracking_ready=None)
+
+
+def test_batching_settings_reach_the_server_command():
+    args = serving_args("iris", "champion", max_batch_size=64, max_batch_delay_ms=5)
+    assert args[args.index("--max-batch-size") + 1] == "64"
+    assert args[args.index("--max-batch-delay-ms") + 1] == "5"
+
+
+def test_batching_is_off_unless_asked():
+    args = serving_args("iris", "champion")
+    assert args[args.index("--max-batch-size") + 1] == "1"
+
+
+@pytest.mark.parametrize("field, value", [("max_batch_size", 0), ("max_batch_size", 20_000), ("max_batch_delay_ms", -1),
+                                          ("max_batch_delay_ms", 101)])
+def test_serving_args_refuse_batching_out_of_bounds(field, value):
+    with pytest.raises(ValueError, match=f"ModelServingArgs.{field}={value}"):
+        ModelServingArgs(**{**MINIMAL_ARGS, field: value})
+
+
 def test_alias_or_token_change_changes_the_pod_template():
     base = rollout_annotations("iris", "champion", "")
     assert rollout_annotations("iris", "challenger", "") != base
@@ -40,11 +64,7 @@ def test_hpa_scales_on_cpu_within_bounds():
 
 def test_args_refuse_min_above_max():
     with pytest.raises(ValueError, match="min_replicas=5, max_replicas=2"):
-        ModelServingArgs(provider=None, tracking_provider=None, project="p", workload_pool="w", environment="dev",
-                         image="i", setup_image="i", model_name="m", model_alias="a", tracking_url="u",
-                         tracking_in_cluster_url="u", tracking_namespace="n", admin_secret_name="s",
-                         admin_secret_key="k", admin_username="admin", tracking_ready=None,
-                         min_replicas=5, max_replicas=2)
+        ModelServingArgs(**MINIMAL_ARGS, min_replicas=5, max_replicas=2)
 
 
 # --- as declared by the stacks --------------------------------------------------------------
@@ -123,6 +143,12 @@ def test_rollout_token_rolls_the_serving_pods(run_stack_with):
     second = serving_deployment(run_stack_with("dev", rolloutToken="two"))
     annotations = lambda d: d.inputs["spec"]["template"]["metadata"]["annotations"]  # noqa: E731
     assert annotations(first) != annotations(second)
+
+
+def test_stack_batching_settings_reach_the_serving_container(run_stack_with):
+    args = container(serving_deployment(run_stack_with("dev", servingMaxBatchSize="8", servingMaxBatchDelayMs="4")),
+                     "serving")["args"]
+    assert (args[args.index("--max-batch-size") + 1], args[args.index("--max-batch-delay-ms") + 1]) == ("8", "4")
 
 
 def test_hpa_bounds_follow_config(run_stack_with):

@@ -13,7 +13,7 @@ import tempfile
 import uvicorn
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 
-from mlflow_serving.app import MODEL_URI_ENV, STATE_DIR_ENV
+from mlflow_serving.app import BATCH_DELAY_ENV, BATCH_ROWS_ENV, MODEL_URI_ENV, STATE_DIR_ENV
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,12 +24,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-w", "--workers", type=int, default=1)
     parser.add_argument("-t", "--timeout", type=int, default=int(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()))
     parser.add_argument("--log-config", help="logging dictConfig as JSON (uvicorn's --log-config)")
+    parser.add_argument("--max-batch-size", type=int, default=1,
+                        help="rows per predict at most when batching concurrent requests; 1 serves MLflow's app as is")
+    parser.add_argument("--max-batch-delay-ms", type=float, default=0.0,
+                        help="how long a batch waits for requests already being received")
     args = parser.parse_args(argv)
 
     # Workers are separate processes: they learn the model and their shared download dir from here.
     os.environ[MODEL_URI_ENV] = args.model_uri
     os.environ[STATE_DIR_ENV] = tempfile.mkdtemp(prefix="mlflow-serving-")
     os.environ[MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.name] = str(args.timeout)
+    os.environ[BATCH_ROWS_ENV] = str(args.max_batch_size)
+    os.environ[BATCH_DELAY_ENV] = str(args.max_batch_delay_ms)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers: metrics are aggregated through files, one set per worker.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")

@@ -1,5 +1,5 @@
-"""The uvicorn app factory: MLflow's scoring app for the model, behind a gate that answers until
-the model is loaded, with metrics.
+"""The uvicorn app factory: MLflow's scoring app for the model (with /invocations batched when
+batching is on), behind a gate that answers until the model is loaded, with metrics.
 
 MLflow's scoring server, the download and the model's flavor are imported by the loader thread,
 so /live answers meanwhile.
@@ -14,11 +14,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from mlflow_serving.batching import BatchSettings
 from mlflow_serving.loader import ModelLoader
-from mlflow_serving.metrics import PrometheusMiddleware
+from mlflow_serving.metrics import PrometheusMiddleware, ServingMetrics
 
 MODEL_URI_ENV = "MLFLOW_SERVING_MODEL_URI"
 STATE_DIR_ENV = "MLFLOW_SERVING_STATE_DIR"
+BATCH_ROWS_ENV = "MLFLOW_SERVING_MAX_BATCH_SIZE"
+BATCH_DELAY_ENV = "MLFLOW_SERVING_MAX_BATCH_DELAY_MS"
 LIVE_PATH = "/live"
 _MODEL_PATH_FILE = "model-path"
 
@@ -82,16 +85,33 @@ def download_once(model_uri: str, state_dir: Path) -> str:
         return path
 
 
-def scoring_app(local_path: str):
-    """What `mlflow models serve --env-manager local` serves for a downloaded model."""
+def scoring_app(local_path: str, batching: BatchSettings = BatchSettings(max_rows=1),
+                metrics: ServingMetrics | None = None):
+    """What `mlflow models serve --env-manager local` serves for a downloaded model; with batching
+    on, its POST /invocations goes through the batcher and the rest to MLflow's app."""
+    from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
     from mlflow.pyfunc import scoring_server
     from mlflow.utils.file_utils import path_to_local_file_uri
 
-    return scoring_server.init(scoring_server.load_model_with_mlflow_config(path_to_local_file_uri(local_path)))
+    from mlflow_serving.batching import Batcher, BatchingApp, Scorer
+
+    model = scoring_server.load_model_with_mlflow_config(path_to_local_file_uri(local_path))
+    app = scoring_server.init(model)
+    if batching.max_rows <= 1:
+        return app
+    observe = metrics.observe_batch if metrics else (lambda requests, rows: None)
+    batcher = Batcher(Scorer(model), batching, observe).start()
+    return BatchingApp(app, batcher, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
+
+
+def batch_settings(environ=os.environ) -> BatchSettings:
+    return BatchSettings(max_rows=int(environ.get(BATCH_ROWS_ENV, "1")),
+                         max_delay_ms=float(environ.get(BATCH_DELAY_ENV, "0")))
 
 
 def create_app():
     state_dir = Path(os.environ[STATE_DIR_ENV])
+    metrics, batching = ServingMetrics(), batch_settings()
     loader = ModelLoader(os.environ[MODEL_URI_ENV], fetch=lambda uri: download_once(uri, state_dir),
-                         build=scoring_app)
-    return PrometheusMiddleware(ModelGate(loader))
+                         build=lambda path: scoring_app(path, batching, metrics))
+    return PrometheusMiddleware(ModelGate(loader), metrics)

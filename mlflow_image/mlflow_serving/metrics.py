@@ -11,6 +11,7 @@ from prometheus_client import multiprocess
 # Paths are labels: anything else is "other", so a scanner cannot explode the series count.
 KNOWN_PATHS = frozenset({"/invocations", "/ping", "/health", "/version", "/live"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class ServingMetrics:
@@ -22,6 +23,15 @@ class ServingMetrics:
                                  ["path"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("mlflow_serving_requests_in_flight", "Requests being answered now.",
                                registry=self.registry, multiprocess_mode="livesum")
+        # What batching forms: requests answered by one predict, and their rows.
+        self.batch_requests = Histogram("mlflow_serving_batch_requests", "Requests answered by one predict.",
+                                        buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("mlflow_serving_batch_rows", "Input rows of one predict.",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+
+    def observe_batch(self, requests: int, rows: int) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_rows.observe(rows)
 
     def exposition(self) -> bytes:
         """All workers' metrics when PROMETHEUS_MULTIPROC_DIR is set, else this process's."""
