@@ -81,8 +81,8 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
         # the Host header clients send through the local load balancer (the Service)
         "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.balancer.backends['tracking'].listen_port}"),
         "--expose-prometheus": ("/tmp/prometheus", str(pod / "tmp" / "prometheus")),
-        "--uvicorn-opts": ("--log-config /etc/mlflow-logging/logging.json",
-                           f"--log-config {pod / 'logging' / 'logging.json'}"),
+        "--uvicorn-opts": ("--log-config /etc/mlflow-logging/logging.json --timeout-keep-alive 620",
+                           f"--log-config {pod / 'logging' / 'logging.json'} --timeout-keep-alive 620"),
     }
     check_env(spec, command.env, {
         "MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
