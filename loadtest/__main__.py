@@ -1,10 +1,7 @@
-"""`make loadtest TARGET=local|cluster [STACK=dev] [SECONDS=60] [USERS=16]`: Locust, headless and
-bounded, against the serving and the tracking Service, one after the other; results (CSV + JSON)
-in loadtest-results/<target>/, tables and charts in docs/loadtest.md.
-
-local: against a running `make local` (its .local/endpoints.json: the load balancer's URLs),
-Locust distributed on this machine: one master and two worker processes per run.
-cluster: the stack's Locust Jobs (`loadTesting: true`), see loadtest/cluster.py.
+"""`make loadtest [DURATION=60] [USERS=16]`: Locust, headless and bounded, against the serving and
+the tracking Service of a running `make local` (its .local/endpoints.json: the load balancer's
+URLs), one after the other, distributed on this machine: one master and two worker processes per
+run. Results (CSV + JSON) in loadtest-results/local/, tables and charts in docs/loadtest.md.
 """
 
 from __future__ import annotations
@@ -37,8 +34,8 @@ def local_runs(workdir: Path, seconds: int, users: int, out_dir: Path) -> list[L
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", choices=("local", "cluster"), default="local")
-    parser.add_argument("--stack", default="dev")
+    parser.add_argument("--target", choices=("local",), default="local",
+                        help="local only: the cluster target is not built yet (README, Load testing)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".local", help="`make local` work dir")
     parser.add_argument("--seconds", type=int, default=60, help="per Service (default 60)")
     parser.add_argument("--users", type=int, default=16, help="serving users (tracking: at most 8)")
@@ -47,15 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 5 <= args.seconds <= 3600 or not 1 <= args.users <= 1000:
         parser.error("--seconds 5-3600, --users 1-1000: a load test is bounded")
     out_dir = RESULTS / args.target
-    if args.target == "cluster":
-        from loadtest.cluster import run_cluster
-
-        run_cluster(args.stack, args.seconds, args.users, out_dir)
-    else:
-        for run in local_runs(args.workdir.resolve(), args.seconds, args.users, out_dir):
-            print(f"[loadtest] {run.name}: {run.users} users for {run.seconds}s against {run.host} "
-                  f"(1 master, {run.workers} workers)", flush=True)
-            run_load(run)
+    for run in local_runs(args.workdir.resolve(), args.seconds, args.users, out_dir):
+        print(f"[loadtest] {run.name}: {run.users} users for {run.seconds}s against {run.host} "
+              f"(1 master, {run.workers} workers)", flush=True)
+        run_load(run)
     update_report(args.report, args.target, out_dir)
     print(f"[loadtest] results in {out_dir}/, report {args.report}", flush=True)
     return 0

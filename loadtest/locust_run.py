@@ -92,6 +92,12 @@ class LocustProcesses:
         finally:
             self.stop()
 
+    def finish(self) -> int:
+        """End the run now, as its time limit would (SIGTERM: Locust stops the users and writes
+        its results); returns the master's exit code."""
+        os.kill(self.procs[0].pid, signal.SIGTERM)
+        return self.wait()
+
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -104,11 +110,12 @@ def run_load(run: LoadRun) -> int:
 
 
 def wait_for_first_requests(run: LoadRun, timeout: float = 30.0) -> None:
-    """Until Locust has written its first history row with requests in it (load is on)."""
+    """Until Locust's history shows requests (the load is on)."""
+    from loadtest.results import history
+
     deadline = time.monotonic() + timeout
-    history = Path(f"{run.csv_prefix}_stats_history.csv")
     while time.monotonic() < deadline:
-        if history.exists() and any(line.split(",")[-11:-10] != ["0"] for line in history.read_text().splitlines()[1:]):
+        if any(second.total_requests for second in history(run.csv_prefix)):
             return
         time.sleep(0.5)
     raise RuntimeError(f"locust {run.name}: no requests within {timeout:.0f}s (see {run.out_dir})")
