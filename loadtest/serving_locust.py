@@ -9,22 +9,16 @@ answered when.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 from locust import FastHttpUser, constant, events, task
 
 from loadtest.payloads import csv_body, dataframe_records, dataframe_split, rows
+from loadtest.records import Recorder
 
 ONE, HUNDRED = rows(1), rows(100)
-RECORD_DIR = os.environ.get("LOADTEST_RECORD_DIR")
-_record = {"file": None}
-
-
-@events.test_start.add_listener
-def _open_record(**_kwargs):
-    if RECORD_DIR:
-        _record["file"] = open(os.path.join(RECORD_DIR, f"answers-{os.getpid()}.jsonl"), "a", buffering=1)
+answers = Recorder("answers")
+events.test_start.add_listener(answers.open)
 
 
 class ServingClient(FastHttpUser):
@@ -39,8 +33,8 @@ class ServingClient(FastHttpUser):
                 response.failure(f"HTTP {response.status_code}: {(response.text or '')[:200]}")
                 return
             predictions = json.loads(response.text)["predictions"]
-            if record and _record["file"]:
-                _record["file"].write(json.dumps({"t": sent, "p": predictions[0]}) + "\n")
+            if record:
+                answers.write(sent, p=predictions[0])
 
     @task(6)
     def one_row_split(self):

@@ -9,28 +9,18 @@ there (run id, metric keys and steps), so a rehearsal can check that nothing ack
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
 
 from locust import HttpUser, between, events, task
 
+from loadtest.records import Recorder
+
 EXPERIMENT = "loadtest"
 METRICS_PER_BATCH = 10
-RECORD_DIR = os.environ.get("LOADTEST_RECORD_DIR")
-_record = {"file": None}
-
-
-@events.test_start.add_listener
-def _open_record(**_kwargs):
-    if RECORD_DIR:
-        _record["file"] = open(os.path.join(RECORD_DIR, f"acks-{os.getpid()}.jsonl"), "a", buffering=1)
-
-
-def _ack(**fields) -> None:
-    if _record["file"]:
-        _record["file"].write(json.dumps({"t": time.time(), **fields}) + "\n")
+acks = Recorder("acks")
+events.test_start.add_listener(acks.open)
 
 
 class DataScientist(HttpUser):
@@ -76,13 +66,13 @@ class DataScientist(HttpUser):
         if created is None:
             return
         run_id = created["run"]["info"]["run_id"]
-        _ack(kind="run", run_id=run_id)
+        acks.write(kind="run", run_id=run_id)
         now = int(time.time() * 1000)
         metrics = [{"key": f"m{i}", "value": i * 0.5, "timestamp": now, "step": 0} for i in range(METRICS_PER_BATCH)]
         params = [{"key": "batch", "value": "10"}]
         if self._api("POST", "runs/log-batch", "runs/log-batch",
                      json={"run_id": run_id, "metrics": metrics, "params": params}) is not None:
-            _ack(kind="metrics", run_id=run_id, keys=[m["key"] for m in metrics])
+            acks.write(kind="metrics", run_id=run_id, keys=[m["key"] for m in metrics])
         if self._api("POST", "runs/update", "runs/update",
                      json={"run_id": run_id, "status": "FINISHED", "end_time": now}) is not None:
             self.runs.append(run_id)
@@ -104,7 +94,7 @@ class DataScientist(HttpUser):
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 return
-        _ack(kind="artifact", run_id=run_id, path="notes.txt", size=len(body))
+        acks.write(kind="artifact", run_id=run_id, path="notes.txt", size=len(body))
         with self.client.get(path, name="artifact download", catch_response=True) as response:
             if response.status_code != 200 or response.content != body:
                 response.failure(f"HTTP {response.status_code}, {len(response.content)} bytes of {len(body)}")

@@ -104,7 +104,7 @@ def test_three_promotions_under_load_fail_nothing_and_then_serve_the_new_version
             promote(registry, granter, PlatformRoller(platform), model=platform.model_name, version=version,
                     alias=platform.model_alias, log=lambda message: None)
             windows.append((version, time.time(), None))
-            time.sleep(2)
+            time.sleep(1)  # answers after the rollout, before the next one
     finally:
         locust.finish()
     stats = endpoints(run.json_path)
