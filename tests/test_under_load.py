@@ -13,8 +13,10 @@ With REHEARSAL_REPORT=1 the measured values and charts are written to docs/loadt
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -73,6 +75,22 @@ def load(name: str, host: str, users: int, out_dir: Path, env: dict | None = Non
 def jsonl(directory: Path, prefix: str) -> list[dict]:
     return [json.loads(line) for path in sorted(directory.glob(f"{prefix}-*.jsonl"))
             for line in path.read_text().splitlines() if line.strip()]
+
+
+# What MLflow's client retries (mlflow.utils.rest_utils: 429 and these 5xx, with backoff): a
+# failure with one of them during the database restart is one a real client rides out.
+CLIENT_RETRIED = {"500", "502", "503", "504", "429"}
+
+
+def failure_statuses(run: LoadRun) -> dict[str, int]:
+    """HTTP status of Locust's failures -> occurrences (`conn` for a connection error)."""
+    statuses: dict[str, int] = {}
+    with open(f"{run.csv_prefix}_failures.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            match = re.search(r"HTTP (\d{3})", row["Error"])
+            key = match[1] if match else "conn"
+            statuses[key] = statuses.get(key, 0) + int(row["Occurrences"])
+    return statuses
 
 
 def failures_before(run: LoadRun, when: float) -> int:
@@ -179,6 +197,7 @@ def test_tracking_restart_and_postgres_restart_under_8_writers_lose_nothing(plat
         if got.status != 200 or len(got.body) != artifact["size"]:
             lost.append(f"artifact of {artifact['run_id']}: HTTP {got.status}, {len(got.body)} bytes")
 
+    statuses = failure_statuses(run)
     start = started_at(run.csv_prefix) or 0
     report.append({"name": "tracking: rolling restart, then Postgres restart, under 8 writers",
                    "csv_prefix": str(run.csv_prefix),
@@ -192,11 +211,14 @@ def test_tracking_restart_and_postgres_restart_under_8_writers_lose_nothing(plat
                              "acknowledged runs / metric batches / artifacts checked":
                                  f"{len(runs)} / {sum(a['kind'] == 'metrics' for a in acks)} / "
                                  f"{sum(a['kind'] == 'artifact' for a in acks)}",
-                             "acknowledged writes lost": len(lost)}})
+                             "acknowledged writes lost": len(lost),
+                             "failures by HTTP status": ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items()))
+                             or "none"}})
     assert runs, "the writers acknowledged nothing: no load"
     assert not lost, f"acknowledged writes lost: {lost[:10]}"
     assert roll_failures == 0, f"{roll_failures} requests failed during the tracking rollout (see {run.out_dir})"
     assert recovery <= DATABASE_RECOVERY_SECONDS, f"tracking answered again only after {recovery:.1f}s"
+    assert set(statuses) <= CLIENT_RETRIED, f"failures MLflow's client would not retry: {statuses}"
 
 
 def platform_experiment(platform, auth) -> str:
