@@ -16,8 +16,9 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
    http://127.0.0.1:LOCAL_PORT of the workload that Service selects.
 6. `--host 0.0.0.0` becomes `--host 127.0.0.1`: nothing listens beyond this machine.
 7. `--port N` becomes the local port chosen for the workload.
-8. `--allowed-hosts LIST` becomes `LIST,127.0.0.1:SERVICE_PORT` (the Host header clients send:
-   the local load balancer's port, standing in for the Service's).
+8. `--allowed-hosts LIST` becomes `LIST,127.0.0.1:LOCAL_PORT,127.0.0.1:SERVICE_PORT`: the Host
+   headers clients send here, to the pod itself (the manifest's 127.0.0.1:PORT of a port-forward)
+   and through the local load balancer standing in for the Service.
 9. `$(VAR)` in command and args is expanded from the container env, as the kubelet does
    (after the rules above, so it expands to the local values).
 
@@ -213,10 +214,12 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
                 raise LocalizeError(f"container {container['name']!r} listens on {arg} but has no local port")
             args[index] = f"--port={site.listen_port}" if arg.startswith("--port=") else str(site.listen_port)
         elif previous == "--allowed-hosts":
-            if site.service_port is None:
-                raise LocalizeError(f"container {container['name']!r} has --allowed-hosts but no local service port")
-            args[index] = f"{arg},{LOCAL_HOST}:{site.service_port}"
-            changes.append(f"arg --allowed-hosts: appended {LOCAL_HOST}:{site.service_port}")
+            if site.listen_port is None:
+                raise LocalizeError(f"container {container['name']!r} has --allowed-hosts but no local port")
+            added = ",".join(f"{LOCAL_HOST}:{port}" for port in dict.fromkeys((site.listen_port, site.service_port))
+                             if port is not None)
+            args[index] = f"{arg},{added}"
+            changes.append(f"arg --allowed-hosts: appended {added}")
             continue
         else:
             args[index] = _local_path(arg, mounts) or _local_paths_in(arg, mounts) or arg

@@ -276,14 +276,14 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("gke-node-pool-metadata-server",
      "GKE node pools run the GKE metadata server (workloadMetadataConfig.mode GKE_METADATA).",
      check_node_pool_gke_metadata),
-    ("kubernetes-workload-hardening",
-     "Every container runs as non-root with a read-only root filesystem, no privilege escalation, "
-     "all capabilities dropped, a memory limit, and an image pinned by digest.",
-     check_workload_hardening),
     ("kubernetes-deployments-drain",
      "Containers of a Deployment that serve traffic drain in a preStop sleep before SIGTERM, within a "
      "longer grace period, so a rollout fails no request.",
      check_deployment_drains),
+    ("kubernetes-workload-hardening",
+     "Every container runs as non-root with a read-only root filesystem, no privilege escalation, "
+     "all capabilities dropped, a memory limit, and an image pinned by digest.",
+     check_workload_hardening),
     ("prod-deletion-protection",
      "Resources labelled env=prod are protected against deletion: cluster and Cloud SQL deletion "
      "protection on, bucket forceDestroy off.",

@@ -78,8 +78,9 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
         "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": (str(TRACKING_PORT), str(p.tracking_port)),
-        # the Host header clients send through the local load balancer (the Service)
-        "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.balancer.backends['tracking'].listen_port}"),
+        # the Host headers clients send to the pod and through the local load balancer (the Service)
+        "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.tracking_port},"
+                                     f"127.0.0.1:{p.balancer.backends['tracking'].listen_port}"),
         "--expose-prometheus": ("/tmp/prometheus", str(pod / "tmp" / "prometheus")),
         "--uvicorn-opts": ("--log-config /etc/mlflow-logging/logging.json --timeout-keep-alive 620",
                            f"--log-config {pod / 'logging' / 'logging.json'} --timeout-keep-alive 620"),
