@@ -11,7 +11,10 @@ STACK ?= dev
 STACKS := dev prod
 PIP_FLAGS := --quiet --disable-pip-version-check
 
-.PHONY: install checkov runtime upgrade-venv mlserver-venv test plan plan-all plan-check reference local bench promote rollback clean
+DURATION ?= 60
+USERS ?= 16
+
+.PHONY: install checkov runtime upgrade-venv mlserver-venv test plan plan-all plan-check reference local bench loadtest promote rollback clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +83,11 @@ bench: install runtime mlserver-venv
 	$(PY) -m benchmarks $(BENCH_ARGS)
 	$(PY) -m benchmarks.program_time
 
+## make loadtest [DURATION=60] [USERS=16]: Locust (1 master, 2 workers) against a running `make local`,
+## serving then tracking; results in loadtest-results/local/, report in docs/loadtest.md.
+loadtest: install
+	$(PY) -m loadtest --target $(TARGET) --seconds $(DURATION) --users $(USERS)
+
 ## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [TARGET=local|cluster] [STACK=dev]
 promote: install runtime
 	$(PY) -m ops.promote --model '$(MODEL)' --version '$(VERSION)' --alias '$(ALIAS)' \
@@ -90,4 +98,4 @@ rollback: install runtime
 	$(PY) -m ops.promote --model '$(MODEL)' --alias '$(ALIAS)' --rollback --target $(TARGET) --stack $(STACK)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) $(MLSERVER_VENV) .pytest_cache .local
+	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) $(MLSERVER_VENV) .pytest_cache .local loadtest-results

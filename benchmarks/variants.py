@@ -83,7 +83,7 @@ def rendered_serving_command(platform: LocalPlatform, **flags: str) -> str:
 
 def platform_serving(platform: LocalPlatform) -> Server:
     args = platform.serving_container["args"]
-    return Server("serving", platform.serving_url, platform.serving, rendered_serving_command(platform),
+    return Server("serving", platform.serving_pod_url, platform.serving, rendered_serving_command(platform),
                   "the serving Deployment as rendered (plan/dev/k8s), run by LocalPlatform", "/ping", False,
                   {"workers": int(args[args.index("--workers") + 1]),
                    "max_batch_size": int(args[args.index("--max-batch-size") + 1]),
@@ -143,7 +143,7 @@ def rendered_tracking_command(platform: LocalPlatform, **flags: str) -> str:
 def platform_tracking(platform: LocalPlatform) -> Server:
     spec = platform.tracking_container
     env = {entry["name"]: entry.get("value") for entry in spec["env"]}
-    return Server("tracking", platform.tracking_url, platform.tracking, rendered_tracking_command(platform),
+    return Server("tracking", platform.tracking_pod_url, platform.tracking, rendered_tracking_command(platform),
                   "the tracking Deployment as rendered, run by LocalPlatform", "/health", False,
                   {"workers": int(spec["args"][spec["args"].index("--workers") + 1]),
                    "auth_cache_ttl_seconds": platform.auth_cache_ttl,

@@ -63,6 +63,16 @@ def http_probe(path: str, port: int | str, *, period: int = 10, failures: int = 
     return probe
 
 
+def drain_on_stop(seconds: int) -> dict:
+    """A container `lifecycle` whose preStop keeps the pod serving for `seconds` after deletion.
+
+    The kubelet sends SIGTERM as soon as the pod is deleted, while its endpoint removal still
+    travels to kube-proxy and load balancers (seconds; longer for a GCLB's NEGs): without a drain
+    the server closes its socket while requests are still routed to it. The `sleep` action needs
+    no binary in the image (Kubernetes 1.30+)."""
+    return {"preStop": {"sleep": {"seconds": seconds}}}
+
+
 def tmp_volume(size: str = "1Gi") -> dict:
     """Writable scratch space: the root filesystem is read-only."""
     return {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": size}}

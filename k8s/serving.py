@@ -17,7 +17,8 @@ from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, checkov_skips,
-    container_security_context, http_probe, pod_security_context, resources, secret_env, tmp_mount, tmp_volume,
+    container_security_context, drain_on_stop, http_probe, pod_security_context, resources, secret_env, tmp_mount,
+    tmp_volume,
 )
 
 SERVING_PORT = 8080
@@ -34,6 +35,11 @@ ROLLOUT_ANNOTATION = "mlflow.org/rollout-token"
 LIVE_PATH = "/live"  # mlflow_serving: 200 while the process runs
 READY_PATH = "/ping"  # MLflow's: 200 once the model is loaded, 503 with the reason before
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+# Shutdown of a serving pod: clients reach it through a ClusterIP Service, whose kube-proxy rules
+# drop a deleted pod ~1-2 s after the API server, more on a busy control plane: 10 s covers it.
+DRAIN_SECONDS = 10
+# drain + 20 s for predictions in flight (milliseconds each; large batches take longer).
+GRACE_SECONDS = DRAIN_SECONDS + 20
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -93,6 +99,7 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
         "startupProbe": http_probe(LIVE_PATH, "http", period=5, failures=24),
         "readinessProbe": http_probe(READY_PATH, "http", period=5, failures=3),
         "livenessProbe": http_probe(LIVE_PATH, "http", period=20, failures=3),
+        "lifecycle": drain_on_stop(DRAIN_SECONDS),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), logging_mount()],
@@ -320,7 +327,7 @@ class ModelServing(pulumi.ComponentResource):
                         "serviceAccountName": identity.ksa_name,
                         "automountServiceAccountToken": False,
                         "securityContext": pod_security_context(),
-                        "terminationGracePeriodSeconds": 30,
+                        "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "containers": [container],
                         "volumes": [tmp_volume("4Gi"), logging_volume(namespace.logging_config_map)],
                         "topologySpreadConstraints": [

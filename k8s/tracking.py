@@ -17,7 +17,7 @@ from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, checkov_skips,
-    SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, http_probe, pod_security_context,
+    SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, drain_on_stop, http_probe, pod_security_context,
     resources, secret_env, sql_proxy_sidecar, tmp_mount, tmp_volume,
 )
 
@@ -40,6 +40,16 @@ METRICS_PORT = 9102
 # How long the migration Job waits for its first database connection: IAM changes usually apply
 # within 2 minutes, sometimes 7 or more. The Job's activeDeadlineSeconds still bounds the whole Job.
 DB_WAIT_SECONDS = 420
+# Shutdown of a tracking pod: the prod Ingress's container-native load balancer detaches a NEG
+# endpoint within ~10 s of the pod's deletion; 15 s covers it and kube-proxy's ~1 s.
+DRAIN_SECONDS = 15
+# drain + 30 s for the longest request in flight (an artifact upload through the proxy) + 15 s for
+# the Cloud SQL proxy sidecar, which stops after the server (--max-sigterm-delay) in the same budget.
+GRACE_SECONDS = DRAIN_SECONDS + 30 + 15
+# The GCLB keeps idle connections to a backend for 600 s and needs the backend to keep them open
+# longer, or a request sent as the pod closes an idle connection fails with a 502 (uvicorn's
+# default is 5 s). 620 s is Google's recommendation.
+KEEPALIVE_SECONDS = 620
 
 
 # --- pure builders --------------------------------------------------------------------------
@@ -98,7 +108,7 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
         "--artifacts-destination", artifacts_destination(bucket),
         "--allowed-hosts", ",".join(allowed_hosts(namespace, ingress_host, internal_ip)),
         "--expose-prometheus", PROMETHEUS_DIR,
-        "--uvicorn-opts", f"--log-config {LOGGING_PATH}",
+        "--uvicorn-opts", f"--log-config {LOGGING_PATH} --timeout-keep-alive {KEEPALIVE_SECONDS}",
     ]
     if ingress_host:
         # MLflow's CORS guard answers 403 to a state-changing /api or /ajax-api call whose Origin is
@@ -139,6 +149,7 @@ def tracking_container(*, image: Any, args: list, env: list[dict], cpu: str, mem
         "startupProbe": http_probe("/health", "http", period=5, failures=60),
         "readinessProbe": http_probe("/health", "http", period=10, failures=3),
         "livenessProbe": http_probe("/health", "http", period=20, failures=3),
+        "lifecycle": drain_on_stop(DRAIN_SECONDS),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), auth_config_mount(), logging_mount()],
@@ -432,7 +443,7 @@ class TrackingServer(pulumi.ComponentResource):
                     }},
                     "spec": {
                         **pod_base,
-                        "terminationGracePeriodSeconds": 45,
+                        "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "initContainers": [proxy],
                         "containers": [container, metrics_exporter_container(image=args.image)],
                         "volumes": [tmp_volume(), auth_config_volume(secret_name),

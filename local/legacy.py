@@ -37,6 +37,10 @@ def ensure_venv(venv: Path = LEGACY_VENV, requirements: Path = LEGACY_REQUIREMEN
     """What `make upgrade-venv` does, if it is not done yet: python3 -m venv, pip install -r, stamp."""
     if venv_is_current(venv, requirements):
         return venv
+    if venv.is_symlink():
+        # `venv --clear` empties the target: another checkout's virtualenv (a git worktree's link)
+        raise LocalPlatformError(f"{venv} links to {venv.resolve()} and looks older than {requirements}: "
+                                 "rebuild it where it lives (`make upgrade-venv` there), never through the link")
     python = python or shutil.which("python3") or sys.executable
     log = venv.parent / f"{venv.name}-build.log"
     try:

@@ -16,7 +16,9 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
    http://127.0.0.1:LOCAL_PORT of the workload that Service selects.
 6. `--host 0.0.0.0` becomes `--host 127.0.0.1`: nothing listens beyond this machine.
 7. `--port N` becomes the local port chosen for the workload.
-8. `--allowed-hosts LIST` becomes `LIST,127.0.0.1:LOCAL_PORT` (the Host header clients send here).
+8. `--allowed-hosts LIST` becomes `LIST,127.0.0.1:LOCAL_PORT,127.0.0.1:SERVICE_PORT`: the Host
+   headers clients send here, to the pod itself (the manifest's 127.0.0.1:PORT of a port-forward)
+   and through the local load balancer standing in for the Service.
 9. `$(VAR)` in command and args is expanded from the container env, as the kubelet does
    (after the rules above, so it expands to the local values).
 
@@ -73,6 +75,8 @@ class LocalSite:
     """cluster host:port (every DNS form of a Service) -> 127.0.0.1:local port."""
     listen_port: Optional[int] = None
     """Local port this container listens on (replaces --port)."""
+    service_port: Optional[int] = None
+    """Local port of the load balancer in front of this pod's workload (its Service)."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Env the cluster gets from elsewhere (e.g. Workload Identity for GCS): explicit per workload."""
 
@@ -212,8 +216,10 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
         elif previous == "--allowed-hosts":
             if site.listen_port is None:
                 raise LocalizeError(f"container {container['name']!r} has --allowed-hosts but no local port")
-            args[index] = f"{arg},{LOCAL_HOST}:{site.listen_port}"
-            changes.append(f"arg --allowed-hosts: appended {LOCAL_HOST}:{site.listen_port}")
+            added = ",".join(f"{LOCAL_HOST}:{port}" for port in dict.fromkeys((site.listen_port, site.service_port))
+                             if port is not None)
+            args[index] = f"{arg},{added}"
+            changes.append(f"arg --allowed-hosts: appended {added}")
             continue
         else:
             args[index] = _local_path(arg, mounts) or _local_paths_in(arg, mounts) or arg

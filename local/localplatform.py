@@ -5,7 +5,13 @@ the rendered commands (changed only as `local.localize` lists).
     with LocalPlatform(workdir) as platform:
         platform.tracking_url, platform.serving_url, platform.admin_username, platform.admin_password
         platform.run_client("train", "--model-name", ..., user="admin")
-        platform.restart_tracking(); platform.restart_postgres(); ...
+        platform.restart_tracking(); platform.roll_tracking(); platform.restart_postgres(); ...
+
+Clients reach tracking and serving through HAProxy (local/balancer.py), as they reach the pods
+through a Service in the cluster: `tracking_url` and `serving_url` are the balancer's. A rollout
+(`roll_tracking`, `restart_serving`) replaces the pod as the Deployment's strategy declares and
+stops the old one as the kubelet would: out of the balancer after the endpoint propagation delay,
+its containers' preStop hooks, SIGTERM, SIGKILL at the end of the grace period (local/lifecycle.py).
 
 Every process runs in its own process group with its output in workdir/logs/ (secrets never
 reach the console); leaving the `with` block stops them all. MLFLOW_LOCAL_RUNTIME_VENV names
@@ -20,6 +26,7 @@ import re
 import secrets
 import shutil
 import string
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +39,8 @@ from k8s.tracking import (
     ADMIN_USERNAME, AUTH_CONFIG_FILE, SECRET_ADMIN_PASSWORD, SECRET_AUTH_URI, SECRET_BACKEND_URI, SECRET_FLASK_KEY,
     auth_config_ini, postgres_uri,
 )
+from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
+from local.lifecycle import SURGE_FIRST, rollout_order, termination
 from local.localize import LocalCommand, LocalSite, localize_container
 from local.manifests import (
     ROOT, Manifests, artifacts_bucket, container, pod_spec, run_to_completion_containers, selects,
@@ -188,6 +197,13 @@ class LocalPlatform:
         self.postgres_port, self.emulator_port = free_port(), free_port()
         self.tracking_port, self.serving_port = free_port(), free_port()
         self.tracking_metrics_port = free_port()
+        self.balancer = LocalBalancer(
+            [self._backend("tracking", self.tracking_container), self._backend("serving", self.serving_container),
+             self._backend("tracking_metrics", self.exporter_container)],
+            self.workdir / "balancer", self.workdir / "logs" / "haproxy.log", lambda text: text)
+        self.pod_generation = {"tracking": 0, "serving": 0}
+        self.retiring: list[threading.Thread] = []  # old pods going through preStop, SIGTERM, grace
+        self.retired: list[ManagedProcess] = []
         self.logs_dir = self.workdir / "logs"
         self.secrets_dir = self.workdir / "secrets"
         self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
@@ -201,12 +217,28 @@ class LocalPlatform:
         self._client_runs = 0
 
     # --- endpoints and credentials -------------------------------------------------------
+    @staticmethod
+    def _backend(name: str, spec: dict) -> Backend:
+        """A balancer backend checking the container's readiness probe, as endpoints follow readiness."""
+        probe = spec.get("readinessProbe") or {}
+        return Backend(name, free_port(), probe.get("httpGet", {}).get("path", "/"), int(probe.get("periodSeconds", 10)),
+                       int(probe.get("failureThreshold", 3)))
+
     @property
     def tracking_url(self) -> str:
-        return f"http://127.0.0.1:{self.tracking_port}"
+        return self.balancer.url("tracking")
 
     @property
     def serving_url(self) -> str:
+        return self.balancer.url("serving")
+
+    @property
+    def tracking_pod_url(self) -> str:
+        """The current tracking pod itself, bypassing the balancer (as a port-forward to a pod)."""
+        return f"http://127.0.0.1:{self.tracking_port}"
+
+    @property
+    def serving_pod_url(self) -> str:
         return f"http://127.0.0.1:{self.serving_port}"
 
     @property
@@ -243,7 +275,7 @@ class LocalPlatform:
             "admin_username": self.admin_username, "admin_password_file": str(self.admin_password_file),
             "serving_username": self.serving_username,
             "serving_password_file": str(self.secrets_dir / "serving-password"),
-            "tracking_metrics_url": f"http://127.0.0.1:{self.tracking_metrics_port}/metrics",
+            "tracking_metrics_url": f"{self.balancer.url('tracking_metrics')}/metrics",
             "serving_metrics_url": f"{self.serving_url}/metrics",
 
             "model_uri": f"models:/{self.model_name}@{self.model_alias}",
@@ -285,6 +317,8 @@ class LocalPlatform:
         self.progress(f"postgres: ready on 127.0.0.1:{self.postgres_port}")
         self.start_emulator()
         self.progress(f"gcs emulator: bucket {self.bucket} on {self.emulator_url}")
+        self.balancer.start()
+        self.progress(f"load balancer: haproxy, tracking {self.tracking_url}, serving {self.serving_url}")
 
     def start_services(self) -> None:
         """Migration Job, tracking, serving user (then demo model and serving), on the data there."""
@@ -303,7 +337,8 @@ class LocalPlatform:
     def stop(self) -> None:
         """Stop everything started, newest first; every process group is gone afterwards."""
         errors = []
-        for process in (self.serving, self.tracking_metrics, self.tracking, self.emulator):
+        for process in (self.serving, self.tracking_metrics, self.tracking, *self.retired, self.balancer.process,
+                        self.emulator):
             if process is not None:
                 try:
                     process.stop()
@@ -317,7 +352,8 @@ class LocalPlatform:
             raise LocalPlatformError("; ".join(str(err) for err in errors))
 
     def processes(self) -> list[ManagedProcess]:
-        return [p for p in (self.postgres.process, self.emulator, self.tracking, self.serving) if p is not None]
+        return [p for p in (self.postgres.process, self.emulator, self.balancer.process, self.tracking, self.serving)
+                if p is not None]
 
     # --- Postgres --------------------------------------------------------------------------
     def _bootstrap_database(self) -> None:
@@ -374,14 +410,15 @@ class LocalPlatform:
 
     # --- workloads from the manifests -------------------------------------------------------
     def _workload_port(self, workload: dict) -> Optional[int]:
+        """The balancer's port for the workload's pods: a Service's address, not a pod's."""
         if workload is self.tracking_deployment:
-            return self.tracking_port
+            return self.balancer.backends["tracking"].listen_port
         if workload is self.serving_deployment:
-            return self.serving_port
+            return self.balancer.backends["serving"].listen_port
         return None
 
     def _services(self) -> dict[str, str]:
-        """Every DNS form of every Service, with its port -> 127.0.0.1:local port of what it selects."""
+        """Every DNS form of every Service, with its port -> 127.0.0.1:balancer port of what it selects."""
         mapping = {}
         for service in self.manifests.all("Service"):
             for workload in (self.tracking_deployment, self.serving_deployment):
@@ -405,6 +442,7 @@ class LocalPlatform:
             postgres_address=self.postgres.address,
             services=self._services(),
             listen_port=listen_port,
+            service_port=self._workload_port(workload),
             extra_env=extra_env or {},
         )
 
@@ -428,12 +466,19 @@ class LocalPlatform:
         """(rendered container, local command) of each container a Job runs, in order."""
         return [(spec, self.localized(job, spec, job_name)) for spec in run_to_completion_containers(job)]
 
+    def pod_name(self, component: str) -> str:
+        """Directory name of the current pod: `tracking`, then `tracking-1`, ... after rollouts
+        (an old pod keeps its own emptyDir while it drains)."""
+        generation = self.pod_generation[component]
+        return component if generation == 0 else f"{component}-{generation}"
+
     def tracking_command(self) -> LocalCommand:
-        return self.localized(self.tracking_deployment, self.tracking_container, "tracking", self.tracking_port,
-                              extra_env={EMULATOR_HOST_ENV: self.emulator_url})
+        return self.localized(self.tracking_deployment, self.tracking_container, self.pod_name("tracking"),
+                              self.tracking_port, extra_env={EMULATOR_HOST_ENV: self.emulator_url})
 
     def serving_command(self) -> LocalCommand:
-        return self.localized(self.serving_deployment, self.serving_container, "serving", self.serving_port)
+        return self.localized(self.serving_deployment, self.serving_container, self.pod_name("serving"),
+                              self.serving_port)
 
     def _run_job(self, job: dict, job_name: str) -> list[JobResult]:
         results = []
@@ -464,7 +509,7 @@ class LocalPlatform:
         (so `stop` finds it) before it is started. A sidecar joins the already prepared pod of
         `sidecar_of`."""
         if sidecar_of is None:
-            self._prepare(workload, command, name)
+            self._prepare(workload, command, self.pod_name(name))
         else:
             for path, (text, mode) in command.files.items():
                 write_private_file(path, text, mode)
@@ -485,17 +530,22 @@ class LocalPlatform:
 
     def exporter_command(self) -> LocalCommand:
         """The metrics-exporter container, in the tracking pod (same /tmp, its own port)."""
-        return self.localized(self.tracking_deployment, self.exporter_container, "tracking",
+        return self.localized(self.tracking_deployment, self.exporter_container, self.pod_name("tracking"),
                               self.tracking_metrics_port)
 
     def start_tracking(self) -> None:
+        """A tracking pod (server, metrics sidecar), in the balancer once ready."""
         self._start_server(self.tracking_deployment, self.tracking_container, self.tracking_command(), "tracking",
                            self.tracking_port)
         self._start_server(self.tracking_deployment, self.exporter_container, self.exporter_command(),
                            "tracking_metrics", self.tracking_metrics_port, sidecar_of="tracking")
+        self.balancer.add("tracking", self.tracking_port)
+        self.balancer.add("tracking_metrics", self.tracking_metrics_port)
 
     def stop_tracking(self) -> None:
-        """The whole tracking pod (server and sidecars), e.g. while its databases are restored."""
+        """The whole tracking pod (server and sidecars) at once, e.g. while its databases are restored."""
+        self.balancer.remove("tracking", self.tracking_port)
+        self.balancer.remove("tracking_metrics", self.tracking_metrics_port)
         for process in (self.tracking_metrics, self.tracking):
             if process:
                 process.stop()
@@ -505,15 +555,110 @@ class LocalPlatform:
         self.start_tracking()
 
     def start_serving(self, ready: bool = True) -> None:
-        """`ready=False`: return once the process is live, e.g. still waiting for its model."""
+        """`ready=False`: return once the process is live, e.g. still waiting for its model; the
+        balancer health-checks it and routes to it once /ping answers."""
         self._start_server(self.serving_deployment, self.serving_container, self.serving_command(), "serving",
                            self.serving_port, ready=ready)
+        self.balancer.add("serving", self.serving_port, ready=ready)
 
     def restart_serving(self) -> None:
-        """A rollout: the new process loads whatever version the alias points to now."""
-        if self.serving:
-            self.serving.stop()
-        self.start_serving()
+        """A rollout of serving (`make promote`): the new pod loads whatever version the alias
+        points to now; see `_roll`. A new pod that never gets ready is stopped and the old one
+        keeps serving (maxUnavailable 0), and the error is raised."""
+        self._roll("serving")
+
+    def roll_tracking(self) -> None:
+        """A rolling restart of tracking (`kubectl rollout restart`), as its strategy declares."""
+        self._roll("tracking")
+
+    # --- rollouts as the Deployment controller and the kubelet do them ---------------------------
+    def _roll(self, component: str) -> None:
+        workload = self.tracking_deployment if component == "tracking" else self.serving_deployment
+        old = self._pod(component)
+        old_ports = {backend: self._port_of(backend) for backend, _ in old or []}
+        surge_first = rollout_order(workload) == SURGE_FIRST
+        if not surge_first and old is not None:
+            self._retire(workload, old, old_ports, wait=True)
+        self.pod_generation[component] += 1
+        self._new_ports(component)
+        try:
+            self.start_tracking() if component == "tracking" else self.start_serving()
+        except Exception:
+            for backend, process in self._pod(component) or []:
+                if all(process is not previous for _, previous in old or []):
+                    self.balancer.remove(backend, self._port_of(backend))
+                    process.stop()
+                    setattr(self, backend, None)  # no pod left behind if there was no old one
+            if surge_first and old is not None:
+                self._restore(component, old, old_ports)  # the old pod was never touched
+            raise
+        if surge_first and old is not None:
+            self._retire(workload, old, old_ports, wait=False)
+
+    def _pod(self, component: str) -> Optional[list[tuple[str, ManagedProcess]]]:
+        """(container name, process) of the current pod, with the balancer backend of each."""
+        if component == "serving":
+            return [("serving", self.serving)] if self.serving else None
+        if self.tracking is None:
+            return None
+        return [("tracking", self.tracking)] + ([("tracking_metrics", self.tracking_metrics)]
+                                                if self.tracking_metrics else [])
+
+    def _new_ports(self, component: str) -> None:
+        if component == "serving":
+            self.serving_port = free_port()
+        else:
+            self.tracking_port, self.tracking_metrics_port = free_port(), free_port()
+
+    def _restore(self, component: str, pod: list[tuple[str, ManagedProcess]], ports: dict[str, int]) -> None:
+        for backend, process in pod:
+            setattr(self, backend, process)
+            setattr(self, f"{backend}_port", ports[backend])
+        self.pod_generation[component] -= 1
+
+    def _retire(self, workload: dict, pod: list[tuple[str, ManagedProcess]], ports: dict[str, int],
+                wait: bool) -> None:
+        """Delete a pod: the balancer stops routing to it ENDPOINT_PROPAGATION_SECONDS later (the
+        endpoint removal travelling), while each container runs its preStop hook, gets SIGTERM,
+        and is killed at the end of the grace period. Returns once the endpoint is gone (`wait`:
+        once the pod has stopped)."""
+        plan = termination(workload)
+        container_of = {"tracking": self.tracking_container["name"], "tracking_metrics": self.exporter_container["name"],
+                        "serving": self.serving_container["name"]}
+        deleted = time.monotonic()
+
+        def endpoint_removed() -> None:
+            time.sleep(ENDPOINT_PROPAGATION_SECONDS)
+            for backend, _ in pod:
+                self.balancer.remove(backend, ports[backend])
+
+        def stop_container(backend: str, process: ManagedProcess) -> None:
+            time.sleep(plan.pre_stop_seconds.get(container_of[backend], 0.0))
+            process.stop(timeout=max(0.0, plan.grace_seconds - (time.monotonic() - deleted)))
+
+        removal = threading.Thread(target=endpoint_removed, daemon=True)
+        threads = [removal] + [threading.Thread(target=stop_container, args=item, daemon=True) for item in pod]
+        self.retired += [process for _, process in pod]
+        for thread in threads:
+            thread.start()
+        self.retiring += threads
+        # The rollout is over for clients once no request reaches the old pod; its drain goes on.
+        removal.join()
+        if wait:
+            self.wait_retired()
+
+    def _port_of(self, backend: str) -> int:
+        return {"tracking": self.tracking_port, "tracking_metrics": self.tracking_metrics_port,
+                "serving": self.serving_port}[backend]
+
+    def wait_retired(self, timeout: float = 120.0) -> None:
+        """Until every deleted pod has stopped (their grace periods bound it)."""
+        deadline = time.monotonic() + timeout
+        for thread in self.retiring:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.retiring = [thread for thread in self.retiring if thread.is_alive()]
+        if self.retiring:
+            raise LocalPlatformError(f"{len(self.retiring)} pod containers still stopping after {timeout:.0f}s")
 
     # --- clients in the runtime virtualenv ------------------------------------------------------
     def client_env(self) -> dict[str, str]:

@@ -95,8 +95,8 @@ class ServingRollouts:
         self.pending = True  # nothing else in a handler: the loop does the work
 
     def poll(self, platform, progress: Callable[[str], None] = lambda message: None) -> Optional[dict]:
-        """Restart serving if asked; a failed start is reported, not raised (the requester moves the
-        alias back and asks again), and leaves no serving process behind."""
+        """Roll serving if asked; a failed rollout is reported, not raised (the requester moves the
+        alias back and asks again): the new pod is gone and the old one still serves."""
         if not self.pending:
             return None
         self.pending = False
@@ -106,12 +106,6 @@ class ServingRollouts:
             platform.restart_serving()
         except Exception as err:  # reported to the requester; `make local` stays up
             error = str(err).splitlines()[0] if str(err) else type(err).__name__
-            if platform.serving is not None:
-                try:
-                    platform.serving.stop()
-                except Exception as stop_err:  # still report the first failure
-                    error += f"; stopping it failed too: {stop_err}"
-                platform.serving = None  # the main loop's liveness check must not trip on it
         self.generation += 1
         status = {"generation": self.generation, "ready": error is None, "error": error,
                   "serving_pid": platform.serving.pid if platform.serving else None,

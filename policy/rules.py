@@ -236,6 +236,35 @@ def check_workload_hardening(resource_type: str, props: dict) -> list[str]:
     return violations
 
 
+def _pre_stop_seconds(hook: Any) -> Any:
+    """Seconds a preStop hook keeps the container up: a sleep action, or None when it is not one."""
+    if get(hook, "sleep.seconds") is not None:
+        return get(hook, "sleep.seconds")
+    command = get(hook, "exec.command") or []
+    return command[1] if isinstance(command, list) and len(command) == 2 and command[0] == "sleep" else None
+
+
+def check_deployment_drains(resource_type: str, props: dict) -> list[str]:
+    """A Deployment's containers that serve traffic (a port named http) drain before SIGTERM, within
+    the grace period: otherwise every rollout fails the requests still routed to the old pods."""
+    if resource_type != "kubernetes:apps/v1:Deployment":
+        return []
+    pod = get(props, "spec.template.spec") or {}
+    grace = get(pod, "terminationGracePeriodSeconds", 30)
+    violations = []
+    for container in get(pod, "containers") or []:
+        if "http" not in [get(port, "name") for port in get(container, "ports") or []]:
+            continue
+        where = f"container {get(container, 'name')!r}"
+        drain = _pre_stop_seconds(get(container, "lifecycle.preStop"))
+        if not isinstance(drain, (int, float, str)) or float(drain) <= 0:
+            violations.append(f"{where}: lifecycle.preStop must drain (a sleep) before SIGTERM")
+        elif isinstance(grace, (int, float)) and grace <= float(drain):
+            violations.append(f"{where}: terminationGracePeriodSeconds ({grace}) must exceed the preStop "
+                              f"drain ({drain}s), or requests in flight are killed")
+    return violations
+
+
 def check_prod_deletion_protection(resource_type: str, props: dict) -> list[str]:
     if resource_type not in PROD_PROTECTION:
         return []
@@ -271,6 +300,10 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("gke-node-pool-metadata-server",
      "GKE node pools run the GKE metadata server (workloadMetadataConfig.mode GKE_METADATA).",
      check_node_pool_gke_metadata),
+    ("kubernetes-deployments-drain",
+     "Containers of a Deployment that serve traffic drain in a preStop sleep before SIGTERM, within a "
+     "longer grace period, so a rollout fails no request.",
+     check_deployment_drains),
     ("kubernetes-workload-hardening",
      "Every container runs as non-root with a read-only root filesystem, no privilege escalation, "
      "all capabilities dropped, a memory limit, and an image pinned by digest.",

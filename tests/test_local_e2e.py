@@ -78,10 +78,12 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
         "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": (str(TRACKING_PORT), str(p.tracking_port)),
-        "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.tracking_port}"),
+        # the Host headers clients send to the pod and through the local load balancer (the Service)
+        "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.tracking_port},"
+                                     f"127.0.0.1:{p.balancer.backends['tracking'].listen_port}"),
         "--expose-prometheus": ("/tmp/prometheus", str(pod / "tmp" / "prometheus")),
-        "--uvicorn-opts": ("--log-config /etc/mlflow-logging/logging.json",
-                           f"--log-config {pod / 'logging' / 'logging.json'}"),
+        "--uvicorn-opts": ("--log-config /etc/mlflow-logging/logging.json --timeout-keep-alive 620",
+                           f"--log-config {pod / 'logging' / 'logging.json'} --timeout-keep-alive 620"),
     }
     check_env(spec, command.env, {
         "MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
@@ -125,7 +127,7 @@ def test_serving_container_changes_only_cluster_specifics(offline):
                          str(p.workdir / "pods" / "serving" / "logging" / "logging.json")),
     }
     check_env(spec, command.env, {
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.tracking_port}",
+        "MLFLOW_TRACKING_URI": p.tracking_url,  # the Service: the local load balancer
         "MLFLOW_TRACKING_USERNAME": "mlflow-serving",
         "MLFLOW_TRACKING_PASSWORD": p.serving_password,
     })
@@ -162,7 +164,7 @@ def test_serving_user_job_gets_the_configmap_script_and_local_tracking(offline):
         "argv[1]": ("/opt/mlflow-scripts/ensure_serving_user.py", str(script)),
     }
     check_env(spec, command.env, {
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{p.tracking_port}",
+        "MLFLOW_TRACKING_URI": p.tracking_url,  # the Service: the local load balancer
         "MLFLOW_TRACKING_PASSWORD": p.admin_password,
         "SERVING_USERNAME": "mlflow-serving",
         "SERVING_PASSWORD": p.serving_password,
@@ -356,8 +358,9 @@ def rehearse_first_up(local: LocalPlatform) -> FirstUp:
         serving.check_alive()  # a crash (loop) ends the rehearsal here, with the log
         assert time.monotonic() < deadline, f"serving logged no {WAITING_ATTEMPTS} failed attempts in 60 s"
         time.sleep(0.2)
-    waiting = {"live": http("GET", f"{local.serving_url}/live"), "ping": http("GET", f"{local.serving_url}/ping"),
-               "invocations": http("POST", f"{local.serving_url}/invocations", json_body=IRIS_ROW)}
+    # the waiting pod's own answers (the balancer, like a Service, sends it nothing while it is unready)
+    waiting = {"live": http("GET", f"{local.serving_pod_url}/live"), "ping": http("GET", f"{local.serving_pod_url}/ping"),
+               "invocations": http("POST", f"{local.serving_pod_url}/invocations", json_body=IRIS_ROW)}
     attempts = serving_log.read_text().count("not loaded (attempt")
     waiting_pid = serving.pid
 

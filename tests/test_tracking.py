@@ -252,5 +252,6 @@ def test_network_policy_admits_only_the_collector_to_the_metrics_ports(stack_run
 
 def test_server_logs_json_lines_through_the_mounted_logging_config(stack_runs):
     app = container(tracking_deployment(stack_runs["dev"]), "mlflow")
-    assert app["args"][app["args"].index("--uvicorn-opts") + 1] == "--log-config /etc/mlflow-logging/logging.json"
+    assert app["args"][app["args"].index("--uvicorn-opts") + 1].startswith(
+        "--log-config /etc/mlflow-logging/logging.json ")
     assert {"name": "logging", "mountPath": "/etc/mlflow-logging", "readOnly": True} in app["volumeMounts"]

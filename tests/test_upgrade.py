@@ -213,3 +213,18 @@ def test_no_secret_in_any_log(upgrade):
              for path in platform.logs_dir.rglob("*.log")}
     assert any("legacy" in path for path in leaks), "the 2.x server and clients log too"
     assert {path: found for path, found in leaks.items() if found} == {}
+
+
+def test_a_linked_stale_virtualenv_is_refused_not_cleared(tmp_path):
+    """A worktree links .venv-mlflow2 to the main checkout's: rebuilding through the link would
+    empty the other checkout's virtualenv."""
+    target = tmp_path / "main-venv"
+    (target / "bin").mkdir(parents=True)
+    (target / "bin" / "python").touch()
+    link = tmp_path / "venv"
+    link.symlink_to(target)
+    requirements = tmp_path / "requirements-upgrade.txt"
+    requirements.write_text("mlflow==2.22.5\n")
+    with pytest.raises(LocalPlatformError, match="rebuild it where it lives"):
+        ensure_venv(link, requirements)
+    assert (target / "bin" / "python").exists()

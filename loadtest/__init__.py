@@ -1,0 +1,1 @@
+"""`make loadtest`: Locust against the platform (local/cluster), and the rehearsals' load."""
