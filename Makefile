@@ -14,7 +14,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 DURATION ?= 60
 USERS ?= 16
 
-.PHONY: install checkov runtime upgrade-venv mlserver-venv test plan plan-all plan-check reference local bench loadtest promote rollback clean
+.PHONY: install checkov runtime upgrade-venv mlserver-venv test test-fast plan plan-all plan-check reference local bench loadtest promote rollback clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +55,11 @@ mlserver-venv: $(MLSERVER_VENV)/.installed
 
 ## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end).
 test: install checkov runtime upgrade-venv
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
+
+## make test-fast: the tests that start no process (about a minute).
+test-fast: install checkov
+	$(PY) -m pytest -m "not slow"
 
 ## make plan STACK=dev|prod: print every resource of the stack and write plan/<stack>/.
 plan: install

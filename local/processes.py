@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,11 +23,41 @@ class LocalPlatformError(RuntimeError):
     """Something the local platform started did not come up or did not succeed."""
 
 
+# Below Linux's ephemeral range (32768-60999): no outgoing connection takes a port between our check
+# and the server's bind, as one could with a port the kernel picked.
+PORT_RANGE = range(20000, 32768)
+PORT_CLAIMS = Path(tempfile.gettempdir()) / "mlflow-local-ports"
+# A claim older than this belongs to a platform long gone.
+PORT_CLAIM_SECONDS = 3600
+
+
+def _claim(port: int) -> bool:
+    """Claim a port for this machine's platforms: two test processes starting platforms at once
+    must not both pick it before either server binds it."""
+    PORT_CLAIMS.mkdir(exist_ok=True)
+    path = PORT_CLAIMS / str(port)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        return True
+    except FileExistsError:
+        if time.time() - path.stat().st_mtime < PORT_CLAIM_SECONDS:
+            return False
+        path.touch()
+        return True
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the kernel's choice)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port free on 127.0.0.1 now, claimed so no other local platform picks it."""
+    for port in random.sample(PORT_RANGE, len(PORT_RANGE)):
+        if not _claim(port):
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise LocalPlatformError(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1} (claims in {PORT_CLAIMS})")
 
 
 class Redactor:

@@ -41,6 +41,16 @@ def run_stack_with() -> Callable[..., StackRun]:
 
 
 
+# Fixtures that start real processes: a test that uses one is slow.
+PROCESS_FIXTURES = frozenset({"platform", "state", "first_up"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_config():
     yield

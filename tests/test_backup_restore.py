@@ -25,6 +25,9 @@ from ops.backup import (
     DENIED_GRANTS_SQL, dump_command, pg_env, query_command, recreate_commands, restore_command, run,
 )
 
+# Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
 DATABASES = (TRACKING_DATABASE, AUTH_DATABASE)

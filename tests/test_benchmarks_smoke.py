@@ -16,6 +16,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+# Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = {"type": "number"}
 POSITIVE = {"type": "number", "exclusiveMinimum": 0}

@@ -39,6 +39,9 @@ from ops.rollout import (
     rollout_patch, rollout_status, serving_kubeconfig, stack_output_command,
 )
 
+# Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 
 

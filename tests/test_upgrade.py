@@ -24,6 +24,9 @@ from local.processes import LocalPlatformError, http, run_to_completion
 from local.testing import scratch_platform
 from ops.backup import DENIED_GRANTS_SQL, pg_env, query_command, run
 
+# Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
+
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 USERS = ("alice", "bob", "carol")
 ACCESS_CHECKS = ("read experiment", "edit experiment", "read run", "read model", "edit model", "read admin experiment")
