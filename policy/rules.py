@@ -156,7 +156,7 @@ def check_gke_cluster_first_up(resource_type: str, props: dict) -> list[str]:
     if not get(props, "nodeConfig.serviceAccount"):
         violations.append("nodeConfig.serviceAccount must be set: otherwise the default node pool GKE creates "
                           "first runs as the Compute Engine default service account")
-    if get(props, "resourceLabels.env") == "prod":
+    if is_prod(resource_type, props):
         private_endpoint = get(props, "privateClusterConfig.enablePrivateEndpoint") is True
         authorized = get(props, "masterAuthorizedNetworksConfig.cidrBlocks") or []
         if not private_endpoint and not authorized:
@@ -166,21 +166,24 @@ def check_gke_cluster_first_up(resource_type: str, props: dict) -> list[str]:
     return violations
 
 
-# Per type: where its `env` label is, and where prod must name a Cloud KMS key.
-PROD_ENCRYPTION: dict[str, tuple[str, str]] = {
-    CLUSTER_TYPE: ("resourceLabels.env", "databaseEncryption.keyName"),
-    SQL_TYPE: ("settings.userLabels.env", "encryptionKeyName"),
-    BUCKET_TYPE: ("labels.env", "encryption.defaultKmsKeyName"),
+# Per type: where prod must name a Cloud KMS key.
+PROD_ENCRYPTION: dict[str, str] = {
+    CLUSTER_TYPE: "databaseEncryption.keyName",
+    SQL_TYPE: "encryptionKeyName",
+    BUCKET_TYPE: "encryption.defaultKmsKeyName",
 }
+
+
+def is_prod(resource_type: str, props: dict) -> bool:
+    """Labelled env=prod, where the type keeps its labels (PROD_PROTECTION)."""
+    return resource_type in PROD_PROTECTION and get(props, PROD_PROTECTION[resource_type][0]) == "prod"
 
 
 def check_prod_encryption_keys(resource_type: str, props: dict) -> list[str]:
     """Prod encrypts Kubernetes Secrets, the database and the artifacts with keys the project holds."""
-    if resource_type not in PROD_ENCRYPTION:
+    if resource_type not in PROD_ENCRYPTION or not is_prod(resource_type, props):
         return []
-    label_path, key_path = PROD_ENCRYPTION[resource_type]
-    if get(props, label_path) != "prod":
-        return []
+    key_path = PROD_ENCRYPTION[resource_type]
     violations = []
     if not get(props, key_path):
         violations.append(f"prod resource must be encrypted with a Cloud KMS key: {key_path} must be set")
@@ -266,11 +269,9 @@ def check_deployment_drains(resource_type: str, props: dict) -> list[str]:
 
 
 def check_prod_deletion_protection(resource_type: str, props: dict) -> list[str]:
-    if resource_type not in PROD_PROTECTION:
+    if not is_prod(resource_type, props):
         return []
-    label_path, required = PROD_PROTECTION[resource_type]
-    if get(props, label_path) != "prod":
-        return []
+    required = PROD_PROTECTION[resource_type][1]
     return [f"prod resource must be protected against deletion: {path} must be {str(expected).lower()} "
             f"(is {get(props, path)!r})"
             for path, expected in required.items() if get(props, path) is not expected]
