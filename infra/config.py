@@ -42,6 +42,9 @@ DB_TIER_FORMATS = (
     "db-f1-micro", "db-g1-small", "db-custom-<vCPUs>-<MiB>", "db-perf-optimized-N-<vCPUs>",
 )
 _DB_CUSTOM = re.compile(r"^db-custom-(?P<cpus>\d+)-(?P<mib>\d+)$")
+# Per node pool: the settings naming its machine type and its boot disk type.
+_POOL_KEYS = {"platform": ("machine_type", "node_disk_type"),
+              "serving": ("serving_machine_type", "serving_node_disk_type")}
 _IAM_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s:]+$")
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -404,8 +407,7 @@ class Settings(BaseModel):
         if self.tracking_internal_ip:
             checks.append(("tracking_internal_ip", self.tracking_internal_ip,
                            cloud_rules.internal_address_problem(self.subnet_cidr, self.tracking_internal_ip)))
-        for machine_key, disk_key in (("machine_type", "node_disk_type"),
-                                      ("serving_machine_type", "serving_node_disk_type")):
+        for machine_key, disk_key in _POOL_KEYS.values():
             disk_type = getattr(self, disk_key)
             if disk_type != "auto":
                 checks.append((disk_key, disk_type,
@@ -428,8 +430,7 @@ class Settings(BaseModel):
         return self.tracking_internal_ip or cloud_rules.last_usable_address(self.subnet_cidr)
 
     def boot_disk_type(self, pool: Literal["platform", "serving"]) -> str:
-        machine_type, disk_type = ((self.machine_type, self.node_disk_type) if pool == "platform"
-                                   else (self.serving_machine_type, self.serving_node_disk_type))
+        machine_type, disk_type = (getattr(self, key) for key in _POOL_KEYS[pool])
         return cloud_rules.default_boot_disk_type(machine_type) if disk_type == "auto" else disk_type
 
     def open_control_plane(self) -> bool:

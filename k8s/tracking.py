@@ -92,10 +92,6 @@ def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_ur
     ])
 
 
-def artifacts_destination(bucket: str) -> str:
-    return f"gs://{bucket}/artifacts"
-
-
 def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Optional[str],
                   internal_ip: Optional[str]) -> list[str]:
     args = [
@@ -105,7 +101,7 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
         "--workers", str(workers),
         "--app-name", "basic-auth",
         "--serve-artifacts",
-        "--artifacts-destination", artifacts_destination(bucket),
+        "--artifacts-destination", f"gs://{bucket}/artifacts",
         "--allowed-hosts", ",".join(allowed_hosts(namespace, ingress_host, internal_ip)),
         "--expose-prometheus", PROMETHEUS_DIR,
         "--uvicorn-opts", f"--log-config {LOGGING_PATH} --timeout-keep-alive {KEEPALIVE_SECONDS}",
