@@ -7,14 +7,16 @@ from typing import Optional
 
 import pulumi
 import pulumi_gcp as gcp
-import pulumi_random as random
 
 from infra.naming import child_options
 
 POSTGRES_VERSION = "POSTGRES_16"
 TRACKING_DATABASE = "mlflow"
 AUTH_DATABASE = "mlflow_auth"
-DB_USER = "mlflow"
+# Cloud SQL's own role: owns the databases the Admin API creates (so their `public` schemas) and can
+# grant on them. Only the database-admin identity gets it; workloads get exactly their grants.
+DATABASE_ADMIN_ROLE = "cloudsqlsuperuser"
+SERVICE_ACCOUNT_EMAIL_SUFFIX = ".gserviceaccount.com"
 # CIS benchmark logging flags; cheap and what auditors ask for first.
 DATABASE_FLAGS = {
     "log_checkpoints": "on",
@@ -24,7 +26,37 @@ DATABASE_FLAGS = {
     "log_temp_files": "0",
     "log_min_duration_statement": "-1",
     "cloudsql.enable_pgaudit": "off",
+    # Workloads log in as their Workload Identity (the Auth Proxy's --auto-iam-authn): no password.
+    "cloudsql.iam_authentication": "on",
 }
+
+
+def iam_database_username(service_account_email: str) -> str:
+    """The Postgres user Cloud SQL creates for a service account: its email without the
+    `.gserviceaccount.com` suffix (the full email is refused as a user name)."""
+    if not service_account_email.endswith(SERVICE_ACCOUNT_EMAIL_SUFFIX):
+        raise ValueError(f"{service_account_email!r} is not a service account email")
+    return service_account_email.removesuffix(SERVICE_ACCOUNT_EMAIL_SUFFIX)
+
+
+def iam_database_user(name: str, *, project: str, instance: pulumi.Input[str],
+                      service_account_email: pulumi.Input[str], database_roles: tuple[str, ...] = (),
+                      opts: Optional[pulumi.ResourceOptions] = None) -> gcp.sql.User:
+    """A service account as a database user (IAM authentication: it holds no password).
+
+    `database_roles` are granted by the Admin API itself (write-only: never read back). A new IAM
+    user gets no privilege on any database object beyond what PUBLIC has."""
+    return gcp.sql.User(
+        name,
+        project=project,
+        instance=instance,
+        name=pulumi.Output.from_input(service_account_email).apply(iam_database_username),
+        type="CLOUD_IAM_SERVICE_ACCOUNT",
+        database_roles=list(database_roles) or None,
+        # Postgres refuses to drop a role that owns objects; the instance's deletion removes it.
+        deletion_policy="ABANDON",
+        opts=opts,
+    )
 
 
 @dataclass(frozen=True)
@@ -75,13 +107,12 @@ class DatabaseArgs:
 
 
 class Database(pulumi.ComponentResource):
-    """A private-IP-only Postgres instance with the two MLflow databases and one user."""
+    """A private-IP-only Postgres instance with the two MLflow databases and no password-holding user:
+    workloads add themselves as IAM users (`iam_database_user`)."""
 
     instance_name: pulumi.Output[str]
     connection_name: pulumi.Output[str]
     private_ip_address: pulumi.Output[str]
-    user_name: pulumi.Output[str]
-    password: pulumi.Output[str]
     tracking_database: pulumi.Output[str]
     """Name of MLflow's tracking database, once it exists."""
     auth_database: pulumi.Output[str]
@@ -149,37 +180,15 @@ class Database(pulumi.ComponentResource):
             ).name
             for database in (TRACKING_DATABASE, AUTH_DATABASE)
         }
-        password = random.RandomPassword(
-            f"{name}-password",
-            length=32,
-            # Alphanumeric only: the password is embedded in connection URIs.
-            special=False,
-            opts=child,
-        )
-        user = gcp.sql.User(
-            f"{name}-user",
-            project=args.project,
-            instance=instance.name,
-            name=DB_USER,
-            password=password.result,
-            # Postgres refuses to drop a role that owns objects; the instance's deletion removes it.
-            deletion_policy="ABANDON",
-            opts=child,
-        )
-
         self.instance_name = instance.name
         self.connection_name = instance.connection_name
         self.private_ip_address = instance.private_ip_address
-        self.user_name = user.name
-        self.password = pulumi.Output.secret(password.result)
         self.tracking_database = databases[TRACKING_DATABASE]
         self.auth_database = databases[AUTH_DATABASE]
         self.register_outputs({
             "instance_name": self.instance_name,
             "connection_name": self.connection_name,
             "private_ip_address": self.private_ip_address,
-            "user_name": self.user_name,
-            "password": self.password,
             "tracking_database": self.tracking_database,
             "auth_database": self.auth_database,
         })

@@ -107,6 +107,8 @@ def sql_proxy_sidecar(connection_name: Any, *, image: str, port: int = SQL_PROXY
             "--http-address=0.0.0.0",
             f"--http-port={http_port}",
             "--prometheus",
+            # Log in as the pod's IAM identity with a fresh token per connection: no password exists.
+            "--auto-iam-authn",
             # Let in-flight queries finish, then exit 0 so a completed Job is not marked failed.
             "--max-sigterm-delay=20s",
             "--exit-zero-on-sigterm",

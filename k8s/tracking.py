@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -11,6 +12,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
+from infra.database import DATABASE_ADMIN_ROLE, iam_database_user
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
@@ -25,15 +27,17 @@ TRACKING_PORT = 5000
 COMPONENT = "tracking"
 SERVICE_NAME = "mlflow-tracking"
 KSA_NAME = "mlflow-tracking"
+DB_ADMIN_KSA_NAME = "mlflow-db-admin"
+# Reach Cloud SQL through the proxy (client) and log in as an IAM database user (instanceUser).
+DATABASE_ROLES = ("roles/cloudsql.client", "roles/cloudsql.instanceUser")
 BACKEND_CONFIG_NAME = "mlflow-tracking"
 FRONTEND_CONFIG_NAME = "mlflow-tracking"
 ADMIN_USERNAME = "admin"
 AUTH_CONFIG_DIR = "/etc/mlflow-auth"
 AUTH_CONFIG_FILE = "basic_auth.ini"
+AUTH_CONFIG_MAP = "mlflow-auth-config"
 PROMETHEUS_DIR = "/tmp/prometheus"
 # Secret keys, referenced by the pods; their values are never in a manifest.
-SECRET_BACKEND_URI = "backend-store-uri"
-SECRET_AUTH_URI = "auth-database-uri"
 SECRET_FLASK_KEY = "flask-secret-key"
 SECRET_ADMIN_PASSWORD = "admin-password"
 METRICS_PORT = 9102
@@ -72,19 +76,21 @@ def allowed_hosts(namespace: str, ingress_host: Optional[str], internal_ip: Opti
     return hosts
 
 
-def postgres_uri(user: str, password: str, database: str, host: str = "127.0.0.1",
-                 port: int = SQL_PROXY_PORT) -> str:
-    """SQLAlchemy URI through the proxy; psycopg2 explicitly (SQLAlchemy 2.1 defaults to psycopg 3)."""
-    return f"postgresql+psycopg2://{user}:{password}@{host}:{port}/{database}"
+def postgres_uri(user: str, database: str, host: str = "127.0.0.1", port: int = SQL_PROXY_PORT) -> str:
+    """SQLAlchemy URI through the proxy, with no password: the proxy logs the pod's IAM identity in
+    (--auto-iam-authn). psycopg2 explicitly (SQLAlchemy 2.1 defaults to psycopg 3); the user name
+    (`NAME@PROJECT.iam`) is percent-encoded."""
+    return f"postgresql+psycopg2://{quote(user, safe='')}@{host}:{port}/{database}"
 
 
 def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_uri: str) -> str:
-    """The basic-auth app's config. It holds the auth database URI, so it lives in a Secret;
-    the admin password comes from MLFLOW_AUTH_ADMIN_PASSWORD."""
+    """The basic-auth app's config: no credential in it (a ConfigMap); the admin password comes
+    from MLFLOW_AUTH_ADMIN_PASSWORD. MLflow reads it with ConfigParser's `%` interpolation, so the
+    URI's percent-encoding is escaped."""
     return "\n".join([
         "[mlflow]",
         f"default_permission = {default_permission}",
-        f"database_uri = {database_uri}",
+        f"database_uri = {database_uri.replace('%', '%%')}",
         f"admin_username = {ADMIN_USERNAME}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         f"auth_cache_ttl_seconds = {cache_ttl_seconds}",
@@ -113,9 +119,9 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
     return args
 
 
-def tracking_env(secret_name: Any, job_execution: bool) -> list[dict]:
+def tracking_env(secret_name: Any, job_execution: bool, backend_uri: Any) -> list[dict]:
     return [
-        secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, SECRET_BACKEND_URI),
+        {"name": "MLFLOW_BACKEND_STORE_URI", "value": backend_uri},
         secret_env("MLFLOW_FLASK_SERVER_SECRET_KEY", secret_name, SECRET_FLASK_KEY),
         secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", secret_name, SECRET_ADMIN_PASSWORD),
         {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": f"{AUTH_CONFIG_DIR}/{AUTH_CONFIG_FILE}"},
@@ -124,10 +130,8 @@ def tracking_env(secret_name: Any, job_execution: bool) -> list[dict]:
     ]
 
 
-def auth_config_volume(secret_name: Any) -> dict:
-    return {"name": "auth-config", "secret": {
-        "secretName": secret_name, "defaultMode": 0o440, "items": [{"key": AUTH_CONFIG_FILE, "path": AUTH_CONFIG_FILE}],
-    }}
+def auth_config_volume(config_map_name: Any) -> dict:
+    return {"name": "auth-config", "configMap": {"name": config_map_name, "defaultMode": 0o444}}
 
 
 def auth_config_mount() -> dict:
@@ -174,13 +178,13 @@ def metrics_exporter_container(*, image: Any) -> dict:
     }
 
 
-def migration_containers(*, image: Any, secret_name: Any) -> tuple[list[dict], list[dict]]:
+def migration_containers(*, image: Any, backend_uri: Any, auth_uri: Any) -> tuple[list[dict], list[dict]]:
     """(init containers after the proxy, main containers) of the migration Job.
 
     First the database is waited for (mlflow_dbwait: the proxy refuses connections until the IAM
     bindings propagate, which can take minutes on a new project); then the tracking schema is
     upgraded, then the auth schema; each runs once per image version. Kubernetes expands $(VAR)
-    from the container's env, so the URIs stay in the Secret.
+    from the container's env.
     """
     base = {"image": image, "resources": resources("250m", "512Mi"),
             "securityContext": container_security_context(), "volumeMounts": [tmp_mount()]}
@@ -188,20 +192,37 @@ def migration_containers(*, image: Any, secret_name: Any) -> tuple[list[dict], l
         **base, "name": "wait-for-database", "resources": resources("100m", "256Mi"),
         "command": ["python"], "args": ["-m", "mlflow_dbwait", "--url-env", "MLFLOW_BACKEND_STORE_URI",
                                         "--timeout", str(DB_WAIT_SECONDS)],
-        "env": [secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, SECRET_BACKEND_URI)],
+        "env": [{"name": "MLFLOW_BACKEND_STORE_URI", "value": backend_uri}],
     }
     upgrade_tracking = {
         **base, "name": "upgrade-tracking-db",
         "command": ["mlflow"], "args": ["db", "upgrade", "$(MLFLOW_BACKEND_STORE_URI)"],
-        "env": [secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, SECRET_BACKEND_URI)],
+        "env": [{"name": "MLFLOW_BACKEND_STORE_URI", "value": backend_uri}],
     }
     upgrade_auth = {
         **base, "name": "upgrade-auth-db",
         "command": ["python"], "args": ["-m", "mlflow.server.auth", "db", "upgrade", "--url",
                                         "$(MLFLOW_AUTH_DATABASE_URI)"],
-        "env": [secret_env("MLFLOW_AUTH_DATABASE_URI", secret_name, SECRET_AUTH_URI)],
+        "env": [{"name": "MLFLOW_AUTH_DATABASE_URI", "value": auth_uri}],
     }
     return [wait_for_database, upgrade_tracking], [upgrade_auth]
+
+
+def grants_container(*, image: Any, admin_uri: Any, grantee: Any, databases: list) -> dict:
+    """The database-admin identity grants the tracking user its privileges (mlflow_dbgrant),
+    waiting as the migration does for IAM to let it in."""
+    return {
+        "name": "grant-database-privileges",
+        "image": image,
+        "command": ["python"],
+        "args": ["-m", "mlflow_dbgrant", "--url-env", "DATABASE_ADMIN_URI", "--grantee", grantee,
+                 *[part for database in databases for part in ("--database", database)],
+                 "--timeout", str(DB_WAIT_SECONDS)],
+        "env": [{"name": "DATABASE_ADMIN_URI", "value": admin_uri}],
+        "resources": resources("100m", "256Mi"),
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount()],
+    }
 
 
 def pod_monitoring_spec(selector: dict) -> dict:
@@ -270,10 +291,8 @@ class TrackingServerArgs:
     """Artifact bucket (its output: grants and the server wait for it)."""
     sql_connection_name: pulumi.Input[str]
     """PROJECT:REGION:INSTANCE of the Cloud SQL instance."""
-    db_user: pulumi.Input[str]
-    """Database user."""
-    db_password: pulumi.Input[str]
-    """Database password (a secret)."""
+    sql_instance_name: pulumi.Input[str]
+    """The instance's name: the tracking and database-admin identities become its IAM users."""
     tracking_database: pulumi.Input[str]
     """MLflow's database (the Database resource's output: URIs wait for it)."""
     auth_database: pulumi.Input[str]
@@ -360,35 +379,39 @@ class TrackingServer(pulumi.ComponentResource):
             ksa_name=KSA_NAME,
             provider=args.provider,
             labels=labels,
-            project_roles=("roles/cloudsql.client",),
+            project_roles=DATABASE_ROLES,
             bucket_grants=(BucketGrant(bucket=args.bucket_name, role="roles/storage.objectUser"),),
         ), child_options(self, opts))
+        tracking_db_user = iam_database_user(
+            f"{name}-tracking-db-user", project=args.project, instance=args.sql_instance_name,
+            service_account_email=identity.gcp_service_account_email, opts=child_options(self, opts))
+        grants = self._database_grants(name, args, ns_name, tracking_db_user, k8s_opts, opts)
 
         child = pulumi.ResourceOptions(parent=self)
         admin_password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
         flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
-
-        def secret_values(parts: list) -> dict[str, str]:
-            user, password, admin, flask, tracking_database, auth_database = parts
-            auth_uri = postgres_uri(user, password, auth_database)
-            return {
-                SECRET_BACKEND_URI: postgres_uri(user, password, tracking_database),
-                SECRET_AUTH_URI: auth_uri,
-                SECRET_ADMIN_PASSWORD: admin,
-                SECRET_FLASK_KEY: flask,
-                AUTH_CONFIG_FILE: auth_config_ini(args.default_permission, args.auth_cache_ttl_seconds, auth_uri),
-            }
-
         secret = k8s.core.v1.Secret(
             f"{name}-secrets",
             metadata={"name": "mlflow-tracking", "namespace": ns_name, "labels": labels},
             type="Opaque",
-            string_data=pulumi.Output.secret(pulumi.Output.all(
-                args.db_user, args.db_password, admin_password.result, flask_key.result,
-                args.tracking_database, args.auth_database).apply(secret_values)),
+            string_data=pulumi.Output.secret(pulumi.Output.all(admin_password.result, flask_key.result).apply(
+                lambda values: {SECRET_ADMIN_PASSWORD: values[0], SECRET_FLASK_KEY: values[1]})),
             opts=k8s_opts,
         )
         secret_name = secret.metadata["name"]
+
+        # URIs name the IAM user's output, so they wait for Cloud SQL to know the user.
+        backend_uri = pulumi.Output.all(tracking_db_user.name, args.tracking_database).apply(
+            lambda values: postgres_uri(*values))
+        auth_uri = pulumi.Output.all(tracking_db_user.name, args.auth_database).apply(
+            lambda values: postgres_uri(*values))
+        auth_config = k8s.core.v1.ConfigMap(
+            f"{name}-auth-config",
+            metadata={"name": AUTH_CONFIG_MAP, "namespace": ns_name, "labels": labels},
+            data=auth_uri.apply(lambda uri: {
+                AUTH_CONFIG_FILE: auth_config_ini(args.default_permission, args.auth_cache_ttl_seconds, uri)}),
+            opts=k8s_opts,
+        )
 
         proxy = sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)
         pod_base = {
@@ -396,12 +419,11 @@ class TrackingServer(pulumi.ComponentResource):
             "automountServiceAccountToken": False,
             "securityContext": pod_security_context(),
         }
-        migrate_init, migrate_main = migration_containers(image=args.image, secret_name=secret_name)
+        migrate_init, migrate_main = migration_containers(image=args.image, backend_uri=backend_uri, auth_uri=auth_uri)
         migration = k8s.batch.v1.Job(
             f"{name}-migrate",
             metadata={"name": f"mlflow-migrate-{args.image_version[:12]}", "namespace": ns_name,
-                      "labels": k8s_labels(name, "migration"),
-                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
+                      "labels": k8s_labels(name, "migration")},
             spec={
                 "backoffLimit": 3,
                 "activeDeadlineSeconds": 1200,
@@ -412,16 +434,18 @@ class TrackingServer(pulumi.ComponentResource):
                              "volumes": [tmp_volume("256Mi")]},
                 },
             },
-            # Never patched in place: a new image version is a new Job. It is the first to reach
-            # Cloud SQL through Workload Identity, so it waits for the identity's IAM bindings.
+            # Never patched in place: a new image version is a new Job. It reaches Cloud SQL through
+            # Workload Identity as the tracking user, so it waits for that identity's IAM bindings
+            # and for the grants that let the user create MLflow's tables.
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                delete_before_replace=True, depends_on=identity.grants)),
+                delete_before_replace=True, depends_on=[*identity.grants, grants])),
         )
 
         args_list = pulumi.Output.all(args.bucket_name, args.internal_lb_ip).apply(
             lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.workers,
                                          ingress_host=args.ingress_host, internal_ip=values[1]))
-        container = tracking_container(image=args.image, args=args_list, env=tracking_env(secret_name, args.job_execution),
+        container = tracking_container(image=args.image, args=args_list,
+                                       env=tracking_env(secret_name, args.job_execution, backend_uri),
                                        cpu=args.cpu, memory=args.memory)
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -442,7 +466,7 @@ class TrackingServer(pulumi.ComponentResource):
                         "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "initContainers": [proxy],
                         "containers": [container, metrics_exporter_container(image=args.image)],
-                        "volumes": [tmp_volume(), auth_config_volume(secret_name),
+                        "volumes": [tmp_volume(), auth_config_volume(auth_config.metadata["name"]),
                                     logging_volume(namespace.logging_config_map)],
                         "topologySpreadConstraints": _spread(selector),
                     },
@@ -508,6 +532,53 @@ class TrackingServer(pulumi.ComponentResource):
             "admin_username": self.admin_username,
             "admin_password": self.admin_password,
         })
+
+    def _database_grants(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str],
+                         tracking_db_user: pulumi.Resource, k8s_opts: pulumi.ResourceOptions,
+                         opts: Optional[pulumi.ResourceOptions]) -> k8s.batch.v1.Job:
+        """The database-admin identity (Cloud SQL's admin role, no password) and its Job granting
+        the tracking user exactly MLflow's privileges: the running server holds no admin right."""
+        admin = WorkloadIdentity(f"{name}-db-admin-identity", WorkloadIdentityArgs(
+            project=args.project,
+            account_id=cap_name(f"mlflow-dbadmin-{args.environment}", 30),
+            workload_pool=args.workload_pool,
+            namespace=ns_name,
+            ksa_name=DB_ADMIN_KSA_NAME,
+            provider=args.provider,
+            labels=k8s_labels(name, "database-grants"),
+            project_roles=DATABASE_ROLES,
+        ), child_options(self, opts))
+        admin_db_user = iam_database_user(
+            f"{name}-db-admin-user", project=args.project, instance=args.sql_instance_name,
+            service_account_email=admin.gcp_service_account_email, database_roles=(DATABASE_ADMIN_ROLE,),
+            opts=child_options(self, opts))
+        job_labels = k8s_labels(name, "database-grants")
+        return k8s.batch.v1.Job(
+            f"{name}-db-grants",
+            metadata={"name": f"mlflow-db-grants-{args.image_version[:12]}", "namespace": ns_name,
+                      "labels": job_labels},
+            spec={
+                "backoffLimit": 3,
+                "activeDeadlineSeconds": 900,
+                "template": {
+                    "metadata": {"labels": job_labels},
+                    "spec": {
+                        "serviceAccountName": admin.ksa_name,
+                        "automountServiceAccountToken": False,
+                        "securityContext": pod_security_context(),
+                        "restartPolicy": "Never",
+                        "initContainers": [sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)],
+                        "containers": [grants_container(
+                            image=args.image, admin_uri=admin_db_user.name.apply(lambda user: postgres_uri(user, "postgres")),
+                            grantee=tracking_db_user.name,
+                            databases=[args.tracking_database, args.auth_database])],
+                        "volumes": [tmp_volume("64Mi")],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                delete_before_replace=True, depends_on=[*admin.grants, admin_db_user])),
+        )
 
     def _metrics_collection(self, name: str, ns_name: pulumi.Output[str], labels: dict, selector: dict,
                             k8s_opts: pulumi.ResourceOptions) -> None:

@@ -93,6 +93,7 @@ class LegacyTracking:
 
     def start(self, timeout: float = 180.0) -> None:
         p = self.platform
+        p.grant_database_privileges()  # the user the 2.x server ran as could create its tables
         tmp = self.pod_dir / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         ini = self.pod_dir / "auth-config" / "basic_auth.ini"

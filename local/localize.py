@@ -11,7 +11,7 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
    relative path under a local directory for that volume, also as a word of an option string
    (`--uvicorn-opts "--log-config /etc/mlflow-logging/logging.json"`).
 4. The Cloud SQL Auth Proxy address of the pod (its sidecar's --address:--port, 127.0.0.1:5432)
-   becomes the local Postgres, 127.0.0.1:PORT, in env values and secret values.
+   becomes the local Postgres, 127.0.0.1:PORT, in env values, secret values and configMap files.
 5. Service DNS names in URLs (http://mlflow-tracking.mlflow.svc.cluster.local:5000) become
    http://127.0.0.1:LOCAL_PORT of the workload that Service selects.
 6. `--host 0.0.0.0` becomes `--host 127.0.0.1`: nothing listens beyond this machine.
@@ -145,7 +145,7 @@ def _volume_files(mounts: list[tuple[str, Path, dict]], site: LocalSite, rewrite
             if name not in site.config_maps:
                 raise LocalizeError(f"volume {volume['name']!r}: configMap {name!r} is not in the manifests")
             for key, text in site.config_maps[name].items():
-                files[local_dir / key] = (text, 0o644)
+                files[local_dir / key] = (rewrite(text, f"configMap file {name}/{key}"), 0o644)
         elif "emptyDir" not in volume:
             raise LocalizeError(f"volume {volume['name']!r}: only emptyDir, secret and configMap are supported")
     return files

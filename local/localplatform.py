@@ -33,17 +33,14 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import quote
 
-from infra.database import AUTH_DATABASE, DB_USER, TRACKING_DATABASE
+from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from k8s.serving import SECRET_PASSWORD, SECRET_USERNAME, SERVING_USERNAME
-from k8s.tracking import (
-    ADMIN_USERNAME, AUTH_CONFIG_FILE, SECRET_ADMIN_PASSWORD, SECRET_AUTH_URI, SECRET_BACKEND_URI, SECRET_FLASK_KEY,
-    auth_config_ini, postgres_uri,
-)
+from k8s.tracking import ADMIN_USERNAME, SECRET_ADMIN_PASSWORD, SECRET_FLASK_KEY, postgres_uri
 from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
 from local.lifecycle import SURGE_FIRST, rollout_order, termination
 from local.localize import LocalCommand, LocalSite, localize_container
 from local.manifests import (
-    ROOT, Manifests, artifacts_bucket, container, pod_spec, run_to_completion_containers, selects,
+    ROOT, Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
     served_model, service_dns_names, sql_proxy_address,
 )
 from local.postgres import LocalPostgres
@@ -84,7 +81,6 @@ def probe_url(port: int, probe: dict) -> str:
 
 @dataclass(frozen=True)
 class Credentials:
-    db_password: str
     admin_password: str
     flask_secret_key: str
     serving_password: str
@@ -92,27 +88,18 @@ class Credentials:
 
     @classmethod
     def generate(cls) -> "Credentials":
-        return cls(generate_password(), generate_password(), generate_password(64), generate_password(),
-                   generate_password())
+        return cls(generate_password(), generate_password(64), generate_password(), generate_password())
 
     def values(self) -> list[str]:
-        return [self.db_password, self.admin_password, self.flask_secret_key, self.serving_password,
+        return [self.admin_password, self.flask_secret_key, self.serving_password,
                 self.postgres_superuser_password]
 
 
-def cluster_secret_values(credentials: Credentials, default_permission: str, cache_ttl: int) -> dict[str, dict[str, str]]:
-    """Every key a Secret of the program may hold -> the value it would hold, built with the
-    program's own functions (URIs through the proxy address, as in the cluster). Which Secret
-    gets which keys is read from the rendered manifests."""
-    auth_uri = postgres_uri(DB_USER, credentials.db_password, AUTH_DATABASE)
+def cluster_secret_values(credentials: Credentials) -> dict[str, dict[str, str]]:
+    """Every key a Secret of the program may hold -> the value it would hold. Which Secret gets
+    which keys is read from the rendered manifests."""
     return {
-        "tracking": {
-            SECRET_BACKEND_URI: postgres_uri(DB_USER, credentials.db_password, TRACKING_DATABASE),
-            SECRET_AUTH_URI: auth_uri,
-            SECRET_ADMIN_PASSWORD: credentials.admin_password,
-            SECRET_FLASK_KEY: credentials.flask_secret_key,
-            AUTH_CONFIG_FILE: auth_config_ini(default_permission, cache_ttl, auth_uri),
-        },
+        "tracking": {SECRET_ADMIN_PASSWORD: credentials.admin_password, SECRET_FLASK_KEY: credentials.flask_secret_key},
         "serving-credentials": {SECRET_USERNAME: SERVING_USERNAME, SECRET_PASSWORD: credentials.serving_password},
     }
 
@@ -181,6 +168,9 @@ class LocalPlatform:
         self.tracking_deployment = m.one("Deployment", component="tracking")
         self.serving_deployment = m.one("Deployment", component="serving")
         self.migration_job = m.one("Job", component="migration")
+        self.grants_job = m.one("Job", component="database-grants")
+        self.database_users = m.database_users()
+        self.tracking_db_user = flag_value(run_to_completion_containers(self.grants_job)[-1]["args"], "--grantee")
         self.serving_user_job = m.one("Job", component="serving-setup")
         self.tracking_container = container(self.tracking_deployment, "mlflow")
         self.exporter_container = container(self.tracking_deployment, "metrics-exporter")
@@ -191,8 +181,7 @@ class LocalPlatform:
 
         self.credentials = Credentials.generate()
         self.redact = Redactor(self.credentials.values())
-        self.secret_values = local_secrets(
-            m, cluster_secret_values(self.credentials, self.default_permission, self.auth_cache_ttl))
+        self.secret_values = local_secrets(m, cluster_secret_values(self.credentials))
 
         self.postgres_port, self.emulator_port = free_port(), free_port()
         self.tracking_port, self.serving_port = free_port(), free_port()
@@ -266,8 +255,8 @@ class LocalPlatform:
         return self.credentials.serving_password
 
     def database_uri(self, database: str) -> str:
-        """SQLAlchemy URI of a database on the local Postgres (a secret)."""
-        return postgres_uri(DB_USER, self.credentials.db_password, database, port=self.postgres_port)
+        """SQLAlchemy URI of a database on the local Postgres, as the tracking user (no password)."""
+        return postgres_uri(self.tracking_db_user, database, port=self.postgres_port)
 
     def endpoints(self) -> dict:
         return {
@@ -311,9 +300,9 @@ class LocalPlatform:
         write_private_file(self.secrets_dir / "serving-password", self.serving_password + "\n", 0o600)
 
         self.progress(f"postgres: initdb ({self.postgres.bin_dir})")
-        self.postgres.init()
+        self.postgres.init(trusted_users=tuple(user["name"] for user in self.database_users))
         self.postgres.start()
-        self._bootstrap_database()
+        self.bootstrap_databases()
         self.progress(f"postgres: ready on 127.0.0.1:{self.postgres_port}")
         self.start_emulator()
         self.progress(f"gcs emulator: bucket {self.bucket} on {self.emulator_url}")
@@ -356,12 +345,13 @@ class LocalPlatform:
                 if p is not None]
 
     # --- Postgres --------------------------------------------------------------------------
-    def _bootstrap_database(self) -> None:
-        """The user and databases Pulumi creates on Cloud SQL."""
+    def bootstrap_databases(self, databases: tuple[str, ...] = (TRACKING_DATABASE, AUTH_DATABASE)) -> None:
+        """The IAM users and databases Pulumi creates on Cloud SQL, as Cloud SQL creates them."""
         self.run_client("bootstrap_db", user=None, extra_env={
             "PG_HOST": "127.0.0.1", "PG_PORT": str(self.postgres_port), "PG_SUPERUSER": self.postgres.superuser,
-            "PG_SUPERUSER_PASSWORD": self.credentials.postgres_superuser_password, "DB_USER": DB_USER,
-            "DB_PASSWORD": self.credentials.db_password, "DATABASES": f"{TRACKING_DATABASE},{AUTH_DATABASE}",
+            "PG_SUPERUSER_PASSWORD": self.credentials.postgres_superuser_password,
+            "DATABASE_USERS": json.dumps(self.database_users), "OWNER_ROLE": DATABASE_ADMIN_ROLE,
+            "DATABASES": ",".join(databases),
         })
 
     def restart_postgres(self) -> None:
@@ -494,9 +484,14 @@ class LocalPlatform:
                     f"{log_tail(log_path, self.redact)}")
         return results
 
+    def grant_database_privileges(self) -> list[JobResult]:
+        """The database-grants Job: the admin identity lets the tracking user create in both databases."""
+        return self._run_job(self.grants_job, "db-grants")
+
     def run_migrations(self) -> list[JobResult]:
-        """The migration Job's containers, in order (tracking schema, then auth schema)."""
-        return self._run_job(self.migration_job, "migrate")
+        """The grants Job, then the migration Job's containers, in order (tracking schema, then auth
+        schema), as Pulumi orders them."""
+        return self.grant_database_privileges() + self._run_job(self.migration_job, "migrate")
 
     def ensure_serving_user(self) -> list[JobResult]:
         """The serving-user Job: creates/updates the read-only user and its READ grants."""

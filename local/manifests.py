@@ -38,6 +38,14 @@ class Manifests:
                     objects.append(document)
         return cls(directory, tuple(objects))
 
+    def database_users(self) -> list[dict]:
+        """The Cloud SQL users the program declares (plan/<stack>/resources.yaml): name, type and
+        the database roles the Admin API grants them."""
+        resources = yaml.safe_load((self.directory.parent / "resources.yaml").read_text())
+        return [{"name": item["inputs"]["name"], "type": item["inputs"].get("type", "BUILT_IN"),
+                 "roles": item["inputs"].get("databaseRoles", [])}
+                for item in resources if item["type"] == "gcp:sql/user:User"]
+
     def all(self, kind: str) -> Iterator[dict]:
         return (obj for obj in self.objects if obj.get("kind") == kind)
 

@@ -1,5 +1,6 @@
 """A throwaway PostgreSQL server standing in for Cloud SQL: own data dir, 127.0.0.1 only,
-password (scram-sha-256) authentication, run as an unprivileged user when this process is root.
+password (scram-sha-256) authentication except for the IAM users (trusted on 127.0.0.1, as the
+Auth Proxy logs them in with a token), run as an unprivileged user when this process is root.
 fsync is off (a throwaway; a clean or fast shutdown still writes everything, so restarts keep data)."""
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class LocalPostgres:
         if self.run_as:
             os.chown(path, self.run_as.uid, self.run_as.gid)
 
-    def init(self, timeout: float = 120.0) -> None:
+    def init(self, trusted_users: tuple[str, ...] = (), timeout: float = 120.0) -> None:
         check_traversable(self.directory, self.run_as)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(exist_ok=True)
@@ -118,6 +119,13 @@ class LocalPostgres:
             password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             raise LocalPlatformError(f"initdb failed with code {result.returncode}; log {self.log_path}")
+        self._trust(trusted_users)
+
+    def _trust(self, users: tuple[str, ...]) -> None:
+        """pg_hba lines before initdb's (the first match wins): these users log in without a password."""
+        hba = self.data_dir / "pg_hba.conf"
+        trusted = "".join(f'host all "{user}" 127.0.0.1/32 trust\n' for user in users)
+        hba.write_text(trusted + hba.read_text())
 
     def _env(self) -> dict[str, str]:
         return {"PATH": f"{self.bin_dir}:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C"}

@@ -77,7 +77,9 @@ def gcp_literals(record: ResourceRecord) -> dict[str, re.Pattern]:
         return {f"/{name}": re.compile(rf"://[^/\s]+/{re.escape(name)}(?=$|[?\s])", re.M)}
     fields = ("name",) + GCP_IDENTIFIERS.get(record.type, ())
     values = {_field(record.state, field) for field in fields}
-    return {value: re.compile(rf"(?<![A-Za-z0-9_.\-]){re.escape(value)}(?![A-Za-z0-9_\-])")
+    # Not part of a longer identifier: an IAM database user `SA@PROJECT.iam` is not named by the
+    # service account's email `SA@PROJECT.iam.gserviceaccount.com` (the user derives from it).
+    return {value: re.compile(rf"(?<![A-Za-z0-9_.\-]){re.escape(value)}(?![A-Za-z0-9_\-]|\.[A-Za-z0-9])")
             for value in values if isinstance(value, str) and len(value) >= MIN_LITERAL_LENGTH}
 
 

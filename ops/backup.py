@@ -1,9 +1,10 @@
 """Logical backup and restore of the two MLflow databases: the exact pg_dump / psql / pg_restore
 command lines docs/runbook.md gives and tests/test_backup_restore.py runs.
 
-Passwords never appear in a command line: they go in the PGPASSWORD environment variable
-(`pg_env`). Against Cloud SQL the host and port are those of a Cloud SQL Auth Proxy
-(127.0.0.1:5432); the user is the program's database user `mlflow`, owner of both databases.
+No password exists for MLflow's databases: against Cloud SQL the host and port are those of a
+Cloud SQL Auth Proxy (127.0.0.1:5432) run with `--auto-iam-authn`, which logs the tracking
+server's IAM database user in (`NAME@PROJECT.iam`, the owner of MLflow's tables). A password, where
+one is needed (the local stand-in's superuser), goes in PGPASSWORD (`pg_env`), never in a command line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def dump_command(bin_dir: Path | str, host: str, port: int, user: str, database:
 
 def recreate_commands(bin_dir: Path | str, host: str, port: int, superuser: str, database: str,
                       owner: str) -> list[str]:
-    """`psql` that drops a database (closing its connections) and creates it empty, owned by `owner`."""
+    """`psql` that drops a database (closing its connections) and creates it empty, owned by `owner`
+    (Cloud SQL's cloudsqlsuperuser): the database-grants Job then lets the tracking user in again."""
     return [str(Path(bin_dir) / "psql"), *_connection(host, port, superuser, "postgres"), "--no-psqlrc",
             "-v", "ON_ERROR_STOP=1",
             "-c", f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
@@ -58,9 +60,9 @@ def query_command(bin_dir: Path | str, host: str, port: int, user: str, database
             "--tuples-only", "-v", "ON_ERROR_STOP=1", "-c", sql]
 
 
-def pg_env(password: str, path: Optional[str] = None) -> dict[str, str]:
-    return {"PATH": path or "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PGPASSWORD": password,
-            "PGCONNECT_TIMEOUT": "10"}
+def pg_env(password: Optional[str] = None, path: Optional[str] = None) -> dict[str, str]:
+    env = {"PATH": path or "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PGCONNECT_TIMEOUT": "10"}
+    return env | ({"PGPASSWORD": password} if password else {})
 
 
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0, cwd: Optional[Path] = None) -> str:

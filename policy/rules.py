@@ -28,6 +28,8 @@ UNKNOWN = _Unknown()
 
 KEY_TYPE = "gcp:serviceaccount/key:Key"
 SQL_TYPE = "gcp:sql/databaseInstance:DatabaseInstance"
+SQL_USER_TYPE = "gcp:sql/user:User"
+IAM_SQL_USER_TYPES = frozenset({"CLOUD_IAM_SERVICE_ACCOUNT", "CLOUD_IAM_USER", "CLOUD_IAM_GROUP"})
 BUCKET_TYPE = "gcp:storage/bucket:Bucket"
 CLUSTER_TYPE = "gcp:container/cluster:Cluster"
 NODE_POOL_TYPE = "gcp:container/nodePool:NodePool"
@@ -95,6 +97,25 @@ def check_sql_private_and_tls(resource_type: str, props: dict) -> list[str]:
         violations.append(f"Cloud SQL instance must require TLS: settings.ipConfiguration.sslMode "
                           f"must be 'ENCRYPTED_ONLY' (is {ssl_mode!r})")
     return violations
+
+
+def check_sql_iam_logins(resource_type: str, props: dict) -> list[str]:
+    """Workloads log in to Cloud SQL as their IAM identity: no database password exists to leak."""
+    if resource_type == SQL_TYPE:
+        flags = {get(flag, "name"): get(flag, "value") for flag in get(props, "settings.databaseFlags", []) or []}
+        if flags.get("cloudsql.iam_authentication") != "on":
+            return ["Cloud SQL instance must accept IAM logins: database flag cloudsql.iam_authentication must be "
+                    f"'on' (is {flags.get('cloudsql.iam_authentication')!r})"]
+    if resource_type == SQL_USER_TYPE:
+        violations = []
+        user_type = get(props, "type") or "BUILT_IN"
+        if user_type not in IAM_SQL_USER_TYPES:
+            violations.append(f"Cloud SQL user {get(props, 'name')!r} is of type {user_type}: a password-holding "
+                              f"user; declare an IAM user ({', '.join(sorted(IAM_SQL_USER_TYPES))})")
+        if any(get(props, field) is not None for field in ("password", "passwordWo")):
+            violations.append(f"Cloud SQL user {get(props, 'name')!r} has a password: IAM users log in without one")
+        return violations
+    return []
 
 
 def check_bucket_not_public(resource_type: str, props: dict) -> list[str]:
@@ -285,6 +306,9 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("cloud-sql-private-ip-and-tls",
      "Cloud SQL instances have no public IPv4 address and accept only TLS connections.",
      check_sql_private_and_tls),
+    ("cloud-sql-iam-database-logins",
+     "Cloud SQL accepts IAM database logins and declares no password-holding (BUILT_IN) user.",
+     check_sql_iam_logins),
     ("bucket-not-public",
      "Storage buckets enforce public access prevention and uniform bucket-level access.",
      check_bucket_not_public),

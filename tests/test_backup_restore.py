@@ -11,14 +11,16 @@ runbook gives the `gcloud storage cp gs://B/O#GENERATION` procedure for versione
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from infra.database import AUTH_DATABASE, DB_USER, TRACKING_DATABASE
+from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from local.localplatform import generate_password
+from local.manifests import Manifests, flag_value, run_to_completion_containers
 from local.processes import http
 from local.testing import scratch_platform
 from ops.backup import (
@@ -31,6 +33,11 @@ pytestmark = pytest.mark.slow
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "runbook.md"
 DATABASES = (TRACKING_DATABASE, AUTH_DATABASE)
+# The prod tracking user as the runbook writes it: the rendered one, the project as a placeholder.
+PROD_TRACKING_USER = flag_value(
+    run_to_completion_containers(Manifests.load("prod").one("Job", component="database-grants"))[-1]["args"],
+    "--grantee")
+RUNBOOK_DB_USER = re.sub(r"@[^.]+\.iam$", "@PROJECT_ID.iam", PROD_TRACKING_USER)
 TABLES_SQL = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
 
 
@@ -91,8 +98,9 @@ def snapshot(platform, data) -> dict:
 
 
 def psql_count(platform, database: str) -> str:
-    argv = query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, DB_USER, database, TABLES_SQL)
-    return run(argv, env=pg_env(platform.credentials.db_password), timeout=60).strip()
+    argv = query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.tracking_db_user,
+                         database, TABLES_SQL)
+    return run(argv, env=pg_env(), timeout=60).strip()
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +108,17 @@ def restored(platform, data, tmp_path_factory) -> dict:
     before = snapshot(platform, data)
     backups = tmp_path_factory.mktemp("backups")
     bin_dir, port = platform.postgres.bin_dir, platform.postgres_port
-    user_env = pg_env(platform.credentials.db_password)
+    user, user_env = platform.tracking_db_user, pg_env()  # the tracking user logs in with no password
     for database in DATABASES:
-        run(dump_command(bin_dir, "127.0.0.1", port, DB_USER, database, backups / f"{database}.dump"), env=user_env)
+        run(dump_command(bin_dir, "127.0.0.1", port, user, database, backups / f"{database}.dump"), env=user_env)
     platform.stop_tracking()  # no writer while the databases are replaced
     for database in DATABASES:
-        run(recreate_commands(bin_dir, "127.0.0.1", port, platform.postgres.superuser, database, DB_USER),
+        run(recreate_commands(bin_dir, "127.0.0.1", port, platform.postgres.superuser, database, DATABASE_ADMIN_ROLE),
             env=pg_env(platform.credentials.postgres_superuser_password))
+    platform.grant_database_privileges()
     wiped = {database: psql_count(platform, database) for database in DATABASES}
     for database in DATABASES:
-        run(restore_command(bin_dir, "127.0.0.1", port, DB_USER, database, backups / f"{database}.dump"), env=user_env)
+        run(restore_command(bin_dir, "127.0.0.1", port, user, database, backups / f"{database}.dump"), env=user_env)
     platform.start_tracking()
     return {"before": before, "after": snapshot(platform, data), "wiped": wiped,
             "dumps": {database: (backups / f"{database}.dump").stat().st_size for database in DATABASES}}
@@ -195,8 +204,8 @@ def test_no_secret_in_any_log(platform, data, restored):
 # ============================ the runbook gives the commands rehearsed here ============================
 def runbook_lines(database: str) -> list[str]:
     """The command lines of ops.backup as an operator types them through the Cloud SQL Auth Proxy."""
-    return [shlex.join(dump_command("", "127.0.0.1", 5432, DB_USER, database, f"{database}.dump")),
-            shlex.join(restore_command("", "127.0.0.1", 5432, DB_USER, database, f"{database}.dump"))]
+    return [shlex.join(dump_command("", "127.0.0.1", 5432, RUNBOOK_DB_USER, database, f"{database}.dump")),
+            shlex.join(restore_command("", "127.0.0.1", 5432, RUNBOOK_DB_USER, database, f"{database}.dump"))]
 
 
 def test_runbook_gives_the_rehearsed_commands():

@@ -1,8 +1,7 @@
 import pulumi_gcp as gcp
 import pytest
 
-from infra.database import AUTH_DATABASE, TRACKING_DATABASE, Database, DatabaseArgs
-from offline.mocks import is_secret
+from infra.database import AUTH_DATABASE, TRACKING_DATABASE, Database, DatabaseArgs, iam_database_username
 from tests.helpers import dig
 
 ARGS = dict(project="test-project-1", region="us-central1", network_id="net-id", tier="db-custom-1-3840",
@@ -14,7 +13,7 @@ def build(run_component, **changes):
         connection = gcp.servicenetworking.Connection(
             "psa", network="net-id", service="servicenetworking.googleapis.com", reserved_peering_ranges=["range"])
         database = Database("db", DatabaseArgs(**{**ARGS, "private_services_connection": connection, **changes}))
-        return {"password": database.password}
+        return {"connection_name": database.connection_name}
 
     return run_component(program)
 
@@ -75,12 +74,17 @@ def test_tracking_and_auth_databases_exist(run_component):
     assert names == {TRACKING_DATABASE, AUTH_DATABASE}
 
 
-def test_user_password_is_random_and_only_ever_secret(run_component):
+def test_no_password_holding_user_and_iam_logins_on(run_component):
     run = build(run_component)
-    user = run.named("db-user")
-    assert is_secret(user.inputs["password"]), f"{user.urn}: password input is not secret"
-    assert "password" in run.secret_outputs
-    assert run.named("db-password").inputs["special"] is False
+    assert run.of_type("gcp:sql/user:User") == [] and run.of_type("random:index/randomPassword:RandomPassword") == []
+    flags = {flag["name"]: flag["value"] for flag in dig(run.named("db-instance").inputs, "settings.databaseFlags")}
+    assert flags["cloudsql.iam_authentication"] == "on"
+
+
+def test_an_iam_user_is_named_by_its_email_without_the_domain_suffix():
+    assert iam_database_username("mlflow-tracking-dev@proj-1.iam.gserviceaccount.com") == "mlflow-tracking-dev@proj-1.iam"
+    with pytest.raises(ValueError, match="not a service account email"):
+        iam_database_username("someone@example.com")
 
 
 def test_pitr_without_backups_is_refused():

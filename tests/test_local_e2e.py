@@ -30,10 +30,11 @@ from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, exp
 from local.localplatform import LocalPlatform, parse_auth_settings
 from local.manifests import ROOT, Manifests
 from local.postgres import find_bin_dir
-from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive
+from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive, run_to_completion
 from offline.plan import write_plan
 from offline.render import render
 from offline.stack import run_stack
+from ops.backup import pg_env, query_command, run
 
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 PROCESS_ENV = {"PATH", "HOME", "TMPDIR", "LANG", *IMAGE_ENV, *IMAGE_PATHS}
@@ -93,8 +94,9 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
         "MLFLOW_TRACKING_DIR": str(pod / "tmp" / "mlruns"),
     }, extra={"STORAGE_EMULATOR_HOST"})
     assert command.env["STORAGE_EMULATOR_HOST"] == f"http://127.0.0.1:{p.emulator_port}"
+    # The tracking user's IAM name, and no password: the local Postgres trusts it as the proxy logs it in.
     assert p.database_uri(TRACKING_DATABASE) == (
-        f"postgresql+psycopg2://mlflow:{p.credentials.db_password}@127.0.0.1:{p.postgres_port}/mlflow")
+        f"postgresql+psycopg2://mlflow-tracking-dev%40my-mlflow-dev.iam@127.0.0.1:{p.postgres_port}/mlflow")
     assert command.env["HOME"] == command.env["TMPDIR"] == str(pod / "tmp") == str(command.cwd)
 
 
@@ -104,7 +106,7 @@ def test_tracking_auth_config_is_the_clusters_with_the_local_database(offline):
     logging_config = offline.workdir / "pods" / "tracking" / "logging" / "logging.json"
     assert set(command.files) == {ini_path, logging_config}
     text, mode = command.files[ini_path]
-    assert mode == 0o600
+    assert mode == 0o644  # a ConfigMap: no credential in it
     p = offline
     assert text == auth_config_ini(p.default_permission, p.auth_cache_ttl, p.database_uri(AUTH_DATABASE))
     parsed = configparser.ConfigParser()
@@ -317,9 +319,10 @@ class FirstUp:
 
 
 def migrate_while_the_database_refuses(local: LocalPlatform) -> str:
-    """The migration Job, started while the database refuses every connection (as the Cloud SQL
-    proxy does on a new project until IAM propagates); it comes back after a first failed attempt."""
-    log = local.logs_dir / "migrate-wait-for-database.log"
+    """The grants and migration Jobs, started while the database refuses every connection (as the
+    Cloud SQL proxy does on a new project until IAM propagates): the first to reach the database,
+    the grants Job, comes back after a first failed attempt."""
+    log = local.logs_dir / "db-grants-grant-database-privileges.log"
     local.postgres.stop()
     with ThreadPoolExecutor(max_workers=1) as pool:
         job = pool.submit(local.run_migrations)
@@ -328,8 +331,7 @@ def migrate_while_the_database_refuses(local: LocalPlatform) -> str:
             if job.done() or time.monotonic() > deadline:
                 local.postgres.start()
                 outcome = job.exception() if job.done() else "nothing yet"
-                raise AssertionError(f"the migration Job logged no failed wait-for-database attempt; it ended with "
-                                     f"{outcome}")
+                raise AssertionError(f"the grants Job logged no failed attempt; it ended with {outcome}")
             time.sleep(0.2)
         local.postgres.start()
         job.result(timeout=300)
@@ -408,10 +410,11 @@ def platform(first_up) -> LocalPlatform:
     return first_up.platform
 
 
-def test_first_up_migrations_wait_for_the_database(first_up):
+def test_first_up_grants_wait_for_the_database(first_up):
     log = first_up.migration_log
-    assert "wait-for-database: attempt 1 failed: OperationalError: " in log
-    assert re.search(r"wait-for-database: connected after [2-9] attempt\(s\)", log), log
+    assert "grant on mlflow: attempt 1 failed: OperationalError: " in log
+    assert re.search(r"grant on mlflow: connected after [2-9] attempt\(s\)", log), log
+    assert "grant on mlflow_auth: connected after 1 attempt(s)" in log
 
 
 def test_first_up_serving_waits_for_a_model_unready_never_restarted_then_serves_within_60s(first_up):
@@ -572,10 +575,32 @@ def test_migrations_twice_are_a_no_op(platform):
     assert list(before[AUTH_DATABASE]["alembic_versions"]) == ["alembic_version_auth"]
     assert all(len(v) == 1 for db in before.values() for v in db["alembic_versions"].values())
     results = platform.run_migrations()
-    assert [(r.container, r.returncode) for r in results] == [("wait-for-database", 0), ("upgrade-tracking-db", 0),
-                                                              ("upgrade-auth-db", 0)]
+    assert [(r.container, r.returncode) for r in results] == [
+        ("grant-database-privileges", 0), ("wait-for-database", 0), ("upgrade-tracking-db", 0), ("upgrade-auth-db", 0)]
     assert platform.schema_snapshot() == before
     assert http("GET", f"{platform.tracking_url}/health").status == 200
+
+
+def test_the_tracking_user_may_create_tables_only_once_the_grants_job_ran(platform):
+    """The tracking user logs in with no password (the local Postgres trusts IAM users as the proxy
+    does) and, as on Cloud SQL, holds no privilege on a new database until the rendered grants Job ran."""
+    probe = "grants_probe"
+    platform.bootstrap_databases((probe,))
+    create = query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.tracking_db_user,
+                           probe, "CREATE TABLE probe (id integer)")
+    with pytest.raises(RuntimeError, match="permission denied for schema public"):
+        run(create, env=pg_env(), timeout=60)
+    swap = {TRACKING_DATABASE: probe, AUTH_DATABASE: probe}
+    for spec, command in platform.job_commands(platform.grants_job, "grants-probe"):
+        argv = [swap.get(part, part) for part in command.argv]
+        command.cwd.mkdir(parents=True, exist_ok=True)
+        completed = run_to_completion(spec["name"], argv, env=command.env, cwd=command.cwd,
+                                      log_path=platform.logs_dir / "grants-probe.log", timeout=120)
+        assert completed.returncode == 0, platform.logs_dir / "grants-probe.log"
+    run(create, env=pg_env(), timeout=60)
+    owner = query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.tracking_db_user,
+                          probe, "SELECT tableowner FROM pg_tables WHERE tablename = 'probe'")
+    assert run(owner, env=pg_env(), timeout=60).strip() == platform.tracking_db_user
 
 
 def test_restarts_lose_nothing(platform):

@@ -40,8 +40,9 @@ def test_plan_counts_resources_by_type(capsys):
 
 def test_plan_never_prints_secrets(capsys, stack_runs):
     _, out, _ = plan_output(capsys, "dev")
-    password = stack_runs["dev"].named("mlflow-db-password").state["result"]["value"]
-    assert password not in out
+    passwords = [pw.state["result"]["value"]
+                 for pw in stack_runs["dev"].of_type("random:index/randomPassword:RandomPassword")]
+    assert passwords and not any(password in out for password in passwords)
     assert "platform_kubeconfig: [secret]" in out and "gke-gcloud-auth-plugin" not in out
 
 

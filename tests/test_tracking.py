@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import configparser
+import json
+import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -18,8 +22,11 @@ DOCKERFILE = Path(__file__).resolve().parent.parent / "mlflow_image" / "Dockerfi
 
 
 # --- pure builders --------------------------------------------------------------------------
-def test_backend_uri_goes_through_the_local_proxy_with_psycopg2():
-    assert postgres_uri("mlflow", "pw", "mlflow") == "postgresql+psycopg2://mlflow:pw@127.0.0.1:5432/mlflow"
+def test_backend_uri_goes_through_the_local_proxy_with_psycopg2_as_the_iam_user_without_password():
+    uri = postgres_uri("mlflow-tracking-dev@p-1.iam", "mlflow")
+    assert uri == "postgresql+psycopg2://mlflow-tracking-dev%40p-1.iam@127.0.0.1:5432/mlflow"
+    parsed = urlsplit(uri)  # SQLAlchemy percent-decodes the user the same way (proven on make local)
+    assert (unquote(parsed.username), parsed.password, parsed.port) == ("mlflow-tracking-dev@p-1.iam", None, 5432)
 
 
 def test_allowed_hosts_name_every_service_dns_name_with_port_and_the_ingress_host():
@@ -48,22 +55,24 @@ def test_the_ingress_origin_may_change_state_and_no_other():
 
 
 def test_job_runner_is_off_unless_configured():
-    assert env_of({"env": tracking_env("s", False)})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
-    assert env_of({"env": tracking_env("s", True)})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "true"
+    assert env_of({"env": tracking_env("s", False, "u")})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    assert env_of({"env": tracking_env("s", True, "u")})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "true"
 
 
 def test_auth_config_names_the_auth_database_default_permission_and_cache():
-    ini = auth_config_ini("READ", 300, "postgresql+psycopg2://u:p@127.0.0.1:5432/mlflow_auth")
+    ini = auth_config_ini("READ", 300, postgres_uri("mlflow-tracking-dev@p.iam", "mlflow_auth"))
     assert "default_permission = READ" in ini and "auth_cache_ttl_seconds = 300" in ini
-    assert "database_uri = postgresql+psycopg2://u:p@127.0.0.1:5432/mlflow_auth" in ini
+    parsed = configparser.ConfigParser()  # as MLflow reads it: `%` interpolation on
+    parsed.read_string(ini)
+    assert parsed["mlflow"]["database_uri"] == "postgresql+psycopg2://mlflow-tracking-dev%40p.iam@127.0.0.1:5432/mlflow_auth"
     assert "admin_password" not in ini
 
 
 def test_args_refuse_an_unpinned_proxy_image():
     with pytest.raises(ValueError, match="sql_proxy_image.*pinned by digest"):
         TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", environment="dev",
-                           image="i", image_version="v", bucket_name="b", sql_connection_name="c", db_user="u",
-                           db_password="pw", tracking_database="t", auth_database="a",
+                           image="i", image_version="v", bucket_name="b", sql_connection_name="c",
+                           sql_instance_name="i", tracking_database="t", auth_database="a",
                            sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2")
 
 
@@ -106,7 +115,7 @@ def test_migration_job_first_waits_minutes_for_the_database_as_iam_propagates(st
     wait = container(job, "wait-for-database")
     assert wait["command"] + wait["args"] == ["python", "-m", "mlflow_dbwait", "--url-env",
                                               "MLFLOW_BACKEND_STORE_URI", "--timeout", "420"]
-    assert env_of(wait)["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["key"] == "backend-store-uri"
+    assert env_of(wait)["MLFLOW_BACKEND_STORE_URI"] == env_of(container(job, "upgrade-tracking-db"))["MLFLOW_BACKEND_STORE_URI"]
     assert 420 < job.inputs["spec"]["activeDeadlineSeconds"]  # the wait fits, with the migrations after it
     tracking_stage = DOCKERFILE.read_text().split("AS tracking", 1)[1].split("FROM ", 1)[0]
     assert "COPY mlflow_dbwait /opt/mlflow-extras/mlflow_dbwait" in tracking_stage  # the module is in the image
@@ -136,18 +145,59 @@ def test_secrets_are_referenced_never_inlined(stack_runs, stack):
         assert not any(secret in text for secret in secrets), f"{record.urn} inlines a secret"
         for spec in containers(record):
             for entry in spec.get("env", []):
-                assert not any(word in entry["name"] for word in ("PASSWORD", "SECRET", "URI")) \
-                    or "valueFrom" in entry or entry["name"] == "MLFLOW_TRACKING_URI", f"{record.urn}: {entry}"
+                if entry["name"].endswith("URI") and "value" in entry:  # database URIs hold no password
+                    assert urlsplit(entry["value"]).password is None, f"{record.urn}: {entry['name']}"
+                    continue
+                assert not any(word in entry["name"] for word in ("PASSWORD", "SECRET")) \
+                    or "valueFrom" in entry, f"{record.urn}: {entry}"
 
 
-def test_tracking_secret_holds_psycopg2_uris_and_the_auth_config(stack_runs):
-    secret = stack_runs["dev"].named("mlflow-secrets")
-    assert is_secret(secret.inputs["stringData"]), secret.urn
-    data = plain(secret.inputs["stringData"])
-    assert data["backend-store-uri"].startswith("postgresql+psycopg2://mlflow:")
-    assert data["backend-store-uri"].endswith("@127.0.0.1:5432/mlflow")
-    assert "database_uri = postgresql+psycopg2://" in data[AUTH_CONFIG_FILE]
-    assert len(data["flask-secret-key"]) == 64
+POSTGRES_URI = re.compile(r"postgresql(?:\+\w+)?://[^\s'\"]+")
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_no_database_password_exists_in_any_resource_or_uri(stack_runs, stack):
+    run = stack_runs[stack]
+    users = run.of_type("gcp:sql/user:User")
+    assert users and all(user.inputs["type"] == "CLOUD_IAM_SERVICE_ACCOUNT" and "password" not in user.inputs
+                         for user in users)
+    uris = [uri for record in run.resources for uri in POSTGRES_URI.findall(json.dumps(record.inputs))]
+    assert len(uris) >= 4 and all(urlsplit(uri.replace("%%", "%")).password is None for uri in uris), uris
+    flags = {flag["name"]: flag["value"]
+             for flag in run.named("mlflow-db-instance").inputs["settings"]["databaseFlags"]}
+    assert flags["cloudsql.iam_authentication"] == "on"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_proxy_logs_its_pod_identity_in(stack_runs, stack):
+    run = stack_runs[stack]
+    proxies = [spec for record in run.of_type("kubernetes:apps/v1:Deployment") + run.of_type("kubernetes:batch/v1:Job")
+               for spec in pod_spec(record).get("initContainers", []) if spec["name"] == "cloud-sql-proxy"]
+    assert len(proxies) == 3 and all("--auto-iam-authn" in spec["args"] for spec in proxies)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_only_the_database_admin_identity_holds_cloud_sqls_admin_role(stack_runs, stack):
+    run = stack_runs[stack]
+    tracking, admin = run.named("mlflow-tracking-db-user"), run.named("mlflow-db-admin-user")
+    assert "databaseRoles" not in tracking.inputs and admin.inputs["databaseRoles"] == ["cloudsqlsuperuser"]
+    for identity in ("mlflow-identity", "mlflow-db-admin-identity"):  # reach the instance, log in as IAM users
+        roles = {r.inputs["role"] for r in run.of_type("gcp:projects/iAMMember:IAMMember")
+                 if r.name.startswith(f"{identity}-")}
+        assert {"roles/cloudsql.client", "roles/cloudsql.instanceUser"} <= roles, identity
+    grants = run.named("mlflow-db-grants")
+    job = container(grants, "grant-database-privileges")
+    assert pod_spec(grants)["serviceAccountName"] == "mlflow-db-admin"
+    assert job["args"][job["args"].index("--grantee") + 1] == tracking.inputs["name"]
+    assert unquote(urlsplit(job["env"][0]["value"]).username) == admin.inputs["name"]
+
+
+def test_grants_precede_the_migration_and_wait_for_both_database_users(stack_runs):
+    run = stack_runs["dev"]
+    grants = run.named("mlflow-db-grants")
+    assert grants.urn in run.named("mlflow-migrate").dependencies
+    assert run.named("mlflow-db-admin-user").urn in grants.dependencies
+    assert run.named("mlflow-tracking-db-user").urn in run.named("mlflow-migrate").dependencies  # through its URIs
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])

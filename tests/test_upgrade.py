@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from infra.database import AUTH_DATABASE, DB_USER, TRACKING_DATABASE
+from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from local.legacy import LEGACY_REQUIREMENTS, LegacyTracking, ensure_venv
 from local.localplatform import generate_password
 from local.processes import LocalPlatformError, http, run_to_completion
@@ -75,18 +75,17 @@ def access_matrix(url: str, seed: dict, credentials: dict[str, str]) -> dict:
 
 
 def migrate_fresh_databases(platform) -> None:
-    """The rendered migration Job's commands against two new, empty databases."""
-    platform.run_client("bootstrap_db", user=None, extra_env={
-        "PG_HOST": "127.0.0.1", "PG_PORT": str(platform.postgres_port), "PG_SUPERUSER": platform.postgres.superuser,
-        "PG_SUPERUSER_PASSWORD": platform.credentials.postgres_superuser_password, "DB_USER": DB_USER,
-        "DB_PASSWORD": platform.credentials.db_password, "DATABASES": ",".join(FRESH.values())})
-    swap = {platform.database_uri(db): platform.database_uri(fresh) for db, fresh in FRESH.items()}
-    for spec, command in platform.job_commands(platform.migration_job, "migrate-fresh"):
-        assert not command.files, "the migration Job mounts no files"
+    """The rendered grants and migration Jobs' commands against two new, empty databases."""
+    platform.bootstrap_databases(tuple(FRESH.values()))
+    swap = {platform.database_uri(db): platform.database_uri(fresh) for db, fresh in FRESH.items()} | FRESH
+    commands = (platform.job_commands(platform.grants_job, "grants-fresh")
+                + platform.job_commands(platform.migration_job, "migrate-fresh"))
+    for spec, command in commands:
+        assert not command.files, "the grants and migration Jobs mount no files"
         command.cwd.mkdir(parents=True, exist_ok=True)
         argv = [swap.get(part, part) for part in command.argv]
         env = {name: swap.get(value, value) for name, value in command.env.items()}
-        assert argv != command.argv or env != command.env, f"{spec['name']} names no database URI"
+        assert argv != command.argv or env != command.env, f"{spec['name']} names no database"
         log = platform.logs_dir / f"migrate-fresh-{spec['name']}.log"
         completed = run_to_completion(spec["name"], argv, env=env, cwd=command.cwd, log_path=log, timeout=300)
         assert completed.returncode == 0, f"{spec['name']} on a fresh database failed; log {log}"
@@ -119,9 +118,9 @@ def upgrade(request, legacy_venv):
         platform.start_services()  # migration Job, tracking, serving-user Job: as after `pulumi up`
         after = platform.run_client("registry_state").json()
         access_after = access_matrix(platform.tracking_url, seed, credentials)
-        denied = run(query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, DB_USER,
-                                   AUTH_DATABASE, DENIED_GRANTS_SQL),
-                     env=pg_env(platform.credentials.db_password), timeout=60).splitlines()
+        denied = run(query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port,
+                                   platform.tracking_db_user, AUTH_DATABASE, DENIED_GRANTS_SQL),
+                     env=pg_env(), timeout=60).splitlines()
         yield SimpleNamespace(platform=platform, seed=seed, before=before, after=after, schema_before=schema_before,
                               access_before=access_before, access_after=access_after, denied_grants=denied,
                               passwords=list(passwords.values()))
