@@ -83,14 +83,19 @@ def postgres_uri(user: str, database: str, host: str = "127.0.0.1", port: int = 
     return f"postgresql+psycopg2://{quote(user, safe='')}@{host}:{port}/{database}"
 
 
+def ini_value(text: str) -> str:
+    """`text` as MLflow's auth config reader (ConfigParser, `%` interpolation) gives it back: the
+    percent-encoded `@` of an IAM user in a URI would otherwise be an interpolation error."""
+    return text.replace("%", "%%")
+
+
 def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_uri: str) -> str:
     """The basic-auth app's config: no credential in it (a ConfigMap); the admin password comes
-    from MLFLOW_AUTH_ADMIN_PASSWORD. MLflow reads it with ConfigParser's `%` interpolation, so the
-    URI's percent-encoding is escaped."""
+    from MLFLOW_AUTH_ADMIN_PASSWORD."""
     return "\n".join([
         "[mlflow]",
         f"default_permission = {default_permission}",
-        f"database_uri = {database_uri.replace('%', '%%')}",
+        f"database_uri = {ini_value(database_uri)}",
         f"admin_username = {ADMIN_USERNAME}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         f"auth_cache_ttl_seconds = {cache_ttl_seconds}",

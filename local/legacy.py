@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
+from k8s.tracking import ini_value
 from local.localplatform import CLIENTS_DIR, ClientResult, LocalPlatform, write_private_file
 from local.manifests import ROOT
 from local.processes import LocalPlatformError, ManagedProcess, free_port, http_ok, log_tail, run_to_completion
@@ -64,7 +65,7 @@ def legacy_auth_config(platform: LocalPlatform) -> str:
     return "\n".join([
         "[mlflow]",
         f"default_permission = {platform.default_permission}",
-        f"database_uri = {platform.database_uri(AUTH_DATABASE)}",
+        f"database_uri = {ini_value(platform.database_uri(AUTH_DATABASE))}",
         f"admin_username = {platform.admin_username}",
         f"admin_password = {platform.admin_password}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
