@@ -53,3 +53,10 @@ def child_options(parent: pulumi.Resource, opts: Optional[pulumi.ResourceOptions
     inherited = list(opts.depends_on or []) if opts and isinstance(opts.depends_on, list) else []
     extra_deps = list(extra.pop("depends_on", None) or [])
     return pulumi.ResourceOptions(parent=parent, depends_on=inherited + extra_deps or None, **extra)
+
+
+def job_wait(deadline_seconds: int) -> pulumi.CustomTimeouts:
+    """Pulumi's wait for a Job to complete (10 minutes unless set): its whole activeDeadlineSeconds,
+    and a minute for the API, or `up` fails while the Job would still succeed."""
+    minutes = f"{deadline_seconds // 60 + 1}m"
+    return pulumi.CustomTimeouts(create=minutes, update=minutes)

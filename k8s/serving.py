@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
-from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
+from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
 from k8s.pods import (
@@ -35,6 +35,7 @@ ROLLOUT_ANNOTATION = "mlflow.org/rollout-token"
 LIVE_PATH = "/live"  # mlflow_serving: 200 while the process runs
 READY_PATH = "/ping"  # MLflow's: 200 once the model is loaded, 503 with the reason before
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
+SETUP_DEADLINE_SECONDS = 600
 # Shutdown of a serving pod: clients reach it through a ClusterIP Service, whose kube-proxy rules
 # drop a deleted pod ~1-2 s after the API server, more on a busy control plane: 10 s covers it.
 DRAIN_SECONDS = 10
@@ -285,7 +286,7 @@ class ModelServing(pulumi.ComponentResource):
                       "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
             spec={
                 "backoffLimit": 6,
-                "activeDeadlineSeconds": 600,
+                "activeDeadlineSeconds": SETUP_DEADLINE_SECONDS,
                 "template": {
                     "metadata": {"labels": setup_labels},
                     "spec": {
@@ -303,7 +304,8 @@ class ModelServing(pulumi.ComponentResource):
                 },
             },
             opts=pulumi.ResourceOptions.merge(tracking_opts, pulumi.ResourceOptions(
-                depends_on=[args.tracking_ready], delete_before_replace=True)),
+                depends_on=[args.tracking_ready], delete_before_replace=True,
+                custom_timeouts=job_wait(SETUP_DEADLINE_SECONDS))),
         )
 
         container = serving_container(

@@ -14,12 +14,13 @@ import pulumi_random as random
 from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
 from infra.database import DATABASE_ADMIN_ROLE, iam_database_user
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
-from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
+from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, checkov_skips,
-    SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, drain_on_stop, http_probe, pod_security_context,
+    SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, drain_on_stop, http_probe,
+    pod_security_context,
     resources, secret_env, sql_proxy_sidecar, tmp_mount, tmp_volume,
 )
 
@@ -44,6 +45,12 @@ METRICS_PORT = 9102
 # How long the migration Job waits for its first database connection: IAM changes usually apply
 # within 2 minutes, sometimes 7 or more. The Job's activeDeadlineSeconds still bounds the whole Job.
 DB_WAIT_SECONDS = 420
+# Pulumi waits 10 minutes for a Job by default: the grants Job may wait up to DB_WAIT_SECONDS per
+# database for IAM to propagate, the migration Job after it; each wait covers its Job's deadline.
+GRANTS_DEADLINE_SECONDS = 900
+MIGRATION_DEADLINE_SECONDS = 1200
+
+
 # Shutdown of a tracking pod: the prod Ingress's container-native load balancer detaches a NEG
 # endpoint within ~10 s of the pod's deletion; 15 s covers it and kube-proxy's ~1 s.
 DRAIN_SECONDS = 15
@@ -431,7 +438,7 @@ class TrackingServer(pulumi.ComponentResource):
                       "labels": k8s_labels(name, "migration")},
             spec={
                 "backoffLimit": 3,
-                "activeDeadlineSeconds": 1200,
+                "activeDeadlineSeconds": MIGRATION_DEADLINE_SECONDS,
                 "template": {
                     "metadata": {"labels": k8s_labels(name, "migration")},
                     "spec": {**pod_base, "restartPolicy": "Never",
@@ -443,7 +450,8 @@ class TrackingServer(pulumi.ComponentResource):
             # Workload Identity as the tracking user, so it waits for that identity's IAM bindings
             # and for the grants that let the user create MLflow's tables.
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                delete_before_replace=True, depends_on=[*identity.grants, grants])),
+                delete_before_replace=True, depends_on=[*identity.grants, grants],
+                custom_timeouts=job_wait(MIGRATION_DEADLINE_SECONDS))),
         )
 
         args_list = pulumi.Output.all(args.bucket_name, args.internal_lb_ip).apply(
@@ -564,7 +572,7 @@ class TrackingServer(pulumi.ComponentResource):
                       "labels": job_labels},
             spec={
                 "backoffLimit": 3,
-                "activeDeadlineSeconds": 900,
+                "activeDeadlineSeconds": GRANTS_DEADLINE_SECONDS,
                 "template": {
                     "metadata": {"labels": job_labels},
                     "spec": {
@@ -582,7 +590,8 @@ class TrackingServer(pulumi.ComponentResource):
                 },
             },
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                delete_before_replace=True, depends_on=[*admin.grants, admin_db_user])),
+                delete_before_replace=True, depends_on=[*admin.grants, admin_db_user],
+                custom_timeouts=job_wait(GRANTS_DEADLINE_SECONDS))),
         )
 
     def _metrics_collection(self, name: str, ns_name: pulumi.Output[str], labels: dict, selector: dict,

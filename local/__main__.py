@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from local.localplatform import LocalPlatform
+from local.rollout import write_pid_file
 from local.manifests import ROOT
 from local.processes import LocalPlatformError
 from local.rollout import ServingRollouts
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"another `make local` (pid {other}) uses {workdir}; stop it first", file=sys.stderr)
         return 1
     _clean(workdir)
-    pid_file.write_text(f"{os.getpid()}\n")
+    write_pid_file(workdir)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
     rollouts = ServingRollouts(workdir)  # SIGUSR1: restart serving (`make promote`)

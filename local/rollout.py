@@ -44,6 +44,14 @@ def _write_status(workdir: Path, status: dict) -> None:
     tmp.replace(workdir / STATUS_FILE)  # atomic: a reader never sees half a file
 
 
+def write_pid_file(workdir: Path) -> Path:
+    """WORKDIR/local.pid naming this process, written whole (a reader never sees it half-written)."""
+    path, partial = workdir / PID_FILE, workdir / f"{PID_FILE}.partial"
+    partial.write_text(f"{os.getpid()}\n")
+    os.replace(partial, path)
+    return path
+
+
 def local_pid(workdir: Path) -> Optional[int]:
     """The pid of the `python -m local` using `workdir`, if one runs (the check `make local` itself
     does before starting)."""

@@ -44,6 +44,8 @@ class ResourceRecord:
     dependencies: list[str] = field(default_factory=list)
     state: dict = field(default_factory=dict)
     ignore_changes: list[str] = field(default_factory=list)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """Pulumi's own wait for the resource (create/update/delete), where the program sets one."""
 
 
 class PlatformMocks(pulumi.runtime.Mocks):
@@ -127,6 +129,8 @@ class RecordingMonitor(MockMonitor):
                 dependencies=sorted(set(request.dependencies)),
                 state=registration.state,
                 ignore_changes=list(request.ignoreChanges),
+                custom_timeouts={key: value for key, value in json_format.MessageToDict(request.customTimeouts).items()
+                                 if value},
             ))
         return response
 

@@ -176,3 +176,22 @@ def test_secrets_stay_masked_in_the_dependency_plan(stack_runs):
     resources = render(stack_runs["prod"])["resources.yaml"]
     password = plain(stack_runs["prod"].named("mlflow-admin-password").state["result"])
     assert password not in resources
+
+
+def minutes(duration: str) -> float:
+    """A Pulumi custom timeout (`21m`, `1h`, `90s`) in minutes."""
+    value, unit = float(duration[:-1]), duration[-1]
+    return value * {"s": 1 / 60, "m": 1, "h": 60}[unit]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_pulumi_waits_for_every_job_as_long_as_the_job_may_run(stack_runs, stack):
+    """Pulumi gives up on a Job after 10 minutes unless told: a Job still within its deadline (waiting
+    for IAM to propagate) would fail the `up` although it then succeeds."""
+    jobs = stack_runs[stack].of_type("kubernetes:batch/v1:Job")
+    assert len(jobs) >= 3
+    for job in jobs:
+        deadline = job.inputs["spec"]["activeDeadlineSeconds"] / 60
+        waits = job.custom_timeouts
+        assert all(minutes(waits.get(operation, "10m")) >= deadline for operation in ("create", "update")), \
+            f"{job.name}: activeDeadlineSeconds {deadline:.0f} min, Pulumi waits {waits or 'the default 10 min'}"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.database import AUTH_DATABASE, TRACKING_DATABASE
+from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from k8s.serving import SERVING_PORT
 from k8s.tracking import TRACKING_PORT, auth_config_ini
 from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, expand_vars, localize_container
@@ -590,17 +590,33 @@ def test_the_tracking_user_may_create_tables_only_once_the_grants_job_ran(platfo
                            probe, "CREATE TABLE probe (id integer)")
     with pytest.raises(RuntimeError, match="permission denied for schema public"):
         run(create, env=pg_env(), timeout=60)
-    swap = {TRACKING_DATABASE: probe, AUTH_DATABASE: probe}
-    for spec, command in platform.job_commands(platform.grants_job, "grants-probe"):
-        argv = [swap.get(part, part) for part in command.argv]
-        command.cwd.mkdir(parents=True, exist_ok=True)
-        completed = run_to_completion(spec["name"], argv, env=command.env, cwd=command.cwd,
-                                      log_path=platform.logs_dir / "grants-probe.log", timeout=120)
-        assert completed.returncode == 0, platform.logs_dir / "grants-probe.log"
+    assert "WARNING" not in grant_on(platform, probe)
     run(create, env=pg_env(), timeout=60)
     owner = query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.tracking_db_user,
                           probe, "SELECT tableowner FROM pg_tables WHERE tablename = 'probe'")
     assert run(owner, env=pg_env(), timeout=60).strip() == platform.tracking_db_user
+    # More than MLflow needs (the admin role, given outside the program) is reported.
+    superuser = pg_env(platform.credentials.postgres_superuser_password)
+    membership = f'{DATABASE_ADMIN_ROLE} TO "{platform.tracking_db_user}"'
+    run(query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.postgres.superuser,
+                      probe, f"GRANT {membership}"), env=superuser, timeout=60)
+    try:
+        assert f"WARNING: {platform.tracking_db_user} is a member of {DATABASE_ADMIN_ROLE}" in grant_on(platform, probe)
+    finally:
+        run(query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.postgres.superuser,
+                          probe, f"REVOKE {membership.replace(' TO ', ' FROM ')}"), env=superuser, timeout=60)
+
+
+def grant_on(platform: LocalPlatform, database: str) -> str:
+    """The rendered grants Job's commands on `database` instead of MLflow's two; their log."""
+    swap = {TRACKING_DATABASE: database, AUTH_DATABASE: database}
+    log = platform.logs_dir / "grants-probe.log"
+    for spec, command in platform.job_commands(platform.grants_job, "grants-probe"):
+        command.cwd.mkdir(parents=True, exist_ok=True)
+        completed = run_to_completion(spec["name"], [swap.get(part, part) for part in command.argv], env=command.env,
+                                      cwd=command.cwd, log_path=log, timeout=120)
+        assert completed.returncode == 0, log
+    return log.read_text()
 
 
 def test_restarts_lose_nothing(platform):

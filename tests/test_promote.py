@@ -444,7 +444,7 @@ def test_real_kubernetes_client_sends_the_strategic_merge_patch():
 STAND_IN = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from local.rollout import ServingRollouts
+    from local.rollout import ServingRollouts, write_pid_file
 
     workdir, mode = Path(sys.argv[2]), sys.argv[3]
 
@@ -461,7 +461,7 @@ STAND_IN = textwrap.dedent("""
 
     rollouts = ServingRollouts(workdir)
     rollouts.install()
-    (workdir / "local.pid").write_text(f"{os.getpid()}\\n")
+    write_pid_file(workdir)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (workdir / "stop").exists():
         rollouts.poll(Platform())

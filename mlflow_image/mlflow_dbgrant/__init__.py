@@ -18,6 +18,12 @@ GRANTS = (
 )
 
 
+ADMIN_ROLE = "cloudsqlsuperuser"
+# Write-only on the Admin API: never read back, so a grantee that holds the admin role (given outside
+# the program) goes unnoticed unless this asks.
+ADMIN_MEMBERSHIP = "SELECT pg_has_role(:grantee, '" + ADMIN_ROLE + "', 'MEMBER')"
+
+
 def grant_statements(database: str, grantee: str, quote: Callable[[str], str]) -> list[str]:
     """The statements for one database, identifiers quoted by `quote` (the driver's)."""
     return [statement.format(database=quote(database), grantee=quote(grantee)) for statement in GRANTS]

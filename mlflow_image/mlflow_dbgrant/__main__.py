@@ -11,11 +11,12 @@ import argparse
 import os
 import sys
 
-from mlflow_dbgrant import grant_statements
+from mlflow_dbgrant import ADMIN_ROLE, grant_statements
 from mlflow_dbwait import DatabaseUnavailable, Retry, wait_for
 
 
-def grant(admin_url: str, database: str, grantee: str) -> None:
+def grant(admin_url: str, database: str, grantee: str) -> bool:
+    """Grant; whether the grantee also holds the admin role (more than MLflow needs)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
     from sqlalchemy.pool import NullPool
@@ -27,6 +28,7 @@ def grant(admin_url: str, database: str, grantee: str) -> None:
             quote = engine.dialect.identifier_preparer.quote_identifier
             for statement in grant_statements(database, grantee, quote):
                 connection.execute(text(statement))
+            return bool(connection.execute(text(ADMIN_MEMBERSHIP), {"grantee": grantee}).scalar())
     finally:
         engine.dispose()
 
@@ -42,14 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     if not admin_url:
         print(f"grant: ${args.url_env} is empty", file=sys.stderr, flush=True)
         return 2
+    admin_in: list[str] = []
     for database in args.database:
+        def attempt() -> None:
+            if grant(admin_url, database, args.grantee):
+                admin_in.append(database)
         try:
-            wait_for(lambda: grant(admin_url, database, args.grantee), Retry(budget=args.timeout),
-                     log=lambda line: print(f"grant on {database}: {line}", flush=True))
+            wait_for(attempt, Retry(budget=args.timeout), log=lambda line: print(f"grant on {database}: {line}", flush=True))
         except DatabaseUnavailable as err:
             print(f"grant on {database}: giving up: {err}", file=sys.stderr, flush=True)
             return 1
         print(f"grant on {database}: {args.grantee} may connect and create in schema public", flush=True)
+    if admin_in:
+        print(f"WARNING: {args.grantee} is a member of {ADMIN_ROLE}, more than MLflow needs: revoke it "
+              "(gcloud sql users assign-roles)", file=sys.stderr, flush=True)
     return 0
 
 
