@@ -8,13 +8,14 @@ from typing import Any, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SecretRef
 from infra.naming import cap_name, child_options, k8s_labels, k8s_selector
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
+from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, checkov_skips,
     SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, drain_on_stop, http_probe, pod_security_context,
@@ -34,8 +35,8 @@ PROMETHEUS_DIR = "/tmp/prometheus"
 # Secret keys, referenced by the pods; their values are never in a manifest.
 SECRET_BACKEND_URI = "backend-store-uri"
 SECRET_AUTH_URI = "auth-database-uri"
-SECRET_FLASK_KEY = "flask-secret-key"
-SECRET_ADMIN_PASSWORD = "admin-password"
+# Env vars the tracking server reads from its Secret Manager files (mlflow_fileenv).
+FILE_ENV = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_SECRET_KEY}
 METRICS_PORT = 9102
 # How long the migration Job waits for its first database connection: IAM changes usually apply
 # within 2 minutes, sometimes 7 or more. The Job's activeDeadlineSeconds still bounds the whole Job.
@@ -116,8 +117,7 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
 def tracking_env(secret_name: Any, job_execution: bool) -> list[dict]:
     return [
         secret_env("MLFLOW_BACKEND_STORE_URI", secret_name, SECRET_BACKEND_URI),
-        secret_env("MLFLOW_FLASK_SERVER_SECRET_KEY", secret_name, SECRET_FLASK_KEY),
-        secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", secret_name, SECRET_ADMIN_PASSWORD),
+        *file_env(FILE_ENV),
         {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": f"{AUTH_CONFIG_DIR}/{AUTH_CONFIG_FILE}"},
         {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "true" if job_execution else "false"},
         {"name": "MLFLOW_TRACKING_DIR", "value": "/tmp/mlruns"},
@@ -134,12 +134,14 @@ def auth_config_mount() -> dict:
     return {"name": "auth-config", "mountPath": AUTH_CONFIG_DIR, "readOnly": True}
 
 
-def tracking_container(*, image: Any, args: list, env: list[dict], cpu: str, memory: str) -> dict:
+def tracking_container(*, image: Any, args: Any, env: list[dict], cpu: str, memory: str) -> dict:
+    """`mlflow server ARGS` under mlflow_fileenv, which reads the admin password and Flask key files."""
+    command, wrapped_args = with_file_env(["mlflow"], args, FILE_ENV)
     return {
         "name": "mlflow",
         "image": image,
-        "command": ["mlflow"],
-        "args": args,
+        "command": command,
+        "args": wrapped_args,
         "env": env,
         "ports": [{"name": "http", "containerPort": TRACKING_PORT}],
         "startupProbe": http_probe("/health", "http", period=5, failures=60),
@@ -148,7 +150,7 @@ def tracking_container(*, image: Any, args: list, env: list[dict], cpu: str, mem
         "lifecycle": drain_on_stop(DRAIN_SECONDS),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount(), auth_config_mount(), logging_mount()],
+        "volumeMounts": [tmp_mount(), auth_config_mount(), secrets_mount(), logging_mount()],
     }
 
 
@@ -280,6 +282,12 @@ class TrackingServerArgs:
     """The basic-auth app's database (the Database resource's output)."""
     sql_proxy_image: str
     """Cloud SQL Auth Proxy image by digest (the settings model holds the pinned default)."""
+    admin_password: SecretRef
+    """Secret Manager secret of the admin password (mounted, read by the server at start)."""
+    flask_secret_key: SecretRef
+    """Secret Manager secret of the Flask secret key shared by all replicas."""
+    project_number: pulumi.Input[str]
+    """Project number: the Workload Identity principal the Secret Manager add-on authenticates as."""
     namespace: str = "mlflow"
     """Namespace of the tracking server."""
     serving_namespace: str = "mlflow-serving"
@@ -342,7 +350,7 @@ class TrackingServer(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     in_cluster_url: pulumi.Output[str]
     admin_username: pulumi.Output[str]
-    admin_password: pulumi.Output[str]
+    admin_password_secret: pulumi.Output[str]
 
     def __init__(self, name: str, args: TrackingServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:tracking:TrackingServer", name, None, opts)
@@ -364,18 +372,12 @@ class TrackingServer(pulumi.ComponentResource):
             bucket_grants=(BucketGrant(bucket=args.bucket_name, role="roles/storage.objectUser"),),
         ), child_options(self, opts))
 
-        child = pulumi.ResourceOptions(parent=self)
-        admin_password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
-        flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
-
         def secret_values(parts: list) -> dict[str, str]:
-            user, password, admin, flask, tracking_database, auth_database = parts
+            user, password, tracking_database, auth_database = parts
             auth_uri = postgres_uri(user, password, auth_database)
             return {
                 SECRET_BACKEND_URI: postgres_uri(user, password, tracking_database),
                 SECRET_AUTH_URI: auth_uri,
-                SECRET_ADMIN_PASSWORD: admin,
-                SECRET_FLASK_KEY: flask,
                 AUTH_CONFIG_FILE: auth_config_ini(args.default_permission, args.auth_cache_ttl_seconds, auth_uri),
             }
 
@@ -384,11 +386,15 @@ class TrackingServer(pulumi.ComponentResource):
             metadata={"name": "mlflow-tracking", "namespace": ns_name, "labels": labels},
             type="Opaque",
             string_data=pulumi.Output.secret(pulumi.Output.all(
-                args.db_user, args.db_password, admin_password.result, flask_key.result,
-                args.tracking_database, args.auth_database).apply(secret_values)),
+                args.db_user, args.db_password, args.tracking_database, args.auth_database).apply(secret_values)),
             opts=k8s_opts,
         )
         secret_name = secret.metadata["name"]
+        provider_class, secret_grants = secret_files(
+            f"{name}-tracking", (args.admin_password, args.flask_secret_key), SERVICE_NAME, ns_name, labels, k8s_opts,
+            readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
+                     pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
+            gcp_opts=child_options(self, opts))
 
         proxy = sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)
         pod_base = {
@@ -442,13 +448,15 @@ class TrackingServer(pulumi.ComponentResource):
                         "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "initContainers": [proxy],
                         "containers": [container, metrics_exporter_container(image=args.image)],
-                        "volumes": [tmp_volume(), auth_config_volume(secret_name),
+                        "volumes": [tmp_volume(), auth_config_volume(secret_name), secrets_volume(provider_class),
                                     logging_volume(namespace.logging_config_map)],
                         "topologySpreadConstraints": _spread(selector),
                     },
                 },
             },
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[migration])),
+            # The add-on mounts the files only once the pod's identity may read them.
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                depends_on=[migration, *secret_grants])),
         )
 
         # Pulumi waits up to 10 minutes for a Service to reach a ready pod; created before the
@@ -498,15 +506,14 @@ class TrackingServer(pulumi.ComponentResource):
             "http://", service.metadata["name"], ".", ns_name, ".svc.cluster.local:", str(TRACKING_PORT))
         self.admin_username = pulumi.Output.from_input(ADMIN_USERNAME)
         self.admin_username_value = ADMIN_USERNAME
-        self.secret_name = secret_name
-        self.admin_password = pulumi.Output.secret(admin_password.result)
+        self.admin_password_secret = pulumi.Output.from_input(args.admin_password.secret_id)
         self.deployment = deployment
         self.register_outputs({
             "namespace": self.namespace,
             "service_name": self.service_name,
             "in_cluster_url": self.in_cluster_url,
             "admin_username": self.admin_username,
-            "admin_password": self.admin_password,
+            "admin_password_secret": self.admin_password_secret,
         })
 
     def _metrics_collection(self, name: str, ns_name: pulumi.Output[str], labels: dict, selector: dict,

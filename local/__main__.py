@@ -21,7 +21,7 @@ from local.processes import LocalPlatformError
 from local.rollout import ServingRollouts
 
 DEFAULT_WORKDIR = ROOT / ".local"
-THROWAWAY = ("postgres", "gcs", "pods", "clients", "secrets")
+THROWAWAY = ("postgres", "gcs", "pods", "clients", "secrets", "secretmanager")
 
 
 class Stop(Exception):

@@ -64,7 +64,8 @@ def test_args_refuse_an_unpinned_proxy_image():
         TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", environment="dev",
                            image="i", image_version="v", bucket_name="b", sql_connection_name="c", db_user="u",
                            db_password="pw", tracking_database="t", auth_database="a",
-                           sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2")
+                           sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2",
+                           admin_password=None, flask_secret_key=None, project_number="1")
 
 
 # --- as declared by the stacks --------------------------------------------------------------
@@ -137,7 +138,9 @@ def test_secrets_are_referenced_never_inlined(stack_runs, stack):
         for spec in containers(record):
             for entry in spec.get("env", []):
                 assert not any(word in entry["name"] for word in ("PASSWORD", "SECRET", "URI")) \
-                    or "valueFrom" in entry or entry["name"] == "MLFLOW_TRACKING_URI", f"{record.urn}: {entry}"
+                    or "valueFrom" in entry or entry["name"] == "MLFLOW_TRACKING_URI" \
+                    or entry["name"].endswith("_FILE") and entry["value"].startswith("/etc/mlflow-secrets/"), \
+                    f"{record.urn}: {entry}"
 
 
 def test_tracking_secret_holds_psycopg2_uris_and_the_auth_config(stack_runs):
@@ -147,7 +150,7 @@ def test_tracking_secret_holds_psycopg2_uris_and_the_auth_config(stack_runs):
     assert data["backend-store-uri"].startswith("postgresql+psycopg2://mlflow:")
     assert data["backend-store-uri"].endswith("@127.0.0.1:5432/mlflow")
     assert "database_uri = postgresql+psycopg2://" in data[AUTH_CONFIG_FILE]
-    assert len(data["flask-secret-key"]) == 64
+    assert set(data) == {"backend-store-uri", "auth-database-uri", AUTH_CONFIG_FILE}, "credentials left the Secret"
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -155,7 +158,12 @@ def test_server_env_and_args_follow_config(stack_runs, stack):
     run = stack_runs[stack]
     app = container(tracking_deployment(run), "mlflow")
     env = env_of(app)
-    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "flask-secret-key"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"]["value"] == "/etc/mlflow-secrets/flask-secret-key"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/admin-password"
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" not in env and "MLFLOW_AUTH_ADMIN_PASSWORD" not in env
+    assert app["command"] == ["python"]
+    assert app["args"][:6] == ["-m", "mlflow_fileenv", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                               "--", "mlflow"]
     assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].endswith(AUTH_CONFIG_FILE)
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     bucket = run.named("mlflow-artifacts-bucket").inputs["name"]
