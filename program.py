@@ -208,8 +208,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         "serving_image": images.serving_image,
         "tracking_in_cluster_url": tracking.in_cluster_url,
         "tracking_admin_username": tracking.admin_username,
-        # The secret, not its value: `make rotate-secret` adds versions the stack does not know.
-        "tracking_admin_password_secret": tracking.admin_password_secret,
+        # The secrets, not their values: `make rotate-secret` adds versions the stack does not know.
+        "app_secrets": app_secrets.secret_ids,
     }
     if settings.ingress_host:
         outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.ingress_host}")

@@ -75,6 +75,8 @@ class AppSecrets(pulumi.ComponentResource):
     refs: dict[str, SecretRef]
     project_number: pulumi.Output[str]
     """For the Workload Identity principals of the readers."""
+    secret_ids: pulumi.Output[dict]
+    """Logical name -> projects/PROJECT/secrets/ID (a stack output: what `make rotate-secret` rotates)."""
 
     def __init__(self, name: str, args: AppSecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:secrets:AppSecrets", name, None, opts)
@@ -109,8 +111,8 @@ class AppSecrets(pulumi.ComponentResource):
                 name=logical, secret_id=secret.id,
                 version_name=pulumi.Output.concat("projects/", args.project, "/secrets/", secret.secret_id,
                                                   f"/versions/{LATEST}"))
-        self.register_outputs({"project_number": self.project_number,
-                               "secret_ids": {key: ref.secret_id for key, ref in self.refs.items()}})
+        self.secret_ids = pulumi.Output.from_input({key: ref.secret_id for key, ref in self.refs.items()})
+        self.register_outputs({"project_number": self.project_number, "secret_ids": self.secret_ids})
 
 
 def grant_readers(name: str, refs: Sequence[SecretRef], members: Sequence[pulumi.Input[str]],

@@ -350,7 +350,6 @@ class TrackingServer(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     in_cluster_url: pulumi.Output[str]
     admin_username: pulumi.Output[str]
-    admin_password_secret: pulumi.Output[str]
 
     def __init__(self, name: str, args: TrackingServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:tracking:TrackingServer", name, None, opts)
@@ -506,14 +505,12 @@ class TrackingServer(pulumi.ComponentResource):
             "http://", service.metadata["name"], ".", ns_name, ".svc.cluster.local:", str(TRACKING_PORT))
         self.admin_username = pulumi.Output.from_input(ADMIN_USERNAME)
         self.admin_username_value = ADMIN_USERNAME
-        self.admin_password_secret = pulumi.Output.from_input(args.admin_password.secret_id)
         self.deployment = deployment
         self.register_outputs({
             "namespace": self.namespace,
             "service_name": self.service_name,
             "in_cluster_url": self.in_cluster_url,
             "admin_username": self.admin_username,
-            "admin_password_secret": self.admin_password_secret,
         })
 
     def _metrics_collection(self, name: str, ns_name: pulumi.Output[str], labels: dict, selector: dict,

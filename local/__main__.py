@@ -18,7 +18,7 @@ from pathlib import Path
 from local.localplatform import LocalPlatform
 from local.manifests import ROOT
 from local.processes import LocalPlatformError
-from local.rollout import ServingRollouts
+from local.rollout import Rollouts
 
 DEFAULT_WORKDIR = ROOT / ".local"
 THROWAWAY = ("postgres", "gcs", "pods", "clients", "secrets", "secretmanager")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     pid_file.write_text(f"{os.getpid()}\n")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
-    rollouts = ServingRollouts(workdir)  # SIGUSR1: restart serving (`make promote`)
+    rollouts = Rollouts(workdir)  # SIGUSR1: roll serving or tracking (`make promote`, `make rotate-secret`)
     rollouts.install()
 
     def progress(message: str) -> None:

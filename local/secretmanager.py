@@ -62,6 +62,9 @@ class LocalSecretManager:
     def enabled(self, secret: str, version: int) -> bool:
         return version in self.versions(secret) and not (self._dir(secret) / f"{version}.disabled").exists()
 
+    def enabled_versions(self, secret: str) -> list[int]:
+        return [number for number in self.versions(secret) if self.enabled(secret, number)]
+
     def access(self, secret: str, version: str = LATEST) -> str:
         numbers = self.versions(secret)
         if not numbers:

@@ -11,7 +11,6 @@ Missing Postgres binaries or runtime virtualenv FAIL the tests (CI installs both
 
 from __future__ import annotations
 
-
 import configparser
 import copy
 import json
