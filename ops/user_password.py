@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", required=True)
     args = parser.parse_args(argv)
     auth = get_app_client("basic-auth", tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
-    auth.update_user_password(args.user, os.environ["NEW_PASSWORD"])
+    # Changing one's own password (the admin's) needs the current one; an admin changing another's does not.
+    own = args.user == os.environ.get("MLFLOW_TRACKING_USERNAME")
+    auth.update_user_password(args.user, os.environ["NEW_PASSWORD"],
+                              current_password=os.environ["MLFLOW_TRACKING_PASSWORD"] if own else None)
     print(json.dumps({"user": args.user, "password": "updated"}), flush=True)
     return 0
 
