@@ -4,12 +4,11 @@ its auth client live), credentials through its environment only, its last stdout
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from ops.backup import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,19 +26,14 @@ def run_runtime_module(python: Path, argv: Sequence[str], env: Mapping[str, str]
         full_env = {"PATH": f"{Path(python).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
                     "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
                     "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **env}
-        proc = subprocess.Popen([str(python), *argv], cwd=ROOT, env=full_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise RuntimeCommandError(f"{what} did not finish within {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        for secret in secrets:
-            err = err.replace(secret, "[secret]")
-        last = [line for line in err.splitlines() if line.strip()]
-        raise RuntimeCommandError(f"{what} failed: {last[-1] if last else f'exit code {proc.returncode}'}")
+            out = run([str(python), *argv], full_env, timeout=timeout, cwd=ROOT)
+        except RuntimeError as err:
+            message = str(err)
+            for secret in secrets:
+                message = message.replace(secret, "[secret]")
+            last = [line for line in message.splitlines() if line.strip()]
+            raise RuntimeCommandError(f"{what} failed: {last[-1] if last else message}") from None
     lines = out.strip().splitlines()
     if not lines:
         raise RuntimeCommandError(f"{what} printed nothing")
