@@ -14,7 +14,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 DURATION ?= 60
 USERS ?= 16
 
-.PHONY: install checkov runtime upgrade-venv mlserver-venv test test-fast plan plan-all plan-check reference local bench loadtest promote rollback clean
+.PHONY: install checkov runtime upgrade-venv mlserver-venv test test-fast plan plan-all plan-check reference local bench loadtest promote rollback rotate-secret clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,10 @@ promote: install runtime
 ## make rollback MODEL=iris-classifier ALIAS=champion [TARGET=local|cluster] [STACK=dev]
 rollback: install runtime
 	$(PY) -m ops.promote --model '$(MODEL)' --alias '$(ALIAS)' --rollback --target $(TARGET) --stack $(STACK)
+
+## make rotate-secret NAME=admin-password|flask-secret-key|serving-password [TARGET=local|cluster] [STACK=dev]
+rotate-secret: install runtime
+	$(PY) -m ops.rotate_secret --name '$(NAME)' --target $(TARGET) --stack $(STACK)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) $(MLSERVER_VENV) .pytest_cache .local loadtest-results

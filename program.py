@@ -15,9 +15,10 @@ from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
 from infra.registry import ImageRepository, ImageRepositoryArgs
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.serving import ModelServing, ModelServingArgs
-from k8s.tracking import SECRET_ADMIN_PASSWORD, TRACKING_PORT, TrackingServer, TrackingServerArgs
+from k8s.tracking import TRACKING_PORT, TrackingServer, TrackingServerArgs
 
 SERVING_PODS_RANGE_NAME = "serving-pods"
 SERVING_SERVICES_RANGE_NAME = "serving-services"
@@ -62,6 +63,9 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
 
     keys = EncryptionKeys(f"{prefix}-keys", EncryptionKeysArgs(
         project=settings.project, location=settings.region, labels=labels, data_key=settings.cmek), after_apis)
+
+    app_secrets = AppSecrets(f"{prefix}-app-secrets", AppSecretsArgs(
+        project=settings.project, location=settings.region, prefix=prefix, labels=labels), after_apis)
 
     def cluster(role: str, master_cidr: str, pods: str, services: str, machine_type: str,
                 min_nodes: int, max_nodes: int, spot: bool, disk_type: str) -> GkeCluster:
@@ -155,6 +159,9 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         tracking_database=database.tracking_database,
         auth_database=database.auth_database,
         sql_proxy_image=settings.sql_proxy_image,
+        admin_password=app_secrets.refs[ADMIN_PASSWORD],
+        flask_secret_key=app_secrets.refs[FLASK_SECRET_KEY],
+        project_number=app_secrets.project_number,
         replicas=settings.tracking_replicas,
         workers=settings.tracking_workers,
         cpu=settings.tracking_cpu,
@@ -200,7 +207,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         "serving_image": images.serving_image,
         "tracking_in_cluster_url": tracking.in_cluster_url,
         "tracking_admin_username": tracking.admin_username,
-        "tracking_admin_password": tracking.admin_password,
+        # The secrets, not their values: `make rotate-secret` adds versions the stack does not know.
+        "app_secrets": app_secrets.secret_ids,
     }
     if settings.ingress_host:
         outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.ingress_host}")
@@ -226,8 +234,10 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
             tracking_url=tracking_internal_url or tracking.in_cluster_url,
             tracking_in_cluster_url=tracking.in_cluster_url,
             tracking_namespace=tracking.namespace,
-            admin_secret_name=tracking.secret_name,
-            admin_secret_key=SECRET_ADMIN_PASSWORD,
+            admin_password=app_secrets.refs[ADMIN_PASSWORD],
+            serving_password=app_secrets.refs[SERVING_PASSWORD],
+            project_number=app_secrets.project_number,
+            tracking_workload_pool=platform.workload_pool,
             admin_username=tracking.admin_username_value,
             tracking_ready=tracking.deployment,
             min_replicas=settings.serving_min_replicas,

@@ -9,27 +9,25 @@ from typing import Any, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
+from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
+from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import (
-    SECRETS_AS_ENV_REASON, checkov_skips,
-    container_security_context, drain_on_stop, http_probe, pod_security_context, resources, secret_env, tmp_mount,
-    tmp_volume,
+    container_security_context, drain_on_stop, http_probe, pod_security_context, resources, tmp_mount, tmp_volume,
 )
 
 SERVING_PORT = 8080
 COMPONENT = "serving"
 SERVICE_NAME = "mlflow-serving"
 KSA_NAME = "mlflow-serving"
+SETUP_KSA_NAME = "mlflow-serving-setup"
 SERVING_USERNAME = "mlflow-serving"
 SETUP_SCRIPT = Path(__file__).parent / "scripts" / "ensure_serving_user.py"
 SCRIPT_DIR = "/opt/mlflow-scripts"
-SECRET_USERNAME = "username"
-SECRET_PASSWORD = "password"
 ALIAS_ANNOTATION = "mlflow.org/model-uri"
 ROLLOUT_ANNOTATION = "mlflow.org/rollout-token"
 LIVE_PATH = "/live"  # mlflow_serving: 200 while the process runs
@@ -75,24 +73,31 @@ def deployment_annotations() -> dict[str, str]:
     """`pulumi up` creates and updates the Deployment without waiting for ready pods: on a fresh
     platform no version is behind the alias yet, so the pods wait (unready) and Pulumi's await
     would fail the whole update after ~10 minutes. `make promote` waits for the rollout itself."""
-    return {**checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON), SKIP_AWAIT_ANNOTATION: "true"}
+    return {SKIP_AWAIT_ANNOTATION: "true"}
 
 
-def serving_env(tracking_url: Any, secret_name: Any) -> list[dict]:
+# Env vars read from the Secret Manager files (mlflow_fileenv): env var -> file name.
+SERVING_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": SERVING_PASSWORD}
+SETUP_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "SERVING_PASSWORD": SERVING_PASSWORD}
+
+
+def serving_env(tracking_url: Any) -> list[dict]:
     return [
         {"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
-        secret_env("MLFLOW_TRACKING_USERNAME", secret_name, SECRET_USERNAME),
-        secret_env("MLFLOW_TRACKING_PASSWORD", secret_name, SECRET_PASSWORD),
+        {"name": "MLFLOW_TRACKING_USERNAME", "value": SERVING_USERNAME},
+        *file_env(SERVING_FILE_ENV),
     ]
 
 
 def serving_container(*, image: Any, model_name: str, alias: str, workers: int, env: list[dict], cpu: str,
                       memory: str, max_batch_size: int = 1, max_batch_delay_ms: int = 0) -> dict:
+    command, args = with_file_env(["python"], serving_args(model_name, alias, workers, max_batch_size,
+                                                           max_batch_delay_ms), SERVING_FILE_ENV)
     return {
         "name": "serving",
         "image": image,
-        "command": ["python"],
-        "args": serving_args(model_name, alias, workers, max_batch_size, max_batch_delay_ms),
+        "command": command,
+        "args": args,
         "env": env,
         "ports": [{"name": "http", "containerPort": SERVING_PORT}],
         # The server answers /live at once and loads the model in the background; /ping is 503
@@ -103,7 +108,7 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
         "lifecycle": drain_on_stop(DRAIN_SECONDS),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount(), logging_mount()],
+        "volumeMounts": [tmp_mount(), secrets_mount(), logging_mount()],
     }
 
 
@@ -118,24 +123,24 @@ def setup_job_name(model_name: str, alias: str, rollout_token: str, script: str)
     return f"mlflow-serving-user-{digest}"
 
 
-def setup_container(*, image: Any, tracking_url: Any, admin_secret: Any, admin_key: str, admin_username: str,
-                    serving_secret: Any, model_name: str) -> dict:
+def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model_name: str) -> dict:
+    """The serving-user script as the admin, both passwords read from the Job's Secret Manager files."""
+    command, args = with_file_env(["python"], [f"{SCRIPT_DIR}/{SETUP_SCRIPT.name}"], SETUP_FILE_ENV)
     return {
         "name": "ensure-serving-user",
         "image": image,
-        "command": ["python"],
-        "args": [f"{SCRIPT_DIR}/{SETUP_SCRIPT.name}"],
+        "command": command,
+        "args": args,
         "env": [
             {"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
             {"name": "MLFLOW_TRACKING_USERNAME", "value": admin_username},
-            secret_env("MLFLOW_TRACKING_PASSWORD", admin_secret, admin_key),
-            secret_env("SERVING_USERNAME", serving_secret, SECRET_USERNAME),
-            secret_env("SERVING_PASSWORD", serving_secret, SECRET_PASSWORD),
+            {"name": "SERVING_USERNAME", "value": SERVING_USERNAME},
+            *file_env(SETUP_FILE_ENV),
             {"name": "MODEL_NAME", "value": model_name},
         ],
         "resources": resources("100m", "256Mi"),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount(), {"name": "scripts", "mountPath": SCRIPT_DIR, "readOnly": True}],
+        "volumeMounts": [tmp_mount(), secrets_mount(), {"name": "scripts", "mountPath": SCRIPT_DIR, "readOnly": True}],
     }
 
 
@@ -186,10 +191,14 @@ class ModelServingArgs:
     """Tracking URL inside the platform cluster."""
     tracking_namespace: pulumi.Input[str]
     """Namespace of tracking, where the serving-user Job runs."""
-    admin_secret_name: pulumi.Input[str]
-    """Secret holding the tracking admin password."""
-    admin_secret_key: str
-    """Key of the admin password in that Secret."""
+    admin_password: SecretRef
+    """Secret Manager secret of the tracking admin password (read by the serving-user Job)."""
+    serving_password: SecretRef
+    """Secret Manager secret of the serving user's password."""
+    project_number: pulumi.Input[str]
+    """Project number: the Workload Identity principals the Secret Manager add-on authenticates as."""
+    tracking_workload_pool: pulumi.Input[str]
+    """Workload pool of the platform cluster, where the serving-user Job runs."""
     admin_username: str
     """Tracking admin user."""
     tracking_ready: pulumi.Resource
@@ -254,22 +263,25 @@ class ModelServing(pulumi.ComponentResource):
             labels=labels,
         ), child_options(self, opts))
 
-        password = random.RandomPassword(f"{name}-user-password", length=32, special=False,
-                                         opts=pulumi.ResourceOptions(parent=self))
-        credentials = pulumi.Output.secret(password.result.apply(
-            lambda value: {SECRET_USERNAME: SERVING_USERNAME, SECRET_PASSWORD: value}))
-        serving_secret = k8s.core.v1.Secret(
-            f"{name}-credentials",
-            metadata={"name": "mlflow-serving-credentials", "namespace": ns_name, "labels": labels},
-            type="Opaque", string_data=credentials, opts=k8s_opts,
-        )
-        # The Job that creates the user runs beside tracking, so it needs the credentials there too.
-        setup_secret = k8s.core.v1.Secret(
-            f"{name}-setup-credentials",
-            metadata={"name": "mlflow-serving-credentials", "namespace": args.tracking_namespace,
-                      "labels": k8s_labels(name, "serving-setup")},
-            type="Opaque", string_data=credentials, opts=tracking_opts,
-        )
+        gcp_opts = child_options(self, opts)
+        serving_class, serving_grants = secret_files(
+            name, (args.serving_password,), SERVICE_NAME, ns_name, labels, k8s_opts,
+            readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
+                     pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
+            gcp_opts=gcp_opts)
+        # The Job that creates the user runs beside tracking as the admin: its own KSA, without a GSA,
+        # may read exactly the admin and serving passwords.
+        setup_labels = k8s_labels(name, "serving-setup")
+        setup_ksa = k8s.core.v1.ServiceAccount(
+            f"{name}-setup-ksa",
+            metadata={"name": SETUP_KSA_NAME, "namespace": args.tracking_namespace, "labels": setup_labels},
+            automount_service_account_token=False, opts=tracking_opts)
+        setup_class, setup_grants = secret_files(
+            f"{name}-setup", (args.admin_password, args.serving_password), SETUP_KSA_NAME, args.tracking_namespace,
+            setup_labels, tracking_opts,
+            readers=(principal(args.project_number, args.tracking_workload_pool, args.tracking_namespace,
+                               setup_ksa.metadata["name"]),),
+            gcp_opts=gcp_opts)
         script = SETUP_SCRIPT.read_text()
         scripts = k8s.core.v1.ConfigMap(
             f"{name}-setup-script",
@@ -278,12 +290,10 @@ class ModelServing(pulumi.ComponentResource):
             data={SETUP_SCRIPT.name: script},
             opts=tracking_opts,
         )
-        setup_labels = k8s_labels(name, "serving-setup")
         setup = k8s.batch.v1.Job(
             f"{name}-setup",
             metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token, script),
-                      "namespace": args.tracking_namespace, "labels": setup_labels,
-                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
+                      "namespace": args.tracking_namespace, "labels": setup_labels},
             spec={
                 "backoffLimit": 6,
                 "activeDeadlineSeconds": SETUP_DEADLINE_SECONDS,
@@ -291,26 +301,25 @@ class ModelServing(pulumi.ComponentResource):
                     "metadata": {"labels": setup_labels},
                     "spec": {
                         "restartPolicy": "Never",
+                        "serviceAccountName": setup_ksa.metadata["name"],
                         "automountServiceAccountToken": False,
                         "securityContext": pod_security_context(),
                         "containers": [setup_container(
                             image=args.setup_image, tracking_url=args.tracking_in_cluster_url,
-                            admin_secret=args.admin_secret_name, admin_key=args.admin_secret_key,
-                            admin_username=args.admin_username, serving_secret=setup_secret.metadata["name"],
-                            model_name=args.model_name)],
-                        "volumes": [tmp_volume("64Mi"), {"name": "scripts", "configMap": {
+                            admin_username=args.admin_username, model_name=args.model_name)],
+                        "volumes": [tmp_volume("64Mi"), secrets_volume(setup_class), {"name": "scripts", "configMap": {
                             "name": scripts.metadata["name"], "defaultMode": 0o444}}],
                     },
                 },
             },
             opts=pulumi.ResourceOptions.merge(tracking_opts, pulumi.ResourceOptions(
-                depends_on=[args.tracking_ready], delete_before_replace=True,
+                depends_on=[args.tracking_ready, *setup_grants], delete_before_replace=True,
                 custom_timeouts=job_wait(SETUP_DEADLINE_SECONDS))),
         )
 
         container = serving_container(
             image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
-            env=serving_env(args.tracking_url, serving_secret.metadata["name"]), cpu=args.cpu, memory=args.memory,
+            env=serving_env(args.tracking_url), cpu=args.cpu, memory=args.memory,
             max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms)
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -331,7 +340,8 @@ class ModelServing(pulumi.ComponentResource):
                         "securityContext": pod_security_context(),
                         "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "containers": [container],
-                        "volumes": [tmp_volume("4Gi"), logging_volume(namespace.logging_config_map)],
+                        "volumes": [tmp_volume("4Gi"), secrets_volume(serving_class),
+                                    logging_volume(namespace.logging_config_map)],
                         "topologySpreadConstraints": [
                             {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                              "labelSelector": {"matchLabels": selector}}
@@ -339,7 +349,7 @@ class ModelServing(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup])),
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup, *serving_grants])),
         )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
@@ -387,3 +397,4 @@ class ModelServing(pulumi.ComponentResource):
         self.model_uri = pulumi.Output.from_input(model_uri(args.model_name, args.model_alias))
         self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
                                "model_uri": self.model_uri})
+

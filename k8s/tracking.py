@@ -9,14 +9,15 @@ from typing import Any, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
 from infra.database import DATABASE_ADMIN_ROLE, iam_database_user
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
+from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, checkov_skips,
     SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, drain_on_stop, http_probe,
@@ -39,8 +40,8 @@ AUTH_CONFIG_FILE = "basic_auth.ini"
 AUTH_CONFIG_MAP = "mlflow-auth-config"
 PROMETHEUS_DIR = "/tmp/prometheus"
 # Secret keys, referenced by the pods; their values are never in a manifest.
-SECRET_FLASK_KEY = "flask-secret-key"
-SECRET_ADMIN_PASSWORD = "admin-password"
+# Env vars the tracking server reads from its Secret Manager files (mlflow_fileenv).
+FILE_ENV = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_SECRET_KEY}
 METRICS_PORT = 9102
 # How long the migration Job waits for its first database connection: IAM changes usually apply
 # within 2 minutes, sometimes 7 or more. The Job's activeDeadlineSeconds still bounds the whole Job.
@@ -131,11 +132,10 @@ def tracking_args(*, bucket: str, namespace: str, workers: int, ingress_host: Op
     return args
 
 
-def tracking_env(secret_name: Any, job_execution: bool, backend_uri: Any) -> list[dict]:
+def tracking_env(job_execution: bool, backend_uri: Any) -> list[dict]:
     return [
         {"name": "MLFLOW_BACKEND_STORE_URI", "value": backend_uri},
-        secret_env("MLFLOW_FLASK_SERVER_SECRET_KEY", secret_name, SECRET_FLASK_KEY),
-        secret_env("MLFLOW_AUTH_ADMIN_PASSWORD", secret_name, SECRET_ADMIN_PASSWORD),
+        *file_env(FILE_ENV),
         {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": f"{AUTH_CONFIG_DIR}/{AUTH_CONFIG_FILE}"},
         {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "true" if job_execution else "false"},
         {"name": "MLFLOW_TRACKING_DIR", "value": "/tmp/mlruns"},
@@ -150,12 +150,14 @@ def auth_config_mount() -> dict:
     return {"name": "auth-config", "mountPath": AUTH_CONFIG_DIR, "readOnly": True}
 
 
-def tracking_container(*, image: Any, args: list, env: list[dict], cpu: str, memory: str) -> dict:
+def tracking_container(*, image: Any, args: Any, env: list[dict], cpu: str, memory: str) -> dict:
+    """`mlflow server ARGS` under mlflow_fileenv, which reads the admin password and Flask key files."""
+    command, wrapped_args = with_file_env(["mlflow"], args, FILE_ENV)
     return {
         "name": "mlflow",
         "image": image,
-        "command": ["mlflow"],
-        "args": args,
+        "command": command,
+        "args": wrapped_args,
         "env": env,
         "ports": [{"name": "http", "containerPort": TRACKING_PORT}],
         "startupProbe": http_probe("/health", "http", period=5, failures=60),
@@ -164,7 +166,7 @@ def tracking_container(*, image: Any, args: list, env: list[dict], cpu: str, mem
         "lifecycle": drain_on_stop(DRAIN_SECONDS),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount(), auth_config_mount(), logging_mount()],
+        "volumeMounts": [tmp_mount(), auth_config_mount(), secrets_mount(), logging_mount()],
     }
 
 
@@ -311,6 +313,12 @@ class TrackingServerArgs:
     """The basic-auth app's database (the Database resource's output)."""
     sql_proxy_image: str
     """Cloud SQL Auth Proxy image by digest (the settings model holds the pinned default)."""
+    admin_password: SecretRef
+    """Secret Manager secret of the admin password (mounted, read by the server at start)."""
+    flask_secret_key: SecretRef
+    """Secret Manager secret of the Flask secret key shared by all replicas."""
+    project_number: pulumi.Input[str]
+    """Project number: the Workload Identity principal the Secret Manager add-on authenticates as."""
     namespace: str = "mlflow"
     """Namespace of the tracking server."""
     serving_namespace: str = "mlflow-serving"
@@ -373,7 +381,6 @@ class TrackingServer(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     in_cluster_url: pulumi.Output[str]
     admin_username: pulumi.Output[str]
-    admin_password: pulumi.Output[str]
 
     def __init__(self, name: str, args: TrackingServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:tracking:TrackingServer", name, None, opts)
@@ -399,18 +406,11 @@ class TrackingServer(pulumi.ComponentResource):
             service_account_email=identity.gcp_service_account_email, opts=child_options(self, opts))
         grants = self._database_grants(name, args, ns_name, tracking_db_user, k8s_opts, opts)
 
-        child = pulumi.ResourceOptions(parent=self)
-        admin_password = random.RandomPassword(f"{name}-admin-password", length=32, special=False, opts=child)
-        flask_key = random.RandomPassword(f"{name}-flask-key", length=64, special=False, opts=child)
-        secret = k8s.core.v1.Secret(
-            f"{name}-secrets",
-            metadata={"name": "mlflow-tracking", "namespace": ns_name, "labels": labels},
-            type="Opaque",
-            string_data=pulumi.Output.secret(pulumi.Output.all(admin_password.result, flask_key.result).apply(
-                lambda values: {SECRET_ADMIN_PASSWORD: values[0], SECRET_FLASK_KEY: values[1]})),
-            opts=k8s_opts,
-        )
-        secret_name = secret.metadata["name"]
+        provider_class, secret_grants = secret_files(
+            f"{name}-tracking", (args.admin_password, args.flask_secret_key), SERVICE_NAME, ns_name, labels, k8s_opts,
+            readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
+                     pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
+            gcp_opts=child_options(self, opts))
 
         # URIs name the IAM user's output, so they wait for Cloud SQL to know the user.
         backend_uri = pulumi.Output.all(tracking_db_user.name, args.tracking_database).apply(
@@ -458,7 +458,7 @@ class TrackingServer(pulumi.ComponentResource):
             lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.workers,
                                          ingress_host=args.ingress_host, internal_ip=values[1]))
         container = tracking_container(image=args.image, args=args_list,
-                                       env=tracking_env(secret_name, args.job_execution, backend_uri),
+                                       env=tracking_env(args.job_execution, backend_uri),
                                        cpu=args.cpu, memory=args.memory)
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -479,13 +479,15 @@ class TrackingServer(pulumi.ComponentResource):
                         "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "initContainers": [proxy],
                         "containers": [container, metrics_exporter_container(image=args.image)],
-                        "volumes": [tmp_volume(), auth_config_volume(auth_config.metadata["name"]),
+                        "volumes": [tmp_volume(), auth_config_volume(auth_config.metadata["name"]), secrets_volume(provider_class),
                                     logging_volume(namespace.logging_config_map)],
                         "topologySpreadConstraints": _spread(selector),
                     },
                 },
             },
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[migration])),
+            # The add-on mounts the files only once the pod's identity may read them.
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                depends_on=[migration, *secret_grants])),
         )
 
         # Pulumi waits up to 10 minutes for a Service to reach a ready pod; created before the
@@ -535,15 +537,12 @@ class TrackingServer(pulumi.ComponentResource):
             "http://", service.metadata["name"], ".", ns_name, ".svc.cluster.local:", str(TRACKING_PORT))
         self.admin_username = pulumi.Output.from_input(ADMIN_USERNAME)
         self.admin_username_value = ADMIN_USERNAME
-        self.secret_name = secret_name
-        self.admin_password = pulumi.Output.secret(admin_password.result)
         self.deployment = deployment
         self.register_outputs({
             "namespace": self.namespace,
             "service_name": self.service_name,
             "in_cluster_url": self.in_cluster_url,
             "admin_username": self.admin_username,
-            "admin_password": self.admin_password,
         })
 
     def _database_grants(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str],

@@ -19,10 +19,10 @@ from local.localplatform import LocalPlatform
 from local.rollout import write_pid_file
 from local.manifests import ROOT
 from local.processes import LocalPlatformError
-from local.rollout import ServingRollouts
+from local.rollout import Rollouts
 
 DEFAULT_WORKDIR = ROOT / ".local"
-THROWAWAY = ("postgres", "gcs", "pods", "clients", "secrets")
+THROWAWAY = ("postgres", "gcs", "pods", "clients", "secrets", "secretmanager")
 
 
 class Stop(Exception):
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     write_pid_file(workdir)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_stop)
-    rollouts = ServingRollouts(workdir)  # SIGUSR1: restart serving (`make promote`)
+    rollouts = Rollouts(workdir)  # SIGUSR1: roll serving or tracking (`make promote`, `make rotate-secret`)
     rollouts.install()
 
     def progress(message: str) -> None:

@@ -7,7 +7,9 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
    PATH (/opt/venv/bin first) would resolve it.
 2. Secrets: a `secretKeyRef` env value, or a file of a secret volume, is the value generated for
    this machine (the rendered Secrets are masked); a key the rendered Secret lacks is an error.
-3. Volumes: a path under a volume mount (the emptyDir at /tmp, a secret, a configMap) is the same
+   A file of a CSI volume of GKE's Secret Manager add-on is the value of the version its
+   SecretProviderClass names, read from the local Secret Manager stand-in (local/secretmanager.py).
+3. Volumes: a path under a volume mount (the emptyDir at /tmp, a secret, a CSI volume, a configMap) is the same
    relative path under a local directory for that volume, also as a word of an option string
    (`--uvicorn-opts "--log-config /etc/mlflow-logging/logging.json"`).
 4. The Cloud SQL Auth Proxy address of the pod (its sidecar's --address:--port, 127.0.0.1:5432)
@@ -39,6 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Optional
 
+import yaml
+
+from k8s.secret_files import CSI_DRIVER, SPC_PROVIDER
+
 SECRET_PLACEHOLDER = "[secret]"
 LOCAL_HOST = "127.0.0.1"
 CLUSTER_TMP = "/tmp"
@@ -67,6 +73,10 @@ class LocalSite:
     """(secret name, key) -> local value, for the pod's namespace."""
     config_maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """configMap name -> its data (from the rendered ConfigMap)."""
+    provider_classes: Mapping[str, dict] = field(default_factory=dict)
+    """SecretProviderClass name -> its spec (from the rendered manifests), for the pod's namespace."""
+    secret_versions: Mapping[str, str] = field(default_factory=dict)
+    """Secret Manager version name (projects/P/secrets/S/versions/V) -> its local value."""
     proxy_address: Optional[str] = None
     """host:port of the pod's Cloud SQL proxy sidecar, if any."""
     postgres_address: Optional[str] = None
@@ -146,8 +156,33 @@ def _volume_files(mounts: list[tuple[str, Path, dict]], site: LocalSite, rewrite
                 raise LocalizeError(f"volume {volume['name']!r}: configMap {name!r} is not in the manifests")
             for key, text in site.config_maps[name].items():
                 files[local_dir / key] = (rewrite(text, f"configMap file {name}/{key}"), 0o644)
+        elif "csi" in volume:
+            files.update(_secret_manager_files(volume, local_dir, site))
         elif "emptyDir" not in volume:
-            raise LocalizeError(f"volume {volume['name']!r}: only emptyDir, secret and configMap are supported")
+            raise LocalizeError(f"volume {volume['name']!r}: only emptyDir, secret, configMap and CSI volumes of "
+                                "the Secret Manager add-on are supported")
+    return files
+
+
+def _secret_manager_files(volume: dict, local_dir: Path, site: LocalSite) -> dict[Path, tuple[str, int]]:
+    """The files GKE's Secret Manager add-on mounts for a CSI volume: one per secret of its class."""
+    csi = volume["csi"]
+    if csi.get("driver") != CSI_DRIVER:
+        raise LocalizeError(f"volume {volume['name']!r}: CSI driver {csi.get('driver')!r}; only {CSI_DRIVER} "
+                            "(GKE's Secret Manager add-on) is supported")
+    name = (csi.get("volumeAttributes") or {}).get("secretProviderClass")
+    spec = site.provider_classes.get(name)
+    if spec is None:
+        raise LocalizeError(f"volume {volume['name']!r}: SecretProviderClass {name!r} is not in the manifests")
+    if spec.get("provider") != SPC_PROVIDER:
+        raise LocalizeError(f"SecretProviderClass {name!r}: provider {spec.get('provider')!r}; the add-on's is "
+                            f"{SPC_PROVIDER!r}")
+    files = {}
+    for entry in yaml.safe_load(spec.get("parameters", {}).get("secrets", "")) or []:
+        version = entry["resourceName"]
+        if version not in site.secret_versions:
+            raise LocalizeError(f"SecretProviderClass {name!r}: no local value for {version}")
+        files[local_dir / entry["path"]] = (site.secret_versions[version], 0o600)
     return files
 
 

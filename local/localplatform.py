@@ -33,9 +33,13 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import quote
 
+import yaml
+
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
-from k8s.serving import SECRET_PASSWORD, SECRET_USERNAME, SERVING_USERNAME
-from k8s.tracking import ADMIN_USERNAME, SECRET_ADMIN_PASSWORD, SECRET_FLASK_KEY, postgres_uri
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
+from k8s.secret_files import SPC_KIND
+from k8s.serving import SERVING_USERNAME
+from k8s.tracking import ADMIN_USERNAME, postgres_uri
 from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
 from local.lifecycle import SURGE_FIRST, rollout_order, termination
 from local.localize import LocalCommand, LocalSite, localize_container
@@ -44,6 +48,7 @@ from local.manifests import (
     served_model, service_dns_names, sql_proxy_address,
 )
 from local.postgres import LocalPostgres
+from local.secretmanager import LocalSecretManager, parse_version_name
 from local.processes import (
     LocalPlatformError, ManagedProcess, Redactor, free_port, http, http_ok, log_tail, run_to_completion,
 )
@@ -95,28 +100,25 @@ class Credentials:
                 self.postgres_superuser_password]
 
 
-def cluster_secret_values(credentials: Credentials) -> dict[str, dict[str, str]]:
-    """Every key a Secret of the program may hold -> the value it would hold. Which Secret gets
-    which keys is read from the rendered manifests."""
-    return {
-        "tracking": {SECRET_ADMIN_PASSWORD: credentials.admin_password, SECRET_FLASK_KEY: credentials.flask_secret_key},
-        "serving-credentials": {SECRET_USERNAME: SERVING_USERNAME, SECRET_PASSWORD: credentials.serving_password},
-    }
+def provider_class_secrets(manifests: Manifests) -> dict[str, str]:
+    """File name (the logical secret: admin-password, ...) -> Secret Manager secret id, from every
+    rendered SecretProviderClass; one file name always names the same secret."""
+    found: dict[str, str] = {}
+    for spc in manifests.all(SPC_KIND):
+        for entry in yaml.safe_load(spc["spec"]["parameters"]["secrets"]) or []:
+            secret, _ = parse_version_name(entry["resourceName"])
+            if found.setdefault(entry["path"], secret) != secret:
+                raise LocalPlatformError(f"file {entry['path']!r} names two secrets: {found[entry['path']]}, {secret}")
+    return found
 
 
-def local_secrets(manifests: Manifests, values: dict[str, dict[str, str]]) -> dict[tuple[str, str, str], str]:
-    """(namespace, secret, key) -> value for every key of every rendered Secret."""
-    result = {}
+def refuse_secrets(manifests: Manifests) -> None:
+    """The program keeps every credential in Secret Manager: a rendered Kubernetes Secret is an
+    error here, as the policy pack's rule is on `pulumi up`."""
     for secret in manifests.all("Secret"):
         meta = secret["metadata"]
-        keys = set(secret.get("stringData") or {}) | set(secret.get("data") or {})
-        source = next((group for group in values.values() if keys <= set(group)), None)
-        if source is None:
-            raise LocalPlatformError(f"Secret {meta['namespace']}/{meta['name']} has keys {sorted(keys)}: "
-                                     "the local platform does not know values for all of them")
-        for key in keys:
-            result[(meta["namespace"], meta["name"], key)] = source[key]
-    return result
+        raise LocalPlatformError(f"Secret {meta['namespace']}/{meta['name']} is rendered: credentials come from "
+                                 "Secret Manager files (SecretProviderClass), never from a Kubernetes Secret")
 
 
 def write_private_file(path: Path, text: str, mode: int) -> None:
@@ -181,7 +183,17 @@ class LocalPlatform:
 
         self.credentials = Credentials.generate()
         self.redact = Redactor(self.credentials.values())
-        self.secret_values = local_secrets(m, cluster_secret_values(self.credentials))
+        # Secret Manager: the application secrets the SecretProviderClasses mount, with their first
+        # versions (what `pulumi up` creates before any pod exists).
+        self.secret_manager = LocalSecretManager(self.workdir / "secretmanager")
+        self.secret_ids = provider_class_secrets(m)
+        shutil.rmtree(self.secret_manager.root, ignore_errors=True)
+        initial = {ADMIN_PASSWORD: self.credentials.admin_password,
+                   FLASK_SECRET_KEY: self.credentials.flask_secret_key,
+                   SERVING_PASSWORD: self.credentials.serving_password}
+        for name, secret in self.secret_ids.items():
+            self.secret_manager.add_version(secret, initial[name])
+        refuse_secrets(m)
 
         self.postgres_port, self.emulator_port = free_port(), free_port()
         self.tracking_port, self.serving_port = free_port(), free_port()
@@ -238,13 +250,26 @@ class LocalPlatform:
     def admin_username(self) -> str:
         return ADMIN_USERNAME
 
+    def secret_value(self, name: str) -> str:
+        """The current (latest) value of an application secret in the local Secret Manager."""
+        return self.secret_manager.access(self.secret_ids[name])
+
     @property
     def admin_password(self) -> str:
-        return self.credentials.admin_password
+        return self.secret_value(ADMIN_PASSWORD)
 
     @property
     def admin_password_file(self) -> Path:
         return self.secrets_dir / "admin-password"
+
+    @property
+    def serving_password_file(self) -> Path:
+        return self.secrets_dir / "serving-password"
+
+    def write_password_files(self) -> None:
+        """The 0600 files `.local/endpoints.json` points clients to, with the current passwords."""
+        write_private_file(self.admin_password_file, self.admin_password + "\n", 0o600)
+        write_private_file(self.serving_password_file, self.serving_password + "\n", 0o600)
 
     @property
     def serving_username(self) -> str:
@@ -252,7 +277,7 @@ class LocalPlatform:
 
     @property
     def serving_password(self) -> str:
-        return self.credentials.serving_password
+        return self.secret_value(SERVING_PASSWORD)
 
     def database_uri(self, database: str) -> str:
         """SQLAlchemy URI of a database on the local Postgres, as the tracking user (no password)."""
@@ -263,7 +288,8 @@ class LocalPlatform:
             "tracking_url": self.tracking_url, "serving_url": self.serving_url,
             "admin_username": self.admin_username, "admin_password_file": str(self.admin_password_file),
             "serving_username": self.serving_username,
-            "serving_password_file": str(self.secrets_dir / "serving-password"),
+            "serving_password_file": str(self.serving_password_file),
+            "secret_manager_dir": str(self.secret_manager.root),
             "tracking_metrics_url": f"{self.balancer.url('tracking_metrics')}/metrics",
             "serving_metrics_url": f"{self.serving_url}/metrics",
 
@@ -296,8 +322,7 @@ class LocalPlatform:
             self.workdir.chmod(0o711)  # the Postgres user must reach workdir/postgres; nothing else is readable
         self.logs_dir.mkdir(exist_ok=True)
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
-        write_private_file(self.admin_password_file, self.admin_password + "\n", 0o600)
-        write_private_file(self.secrets_dir / "serving-password", self.serving_password + "\n", 0o600)
+        self.write_password_files()
 
         self.progress(f"postgres: initdb ({self.postgres.bin_dir})")
         self.postgres.init(trusted_users=tuple(user["name"] for user in self.database_users))
@@ -421,13 +446,21 @@ class LocalPlatform:
     def _site(self, workload: dict, name: str, listen_port: Optional[int] = None,
               extra_env: Optional[dict] = None) -> LocalSite:
         namespace = workload["metadata"]["namespace"]
+        provider_classes = {spc["metadata"]["name"]: spc["spec"] for spc in self.manifests.all(SPC_KIND)
+                            if spc["metadata"]["namespace"] == namespace}
+        # What the add-on would mount now: the latest enabled version of each secret the classes name.
+        versions = {entry["resourceName"]: self.secret_manager.access_name(entry["resourceName"])
+                    for spec in provider_classes.values()
+                    for entry in yaml.safe_load(spec["parameters"]["secrets"]) or []}
+        self.redact.add(*versions.values())  # rotated values too
         return LocalSite(
             bin_dir=self.bin_dir,
             volume_root=self.workdir / "pods" / name,
-            secrets={(secret, key): value for (ns, secret, key), value in self.secret_values.items()
-                     if ns == namespace},
+            secrets={},
             config_maps={cm["metadata"]["name"]: cm.get("data") or {} for cm in self.manifests.all("ConfigMap")
                          if cm["metadata"]["namespace"] == namespace},
+            provider_classes=provider_classes,
+            secret_versions=versions,
             proxy_address=sql_proxy_address(workload),
             postgres_address=self.postgres.address,
             services=self._services(),

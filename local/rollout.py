@@ -1,16 +1,19 @@
-"""Asking a running `make local` (python -m local) to roll its serving process, as a promotion does.
+"""Asking a running `make local` (python -m local) to roll serving (a promotion) or tracking (a
+secret rotation), as `kubectl rollout restart` would.
 
 The protocol, both halves here:
 
-- the requester (`request_rollout`, used by `python -m ops.promote --target local`) reads the pid
-  from WORKDIR/local.pid, checks it is a `python -m local`, notes the generation in
-  WORKDIR/serving-rollout.json, sends SIGUSR1 and waits (bounded) for a newer generation;
-- `python -m local` (`ServingRollouts`) only sets a flag in the signal handler; its main loop
-  restarts serving (the new process loads whatever version the alias points to now) and writes
-  {"generation", "ready", "error", "serving_pid", "finished"} to WORKDIR/serving-rollout.json.
+- the requester (`request_rollout`, used by `python -m ops.promote --target local` and
+  `python -m ops.rotate_secret --target local`) reads the pid from WORKDIR/local.pid, checks it is
+  a `python -m local`, writes the component to roll to WORKDIR/rollout-request.json, notes the
+  generation in WORKDIR/serving-rollout.json, sends SIGUSR1 and waits (bounded) for a newer generation;
+- `python -m local` (`Rollouts`) only sets a flag in the signal handler; its main loop rolls the
+  requested component (serving by default: the new process loads whatever version the alias points
+  to now) and writes {"generation", "component", "ready", "error", "serving_pid", "finished"} to
+  WORKDIR/serving-rollout.json.
 
 SIGUSR1, not SIGHUP: SIGHUP (terminal closed) keeps stopping `make local`. Nothing else is
-accepted: the status file holds no secret and the signal carries no data.
+accepted: neither file holds a secret and the signal carries no data.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from typing import Callable, Optional
 
 ROLLOUT_SIGNAL = signal.SIGUSR1
 STATUS_FILE = "serving-rollout.json"
+REQUEST_FILE = "rollout-request.json"
 PID_FILE = "local.pid"
+COMPONENTS = ("serving", "tracking")
 
 
 class RolloutRequestError(RuntimeError):
@@ -38,10 +43,10 @@ def read_status(workdir: Path) -> dict:
         return {}
 
 
-def _write_status(workdir: Path, status: dict) -> None:
-    tmp = workdir / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(status, indent=2) + "\n")
-    tmp.replace(workdir / STATUS_FILE)  # atomic: a reader never sees half a file
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 def write_pid_file(workdir: Path) -> Path:
@@ -64,29 +69,32 @@ def local_pid(workdir: Path) -> Optional[int]:
     return pid if is_python and b"local" in cmdline else None
 
 
-def request_rollout(workdir: Path, timeout: float = 300.0, poll: float = 0.2) -> dict:
-    """Ask the running `make local` to restart serving and wait until it answered; returns the
-    status (raises if there is no such process, it did not answer in time, or serving failed)."""
+def request_rollout(workdir: Path, timeout: float = 300.0, poll: float = 0.2, component: str = "serving") -> dict:
+    """Ask the running `make local` to roll `component` and wait until it answered; returns the
+    status (raises if there is no such process, it did not answer in time, or the new pod failed)."""
+    if component not in COMPONENTS:
+        raise ValueError(f"component={component!r}: allowed {', '.join(COMPONENTS)}")
     workdir = Path(workdir)
     pid = local_pid(workdir)
     if pid is None:
         raise RolloutRequestError(f"no running `make local` uses {workdir} (no live pid in {workdir / PID_FILE})")
     before = read_status(workdir).get("generation", 0)
+    _write_json(workdir / REQUEST_FILE, {"component": component})
     os.kill(pid, ROLLOUT_SIGNAL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = read_status(workdir)
         if status.get("generation", 0) > before:
             if not status.get("ready"):
-                raise RolloutRequestError(f"`make local` restarted serving but it is not ready: {status.get('error')}")
+                raise RolloutRequestError(f"`make local` rolled {component} but it is not ready: {status.get('error')}")
             return status
         if local_pid(workdir) != pid:
-            raise RolloutRequestError(f"`make local` (pid {pid}) stopped before serving was rolled")
+            raise RolloutRequestError(f"`make local` (pid {pid}) stopped before {component} was rolled")
         time.sleep(poll)
-    raise RolloutRequestError(f"`make local` (pid {pid}) did not roll serving within {timeout:.0f}s")
+    raise RolloutRequestError(f"`make local` (pid {pid}) did not roll {component} within {timeout:.0f}s")
 
 
-class ServingRollouts:
+class Rollouts:
     """The `python -m local` half: `install()` once (before the platform starts, so an early
     request is not fatal: SIGUSR1's default action ends the process), `poll(platform)` in the main loop."""
 
@@ -96,28 +104,36 @@ class ServingRollouts:
         self.generation = 0
 
     def install(self) -> None:
-        (self.workdir / STATUS_FILE).unlink(missing_ok=True)  # generations restart with this process
+        for name in (STATUS_FILE, REQUEST_FILE):  # generations restart with this process
+            (self.workdir / name).unlink(missing_ok=True)
         signal.signal(ROLLOUT_SIGNAL, self._on_signal)
 
     def _on_signal(self, _signum, _frame) -> None:
         self.pending = True  # nothing else in a handler: the loop does the work
 
     def poll(self, platform, progress: Callable[[str], None] = lambda message: None) -> Optional[dict]:
-        """Roll serving if asked; a failed rollout is reported, not raised (the requester moves the
-        alias back and asks again): the new pod is gone and the old one still serves."""
+        """Roll what was asked if asked; a failed rollout is reported, not raised (the requester moves
+        the alias back and asks again): the new pod is gone and the old one still serves."""
         if not self.pending:
             return None
         self.pending = False
-        progress("serving: rolling (requested by SIGUSR1)")
+        try:
+            component = json.loads((self.workdir / REQUEST_FILE).read_text()).get("component", "serving")
+        except (OSError, ValueError):
+            component = "serving"
+        progress(f"{component}: rolling (requested by SIGUSR1)")
         error = None
         try:
-            platform.restart_serving()
+            if component == "tracking":
+                platform.roll_tracking()
+            else:
+                platform.restart_serving()
         except Exception as err:  # reported to the requester; `make local` stays up
             error = str(err).splitlines()[0] if str(err) else type(err).__name__
         self.generation += 1
-        status = {"generation": self.generation, "ready": error is None, "error": error,
+        status = {"generation": self.generation, "component": component, "ready": error is None, "error": error,
                   "serving_pid": platform.serving.pid if platform.serving else None,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _write_status(self.workdir, status)
-        progress("serving: rolled" if error is None else f"serving: roll failed: {error}")
+        _write_json(self.workdir / STATUS_FILE, status)
+        progress(f"{component}: rolled" if error is None else f"{component}: roll failed: {error}")
         return status

@@ -123,6 +123,16 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
         items.append(LineItem("Cloud KMS", f"{len(keys)} key(s) × up to {kms['versions_kept']} active versions "
                               "(90-day rotation)", monthly, monthly))
 
+    secrets = run.of_type("gcp:secretmanager/secret:Secret")
+    if secrets:
+        sm = prices["secret_manager"]
+        locations = sum(len(s.inputs["replication"]["userManaged"]["replicas"]) for s in secrets)
+        versions = locations * sm["versions_kept"] * sm["version_per_location_month"]
+        accesses = usage["secret_accesses"] / 10_000 * sm["access_per_10k"]
+        items.append(LineItem("Secret Manager", f"{len(secrets)} secret(s) × up to {sm['versions_kept']} versions "
+                              f"({locations} replica location(s)) + {usage['secret_accesses']:,} accesses (pod starts)",
+                              versions + accesses, versions + accesses))
+
     storage = prices["storage"]
     stored = usage["bucket_gb"] * storage["standard_per_gb_month"] + usage["registry_gb"] * storage[
         "registry_per_gb_month"]

@@ -33,19 +33,19 @@ import argparse
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
+from infra.secrets import ADMIN_PASSWORD
 from ops.registry import NOT_FOUND, RegistryError, RestRegistry
+from ops.runtime import RuntimeCommandError, run_runtime_module
 from ops.rollout import (
     ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, load_apps_api,
-    serving_kubeconfig, stack_output,
+    plan_deployment, serving_kubeconfig, stack_output,
 )
+from ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "READY"
@@ -129,32 +129,15 @@ class RuntimeGranter:
         return [str(self.python), "-m", "ops.grants", "--model", model, "--user", self.serving_user]
 
     def grant(self, model: str) -> str:
-        if not self.python.exists():
-            raise PromotionError(f"{self.python} does not exist: the serving-user grants need the runtime "
-                                 "virtualenv (`make runtime`)")
-        with tempfile.TemporaryDirectory(prefix="ops-grants-") as home:
-            env = {"PATH": f"{self.python.parent}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
-                   "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-                   "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-                   "MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
-                   "MLFLOW_TRACKING_PASSWORD": self._credentials[1]}
-            proc = subprocess.Popen(self.command(model), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-            try:
-                out, err = proc.communicate(timeout=self.timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
-                raise PromotionError(f"granting READ to {self.serving_user!r} did not finish within "
-                                     f"{self.timeout:.0f}s") from None
-        if proc.returncode != 0:
-            last = [line for line in err.replace(self._credentials[1], "[secret]").splitlines() if line.strip()]
-            raise PromotionError(f"granting READ to {self.serving_user!r} on {model!r} failed: "
-                                 f"{last[-1] if last else f'exit code {proc.returncode}'}")
-        lines = out.strip().splitlines()
-        if not lines:
-            raise PromotionError(f"granting READ to {self.serving_user!r} on {model!r} printed nothing")
-        result = json.loads(lines[-1])
+        what = f"granting READ to {self.serving_user!r} on {model!r}"
+        try:
+            result = run_runtime_module(
+                self.python, self.command(model)[1:],
+                {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
+                 "MLFLOW_TRACKING_PASSWORD": self._credentials[1]},
+                secrets=(self._credentials[1],), timeout=self.timeout, what=what)
+        except RuntimeCommandError as err:
+            raise PromotionError(str(err)) from None
         return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
 
 
@@ -315,12 +298,12 @@ def local_target(workdir: Path, timeout: float) -> Target:
                   LocalSignalRoller(Path(workdir), timeout=timeout))
 
 
-def serving_deployment(stack: str) -> tuple[str, str]:
-    """(namespace, name) of the serving Deployment, from the rendered plan of the stack."""
-    from local.manifests import Manifests
-
-    deployment = Manifests.load(stack).one("Deployment", component="serving")
-    return deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+def admin_password_from_secret_manager(stack: str) -> str:
+    """The admin password's latest version (the stack outputs the secret, never its value)."""
+    try:
+        return CloudSecretManager().access(app_secret(stack, ADMIN_PASSWORD))
+    except SecretManagerError as err:
+        raise PromotionError(str(err)) from None
 
 
 def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> Target:
@@ -333,9 +316,8 @@ def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> T
                              "http://localhost:5000)")
     try:
         username = os.environ.get("MLFLOW_TRACKING_USERNAME") or stack_output("tracking_admin_username", stack, cwd=ROOT)
-        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or stack_output("tracking_admin_password", stack,
-                                                                              secret=True, cwd=ROOT)
-        namespace, name = serving_deployment(stack)
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(stack)
+        namespace, name = plan_deployment(stack, "serving")
         roller = ClusterRoller(load_apps_api(serving_kubeconfig(stack, cwd=ROOT)), namespace, name, timeout=timeout)
         roller.check()  # before anything changes
     except RolloutError as err:

@@ -8,7 +8,8 @@ been moved back, `restore()`. Both raise `RolloutError` when serving is not read
 - `ClusterRoller`: the serving Deployment, through the Kubernetes API: a strategic-merge patch of
   its pod-template annotation `mlflow.org/rollout-token`, then the checks of `kubectl rollout
   status` until every replica is new and available. `restore()` puts the previous token back,
-  so Kubernetes returns to the previous ReplicaSet.
+  so Kubernetes returns to the previous ReplicaSet. `restart()` is `kubectl rollout restart` (any
+  Deployment; the secret rotation's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Callable, Optional, Protocol
 from k8s.serving import ROLLOUT_ANNOTATION
 
 FIELD_MANAGER = "mlflow-promote"
+RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 KUBERNETES_REQUIREMENT = "kubernetes==37.0.2"
 # New pods answer /live at once and turn ready once the model is downloaded and loaded: 600 s leaves
@@ -95,9 +97,9 @@ def rollout_token(alias: str, version: str, now: Optional[float] = None) -> str:
     return f"{alias}-v{version}-{stamp}"
 
 
-def rollout_patch(token: Optional[str]) -> dict:
-    """The strategic-merge patch that changes only the rollout annotation (None removes it)."""
-    return {"spec": {"template": {"metadata": {"annotations": {ROLLOUT_ANNOTATION: token}}}}}
+def rollout_patch(token: Optional[str], annotation: str = ROLLOUT_ANNOTATION) -> dict:
+    """The strategic-merge patch that changes only one pod-template annotation (None removes it)."""
+    return {"spec": {"template": {"metadata": {"annotations": {annotation: token}}}}}
 
 
 def _get(obj: Any, *path: str) -> Any:
@@ -174,8 +176,8 @@ class ClusterRoller:
         """The Deployment can be read (credentials, RBAC, the name in the plan)."""
         self._api("read_namespaced_deployment", self.name, self.namespace)
 
-    def _patch(self, token: Optional[str]) -> None:
-        self._api("patch_namespaced_deployment", self.name, self.namespace, rollout_patch(token),
+    def _patch(self, token: Optional[str], annotation: str = ROLLOUT_ANNOTATION) -> None:
+        self._api("patch_namespaced_deployment", self.name, self.namespace, rollout_patch(token, annotation),
                   field_manager=FIELD_MANAGER, _content_type=STRATEGIC_MERGE_PATCH)
 
     def _wait(self) -> str:
@@ -198,6 +200,12 @@ class ClusterRoller:
         self.patched = True
         return f"{self.target} rolled with {ROLLOUT_ANNOTATION}={token}: {self._wait()}"
 
+    def restart(self, now: Optional[float] = None) -> str:
+        """New pods from the same template, as the Deployment's strategy declares; waits for them."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+        self._patch(stamp, RESTARTED_AT_ANNOTATION)
+        return f"{self.target} restarted: {self._wait()}"
+
     def restore(self) -> str:
         if not self.patched:
             return f"{self.target} was not patched"
@@ -206,14 +214,16 @@ class ClusterRoller:
 
 
 # --- the stack's outputs --------------------------------------------------------------------------
-def stack_output_command(name: str, stack: str, secret: bool = False) -> list[str]:
-    """`pulumi stack output NAME [--show-secrets] --stack STACK`."""
-    return ["pulumi", "stack", "output", name, *(["--show-secrets"] if secret else []), "--stack", stack]
+def stack_output_command(name: str, stack: str, secret: bool = False, as_json: bool = False) -> list[str]:
+    """`pulumi stack output NAME [--show-secrets] [--json] --stack STACK`."""
+    return ["pulumi", "stack", "output", name, *(["--show-secrets"] if secret else []),
+            *(["--json"] if as_json else []), "--stack", stack]
 
 
 def stack_output(name: str, stack: str, secret: bool = False, cwd: Optional[Path] = None,
-                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run, timeout: float = 120.0) -> str:
-    argv = stack_output_command(name, stack, secret)
+                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run, timeout: float = 120.0,
+                 as_json: bool = False) -> str:
+    argv = stack_output_command(name, stack, secret, as_json)
     try:
         completed = run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
@@ -223,10 +233,20 @@ def stack_output(name: str, stack: str, secret: bool = False, cwd: Optional[Path
     return completed.stdout.strip()
 
 
-def serving_kubeconfig(stack: str, **kwargs) -> dict:
-    """The kubeconfig of the cluster serving runs on (output `serving_kubeconfig`, a JSON secret)."""
-    text = stack_output("serving_kubeconfig", stack, secret=True, **kwargs)
+def serving_kubeconfig(stack: str, cluster: str = "serving", **kwargs) -> dict:
+    """The kubeconfig of the cluster serving (or, cluster="platform", tracking) runs on: the output
+    `<cluster>_kubeconfig`, a JSON secret."""
+    output = f"{cluster}_kubeconfig"
+    text = stack_output(output, stack, secret=True, **kwargs)
     try:
         return json.loads(text)
     except ValueError:
-        raise RolloutError(f"stack {stack} output serving_kubeconfig is not a JSON kubeconfig") from None
+        raise RolloutError(f"stack {stack} output {output} is not a JSON kubeconfig") from None
+
+
+def plan_deployment(stack: str, component: str) -> tuple[str, str]:
+    """(namespace, name) of a Deployment (component serving or tracking), from the stack's rendered plan."""
+    from local.manifests import Manifests
+
+    deployment = Manifests.load(stack).one("Deployment", component=component)
+    return deployment["metadata"]["namespace"], deployment["metadata"]["name"]

@@ -8,6 +8,9 @@ the policy runtime lets the offline tests run them over the mocked dev and prod 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -42,6 +45,20 @@ IAM_TYPES = frozenset({
 })
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
+K8S_SECRET_TYPE = "kubernetes:core/v1:Secret"
+# A Secret key named like a credential, or a value shaped like one (checked on every key; `data` decoded).
+CREDENTIAL_KEY = re.compile(r"pass(word|wd)?|secret|token|api[-_.]?key|private[-_.]?key|credential|"
+                            r"\.(pem|key|p12|pfx|jks)$|key\.json$", re.IGNORECASE)
+CREDENTIAL_VALUES = (
+    (re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.IGNORECASE), "a URI with a password"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r'"private_key"\s*:'), "a service-account key"),
+    (re.compile(r"(?im)^\s*[\w.-]*(password|passwd|secret|token|api_?key)[\w.-]*\s*[=:]\s*\S"),
+     "a password or key setting"),
+    # A whole value of 24+ letters and digits (both): a generated password or token.
+    (re.compile(r"\A\s*(?=[A-Za-z0-9+/=_-]*[0-9])(?=[A-Za-z0-9+/=_-]*[A-Za-z])[A-Za-z0-9+/=_-]{24,}\s*\Z"),
+     "a random token"),
+)
 # Where each workload type keeps its pod spec.
 POD_SPEC_PATHS = {
     "kubernetes:apps/v1:Deployment": "spec.template.spec",
@@ -289,6 +306,39 @@ def check_deployment_drains(resource_type: str, props: dict) -> list[str]:
     return violations
 
 
+def _secret_entries(props: dict) -> list[tuple[str, Any]]:
+    """(key, plain value) of a Secret's stringData and data (base64-decoded; undecodable stays as is)."""
+    entries = [(key, plain(value)) for key, value in (get(props, "stringData") or {}).items()]
+    for key, value in (get(props, "data") or {}).items():
+        value = plain(value)
+        if isinstance(value, str):
+            try:
+                value = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                pass
+        entries.append((key, value))
+    return entries
+
+
+def check_kubernetes_secrets_hold_no_credentials(resource_type: str, props: dict) -> list[str]:
+    if resource_type != K8S_SECRET_TYPE:
+        return []
+    name = f"{get(props, 'metadata.namespace', '?')}/{get(props, 'metadata.name', '?')}"
+    violations = []
+    for key, value in _secret_entries(props):
+        if CREDENTIAL_KEY.search(key):
+            violations.append(f"Secret {name}: key {key!r} is named like a password or key; keep it in Secret "
+                              "Manager and mount it with the Secret Manager add-on")
+            continue
+        # Only the shape is named, never the value.
+        shape = next((what for pattern, what in CREDENTIAL_VALUES
+                      if isinstance(value, str) and pattern.search(value)), None)
+        if shape:
+            violations.append(f"Secret {name}: key {key!r} holds {shape}; keep it in Secret Manager (or use no "
+                              "credential at all, e.g. IAM database authentication)")
+    return violations
+
+
 def check_prod_deletion_protection(resource_type: str, props: dict) -> list[str]:
     if not is_prod(resource_type, props):
         return []
@@ -337,6 +387,10 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
      "Resources labelled env=prod are encrypted with Cloud KMS keys: cluster Secrets (application layer), "
      "Cloud SQL and the artifact bucket (CMEK).",
      check_prod_encryption_keys),
+    ("kubernetes-secrets-hold-no-credentials",
+     "No Kubernetes Secret carries a password or key (by key name or value shape): application secrets live "
+     "in Secret Manager and are mounted by GKE's Secret Manager add-on.",
+     check_kubernetes_secrets_hold_no_credentials),
     ("prod-deletion-protection",
      "Resources labelled env=prod are protected against deletion: cluster and Cloud SQL deletion "
      "protection on, bucket forceDestroy off.",

@@ -51,6 +51,16 @@ def test_load_balancers_are_priced_only_where_declared(stack_runs):
     assert "2 forwarding rule(s)" in line(stack_runs["prod"], "Load balancers").detail
 
 
+@pytest.mark.parametrize("stack, accesses", [("dev", 2000), ("prod", 20000)])
+def test_secret_manager_prices_every_secret_location_version_and_access(stack_runs, stack, accesses):
+    item = line(stack_runs[stack], "Secret Manager")
+    prices = load_prices()["secret_manager"]
+    expected = 3 * prices["versions_kept"] * prices["version_per_location_month"] + accesses / 10_000 * prices[
+        "access_per_10k"]
+    assert (item.monthly_min, item.monthly_max) == (pytest.approx(expected), pytest.approx(expected))
+    assert item.detail.startswith("3 secret(s) × up to 5 versions (3 replica location(s))"), item.detail
+
+
 def test_unit_prices_follow_the_table():
     prices = load_prices()
     assert machine_hourly("e2-standard-4", prices) == pytest.approx(4 * 0.021811 + 16 * 0.002923)

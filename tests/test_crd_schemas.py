@@ -20,6 +20,7 @@ EXPECTED_KINDS = {
     ("networking.gke.io/v1", "ManagedCertificate"),
     ("networking.gke.io/v1beta1", "FrontendConfig"),
     ("monitoring.googleapis.com/v1", "PodMonitoring"),
+    ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"),
 }
 
 METADATA = {"name": "mlflow-tracking", "namespace": "mlflow", "labels": {"app.kubernetes.io/name": "mlflow"}}

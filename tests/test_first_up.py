@@ -174,7 +174,7 @@ def test_secrets_stay_masked_in_the_dependency_plan(stack_runs):
     from offline.render import render
 
     resources = render(stack_runs["prod"])["resources.yaml"]
-    password = plain(stack_runs["prod"].named("mlflow-admin-password").state["result"])
+    password = plain(stack_runs["prod"].named("mlflow-app-secrets-admin-password-value").state["result"])
     assert password not in resources
 
 

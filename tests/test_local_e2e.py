@@ -12,6 +12,7 @@ Missing Postgres binaries or runtime virtualenv FAIL the tests (CI installs both
 from __future__ import annotations
 
 import configparser
+import copy
 import json
 import re
 import shutil
@@ -27,7 +28,7 @@ from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from k8s.serving import SERVING_PORT
 from k8s.tracking import TRACKING_PORT, auth_config_ini
 from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, expand_vars, localize_container
-from local.localplatform import LocalPlatform, parse_auth_settings
+from local.localplatform import LocalPlatform, parse_auth_settings, refuse_secrets
 from local.manifests import ROOT, Manifests
 from local.postgres import find_bin_dir
 from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive, run_to_completion
@@ -76,7 +77,7 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
     pod = p.workdir / "pods" / "tracking"
     allowed = spec["args"][spec["args"].index("--allowed-hosts") + 1]
     assert argv_diff(spec["command"] + spec["args"], command.argv) == {
-        "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
+        "argv[0]": ("python", str(p.bin_dir / "python")),
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": (str(TRACKING_PORT), str(p.tracking_port)),
         # the Host headers clients send to the pod and through the local load balancer (the Service)
@@ -88,8 +89,9 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
     }
     check_env(spec, command.env, {
         "MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": p.credentials.flask_secret_key,
-        "MLFLOW_AUTH_ADMIN_PASSWORD": p.admin_password,
+        # the files the Secret Manager add-on mounts, read by mlflow_fileenv
+        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(pod / "app-secrets" / "flask-secret-key"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(pod / "app-secrets" / "admin-password"),
         "MLFLOW_AUTH_CONFIG_PATH": str(pod / "auth-config" / "basic_auth.ini"),
         "MLFLOW_TRACKING_DIR": str(pod / "tmp" / "mlruns"),
     }, extra={"STORAGE_EMULATOR_HOST"})
@@ -104,7 +106,10 @@ def test_tracking_auth_config_is_the_clusters_with_the_local_database(offline):
     command = offline.tracking_command()
     ini_path = offline.workdir / "pods" / "tracking" / "auth-config" / "basic_auth.ini"
     logging_config = offline.workdir / "pods" / "tracking" / "logging" / "logging.json"
-    assert set(command.files) == {ini_path, logging_config}
+    secrets = offline.workdir / "pods" / "tracking" / "app-secrets"
+    assert set(command.files) == {ini_path, logging_config, secrets / "admin-password", secrets / "flask-secret-key"}
+    assert command.files[secrets / "admin-password"] == (offline.admin_password, 0o600)
+    assert command.files[secrets / "flask-secret-key"] == (offline.credentials.flask_secret_key, 0o600)
     text, mode = command.files[ini_path]
     assert mode == 0o644  # a ConfigMap: no credential in it
     p = offline
@@ -130,11 +135,12 @@ def test_serving_container_changes_only_cluster_specifics(offline):
     }
     check_env(spec, command.env, {
         "MLFLOW_TRACKING_URI": p.tracking_url,  # the Service: the local load balancer
-        "MLFLOW_TRACKING_USERNAME": "mlflow-serving",
-        "MLFLOW_TRACKING_PASSWORD": p.serving_password,
+        "MLFLOW_TRACKING_PASSWORD_FILE": str(p.workdir / "pods" / "serving" / "app-secrets" / "serving-password"),
     })
     assert command.env["PYTHONPATH"] == str(ROOT / "mlflow_image")  # the image's /opt/mlflow-extras
-    assert set(command.files) == {p.workdir / "pods" / "serving" / "logging" / "logging.json"}
+    password_file = p.workdir / "pods" / "serving" / "app-secrets" / "serving-password"
+    assert set(command.files) == {p.workdir / "pods" / "serving" / "logging" / "logging.json", password_file}
+    assert command.files[password_file] == (p.serving_password, 0o600)
 
 
 def test_migration_job_waits_then_runs_both_upgrades_in_order_against_local_postgres(offline):
@@ -161,18 +167,21 @@ def test_serving_user_job_gets_the_configmap_script_and_local_tracking(offline):
     p = offline
     [(spec, command)] = p.job_commands(p.serving_user_job, "serving-user")
     script = p.workdir / "pods" / "serving-user" / "scripts" / "ensure_serving_user.py"
+    secrets = p.workdir / "pods" / "serving-user" / "app-secrets"
+    script_index = spec["args"].index("/opt/mlflow-scripts/ensure_serving_user.py") + 1
     assert argv_diff(spec["command"] + spec["args"], command.argv) == {
         "argv[0]": ("python", str(p.bin_dir / "python")),
-        "argv[1]": ("/opt/mlflow-scripts/ensure_serving_user.py", str(script)),
+        f"argv[{script_index}]": ("/opt/mlflow-scripts/ensure_serving_user.py", str(script)),
     }
     check_env(spec, command.env, {
         "MLFLOW_TRACKING_URI": p.tracking_url,  # the Service: the local load balancer
-        "MLFLOW_TRACKING_PASSWORD": p.admin_password,
-        "SERVING_USERNAME": "mlflow-serving",
-        "SERVING_PASSWORD": p.serving_password,
+        "MLFLOW_TRACKING_PASSWORD_FILE": str(secrets / "admin-password"),
+        "SERVING_PASSWORD_FILE": str(secrets / "serving-password"),
     })
     config_map = p.manifests.config_map_data("mlflow", "mlflow-serving-setup")
-    assert command.files == {script: (config_map["ensure_serving_user.py"], 0o644)}
+    assert command.files == {script: (config_map["ensure_serving_user.py"], 0o644),
+                             secrets / "admin-password": (p.admin_password, 0o600),
+                             secrets / "serving-password": (p.serving_password, 0o600)}
 
 
 def test_changes_are_listed_without_secrets(offline):
@@ -240,6 +249,40 @@ def test_unknown_secret_or_volume_is_an_error(tmp_path):
                            [TMP], _site(tmp_path, listen_port=None))
 
 
+CSI = {"name": "app-secrets", "csi": {"driver": "secrets-store-gke.csi.k8s.io", "readOnly": True,
+                                      "volumeAttributes": {"secretProviderClass": "spc"}}}
+CSI_MOUNT = {"name": "app-secrets", "mountPath": "/etc/mlflow-secrets", "readOnly": True}
+SPC = {"provider": "gke", "parameters": {"secrets": '- resourceName: "projects/p/secrets/s/versions/latest"\n'
+                                                    '  path: "pw"\n'}}
+
+
+def test_secret_manager_volume_files_come_from_the_local_secret_manager(tmp_path):
+    spec = {"name": "x", "command": ["mlflow"], "volumeMounts": [TMP_MOUNT, CSI_MOUNT],
+            "env": [{"name": "PW_FILE", "value": "/etc/mlflow-secrets/pw"}]}
+    site = _site(tmp_path, provider_classes={"spc": SPC},
+                 secret_versions={"projects/p/secrets/s/versions/latest": "v2"})
+    command = localize_container(spec, [TMP, CSI], site)
+    assert command.files == {tmp_path / "pod" / "app-secrets" / "pw": ("v2", 0o600)}
+    assert command.env["PW_FILE"] == str(tmp_path / "pod" / "app-secrets" / "pw")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v, s: v["csi"].update(driver="secrets-store.csi.k8s.io"), "only secrets-store-gke.csi.k8s.io"),
+    (lambda v, s: v["csi"]["volumeAttributes"].update(secretProviderClass="other"), "'other' is not in the manifests"),
+    (lambda v, s: s.update(provider="gcp"), "provider 'gcp'"),
+    (lambda v, s: s["parameters"].update(secrets='- resourceName: "projects/p/secrets/t/versions/latest"\n  path: x\n'),
+     "no local value for projects/p/secrets/t/versions/latest"),
+])
+def test_secret_manager_volumes_the_add_on_would_refuse_are_errors(tmp_path, change, message):
+    volume, spc = copy.deepcopy(CSI), copy.deepcopy(SPC)
+    change(volume, spc)
+    site = _site(tmp_path, provider_classes={"spc": spc},
+                 secret_versions={"projects/p/secrets/s/versions/latest": "v2"})
+    with pytest.raises(LocalizeError, match=re.escape(message)):
+        localize_container({"name": "x", "command": ["mlflow"], "volumeMounts": [TMP_MOUNT, CSI_MOUNT]},
+                           [TMP, volume], site)
+
+
 def test_expand_vars_follows_kubernetes():
     assert expand_vars("$(A)-$(B)-$$(A)-$(A", {"A": "1"}) == "1-$(B)-$(A)-$(A"
 
@@ -253,10 +296,12 @@ def test_image_env_is_the_dockerfiles():
     assert "WORKDIR /tmp" in runtime_base
 
 
-def test_local_secrets_cover_exactly_the_rendered_keys(offline):
-    rendered = {(s["metadata"]["namespace"], s["metadata"]["name"], key)
-                for s in offline.manifests.all("Secret") for key in s["stringData"]}
-    assert set(offline.secret_values) == rendered
+def test_a_rendered_kubernetes_secret_is_refused(offline):
+    refuse_secrets(offline.manifests)  # the committed plan renders none
+    with_secret = Manifests(offline.manifests.directory, offline.manifests.objects + (
+        {"kind": "Secret", "metadata": {"name": "leftover", "namespace": "mlflow"}, "stringData": {"k": "v"}},))
+    with pytest.raises(LocalPlatformError, match="Secret mlflow/leftover is rendered"):
+        refuse_secrets(with_secret)
 
 
 def test_auth_settings_come_from_the_tracking_annotation():

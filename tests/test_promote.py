@@ -36,7 +36,7 @@ from ops.promote import (
 from ops.registry import NOT_FOUND, ModelVersion, RegisteredModel, RegistryError, RestRegistry, Run
 from ops.rollout import (
     FIELD_MANAGER, STRATEGIC_MERGE_PATCH, ClusterRoller, LocalSignalRoller, PlatformRoller, RolloutError,
-    rollout_patch, rollout_status, serving_kubeconfig, stack_output_command,
+    plan_deployment, rollout_patch, rollout_status, serving_kubeconfig, stack_output_command,
 )
 
 # Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
@@ -380,7 +380,8 @@ def test_stack_commands_read_the_serving_kubeconfig_as_a_secret():
 
 
 def test_cluster_target_finds_the_deployment_in_the_rendered_plan_and_needs_a_tracking_url(monkeypatch):
-    assert promote_module.serving_deployment("dev") == ("mlflow-serving", "mlflow-serving")
+    assert plan_deployment("dev", "serving") == ("mlflow-serving", "mlflow-serving")
+    assert plan_deployment("prod", "tracking") == ("mlflow", "mlflow-tracking")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(PromotionError, match="--target cluster needs the tracking URL"):
         promote_module.cluster_target("dev", None, 60)
@@ -444,7 +445,7 @@ def test_real_kubernetes_client_sends_the_strategic_merge_patch():
 STAND_IN = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from local.rollout import ServingRollouts, write_pid_file
+    from local.rollout import Rollouts, write_pid_file
 
     workdir, mode = Path(sys.argv[2]), sys.argv[3]
 
@@ -458,8 +459,10 @@ STAND_IN = textwrap.dedent("""
         def restart_serving(self):
             if mode == "fail":
                 raise RuntimeError("serving: readiness probe /ping answering 200 not within 600s")
+        def roll_tracking(self):
+            (workdir / "tracking-rolled").touch()
 
-    rollouts = ServingRollouts(workdir)
+    rollouts = Rollouts(workdir)
     rollouts.install()
     write_pid_file(workdir)
     deadline = time.monotonic() + 60
@@ -500,8 +503,20 @@ def test_signal_roller_asks_the_running_make_local_and_waits_for_its_answer(stan
     assert roller.roll("m", "champion", "2") == "`make local` restarted serving (pid 4242, rollout 1)"
     assert roller.restore() == "`make local` restarted serving (pid 4242, rollout 2)"
     failing = LocalSignalRoller(stand_in("fail"), timeout=20)
-    with pytest.raises(RolloutError, match="restarted serving but it is not ready: serving: readiness probe"):
+    with pytest.raises(RolloutError, match="rolled serving but it is not ready: serving: readiness probe"):
         failing.roll("m", "champion", "2")
+
+
+def test_a_rollout_request_names_the_component_make_local_rolls(stand_in):
+    from local.rollout import request_rollout
+
+    workdir = stand_in("ok")
+    status = request_rollout(workdir, timeout=20, component="tracking")
+    assert (status["component"], status["ready"]) == ("tracking", True)
+    assert (workdir / "tracking-rolled").exists()
+    assert request_rollout(workdir, timeout=20)["component"] == "serving"  # the default, as promote asks
+    with pytest.raises(ValueError, match="allowed serving, tracking"):
+        request_rollout(workdir, component="postgres")
 
 
 def test_signal_roller_without_a_running_make_local_is_an_error(tmp_path):

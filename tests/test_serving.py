@@ -20,8 +20,9 @@ def test_serves_the_registry_alias_through_the_metrics_wrapper():
 
 MINIMAL_ARGS = dict(provider=None, tracking_provider=None, project="p", workload_pool="w", environment="dev",
                     image="i", setup_image="i", model_name="m", model_alias="a", tracking_url="u",
-                    tracking_in_cluster_url="u", tracking_namespace="n", admin_secret_name="s",
-                    admin_secret_key="k", admin_username="admin", tracking_ready=None)
+                    tracking_in_cluster_url="u", tracking_namespace="n", admin_password=None,
+                    serving_password=None, project_number="1", tracking_workload_pool="w", admin_username="admin",
+                    tracking_ready=None)
 
 
 def test_batching_settings_reach_the_server_command():
@@ -79,12 +80,18 @@ def test_serving_is_absent_without_a_model(run_stack_with):
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
-def test_serving_pods_run_models_serve_with_credentials_from_a_secret(stack_runs, stack):
-    serving = container(serving_deployment(stack_runs[stack]), "serving")
+def test_serving_pods_run_models_serve_with_the_password_from_its_secret_manager_file(stack_runs, stack):
+    deployment = serving_deployment(stack_runs[stack])
+    serving = container(deployment, "serving")
     assert serving["command"] == ["python"]
     assert serving["args"][serving["args"].index("--model-uri") + 1] == "models:/iris-classifier@champion"
     env = env_of(serving)
-    assert "valueFrom" in env["MLFLOW_TRACKING_USERNAME"] and "valueFrom" in env["MLFLOW_TRACKING_PASSWORD"]
+    assert "MLFLOW_TRACKING_PASSWORD" not in env and "MLFLOW_TRACKING_PASSWORD_FILE" in env
+    volume = next(v for v in pod_spec(deployment)["volumes"] if v["name"] == "app-secrets")
+    assert volume["csi"] == {"driver": "secrets-store-gke.csi.k8s.io", "readOnly": True,
+                             "volumeAttributes": {"secretProviderClass": "mlflow-serving"}}
+    mount = next(m for m in serving["volumeMounts"] if m["name"] == "app-secrets")
+    assert mount == {"name": "app-secrets", "mountPath": "/etc/mlflow-secrets", "readOnly": True}
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -180,14 +187,19 @@ def test_serving_user_job_runs_beside_tracking_after_it_is_ready(stack_runs):
     assert job.urn in serving_deployment(run).dependencies
     env = env_of(container(job, "ensure-serving-user"))
     assert env["MODEL_NAME"]["value"] == "iris-classifier"
-    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "admin-password"
+    assert env["MLFLOW_TRACKING_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/admin-password"
+    assert env["SERVING_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/serving-password"
+    assert pod_spec(job)["serviceAccountName"] == "mlflow-serving-setup"
 
 
-def test_serving_credentials_are_the_same_secret_on_both_sides(stack_runs):
+def test_serving_password_is_mounted_from_secret_manager_not_a_kubernetes_secret(stack_runs):
     run = stack_runs["prod"]
-    serving = plain(run.named("mlflow-serving-credentials").inputs["stringData"])
-    setup = plain(run.named("mlflow-serving-setup-credentials").inputs["stringData"])
-    assert serving == setup and serving["username"] == "mlflow-serving"
+    assert not [r for r in run.of_type("kubernetes:core/v1:Secret") if "serving" in r.name], "a copy is left"
+    app = container(serving_deployment(run), "serving")
+    env = env_of(app)
+    assert env["MLFLOW_TRACKING_USERNAME"]["value"] == "mlflow-serving"
+    assert env["MLFLOW_TRACKING_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/serving-password"
+    assert app["args"][:5] == ["-m", "mlflow_fileenv", "MLFLOW_TRACKING_PASSWORD", "--", "python"]
 
 
 def test_serving_identity_has_no_gcp_roles(stack_runs):

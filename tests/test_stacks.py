@@ -198,7 +198,8 @@ def test_dev_plan_lists_the_workloads(stack_runs):
     names = {r.inputs["metadata"]["name"] for r in run.of_type("kubernetes:apps/v1:Deployment")}
     assert names == {"mlflow-tracking", "mlflow-serving"}
     for token, minimum in (("kubernetes:batch/v1:Job", 2), ("kubernetes:core/v1:Service", 2),
-                           ("kubernetes:core/v1:ServiceAccount", 2), ("kubernetes:core/v1:Secret", 2),
+                           ("kubernetes:core/v1:ServiceAccount", 3),
+                           ("kubernetes:secrets-store.csi.x-k8s.io/v1:SecretProviderClass", 3),
                            ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", 1),
                            ("docker-build:index:Image", 2)):
         assert len(run.of_type(token)) >= minimum, token

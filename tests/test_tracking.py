@@ -55,8 +55,8 @@ def test_the_ingress_origin_may_change_state_and_no_other():
 
 
 def test_job_runner_is_off_unless_configured():
-    assert env_of({"env": tracking_env("s", False, "u")})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
-    assert env_of({"env": tracking_env("s", True, "u")})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "true"
+    assert env_of({"env": tracking_env(False, "u")})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
+    assert env_of({"env": tracking_env(True, "u")})["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "true"
 
 
 def test_auth_config_names_the_auth_database_default_permission_and_cache():
@@ -73,7 +73,8 @@ def test_args_refuse_an_unpinned_proxy_image():
         TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", environment="dev",
                            image="i", image_version="v", bucket_name="b", sql_connection_name="c",
                            sql_instance_name="i", tracking_database="t", auth_database="a",
-                           sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2")
+                           sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2",
+                           admin_password=None, flask_secret_key=None, project_number="1")
 
 
 # --- as declared by the stacks --------------------------------------------------------------
@@ -149,7 +150,8 @@ def test_secrets_are_referenced_never_inlined(stack_runs, stack):
                     assert urlsplit(entry["value"]).password is None, f"{record.urn}: {entry['name']}"
                     continue
                 assert not any(word in entry["name"] for word in ("PASSWORD", "SECRET")) \
-                    or "valueFrom" in entry, f"{record.urn}: {entry}"
+                    or entry["name"].endswith("_FILE") and entry["value"].startswith("/etc/mlflow-secrets/"), \
+                    f"{record.urn}: {entry}"
 
 
 POSTGRES_URI = re.compile(r"postgresql(?:\+\w+)?://[^\s'\"]+")
@@ -205,7 +207,12 @@ def test_server_env_and_args_follow_config(stack_runs, stack):
     run = stack_runs[stack]
     app = container(tracking_deployment(run), "mlflow")
     env = env_of(app)
-    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "flask-secret-key"
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"]["value"] == "/etc/mlflow-secrets/flask-secret-key"
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/admin-password"
+    assert "MLFLOW_FLASK_SERVER_SECRET_KEY" not in env and "MLFLOW_AUTH_ADMIN_PASSWORD" not in env
+    assert app["command"] == ["python"]
+    assert app["args"][:6] == ["-m", "mlflow_fileenv", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                               "--", "mlflow"]
     assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].endswith(AUTH_CONFIG_FILE)
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     bucket = run.named("mlflow-artifacts-bucket").inputs["name"]

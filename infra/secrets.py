@@ -1,0 +1,125 @@
+"""Application secrets in Secret Manager: the tracking admin password, the Flask secret key and the
+serving user's password. Pods mount them as files through GKE's Secret Manager add-on; each secret
+is readable only by the workload identities of the pods that mount it.
+
+The first version of each comes from a RandomPassword, so its value lives in Pulumi state (encrypted)
+and Secret Manager only; `make rotate-secret` adds later versions (ops/rotate_secret.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_random as random
+
+from infra.naming import cap_name, child_options
+
+ACCESSOR = "roles/secretmanager.secretAccessor"
+ADMIN_PASSWORD = "admin-password"
+FLASK_SECRET_KEY = "flask-secret-key"
+SERVING_PASSWORD = "serving-password"
+# Logical name (also the file name in the pods) -> length of its generated value.
+SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32}
+# What a SecretProviderClass names: the newest version, so a rollout picks up a rotation.
+LATEST = "latest"
+
+
+def secret_id(prefix: str, name: str) -> str:
+    """Secret Manager id of one application secret (ids allow up to 255 chars)."""
+    return cap_name(f"{prefix}-{name}", 255)
+
+
+def workload_principal(project_number: str, workload_pool: str, namespace: str, ksa: str) -> str:
+    """IAM principal of a Kubernetes service account under Workload Identity Federation for GKE: the
+    identity GKE's Secret Manager add-on presents for a pod's KSA
+    (https://cloud.google.com/secret-manager/docs/secret-manager-managed-csi-component)."""
+    return (f"principal://iam.googleapis.com/projects/{project_number}/locations/global/"
+            f"workloadIdentityPools/{workload_pool}/subject/ns/{namespace}/sa/{ksa}")
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One application secret, as its consumers need it."""
+
+    name: str
+    """Logical name, one of SECRET_LENGTHS: the file name in the pods."""
+    secret_id: pulumi.Input[str]
+    """The Secret resource's id (projects/PROJECT/secrets/ID): IAM grants name it."""
+    version_name: pulumi.Input[str]
+    """projects/PROJECT/secrets/ID/versions/latest: what a SecretProviderClass mounts."""
+
+
+@dataclass(frozen=True)
+class AppSecretsArgs:
+    project: str
+    """GCP project."""
+    location: str
+    """The one region the secrets are replicated to: the region of the clusters that read them."""
+    prefix: str
+    """Prefix of the secret ids (the stack's name prefix)."""
+    labels: dict[str, str]
+    """Secret labels."""
+
+    def __post_init__(self) -> None:
+        if not self.location or self.location[-2] == "-" and self.location[-1].isalpha():
+            raise ValueError(f"AppSecretsArgs.location={self.location!r}: must be a region (e.g. us-central1), "
+                             "not a zone")
+
+
+class AppSecrets(pulumi.ComponentResource):
+    """The application secrets with their first versions; consumers grant themselves access."""
+
+    refs: dict[str, SecretRef]
+    project_number: pulumi.Output[str]
+    """For the Workload Identity principals of the readers."""
+    secret_ids: pulumi.Output[dict]
+    """Logical name -> projects/PROJECT/secrets/ID (a stack output: what `make rotate-secret` rotates)."""
+
+    def __init__(self, name: str, args: AppSecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:secrets:AppSecrets", name, None, opts)
+        child = child_options(self, opts)
+        after_apis = pulumi.InvokeOutputOptions(depends_on=child.depends_on)
+        self.project_number = gcp.organizations.get_project_output(
+            project_id=args.project, opts=after_apis).number.apply(str)
+        self.refs = {}
+        for logical, length in SECRET_LENGTHS.items():
+            secret = gcp.secretmanager.Secret(
+                f"{name}-{logical}",
+                project=args.project,
+                secret_id=secret_id(args.prefix, logical),
+                # One region, the platform's: the values stay where the workloads and the database (which
+                # holds the same passwords' hashes) are; a regional outage takes their readers down anyway.
+                replication=gcp.secretmanager.SecretReplicationArgs(
+                    user_managed=gcp.secretmanager.SecretReplicationUserManagedArgs(
+                        replicas=[gcp.secretmanager.SecretReplicationUserManagedReplicaArgs(location=args.location)])),
+                labels={**args.labels, "secret": logical},
+                opts=child,
+            )
+            value = random.RandomPassword(f"{name}-{logical}-value", length=length, special=False,
+                                          opts=pulumi.ResourceOptions(parent=self))
+            gcp.secretmanager.SecretVersion(
+                f"{name}-{logical}-initial",
+                secret=secret.id,
+                secret_data=value.result,
+                # `make rotate-secret` disables this version once a newer one serves; Pulumi keeps it so.
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["enabled"])),
+            )
+            self.refs[logical] = SecretRef(
+                name=logical, secret_id=secret.id,
+                version_name=pulumi.Output.concat("projects/", args.project, "/secrets/", secret.secret_id,
+                                                  f"/versions/{LATEST}"))
+        self.secret_ids = pulumi.Output.from_input({key: ref.secret_id for key, ref in self.refs.items()})
+        self.register_outputs({"project_number": self.project_number, "secret_ids": self.secret_ids})
+
+
+def grant_readers(name: str, refs: Sequence[SecretRef], members: Sequence[pulumi.Input[str]],
+                  opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+    """secretAccessor on each secret (never the project) for each member: one workload's identities."""
+    return [
+        gcp.secretmanager.SecretIamMember(f"{name}-{ref.name}-{index}", secret_id=ref.secret_id, role=ACCESSOR,
+                                          member=member, opts=opts)
+        for ref in refs for index, member in enumerate(members)
+    ]
