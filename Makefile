@@ -16,7 +16,7 @@ USERS ?= 16
 
 .PHONY: install checkov runtime upgrade-venv mlserver-venv test test-fast plan plan-all plan-check reference local bench loadtest promote rollback clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements-dev.txt
 	touch $@
