@@ -1,0 +1,262 @@
+"""The cluster load test (`loadTesting`, k8s/loadtest.py, loadtest/cluster.py): off, the committed
+stacks declare nothing of it; on, its node pool, namespace and Locust templates are rendered,
+validated, scanned and policy-checked like every other manifest; `make loadtest TARGET=cluster`
+drives them through a fake Kubernetes API and brings the results back."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from infra.cluster import LOAD_TEST_TAINT
+from infra.config import ConfigError, settings_from_values
+from k8s.loadtest import CREDENTIALS_SECRET, NAMESPACE, RUN_LABEL, master_name, workers_name
+from loadtest import cluster
+from loadtest.cluster import ClusterRun, ClusterRunError, ClusterRunner, job_from_template, run_cluster
+from loadtest.pod_results import END, extract, pack
+from offline.cost import cost_markdown
+from offline.render import SECRET_MASK, render
+from offline.stack import ROOT, read_stack_config, run_program
+from policy import rules
+from tests.test_manifests import KUBERNETES_VERSION, checkov
+
+ON = {"mlflow-platform:loadTesting": "true"}
+LOAD_TEST_POOL = "gcp:container/nodePool:NodePool"
+
+
+def run_with(stack: str, overrides: dict):
+    config, secret_keys = read_stack_config(stack)
+    return run_program(stack, {**config, **overrides}, secret_keys)
+
+
+@pytest.fixture(scope="module")
+def on_runs():
+    """Both committed stacks with loadTesting turned on."""
+    return {stack: run_with(stack, ON) for stack in ("dev", "prod")}
+
+
+@pytest.fixture(scope="module")
+def on_plans(on_runs, tmp_path_factory) -> dict[str, Path]:
+    """Their rendered plans, written as `make plan` writes them."""
+    directories = {}
+    for stack, run in on_runs.items():
+        directory = tmp_path_factory.mktemp(f"plan-{stack}")
+        for relative, text in render(run).items():
+            (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+            (directory / relative).write_text(text)
+        directories[stack] = directory
+    return directories
+
+
+def load_test_manifests(plan: Path) -> dict[str, dict]:
+    documents = {}
+    for path in sorted((plan / "k8s").glob("*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        if document["metadata"].get("namespace") == NAMESPACE or document["metadata"]["name"] == NAMESPACE:
+            documents[path.name] = document
+    return documents
+
+
+def pools(run) -> dict[str, dict]:
+    return {r.name: r.inputs for r in run.of_type(LOAD_TEST_POOL)}
+
+
+# --- settings -------------------------------------------------------------------------------
+BASE = {"gcp:project": "test-project-1", "mlflow-platform:environment": "dev", "mlflow-platform:modelName": "m"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"mlflow-platform:loadTesting": "true", "mlflow-platform:modelName": ""},
+     "mlflow-platform:loadTesting = True: needs mlflow-platform:modelName"),
+    ({"mlflow-platform:loadTestMachineType": "e2-medium"},
+     "mlflow-platform:loadTestMachineType = 'e2-medium': needs 2 or more dedicated vCPUs"),
+    ({"mlflow-platform:loadTestMachineType": "n2-standard-1"}, "needs 2 or more dedicated vCPUs"),
+    ({"mlflow-platform:loadTestMachineType": "x9-standard-4"}, "mlflow-platform:loadTestMachineType = 'x9-standard-4': unknown machine type"),
+    ({"mlflow-platform:loadTestWorkers": "0"}, "mlflow-platform:loadTestWorkers = 0: must be between 1 and 32"),
+    ({"mlflow-platform:loadTestWorkers": "33"}, "mlflow-platform:loadTestWorkers = 33: must be between 1 and 32"),
+])
+def test_bad_load_test_settings_are_refused_naming_the_key_and_what_is_allowed(overrides, message):
+    with pytest.raises(ConfigError) as refused:
+        settings_from_values({**BASE, **overrides})
+    assert message in str(refused.value)
+
+
+@pytest.mark.parametrize("machine, workers, nodes", [
+    ("e2-standard-4", 2, 1), ("e2-standard-4", 3, 2), ("e2-standard-2", 2, 3), ("n2-standard-8", 13, 2)])
+def test_the_pool_grows_to_fit_the_master_and_a_vcpu_per_worker(machine, workers, nodes):
+    settings = settings_from_values({**BASE, "mlflow-platform:loadTestMachineType": machine,
+                                     "mlflow-platform:loadTestWorkers": str(workers)})
+    assert settings.load_test_max_nodes == nodes
+
+
+# --- off: the committed stacks --------------------------------------------------------------
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_committed_stacks_declare_no_load_test_and_say_it_costs_nothing(stack_runs, stack):
+    run = stack_runs[stack]
+    assert not [name for name in pools(run) if "loadtest" in name]
+    assert not [r.urn for r in run.resources if "loadtest" in r.urn]
+    assert "load_test_namespace" not in run.outputs
+    tracking_policy = next(r for r in run.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+                           if r.inputs["metadata"]["name"] == "mlflow-tracking")
+    assert NAMESPACE not in json.dumps(tracking_policy.inputs)
+    assert "`loadTesting` is off: nothing is declared, $0 per hour" in (ROOT / "plan" / stack / "cost.md").read_text()
+
+
+# --- on: what the program declares ---------------------------------------------------------
+@pytest.mark.parametrize("stack, serving_cluster", [("dev", "mlflow-platform"), ("prod", "mlflow-serving")])
+def test_the_pool_is_tainted_scales_from_zero_in_one_zone_of_the_serving_cluster(on_runs, stack, serving_cluster):
+    [record] = [r for r in on_runs[stack].of_type(LOAD_TEST_POOL) if "loadtest" in r.name]
+    assert record.name == f"{serving_cluster}-loadtest-pool"
+    assert record.parent.endswith(f"mlflow:cluster:GkeCluster::{serving_cluster}")
+    pool = record.inputs
+    assert pool["autoscaling"] == {"minNodeCount": 0, "maxNodeCount": 1}
+    assert pool["nodeLocations"] == ["us-central1-a"]
+    assert pool["nodeConfig"]["taints"] == [LOAD_TEST_TAINT]
+    assert pool["nodeConfig"]["workloadMetadataConfig"]["mode"] == "GKE_METADATA"
+    assert pool["nodeConfig"]["labels"] == {"pool": "loadtest"}
+
+
+def test_prod_puts_the_load_where_serving_s_clients_are_on_the_serving_cluster(on_runs):
+    run = on_runs["prod"]
+    load_test_children = [r for r in run.resources if r.type.startswith("kubernetes:") and "mlflow-loadtest" in r.urn]
+    serving = next(r for r in run.of_type("kubernetes:apps/v1:Deployment") if r.name == "mlflow-serving-deployment")
+    assert load_test_children and {r.provider for r in load_test_children} == {serving.provider}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_load_test_manifest_is_valid_for_the_cluster_version_strictly(on_plans, stack):
+    documents = load_test_manifests(on_plans[stack])
+    kinds = sorted(d["kind"] for d in documents.values())
+    assert kinds == ["CronJob"] * 4 + ["Namespace"] + ["NetworkPolicy"] * 3 + ["Secret"] + ["Service"] * 2
+    for document in documents.values():
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_checkov_finds_nothing_in_the_load_test_manifests(on_plans, stack, tmp_path):
+    for name, document in load_test_manifests(on_plans[stack]).items():
+        (tmp_path / name).write_text(yaml.safe_dump(document))
+    result = checkov("-d", str(tmp_path), "--framework", "kubernetes")
+    assert result["passed"] > 200 and result["failed"] == [], "\n".join(result["failed"])
+
+
+def test_checkov_finds_nothing_in_the_locust_dockerfile():
+    result = checkov("-f", "loadtest/Dockerfile", "--framework", "dockerfile")
+    assert result["passed"] > 10 and result["failed"] == [], "\n".join(result["failed"])
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_resource_complies_with_the_policy_pack(on_runs, stack):
+    checks = [check for _, _, check in rules.POLICIES]
+    found = {r.urn: v for r in on_runs[stack].resources if (v := [m for c in checks for m in c(r.type, r.inputs)])}
+    assert found == {}
+    assert len(on_runs[stack].of_type("kubernetes:batch/v1:CronJob")) == 4  # the rules saw the templates
+
+
+def test_the_policy_pack_would_catch_a_root_locust_container(on_runs):
+    template = on_runs["dev"].of_type("kubernetes:batch/v1:CronJob")[0]
+    broken = json.loads(json.dumps(template.inputs))
+    broken["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] = False
+    assert rules.check_workload_hardening(template.type, broken)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_locust_pods_land_only_on_the_load_test_pool_hardened_and_sized(on_plans, stack):
+    for name, document in load_test_manifests(on_plans[stack]).items():
+        if document["kind"] != "CronJob":
+            continue
+        assert document["spec"]["suspend"] is True, name  # a template: nothing runs until a run is made of it
+        pod = document["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"pool": "loadtest"} and pod["tolerations"] == [
+            {"key": "mlflow.org/pool", "operator": "Equal", "value": "loadtest", "effect": "NoSchedule"}], name
+        assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsNonRoot"] is True
+        [container] = pod["containers"]
+        assert "@sha256:" in container["image"] and container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["resources"]["requests"]["cpu"] == ("500m" if "master" in name else "1")
+        if "master" in name:
+            assert container["readinessProbe"]["tcpSocket"]["port"] == 5557, name
+
+
+def test_only_the_tracking_workers_get_credentials_and_from_a_file_never_in_plain_text(on_runs, on_plans):
+    documents = load_test_manifests(on_plans["dev"])
+    mounting = sorted(d["metadata"]["name"] for d in documents.values() if d["kind"] == "CronJob"
+                      and CREDENTIALS_SECRET in json.dumps(d))
+    assert mounting == [workers_name("tracking")]
+    worker = documents[next(n for n in documents if n.endswith(f"{workers_name('tracking')}.yaml"))]
+    env = {e["name"]: e.get("value") for e in
+           worker["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env == {"LOADTEST_USERNAME": "admin", "LOADTEST_PASSWORD_FILE": "/var/run/secrets/mlflow-loadtest/password"}
+    secret = next(d for d in documents.values() if d["kind"] == "Secret")
+    assert secret["stringData"] == {"password": SECRET_MASK}
+    passwords = [r.state["result"]["value"] for r in on_runs["dev"].of_type("random:index/randomPassword:RandomPassword")]
+    text = "".join(p.read_text() for p in on_plans["dev"].rglob("*") if p.is_file())
+    assert passwords and not any(password in text for password in passwords)
+
+
+@pytest.mark.parametrize("stack, tracking_output", [
+    ("dev", "tracking_in_cluster_url"), ("prod", "tracking_internal_url")])  # prod: serving's way, the internal LB
+def test_locust_calls_the_services_as_their_clients_in_the_cluster_do(on_runs, on_plans, stack, tracking_output):
+    tracking_host = on_runs[stack].outputs[tracking_output]
+    documents = load_test_manifests(on_plans[stack])
+    hosts = {}
+    for document in documents.values():
+        if document["kind"] == "CronJob":
+            args = document["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
+            hosts[document["metadata"]["name"]] = args[args.index("--host") + 1]
+    assert hosts == {master_name("serving"): "http://mlflow-serving.mlflow-serving.svc.cluster.local:8080",
+                     workers_name("serving"): "http://mlflow-serving.mlflow-serving.svc.cluster.local:8080",
+                     master_name("tracking"): tracking_host, workers_name("tracking"): tracking_host}
+
+
+def tracking_peers(run) -> str:
+    policy = next(r for r in run.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+                  if r.inputs["metadata"]["name"] == "mlflow-tracking")
+    return json.dumps(policy.inputs["spec"]["ingress"][0]["from"])
+
+
+def test_tracking_admits_the_load_test_namespace_on_the_same_cluster_and_the_serving_range_on_its_own(on_runs):
+    assert f'"kubernetes.io/metadata.name": "{NAMESPACE}"' in tracking_peers(on_runs["dev"])
+    prod = tracking_peers(on_runs["prod"])
+    assert NAMESPACE not in prod and '"cidr": "10.24.0.0/16"' in prod  # serving's pods, the load test's too
+
+
+def test_only_the_workers_reach_a_master(on_plans):
+    documents = load_test_manifests(on_plans["dev"])
+    policy = next(d for d in documents.values() if d["kind"] == "NetworkPolicy"
+                  and d["metadata"]["name"] == master_name("serving"))
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "mlflow", "app.kubernetes.io/instance": "mlflow-loadtest",
+        "app.kubernetes.io/component": workers_name("serving")}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5557}]
+
+
+@pytest.mark.parametrize("stack, per_hour", [("dev", "0.055"), ("prod", "0.062")])
+def test_cost_shows_the_pool_per_hour_of_a_run_cheaper_than_a_separate_cluster(on_runs, stack, per_hour):
+    text = cost_markdown(on_runs[stack])
+    pool_row = next(line for line in text.splitlines() if line.startswith("| **Node pool on the serving cluster"))
+    cluster_row = next(line for line in text.splitlines() if line.startswith("| Separate small cluster"))
+    pool_run, pool_idle = (float(cell) for cell in pool_row.strip("|").split("|")[2:4])
+    cluster_run, cluster_idle = (float(cell) for cell in cluster_row.strip("|").split("|")[2:4])
+    assert f"{pool_run:.3f}" == per_hour and pool_idle == 0.0
+    assert round(cluster_run - pool_run, 3) == 0.1 and cluster_idle == 0.1
+    assert "(1 zone)" in next(line for line in text.splitlines() if "loadtest-pool" in line and "Nodes:" in line)
+
+
+def test_the_image_ships_every_module_the_pods_import():
+    copied = next(line for line in (ROOT / "loadtest" / "Dockerfile").read_text().splitlines()
+                  if line.startswith("COPY ") and "/app/loadtest/" in line).split()[1:-1]
+    needed = {"__init__.py", "pod_results.py", "serving_locust.py", "tracking_locust.py"}
+    for module in list(needed):
+        text = (ROOT / "loadtest" / module).read_text()
+        needed |= {f"{name}.py" for name in
+                   __import__("re").findall(r"^from loadtest\.(\w+) import", text, __import__("re").M)}
+    assert needed <= set(copied), sorted(needed - set(copied))
