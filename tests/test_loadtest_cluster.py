@@ -5,7 +5,6 @@ drives them through a fake Kubernetes API and brings the results back."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -260,3 +259,211 @@ def test_the_image_ships_every_module_the_pods_import():
         needed |= {f"{name}.py" for name in
                    __import__("re").findall(r"^from loadtest\.(\w+) import", text, __import__("re").M)}
     assert needed <= set(copied), sorted(needed - set(copied))
+
+
+# --- results through the master's log -------------------------------------------------------
+def test_results_survive_the_log_whatever_locust_printed_around_them(tmp_path):
+    (tmp_path / "serving.json").write_text('[{"name": "x"}]')
+    (tmp_path / "serving_stats_history.csv").write_text("Timestamp,Name\n" * 5000)
+    stale = pack(tmp_path)
+    (tmp_path / "serving.json").write_text('[{"name": "y"}]')
+    log = "\n".join(["Type Name # reqs", *stale, "noise", *pack(tmp_path), "bye"])
+    files = extract(log)
+    assert files == {"serving.json": b'[{"name": "y"}]', "serving_stats_history.csv": b"Timestamp,Name\n" * 5000}
+    assert max(len(line) for line in log.splitlines()) <= 8000
+
+
+def test_a_log_without_a_complete_block_says_so(tmp_path):
+    (tmp_path / "a.csv").write_text("x")
+    with pytest.raises(ValueError, match="no complete results block"):
+        extract("\n".join(pack(tmp_path)[:-1]))
+
+
+def test_the_wrapper_runs_the_command_then_prints_its_results_and_keeps_its_exit_code(tmp_path):
+    script = "import pathlib, sys; pathlib.Path(sys.argv[1], 'tracking.json').write_text('[]'); sys.exit(3)"
+    done = subprocess.run([sys.executable, "-m", "loadtest.pod_results", "--dir", str(tmp_path), "--",
+                           sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert done.returncode == 3 and done.stdout.rstrip().endswith(END)
+    assert extract(done.stdout) == {"tracking.json": b"[]"}
+
+
+# --- the CLI through a fake Kubernetes API --------------------------------------------------
+def model(data: dict, kind: str):
+    """A rendered manifest as the real client hands it back (its model classes)."""
+    from kubernetes.client import ApiClient
+
+    return ApiClient()._ApiClient__deserialize(data, kind)
+
+
+class FakeBatch:
+    """BatchV1Api's calls the runner makes, over the rendered templates; records what it is asked."""
+
+    def __init__(self, templates: dict[str, dict], statuses: list[dict], active: tuple[str, ...] = ()):
+        self.templates, self.statuses, self.active = templates, statuses, active
+        self.created: list[dict] = []
+        self.deleted: list[tuple] = []
+
+    def list_namespaced_job(self, namespace, label_selector):
+        assert (namespace, label_selector) == (NAMESPACE, RUN_LABEL)
+        return model({"items": [{"metadata": {"name": n}, "status": {"active": 1}} for n in self.active]},
+                     "V1JobList")
+
+    def read_namespaced_cron_job(self, name, namespace):
+        from kubernetes.client import ApiException
+
+        if name not in self.templates:
+            raise ApiException(status=404, reason="Not Found")
+        return model(self.templates[name], "V1CronJob")
+
+    def create_namespaced_job(self, namespace, body):
+        assert namespace == NAMESPACE
+        self.created.append(body)
+        return model(body, "V1Job")
+
+    def read_namespaced_job_status(self, name, namespace):
+        assert name in {job["metadata"]["name"] for job in self.created}
+        return model({"metadata": {"name": name}, "status": self.statuses.pop(0) if len(self.statuses) > 1
+                      else self.statuses[0]}, "V1Job")
+
+    def delete_namespaced_job(self, name, namespace, propagation_policy):
+        self.deleted.append((name, namespace, propagation_policy))
+
+
+class FakeCore:
+    """CoreV1Api: one pod per master Job, whose log holds Locust's output and the results block."""
+
+    def __init__(self, batch: FakeBatch, results: Path):
+        self.batch, self.results = batch, results
+
+    def list_namespaced_pod(self, namespace, label_selector):
+        job = label_selector.removeprefix("job-name=")
+        assert job in {j["metadata"]["name"] for j in self.batch.created}
+        return model({"items": [{"metadata": {"name": f"{job}-x7k2p"}}]}, "V1PodList")
+
+    def read_namespaced_pod_log(self, name, namespace, container):
+        assert container == "locust"
+        return "\n".join(["[2026-12-02] Ramping to 16 users", *pack(self.results), ""])
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def stack_selector(outputs: dict, calls: list):
+    from pulumi.automation import OutputValue
+
+    def select(stack_name, work_dir):
+        calls.append((stack_name, work_dir))
+        return SimpleNamespace(outputs=lambda: {k: OutputValue(v, k.endswith("kubeconfig")) for k, v in outputs.items()})
+
+    return select
+
+
+@pytest.fixture
+def templates(on_plans) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in load_test_manifests(on_plans["dev"]).values() if d["kind"] == "CronJob"}
+
+
+@pytest.fixture
+def results(tmp_path) -> Path:
+    directory = tmp_path / "pod-results"
+    directory.mkdir()
+    (directory / "serving.json").write_text("[]")
+    (directory / "serving_stats_history.csv").write_text("Timestamp\n")
+    return directory
+
+
+KUBECONFIG = {"apiVersion": "v1", "kind": "Config", "clusters": []}
+OUTPUTS = {"serving_kubeconfig": json.dumps(KUBECONFIG), "load_test_namespace": NAMESPACE}
+
+
+def test_a_cluster_run_makes_jobs_of_the_templates_waits_copies_results_and_deletes_them(templates, results, tmp_path):
+    batch = FakeBatch(templates, [{"active": 1}, {"active": 1}, {"succeeded": 1}])
+    clock, calls, given = FakeClock(), [], []
+
+    def apis(kubeconfig):
+        given.append(kubeconfig)
+        return batch, FakeCore(batch, results)
+
+    out = tmp_path / "out"
+    run_cluster("dev", [("serving", 16), ("tracking", 8)], 60, out, ROOT, select=stack_selector(OUTPUTS, calls),
+                apis=apis, runner_options={"clock": clock, "sleep": clock.sleep})
+    assert calls == [("dev", str(ROOT))] and given == [KUBECONFIG]
+    assert sorted(p.name for p in out.iterdir()) == ["serving.json", "serving_stats_history.csv"]
+    names = [job["metadata"]["name"] for job in batch.created]
+    assert [n.rsplit("-", 4)[0] for n in names] == [master_name("serving"), workers_name("serving"),
+                                                    master_name("tracking"), workers_name("tracking")]
+    assert names[0].endswith("-u16-t60") and names[2].endswith("-u8-t60") and all(len(n) <= 63 for n in names)
+    assert sorted(d[0] for d in batch.deleted) == sorted(names) and {d[2] for d in batch.deleted} == {"Background"}
+    for job in batch.created:
+        kubernetes_validate.validate(job, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_run_changes_nothing_of_the_template_but_its_size_deadline_and_label(templates):
+    template = templates[master_name("tracking")]
+    run = ClusterRun("tracking", 8, 120, cluster.datetime(2026, 12, 2, 9, 30, tzinfo=cluster.timezone.utc))
+    job = job_from_template(template, run)
+    assert job["metadata"]["name"] == "locust-tracking-master-20261202-093000-u8-t120"
+    expected = json.loads(json.dumps(template["spec"]["jobTemplate"]["spec"]))
+    container = expected["template"]["spec"]["containers"][0]
+    container["env"] = [{"name": "LOCUST_USERS", "value": "8"}, {"name": "LOCUST_SPAWN_RATE", "value": "8"},
+                        {"name": "LOCUST_RUN_TIME", "value": "120s"}]
+    expected["activeDeadlineSeconds"] = 120 + cluster.START_MARGIN_SECONDS
+    expected["template"]["metadata"]["labels"][RUN_LABEL] = run.run_id
+    assert job["spec"] == expected
+
+
+def test_a_failed_master_is_reported_and_its_jobs_are_deleted_all_the_same(templates, results, tmp_path):
+    batch = FakeBatch(templates, [{"failed": 1}])
+    with pytest.raises(ClusterRunError, match=r"failed: `kubectl -n mlflow-loadtest logs job/locust-serving-master-"):
+        run_cluster("dev", [("serving", 4)], 30, tmp_path, ROOT, select=stack_selector(OUTPUTS, []),
+                    apis=lambda _: (batch, FakeCore(batch, results)))
+    assert len(batch.deleted) == 2 and not list(tmp_path.glob("*.json"))
+
+
+def test_waiting_is_bounded(templates, results, tmp_path):
+    batch, clock = FakeBatch(templates, [{"active": 1}]), FakeClock()
+    runner = ClusterRunner(batch, FakeCore(batch, results), clock=clock, sleep=clock.sleep)
+    run = ClusterRun("serving", 4, 30, cluster.datetime.now(cluster.timezone.utc))
+    with pytest.raises(ClusterRunError, match="not finished within"):
+        runner.run(run, tmp_path)
+    assert clock.now == pytest.approx(run.deadline_seconds + 60, abs=runner.poll)
+    assert len(batch.deleted) == 2
+
+
+def test_a_stack_without_the_load_test_says_how_to_turn_it_on(tmp_path):
+    outputs = {"serving_kubeconfig": json.dumps(KUBECONFIG)}
+    with pytest.raises(ClusterRunError, match="`pulumi config set loadTesting true -s prod` and `pulumi up -s prod`"):
+        run_cluster("prod", [("serving", 4)], 30, tmp_path, ROOT, select=stack_selector(outputs, []),
+                    apis=lambda _: pytest.fail("no cluster to talk to"))
+
+
+def test_missing_templates_in_the_cluster_point_at_the_setting(results, tmp_path):
+    batch = FakeBatch({}, [{"succeeded": 1}])
+    with pytest.raises(ClusterRunError, match=r"HTTP 404 Not Found: is loadTesting on\?"):
+        run_cluster("dev", [("serving", 4)], 30, tmp_path, ROOT, select=stack_selector(OUTPUTS, []),
+                    apis=lambda _: (batch, FakeCore(batch, results)))
+
+
+def test_one_run_at_a_time(templates, results, tmp_path):
+    batch = FakeBatch(templates, [{"succeeded": 1}], active=("locust-serving-master-20261202-093000-u16-t60",))
+    with pytest.raises(ClusterRunError, match="another load test is running in mlflow-loadtest"):
+        run_cluster("dev", [("serving", 4)], 30, tmp_path, ROOT, select=stack_selector(OUTPUTS, []),
+                    apis=lambda _: (batch, FakeCore(batch, results)))
+    assert batch.created == []
+
+
+def test_without_the_pulumi_cli_the_error_says_so(tmp_path):
+    def select(stack_name, work_dir):
+        raise FileNotFoundError(2, "No such file or directory", "pulumi")
+
+    with pytest.raises(ClusterRunError, match="the Pulumi CLI is not on PATH"):
+        run_cluster("dev", [("serving", 4)], 30, tmp_path, ROOT, select=select, apis=lambda _: pytest.fail("no"))
