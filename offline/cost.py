@@ -68,7 +68,7 @@ def load_test_section(run: StackRun, prices: dict) -> list[str]:
     """Per hour of a load-test run: the declared pool beside the alternative, a separate small cluster."""
     pools = [p for p in run.of_type("gcp:container/nodePool:NodePool")
              if p.inputs["nodeConfig"].get("labels", {}).get("pool") == LOAD_TEST_POOL_LABEL]
-    lines = ["## Load testing: per hour of a run (`make loadtest TARGET=cluster`)", ""]
+    lines = ["**Load testing** (`make loadtest TARGET=cluster`), per hour of a run:", ""]
     if not pools:
         return lines + ["`loadTesting` is off: nothing is declared, $0 per hour. Turned on, the plan prices its "
                         "node pool here.", ""]

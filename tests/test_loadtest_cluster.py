@@ -26,6 +26,7 @@ from offline.render import SECRET_MASK, render
 from offline.stack import ROOT, read_stack_config, run_program
 from policy import rules
 from tests.test_manifests import KUBERNETES_VERSION, checkov
+from tests.test_promote import FakeClock
 
 ON = {"mlflow-platform:loadTesting": "true"}
 LOAD_TEST_POOL = "gcp:container/nodePool:NodePool"
@@ -344,17 +345,6 @@ class FakeCore:
     def read_namespaced_pod_log(self, name, namespace, container):
         assert container == "locust"
         return "\n".join(["[2026-12-02] Ramping to 16 users", *pack(self.results), ""])
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 def stack_selector(outputs: dict, calls: list):
