@@ -79,12 +79,12 @@ def tcp_probe(port: int, period: int, failures: int) -> dict:
     return {"tcpSocket": {"port": port}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 5}
 
 
-def locust_container(*, image: Any, args: list, cpu: str, env: list[dict], mounts: list[dict],
+def locust_container(*, image: Any, command: str, args: list, cpu: str, env: list[dict], mounts: list[dict],
                      port: Optional[int] = None) -> dict:
     container = {
         "name": CONTAINER,
         "image": image,
-        "command": ["python"] if args[:1] == ["-m"] else ["locust"],
+        "command": [command],
         "args": args,
         "env": env,
         "resources": resources(cpu, "512Mi"),
@@ -206,22 +206,25 @@ class LoadTest(pulumi.ComponentResource):
                                            k8s_opts)
         hosts = {"serving": args.serving_url, "tracking": args.tracking_url}
         for service in SERVICES:
-            env, volumes, mounts = ((credentials.env, [credentials.volume], [credentials.mount])
-                                    if service == "tracking" else ([], [], []))
-            self._service_templates(name, ns_name, service, hosts[service], args, env, volumes, mounts, k8s_opts)
+            # Only tracking's users log in.
+            self._service_templates(name, ns_name, service, hosts[service], args,
+                                    credentials if service == "tracking" else None, k8s_opts)
         self.namespace = ns_name
         self.register_outputs({"namespace": self.namespace})
 
-    def _service_templates(self, name: str, ns_name: pulumi.Output[str], service: str, host: pulumi.Input[str], args: LoadTestArgs,
-                           env: list[dict], volumes: list[dict], mounts: list[dict],
+    def _service_templates(self, name: str, ns_name: pulumi.Output[str], service: str, host: pulumi.Input[str],
+                           args: LoadTestArgs, credentials: Optional[CredentialsMount],
                            opts: pulumi.ResourceOptions) -> None:
         master_labels = k8s_labels(name, master_name(service))
         workers_labels = k8s_labels(name, workers_name(service))
         defaults = [{"name": key, "value": value} for key, value in load_env(DEFAULT_USERS, DEFAULT_SECONDS).items()]
         master = locust_container(
-            image=args.image, args=master_args(service, host, args.workers), cpu="500m", env=defaults,
-            mounts=[{"name": "results", "mountPath": RESULTS_DIR}], port=MASTER_PORT)
-        worker = locust_container(image=args.image, args=worker_args(service, host), cpu="1", env=env, mounts=mounts)
+            image=args.image, command="python", args=master_args(service, host, args.workers), cpu="500m",
+            env=defaults, mounts=[{"name": "results", "mountPath": RESULTS_DIR}], port=MASTER_PORT)
+        worker = locust_container(
+            image=args.image, command="locust", args=worker_args(service, host), cpu="1",
+            env=credentials.env if credentials else [], mounts=[credentials.mount] if credentials else [])
+        volumes = [credentials.volume] if credentials else []
         results = {"name": "results", "emptyDir": {"sizeLimit": "256Mi"}}
         k8s.batch.v1.CronJob(
             f"{name}-{service}-master",

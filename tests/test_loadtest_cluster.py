@@ -457,3 +457,43 @@ def test_without_the_pulumi_cli_the_error_says_so(tmp_path):
 
     with pytest.raises(ClusterRunError, match="the Pulumi CLI is not on PATH"):
         run_cluster("dev", [("serving", 4)], 30, tmp_path, ROOT, select=select, apis=lambda _: pytest.fail("no"))
+
+
+# --- who reaches whom (offline/reachability.py evaluates the NetworkPolicies) -------------------
+def locust_pod(run, template: str, index: int):
+    from offline.reachability import Pod
+    from tests.test_reachability import range_host
+
+    record = next(r for r in run.of_type("kubernetes:batch/v1:CronJob") if r.inputs["metadata"]["name"] == template)
+    labels = record.inputs["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    serving_range = "serving-pods" if run.stack == "prod" else "pods"
+    return Pod(record.provider, NAMESPACE, tuple(sorted(labels.items())), range_host(run, serving_range, index))
+
+
+def test_the_load_test_reaches_both_services_and_only_its_workers_reach_a_master(on_runs):
+    from offline.reachability import ClusterPolicies, other_pod, through_load_balancer
+    from tests.test_reachability import Endpoints
+
+    for stack, run in on_runs.items():
+        policies, endpoints = ClusterPolicies.of(run), Endpoints(run)
+        worker = locust_pod(run, workers_name("tracking"), 60)
+        to_tracking = worker if stack == "dev" else through_load_balancer(
+            worker, endpoints.node, run.named("mlflow-internal-lb"))
+        assert policies.allows(to_tracking, endpoints.tracking, 5000), stack
+        assert policies.allows(locust_pod(run, workers_name("serving"), 61), endpoints.serving, 8080), stack
+        master = locust_pod(run, master_name("tracking"), 62)
+        assert policies.allows(worker, master, 5557), stack
+        assert not policies.allows(locust_pod(run, workers_name("serving"), 61), master, 5557), stack
+        assert not policies.allows(other_pod(master, "default", master.address), master, 5557), stack
+
+
+def test_tracking_admits_a_pod_of_the_load_test_namespace_only_when_load_testing_is_on(stack_runs, on_runs):
+    from offline.reachability import ClusterPolicies, other_pod
+    from tests.test_reachability import Endpoints
+
+    def admitted(run) -> bool:
+        endpoints = Endpoints(run)
+        pod = other_pod(endpoints.tracking, NAMESPACE, endpoints.node.rsplit(".", 1)[0] + ".99")
+        return ClusterPolicies.of(run).allows(pod, endpoints.tracking, 5000)
+
+    assert (admitted(stack_runs["dev"]), admitted(on_runs["dev"])) == (False, True)
