@@ -6,6 +6,7 @@ drives them through a fake Kubernetes API and brings the results back."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,18 @@ def test_the_pool_grows_to_fit_the_master_and_a_vcpu_per_worker(machine, workers
     settings = settings_from_values({**BASE, "mlflow-platform:loadTestMachineType": machine,
                                      "mlflow-platform:loadTestWorkers": str(workers)})
     assert settings.load_test_max_nodes == nodes
+
+
+def test_the_component_args_refuse_what_cannot_run():
+    from infra.cluster import LoadTestPool
+    from k8s.loadtest import LoadTestArgs
+
+    with pytest.raises(ValueError, match=r"LoadTestPool.max_nodes=0: must be >= 1"):
+        LoadTestPool(machine_type="e2-standard-4", max_nodes=0, spot=True, disk_size_gb=50, disk_type="pd-balanced",
+                     zone="us-central1-a")
+    with pytest.raises(ValueError, match=r"LoadTestArgs.workers=0: allowed 1-32"):
+        LoadTestArgs(provider=None, image="i@sha256:0", serving_url="s", tracking_url="t", tracking_username="u",
+                     tracking_password="p", workers=0)
 
 
 # --- off: the committed stacks --------------------------------------------------------------
@@ -247,6 +260,7 @@ def test_cost_shows_the_pool_per_hour_of_a_run_cheaper_than_a_separate_cluster(o
     pool_run, pool_idle = (float(cell) for cell in pool_row.strip("|").split("|")[2:4])
     cluster_run, cluster_idle = (float(cell) for cell in cluster_row.strip("|").split("|")[2:4])
     assert f"{pool_run:.3f}" == per_hour and pool_idle == 0.0
+    assert f"${per_hour} {stack}" in (ROOT / "README.md").read_text()  # the README quotes the plan
     assert round(cluster_run - pool_run, 3) == 0.1 and cluster_idle == 0.1
     assert "(1 zone)" in next(line for line in text.splitlines() if "loadtest-pool" in line and "Nodes:" in line)
 
@@ -257,8 +271,7 @@ def test_the_image_ships_every_module_the_pods_import():
     needed = {"__init__.py", "pod_results.py", "serving_locust.py", "tracking_locust.py"}
     for module in list(needed):
         text = (ROOT / "loadtest" / module).read_text()
-        needed |= {f"{name}.py" for name in
-                   __import__("re").findall(r"^from loadtest\.(\w+) import", text, __import__("re").M)}
+        needed |= {f"{name}.py" for name in re.findall(r"^from loadtest\.(\w+) import", text, re.M)}
     assert needed <= set(copied), sorted(needed - set(copied))
 
 
