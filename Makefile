@@ -16,7 +16,7 @@ USERS ?= 16
 
 .PHONY: install checkov runtime upgrade-venv mlserver-venv test test-fast plan plan-all plan-check reference local bench loadtest promote rollback rotate-secret clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements-dev.txt
 	touch $@
@@ -89,8 +89,10 @@ bench: install runtime mlserver-venv
 
 ## make loadtest [DURATION=60] [USERS=16]: Locust (1 master, 2 workers) against a running `make local`,
 ## serving then tracking; results in loadtest-results/local/, report in docs/loadtest.md.
+## make loadtest TARGET=cluster STACK=dev|prod: the same runs as Jobs on the stack's load-test pool
+## (`loadTesting: true`); results in loadtest-results/cluster/<stack>/.
 loadtest: install
-	$(PY) -m loadtest --target $(TARGET) --seconds $(DURATION) --users $(USERS)
+	$(PY) -m loadtest --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
 
 ## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [TARGET=local|cluster] [STACK=dev]
 promote: install runtime

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 
 from infra.apis import IAP_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
-from infra.cluster import GkeCluster, GkeClusterArgs
+from infra.cloud_rules import default_boot_disk_type
+from infra.cluster import GkeCluster, GkeClusterArgs, LoadTestPool
 from infra.config import Settings
 from infra.database import Database, DatabaseArgs
 from infra.edge import EdgePolicy, EdgePolicyArgs
-from infra.images import MlflowImages, MlflowImagesArgs, image_version
+from infra.images import MlflowImages, MlflowImagesArgs, content_hash, image_version, pushed_image, registry_token
 from infra.kms import EncryptionKeys, EncryptionKeysArgs
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels
@@ -17,9 +20,11 @@ from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, Network
 from infra.registry import ImageRepository, ImageRepositoryArgs
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
+from k8s.loadtest import NAMESPACE as LOAD_TEST_NAMESPACE, LoadTest, LoadTestArgs
 from k8s.serving import ModelServing, ModelServingArgs
 from k8s.tracking import TRACKING_PORT, TrackingServer, TrackingServerArgs
 
+LOAD_TEST_DIR = Path(__file__).resolve().parent / "loadtest"
 SERVING_PODS_RANGE_NAME = "serving-pods"
 SERVING_SERVICES_RANGE_NAME = "serving-services"
 
@@ -93,7 +98,16 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
             dns_endpoint=settings.control_plane_endpoint == "dns",
             secrets_key_id=keys.secrets_key_id,
             secrets_key_grants=tuple(keys.secrets_key_grants),
+            load_test_pool=load_test_pool if role == load_test_role else None,
         ), after_apis)
+
+    # The load generators run where serving's clients do: on the serving cluster (see README, Load testing).
+    load_test_role = "serving" if settings.serving_cluster else "platform"
+    load_test_pool = LoadTestPool(
+        machine_type=settings.load_test_machine_type, max_nodes=settings.load_test_max_nodes,
+        spot=settings.load_test_spot_nodes, disk_size_gb=settings.node_disk_size_gb,
+        disk_type=default_boot_disk_type(settings.load_test_machine_type), zone=settings.zone,
+    ) if settings.load_testing else None
 
     platform = cluster("platform", settings.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME,
                        settings.machine_type, settings.min_nodes, settings.max_nodes, settings.spot_nodes,
@@ -177,6 +191,8 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         iap_client_secret=pulumi.Output.secret(iap_secret.get_secret_value()) if settings.iap and iap_secret else None,
         internal_lb_ip=tracking_lb_address,
         serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
+        # On its own cluster serving's pod range, and so the load test's, is admitted already.
+        load_test_namespace=LOAD_TEST_NAMESPACE if settings.load_testing and not settings.serving_cluster else None,
     ), after_apis)
 
     Monitoring(f"{prefix}-monitoring", MonitoringArgs(
@@ -251,4 +267,26 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         ), after_apis)
         outputs["serving_in_cluster_url"] = serving.service_url
         outputs["serving_model_uri"] = serving.model_uri
+        if settings.load_testing:
+            outputs["load_test_namespace"] = load_test(settings, registry, serving_cluster, serving.service_url,
+                                                       tracking_internal_url or tracking.in_cluster_url, tracking,
+                                                       app_secrets, after_apis)
     return outputs
+
+
+def load_test(settings: Settings, registry: ImageRepository, cluster: GkeCluster, serving_url: pulumi.Output[str],
+              tracking_url: pulumi.Output[str], tracking: TrackingServer, app_secrets: AppSecrets,
+              opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    """The Locust image (built like the platform's, tagged by loadtest/'s content) and the load test's
+    templates on the serving cluster; returns its namespace."""
+    image = pushed_image(
+        f"{settings.name_prefix}-build-loadtest", context="loadtest", target="locust",
+        image=pulumi.Output.concat(registry.repository_url, "/mlflow-loadtest"),
+        version=content_hash(LOAD_TEST_DIR), registry_host=f"{settings.region}-docker.pkg.dev",
+        token=registry_token(), opts=opts)
+    return LoadTest("mlflow-loadtest", LoadTestArgs(
+        provider=cluster.provider, image=image, serving_url=serving_url, tracking_url=tracking_url,
+        tracking_username=tracking.admin_username_value, tracking_password=app_secrets.refs[ADMIN_PASSWORD],
+        project_number=app_secrets.project_number, workload_pool=cluster.workload_pool,
+        workers=settings.load_test_workers,
+    ), opts).namespace

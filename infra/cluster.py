@@ -15,6 +15,32 @@ from infra.naming import cap_name, child_options
 
 NODE_SA_PROJECT_ROLES = ("roles/container.defaultNodeServiceAccount",)
 NODE_SA_REPOSITORY_ROLE = "roles/artifactregistry.reader"
+# The load-test pool's nodes: labelled for Locust's nodeSelector, tainted so nothing else lands there.
+LOAD_TEST_POOL_LABEL = "loadtest"
+LOAD_TEST_TAINT = {"key": "mlflow.org/pool", "value": "loadtest", "effect": "NO_SCHEDULE"}
+
+
+@dataclass(frozen=True)
+class LoadTestPool:
+    """Nodes for the load generators only: tainted, in one zone, scaled from 0 by the autoscaler."""
+
+    machine_type: str
+    """Node machine type."""
+    max_nodes: int
+    """Most nodes a run may need."""
+    spot: bool
+    """Spot VMs: a preempted run is rerun, not lost."""
+    disk_size_gb: int
+    """Boot disk size per node."""
+    disk_type: str
+    """Boot disk type valid for the machine series."""
+    zone: str
+    """The one zone of the pool: load generators need no zone redundancy, so a regional cluster's
+    pool does not pay for three."""
+
+    def __post_init__(self) -> None:
+        if self.max_nodes < 1:
+            raise ValueError(f"LoadTestPool.max_nodes={self.max_nodes}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,8 @@ class GkeClusterArgs:
     """The key's grant to GKE's service agent: the cluster waits for it."""
     vulnerability_mode: str = "VULNERABILITY_DISABLED"
     """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
+    load_test_pool: Optional["LoadTestPool"] = None
+    """A second, tainted pool that only Locust's pods tolerate (`make loadtest TARGET=cluster`)."""
 
     def __post_init__(self) -> None:
         if self.min_nodes > self.max_nodes:
@@ -198,24 +226,12 @@ class GkeCluster(pulumi.ComponentResource):
             ),
             management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
             upgrade_settings=gcp.container.NodePoolUpgradeSettingsArgs(max_surge=1, max_unavailable=0),
-            node_config=gcp.container.NodePoolNodeConfigArgs(
-                machine_type=args.machine_type,
-                spot=args.spot,
-                disk_size_gb=args.disk_size_gb,
-                disk_type=args.disk_type,
-                image_type="COS_CONTAINERD",
-                service_account=node_sa.email,
-                oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
-                workload_metadata_config=gcp.container.NodePoolNodeConfigWorkloadMetadataConfigArgs(mode="GKE_METADATA"),
-                shielded_instance_config=gcp.container.NodePoolNodeConfigShieldedInstanceConfigArgs(
-                    enable_secure_boot=True, enable_integrity_monitoring=True,
-                ),
-                metadata={"disable-legacy-endpoints": "true"},
-                labels={"pool": "default"},
-                resource_labels=args.labels,
-            ),
+            node_config=node_config(args.machine_type, args.spot, args.disk_size_gb, args.disk_type, node_sa.email,
+                                    args.labels, pool_label="default"),
             opts=child,
         )
+        if args.load_test_pool is not None:
+            self._load_test_pool(name, args, cluster.name, node_sa.email, child)
 
         self.cluster_name = cluster.name
         self.endpoint = cluster.endpoint
@@ -243,6 +259,47 @@ class GkeCluster(pulumi.ComponentResource):
             "node_service_account_email": self.node_service_account_email,
             "workload_pool": self.workload_pool,
         })
+
+    def _load_test_pool(self, name: str, args: GkeClusterArgs, cluster_name: pulumi.Output[str],
+                        service_account: pulumi.Output[str], child: pulumi.ResourceOptions) -> None:
+        pool = args.load_test_pool
+        gcp.container.NodePool(
+            f"{name}-loadtest-pool",
+            project=args.project,
+            location=args.location,
+            cluster=cluster_name,
+            node_locations=[pool.zone],
+            # From 0: nodes exist only while a run's pods wait or run; the autoscaler removes an
+            # idle node after about 10 minutes.
+            autoscaling=gcp.container.NodePoolAutoscalingArgs(min_node_count=0, max_node_count=pool.max_nodes),
+            management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
+            node_config=node_config(pool.machine_type, pool.spot, pool.disk_size_gb, pool.disk_type, service_account,
+                                    args.labels, pool_label=LOAD_TEST_POOL_LABEL, taints=(LOAD_TEST_TAINT,)),
+            opts=child,
+        )
+
+
+def node_config(machine_type: str, spot: bool, disk_size_gb: int, disk_type: str, service_account: pulumi.Input[str],
+                labels: dict[str, str], *, pool_label: str,
+                taints: tuple[dict, ...] = ()) -> gcp.container.NodePoolNodeConfigArgs:
+    """Hardened nodes: shielded, Workload Identity metadata, the least-privilege node account."""
+    return gcp.container.NodePoolNodeConfigArgs(
+        machine_type=machine_type,
+        spot=spot,
+        disk_size_gb=disk_size_gb,
+        disk_type=disk_type,
+        image_type="COS_CONTAINERD",
+        service_account=service_account,
+        oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
+        workload_metadata_config=gcp.container.NodePoolNodeConfigWorkloadMetadataConfigArgs(mode="GKE_METADATA"),
+        shielded_instance_config=gcp.container.NodePoolNodeConfigShieldedInstanceConfigArgs(
+            enable_secure_boot=True, enable_integrity_monitoring=True,
+        ),
+        metadata={"disable-legacy-endpoints": "true"},
+        labels={"pool": pool_label},
+        taints=[gcp.container.NodePoolNodeConfigTaintArgs(**taint) for taint in taints] or None,
+        resource_labels=labels,
+    )
 
 
 def kubeconfig_for(cluster_name: str, endpoint: str, ca_certificate: Optional[str]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from typing import Any, Literal, Optional
 
@@ -169,6 +170,12 @@ class Settings(BaseModel):
     serving_cpu: str = Field("500m", description="CPU request of the serving container.")
     serving_memory: str = Field("1Gi", description="Memory request and limit of the serving container.")
 
+    # --- load testing (`make loadtest TARGET=cluster`) ----------------------------------------
+    load_testing: bool = Field(False, description="Declare the load-test node pool (scales from 0), namespace `mlflow-loadtest` and Locust templates on the serving cluster (needs `modelName`).")
+    load_test_machine_type: str = Field("e2-standard-4", description="Node machine type of the load-test pool (2 or more dedicated vCPUs).")
+    load_test_workers: int = Field(2, description="Locust worker pods per run, 1 vCPU each (1-32); the pool's maximum node count follows.")
+    load_test_spot_nodes: bool = Field(True, description="Run the load-test pool on Spot VMs.")
+
     # --- validators ----------------------------------------------------------------------
     @field_validator("project")
     @classmethod
@@ -245,7 +252,7 @@ class Settings(BaseModel):
                              f"or larger range (prefix length 8-{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX})")
         return value
 
-    @field_validator("machine_type", "serving_machine_type")
+    @field_validator("machine_type", "serving_machine_type", "load_test_machine_type")
     @classmethod
     def _machine_type(cls, value: str) -> str:
         match = _MACHINE_TYPE.match(value)
@@ -343,7 +350,7 @@ class Settings(BaseModel):
             ("serving_workers", 1, 8), ("serving_max_batch_size", 1, 10_000),
             ("serving_max_batch_delay_ms", 0, 100), ("armor_requests_per_minute", 10, 100_000),
             ("alert_serving_p99_ms", 10, 60_000), ("alert_serving_error_percent", 1, 100),
-            ("alert_db_storage_percent", 50, 99),
+            ("alert_db_storage_percent", 50, 99), ("load_test_workers", 1, 32),
         ):
             bounded(key, low, high)
 
@@ -368,6 +375,7 @@ class Settings(BaseModel):
                                              f"{_key('iap_oauth_client_secret')} (set it with --secret)"))
         if self.iap and not self.iap_members:
             errors.append(_line("iap", True, f"needs {_key('iap_members')}: IAP refuses everyone not granted access"))
+        errors += self._load_test_problems()
         if self.environment == "prod":
             if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
                 errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
@@ -383,6 +391,16 @@ class Settings(BaseModel):
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _load_test_problems(self) -> list[str]:
+        errors = []
+        if self.load_testing and not self.model_name:
+            errors.append(_line("load_testing", True, f"needs {_key('model_name')}: the load test calls the model server"))
+        machine = _MACHINE_TYPE.match(self.load_test_machine_type)
+        if machine and (machine["cpus"] is None or int(machine["cpus"]) < 2):
+            errors.append(_line("load_test_machine_type", self.load_test_machine_type,
+                                "needs 2 or more dedicated vCPUs (a Locust worker keeps one busy); e.g. e2-standard-4"))
+        return errors
 
     def _cloud_rules(self) -> list[str]:
         """What GCP itself would refuse (infra/cloud_rules.py names each rule's source)."""
@@ -432,6 +450,13 @@ class Settings(BaseModel):
     def boot_disk_type(self, pool: Literal["platform", "serving"]) -> str:
         machine_type, disk_type = (getattr(self, key) for key in _POOL_KEYS[pool])
         return cloud_rules.default_boot_disk_type(machine_type) if disk_type == "auto" else disk_type
+
+    @property
+    def load_test_max_nodes(self) -> int:
+        """Nodes the load-test pool may grow to: the master (0.5 vCPU) and one vCPU per worker, one
+        vCPU per node left to GKE's reservations and system pods."""
+        usable = int(_MACHINE_TYPE.match(self.load_test_machine_type)["cpus"]) - 1
+        return math.ceil((self.load_test_workers + 0.5) / usable)
 
     def open_control_plane(self) -> bool:
         """The control plane's public IP endpoint answers any address (dev only; `make plan` warns)."""

@@ -33,6 +33,29 @@ def image_version(prebuilt: Optional[str], directory: Path = IMAGE_DIR) -> str:
     return content_hash(directory)
 
 
+def registry_token() -> pulumi.Output[str]:
+    """A short-lived OAuth token of whoever runs `pulumi up`: no stored registry key."""
+    return pulumi.Output.secret(gcp.organizations.get_client_config_output().access_token)
+
+
+def pushed_image(name: str, *, context: str, target: str, image: pulumi.Input[str], version: str,
+                 registry_host: str, token: pulumi.Input[str], opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    """Builds `target` of `context`/Dockerfile, pushes it as IMAGE:<version[:16]>; its reference by digest."""
+    built = docker_build.Image(
+        name,
+        context=docker_build.BuildContextArgs(location=context),
+        dockerfile=docker_build.DockerfileArgs(location=f"{context}/Dockerfile"),
+        target=target,
+        platforms=[docker_build.Platform.LINUX_AMD64],
+        tags=[pulumi.Output.concat(image, ":", version[:16])],
+        push=True,
+        build_on_preview=False,
+        registries=[docker_build.RegistryArgs(address=registry_host, username="oauth2accesstoken", password=token)],
+        opts=opts,
+    )
+    return built.ref
+
+
 @dataclass(frozen=True)
 class MlflowImagesArgs:
     repository_url: pulumi.Input[str]
@@ -63,22 +86,11 @@ class MlflowImages(pulumi.ComponentResource):
                 refs[target] = pulumi.Output.from_input(prebuilt[target])
                 continue
             if token is None:
-                # A short-lived OAuth token of whoever runs `pulumi up`: no stored registry key.
-                token = pulumi.Output.secret(gcp.organizations.get_client_config_output().access_token)
-            image = docker_build.Image(
-                f"{name}-{target}",
-                context=docker_build.BuildContextArgs(location=args.context),
-                dockerfile=docker_build.DockerfileArgs(location=f"{args.context}/Dockerfile"),
-                target=target,
-                platforms=[docker_build.Platform.LINUX_AMD64],
-                tags=[pulumi.Output.concat(args.repository_url, f"/mlflow-{target}:", args.version[:16])],
-                push=True,
-                build_on_preview=False,
-                registries=[docker_build.RegistryArgs(
-                    address=args.registry_host, username="oauth2accesstoken", password=token)],
-                opts=child_options(self, opts),
-            )
-            refs[target] = image.ref
+                token = registry_token()
+            refs[target] = pushed_image(f"{name}-{target}", context=args.context, target=target,
+                                        image=pulumi.Output.concat(args.repository_url, f"/mlflow-{target}"),
+                                        version=args.version, registry_host=args.registry_host, token=token,
+                                        opts=child_options(self, opts))
         self.tracking_image = refs["tracking"]
         self.serving_image = refs["serving"]
         self.register_outputs({"tracking_image": self.tracking_image, "serving_image": self.serving_image})

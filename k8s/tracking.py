@@ -258,13 +258,16 @@ def collector_peers() -> list[dict]:
 
 
 def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_cidr: Optional[str],
-                           expose_ingress: bool) -> list[dict]:
-    """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers.
+                           expose_ingress: bool, load_test_namespace: Optional[str] = None) -> list[dict]:
+    """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers,
+    and the load test's namespace while it is declared.
 
     A separate serving cluster's pods are admitted by their pod range: the internal load balancer
     keeps their source address because its Service has `externalTrafficPolicy: Local`.
     """
     peers: list[dict] = [{"podSelector": {}}, namespace_peer(serving_namespace), *collector_peers()]
+    if load_test_namespace:
+        peers.append(namespace_peer(load_test_namespace))
     if serving_pod_cidr:
         peers.append({"ipBlock": {"cidr": serving_pod_cidr}})
     if expose_ingress:
@@ -354,6 +357,8 @@ class TrackingServerArgs:
     through an internal load balancer."""
     serving_pod_cidr: Optional[str] = None
     """Pod range of a separate serving cluster, admitted by the NetworkPolicy."""
+    load_test_namespace: Optional[str] = None
+    """Namespace of the load test on this cluster, admitted by the NetworkPolicy."""
 
     def __post_init__(self) -> None:
         if bool(self.iap_client_id) != bool(self.iap_client_secret):
@@ -527,7 +532,8 @@ class TrackingServer(pulumi.ComponentResource):
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
             spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
                   "ingress": network_policy_ingress(args.namespace, args.serving_namespace,
-                                                    args.serving_pod_cidr, bool(args.ingress_host))},
+                                                    args.serving_pod_cidr, bool(args.ingress_host),
+                                                    args.load_test_namespace)},
             opts=k8s_opts,
         )
 

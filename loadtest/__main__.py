@@ -1,7 +1,12 @@
-"""`make loadtest [DURATION=60] [USERS=16]`: Locust, headless and bounded, against the serving and
-the tracking Service of a running `make local` (its .local/endpoints.json: the load balancer's
-URLs), one after the other, distributed on this machine: one master and two worker processes per
-run. Results (CSV + JSON) in loadtest-results/local/, tables and charts in docs/loadtest.md.
+"""`make loadtest [TARGET=local|cluster] [STACK=dev] [DURATION=60] [USERS=16]`: Locust, headless and
+bounded, against the serving and the tracking Service, one after the other.
+
+- local: a running `make local` (its .local/endpoints.json: the load balancer's URLs), distributed
+  on this machine: one master and two worker processes per run.
+- cluster: the stack's load-test pool (`loadTesting: true`), a master and the stack's workers as
+  Kubernetes Jobs (loadtest/cluster.py).
+
+Results (CSV + JSON) in loadtest-results/<target>/, tables and charts in docs/loadtest.md.
 """
 
 from __future__ import annotations
@@ -11,10 +16,16 @@ import json
 import sys
 from pathlib import Path
 
+from loadtest.cluster import ClusterRunError, run_cluster
 from loadtest.locust_run import ROOT, LoadRun, run_load
 from loadtest.report import update_report
 
 RESULTS = ROOT / "loadtest-results"
+
+
+def tracking_users(users: int) -> int:
+    """8 writers: a team logging at once; more saturates one tracking worker on 2 cores."""
+    return min(users, 8)
 
 
 def local_runs(workdir: Path, seconds: int, users: int, out_dir: Path) -> list[LoadRun]:
@@ -26,16 +37,15 @@ def local_runs(workdir: Path, seconds: int, users: int, out_dir: Path) -> list[L
     credentials = {"LOADTEST_USERNAME": endpoints["admin_username"],
                    "LOADTEST_PASSWORD_FILE": endpoints["admin_password_file"]}
     return [LoadRun("serving", endpoints["serving_url"], users, seconds, out_dir, workers=2),
-            # 8 writers: a team logging at once; more saturates one tracking worker on 2 cores
-            LoadRun("tracking", endpoints["tracking_url"], min(users, 8), seconds, out_dir, workers=2,
+            LoadRun("tracking", endpoints["tracking_url"], tracking_users(users), seconds, out_dir, workers=2,
                     env=credentials)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", choices=("local",), default="local",
-                        help="local only: the cluster target is not built yet (README, Load testing)")
+    parser.add_argument("--target", choices=("local", "cluster"), default="local")
+    parser.add_argument("--stack", default="dev", help="cluster: the Pulumi stack (default dev)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".local", help="`make local` work dir")
     parser.add_argument("--seconds", type=int, default=60, help="per Service (default 60)")
     parser.add_argument("--users", type=int, default=16, help="serving users (tracking: at most 8)")
@@ -43,12 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 5 <= args.seconds <= 3600 or not 1 <= args.users <= 1000:
         parser.error("--seconds 5-3600, --users 1-1000: a load test is bounded")
-    out_dir = RESULTS / args.target
-    for run in local_runs(args.workdir.resolve(), args.seconds, args.users, out_dir):
-        print(f"[loadtest] {run.name}: {run.users} users for {run.seconds}s against {run.host} "
-              f"(1 master, {run.workers} workers)", flush=True)
-        run_load(run)
-    update_report(args.report, args.target, out_dir)
+    if args.target == "cluster":
+        out_dir, section = RESULTS / "cluster" / args.stack, f"cluster-{args.stack}"
+        try:
+            run_cluster(args.stack, [("serving", args.users), ("tracking", tracking_users(args.users))],
+                        args.seconds, out_dir, ROOT)
+        except ClusterRunError as err:
+            raise SystemExit(f"loadtest: {err}") from None
+    else:
+        out_dir, section = RESULTS / args.target, args.target
+        for run in local_runs(args.workdir.resolve(), args.seconds, args.users, out_dir):
+            print(f"[loadtest] {run.name}: {run.users} users for {run.seconds}s against {run.host} "
+                  f"(1 master, {run.workers} workers)", flush=True)
+            run_load(run)
+    update_report(args.report, section, out_dir)
     print(f"[loadtest] results in {out_dir}/, report {args.report}", flush=True)
     return 0
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
+from loadtest.commands import load_env, master_flags, result_flags, worker_flags
 from local.processes import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -48,19 +49,15 @@ def _common(run: LoadRun) -> list[str]:
 
 
 def master_argv(run: LoadRun, master_port: Optional[int] = None) -> list[str]:
-    argv = _common(run) + [
-        "--headless", "-u", str(run.users), "-r", str(run.users), "-t", f"{run.seconds}s",
-        "--stop-timeout", "10", "--csv", str(run.csv_prefix), "--csv-full-history",
-        "--json-file", str(run.csv_prefix), "--only-summary", "--exit-code-on-error", "0",
-    ]
+    """The run's size comes from the environment (commands.load_env), as in the cluster's pods."""
+    argv = _common(run) + result_flags(str(run.csv_prefix))
     if run.workers:
-        argv += ["--master", "--expect-workers", str(run.workers), "--expect-workers-max-wait", "60",
-                 "--master-bind-host", "127.0.0.1", "--master-bind-port", str(master_port)]
+        argv += master_flags("127.0.0.1", master_port, run.workers, wait_seconds=60)
     return argv
 
 
 def worker_argv(run: LoadRun, master_port: int) -> list[str]:
-    return _common(run) + ["--worker", "--master-host", "127.0.0.1", "--master-port", str(master_port)]
+    return _common(run) + worker_flags("127.0.0.1", master_port)
 
 
 class LocustProcesses:
@@ -73,7 +70,8 @@ class LocustProcesses:
     def start(self) -> "LocustProcesses":
         self.run.out_dir.mkdir(parents=True, exist_ok=True)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.run.out_dir),
-               "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8", **self.run.env}
+               "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8", **load_env(self.run.users, self.run.seconds),
+               **self.run.env}
         port = free_port() if self.run.workers else None
         argvs = [master_argv(self.run, port)] + [worker_argv(self.run, port) for _ in range(self.run.workers)]
         for index, argv in enumerate(argvs):

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from infra.cluster import LOAD_TEST_POOL_LABEL
 from offline.stack import ROOT, StackRun
 
 PRICES_FILE = ROOT / "pricing" / "prices.yaml"
@@ -55,6 +56,38 @@ def sql_hourly(tier: str, edition: str, prices: dict) -> float:
     return cpus * rates["vcpu"] + memory_gb * rates["memory_gb"]
 
 
+def node_hourly(node: dict, prices: dict) -> float:
+    """One node of a pool per hour: machine (Spot discounted) and boot disk."""
+    hourly = machine_hourly(node["machineType"], prices)
+    if node.get("spot"):
+        hourly *= prices["compute"]["spot_fraction"]
+    return hourly + node["diskSizeGb"] * prices["compute"]["balanced_disk_per_gb_month"] / prices["hours_per_month"]
+
+
+def load_test_section(run: StackRun, prices: dict) -> list[str]:
+    """Per hour of a load-test run: the declared pool beside the alternative, a separate small cluster."""
+    pools = [p for p in run.of_type("gcp:container/nodePool:NodePool")
+             if p.inputs["nodeConfig"].get("labels", {}).get("pool") == LOAD_TEST_POOL_LABEL]
+    lines = ["**Load testing** (`make loadtest TARGET=cluster`), per hour of a run:", ""]
+    if not pools:
+        return lines + ["`loadTesting` is off: nothing is declared, $0 per hour. Turned on, the plan prices its "
+                        "node pool here.", ""]
+    pool = pools[0]
+    node, nodes = pool.inputs["nodeConfig"], pool.inputs["autoscaling"]["maxNodeCount"]
+    pool_hourly = nodes * (node_hourly(node, prices) + prices["network"]["nat_gateway_per_vm_hour"])
+    fee = prices["gke"]["cluster_fee_per_hour"]
+    detail = (f"{nodes} × {node['machineType']}{' Spot' if node.get('spot') else ''} + "
+              f"{node['diskSizeGb']} GB disk, NAT gateway")
+    return lines + [
+        f"The pool `{pool.name}` scales from 0: it costs only while a run's pods run, plus the ~10 minutes the "
+        "autoscaler waits before removing an idle node. A separate cluster would cost its management fee for as "
+        "long as it exists (the free tier covers one zonal cluster per billing account: the platform's).", "",
+        "| Option | Detail | Per hour of a run | Per idle hour |", "|---|---|---:|---:|",
+        f"| **Node pool on the serving cluster (declared)** | {detail} | {pool_hourly:.3f} | 0.000 |",
+        f"| Separate small cluster (not declared) | the same nodes + cluster management ${fee:.2f}/h | "
+        f"{pool_hourly + fee:.3f} | {fee:.3f} |", ""]
+
+
 def _zones(location: str) -> int:
     """A zone looks like REGION-x; a regional pool spans three zones."""
     return 1 if re.search(r"-[a-z]$", location) else ZONES_PER_REGION
@@ -75,14 +108,10 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
     vms_min = vms_max = 0
     for pool in sorted(run.of_type("gcp:container/nodePool:NodePool"), key=lambda p: p.name):
         node = pool.inputs["nodeConfig"]
-        zones = _zones(pool.inputs["location"])
+        zones = len(pool.inputs.get("nodeLocations") or []) or _zones(pool.inputs["location"])
         low, high = (pool.inputs["autoscaling"][key] * zones for key in ("minNodeCount", "maxNodeCount"))
         vms_min, vms_max = vms_min + low, vms_max + high
-        hourly = machine_hourly(node["machineType"], prices)
-        if node.get("spot"):
-            hourly *= prices["compute"]["spot_fraction"]
-        disk = node["diskSizeGb"] * prices["compute"]["balanced_disk_per_gb_month"]
-        per_node = hourly * hours + disk
+        per_node = node_hourly(node, prices) * hours
         items.append(LineItem(
             f"Nodes: {pool.name}",
             f"{low}-{high} × {node['machineType']}{' Spot' if node.get('spot') else ''} "
@@ -160,7 +189,7 @@ def cost_markdown(run: StackRun, prices: dict | None = None) -> str:
              "| Item | Detail | Min | Max |", "|---|---|---:|---:|"]
     lines += [f"| {i.item} | {i.detail} | {i.monthly_min:,.0f} | {i.monthly_max:,.0f} |" for i in items]
     lines += [f"| **Total** | | **{low:,.0f}** | **{high:,.0f}** |", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + load_test_section(run, prices))
 
 
 def cost_summary_line(run: StackRun) -> str:

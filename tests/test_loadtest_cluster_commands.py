@@ -1,0 +1,118 @@
+"""The cluster load test's rendered Locust commands, run for real: the master and worker command
+lines of the rendered templates (loadTesting on) run for a few seconds against a local platform,
+the way `make local` runs the rendered manifests' commands. Only what is cluster-specific changes
+(LOCALIZE below); the master's output then carries results the report can read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k8s.loadtest import APP_DIR, RESULTS_DIR, master_name, workers_name
+from loadtest.commands import MASTER_PORT, load_env
+from loadtest.pod_results import extract
+from loadtest.results import endpoints, history
+from local.processes import free_port
+from local.testing import scratch_platform
+from offline.render import render
+from offline.stack import ROOT
+from tests.test_loadtest_cluster import ON, run_with
+
+# What differs between the pod and this machine; everything else is the rendered command as is.
+LOCALIZE = (
+    "image paths /app/loadtest/… -> this checkout's loadtest/ (PYTHONPATH=ROOT)",
+    "PATH: the image's /opt/venv/bin -> this virtualenv's bin (`python`, `locust`)",
+    "--host (in-cluster Service URL) -> the local platform's load-balancer URL",
+    "--master-bind-host 0.0.0.0, --master-host <Service> -> 127.0.0.1; port 5557 -> a free port",
+    f"{RESULTS_DIR} (emptyDir) -> a scratch directory",
+    "LOADTEST_PASSWORD_FILE (mounted Secret) -> the local admin password file",
+)
+SECONDS, USERS = 6, 4
+
+
+@pytest.fixture(scope="module")
+def platform(request):
+    with scratch_platform(request, "mlflow-loadtest-commands-") as local:
+        local.start()
+        yield local
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory) -> dict[str, dict]:
+    import yaml
+
+    files = render(run_with("dev", ON))
+    return {doc["metadata"]["name"]: doc for doc in (yaml.safe_load(text) for name, text in files.items()
+                                                     if name.startswith("k8s/") and "cronjob-mlflow-loadtest" in name)}
+
+
+def localized(container: dict, host: str, port: int, results: Path, password_file: Path) -> tuple[list[str], dict]:
+    argv = list(container["command"])
+    args = container["args"]
+    for index, arg in enumerate(args):
+        before = args[index - 1] if index else ""
+        if before == "--host":
+            arg = host
+        elif before in ("--master-bind-host", "--master-host"):
+            arg = "127.0.0.1"
+        elif before in ("--master-bind-port", "--master-port"):
+            assert arg == str(MASTER_PORT)
+            arg = str(port)
+        arg = arg.replace(f"{APP_DIR}/loadtest/", f"{ROOT}/loadtest/").replace(RESULTS_DIR, str(results))
+        argv.append(arg)
+    env = {e["name"]: e["value"] for e in container.get("env", [])}
+    if "LOADTEST_PASSWORD_FILE" in env:
+        env["LOADTEST_PASSWORD_FILE"] = str(password_file)
+    return argv, env
+
+
+def pod_container(template: dict) -> dict:
+    [container] = template["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("service", ["serving", "tracking"])
+def test_the_rendered_master_and_workers_load_the_service_and_report_through_the_log(platform, templates, service,
+                                                                                    tmp_path):
+    host = {"serving": platform.serving_url, "tracking": platform.tracking_url}[service]
+    port, results = free_port(), tmp_path / "results"
+    workers_template = templates[workers_name(service)]
+    workers = workers_template["spec"]["jobTemplate"]["spec"]["parallelism"]
+    base_env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"}
+    master_argv, master_env = localized(pod_container(templates[master_name(service)]), host, port, results,
+                                        platform.admin_password_file)
+    master_env |= load_env(USERS, SECONDS)  # what a run sets (loadtest/cluster.py)
+    worker_argv, worker_env = localized(pod_container(workers_template), host, port, results,
+                                        platform.admin_password_file)
+    master = subprocess.Popen(master_argv, env={**base_env, **master_env}, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    started = [subprocess.Popen(worker_argv, env={**base_env, **worker_env}, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+               for _ in range(workers)]
+    output = ""
+    try:
+        output, _ = master.communicate(timeout=SECONDS + 90)
+        codes = [worker.wait(timeout=30) for worker in started]  # the master tells them to quit
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Locust did not finish; master said:\n{output[-3000:]}")
+    finally:
+        for process in [master, *started]:
+            if process.poll() is None:
+                os.killpg(process.pid, 9)
+                process.wait()
+    assert master.returncode == 0 and codes == [0] * workers, output[-3000:]
+    files = extract(output)
+    assert {f"{service}.json", f"{service}_stats_history.csv", f"{service}_stats.csv"} <= set(files), sorted(files)
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    for name, content in files.items():
+        (copied / name).write_bytes(content)
+    rows = endpoints(copied / f"{service}.json")
+    assert sum(r.requests for r in rows) > 20 and sum(r.failures for r in rows) == 0, rows
+    assert max(second.users for second in history(copied / service)) == USERS
+    if service == "tracking":
+        assert {"runs/create", "runs/log-batch"} <= {r.name for r in rows if r.requests}
