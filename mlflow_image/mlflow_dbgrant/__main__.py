@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from mlflow_dbgrant import ADMIN_ROLE, grant_statements
+from mlflow_dbgrant import ADMIN_MEMBERSHIP, ADMIN_ROLE, grant_statements
 from mlflow_dbwait import DatabaseUnavailable, Retry, wait_for
 
 
