@@ -107,7 +107,11 @@ class LocalVerifier:
 
     def rehearse(self, model: str, version: str) -> Rehearsed:
         args = rehearsal_args(model, version, self.container_args)
-        args[args.index("--env-cache") + 1] = str(self.env_cache)  # the pod's volume, on this machine
+        # As `make local` runs the pod (local/localize.py): its volume is a local directory, its
+        # package index the one this machine reaches.
+        args[args.index("--env-cache") + 1] = str(self.env_cache)
+        if "--package-index" in args:
+            args[args.index("--package-index") + 1] = ""
         _, output = self.run(args)
         return rehearsal_result(output)
 

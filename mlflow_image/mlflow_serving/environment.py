@@ -247,7 +247,9 @@ class EnvironmentBuilder:
 
     def _uv(self, args: list[str], cwd: Path, deadline: float, step: str) -> None:
         env = {**os.environ, "UV_CACHE_DIR": str(self.settings.cache_dir / "uv-cache"), "UV_NO_PROGRESS": "1",
-               "UV_PYTHON": sys.executable, "UV_NO_CONFIG": "1"}
+               "UV_PYTHON": sys.executable, "UV_NO_CONFIG": "1",
+               # The image's CA store, as pip and requests use it (also trusts a site's TLS proxy).
+               "UV_SYSTEM_CERTS": "1"}
         secret = None
         if self.settings.index_url:
             env["UV_DEFAULT_INDEX"] = index_with_credentials(self.settings.index_url, self.token)
