@@ -1,7 +1,8 @@
 """`python -m benchmarks.coldstart [--rounds N]`: cold start of a serving process, from its start
 to /ping answering 200, for a model the serving image satisfies (scikit-learn) and for one that
 needs one package more (LightGBM), on one LocalPlatform, beside `mlflow models serve
---env-manager uv` and `--env-manager virtualenv` for the same registered versions, in the same run.
+--env-manager uv` and `--env-manager virtualenv` for the same registered versions, in the same run
+(and `--env-manager local`, which restores nothing: the image-only reference).
 
 cold: empty environment cache (the pod's volume; for the peers MLFLOW_ENV_ROOT and their uv/pip
 caches), as a new pod on a new node. warm: the same cache again, as a restarted container. Configs
@@ -34,7 +35,9 @@ READY_TIMEOUT = 600.0
 # This machine's CA bundle, for peers that download (a TLS-intercepting proxy may sit in front of
 # pypi.org); the project's pods use the image's CA store (mlflow_serving.environment).
 TLS_ENV = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE")
-PROJECT, UV, VIRTUALENV = "project", "models-serve-uv", "models-serve-virtualenv"
+PROJECT, LOCAL, UV, VIRTUALENV = "project", "models-serve-local", "models-serve-uv", "models-serve-virtualenv"
+# `--env-manager local` restores nothing: the reference for "no added start-up" on image models.
+MANAGERS = {LOCAL: "local", UV: "uv", VIRTUALENV: "virtualenv"}
 BASELINE = UV
 
 
@@ -56,8 +59,8 @@ def peer_env(platform: LocalPlatform, root: Path) -> dict:
 def start(platform: LocalPlatform, config: str, name: str, uri: str, cache: Path) -> Server:
     if config == PROJECT:
         return serving_variant(platform, name, model_uri=uri, env_cache=cache)
-    manager = "uv" if config == UV else "virtualenv"
-    return models_serve(platform, name, 1, model_uri=uri, env_manager=manager, extra_env=peer_env(platform, cache))
+    return models_serve(platform, name, 1, model_uri=uri, env_manager=MANAGERS[config],
+                        extra_env=peer_env(platform, cache))
 
 
 def measure(platform: LocalPlatform, config: str, name: str, uri: str, cache: Path, example: dict) -> dict:
@@ -81,10 +84,10 @@ def run(platform: LocalPlatform, rounds: int, progress: Callable[[str], None]) -
     rows = {"dataframe_split": {"columns": ["sepal length (cm)", "sepal width (cm)", "petal length (cm)",
                                             "petal width (cm)"], "data": [[5.1, 3.5, 1.4, 0.2]]}}
     results: dict = {case: {} for case in cases}
-    configs = [PROJECT, UV, VIRTUALENV]
+    configs = [PROJECT, LOCAL, UV, VIRTUALENV]
     for round_ in range(rounds):
         for case, uri in cases.items():
-            for config in configs[round_ % 3:] + configs[:round_ % 3]:
+            for config in configs[round_ % len(configs):] + configs[:round_ % len(configs)]:
                 cache = Path(tempfile.mkdtemp(prefix=f"cold-{config}-", dir=platform.workdir))
                 for phase in ("cold", "warm"):
                     label = f"{config} {phase}"

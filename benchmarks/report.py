@@ -316,17 +316,20 @@ def program_time_section(p: dict) -> str:
 
 
 def render(results_dir: Path, docs: Path) -> str:
+    from benchmarks.coldstart import section as coldstart_section
     from benchmarks.report_text import document
     serving = load(results_dir, "serving")
     tracking = load(results_dir, "tracking")
     program_time = load(results_dir, "program_time")
+    coldstart = load(results_dir, "coldstart")
     prefix = os.path.relpath(results_dir, docs.parent) + "/"
+    cold = ("\n" + coldstart_section(coldstart)) if coldstart else ""
     return document(serving=serving, tracking=tracking, program_time=program_time, prefix=prefix,
                     goals=goals_table(serving, tracking),
                     machine=machine_section(serving or tracking) if (serving or tracking) else "",
                     serving_tables=serving_section(serving, prefix) if serving else "",
                     tracking_tables=tracking_section(tracking, prefix) if tracking else "",
-                    program_time_table=program_time_section(program_time) if program_time else "")
+                    program_time_table=program_time_section(program_time) if program_time else "") + cold
 
 
 def main(argv: list[str] | None = None) -> int:
