@@ -221,9 +221,8 @@ class EnvironmentBuilder:
             # The image's versions stay, except for the packages the model asks to change.
             (work / "constraints.txt").write_text("".join(f"{name}=={version}\n" for name, version in
                                                           sorted(installed.items()) if name not in names))
-            self._uv(["pip", "compile", "requirements.in", "--constraint", "constraints.txt",
-                                 "--no-header", "--no-annotate", "--quiet", "--output-file", "resolved.txt"],
-                                work, deadline, "resolving")
+            self._uv(["pip", "compile", "requirements.in", "--constraint", "constraints.txt", "--no-header",
+                      "--no-annotate", "--quiet", "--output-file", "resolved.txt"], work, deadline, "resolving")
             wanted = pinned((work / "resolved.txt").read_text().splitlines())
             to_install = {name: version for name, version in wanted.items() if installed.get(name) != version}
             conflicts = loaded_conflicts(to_install, installed, list(sys.modules))
@@ -246,7 +245,9 @@ class EnvironmentBuilder:
             shutil.rmtree(work, ignore_errors=True)
 
     def _uv(self, args: list[str], cwd: Path, deadline: float, step: str) -> None:
-        env = {**os.environ, "UV_CACHE_DIR": str(self.settings.cache_dir / "uv-cache"), "UV_NO_PROGRESS": "1",
+        # Not the registry credentials: uv needs none of them.
+        env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_TRACKING_")}
+        env |= {"UV_CACHE_DIR": str(self.settings.cache_dir / "uv-cache"), "UV_NO_PROGRESS": "1",
                "UV_PYTHON": sys.executable, "UV_NO_CONFIG": "1",
                # The image's CA store, as pip and requests use it (also trusts a site's TLS proxy).
                "UV_SYSTEM_CERTS": "1"}
