@@ -12,11 +12,11 @@ In order, stopping at the first failure:
  3. the version is rehearsed as a serving pod loads it (ops.verify: its recorded environment
     restored with the serving image's settings, the model loaded); one that would not serve
     changes nothing;
- 3b. the serving user gets READ on the model and its experiments (the serving-user Job's logic,
+ 4. the serving user gets READ on the model and its experiments (the serving-user Job's logic,
     ops.grants, in the runtime virtualenv);
- 4. the alias moves; the registered-model tag `mlflow.promote.previous.<ALIAS>` records the
+ 5. the alias moves; the registered-model tag `mlflow.promote.previous.<ALIAS>` records the
     version it pointed to before (a rollback swaps the two, so a second rollback rolls forward);
- 5. serving rolls and is waited for: `local` asks the running `make local` (SIGUSR1), `cluster`
+ 6. serving rolls and is waited for: `local` asks the running `make local` (SIGUSR1), `cluster`
     patches the serving Deployment's `mlflow.org/rollout-token` annotation and waits for the
     rollout; then the version's serving input example (or --request FILE) is sent to serving and
     must be answered 200 with predictions. If serving is not ready in time or does not answer so,
