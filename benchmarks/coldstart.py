@@ -7,7 +7,8 @@ needs one package more (LightGBM), on one LocalPlatform, beside `mlflow models s
 cold: empty environment cache (the pod's volume; for the peers MLFLOW_ENV_ROOT and their uv/pip
 caches), as a new pod on a new node. warm: the same cache again, as a restarted container. Configs
 alternate per round so machine noise lands on all of them. Results: benchmarks/results/coldstart.json;
-the table in docs/benchmarks.md comes from `python -m benchmarks.report`.
+the table in docs/benchmarks.md comes from `python -m benchmarks.report` (conclusions by hand:
+benchmarks/coldstart_conclusions.md).
 """
 
 from __future__ import annotations
@@ -104,33 +105,6 @@ def run(platform: LocalPlatform, rounds: int, progress: Callable[[str], None]) -
             entry["median_s"] = round(statistics.median(done), 2) if done else None
     return {"cases": results, "rounds": rounds, "baseline": f"{BASELINE} cold",
             "lightgbm_requirement": "lightgbm==4.6.0"}
-
-
-def section(data: dict) -> str:
-    """The cold-start table of docs/benchmarks.md (conclusions: benchmarks/coldstart_conclusions.md)."""
-    cases = list(data["cases"])
-    labels = list(dict.fromkeys(label for case in cases for label in data["cases"][case]))
-    lines = ["| config | " + " | ".join(f"{case}: s (× {data['baseline']})" for case in cases) + " |",
-             "|---|" + "---|" * len(cases)]
-    for label in labels:
-        cells = []
-        for case in cases:
-            entry = data["cases"][case].get(label, {})
-            base = data["cases"][case].get(data["baseline"], {}).get("median_s")
-            value = entry.get("median_s")
-            cells.append("failed" if value is None else
-                         f"{value:.1f} ({value / base:.2f}×)" if base else f"{value:.1f}")
-        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
-    commands = sorted({entry["command"] for case in cases for entry in data["cases"][case].values()})
-    conclusions = Path(__file__).with_name("coldstart_conclusions.md")
-    return "\n".join([
-        "## Cold start: model environments", "",
-        f"`python -m benchmarks.coldstart --rounds {data['rounds']}`: process start until `/ping` answers 200 "
-        f"(median of {data['rounds']} rounds), then one request must be answered 200. *cold*: empty environment "
-        "cache (the pod's volume; the peers' MLFLOW_ENV_ROOT, uv and pip caches); *warm*: the same cache again. "
-        "The one extra package is " + f"`{data['lightgbm_requirement']}`, from pypi.org.", "",
-        *lines, "", "Commands: " + "; ".join(f"`{command}`" for command in commands), "",
-        conclusions.read_text().strip() if conclusions.exists() else "(no conclusions written for this run)", ""])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
