@@ -94,10 +94,10 @@ bench: install runtime mlserver-venv
 loadtest: install
 	$(PY) -m loadtest --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
 
-## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [TARGET=local|cluster] [STACK=dev]
+## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [REQUEST=req.json] [TARGET=local|cluster] [STACK=dev]
 promote: install runtime
 	$(PY) -m ops.promote --model '$(MODEL)' --version '$(VERSION)' --alias '$(ALIAS)' \
-		$(foreach r,$(REQUIRE),--require '$(r)') --target $(TARGET) --stack $(STACK)
+		$(foreach r,$(REQUIRE),--require '$(r)') $(if $(REQUEST),--request '$(REQUEST)') --target $(TARGET) --stack $(STACK)
 
 ## make rollback MODEL=iris-classifier ALIAS=champion [TARGET=local|cluster] [STACK=dev]
 rollback: install runtime

@@ -17,7 +17,7 @@ from infra.kms import EncryptionKeys, EncryptionKeysArgs
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
-from infra.registry import ImageRepository, ImageRepositoryArgs
+from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, PackageSourceArgs
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.loadtest import NAMESPACE as LOAD_TEST_NAMESPACE, LoadTest, LoadTestArgs
@@ -236,6 +236,9 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
         outputs["tracking_internal_url"] = tracking_internal_url
 
     if settings.model_name:
+        packages = PackageSource(f"{prefix}-packages", PackageSourceArgs(
+            project=settings.project, location=settings.region, name_prefix=prefix, labels=labels,
+            private_repository=settings.private_python_repository), after_apis)
         serving = ModelServing("mlflow-serving", ModelServingArgs(
             provider=serving_cluster.provider,
             tracking_provider=platform.provider,
@@ -264,8 +267,14 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
             max_batch_delay_ms=settings.serving_max_batch_delay_ms,
             cpu=settings.serving_cpu,
             memory=settings.serving_memory,
+            package_index=packages.index,
+            env_timeout_seconds=settings.serving_env_timeout_seconds,
+            env_cache_gi=settings.serving_env_cache_gi,
         ), after_apis)
         outputs["serving_in_cluster_url"] = serving.service_url
+        outputs["package_index_url"] = packages.index_url
+        if packages.private_repository_url is not None:
+            outputs["private_python_repository_url"] = packages.private_repository_url
         outputs["serving_model_uri"] = serving.model_uri
         if settings.load_testing:
             outputs["load_test_namespace"] = load_test(settings, registry, serving_cluster, serving.service_url,

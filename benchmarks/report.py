@@ -315,18 +315,47 @@ def program_time_section(p: dict) -> str:
         f"\n\nOffline suite without the local end-to-end test: {p['offline_suite_without_local_e2e_s']} s."
 
 
+def coldstart_section(data: dict) -> str:
+    """The cold-start table of docs/benchmarks.md (conclusions: benchmarks/coldstart_conclusions.md)."""
+    cases = list(data["cases"])
+    labels = list(dict.fromkeys(label for case in cases for label in data["cases"][case]))
+    lines = ["| config | " + " | ".join(f"{case}: s (× {data['baseline']})" for case in cases) + " |",
+             "|---|" + "---|" * len(cases)]
+    for label in labels:
+        cells = []
+        for case in cases:
+            entry = data["cases"][case].get(label, {})
+            base = data["cases"][case].get(data["baseline"], {}).get("median_s")
+            value = entry.get("median_s")
+            cells.append("failed" if value is None else
+                         f"{value:.2f} ({value / base:.2f}×)" if base else f"{value:.2f}")
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    commands = sorted({entry["command"] for case in cases for entry in data["cases"][case].values()})
+    conclusions = Path(__file__).with_name("coldstart_conclusions.md")
+    return "\n".join([
+        "## Cold start: model environments", "",
+        f"`python -m benchmarks.coldstart --rounds {data['rounds']}`: process start until `/ping` answers 200 "
+        f"(median over rounds: {data['rounds']}), then one request must be answered 200. *cold*: empty environment "
+        "cache (the pod's volume; the peers' MLFLOW_ENV_ROOT, uv and pip caches); *warm*: the same cache again. "
+        "The one extra package is " + f"`{data['lightgbm_requirement']}`, from pypi.org.", "",
+        *lines, "", "Commands: " + "; ".join(f"`{command}`" for command in commands), "",
+        conclusions.read_text().strip() if conclusions.exists() else "(no conclusions written for this run)", ""])
+
+
 def render(results_dir: Path, docs: Path) -> str:
     from benchmarks.report_text import document
     serving = load(results_dir, "serving")
     tracking = load(results_dir, "tracking")
     program_time = load(results_dir, "program_time")
+    coldstart = load(results_dir, "coldstart")
     prefix = os.path.relpath(results_dir, docs.parent) + "/"
+    cold = ("\n" + coldstart_section(coldstart)) if coldstart else ""
     return document(serving=serving, tracking=tracking, program_time=program_time, prefix=prefix,
                     goals=goals_table(serving, tracking),
                     machine=machine_section(serving or tracking) if (serving or tracking) else "",
                     serving_tables=serving_section(serving, prefix) if serving else "",
                     tracking_tables=tracking_section(tracking, prefix) if tracking else "",
-                    program_time_table=program_time_section(program_time) if program_time else "")
+                    program_time_table=program_time_section(program_time) if program_time else "") + cold
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,9 +93,11 @@ def platform_serving(platform: LocalPlatform) -> Server:
 
 def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int] = None,
                     max_batch_size: Optional[int] = None, extra_pythonpath: Optional[Path] = None, notes: str = "",
-                    settings: Optional[dict] = None) -> Server:
-    """The rendered serving container, with --workers or --max-batch-size changed and/or more
-    packages importable (uvicorn picks httptools and uvloop by itself when they are installed)."""
+                    settings: Optional[dict] = None, model_uri: Optional[str] = None,
+                    env_cache: Optional[Path] = None) -> Server:
+    """The rendered serving container, with --workers, --max-batch-size, --model-uri or --env-cache
+    (the pod's environment volume) changed and/or more packages importable (uvicorn picks httptools
+    and uvloop by itself when they are installed)."""
     port = free_port()
     command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
     argv, env = command.argv, dict(command.env)
@@ -108,24 +110,31 @@ def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int
     if max_batch_size is not None:
         argv = _replace_flag(argv, "--max-batch-size", str(max_batch_size))
         flags["--max-batch-size"] = str(max_batch_size)
+    if model_uri is not None:
+        argv = _replace_flag(argv, "--model-uri", model_uri)
+        flags["--model-uri"] = model_uri
+    if env_cache is not None:
+        argv = _replace_flag(argv, "--env-cache", str(env_cache))
     _prepare(platform, platform.serving_deployment, command, name)
     return _start(platform, name, argv, env, command.cwd, port, rendered_serving_command(platform, **flags),
                   "/ping", notes, settings or {})
 
 
-def models_serve(platform: LocalPlatform, name: str, workers: int, notes: str = "") -> Server:
+def models_serve(platform: LocalPlatform, name: str, workers: int, notes: str = "", *,
+                 model_uri: Optional[str] = None, env_manager: str = "local", extra_env: Optional[dict] = None) -> Server:
     """`mlflow models serve -m models:/NAME@ALIAS --env-manager local --workers N`, as a user runs it
-    (same registry credentials and scratch directory as a serving pod, no mlflow_serving package)."""
+    (same registry credentials and scratch directory as a serving pod, no mlflow_serving package);
+    `extra_env` adds to its environment (where another env manager keeps its environments)."""
     port = free_port()
     command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
     # the image's extra packages (mlflow_serving) are not part of what a user has
-    env = {key: value for key, value in command.env.items() if key != "PYTHONPATH"}
-    uri = f"models:/{platform.model_name}@{platform.model_alias}"
-    argv = [str(platform.bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local",
+    env = {key: value for key, value in command.env.items() if key != "PYTHONPATH"} | (extra_env or {})
+    uri = model_uri or f"models:/{platform.model_name}@{platform.model_alias}"
+    argv = [str(platform.bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", env_manager,
             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
     _prepare(platform, platform.serving_deployment, command, name)
     return _start(platform, name, argv, env, command.cwd, port,
-                  f"mlflow models serve -m {uri} --env-manager local --workers {workers}", "/ping", notes,
+                  f"mlflow models serve -m {uri} --env-manager {env_manager} --workers {workers}", "/ping", notes,
                   {"workers": workers, "middleware": False, "http": "auto (h11)", "loop": "auto (asyncio)"})
 
 

@@ -169,6 +169,9 @@ class Settings(BaseModel):
     serving_max_batch_delay_ms: int = Field(2, description="How long a batch waits for requests already arriving, ms (0-100).")
     serving_cpu: str = Field("500m", description="CPU request of the serving container.")
     serving_memory: str = Field("1Gi", description="Memory request and limit of the serving container.")
+    serving_env_timeout_seconds: int = Field(300, description="Time limit of restoring a model's recorded environment in a serving pod, seconds (30-1800).")
+    serving_env_cache_gi: int = Field(4, description="Size limit of each serving pod's volume of restored model environments, GiB (1-100).")
+    private_python_repository: bool = Field(False, description="Also declare a standard Artifact Registry Python repository for private packages, read by serving before PyPI.")
 
     # --- load testing (`make loadtest TARGET=cluster`) ----------------------------------------
     load_testing: bool = Field(False, description="Declare the load-test node pool (scales from 0), namespace `mlflow-loadtest` and Locust templates on the serving cluster (needs `modelName`).")
@@ -351,6 +354,7 @@ class Settings(BaseModel):
             ("serving_max_batch_delay_ms", 0, 100), ("armor_requests_per_minute", 10, 100_000),
             ("alert_serving_p99_ms", 10, 60_000), ("alert_serving_error_percent", 1, 100),
             ("alert_db_storage_percent", 50, 99), ("load_test_workers", 1, 32),
+            ("serving_env_timeout_seconds", 30, 1800), ("serving_env_cache_gi", 1, 100),
         ):
             bounded(key, low, high)
 

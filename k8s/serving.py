@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pulumi
+import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
+from infra.registry import PACKAGE_READER_ROLE, PackageIndex
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
@@ -34,6 +36,12 @@ LIVE_PATH = "/live"  # mlflow_serving: 200 while the process runs
 READY_PATH = "/ping"  # MLflow's: 200 once the model is loaded, 503 with the reason before
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 SETUP_DEADLINE_SECONDS = 600
+# Restored model environments (mlflow_serving.environment). An emptyDir: the namespaces enforce the
+# restricted Pod Security Standard, which forbids hostPath, and a shared ReadWriteMany volume
+# (Filestore) costs more per month than every rebuild it would save. It survives container restarts
+# (an OOM kill does not rebuild); a new pod rebuilds in seconds from the regional package cache.
+ENV_VOLUME = "model-envs"
+ENV_CACHE_PATH = "/var/cache/mlflow-envs"
 # Shutdown of a serving pod: clients reach it through a ClusterIP Service, whose kube-proxy rules
 # drop a deleted pod ~1-2 s after the API server, more on a busy control plane: 10 s covers it.
 DRAIN_SECONDS = 10
@@ -47,10 +55,10 @@ def model_uri(model_name: str, alias: str) -> str:
 
 
 def serving_args(model_name: str, alias: str, workers: int = 1, max_batch_size: int = 1,
-                 max_batch_delay_ms: int = 0) -> list[str]:
-    """`mlflow models serve --env-manager local` as packaged in the serving image (mlflow_serving):
-    the same answers, plus Prometheus metrics at /metrics, and concurrent /invocations batched into
-    one predict when max_batch_size > 1."""
+                 max_batch_delay_ms: int = 0, env_timeout_seconds: int = 300, package_index: Any = "") -> list:
+    """`mlflow models serve` as packaged in the serving image (mlflow_serving): the same answers,
+    plus Prometheus metrics at /metrics, concurrent /invocations batched into one predict when
+    max_batch_size > 1, and the model's recorded environment restored from `package_index`."""
     return [
         "-m", "mlflow_serving",
         "--model-uri", model_uri(model_name, alias),
@@ -59,8 +67,15 @@ def serving_args(model_name: str, alias: str, workers: int = 1, max_batch_size: 
         "--workers", str(workers),
         "--max-batch-size", str(max_batch_size),
         "--max-batch-delay-ms", str(max_batch_delay_ms),
+        "--env-cache", ENV_CACHE_PATH,
+        "--env-timeout", str(env_timeout_seconds),
+        *(["--package-index", package_index] if package_index else []),
         "--log-config", LOGGING_PATH,
     ]
+
+
+def env_volume(size_gi: int) -> dict:
+    return {"name": ENV_VOLUME, "emptyDir": {"sizeLimit": f"{size_gi}Gi"}}
 
 
 def rollout_annotations(model_name: str, alias: str, rollout_token: str) -> dict[str, str]:
@@ -90,9 +105,11 @@ def serving_env(tracking_url: Any) -> list[dict]:
 
 
 def serving_container(*, image: Any, model_name: str, alias: str, workers: int, env: list[dict], cpu: str,
-                      memory: str, max_batch_size: int = 1, max_batch_delay_ms: int = 0) -> dict:
+                      memory: str, max_batch_size: int = 1, max_batch_delay_ms: int = 0,
+                      env_timeout_seconds: int = 300, package_index: Any = "") -> dict:
     command, args = with_file_env(["python"], serving_args(model_name, alias, workers, max_batch_size,
-                                                           max_batch_delay_ms), SERVING_FILE_ENV)
+                                                           max_batch_delay_ms, env_timeout_seconds, package_index),
+                                  SERVING_FILE_ENV)
     return {
         "name": "serving",
         "image": image,
@@ -108,7 +125,7 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
         "lifecycle": drain_on_stop(DRAIN_SECONDS),
         "resources": resources(cpu, memory),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount(), secrets_mount(), logging_mount()],
+        "volumeMounts": [tmp_mount(), secrets_mount(), logging_mount(), {"name": ENV_VOLUME, "mountPath": ENV_CACHE_PATH}],
     }
 
 
@@ -223,6 +240,12 @@ class ModelServingArgs:
     """CPU request."""
     memory: str = "1Gi"
     """Memory request and limit."""
+    package_index: Optional[PackageIndex] = None
+    """Where the pods restore model environments from (they may read only that repository); None: pypi.org."""
+    env_timeout_seconds: int = 300
+    """Time limit of a model environment's build."""
+    env_cache_gi: int = 4
+    """Size limit of the volume holding restored environments, GiB."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
@@ -234,6 +257,10 @@ class ModelServingArgs:
             raise ValueError(f"ModelServingArgs.max_batch_size={self.max_batch_size}: allowed 1-10000")
         if not 0 <= self.max_batch_delay_ms <= 100:
             raise ValueError(f"ModelServingArgs.max_batch_delay_ms={self.max_batch_delay_ms}: allowed 0-100")
+        if not 30 <= self.env_timeout_seconds <= 1800:
+            raise ValueError(f"ModelServingArgs.env_timeout_seconds={self.env_timeout_seconds}: allowed 30-1800")
+        if not 1 <= self.env_cache_gi <= 100:
+            raise ValueError(f"ModelServingArgs.env_cache_gi={self.env_cache_gi}: allowed 1-100")
 
 
 class ModelServing(pulumi.ComponentResource):
@@ -252,7 +279,7 @@ class ModelServing(pulumi.ComponentResource):
 
         namespace = workload_namespace(name, args.namespace, labels, k8s_opts)
         ns_name = namespace.name
-        # Its own identity, with no roles: the pods must not inherit the node's service account.
+        # Its own identity: the pods must not inherit the node's service account.
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
             account_id=cap_name(f"mlflow-serving-{args.environment}", 30),
@@ -320,7 +347,16 @@ class ModelServing(pulumi.ComponentResource):
         container = serving_container(
             image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
             env=serving_env(args.tracking_url), cpu=args.cpu, memory=args.memory,
-            max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms)
+            max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+            env_timeout_seconds=args.env_timeout_seconds,
+            package_index=args.package_index.url if args.package_index else "")
+        if args.package_index:
+            # Its only GCP role: reading the package index, on that repository alone.
+            gcp.artifactregistry.RepositoryIamMember(
+                f"{name}-package-reader", project=args.project, location=args.package_index.location,
+                repository=args.package_index.repository_id, role=PACKAGE_READER_ROLE,
+                member=identity.gcp_service_account_email.apply(lambda email: f"serviceAccount:{email}"),
+                opts=child_options(self, opts))
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
@@ -341,7 +377,7 @@ class ModelServing(pulumi.ComponentResource):
                         "terminationGracePeriodSeconds": GRACE_SECONDS,
                         "containers": [container],
                         "volumes": [tmp_volume("4Gi"), secrets_volume(serving_class),
-                                    logging_volume(namespace.logging_config_map)],
+                                    logging_volume(namespace.logging_config_map), env_volume(args.env_cache_gi)],
                         "topologySpreadConstraints": [
                             {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
                              "labelSelector": {"matchLabels": selector}}

@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         with LocalPlatform(workdir, stack=args.stack, progress=progress) as platform:
+            # A second demo model: its flavor (LightGBM) is not in the serving image, so serving
+            # restores the recorded environment when it is promoted.
+            second = platform.train_model(flavor="lightgbm", move_alias=False)
             endpoints = platform.endpoints()
             (workdir / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
             print(f"""
@@ -93,6 +96,8 @@ MLflow platform ({args.stack} manifests) up in {time.monotonic() - started:.0f}s
   admin     user {platform.admin_username!r}, password in {platform.admin_password_file}
   endpoints {workdir / 'endpoints.json'}
   logs      {platform.logs_dir}/
+  LightGBM  version {second['version']} of {platform.model_name} (not in the serving image):
+            make promote MODEL={platform.model_name} VERSION={second['version']} ALIAS={platform.model_alias}
 Ctrl-C stops everything.""", flush=True)
             while True:
                 rollouts.poll(platform, progress)

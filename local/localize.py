@@ -23,6 +23,8 @@ for these cluster-specific things (the complete list; `LocalCommand.changes` nam
    and through the local load balancer standing in for the Service.
 9. `$(VAR)` in command and args is expanded from the container env, as the kubelet does
    (after the rules above, so it expands to the local values).
+10. `--package-index URL` (the cluster's Artifact Registry) becomes `--package-index ""`: model
+   environments are restored from the package index this machine reaches (pypi.org).
 
 The process environment is the manifest env plus what the image provides (IMAGE_ENV, from
 mlflow_image/Dockerfile: PATH, HOME=/tmp, PYTHON* flags; /tmp being the local dir of the pod's
@@ -237,7 +239,7 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
         env[name] = rewrite_value(site.secrets[key], f"env {name}")
         secret_names.add(name)
 
-    # --- args (rules 3, 6, 7, 8) ---------------------------------------------------------
+    # --- args (rules 3, 6, 7, 8, 10) -----------------------------------------------------
     args = list(container.get("args", []))
     for index, arg in enumerate(args):
         previous = args[index - 1] if index else None
@@ -248,6 +250,8 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
             if site.listen_port is None:
                 raise LocalizeError(f"container {container['name']!r} listens on {arg} but has no local port")
             args[index] = f"--port={site.listen_port}" if arg.startswith("--port=") else str(site.listen_port)
+        elif previous == "--package-index":
+            args[index] = ""
         elif previous == "--allowed-hosts":
             if site.listen_port is None:
                 raise LocalizeError(f"container {container['name']!r} has --allowed-hosts but no local port")

@@ -42,7 +42,7 @@ from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME, postgres_uri
 from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
 from local.lifecycle import SURGE_FIRST, rollout_order, termination
-from local.localize import LocalCommand, LocalSite, localize_container
+from local.localize import IMAGE_PATHS, LocalCommand, LocalSite, localize_container
 from local.manifests import (
     ROOT, Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
     served_model, service_dns_names, sql_proxy_address,
@@ -726,10 +726,16 @@ class LocalPlatform:
                                      f"log {log_path}:\n{log_tail(log_path, self.redact)}")
         return result
 
-    def train_model(self, variant: str = "base", experiment: str = "iris-demo") -> dict:
-        """Train, log, register a new version of the served model and move the served alias to it."""
-        return self.run_client("train", "--model-name", self.model_name, "--alias", self.model_alias,
-                               "--experiment", experiment, "--variant", variant).json()
+    def train_model(self, variant: str = "base", experiment: str = "iris-demo", *, flavor: str = "sklearn",
+                    move_alias: bool = True, extra_requirements: tuple[str, ...] = ()) -> dict:
+        """Train, log, register a new version of the served model; move the served alias to it
+        unless `move_alias` is False (then `make promote` does)."""
+        args = ["--model-name", self.model_name, "--experiment", experiment, "--variant", variant, "--flavor", flavor,
+                *(["--alias", self.model_alias] if move_alias else [])]
+        for requirement in extra_requirements:
+            args += ["--extra-requirement", requirement]
+        # mlflow_serving.environment: a LightGBM trainer gets LightGBM as a serving pod does.
+        return self.run_client("train", *args, extra_env={"PYTHONPATH": IMAGE_PATHS["PYTHONPATH"][1]}).json()
 
     def schema_snapshot(self) -> dict:
         """Tables, columns, indexes and alembic revision of both databases."""

@@ -167,6 +167,15 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
         "registry_per_gb_month"]
     items.append(LineItem("Storage", f"artifact bucket {usage['bucket_gb']} GB, images {usage['registry_gb']} GB",
                           stored, stored))
+
+    python_repositories = [r for r in run.of_type("gcp:artifactregistry/repository:Repository")
+                           if r.inputs.get("format") == "PYTHON" and r.inputs.get("mode") != "VIRTUAL_REPOSITORY"]
+    if python_repositories:
+        packages = usage["packages_gb"] * storage["registry_per_gb_month"]
+        kinds = "PyPI cache and private packages" if len(python_repositories) > 1 else "PyPI cache"
+        items.append(LineItem("Python packages", f"{kinds}, {usage['packages_gb']} GB; pods download in-region, "
+                              "no transfer cost",
+                              packages, packages))
     return items
 
 

@@ -65,9 +65,10 @@ def pg_env(password: Optional[str] = None, path: Optional[str] = None) -> dict[s
     return env | ({"PGPASSWORD": password} if password else {})
 
 
-def run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0, cwd: Optional[Path] = None) -> str:
-    """Run one client command in its own process group (killed on timeout); returns stdout,
-    raises RuntimeError with stderr (no password: it is only in the environment)."""
+def run_process(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0,
+                cwd: Optional[Path] = None) -> tuple[int, str, str]:
+    """Run one client command in its own process group (killed on timeout, RuntimeError);
+    (exit code, stdout, stderr)."""
     proc = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -76,6 +77,13 @@ def run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0, cwd
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise RuntimeError(f"{Path(argv[0]).name} did not finish within {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"{Path(argv[0]).name} exited with code {proc.returncode}: {err.strip()[-500:]}")
+    return proc.returncode, out, err
+
+
+def run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0, cwd: Optional[Path] = None) -> str:
+    """`run_process` that must succeed: stdout, or RuntimeError with stderr (no password: it is
+    only in the environment)."""
+    code, out, err = run_process(argv, env, timeout, cwd)
+    if code != 0:
+        raise RuntimeError(f"{Path(argv[0]).name} exited with code {code}: {err.strip()[-500:]}")
     return out

@@ -9,14 +9,18 @@ In order, stopping at the first failure:
     a previous version is recorded, and that version is READY);
  2. every --require gate holds on the latest value of that metric in the version's run
     (operators >= > <= < ==); a failed gate changes nothing;
- 3. the serving user gets READ on the model and its experiments (the serving-user Job's logic,
+ 3. the version is rehearsed as a serving pod loads it (ops.verify: its recorded environment
+    restored with the serving image's settings, the model loaded); one that would not serve
+    changes nothing;
+ 4. the serving user gets READ on the model and its experiments (the serving-user Job's logic,
     ops.grants, in the runtime virtualenv);
- 4. the alias moves; the registered-model tag `mlflow.promote.previous.<ALIAS>` records the
+ 5. the alias moves; the registered-model tag `mlflow.promote.previous.<ALIAS>` records the
     version it pointed to before (a rollback swaps the two, so a second rollback rolls forward);
- 5. serving rolls and is waited for: `local` asks the running `make local` (SIGUSR1), `cluster`
+ 6. serving rolls and is waited for: `local` asks the running `make local` (SIGUSR1), `cluster`
     patches the serving Deployment's `mlflow.org/rollout-token` annotation and waits for the
-    rollout. If it is not ready in time the alias and the tag are put back, serving is rolled
-    back onto them, and the command fails.
+    rollout; then the version's serving input example (or --request FILE) is sent to serving and
+    must be answered 200 with predictions. If serving is not ready in time or does not answer so,
+    the alias and the tag are put back, serving is rolled back onto them, and the command fails.
 
 Targets: `local` reads WORKDIR/endpoints.json of a running `make local`. `cluster` talks to the
 tracking URL given by --tracking-uri or MLFLOW_TRACKING_URI (a port-forward, or the ingress),
@@ -24,7 +28,7 @@ as MLFLOW_TRACKING_USERNAME/PASSWORD or else the stack's admin outputs, and to t
 cluster through `pulumi stack output serving_kubeconfig --show-secrets`.
 
 Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
-4 rollout failed (alias and tag restored).
+4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed).
 """
 
 from __future__ import annotations
@@ -40,17 +44,18 @@ from typing import Callable, Optional, Protocol, Sequence
 
 from infra.secrets import ADMIN_PASSWORD
 from ops.registry import NOT_FOUND, RegistryError, RestRegistry
-from ops.runtime import RuntimeCommandError, run_runtime_module
+from ops.runtime import RuntimeCommandError, run_runtime, run_runtime_module
 from ops.rollout import (
-    ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, load_apps_api,
+    ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, apps_api, load_api_client,
     plan_deployment, serving_kubeconfig, stack_output,
 )
 from ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
+from ops.verify import REHEARSAL_SLACK_SECONDS, ClusterVerifier, LocalVerifier, RehearsalFailed, Verifier
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "READY"
 PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
-EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT = 1, 2, 3, 4
+EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT, EXIT_REHEARSAL = 1, 2, 3, 4, 5
 GRANT_TIMEOUT = 180.0
 
 
@@ -68,6 +73,10 @@ class GateFailed(PromotionError):
 
 class RolloutFailed(PromotionError):
     exit_code = EXIT_ROLLOUT
+
+
+class WouldNotServe(PromotionError):
+    exit_code = EXIT_REHEARSAL
 
 
 # --- gates ----------------------------------------------------------------------------------------
@@ -116,28 +125,47 @@ class Granter(Protocol):
         """Give the serving user READ on the model and its experiments; return a summary."""
 
 
+class RuntimeRunner:
+    """Runs `python ARGS` with the runtime virtualenv's python (the serving image's packages, MLflow's
+    auth client) against tracking; credentials go through its environment only."""
+
+    def __init__(self, python: Path, tracking_uri: str, username: str, password: str):
+        self.python, self.tracking_uri = Path(python), tracking_uri
+        self._credentials = (username, password)
+
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
+                "MLFLOW_TRACKING_PASSWORD": self._credentials[1]}
+
+    def run(self, args: list[str], what: str, timeout: float) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr with the password masked); PromotionError if it cannot run."""
+        try:
+            return run_runtime(self.python, args, self.env(), (self._credentials[1],), timeout, what)
+        except RuntimeCommandError as err:
+            raise PromotionError(str(err)) from None
+
+    def run_module(self, args: list[str], what: str, timeout: float) -> dict:
+        """A module that must succeed and print its result as JSON."""
+        try:
+            return run_runtime_module(self.python, args, self.env(), (self._credentials[1],), timeout, what)
+        except RuntimeCommandError as err:
+            raise PromotionError(str(err)) from None
+
+
 class RuntimeGranter:
-    """Runs `python -m ops.grants` with the runtime virtualenv's python (MLflow's auth client);
-    credentials go through its environment only."""
+    """`python -m ops.grants` in the runtime virtualenv (MLflow's auth client)."""
 
     def __init__(self, python: Path, tracking_uri: str, username: str, password: str, serving_user: str,
                  timeout: float = GRANT_TIMEOUT):
-        self.python, self.tracking_uri, self.serving_user, self.timeout = Path(python), tracking_uri, serving_user, timeout
-        self._credentials = (username, password)
+        self.runner = RuntimeRunner(python, tracking_uri, username, password)
+        self.serving_user, self.timeout = serving_user, timeout
 
     def command(self, model: str) -> list[str]:
-        return [str(self.python), "-m", "ops.grants", "--model", model, "--user", self.serving_user]
+        return ["-m", "ops.grants", "--model", model, "--user", self.serving_user]
 
     def grant(self, model: str) -> str:
-        what = f"granting READ to {self.serving_user!r} on {model!r}"
-        try:
-            result = run_runtime_module(
-                self.python, self.command(model)[1:],
-                {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
-                 "MLFLOW_TRACKING_PASSWORD": self._credentials[1]},
-                secrets=(self._credentials[1],), timeout=self.timeout, what=what)
-        except RuntimeCommandError as err:
-            raise PromotionError(str(err)) from None
+        result = self.runner.run_module(self.command(model), f"granting READ to {self.serving_user!r} on {model!r}",
+                                        self.timeout)
         return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
 
 
@@ -195,10 +223,28 @@ def check_gates(registry: Registry, mv, requirements: Sequence[Requirement]) -> 
     return passed
 
 
+def _rehearse(verifier: Optional[Verifier], model: str, version: str, request: Optional[dict],
+              log: Callable[[str], None]) -> Optional[Callable[[], str]]:
+    """Rehearse the version as a serving pod would load it; the probe of its answers after the rollout."""
+    if verifier is None:
+        return None
+    try:
+        rehearsed = verifier.rehearse(model, version)
+    except RehearsalFailed as err:
+        raise WouldNotServe(f"model {model!r} version {version} would not serve: {err}; nothing changed, "
+                            "serving keeps its version") from None
+    log(f"rehearsal of version {version}: {rehearsed.summary}")
+    example = request if request is not None else rehearsed.example
+    if example is None:
+        log(f"version {version} has no serving input example: its answers are not checked (give --request FILE)")
+        return None
+    return lambda: verifier.probe(example)
+
+
 def _switch(registry: Registry, granter: Granter, roller: Roller, *, model, alias: str, target: str,
-            record: Optional[str], log: Callable[[str], None]) -> str:
+            record: Optional[str], log: Callable[[str], None], probe: Optional[Callable[[], str]] = None) -> str:
     """Grant, move the alias to `target`, record `record` as the previous version (None: leave the
-    tag), roll; on a failed roll put alias and tag back, roll back, raise RolloutFailed."""
+    tag), roll, probe; on a failed roll or probe put alias and tag back, roll back, raise RolloutFailed."""
     name, tag = model.name, previous_tag(alias)
     log(granter.grant(name))
     before, tag_before = model.aliases.get(alias), model.tags.get(tag)
@@ -225,7 +271,8 @@ def _switch(registry: Registry, granter: Granter, roller: Roller, *, model, alia
                                  "the alias was put back") from None
     log(f"{name}@{alias}: {before or '(unset)'} -> {target}")
     try:
-        return roller.roll(name, alias, target)
+        rolled = roller.roll(name, alias, target)
+        return f"{rolled}; {probe()}" if probe else rolled
     except RolloutError as err:
         failure = str(err)
     except Exception as err:  # an API or client error mid-rollout: undo all the same
@@ -239,23 +286,27 @@ def _switch(registry: Registry, granter: Granter, roller: Roller, *, model, alia
 
 
 def promote(registry: Registry, granter: Granter, roller: Roller, *, model: str, version: str, alias: str,
-            requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print) -> Outcome:
+            requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print,
+            verifier: Optional[Verifier] = None, request: Optional[dict] = None) -> Outcome:
     version = str(version)
     registered = _model(registry, model)
     mv = _ready_version(registry, model, version)
     for line in check_gates(registry, mv, requirements):
         log(f"gate passed: {line}")
+    probe = _rehearse(verifier, model, version, request, log)
     previous = registered.aliases.get(alias)
     record = previous if previous not in (None, version) else None
     if previous == version:
         log(f"{model}@{alias} already points to version {version}: rolling serving onto it anyway")
-    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=record, log=log)
+    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=record, log=log,
+                      probe=probe)
     log(rollout)
     return Outcome(model, alias, version, previous, rollout)
 
 
 def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str, alias: str,
-             log: Callable[[str], None] = print) -> Outcome:
+             log: Callable[[str], None] = print, verifier: Optional[Verifier] = None,
+             request: Optional[dict] = None) -> Outcome:
     registered = _model(registry, model)
     current = registered.aliases.get(alias)
     if current is None:
@@ -265,7 +316,9 @@ def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str
         raise PromotionError(f"no previous version recorded for {model}@{alias} (tag {previous_tag(alias)}): "
                              "only an alias moved by ops.promote can be rolled back")
     _ready_version(registry, model, target)
-    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=target, record=current, log=log)
+    probe = _rehearse(verifier, model, target, request, log)
+    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=target, record=current, log=log,
+                      probe=probe)
     log(rollout)
     return Outcome(model, alias, target, current, rollout)
 
@@ -284,7 +337,26 @@ class Target:
     password: str
     serving_user: str
     roller: Roller
+    verifier: Verifier
     notes: tuple[str, ...] = ()
+
+
+def serving_container_args(stack: str) -> list[str]:
+    """The serving container's arguments in the rendered plan (its environment settings)."""
+    from local.manifests import Manifests, container
+
+    return container(Manifests.load(stack).one("Deployment", component="serving"), "serving")["args"]
+
+
+def local_verifier(runner: RuntimeRunner, workdir: Path, serving_url: str) -> LocalVerifier:
+    args = serving_container_args("dev")  # what `make local` runs
+    timeout = float(args[args.index("--env-timeout") + 1]) + REHEARSAL_SLACK_SECONDS
+
+    def run(rehearsal: list[str]) -> tuple[int, str]:
+        code, out, _ = runner.run(rehearsal, "the rehearsal of the model's environment", timeout)
+        return code, out
+
+    return LocalVerifier(run, args, Path(workdir) / "env-rehearsal", serving_url)
 
 
 def local_target(workdir: Path, timeout: float) -> Target:
@@ -294,8 +366,10 @@ def local_target(workdir: Path, timeout: float) -> Target:
     except OSError:
         raise PromotionError(f"{endpoints_file} is missing: is `make local` running?") from None
     password = Path(endpoints["admin_password_file"]).read_text().strip()
+    runner = RuntimeRunner(runtime_python(), endpoints["tracking_url"], endpoints["admin_username"], password)
     return Target(endpoints["tracking_url"], endpoints["admin_username"], password, endpoints["serving_username"],
-                  LocalSignalRoller(Path(workdir), timeout=timeout))
+                  LocalSignalRoller(Path(workdir), timeout=timeout),
+                  local_verifier(runner, workdir, endpoints["serving_url"]))
 
 
 def admin_password_from_secret_manager(stack: str) -> str:
@@ -307,7 +381,7 @@ def admin_password_from_secret_manager(stack: str) -> str:
 
 
 def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> Target:
-    from k8s.serving import ROLLOUT_ANNOTATION, SERVING_USERNAME
+    from k8s.serving import ROLLOUT_ANNOTATION, SERVICE_NAME, SERVING_USERNAME
 
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
@@ -318,13 +392,17 @@ def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> T
         username = os.environ.get("MLFLOW_TRACKING_USERNAME") or stack_output("tracking_admin_username", stack, cwd=ROOT)
         password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(stack)
         namespace, name = plan_deployment(stack, "serving")
-        roller = ClusterRoller(load_apps_api(serving_kubeconfig(stack, cwd=ROOT)), namespace, name, timeout=timeout)
+        api_client = load_api_client(serving_kubeconfig(stack, cwd=ROOT))
+        roller = ClusterRoller(apps_api(api_client), namespace, name, timeout=timeout)
         roller.check()  # before anything changes
+        args = serving_container_args(stack)
+        verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME,
+                                   timeout=float(args[args.index("--env-timeout") + 1]))
     except RolloutError as err:
         raise PromotionError(str(err)) from None
     note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's rolloutToken: record it with "
             f"`pulumi config set rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")
-    return Target(tracking_uri, username, password, SERVING_USERNAME, roller, (note,))
+    return Target(tracking_uri, username, password, SERVING_USERNAME, roller, verifier, (note,))
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -341,6 +419,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=ROOT / ".local", help="`make local` work dir (default .local)")
     parser.add_argument("--tracking-uri", help="tracking URL for --target cluster (default $MLFLOW_TRACKING_URI)")
     parser.add_argument("--timeout", type=float, help="seconds to wait for serving (local 300, cluster 600)")
+    parser.add_argument("--request", type=Path, metavar="FILE",
+                        help="JSON request to check serving's answers with after the rollout (default: the "
+                             "version's serving input example)")
     args = parser.parse_args(argv)
     if args.rollback == bool(args.version):
         parser.error("give --version N to promote, or --rollback (without --version)")
@@ -350,6 +431,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         args.requirements = [Requirement.parse(text) for text in args.require]
     except ValueError as err:
         parser.error(str(err))
+    try:
+        args.request_body = json.loads(args.request.read_text()) if args.request else None
+    except (OSError, ValueError) as err:
+        parser.error(f"--request {args.request}: not a readable JSON file ({err})")
     return args
 
 
@@ -364,11 +449,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         registry = RestRegistry(target.tracking_uri, (target.username, target.password))
         granter = RuntimeGranter(runtime_python(), target.tracking_uri, target.username, target.password,
                                  target.serving_user)
+        checks = {"verifier": target.verifier, "request": args.request_body, "log": log}
         if args.rollback:
-            outcome = rollback(registry, granter, target.roller, model=args.model, alias=args.alias, log=log)
+            outcome = rollback(registry, granter, target.roller, model=args.model, alias=args.alias, **checks)
         else:
             outcome = promote(registry, granter, target.roller, model=args.model, version=args.version,
-                              alias=args.alias, requirements=args.requirements, log=log)
+                              alias=args.alias, requirements=args.requirements, **checks)
     except PromotionError as err:
         print(f"promote: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code

@@ -134,14 +134,20 @@ def rollout_status(deployment: Any) -> tuple[bool, str]:
     return True, f"{updated} replicas updated and available"
 
 
-def load_apps_api(kubeconfig: dict):
-    """AppsV1Api for a kubeconfig dict (the stack's output: GKE with gke-gcloud-auth-plugin)."""
+def load_api_client(kubeconfig: dict):
+    """A kubernetes ApiClient for a kubeconfig dict (the stack's output: GKE with gke-gcloud-auth-plugin)."""
     try:
-        from kubernetes import client, config
+        from kubernetes import config
     except ImportError:
         raise RolloutError(f"the Kubernetes Python client is not installed in this virtualenv: add "
                            f"{KUBERNETES_REQUIREMENT} to requirements-dev.txt and run `make install`") from None
-    return client.AppsV1Api(config.new_client_from_config_dict(kubeconfig))
+    return config.new_client_from_config_dict(kubeconfig)
+
+
+def apps_api(api_client):
+    from kubernetes import client
+
+    return client.AppsV1Api(api_client)
 
 
 @dataclass

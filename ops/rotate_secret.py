@@ -41,7 +41,7 @@ from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SECRET_LENGTHS, SERV
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME
 from ops.rollout import (
-    DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, RolloutError, load_apps_api, plan_deployment, serving_kubeconfig,
+    DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, RolloutError, apps_api, load_api_client, plan_deployment, serving_kubeconfig,
 )
 from ops.runtime import RuntimeCommandError, run_runtime_module
 from ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
@@ -184,7 +184,7 @@ def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> T
         rollers = {}
         for component, cluster in (("tracking", "platform"), ("serving", "serving")):
             namespace, name = plan_deployment(stack, component)
-            rollers[component] = ClusterRoller(load_apps_api(serving_kubeconfig(stack, cluster, cwd=ROOT)),
+            rollers[component] = ClusterRoller(apps_api(load_api_client(serving_kubeconfig(stack, cluster, cwd=ROOT))),
                                                namespace, name, timeout=timeout)
             rollers[component].check()  # before anything changes
     except (SecretManagerError, RolloutError) as err:

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
-from k8s.serving import SERVING_PORT
+from k8s.serving import ENV_CACHE_PATH, ENV_VOLUME, SERVING_PORT
 from k8s.tracking import TRACKING_PORT, auth_config_ini
 from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, expand_vars, localize_container
 from local.localplatform import LocalPlatform, parse_auth_settings, refuse_secrets
@@ -132,6 +132,9 @@ def test_serving_container_changes_only_cluster_specifics(offline):
         "--port": (str(SERVING_PORT), str(p.serving_port)),
         "--log-config": ("/etc/mlflow-logging/logging.json",
                          str(p.workdir / "pods" / "serving" / "logging" / "logging.json")),
+        "--env-cache": (ENV_CACHE_PATH, str(p.workdir / "pods" / "serving" / ENV_VOLUME)),
+        # the cluster's Artifact Registry -> the index this machine reaches
+        "--package-index": ("https://us-central1-python.pkg.dev/my-mlflow-dev/mlflow-pypi/simple/", ""),
     }
     check_env(spec, command.env, {
         "MLFLOW_TRACKING_URI": p.tracking_url,  # the Service: the local load balancer

@@ -391,7 +391,7 @@ def test_real_kubernetes_client_sends_the_strategic_merge_patch():
     """The installed client (requirements-dev.txt) against a stub API server on 127.0.0.1."""
     kubernetes = pytest.importorskip("kubernetes", reason="the Kubernetes client is not installed in .venv: "
                                      "add kubernetes==37.0.2 to requirements-dev.txt")
-    from ops.rollout import load_apps_api
+    from ops.rollout import apps_api, load_api_client
 
     seen = []
     body = {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -426,7 +426,7 @@ def test_real_kubernetes_client_sends_the_strategic_merge_patch():
                       "clusters": [{"name": "stub", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
                       "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}],
                       "users": [{"name": "stub", "user": {"token": "not-a-secret"}}]}
-        roller = ClusterRoller(load_apps_api(kubeconfig), "mlflow-serving", "mlflow-serving", timeout=10, poll=0.1)
+        roller = ClusterRoller(apps_api(load_api_client(kubeconfig)), "mlflow-serving", "mlflow-serving", timeout=10, poll=0.1)
         assert "1 replicas updated and available" in roller.roll("m", "champion", "2")
     finally:
         server.shutdown()

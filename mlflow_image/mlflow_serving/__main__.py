@@ -13,7 +13,9 @@ import tempfile
 import uvicorn
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 
-from mlflow_serving.app import BATCH_DELAY_ENV, BATCH_ROWS_ENV, MODEL_URI_ENV, STATE_DIR_ENV
+from mlflow_serving.app import (
+    BATCH_DELAY_ENV, BATCH_ROWS_ENV, ENV_CACHE_ENV, ENV_TIMEOUT_ENV, MODEL_URI_ENV, PACKAGE_INDEX_ENV, STATE_DIR_ENV,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,6 +30,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="rows per predict at most when batching concurrent requests; 1 serves MLflow's app as is")
     parser.add_argument("--max-batch-delay-ms", type=float, default=0.0,
                         help="how long a batch waits for requests already being received")
+    parser.add_argument("--env-cache", default=None,
+                        help="directory of the models' restored environments (default: a temporary one)")
+    parser.add_argument("--env-timeout", type=float, default=300.0,
+                        help="seconds the build of a model's environment may take")
+    parser.add_argument("--package-index", default="",
+                        help="package index of the environment builds (default: uv's, pypi.org)")
     args = parser.parse_args(argv)
 
     # Workers are separate processes: they learn the model and their shared download dir from here.
@@ -36,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.name] = str(args.timeout)
     os.environ[BATCH_ROWS_ENV] = str(args.max_batch_size)
     os.environ[BATCH_DELAY_ENV] = str(args.max_batch_delay_ms)
+    os.environ[ENV_CACHE_ENV] = args.env_cache or tempfile.mkdtemp(prefix="mlflow-envs-")
+    os.environ[ENV_TIMEOUT_ENV] = str(args.env_timeout)
+    os.environ[PACKAGE_INDEX_ENV] = args.package_index
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers: metrics are aggregated through files, one set per worker.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")

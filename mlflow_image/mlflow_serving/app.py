@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from mlflow_serving.batching import BatchSettings
+from mlflow_serving.environment import EnvironmentBuilder, EnvironmentSettings, activate
 from mlflow_serving.loader import ModelLoader
 from mlflow_serving.metrics import PrometheusMiddleware, ServingMetrics
 
@@ -22,6 +23,9 @@ MODEL_URI_ENV = "MLFLOW_SERVING_MODEL_URI"
 STATE_DIR_ENV = "MLFLOW_SERVING_STATE_DIR"
 BATCH_ROWS_ENV = "MLFLOW_SERVING_MAX_BATCH_SIZE"
 BATCH_DELAY_ENV = "MLFLOW_SERVING_MAX_BATCH_DELAY_MS"
+ENV_CACHE_ENV = "MLFLOW_SERVING_ENV_CACHE"
+ENV_TIMEOUT_ENV = "MLFLOW_SERVING_ENV_TIMEOUT"
+PACKAGE_INDEX_ENV = "MLFLOW_SERVING_PACKAGE_INDEX"
 LIVE_PATH = "/live"
 _MODEL_PATH_FILE = "model-path"
 
@@ -104,6 +108,21 @@ def scoring_app(local_path: str, batching: BatchSettings = BatchSettings(max_row
     return BatchingApp(app, batcher, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
 
 
+def restore_environment(local_path: str, settings: EnvironmentSettings) -> str:
+    """The model's recorded environment on top of the image's, first on sys.path; a summary."""
+    # The scoring server's imports first: what it loads is the image's, whatever the model records.
+    from mlflow.pyfunc import scoring_server  # noqa: F401
+
+    restored = EnvironmentBuilder(settings).restore(Path(local_path))
+    activate(restored)
+    return restored.summary
+
+
+def environment_settings(environ=os.environ) -> EnvironmentSettings:
+    return EnvironmentSettings(cache_dir=Path(environ[ENV_CACHE_ENV]), timeout_seconds=float(environ[ENV_TIMEOUT_ENV]),
+                               index_url=environ.get(PACKAGE_INDEX_ENV) or None)
+
+
 def batch_settings(environ=os.environ) -> BatchSettings:
     return BatchSettings(max_rows=int(environ.get(BATCH_ROWS_ENV, "1")),
                          max_delay_ms=float(environ.get(BATCH_DELAY_ENV, "0")))
@@ -111,7 +130,8 @@ def batch_settings(environ=os.environ) -> BatchSettings:
 
 def create_app():
     state_dir = Path(os.environ[STATE_DIR_ENV])
-    metrics, batching = ServingMetrics(), batch_settings()
+    metrics, batching, environment = ServingMetrics(), batch_settings(), environment_settings()
     loader = ModelLoader(os.environ[MODEL_URI_ENV], fetch=lambda uri: download_once(uri, state_dir),
+                         prepare=lambda path: restore_environment(path, environment),
                          build=lambda path: scoring_app(path, batching, metrics))
     return PrometheusMiddleware(ModelGate(loader), metrics)

@@ -38,7 +38,8 @@ class Backoff:
 @dataclass(frozen=True)
 class Status:
     state: str
-    """loading (an attempt runs), waiting (the next one is due), failed (the model cannot load), ready."""
+    """loading (an attempt runs), waiting (the next one is due), building (the model's environment),
+    failed (the model cannot load, or its environment cannot be built), ready."""
     model_uri: str
     attempts: int = 0
     """Failed attempts so far."""
@@ -71,17 +72,20 @@ def explain(err: BaseException, model_uri: str) -> str:
 
 
 class ModelLoader:
-    """Runs `fetch(model_uri) -> local path` until it succeeds, then `build(path) -> ASGI app` once.
+    """Runs `fetch(model_uri) -> local path` until it succeeds, then `prepare(path)` (restores the
+    model's environment) and `build(path) -> ASGI app` once.
 
     A failed fetch (nothing behind the alias, 401/403, tracking unreachable) is retried after
-    `backoff`; a failed build (a model that cannot load) is final: the pod stays up, unready,
-    with the reason, until it is rolled onto another version.
+    `backoff`; a failed prepare or build (an environment that cannot be built, a model that cannot
+    load) is final: the pod stays up, unready, with the reason, until it is rolled onto another version.
     """
 
     def __init__(self, model_uri: str, fetch: Callable[[str], str], build: Callable[[str], Any],
-                 backoff: Backoff = Backoff(), sleep: Callable[[float], None] = time.sleep):
+                 backoff: Backoff = Backoff(), sleep: Callable[[float], None] = time.sleep,
+                 prepare: Optional[Callable[[str], str]] = None):
         self.model_uri = model_uri
         self.fetch = fetch
+        self.prepare = prepare
         self.build = build
         self.backoff = backoff
         self.sleep = sleep
@@ -107,6 +111,8 @@ class ModelLoader:
                                self.model_uri, failures, reason, delay)
                 self.sleep(delay)
                 self.status = Status("loading", self.model_uri, failures, reason)
+        if self.prepare is not None and not self._prepare(path, failures):
+            return
         try:
             self.app = self.build(path)
         except Exception as err:
@@ -116,3 +122,15 @@ class ModelLoader:
             return
         self.status = Status("ready", self.model_uri, failures)
         logger.info("%s loaded from %s after %d failed attempts: serving", self.model_uri, path, failures)
+
+    def _prepare(self, path: str, failures: int) -> bool:
+        self.status = Status("building", self.model_uri, failures, "restoring the model's recorded environment")
+        try:
+            logger.info("%s: %s", self.model_uri, self.prepare(path))
+        except Exception as err:
+            reason = f"the model's environment cannot be built ({describe(err)}); roll the pods onto another version"
+            self.status = Status("failed", self.model_uri, failures + 1, reason)
+            logger.error("%s downloaded to %s: %s", self.model_uri, path, reason)
+            return False
+        self.status = Status("loading", self.model_uri, failures, "loading the model")
+        return True
