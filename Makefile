@@ -59,7 +59,7 @@ test: install checkov runtime upgrade-venv
 
 ## make test-fast: the tests that start no process (about a minute).
 test-fast: install checkov
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m unit
 
 ## make plan STACK=dev|prod: print every resource of the stack and write plan/<stack>/.
 plan: install

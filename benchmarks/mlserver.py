@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.variants import Server, _start
+from benchmarks.variants import Server, _start, peer_env
 from local.localplatform import LocalPlatform
 from local.manifests import ROOT
 from local.processes import free_port
@@ -38,7 +38,7 @@ def download_model(platform: LocalPlatform, target: Path) -> Path:
     code = ("import sys; from mlflow.artifacts import download_artifacts; "
             "print(download_artifacts(artifact_uri=sys.argv[1], dst_path=sys.argv[2]))")
     done = subprocess.run([str(MLSERVER_VENV / "bin" / "python"), "-c", code, uri, str(target)],
-                          env={k: v for k, v in command.env.items() if k != "PYTHONPATH"}, capture_output=True,
+                          env=peer_env(platform, command), capture_output=True,
                           text=True, check=True, timeout=300)
     return Path(done.stdout.strip().splitlines()[-1])
 

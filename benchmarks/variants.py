@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from local.localplatform import EMULATOR_HOST_ENV, LocalPlatform, write_private_file
+from k8s.secret_files import FILE_SUFFIX
 from k8s.tracking import AUTH_CONFIG_FILE
 from local.localize import LocalCommand
 from local.manifests import pod_spec
@@ -120,6 +121,13 @@ def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int
                   "/ping", notes, settings or {})
 
 
+def peer_env(platform: LocalPlatform, command: LocalCommand) -> dict[str, str]:
+    """The serving pod's environment as a user has it for a peer server: the registry password
+    exported (the pod reads it from its Secret Manager file), without the image's own packages."""
+    env = {key: value for key, value in command.env.items() if key != "PYTHONPATH" and not key.endswith(FILE_SUFFIX)}
+    return env | {"MLFLOW_TRACKING_PASSWORD": platform.serving_password}
+
+
 def models_serve(platform: LocalPlatform, name: str, workers: int, notes: str = "", *,
                  model_uri: Optional[str] = None, env_manager: str = "local", extra_env: Optional[dict] = None) -> Server:
     """`mlflow models serve -m models:/NAME@ALIAS --env-manager local --workers N`, as a user runs it
@@ -127,8 +135,7 @@ def models_serve(platform: LocalPlatform, name: str, workers: int, notes: str = 
     `extra_env` adds to its environment (where another env manager keeps its environments)."""
     port = free_port()
     command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
-    # the image's extra packages (mlflow_serving) are not part of what a user has
-    env = {key: value for key, value in command.env.items() if key != "PYTHONPATH"} | (extra_env or {})
+    env = peer_env(platform, command) | (extra_env or {})
     uri = model_uri or f"models:/{platform.model_name}@{platform.model_alias}"
     argv = [str(platform.bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", env_manager,
             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]

@@ -49,6 +49,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        # `local`: real processes (as `make local` runs them); `unit`: everything else, seconds to a minute.
+        item.add_marker(pytest.mark.local if item.get_closest_marker("slow") else pytest.mark.unit)
     # Modules with slow tests first: `make test` hands whole modules to two processes in this order,
     # so the long ones start at once instead of last.
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
