@@ -158,8 +158,8 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
         locations = sum(len(s.inputs["replication"]["userManaged"]["replicas"]) for s in secrets)
         versions = locations * sm["versions_kept"] * sm["version_per_location_month"]
         accesses = usage["secret_accesses"] / 10_000 * sm["access_per_10k"]
-        items.append(LineItem("Secret Manager", f"{len(secrets)} secret(s) × up to {sm['versions_kept']} versions "
-                              f"({locations} replica location(s)) + {usage['secret_accesses']:,} accesses (pod starts)",
+        items.append(LineItem("Secret Manager", f"{len(secrets)} secret(s) in {locations} replica(s) in all, × up to "
+                              f"{sm['versions_kept']} versions + {usage['secret_accesses']:,} accesses (pod starts)",
                               versions + accesses, versions + accesses))
 
     storage = prices["storage"]

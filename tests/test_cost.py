@@ -58,7 +58,7 @@ def test_secret_manager_prices_every_secret_location_version_and_access(stack_ru
     expected = 3 * prices["versions_kept"] * prices["version_per_location_month"] + accesses / 10_000 * prices[
         "access_per_10k"]
     assert (item.monthly_min, item.monthly_max) == (pytest.approx(expected), pytest.approx(expected))
-    assert item.detail.startswith("3 secret(s) × up to 5 versions (3 replica location(s))"), item.detail
+    assert item.detail.startswith("3 secret(s) in 3 replica(s) in all, × up to 5 versions"), item.detail
 
 
 def test_unit_prices_follow_the_table():
