@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.alias_generators import to_camel
 
 from infra import cloud_rules
+from infra.naming import SERVICE_ACCOUNT_ROLES, service_account_id
 
 PROJECT_NAMESPACE = "mlflow-platform"
 
@@ -412,6 +413,10 @@ class Settings(BaseModel):
         if self.serving_cluster:
             keys += ["serving_pods_cidr", "serving_services_cidr", "serving_master_cidr"]
         errors = [
+            _line("name_prefix", self.name_prefix, problem)
+            for problem in map(cloud_rules.service_account_id_problem, self.service_account_ids.values()) if problem
+        ]
+        errors += [
             _line(a, getattr(self, a), f"overlaps {_key(b)} ({getattr(self, b)}); ranges must be disjoint")
             for a, b in cloud_rules.overlapping_ranges({key: getattr(self, key) for key in keys})
         ]
@@ -445,6 +450,11 @@ class Settings(BaseModel):
     def bucket_name(self) -> str:
         """Named, not autonamed: the manifests then show the real artifact destination."""
         return f"{self.project}-{self.name_prefix}-artifacts"
+
+    @property
+    def service_account_ids(self) -> dict[str, str]:
+        """Workload role -> GCP service account id, unique per namePrefix and environment."""
+        return {role: service_account_id(self.name_prefix, role, self.environment) for role in SERVICE_ACCOUNT_ROLES}
 
     @property
     def tracking_lb_address(self) -> str:

@@ -12,7 +12,7 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
-from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
+from infra.naming import child_options, job_wait, k8s_labels, k8s_selector
 from infra.registry import PACKAGE_READER_ROLE, PackageIndex
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
@@ -192,8 +192,8 @@ class ModelServingArgs:
     """GCP project (Workload Identity)."""
     workload_pool: pulumi.Input[str]
     """PROJECT.svc.id.goog, from the cluster."""
-    environment: str
-    """dev or prod, for the GCP service account id."""
+    account_id: str
+    """GCP service account id of the serving pods (naming.service_account_id)."""
     image: pulumi.Input[str]
     """Serving image by digest."""
     setup_image: pulumi.Input[str]
@@ -282,7 +282,7 @@ class ModelServing(pulumi.ComponentResource):
         # Its own identity: the pods must not inherit the node's service account.
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
-            account_id=cap_name(f"mlflow-serving-{args.environment}", 30),
+            account_id=args.account_id,
             workload_pool=args.workload_pool,
             namespace=ns_name,
             ksa_name=KSA_NAME,

@@ -13,7 +13,7 @@ import pulumi_kubernetes as k8s
 from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
 from infra.database import DATABASE_ADMIN_ROLE, iam_database_user
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
-from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
+from infra.naming import child_options, job_wait, k8s_labels, k8s_selector
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import workload_namespace
@@ -298,8 +298,10 @@ class TrackingServerArgs:
     """GCP project (Workload Identity)."""
     workload_pool: pulumi.Input[str]
     """PROJECT.svc.id.goog, from the cluster."""
-    environment: str
-    """dev or prod, for the GCP service account id."""
+    account_id: str
+    """GCP service account id of the server (naming.service_account_id)."""
+    db_admin_account_id: str
+    """GCP service account id of the database-grants Job."""
     image: pulumi.Input[str]
     """Tracking image by digest."""
     image_version: str
@@ -397,7 +399,7 @@ class TrackingServer(pulumi.ComponentResource):
         ns_name = namespace.name
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
-            account_id=cap_name(f"mlflow-tracking-{args.environment}", 30),
+            account_id=args.account_id,
             workload_pool=args.workload_pool,
             namespace=ns_name,
             ksa_name=KSA_NAME,
@@ -558,7 +560,7 @@ class TrackingServer(pulumi.ComponentResource):
         the tracking user exactly MLflow's privileges: the running server holds no admin right."""
         admin = WorkloadIdentity(f"{name}-db-admin-identity", WorkloadIdentityArgs(
             project=args.project,
-            account_id=cap_name(f"mlflow-dbadmin-{args.environment}", 30),
+            account_id=args.db_admin_account_id,
             workload_pool=args.workload_pool,
             namespace=ns_name,
             ksa_name=DB_ADMIN_KSA_NAME,
