@@ -382,20 +382,26 @@ class Settings(BaseModel):
             errors.append(_line("iap", True, f"needs {_key('iap_members')}: IAP refuses everyone not granted access"))
         errors += self._load_test_problems()
         if self.environment == "prod":
-            if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
-                errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
-                                    f"environment is prod, or set {_key('control_plane_endpoint')}=dns"))
-            for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
-                        "db_point_in_time_recovery"):
-                if not getattr(self, key):
-                    errors.append(_line(key, False, "must be true when environment is prod"))
-            if self.bucket_force_destroy:
-                errors.append(_line("bucket_force_destroy", True, "must be false when environment is prod"))
-            if not self.cmek:
-                errors.append(_line("cmek", False, "must be true when environment is prod"))
+            errors += self._prod_problems()
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _prod_problems(self) -> list[str]:
+        """Prod is protected against deletion and loss, encrypted with its own keys, not open to the internet."""
+        errors = []
+        if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
+            errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
+                                f"environment is prod, or set {_key('control_plane_endpoint')}=dns"))
+        for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
+                    "db_point_in_time_recovery"):
+            if not getattr(self, key):
+                errors.append(_line(key, False, "must be true when environment is prod"))
+        if self.bucket_force_destroy:
+            errors.append(_line("bucket_force_destroy", True, "must be false when environment is prod"))
+        if not self.cmek:
+            errors.append(_line("cmek", False, "must be true when environment is prod"))
+        return errors
 
     def _load_test_problems(self) -> list[str]:
         errors = []

@@ -478,13 +478,8 @@ class TrackingServer(pulumi.ComponentResource):
                   opts: Optional[pulumi.ResourceOptions]) -> tuple[WorkloadIdentity, pulumi.Resource]:
         """The server's identity (bucket objects, Cloud SQL) and its IAM database user."""
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
-            project=args.project,
-            account_id=args.account_id,
-            workload_pool=args.workload_pool,
-            namespace=ns_name,
-            ksa_name=KSA_NAME,
-            provider=args.provider,
-            labels=k8s_labels(name, COMPONENT),
+            project=args.project, account_id=args.account_id, workload_pool=args.workload_pool, namespace=ns_name,
+            ksa_name=KSA_NAME, provider=args.provider, labels=k8s_labels(name, COMPONENT),
             project_roles=DATABASE_ROLES,
             bucket_grants=(BucketGrant(bucket=args.bucket_name, role="roles/storage.objectUser"),),
         ), child_options(self, opts))
@@ -570,13 +565,8 @@ class TrackingServer(pulumi.ComponentResource):
         the tracking user exactly MLflow's privileges: the running server holds no admin right."""
         job_labels = k8s_labels(name, "database-grants")
         admin = WorkloadIdentity(f"{name}-db-admin-identity", WorkloadIdentityArgs(
-            project=args.project,
-            account_id=args.db_admin_account_id,
-            workload_pool=args.workload_pool,
-            namespace=ns_name,
-            ksa_name=DB_ADMIN_KSA_NAME,
-            provider=args.provider,
-            labels=job_labels,
+            project=args.project, account_id=args.db_admin_account_id, workload_pool=args.workload_pool,
+            namespace=ns_name, ksa_name=DB_ADMIN_KSA_NAME, provider=args.provider, labels=job_labels,
             project_roles=DATABASE_ROLES,
         ), child_options(self, opts))
         admin_db_user = iam_database_user(
