@@ -23,6 +23,7 @@ from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, 
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.loadtest import NAMESPACE as LOAD_TEST_NAMESPACE, LoadTest, LoadTestArgs
+from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.serving import ModelServing, ModelServingArgs
 from k8s.tracking import TrackingServer, TrackingServerArgs
 
@@ -266,8 +267,8 @@ def build_observability(settings: Settings, foundation: Foundation, data: Data) 
     return Monitoring(f"{settings.name_prefix}-monitoring", MonitoringArgs(
         project=settings.project,
         environment=settings.environment,
-        tracking_namespace="mlflow",
-        serving_namespace="mlflow-serving",
+        tracking_namespace=TRACKING_NAMESPACE,
+        serving_namespace=SERVING_NAMESPACE,
         bucket=data.bucket.bucket_name,
         serving_min_replicas=settings.serving_min_replicas,
         serving_max_replicas=settings.serving_max_replicas,

@@ -16,7 +16,7 @@ from infra.naming import child_options, job_wait, k8s_labels
 from infra.registry import PACKAGE_READER_ROLE, PackageIndex
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
-from k8s.namespace import workload_namespace
+from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
 from k8s.tracking import TrackingEndpoint
@@ -202,7 +202,7 @@ class ModelServingArgs:
     """Workload pool of the platform cluster, where the serving-user Job runs."""
     rollout_token: str = ""
     """Change to roll the pods without changing the alias."""
-    namespace: str = "mlflow-serving"
+    namespace: str = SERVING_NAMESPACE
     """Namespace of the serving Deployment."""
     min_replicas: int = 1
     """HPA minimum."""

@@ -16,7 +16,7 @@ from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import child_options, job_wait, k8s_labels
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
-from k8s.namespace import workload_namespace
+from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import (
     SECRETS_AS_ENV_REASON, SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, checkov_skips, container_security_context,
@@ -315,9 +315,9 @@ class TrackingServerArgs:
     """Secret Manager secret of the Flask secret key shared by all replicas."""
     project_number: pulumi.Input[str]
     """Project number: the Workload Identity principal the Secret Manager add-on authenticates as."""
-    namespace: str = "mlflow"
+    namespace: str = TRACKING_NAMESPACE
     """Namespace of the tracking server."""
-    serving_namespace: str = "mlflow-serving"
+    serving_namespace: str = SERVING_NAMESPACE
     """Namespace of model serving, admitted by the NetworkPolicy."""
     replicas: int = 2
     """Deployment replicas."""
