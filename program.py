@@ -17,7 +17,7 @@ from infra.edge import EdgePolicy, EdgePolicyArgs
 from infra.images import MlflowImages, MlflowImagesArgs, content_hash, image_version, pushed_image, registry_token
 from infra.kms import EncryptionKeys, EncryptionKeysArgs
 from infra.monitoring import Monitoring, MonitoringArgs
-from infra.naming import gcp_labels
+from infra.naming import gcp_labels, gcp_name
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
 from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, PackageSourceArgs
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
@@ -84,7 +84,7 @@ def build_foundation(settings: Settings) -> Foundation:
     after_apis = pulumi.ResourceOptions(depends_on=[apis])
     network = build_network(settings, labels, after_apis)
     registry = ImageRepository(f"{prefix}-images", ImageRepositoryArgs(
-        project=settings.project, location=settings.region, repository_id=f"{prefix}-images", labels=labels,
+        project=settings.project, location=settings.region, repository_id=gcp_name(prefix, "images"), labels=labels,
         keep_versions=settings.registry_keep_versions), after_apis)
     images = MlflowImages(f"{prefix}-build", MlflowImagesArgs(
         repository_url=registry.repository_url, registry_host=f"{settings.region}-docker.pkg.dev",
