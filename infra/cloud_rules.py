@@ -138,3 +138,16 @@ MANAGED_COLLECTOR_NAMESPACES = ("gmp-system", "gke-gmp-system")
 # Google front ends and health checkers, the sources of Ingress and load-balancer health-check
 # traffic (https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges).
 GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
+
+
+# --- identity -------------------------------------------------------------------------------------
+# https://cloud.google.com/iam/docs/service-accounts-create#creating: a service account id is 6-30
+# characters, lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen.
+SERVICE_ACCOUNT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+
+
+def service_account_id_problem(account_id: str) -> Optional[str]:
+    if SERVICE_ACCOUNT_ID.fullmatch(account_id):
+        return None
+    return (f"makes the service account id {account_id!r} ({len(account_id)} chars); GCP allows 6-30 "
+            "lowercase letters, digits and hyphens")

@@ -120,39 +120,7 @@ class GkeCluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: GkeClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:cluster:GkeCluster", name, None, opts)
         child = child_options(self, opts)
-
-        node_sa = gcp.serviceaccount.Account(
-            f"{name}-nodes-sa",
-            project=args.project,
-            account_id=cap_name(f"{name}-nodes", 30),
-            display_name=f"GKE nodes of {name}",
-            opts=child,
-        )
-        node_member = node_sa.email.apply(lambda email: f"serviceAccount:{email}")
-        node_roles = [
-            gcp.projects.IAMMember(
-                f"{name}-nodes-{role.split('/')[-1].lower()}",
-                project=args.project, role=role, member=node_member, opts=child,
-            )
-            for role in NODE_SA_PROJECT_ROLES
-        ]
-        gcp.artifactregistry.RepositoryIamMember(
-            f"{name}-nodes-registry-reader",
-            project=args.project,
-            location=args.repository_location,
-            repository=args.repository_id,
-            role=NODE_SA_REPOSITORY_ROLE,
-            member=node_member,
-            opts=child,
-        )
-
-        authorized = (
-            gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(cidr_blocks=[
-                gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=cidr, display_name=cidr)
-                for cidr in args.master_authorized_cidrs
-            ])
-            if args.master_authorized_cidrs else None
-        )
+        node_sa, node_roles = self._node_account(name, args, child)
         cluster = gcp.container.Cluster(
             f"{name}-cluster",
             project=args.project,
@@ -164,45 +132,18 @@ class GkeCluster(pulumi.ComponentResource):
                 cluster_secondary_range_name=args.pods_range_name,
                 services_secondary_range_name=args.services_range_name,
             ),
-            private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
-                enable_private_nodes=True,
-                enable_private_endpoint=args.dns_endpoint,
-                master_ipv4_cidr_block=args.master_cidr,
-            ),
-            control_plane_endpoints_config=gcp.container.ClusterControlPlaneEndpointsConfigArgs(
-                dns_endpoint_config=gcp.container.ClusterControlPlaneEndpointsConfigDnsEndpointConfigArgs(
-                    allow_external_traffic=True),
-            ) if args.dns_endpoint else None,
-            master_authorized_networks_config=authorized or (
-                # DNS mode: the private IP endpoint admits only the cluster's own nodes and pods.
-                gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(cidr_blocks=[])
-                if args.dns_endpoint else None),
+            **control_plane_access(args),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=args.workload_pool),
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
             enable_shielded_nodes=True,
             enable_legacy_abac=False,
             # Dataplane V2 enforces NetworkPolicy without an extra add-on.
             datapath_provider="ADVANCED_DATAPATH",
-            monitoring_config=gcp.container.ClusterMonitoringConfigArgs(
-                enable_components=["SYSTEM_COMPONENTS"],
-                managed_prometheus=gcp.container.ClusterMonitoringConfigManagedPrometheusArgs(enabled=True),
-            ),
-            logging_config=gcp.container.ClusterLoggingConfigArgs(enable_components=["SYSTEM_COMPONENTS", "WORKLOADS"]),
-            security_posture_config=gcp.container.ClusterSecurityPostureConfigArgs(
-                mode="BASIC", vulnerability_mode=args.vulnerability_mode,
-            ),
+            **observability(args),
             maintenance_policy=gcp.container.ClusterMaintenancePolicyArgs(
                 daily_maintenance_window=gcp.container.ClusterMaintenancePolicyDailyMaintenanceWindowArgs(start_time="03:00"),
             ),
-            # The default pool cannot be configured as needed; replace it with the pool below. Until
-            # it is removed its node runs as the node account, not the Compute Engine default one.
-            remove_default_node_pool=True,
-            initial_node_count=1,
-            # Only the account: that pool is GKE's default e2-medium, whatever the pool below runs.
-            node_config=gcp.container.ClusterNodeConfigArgs(
-                service_account=node_sa.email,
-                oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
-            ),
+            **default_pool_replacement(node_sa.email),
             # GKE's Secret Manager add-on: the CSI driver that mounts the application secrets as files.
             # No auto-rotation: MLflow reads them once at start, so a new version takes a rollout
             # (`make rotate-secret`), and re-reading every 2 minutes would only bill access operations.
@@ -232,7 +173,40 @@ class GkeCluster(pulumi.ComponentResource):
         )
         if args.load_test_pool is not None:
             self._load_test_pool(name, args, cluster.name, node_sa.email, child)
+        self._publish(name, args, cluster, node_sa, pool, opts)
 
+    def _node_account(self, name: str, args: GkeClusterArgs, child: pulumi.ResourceOptions
+                      ) -> tuple[gcp.serviceaccount.Account, list[pulumi.Resource]]:
+        """The nodes' own account: write logs and metrics, pull from this project's repository; nothing else."""
+        node_sa = gcp.serviceaccount.Account(
+            f"{name}-nodes-sa",
+            project=args.project,
+            account_id=cap_name(f"{name}-nodes", 30),
+            display_name=f"GKE nodes of {name}",
+            opts=child,
+        )
+        node_member = node_sa.email.apply(lambda email: f"serviceAccount:{email}")
+        node_roles = [
+            gcp.projects.IAMMember(
+                f"{name}-nodes-{role.split('/')[-1].lower()}",
+                project=args.project, role=role, member=node_member, opts=child,
+            )
+            for role in NODE_SA_PROJECT_ROLES
+        ]
+        gcp.artifactregistry.RepositoryIamMember(
+            f"{name}-nodes-registry-reader",
+            project=args.project,
+            location=args.repository_location,
+            repository=args.repository_id,
+            role=NODE_SA_REPOSITORY_ROLE,
+            member=node_member,
+            opts=child,
+        )
+        return node_sa, node_roles
+
+    def _publish(self, name: str, args: GkeClusterArgs, cluster: gcp.container.Cluster,
+                 node_sa: gcp.serviceaccount.Account, pool: gcp.container.NodePool,
+                 opts: Optional[pulumi.ResourceOptions]) -> None:
         self.cluster_name = cluster.name
         self.endpoint = cluster.endpoint
         if args.dns_endpoint:
@@ -277,6 +251,61 @@ class GkeCluster(pulumi.ComponentResource):
                                     args.labels, pool_label=LOAD_TEST_POOL_LABEL, taints=(LOAD_TEST_TAINT,)),
             opts=child,
         )
+
+
+def control_plane_access(args: GkeClusterArgs) -> dict:
+    """Private nodes; the control plane by IP (optionally only from `master_authorized_cidrs`) or, in
+    DNS mode, by its DNS name only."""
+    authorized = (
+        gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(cidr_blocks=[
+            gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=cidr, display_name=cidr)
+            for cidr in args.master_authorized_cidrs
+        ])
+        if args.master_authorized_cidrs else None
+    )
+    return dict(
+        private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
+            enable_private_nodes=True,
+            enable_private_endpoint=args.dns_endpoint,
+            master_ipv4_cidr_block=args.master_cidr,
+        ),
+        control_plane_endpoints_config=gcp.container.ClusterControlPlaneEndpointsConfigArgs(
+            dns_endpoint_config=gcp.container.ClusterControlPlaneEndpointsConfigDnsEndpointConfigArgs(
+                allow_external_traffic=True),
+        ) if args.dns_endpoint else None,
+        master_authorized_networks_config=authorized or (
+            # DNS mode: the private IP endpoint admits only the cluster's own nodes and pods.
+            gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(cidr_blocks=[])
+            if args.dns_endpoint else None),
+    )
+
+
+def observability(args: GkeClusterArgs) -> dict:
+    """System and workload logs, Managed Prometheus, the basic security posture."""
+    return dict(
+        monitoring_config=gcp.container.ClusterMonitoringConfigArgs(
+            enable_components=["SYSTEM_COMPONENTS"],
+            managed_prometheus=gcp.container.ClusterMonitoringConfigManagedPrometheusArgs(enabled=True),
+        ),
+        logging_config=gcp.container.ClusterLoggingConfigArgs(enable_components=["SYSTEM_COMPONENTS", "WORKLOADS"]),
+        security_posture_config=gcp.container.ClusterSecurityPostureConfigArgs(
+            mode="BASIC", vulnerability_mode=args.vulnerability_mode,
+        ),
+    )
+
+
+def default_pool_replacement(node_service_account: pulumi.Input[str]) -> dict:
+    """The default pool cannot be configured as needed; it is replaced by the component's pool. Until
+    it is removed its node runs as the node account, not the Compute Engine default one."""
+    return dict(
+        remove_default_node_pool=True,
+        initial_node_count=1,
+        # Only the account: that pool is GKE's default e2-medium, whatever the pool below runs.
+        node_config=gcp.container.ClusterNodeConfigArgs(
+            service_account=node_service_account,
+            oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
+        ),
+    )
 
 
 def node_config(machine_type: str, spot: bool, disk_size_gb: int, disk_type: str, service_account: pulumi.Input[str],

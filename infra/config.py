@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic.alias_generators import to_camel
 
 from infra import cloud_rules
+from infra.naming import SERVICE_ACCOUNT_ROLES, service_account_id
 
 PROJECT_NAMESPACE = "mlflow-platform"
 
@@ -381,20 +382,26 @@ class Settings(BaseModel):
             errors.append(_line("iap", True, f"needs {_key('iap_members')}: IAP refuses everyone not granted access"))
         errors += self._load_test_problems()
         if self.environment == "prod":
-            if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
-                errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
-                                    f"environment is prod, or set {_key('control_plane_endpoint')}=dns"))
-            for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
-                        "db_point_in_time_recovery"):
-                if not getattr(self, key):
-                    errors.append(_line(key, False, "must be true when environment is prod"))
-            if self.bucket_force_destroy:
-                errors.append(_line("bucket_force_destroy", True, "must be false when environment is prod"))
-            if not self.cmek:
-                errors.append(_line("cmek", False, "must be true when environment is prod"))
+            errors += self._prod_problems()
         if errors:
             raise ValueError("\n".join(errors))
         return self
+
+    def _prod_problems(self) -> list[str]:
+        """Prod is protected against deletion and loss, encrypted with its own keys, not open to the internet."""
+        errors = []
+        if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
+            errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
+                                f"environment is prod, or set {_key('control_plane_endpoint')}=dns"))
+        for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
+                    "db_point_in_time_recovery"):
+            if not getattr(self, key):
+                errors.append(_line(key, False, "must be true when environment is prod"))
+        if self.bucket_force_destroy:
+            errors.append(_line("bucket_force_destroy", True, "must be false when environment is prod"))
+        if not self.cmek:
+            errors.append(_line("cmek", False, "must be true when environment is prod"))
+        return errors
 
     def _load_test_problems(self) -> list[str]:
         errors = []
@@ -412,6 +419,10 @@ class Settings(BaseModel):
         if self.serving_cluster:
             keys += ["serving_pods_cidr", "serving_services_cidr", "serving_master_cidr"]
         errors = [
+            _line("name_prefix", self.name_prefix, problem)
+            for problem in map(cloud_rules.service_account_id_problem, self.service_account_ids.values()) if problem
+        ]
+        errors += [
             _line(a, getattr(self, a), f"overlaps {_key(b)} ({getattr(self, b)}); ranges must be disjoint")
             for a, b in cloud_rules.overlapping_ranges({key: getattr(self, key) for key in keys})
         ]
@@ -445,6 +456,11 @@ class Settings(BaseModel):
     def bucket_name(self) -> str:
         """Named, not autonamed: the manifests then show the real artifact destination."""
         return f"{self.project}-{self.name_prefix}-artifacts"
+
+    @property
+    def service_account_ids(self) -> dict[str, str]:
+        """Workload role -> GCP service account id, unique per namePrefix and environment."""
+        return {role: service_account_id(self.name_prefix, role, self.environment) for role in SERVICE_ACCOUNT_ROLES}
 
     @property
     def tracking_lb_address(self) -> str:

@@ -129,44 +129,7 @@ class Database(pulumi.ComponentResource):
             database_version=POSTGRES_VERSION,
             encryption_key_name=args.encryption_key_id,
             deletion_protection=args.deletion_protection,
-            settings=gcp.sql.DatabaseInstanceSettingsArgs(
-                tier=args.tier,
-                edition=args.edition,
-                availability_type="REGIONAL" if args.high_availability else "ZONAL",
-                disk_type="PD_SSD",
-                disk_size=args.disk_size_gb,
-                disk_autoresize=True,
-                deletion_protection_enabled=args.deletion_protection,
-                user_labels=args.labels,
-                ip_configuration=gcp.sql.DatabaseInstanceSettingsIpConfigurationArgs(
-                    ipv4_enabled=False,
-                    private_network=args.network_id,
-                    ssl_mode="ENCRYPTED_ONLY",
-                    enable_private_path_for_google_cloud_services=True,
-                ),
-                backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
-                    enabled=args.backups,
-                    point_in_time_recovery_enabled=args.point_in_time_recovery,
-                    start_time="02:00",
-                    transaction_log_retention_days=args.log_retention_days,
-                    backup_retention_settings=gcp.sql.DatabaseInstanceSettingsBackupConfigurationBackupRetentionSettingsArgs(
-                        retained_backups=args.backup_retention_count, retention_unit="COUNT",
-                    ),
-                ),
-                maintenance_window=gcp.sql.DatabaseInstanceSettingsMaintenanceWindowArgs(
-                    day=args.maintenance_day, hour=args.maintenance_hour, update_track="stable",
-                ),
-                insights_config=gcp.sql.DatabaseInstanceSettingsInsightsConfigArgs(
-                    query_insights_enabled=True,
-                    query_string_length=1024,
-                    record_application_tags=True,
-                    record_client_address=False,
-                ),
-                database_flags=[
-                    gcp.sql.DatabaseInstanceSettingsDatabaseFlagArgs(name=flag, value=value)
-                    for flag, value in DATABASE_FLAGS.items()
-                ],
-            ),
+            settings=instance_settings(args),
             opts=child_options(self, opts, depends_on=[args.private_services_connection,
                                                        *args.encryption_key_grants]),
         )
@@ -192,3 +155,45 @@ class Database(pulumi.ComponentResource):
             "tracking_database": self.tracking_database,
             "auth_database": self.auth_database,
         })
+
+
+def instance_settings(args: DatabaseArgs) -> gcp.sql.DatabaseInstanceSettingsArgs:
+    """Private IP only and TLS only; backups, maintenance and Query Insights as the stack asks."""
+    return gcp.sql.DatabaseInstanceSettingsArgs(
+        tier=args.tier,
+        edition=args.edition,
+        availability_type="REGIONAL" if args.high_availability else "ZONAL",
+        disk_type="PD_SSD",
+        disk_size=args.disk_size_gb,
+        disk_autoresize=True,
+        deletion_protection_enabled=args.deletion_protection,
+        user_labels=args.labels,
+        ip_configuration=gcp.sql.DatabaseInstanceSettingsIpConfigurationArgs(
+            ipv4_enabled=False,
+            private_network=args.network_id,
+            ssl_mode="ENCRYPTED_ONLY",
+            enable_private_path_for_google_cloud_services=True,
+        ),
+        backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
+            enabled=args.backups,
+            point_in_time_recovery_enabled=args.point_in_time_recovery,
+            start_time="02:00",
+            transaction_log_retention_days=args.log_retention_days,
+            backup_retention_settings=gcp.sql.DatabaseInstanceSettingsBackupConfigurationBackupRetentionSettingsArgs(
+                retained_backups=args.backup_retention_count, retention_unit="COUNT",
+            ),
+        ),
+        maintenance_window=gcp.sql.DatabaseInstanceSettingsMaintenanceWindowArgs(
+            day=args.maintenance_day, hour=args.maintenance_hour, update_track="stable",
+        ),
+        insights_config=gcp.sql.DatabaseInstanceSettingsInsightsConfigArgs(
+            query_insights_enabled=True,
+            query_string_length=1024,
+            record_application_tags=True,
+            record_client_address=False,
+        ),
+        database_flags=[
+            gcp.sql.DatabaseInstanceSettingsDatabaseFlagArgs(name=flag, value=value)
+            for flag, value in DATABASE_FLAGS.items()
+        ],
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import json
 import string
 from dataclasses import dataclass
@@ -97,62 +99,60 @@ class Monitoring(pulumi.ComponentResource):
                 f"{name}-email", project=args.project, type="email", display_name=f"MLflow {args.environment} on-call",
                 labels={"email_address": args.alert_email}, user_labels=args.labels, opts=child)
             channels.append(channel.id)
+        alert = functools.partial(self._alert, name, args, channels, child)
+        for key, title, query, duration, runbook in promql_alerts(args):
+            alert(key, title, "ERROR" if args.environment == "prod" else "WARNING",
+                  gcp.monitoring.AlertPolicyConditionArgs(
+                      display_name=title,
+                      condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
+                          query=query, duration=duration, evaluation_interval="60s")),
+                  runbook)
+        alert("db-storage", f"Cloud SQL storage above {args.db_storage_percent}%", "WARNING",
+              gcp.monitoring.AlertPolicyConditionArgs(
+                  display_name="Cloud SQL disk utilisation",
+                  condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                      filter='resource.type = "cloudsql_database" AND '
+                             'metric.type = "cloudsql.googleapis.com/database/disk/utilization"',
+                      comparison="COMPARISON_GT",
+                      threshold_value=args.db_storage_percent / 100,
+                      duration="600s",
+                      aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                          alignment_period="300s", per_series_aligner="ALIGN_MEAN")],
+                  )),
+              "Storage grows automatically, but check what fills it (runs? logged metrics?) and the "
+              "growth rate; see README, Operating it.")
+        self.dashboard_id = dashboard.id
+        self.register_outputs({"dashboard_id": self.dashboard_id})
 
-        def promql_alert(key: str, title: str, query: str, duration: str, runbook: str) -> None:
-            gcp.monitoring.AlertPolicy(
-                f"{name}-{key}",
-                project=args.project,
-                display_name=f"MLflow {args.environment}: {title}",
-                combiner="OR",
-                enabled=args.alerts_enabled,
-                severity="ERROR" if args.environment == "prod" else "WARNING",
-                conditions=[gcp.monitoring.AlertPolicyConditionArgs(
-                    display_name=title,
-                    condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
-                        query=query, duration=duration, evaluation_interval="60s"),
-                )],
-                documentation=gcp.monitoring.AlertPolicyDocumentationArgs(content=runbook, mime_type="text/markdown"),
-                notification_channels=channels,
-                user_labels=args.labels,
-                opts=child,
-            )
-
-        promql_alert("serving-latency", f"serving p99 latency above {args.serving_p99_ms} ms",
-                     serving_p99_query(args.serving_namespace, args.serving_p99_ms), "300s",
-                     "Serving is slow. Check the replicas chart (at the HPA maximum? raise `servingMaxReplicas`) "
-                     "and CPU throttling; see README, Operating it.")
-        promql_alert("serving-errors", f"serving 5xx above {args.serving_error_percent}%",
-                     serving_error_ratio_query(args.serving_namespace, args.serving_error_percent), "300s",
-                     "Serving fails requests. `kubectl -n mlflow-serving logs deploy/mlflow-serving`; a bad model "
-                     "version? Roll back the alias; see README, Operating it.")
-        promql_alert("tracking-down", "tracking server unavailable", tracking_down_query(args.tracking_namespace),
-                     "180s", "No tracking pod answers. Check the Deployment, the cloud-sql-proxy sidecar logs and "
-                     "Cloud SQL; see README, Operating it.")
+    def _alert(self, name: str, args: MonitoringArgs, channels: list, child: pulumi.ResourceOptions, key: str,
+               title: str, severity: str, condition: gcp.monitoring.AlertPolicyConditionArgs, runbook: str) -> None:
         gcp.monitoring.AlertPolicy(
-            f"{name}-db-storage",
+            f"{name}-{key}",
             project=args.project,
-            display_name=f"MLflow {args.environment}: Cloud SQL storage above {args.db_storage_percent}%",
+            display_name=f"MLflow {args.environment}: {title}",
             combiner="OR",
             enabled=args.alerts_enabled,
-            severity="WARNING",
-            conditions=[gcp.monitoring.AlertPolicyConditionArgs(
-                display_name="Cloud SQL disk utilisation",
-                condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-                    filter='resource.type = "cloudsql_database" AND '
-                           'metric.type = "cloudsql.googleapis.com/database/disk/utilization"',
-                    comparison="COMPARISON_GT",
-                    threshold_value=args.db_storage_percent / 100,
-                    duration="600s",
-                    aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
-                        alignment_period="300s", per_series_aligner="ALIGN_MEAN")],
-                ),
-            )],
-            documentation=gcp.monitoring.AlertPolicyDocumentationArgs(
-                content="Storage grows automatically, but check what fills it (runs? logged metrics?) and the "
-                        "growth rate; see README, Operating it.", mime_type="text/markdown"),
+            severity=severity,
+            conditions=[condition],
+            documentation=gcp.monitoring.AlertPolicyDocumentationArgs(content=runbook, mime_type="text/markdown"),
             notification_channels=channels,
             user_labels=args.labels,
             opts=child,
         )
-        self.dashboard_id = dashboard.id
-        self.register_outputs({"dashboard_id": self.dashboard_id})
+
+
+def promql_alerts(args: MonitoringArgs) -> list[tuple[str, str, str, str, str]]:
+    """(key, title, PromQL query, duration, runbook) of each alert on the workloads' metrics."""
+    return [
+        ("serving-latency", f"serving p99 latency above {args.serving_p99_ms} ms",
+         serving_p99_query(args.serving_namespace, args.serving_p99_ms), "300s",
+         "Serving is slow. Check the replicas chart (at the HPA maximum? raise `servingMaxReplicas`) "
+         "and CPU throttling; see README, Operating it."),
+        ("serving-errors", f"serving 5xx above {args.serving_error_percent}%",
+         serving_error_ratio_query(args.serving_namespace, args.serving_error_percent), "300s",
+         "Serving fails requests. `kubectl -n mlflow-serving logs deploy/mlflow-serving`; a bad model "
+         "version? Roll back the alias; see README, Operating it."),
+        ("tracking-down", "tracking server unavailable", tracking_down_query(args.tracking_namespace),
+         "180s", "No tracking pod answers. Check the Deployment, the cloud-sql-proxy sidecar logs and "
+         "Cloud SQL; see README, Operating it."),
+    ]

@@ -20,6 +20,20 @@ def cap_name(name: str, limit: int = MAX_NAME_LENGTH) -> str:
     return f"{name[: limit - 7].rstrip('-')}-{digest}"
 
 
+def gcp_name(prefix: str, *parts: str) -> str:
+    """A GCP name or id of the stack, namePrefix first: stacks with different prefixes share a project."""
+    return "-".join((prefix, *parts))
+
+
+# Workloads with their own GCP service account: the role part of its id.
+SERVICE_ACCOUNT_ROLES = ("tracking", "dbadmin", "serving")
+
+
+def service_account_id(prefix: str, role: str, environment: str) -> str:
+    """The GCP service account id of a workload, uncapped: the settings model checks GCP's length rule."""
+    return gcp_name(prefix, role, environment)
+
+
 def gcp_labels(environment: str) -> dict[str, str]:
     """Labels every labelable GCP resource carries."""
     return {"app": "mlflow", "env": environment, "managed-by": MANAGED_BY}

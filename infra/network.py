@@ -75,6 +75,26 @@ class Network(pulumi.ComponentResource):
             ),
             opts=child,
         )
+        self._nat(name, args, network, child)
+        connection = self._private_services(name, args, network, child)
+        self._addresses(name, args, subnet, child)
+        self.network_id = network.id
+        self.network_self_link = network.self_link
+        self.subnet_self_link = subnet.self_link
+        self.private_services_connection_id = connection.id
+        self.private_services_connection = connection
+        self.register_outputs({
+            "network_id": self.network_id,
+            "network_self_link": self.network_self_link,
+            "subnet_self_link": self.subnet_self_link,
+            "private_services_connection_id": self.private_services_connection_id,
+            "ingress_address_name": self.ingress_address_name,
+            "ingress_ip": self.ingress_ip,
+            "internal_addresses": self.internal_addresses,
+        })
+
+    def _nat(self, name: str, args: NetworkArgs, network: gcp.compute.Network, child: pulumi.ResourceOptions) -> None:
+        """Nodes have no public IP: Cloud NAT is their way out."""
         router = gcp.compute.Router(
             f"{name}-router", project=args.project, region=args.region, network=network.id, opts=child,
         )
@@ -88,6 +108,10 @@ class Network(pulumi.ComponentResource):
             log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
             opts=child,
         )
+
+    def _private_services(self, name: str, args: NetworkArgs, network: gcp.compute.Network,
+                          child: pulumi.ResourceOptions) -> gcp.servicenetworking.Connection:
+        """The range peered to Google's service producer network, where Cloud SQL takes its private IP."""
         psa_address, _, psa_prefix = args.private_services_cidr.partition("/")
         reserved = gcp.compute.GlobalAddress(
             f"{name}-psa-range",
@@ -100,7 +124,7 @@ class Network(pulumi.ComponentResource):
             labels=args.labels,
             opts=child,
         )
-        connection = gcp.servicenetworking.Connection(
+        return gcp.servicenetworking.Connection(
             f"{name}-psa-connection",
             network=network.id,
             service="servicenetworking.googleapis.com",
@@ -112,6 +136,9 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
 
+    def _addresses(self, name: str, args: NetworkArgs, subnet: gcp.compute.Subnetwork,
+                   child: pulumi.ResourceOptions) -> None:
+        """Internal addresses for load balancers and, with an Ingress, its global address."""
         self.internal_addresses = {
             role: gcp.compute.Address(
                 f"{name}-{role}-ilb-ip",
@@ -129,19 +156,3 @@ class Network(pulumi.ComponentResource):
             )
             self.ingress_address_name = ingress_address.name
             self.ingress_ip = ingress_address.address
-
-        self.network_id = network.id
-        self.network_self_link = network.self_link
-        self.subnet_self_link = subnet.self_link
-        self.private_services_connection_id = connection.id
-        self.private_services_connection = connection
-        self.register_outputs({
-            "network_id": self.network_id,
-            "network_self_link": self.network_self_link,
-            "subnet_self_link": self.subnet_self_link,
-            "private_services_connection_id": self.private_services_connection_id,
-            "ingress_address_name": self.ingress_address_name,
-            "ingress_ip": self.ingress_ip,
-            "internal_addresses": self.internal_addresses,
-        })
-

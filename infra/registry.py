@@ -9,7 +9,7 @@ from typing import Optional
 import pulumi
 import pulumi_gcp as gcp
 
-from infra.naming import child_options
+from infra.naming import child_options, gcp_name
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class PackageSource(pulumi.ComponentResource):
         def repository(role: str, description: str, **kwargs) -> gcp.artifactregistry.Repository:
             return gcp.artifactregistry.Repository(
                 f"{name}-{role}", project=args.project, location=args.location,
-                repository_id=f"{args.name_prefix}-{role}", format="PYTHON", description=description,
+                repository_id=gcp_name(args.name_prefix, role), format="PYTHON", description=description,
                 labels=args.labels, opts=child_options(self, opts), **kwargs)
 
         pypi = repository(

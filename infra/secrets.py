@@ -15,7 +15,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
-from infra.naming import cap_name, child_options
+from infra.naming import cap_name, child_options, gcp_name
 
 ACCESSOR = "roles/secretmanager.secretAccessor"
 ADMIN_PASSWORD = "admin-password"
@@ -29,7 +29,7 @@ LATEST = "latest"
 
 def secret_id(prefix: str, name: str) -> str:
     """Secret Manager id of one application secret (ids allow up to 255 chars)."""
-    return cap_name(f"{prefix}-{name}", 255)
+    return cap_name(gcp_name(prefix, name), 255)
 
 
 def workload_principal(project_number: str, workload_pool: str, namespace: str, ksa: str) -> str:

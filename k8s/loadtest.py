@@ -25,6 +25,7 @@ from k8s.pods import (
 )
 from k8s.secret_files import SECRETS_DIR, principal, secret_files, secrets_mount, secrets_volume
 from k8s.serving import SKIP_AWAIT_ANNOTATION
+from k8s.tracking import TrackingEndpoint
 from loadtest.commands import MASTER_PORT, load_env, master_flags, result_flags, worker_flags
 
 NAMESPACE = "mlflow-loadtest"
@@ -176,12 +177,8 @@ class LoadTestArgs:
     """Locust image by digest (loadtest/Dockerfile)."""
     serving_url: pulumi.Input[str]
     """Serving as its clients in the cluster call it."""
-    tracking_url: pulumi.Input[str]
-    """Tracking as the serving pods call it (the internal load balancer when serving has its own cluster)."""
-    tracking_username: str
-    """Tracking user of the tracking load test."""
-    tracking_password: SecretRef
-    """Its password in Secret Manager."""
+    tracking: TrackingEndpoint
+    """Tracking, called as the serving pods call it, logged in as its admin."""
     project_number: pulumi.Input[str]
     """Number of the project: names the workers' KSA as an IAM principal."""
     workload_pool: pulumi.Input[str]
@@ -207,10 +204,10 @@ class LoadTest(pulumi.ComponentResource):
                                           opts=k8s_opts)
         ns_name = namespace.metadata["name"]
         k8s.networking.v1.NetworkPolicy(f"{name}-default-deny", **default_deny_ingress(ns_name, labels), opts=k8s_opts)
-        credentials = tracking_credentials(name, ns_name, args.tracking_username, args.tracking_password, labels,
+        credentials = tracking_credentials(name, ns_name, args.tracking.admin_username, args.tracking.admin_password, labels,
                                            k8s_opts, project_number=args.project_number,
                                            workload_pool=args.workload_pool, gcp_opts=child_options(self, opts))
-        hosts = {"serving": args.serving_url, "tracking": args.tracking_url}
+        hosts = {"serving": args.serving_url, "tracking": args.tracking.client_url}
         for service in SERVICES:
             # Only tracking's users log in.
             self._service_templates(name, ns_name, service, hosts[service], args,

@@ -11,11 +11,17 @@ from infra.naming import k8s_labels
 from k8s.logs import LOGGING_FILE, logging_config_json
 from k8s.pods import default_deny_ingress
 
+# The workloads' namespaces: their components take them as defaults; Monitoring and NetworkPolicies name them.
+TRACKING_NAMESPACE = "mlflow"
+SERVING_NAMESPACE = "mlflow-serving"
 
-@dataclass
+
+@dataclass(frozen=True)
 class WorkloadNamespace:
     name: pulumi.Output[str]
+    """The namespace's name, once it exists."""
     logging_config_map: pulumi.Output[str]
+    """The ConfigMap of the pods' logging config, once it exists."""
 
 
 def restricted_namespace_metadata(namespace: str, instance: str) -> dict:

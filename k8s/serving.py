@@ -12,14 +12,17 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
-from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
+from infra.naming import child_options, job_wait, k8s_labels
 from infra.registry import PACKAGE_READER_ROLE, PackageIndex
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
-from k8s.namespace import workload_namespace
+from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
-from k8s.pods import (
-    container_security_context, drain_on_stop, http_probe, pod_security_context, resources, tmp_mount, tmp_volume,
+from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
+from k8s.tracking import TrackingEndpoint
+from k8s.workload import (
+    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, in_cluster_url, ingress_policy_spec,
+    pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
 )
 
 SERVING_PORT = 8080
@@ -129,11 +132,6 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
     }
 
 
-def pod_monitoring_spec(selector: dict) -> dict:
-    return {"selector": {"matchLabels": selector},
-            "endpoints": [{"port": "http", "path": "/metrics", "interval": "30s"}]}
-
-
 def setup_job_name(model_name: str, alias: str, rollout_token: str, script: str) -> str:
     """One Job per (model, alias, token, script): a change reruns the grants."""
     digest = hashlib.sha256("|".join([model_name, alias, rollout_token, script]).encode()).hexdigest()[:10]
@@ -161,14 +159,6 @@ def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model
     }
 
 
-def pdb_spec(selector: dict) -> dict:
-    return {"maxUnavailable": 1, "selector": {"matchLabels": selector},
-            # Pods waiting for their model are running but unready; evicting them disrupts nothing.
-            # The default (IfHealthyBudget) would let a platform still waiting for its first model
-            # block every node drain and upgrade.
-            "unhealthyPodEvictionPolicy": "AlwaysAllow"}
-
-
 def hpa_spec(deployment_name: str, min_replicas: int, max_replicas: int, target_cpu_percent: int) -> dict:
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
@@ -192,8 +182,8 @@ class ModelServingArgs:
     """GCP project (Workload Identity)."""
     workload_pool: pulumi.Input[str]
     """PROJECT.svc.id.goog, from the cluster."""
-    environment: str
-    """dev or prod, for the GCP service account id."""
+    account_id: str
+    """GCP service account id of the serving pods (naming.service_account_id)."""
     image: pulumi.Input[str]
     """Serving image by digest."""
     setup_image: pulumi.Input[str]
@@ -202,27 +192,17 @@ class ModelServingArgs:
     """Registered model to serve."""
     model_alias: str
     """Registry alias to serve."""
-    tracking_url: pulumi.Input[str]
-    """Tracking URL as seen from the serving pods."""
-    tracking_in_cluster_url: pulumi.Input[str]
-    """Tracking URL inside the platform cluster."""
-    tracking_namespace: pulumi.Input[str]
-    """Namespace of tracking, where the serving-user Job runs."""
-    admin_password: SecretRef
-    """Secret Manager secret of the tracking admin password (read by the serving-user Job)."""
+    tracking: TrackingEndpoint
+    """Where tracking is, its admin, and when it serves (the serving-user Job waits for it)."""
     serving_password: SecretRef
     """Secret Manager secret of the serving user's password."""
     project_number: pulumi.Input[str]
     """Project number: the Workload Identity principals the Secret Manager add-on authenticates as."""
     tracking_workload_pool: pulumi.Input[str]
     """Workload pool of the platform cluster, where the serving-user Job runs."""
-    admin_username: str
-    """Tracking admin user."""
-    tracking_ready: pulumi.Resource
-    """The tracking Deployment: the Job waits until it serves."""
     rollout_token: str = ""
     """Change to roll the pods without changing the alias."""
-    namespace: str = "mlflow-serving"
+    namespace: str = SERVING_NAMESPACE
     """Namespace of the serving Deployment."""
     min_replicas: int = 1
     """HPA minimum."""
@@ -269,87 +249,31 @@ class ModelServing(pulumi.ComponentResource):
     namespace: pulumi.Output[str]
     service_url: pulumi.Output[str]
     model_uri: pulumi.Output[str]
+    deployment_ref: pulumi.Output[str]
+    """NAMESPACE/NAME of the serving Deployment."""
 
     def __init__(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:serving:ModelServing", name, None, opts)
+        names = WorkloadNames(name, COMPONENT, SERVICE_NAME)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        tracking_opts = pulumi.ResourceOptions(parent=self, provider=args.tracking_provider)
-        labels = k8s_labels(name, COMPONENT)
-        selector = k8s_selector(name, COMPONENT)
-
-        namespace = workload_namespace(name, args.namespace, labels, k8s_opts)
+        namespace = workload_namespace(name, args.namespace, names.labels, k8s_opts)
         ns_name = namespace.name
         # Its own identity: the pods must not inherit the node's service account.
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project,
-            account_id=cap_name(f"mlflow-serving-{args.environment}", 30),
+            account_id=args.account_id,
             workload_pool=args.workload_pool,
             namespace=ns_name,
             ksa_name=KSA_NAME,
             provider=args.provider,
-            labels=labels,
+            labels=names.labels,
         ), child_options(self, opts))
-
-        gcp_opts = child_options(self, opts)
         serving_class, serving_grants = secret_files(
-            name, (args.serving_password,), SERVICE_NAME, ns_name, labels, k8s_opts,
+            name, (args.serving_password,), SERVICE_NAME, ns_name, names.labels, k8s_opts,
             readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
                      pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
-            gcp_opts=gcp_opts)
-        # The Job that creates the user runs beside tracking as the admin: its own KSA, without a GSA,
-        # may read exactly the admin and serving passwords.
-        setup_labels = k8s_labels(name, "serving-setup")
-        setup_ksa = k8s.core.v1.ServiceAccount(
-            f"{name}-setup-ksa",
-            metadata={"name": SETUP_KSA_NAME, "namespace": args.tracking_namespace, "labels": setup_labels},
-            automount_service_account_token=False, opts=tracking_opts)
-        setup_class, setup_grants = secret_files(
-            f"{name}-setup", (args.admin_password, args.serving_password), SETUP_KSA_NAME, args.tracking_namespace,
-            setup_labels, tracking_opts,
-            readers=(principal(args.project_number, args.tracking_workload_pool, args.tracking_namespace,
-                               setup_ksa.metadata["name"]),),
-            gcp_opts=gcp_opts)
-        script = SETUP_SCRIPT.read_text()
-        scripts = k8s.core.v1.ConfigMap(
-            f"{name}-setup-script",
-            metadata={"name": "mlflow-serving-setup", "namespace": args.tracking_namespace,
-                      "labels": k8s_labels(name, "serving-setup")},
-            data={SETUP_SCRIPT.name: script},
-            opts=tracking_opts,
-        )
-        setup = k8s.batch.v1.Job(
-            f"{name}-setup",
-            metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token, script),
-                      "namespace": args.tracking_namespace, "labels": setup_labels},
-            spec={
-                "backoffLimit": 6,
-                "activeDeadlineSeconds": SETUP_DEADLINE_SECONDS,
-                "template": {
-                    "metadata": {"labels": setup_labels},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "serviceAccountName": setup_ksa.metadata["name"],
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(),
-                        "containers": [setup_container(
-                            image=args.setup_image, tracking_url=args.tracking_in_cluster_url,
-                            admin_username=args.admin_username, model_name=args.model_name)],
-                        "volumes": [tmp_volume("64Mi"), secrets_volume(setup_class), {"name": "scripts", "configMap": {
-                            "name": scripts.metadata["name"], "defaultMode": 0o444}}],
-                    },
-                },
-            },
-            opts=pulumi.ResourceOptions.merge(tracking_opts, pulumi.ResourceOptions(
-                depends_on=[args.tracking_ready, *setup_grants], delete_before_replace=True,
-                custom_timeouts=job_wait(SETUP_DEADLINE_SECONDS))),
-        )
-
-        container = serving_container(
-            image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
-            env=serving_env(args.tracking_url), cpu=args.cpu, memory=args.memory,
-            max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-            env_timeout_seconds=args.env_timeout_seconds,
-            package_index=args.package_index.url if args.package_index else "")
+            gcp_opts=child_options(self, opts))
+        setup = self._setup_job(name, args, opts)
         if args.package_index:
             # Its only GCP role: reading the package index, on that repository alone.
             gcp.artifactregistry.RepositoryIamMember(
@@ -357,80 +281,100 @@ class ModelServing(pulumi.ComponentResource):
                 repository=args.package_index.repository_id, role=PACKAGE_READER_ROLE,
                 member=identity.gcp_service_account_email.apply(lambda email: f"serviceAccount:{email}"),
                 opts=child_options(self, opts))
+        pod = workload_pod(
+            service_account=identity.ksa_name, grace_seconds=GRACE_SECONDS, containers=[self._container(args)],
+            volumes=[tmp_volume("4Gi"), secrets_volume(serving_class), logging_volume(namespace.logging_config_map),
+                     env_volume(args.env_cache_gi)])
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
-                      "annotations": deployment_annotations()},
-            spec={
-                # No `replicas`: the HPA owns the count; Pulumi would fight it on every update.
-                "revisionHistoryLimit": 5,
-                "selector": {"matchLabels": selector},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                "template": {
-                    "metadata": {"labels": labels,
-                                 "annotations": rollout_annotations(args.model_name, args.model_alias,
-                                                                    args.rollout_token)},
-                    "spec": {
-                        "serviceAccountName": identity.ksa_name,
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(),
-                        "terminationGracePeriodSeconds": GRACE_SECONDS,
-                        "containers": [container],
-                        "volumes": [tmp_volume("4Gi"), secrets_volume(serving_class),
-                                    logging_volume(namespace.logging_config_map), env_volume(args.env_cache_gi)],
-                        "topologySpreadConstraints": [
-                            {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-                             "labelSelector": {"matchLabels": selector}}
-                            for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")],
-                    },
-                },
-            },
+            metadata=names.metadata(ns_name, deployment_annotations()),
+            # No `replicas`: the HPA owns the count.
+            spec=deployment_spec(names, pod, rollout_annotations(args.model_name, args.model_alias, args.rollout_token),
+                                 replicas=None),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup, *serving_grants])),
         )
+        service = self._scaling_and_exposure(name, args, names, ns_name, deployment, k8s_opts)
+        self.namespace = ns_name
+        self.service_url = pulumi.Output.all(service.metadata["name"], ns_name).apply(
+            lambda parts: in_cluster_url(parts[0], parts[1], SERVING_PORT))
+        self.model_uri = pulumi.Output.from_input(model_uri(args.model_name, args.model_alias))
+        self.deployment_ref = deployment_ref(deployment)
+        self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
+                               "model_uri": self.model_uri, "deployment_ref": self.deployment_ref})
+
+    def _container(self, args: ModelServingArgs) -> dict:
+        return serving_container(
+            image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
+            env=serving_env(args.tracking.client_url), cpu=args.cpu, memory=args.memory,
+            max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
+            env_timeout_seconds=args.env_timeout_seconds,
+            package_index=args.package_index.url if args.package_index else "")
+
+    def _setup_job(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions]) -> k8s.batch.v1.Job:
+        """The Job that creates the serving user runs beside tracking as the admin: its own KSA, without
+        a GSA, may read exactly the admin and serving passwords."""
+        tracking = args.tracking
+        tracking_opts = pulumi.ResourceOptions(parent=self, provider=args.tracking_provider)
+        labels = k8s_labels(name, "serving-setup")
+        ksa = k8s.core.v1.ServiceAccount(
+            f"{name}-setup-ksa", metadata={"name": SETUP_KSA_NAME, "namespace": tracking.namespace, "labels": labels},
+            automount_service_account_token=False, opts=tracking_opts)
+        setup_class, setup_grants = secret_files(
+            f"{name}-setup", (tracking.admin_password, args.serving_password), SETUP_KSA_NAME, tracking.namespace,
+            labels, tracking_opts,
+            readers=(principal(args.project_number, args.tracking_workload_pool, tracking.namespace,
+                               ksa.metadata["name"]),),
+            gcp_opts=child_options(self, opts))
+        script = SETUP_SCRIPT.read_text()
+        scripts = k8s.core.v1.ConfigMap(
+            f"{name}-setup-script",
+            metadata={"name": "mlflow-serving-setup", "namespace": tracking.namespace, "labels": labels},
+            data={SETUP_SCRIPT.name: script}, opts=tracking_opts)
+        container = setup_container(image=args.setup_image, tracking_url=tracking.in_cluster_url,
+                                    admin_username=tracking.admin_username, model_name=args.model_name)
+        return k8s.batch.v1.Job(
+            f"{name}-setup",
+            metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token, script),
+                      "namespace": tracking.namespace, "labels": labels},
+            spec=run_once_job_spec(labels, SETUP_DEADLINE_SECONDS, ksa.metadata["name"], containers=[container],
+                                   volumes=[tmp_volume("64Mi"), secrets_volume(setup_class), {"name": "scripts", "configMap": {
+                                       "name": scripts.metadata["name"], "defaultMode": 0o444}}],
+                                   backoff_limit=6),
+            opts=pulumi.ResourceOptions.merge(tracking_opts, pulumi.ResourceOptions(
+                depends_on=[tracking.ready, *setup_grants], delete_before_replace=True,
+                custom_timeouts=job_wait(SETUP_DEADLINE_SECONDS))),
+        )
+
+    def _scaling_and_exposure(self, name: str, args: ModelServingArgs, names: WorkloadNames,
+                              ns_name: pulumi.Output[str], deployment: k8s.apps.v1.Deployment,
+                              k8s_opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+        """HPA, disruption budget, metrics collection, the Service and who may call it."""
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
+            f"{name}-hpa", metadata=names.metadata(ns_name),
             spec=hpa_spec(SERVICE_NAME, args.min_replicas, args.max_replicas, args.target_cpu_percent),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment])),
         )
         if args.min_replicas > 1:
+            # Pods waiting for their model are running but unready; evicting them disrupts nothing.
+            # The default (IfHealthyBudget) would let a platform still waiting for its first model
+            # block every node drain and upgrade.
             k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-pdb",
-                metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-                spec=pdb_spec(selector),
-                opts=k8s_opts,
-            )
-        k8s.apiextensions.CustomResource(
-            f"{name}-pod-monitoring",
-            api_version="monitoring.googleapis.com/v1",
-            kind="PodMonitoring",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-            spec=pod_monitoring_spec(selector),
-            opts=k8s_opts,
-        )
+                f"{name}-pdb", metadata=names.metadata(ns_name),
+                spec=pdb_spec(names.selector, unhealthyPodEvictionPolicy="AlwaysAllow"), opts=k8s_opts)
+        pod_monitoring(f"{name}-pod-monitoring", names.metadata(ns_name),
+                       pod_monitoring_spec(names.selector, ("http",)), k8s_opts)
         service = k8s.core.v1.Service(
             f"{name}-service",
             # Pulumi's Service await wants a ready pod within 10 minutes: none is before a model exists.
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
-                      "annotations": {SKIP_AWAIT_ANNOTATION: "true"}},
-            spec={"type": "ClusterIP", "selector": selector,
-                  "ports": [{"name": "http", "port": SERVING_PORT, "targetPort": "http", "protocol": "TCP"}]},
+            metadata=names.metadata(ns_name, {SKIP_AWAIT_ANNOTATION: "true"}),
+            spec=cluster_ip_service_spec(names.selector, SERVING_PORT),
             opts=k8s_opts,
         )
         k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-            spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
-                  # Any pod of this cluster may call the model; nothing from outside it.
-                  "ingress": [{"from": [{"namespaceSelector": {}}],
-                               "ports": [{"protocol": "TCP", "port": SERVING_PORT}]}]},
+            f"{name}-netpol", metadata=names.metadata(ns_name),
+            # Any pod of this cluster may call the model; nothing from outside it.
+            spec=ingress_policy_spec(names.selector, [{"from": [{"namespaceSelector": {}}],
+                                                       "ports": tcp_ports(SERVING_PORT)}]),
             opts=k8s_opts,
         )
-
-        self.namespace = ns_name
-        self.service_url = pulumi.Output.concat(
-            "http://", service.metadata["name"], ".", ns_name, ".svc.cluster.local:", str(SERVING_PORT))
-        self.model_uri = pulumi.Output.from_input(model_uri(args.model_name, args.model_alias))
-        self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
-                               "model_uri": self.model_uri})
-
+        return service

@@ -13,16 +13,18 @@ import pulumi_kubernetes as k8s
 from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
 from infra.database import DATABASE_ADMIN_ROLE, iam_database_user
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
-from infra.naming import cap_name, child_options, job_wait, k8s_labels, k8s_selector
+from infra.naming import child_options, job_wait, k8s_labels
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SecretRef
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
-from k8s.namespace import workload_namespace
+from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import (
-    SECRETS_AS_ENV_REASON, checkov_skips,
-    SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, drain_on_stop, http_probe,
-    pod_security_context,
-    resources, secret_env, sql_proxy_sidecar, tmp_mount, tmp_volume,
+    SECRETS_AS_ENV_REASON, SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, checkov_skips, container_security_context,
+    drain_on_stop, http_probe, resources, sql_proxy_sidecar, tmp_mount, tmp_volume,
+)
+from k8s.workload import (
+    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, http_service_port, in_cluster_url,
+    ingress_policy_spec, pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
 )
 
 TRACKING_PORT = 5000
@@ -239,15 +241,6 @@ def grants_container(*, image: Any, admin_uri: Any, grantee: Any, databases: lis
     }
 
 
-def pod_monitoring_spec(selector: dict) -> dict:
-    """Managed Prometheus scrapes the server's metrics (via the exporter) and the proxy's."""
-    return {
-        "selector": {"matchLabels": selector},
-        "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"},
-                      {"port": "proxy-http", "path": "/metrics", "interval": "30s"}],
-    }
-
-
 def namespace_peer(namespace: str) -> dict:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
 
@@ -272,9 +265,8 @@ def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_c
         peers.append({"ipBlock": {"cidr": serving_pod_cidr}})
     if expose_ingress:
         peers += [{"ipBlock": {"cidr": cidr}} for cidr in GOOGLE_LB_RANGES]
-    return [{"from": peers, "ports": [{"protocol": "TCP", "port": TRACKING_PORT}]},
-            {"from": collector_peers(), "ports": [{"protocol": "TCP", "port": METRICS_PORT},
-                                                  {"protocol": "TCP", "port": SQL_PROXY_HTTP_PORT}]}]
+    return [{"from": peers, "ports": tcp_ports(TRACKING_PORT)},
+            {"from": collector_peers(), "ports": tcp_ports(METRICS_PORT, SQL_PROXY_HTTP_PORT)}]
 
 
 def internal_lb_service_spec(selector: dict, address: Any) -> dict:
@@ -285,8 +277,7 @@ def internal_lb_service_spec(selector: dict, address: Any) -> dict:
     asks each node's healthCheckNodePort and sends traffic only to nodes running a ready pod.
     """
     return {"type": "LoadBalancer", "loadBalancerIP": address, "externalTrafficPolicy": "Local",
-            "selector": selector,
-            "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]}
+            "selector": selector, "ports": [http_service_port(TRACKING_PORT)]}
 
 
 # --- component ------------------------------------------------------------------------------
@@ -298,8 +289,10 @@ class TrackingServerArgs:
     """GCP project (Workload Identity)."""
     workload_pool: pulumi.Input[str]
     """PROJECT.svc.id.goog, from the cluster."""
-    environment: str
-    """dev or prod, for the GCP service account id."""
+    account_id: str
+    """GCP service account id of the server (naming.service_account_id)."""
+    db_admin_account_id: str
+    """GCP service account id of the database-grants Job."""
     image: pulumi.Input[str]
     """Tracking image by digest."""
     image_version: str
@@ -322,9 +315,9 @@ class TrackingServerArgs:
     """Secret Manager secret of the Flask secret key shared by all replicas."""
     project_number: pulumi.Input[str]
     """Project number: the Workload Identity principal the Secret Manager add-on authenticates as."""
-    namespace: str = "mlflow"
+    namespace: str = TRACKING_NAMESPACE
     """Namespace of the tracking server."""
-    serving_namespace: str = "mlflow-serving"
+    serving_namespace: str = SERVING_NAMESPACE
     """Namespace of model serving, admitted by the NetworkPolicy."""
     replicas: int = 2
     """Deployment replicas."""
@@ -379,6 +372,29 @@ class TrackingServerArgs:
                              "allowed READ, EDIT, MANAGE, NO_PERMISSIONS")
 
 
+@dataclass(frozen=True)
+class TrackingEndpoint:
+    """What tracking's clients in the clusters (serving, the load test) take from it."""
+
+    in_cluster_url: pulumi.Output[str]
+    """URL of the ClusterIP Service, inside the platform cluster."""
+    internal_url: Optional[pulumi.Output[str]]
+    """URL of the internal load balancer (for a separate serving cluster); None without one."""
+    namespace: pulumi.Output[str]
+    """Namespace of tracking, where Jobs that act as the admin run."""
+    admin_username: str
+    """The basic-auth admin user."""
+    admin_password: SecretRef
+    """Secret Manager secret of the admin's password."""
+    ready: pulumi.Resource
+    """The Deployment: whatever needs a serving tracking waits for it."""
+
+    @property
+    def client_url(self) -> pulumi.Output[str]:
+        """How a workload of the serving cluster reaches tracking."""
+        return self.internal_url if self.internal_url is not None else self.in_cluster_url
+
+
 class TrackingServer(pulumi.ComponentResource):
     """Namespace, identity, secrets, migrations, Deployment, Service(s), optional Ingress, policies."""
 
@@ -386,228 +402,191 @@ class TrackingServer(pulumi.ComponentResource):
     service_name: pulumi.Output[str]
     in_cluster_url: pulumi.Output[str]
     admin_username: pulumi.Output[str]
+    deployment_ref: pulumi.Output[str]
+    """NAMESPACE/NAME of the tracking Deployment."""
+    endpoint: TrackingEndpoint
 
     def __init__(self, name: str, args: TrackingServerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:tracking:TrackingServer", name, None, opts)
+        names = WorkloadNames(name, COMPONENT, SERVICE_NAME)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
-        labels = k8s_labels(name, COMPONENT)
-        selector = k8s_selector(name, COMPONENT)
-
-        namespace = workload_namespace(name, args.namespace, labels, k8s_opts)
+        namespace = workload_namespace(name, args.namespace, names.labels, k8s_opts)
         ns_name = namespace.name
-        identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
-            project=args.project,
-            account_id=cap_name(f"mlflow-tracking-{args.environment}", 30),
-            workload_pool=args.workload_pool,
-            namespace=ns_name,
-            ksa_name=KSA_NAME,
-            provider=args.provider,
-            labels=labels,
-            project_roles=DATABASE_ROLES,
-            bucket_grants=(BucketGrant(bucket=args.bucket_name, role="roles/storage.objectUser"),),
-        ), child_options(self, opts))
-        tracking_db_user = iam_database_user(
-            f"{name}-tracking-db-user", project=args.project, instance=args.sql_instance_name,
-            service_account_email=identity.gcp_service_account_email, opts=child_options(self, opts))
-        grants = self._database_grants(name, args, ns_name, tracking_db_user, k8s_opts, opts)
-
+        identity, db_user = self._identity(name, args, ns_name, opts)
+        grants = self._database_grants(name, args, ns_name, db_user, k8s_opts, opts)
         provider_class, secret_grants = secret_files(
-            f"{name}-tracking", (args.admin_password, args.flask_secret_key), SERVICE_NAME, ns_name, labels, k8s_opts,
-            readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
-                     pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
+            f"{name}-tracking", (args.admin_password, args.flask_secret_key), SERVICE_NAME, ns_name, names.labels,
+            k8s_opts, readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
+                               pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
             gcp_opts=child_options(self, opts))
-
         # URIs name the IAM user's output, so they wait for Cloud SQL to know the user.
-        backend_uri = pulumi.Output.all(tracking_db_user.name, args.tracking_database).apply(
-            lambda values: postgres_uri(*values))
-        auth_uri = pulumi.Output.all(tracking_db_user.name, args.auth_database).apply(
-            lambda values: postgres_uri(*values))
+        backend_uri, auth_uri = (pulumi.Output.all(db_user.name, database).apply(lambda values: postgres_uri(*values))
+                                 for database in (args.tracking_database, args.auth_database))
         auth_config = k8s.core.v1.ConfigMap(
             f"{name}-auth-config",
-            metadata={"name": AUTH_CONFIG_MAP, "namespace": ns_name, "labels": labels},
+            metadata={"name": AUTH_CONFIG_MAP, "namespace": ns_name, "labels": names.labels},
             data=auth_uri.apply(lambda uri: {
                 AUTH_CONFIG_FILE: auth_config_ini(args.default_permission, args.auth_cache_ttl_seconds, uri)}),
             opts=k8s_opts,
         )
-
-        proxy = sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)
-        pod_base = {
-            "serviceAccountName": identity.ksa_name,
-            "automountServiceAccountToken": False,
-            "securityContext": pod_security_context(),
-        }
-        migrate_init, migrate_main = migration_containers(image=args.image, backend_uri=backend_uri, auth_uri=auth_uri)
-        migration = k8s.batch.v1.Job(
-            f"{name}-migrate",
-            metadata={"name": f"mlflow-migrate-{args.image_version[:12]}", "namespace": ns_name,
-                      "labels": k8s_labels(name, "migration")},
-            spec={
-                "backoffLimit": 3,
-                "activeDeadlineSeconds": MIGRATION_DEADLINE_SECONDS,
-                "template": {
-                    "metadata": {"labels": k8s_labels(name, "migration")},
-                    "spec": {**pod_base, "restartPolicy": "Never",
-                             "initContainers": [proxy, *migrate_init], "containers": migrate_main,
-                             "volumes": [tmp_volume("256Mi")]},
-                },
-            },
-            # Never patched in place: a new image version is a new Job. It reaches Cloud SQL through
-            # Workload Identity as the tracking user, so it waits for that identity's IAM bindings
-            # and for the grants that let the user create MLflow's tables.
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                delete_before_replace=True, depends_on=[*identity.grants, grants],
-                custom_timeouts=job_wait(MIGRATION_DEADLINE_SECONDS))),
-        )
-
-        args_list = pulumi.Output.all(args.bucket_name, args.internal_lb_ip).apply(
-            lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.workers,
-                                         ingress_host=args.ingress_host, internal_ip=values[1]))
-        container = tracking_container(image=args.image, args=args_list,
-                                       env=tracking_env(args.job_execution, backend_uri),
-                                       cpu=args.cpu, memory=args.memory)
+        migration = self._migration(name, args, ns_name, identity, backend_uri, auth_uri,
+                                    pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                                        depends_on=[*identity.grants, grants])))
+        pod = workload_pod(
+            service_account=identity.ksa_name, grace_seconds=GRACE_SECONDS,
+            init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)],
+            containers=[self._server_container(args, backend_uri), metrics_exporter_container(image=args.image)],
+            volumes=[tmp_volume(), auth_config_volume(auth_config.metadata["name"]), secrets_volume(provider_class),
+                     logging_volume(namespace.logging_config_map)])
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
-                      "annotations": checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)},
-            spec={
-                "replicas": args.replicas,
-                "revisionHistoryLimit": 5,
-                "selector": {"matchLabels": selector},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-                "template": {
-                    "metadata": {"labels": labels, "annotations": {
-                        # The auth config is read only at start: a change must roll the pods.
-                        "mlflow.org/auth-settings": f"{args.default_permission},ttl={args.auth_cache_ttl_seconds}",
-                    }},
-                    "spec": {
-                        **pod_base,
-                        "terminationGracePeriodSeconds": GRACE_SECONDS,
-                        "initContainers": [proxy],
-                        "containers": [container, metrics_exporter_container(image=args.image)],
-                        "volumes": [tmp_volume(), auth_config_volume(auth_config.metadata["name"]), secrets_volume(provider_class),
-                                    logging_volume(namespace.logging_config_map)],
-                        "topologySpreadConstraints": _spread(selector),
-                    },
-                },
-            },
+            metadata=names.metadata(ns_name, checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)),
+            # The auth config is read only at start: a change must roll the pods.
+            spec=deployment_spec(names, pod, {
+                "mlflow.org/auth-settings": f"{args.default_permission},ttl={args.auth_cache_ttl_seconds}"},
+                replicas=args.replicas),
             # The add-on mounts the files only once the pod's identity may read them.
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                 depends_on=[migration, *secret_grants])),
         )
+        service = self._exposure(name, args, names, ns_name, deployment, k8s_opts)
+        self._policies(name, args, names, ns_name, k8s_opts)
+        self._publish(args, ns_name, service, deployment)
 
-        # Pulumi waits up to 10 minutes for a Service to reach a ready pod; created before the
-        # Deployment it would time out behind Cloud SQL's creation and the migration Job.
-        after_pods = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment]))
-        # The Service names its BackendConfig: that exists first, so the NEG is health-checked on /health.
-        backend = self._backend_config(name, args, ns_name, labels, k8s_opts) if args.ingress_host else None
-        service = k8s.core.v1.Service(
-            f"{name}-service",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels,
-                      "annotations": (backend.metadata["name"].apply(ingress_backend_annotations)
-                                      if backend is not None else {})},
-            spec={"type": "ClusterIP", "selector": selector,
-                  "ports": [{"name": "http", "port": TRACKING_PORT, "targetPort": "http", "protocol": "TCP"}]},
-            opts=after_pods,
-        )
-        if args.internal_lb_ip is not None:
-            k8s.core.v1.Service(
-                f"{name}-internal-lb",
-                metadata={"name": f"{SERVICE_NAME}-internal", "namespace": ns_name, "labels": labels,
-                          "annotations": {"networking.gke.io/load-balancer-type": "Internal"}},
-                spec=internal_lb_service_spec(selector, args.internal_lb_ip),
-                opts=after_pods,
-            )
-        if args.ingress_host:
-            self._ingress(name, args, ns_name, labels, service.metadata["name"], k8s_opts)
-        if args.replicas > 1:
-            k8s.policy.v1.PodDisruptionBudget(
-                f"{name}-pdb",
-                metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-                spec={"maxUnavailable": 1, "selector": {"matchLabels": selector}},
-                opts=k8s_opts,
-            )
-        self._metrics_collection(name, ns_name, labels, selector, k8s_opts)
-        k8s.networking.v1.NetworkPolicy(
-            f"{name}-netpol",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-            spec={"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"],
-                  "ingress": network_policy_ingress(args.namespace, args.serving_namespace,
-                                                    args.serving_pod_cidr, bool(args.ingress_host),
-                                                    args.load_test_namespace)},
-            opts=k8s_opts,
-        )
-
+    def _publish(self, args: TrackingServerArgs, ns_name: pulumi.Output[str], service: k8s.core.v1.Service,
+                 deployment: k8s.apps.v1.Deployment) -> None:
         self.namespace = ns_name
         self.service_name = service.metadata["name"]
-        self.in_cluster_url = pulumi.Output.concat(
-            "http://", service.metadata["name"], ".", ns_name, ".svc.cluster.local:", str(TRACKING_PORT))
+        self.in_cluster_url = pulumi.Output.all(service.metadata["name"], ns_name).apply(
+            lambda parts: in_cluster_url(parts[0], parts[1], TRACKING_PORT))
         self.admin_username = pulumi.Output.from_input(ADMIN_USERNAME)
-        self.admin_username_value = ADMIN_USERNAME
-        self.deployment = deployment
+        self.deployment_ref = deployment_ref(deployment)
+        self.endpoint = TrackingEndpoint(
+            in_cluster_url=self.in_cluster_url,
+            internal_url=(pulumi.Output.concat("http://", args.internal_lb_ip, f":{TRACKING_PORT}")
+                          if args.internal_lb_ip is not None else None),
+            namespace=ns_name, admin_username=ADMIN_USERNAME, admin_password=args.admin_password, ready=deployment)
         self.register_outputs({
             "namespace": self.namespace,
             "service_name": self.service_name,
             "in_cluster_url": self.in_cluster_url,
             "admin_username": self.admin_username,
+            "deployment_ref": self.deployment_ref,
         })
+
+    def _identity(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str],
+                  opts: Optional[pulumi.ResourceOptions]) -> tuple[WorkloadIdentity, pulumi.Resource]:
+        """The server's identity (bucket objects, Cloud SQL) and its IAM database user."""
+        identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
+            project=args.project, account_id=args.account_id, workload_pool=args.workload_pool, namespace=ns_name,
+            ksa_name=KSA_NAME, provider=args.provider, labels=k8s_labels(name, COMPONENT),
+            project_roles=DATABASE_ROLES,
+            bucket_grants=(BucketGrant(bucket=args.bucket_name, role="roles/storage.objectUser"),),
+        ), child_options(self, opts))
+        db_user = iam_database_user(
+            f"{name}-tracking-db-user", project=args.project, instance=args.sql_instance_name,
+            service_account_email=identity.gcp_service_account_email, opts=child_options(self, opts))
+        return identity, db_user
+
+    def _server_container(self, args: TrackingServerArgs, backend_uri: pulumi.Output[str]) -> dict:
+        server_args = pulumi.Output.all(args.bucket_name, args.internal_lb_ip).apply(
+            lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.workers,
+                                         ingress_host=args.ingress_host, internal_ip=values[1]))
+        return tracking_container(image=args.image, args=server_args, env=tracking_env(args.job_execution, backend_uri),
+                                  cpu=args.cpu, memory=args.memory)
+
+    def _migration(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str],
+                   identity: WorkloadIdentity, backend_uri: pulumi.Output[str], auth_uri: pulumi.Output[str],
+                   opts: pulumi.ResourceOptions) -> k8s.batch.v1.Job:
+        """Never patched in place: a new image version is a new Job. It reaches Cloud SQL through
+        Workload Identity as the tracking user, so it waits (`opts`) for that identity's IAM bindings
+        and for the grants that let the user create MLflow's tables."""
+        migrate_init, migrate_main = migration_containers(image=args.image, backend_uri=backend_uri, auth_uri=auth_uri)
+        labels = k8s_labels(name, "migration")
+        return k8s.batch.v1.Job(
+            f"{name}-migrate",
+            metadata={"name": f"mlflow-migrate-{args.image_version[:12]}", "namespace": ns_name, "labels": labels},
+            spec=run_once_job_spec(
+                labels, MIGRATION_DEADLINE_SECONDS, identity.ksa_name,
+                init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image), *migrate_init],
+                containers=migrate_main, volumes=[tmp_volume("256Mi")]),
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+                delete_before_replace=True, custom_timeouts=job_wait(MIGRATION_DEADLINE_SECONDS))),
+        )
+
+    def _exposure(self, name: str, args: TrackingServerArgs, names: WorkloadNames, ns_name: pulumi.Output[str],
+                  deployment: k8s.apps.v1.Deployment, k8s_opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+        """The ClusterIP Service, the internal load balancer and the Ingress, as the stack asks."""
+        # Pulumi waits up to 10 minutes for a Service to reach a ready pod; created before the
+        # Deployment it would time out behind Cloud SQL's creation and the migration Job.
+        after_pods = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment]))
+        # The Service names its BackendConfig: that exists first, so the NEG is health-checked on /health.
+        backend = self._backend_config(name, args, ns_name, names.labels, k8s_opts) if args.ingress_host else None
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=names.metadata(ns_name, backend.metadata["name"].apply(ingress_backend_annotations)
+                                    if backend is not None else {}),
+            spec=cluster_ip_service_spec(names.selector, TRACKING_PORT),
+            opts=after_pods,
+        )
+        if args.internal_lb_ip is not None:
+            k8s.core.v1.Service(
+                f"{name}-internal-lb",
+                metadata={"name": f"{SERVICE_NAME}-internal", "namespace": ns_name, "labels": names.labels,
+                          "annotations": {"networking.gke.io/load-balancer-type": "Internal"}},
+                spec=internal_lb_service_spec(names.selector, args.internal_lb_ip),
+                opts=after_pods,
+            )
+        if args.ingress_host:
+            self._ingress(name, args, ns_name, names.labels, service.metadata["name"], k8s_opts)
+        return service
+
+    def _policies(self, name: str, args: TrackingServerArgs, names: WorkloadNames, ns_name: pulumi.Output[str],
+                  k8s_opts: pulumi.ResourceOptions) -> None:
+        """Disruption budget, metrics collection, who may connect."""
+        if args.replicas > 1:
+            k8s.policy.v1.PodDisruptionBudget(
+                f"{name}-pdb", metadata=names.metadata(ns_name), spec=pdb_spec(names.selector), opts=k8s_opts)
+        pod_monitoring(f"{name}-pod-monitoring", names.metadata(ns_name),
+                       pod_monitoring_spec(names.selector, ("metrics", "proxy-http")), k8s_opts)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=names.metadata(ns_name),
+            spec=ingress_policy_spec(names.selector, network_policy_ingress(
+                args.namespace, args.serving_namespace, args.serving_pod_cidr, bool(args.ingress_host),
+                args.load_test_namespace)),
+            opts=k8s_opts,
+        )
 
     def _database_grants(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str],
                          tracking_db_user: pulumi.Resource, k8s_opts: pulumi.ResourceOptions,
                          opts: Optional[pulumi.ResourceOptions]) -> k8s.batch.v1.Job:
         """The database-admin identity (Cloud SQL's admin role, no password) and its Job granting
         the tracking user exactly MLflow's privileges: the running server holds no admin right."""
+        job_labels = k8s_labels(name, "database-grants")
         admin = WorkloadIdentity(f"{name}-db-admin-identity", WorkloadIdentityArgs(
-            project=args.project,
-            account_id=cap_name(f"mlflow-dbadmin-{args.environment}", 30),
-            workload_pool=args.workload_pool,
-            namespace=ns_name,
-            ksa_name=DB_ADMIN_KSA_NAME,
-            provider=args.provider,
-            labels=k8s_labels(name, "database-grants"),
+            project=args.project, account_id=args.db_admin_account_id, workload_pool=args.workload_pool,
+            namespace=ns_name, ksa_name=DB_ADMIN_KSA_NAME, provider=args.provider, labels=job_labels,
             project_roles=DATABASE_ROLES,
         ), child_options(self, opts))
         admin_db_user = iam_database_user(
             f"{name}-db-admin-user", project=args.project, instance=args.sql_instance_name,
             service_account_email=admin.gcp_service_account_email, database_roles=(DATABASE_ADMIN_ROLE,),
             opts=child_options(self, opts))
-        job_labels = k8s_labels(name, "database-grants")
+        grant = grants_container(
+            image=args.image, admin_uri=admin_db_user.name.apply(lambda user: postgres_uri(user, "postgres")),
+            grantee=tracking_db_user.name, databases=[args.tracking_database, args.auth_database])
         return k8s.batch.v1.Job(
             f"{name}-db-grants",
             metadata={"name": f"mlflow-db-grants-{args.image_version[:12]}", "namespace": ns_name,
                       "labels": job_labels},
-            spec={
-                "backoffLimit": 3,
-                "activeDeadlineSeconds": GRANTS_DEADLINE_SECONDS,
-                "template": {
-                    "metadata": {"labels": job_labels},
-                    "spec": {
-                        "serviceAccountName": admin.ksa_name,
-                        "automountServiceAccountToken": False,
-                        "securityContext": pod_security_context(),
-                        "restartPolicy": "Never",
-                        "initContainers": [sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)],
-                        "containers": [grants_container(
-                            image=args.image, admin_uri=admin_db_user.name.apply(lambda user: postgres_uri(user, "postgres")),
-                            grantee=tracking_db_user.name,
-                            databases=[args.tracking_database, args.auth_database])],
-                        "volumes": [tmp_volume("64Mi")],
-                    },
-                },
-            },
+            spec=run_once_job_spec(
+                job_labels, GRANTS_DEADLINE_SECONDS, admin.ksa_name,
+                init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)],
+                containers=[grant], volumes=[tmp_volume("64Mi")]),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                 delete_before_replace=True, depends_on=[*admin.grants, admin_db_user],
                 custom_timeouts=job_wait(GRANTS_DEADLINE_SECONDS))),
-        )
-
-    def _metrics_collection(self, name: str, ns_name: pulumi.Output[str], labels: dict, selector: dict,
-                            k8s_opts: pulumi.ResourceOptions) -> None:
-        k8s.apiextensions.CustomResource(
-            f"{name}-pod-monitoring",
-            api_version="monitoring.googleapis.com/v1",
-            kind="PodMonitoring",
-            metadata={"name": SERVICE_NAME, "namespace": ns_name, "labels": labels},
-            spec=pod_monitoring_spec(selector),
-            opts=k8s_opts,
         )
 
     def _backend_config(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str], labels: dict,
@@ -665,14 +644,6 @@ class TrackingServer(pulumi.ComponentResource):
                                                  "port": {"number": TRACKING_PORT}}}},
             opts=k8s_opts,
         )
-
-
-def _spread(selector: dict) -> list[dict]:
-    return [
-        {"maxSkew": 1, "topologyKey": key, "whenUnsatisfiable": "ScheduleAnyway",
-         "labelSelector": {"matchLabels": selector}}
-        for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
-    ]
 
 
 def backend_config_spec(security_policy: Any = None, iap_secret_name: Any = None) -> dict:

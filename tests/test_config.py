@@ -199,3 +199,17 @@ def test_committed_stack_files_show_every_setting(stack):
             assert key in text and key not in config, key
         else:
             assert key in config, f"Pulumi.{stack}.yaml lacks {key}"
+
+
+def test_a_prefix_that_makes_a_service_account_id_too_long_is_refused_naming_the_prefix(monkeypatch):
+    # Every 3-12 char prefix fits today's roles; a longer role shows the rule the model applies.
+    monkeypatch.setattr("infra.config.SERVICE_ACCOUNT_ROLES", ("model-registry-sync",))
+    message = refusal({**PROD_VALID, f"{NS}:namePrefix": "platformteam"})
+    assert f"{NS}:namePrefix = 'platformteam'" in message and "platformteam-model-registry-sync-prod" in message
+    assert "6-30" in message
+
+
+def test_service_account_ids_carry_the_prefix_and_the_environment():
+    settings = settings_from_values({**VALID, f"{NS}:namePrefix": "team2"})
+    assert settings.service_account_ids == {"tracking": "team2-tracking-dev", "dbadmin": "team2-dbadmin-dev",
+                                            "serving": "team2-serving-dev"}

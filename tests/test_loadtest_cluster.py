@@ -107,8 +107,8 @@ def test_the_component_args_refuse_what_cannot_run():
         LoadTestPool(machine_type="e2-standard-4", max_nodes=0, spot=True, disk_size_gb=50, disk_type="pd-balanced",
                      zone="us-central1-a")
     with pytest.raises(ValueError, match=r"LoadTestArgs.workers=0: allowed 1-32"):
-        LoadTestArgs(provider=None, image="i@sha256:0", serving_url="s", tracking_url="t", tracking_username="u",
-                     tracking_password=None, project_number="1", workload_pool="p.svc.id.goog", workers=0)
+        LoadTestArgs(provider=None, image="i@sha256:0", serving_url="s", tracking=None,
+                     project_number="1", workload_pool="p.svc.id.goog", workers=0)
 
 
 # --- off: the committed stacks --------------------------------------------------------------

@@ -18,11 +18,9 @@ def test_serves_the_registry_alias_through_the_metrics_wrapper():
     assert args[args.index("--workers") + 1] == "2"
 
 
-MINIMAL_ARGS = dict(provider=None, tracking_provider=None, project="p", workload_pool="w", environment="dev",
-                    image="i", setup_image="i", model_name="m", model_alias="a", tracking_url="u",
-                    tracking_in_cluster_url="u", tracking_namespace="n", admin_password=None,
-                    serving_password=None, project_number="1", tracking_workload_pool="w", admin_username="admin",
-                    tracking_ready=None)
+MINIMAL_ARGS = dict(provider=None, tracking_provider=None, project="p", workload_pool="w", account_id="mlflow-serving-dev",
+                    image="i", setup_image="i", model_name="m", model_alias="a", tracking=None,
+                    serving_password=None, project_number="1", tracking_workload_pool="w")
 
 
 def test_batching_settings_reach_the_server_command():

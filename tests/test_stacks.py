@@ -203,3 +203,29 @@ def test_dev_plan_lists_the_workloads(stack_runs):
                            ("kubernetes:autoscaling/v2:HorizontalPodAutoscaler", 1),
                            ("docker-build:index:Image", 2)):
         assert len(run.of_type(token)) >= minimum, token
+
+
+# Inputs that carry a name or id GCP keeps unique per project (or, for Cloud SQL, per instance).
+NAME_INPUTS = ("name", "accountId", "secretId", "repositoryId", "keyRingId", "cryptoKeyId")
+
+
+def gcp_names(run) -> dict[tuple, str]:
+    """(type, scope, input, value) -> logical name, for every GCP name the program sets itself."""
+    names = {}
+    for resource in run.resources:
+        if not resource.type.startswith("gcp:") or "iam" in resource.type.lower():
+            continue  # IAM members name the resource they grant on; they create none
+        scope = resource.inputs.get("instance") or resource.inputs.get("keyRing") or ""
+        for key in NAME_INPUTS:
+            if isinstance(resource.inputs.get(key), str):
+                names[(resource.type, scope, key, resource.inputs[key])] = resource.name
+    return names
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_two_name_prefixes_share_a_project_without_a_gcp_name_in_common(run_stack_with, stack):
+    overrides = {"loadTesting": "true", "privatePythonRepository": "true"}
+    first, second = (gcp_names(run_stack_with(stack, namePrefix=prefix, **overrides)) for prefix in ("mlflow", "team2"))
+    assert len(first) >= 10, f"{stack}: too few named GCP resources found to compare: {sorted(first)}"
+    common = {key: (first[key], second[key]) for key in first.keys() & second.keys()}
+    assert not common, f"{stack}: names both prefixes would create in one project: {common}"

@@ -70,7 +70,8 @@ def test_auth_config_names_the_auth_database_default_permission_and_cache():
 
 def test_args_refuse_an_unpinned_proxy_image():
     with pytest.raises(ValueError, match="sql_proxy_image.*pinned by digest"):
-        TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", environment="dev",
+        TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", account_id="mlflow-tracking-dev",
+                           db_admin_account_id="mlflow-dbadmin-dev",
                            image="i", image_version="v", bucket_name="b", sql_connection_name="c",
                            sql_instance_name="i", tracking_database="t", auth_database="a",
                            sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2",
