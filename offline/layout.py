@@ -13,7 +13,7 @@ PRODUCT_FILES = ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.prod.yaml", "__main__
 SHIPS = {
     "infra": "GCP components: settings model, cloud rules, network, clusters, database, bucket, identities, "
              "registries, images, KMS, Secret Manager, edge, monitoring",
-    "k8s": "Kubernetes components: shared pod builders, tracking, serving, load-test templates",
+    "k8s": "Kubernetes components: shared pod and workload builders, tracking, serving, load-test templates",
     "mlflow_image": "the tracking and serving images: Dockerfile, pinned requirements, the pods' small packages",
     "monitoring": "dashboard template the program deploys",
 }
