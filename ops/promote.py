@@ -25,7 +25,8 @@ In order, stopping at the first failure:
 Targets: `local` reads WORKDIR/endpoints.json of a running `make local`. `cluster` talks to the
 tracking URL given by --tracking-uri or MLFLOW_TRACKING_URI (a port-forward, or the ingress),
 as MLFLOW_TRACKING_USERNAME/PASSWORD or else the stack's admin outputs, and to the serving
-cluster through `pulumi stack output serving_kubeconfig --show-secrets`.
+Deployment named by the stack output `serving_deployment`, through `serving_kubeconfig` (the
+outputs are read with Pulumi's Automation API, which needs the Pulumi CLI).
 
 Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
 4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed).
@@ -47,10 +48,10 @@ from ops.registry import NOT_FOUND, RegistryError, RestRegistry
 from ops.runtime import RuntimeCommandError, run_runtime, run_runtime_module
 from ops.rollout import (
     ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, apps_api, load_api_client,
-    plan_deployment, serving_kubeconfig, stack_output,
 )
 from ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
-from ops.verify import REHEARSAL_SLACK_SECONDS, ClusterVerifier, LocalVerifier, RehearsalFailed, Verifier
+from ops.stack import StackOutputError, StackOutputs
+from ops.verify import REHEARSAL_SLACK_SECONDS, ClusterVerifier, LocalVerifier, RehearsalFailed, Verifier, env_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "READY"
@@ -341,16 +342,12 @@ class Target:
     notes: tuple[str, ...] = ()
 
 
-def serving_container_args(stack: str) -> list[str]:
-    """The serving container's arguments in the rendered plan (its environment settings)."""
+def local_verifier(runner: RuntimeRunner, workdir: Path, serving_url: str) -> LocalVerifier:
     from local.manifests import Manifests, container
 
-    return container(Manifests.load(stack).one("Deployment", component="serving"), "serving")["args"]
-
-
-def local_verifier(runner: RuntimeRunner, workdir: Path, serving_url: str) -> LocalVerifier:
-    args = serving_container_args("dev")  # what `make local` runs
-    timeout = float(args[args.index("--env-timeout") + 1]) + REHEARSAL_SLACK_SECONDS
+    # `make local` runs the rendered dev manifests: their serving container is the one to rehearse as.
+    args = container(Manifests.load("dev").one("Deployment", component="serving"), "serving")["args"]
+    timeout = env_timeout(args) + REHEARSAL_SLACK_SECONDS
 
     def run(rehearsal: list[str]) -> tuple[int, str]:
         code, out, _ = runner.run(rehearsal, "the rehearsal of the model's environment", timeout)
@@ -372,10 +369,10 @@ def local_target(workdir: Path, timeout: float) -> Target:
                   local_verifier(runner, workdir, endpoints["serving_url"]))
 
 
-def admin_password_from_secret_manager(stack: str) -> str:
+def admin_password_from_secret_manager(outputs: StackOutputs) -> str:
     """The admin password's latest version (the stack outputs the secret, never its value)."""
     try:
-        return CloudSecretManager().access(app_secret(stack, ADMIN_PASSWORD))
+        return CloudSecretManager().access(app_secret(outputs, ADMIN_PASSWORD))
     except SecretManagerError as err:
         raise PromotionError(str(err)) from None
 
@@ -389,16 +386,15 @@ def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> T
                              "(e.g. `kubectl -n mlflow port-forward svc/mlflow-tracking 5000:5000` and "
                              "http://localhost:5000)")
     try:
-        username = os.environ.get("MLFLOW_TRACKING_USERNAME") or stack_output("tracking_admin_username", stack, cwd=ROOT)
-        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(stack)
-        namespace, name = plan_deployment(stack, "serving")
-        api_client = load_api_client(serving_kubeconfig(stack, cwd=ROOT))
+        outputs = StackOutputs.read(stack)
+        username = os.environ.get("MLFLOW_TRACKING_USERNAME") or outputs.get("tracking_admin_username")
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(outputs)
+        namespace, name = outputs.deployment("serving")
+        api_client = load_api_client(outputs.kubeconfig("serving"))
         roller = ClusterRoller(apps_api(api_client), namespace, name, timeout=timeout)
         roller.check()  # before anything changes
-        args = serving_container_args(stack)
-        verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME,
-                                   timeout=float(args[args.index("--env-timeout") + 1]))
-    except RolloutError as err:
+        verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME)
+    except (RolloutError, StackOutputError) as err:
         raise PromotionError(str(err)) from None
     note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's rolloutToken: record it with "
             f"`pulumi config set rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")

@@ -36,7 +36,7 @@ from ops.promote import (
 from ops.registry import NOT_FOUND, ModelVersion, RegisteredModel, RegistryError, RestRegistry, Run
 from ops.rollout import (
     FIELD_MANAGER, STRATEGIC_MERGE_PATCH, ClusterRoller, LocalSignalRoller, PlatformRoller, RolloutError,
-    plan_deployment, rollout_patch, rollout_status, serving_kubeconfig, stack_output_command,
+    rollout_patch, rollout_status,
 )
 
 # Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
@@ -356,35 +356,6 @@ def test_an_unexpected_error_mid_rollout_still_puts_the_alias_back():
     with pytest.raises(RolloutFailed, match="ConnectionResetError: connection reset by peer; alias m@champion moved"):
         run_promote(registry, Broken(), model="m", version="2", alias="champion")
     assert registry.models["m"]["aliases"] == {"champion": "1"}
-
-
-def test_stack_commands_read_the_serving_kubeconfig_as_a_secret():
-    assert stack_output_command("serving_kubeconfig", "prod", secret=True) == [
-        "pulumi", "stack", "output", "serving_kubeconfig", "--show-secrets", "--stack", "prod"]
-    assert stack_output_command("tracking_admin_username", "dev") == [
-        "pulumi", "stack", "output", "tracking_admin_username", "--stack", "dev"]
-    calls = []
-
-    def fake_run(argv, **kwargs):
-        calls.append((argv, kwargs))
-        return subprocess.CompletedProcess(argv, 0, stdout='{"apiVersion": "v1", "kind": "Config"}\n', stderr="")
-
-    assert serving_kubeconfig("dev", cwd=ROOT, run=fake_run) == {"apiVersion": "v1", "kind": "Config"}
-    assert calls[0][0][-3:] == ["--show-secrets", "--stack", "dev"] and calls[0][1]["cwd"] == ROOT
-
-    def failing_run(argv, **kwargs):
-        return subprocess.CompletedProcess(argv, 255, stdout="", stderr="error: no stack named 'dev' found")
-
-    with pytest.raises(RolloutError, match="no stack named 'dev' found"):
-        serving_kubeconfig("dev", run=failing_run)
-
-
-def test_cluster_target_finds_the_deployment_in_the_rendered_plan_and_needs_a_tracking_url(monkeypatch):
-    assert plan_deployment("dev", "serving") == ("mlflow-serving", "mlflow-serving")
-    assert plan_deployment("prod", "tracking") == ("mlflow", "mlflow-tracking")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(PromotionError, match="--target cluster needs the tracking URL"):
-        promote_module.cluster_target("dev", None, 60)
 
 
 def test_real_kubernetes_client_sends_the_strategic_merge_patch():
