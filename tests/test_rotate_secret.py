@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
@@ -208,8 +209,7 @@ def login(platform, user: str, password: str) -> int:
 
 def process_env(pid: int) -> dict[str, str]:
     """The environment mlflow_fileenv exec'd the server with (same pid)."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    return psutil.Process(pid).environ()
 
 
 def rotate_on(platform, name: str) -> int:
