@@ -11,7 +11,7 @@ from typing import Any
 
 from ops.stack import StackOutputError, StackOutputs
 
-SECRET_MANAGER_REQUIREMENT = "google-cloud-secret-manager==2.32.0"
+SECRET_MANAGER_REQUIREMENT = "google-cloud-secret-manager==2.24.0"
 
 
 class SecretManagerError(RuntimeError):
