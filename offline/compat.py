@@ -10,6 +10,8 @@ from importlib.metadata import version
 import pulumi.runtime.settings
 
 try:
+    # The monitor set_mocks(monitor=...) accepts; RecordingMonitor extends it to record every resource.
+    from pulumi.runtime.mocks import MockMonitor
     # The wrapper a mock's property must carry to be deserialized as a secret Output.
     from pulumi.runtime.rpc import _special_secret_sig as SECRET_SIG
     from pulumi.runtime.rpc import _special_sig_key as SIG_KEY

@@ -34,6 +34,13 @@ def test_the_secret_wrapper_keys_are_the_sdks():
     assert (rules.SIG_KEY, rules.SECRET_SIG) == (compat.SIG_KEY, compat.SECRET_SIG)
 
 
+def test_the_mock_monitor_is_the_one_set_mocks_builds():
+    from pulumi.runtime import mocks
+
+    assert compat.MockMonitor is mocks.MockMonitor
+    assert hasattr(compat.MockMonitor, "RegisterResource"), "RecordingMonitor overrides RegisterResource"
+
+
 def test_reset_root_stack_forgets_the_root_resource():
     assert hasattr(pulumi.runtime.settings, "ROOT"), "pulumi.runtime.settings.ROOT is gone: update offline/compat.py"
     previous = pulumi.runtime.settings.ROOT.get()
