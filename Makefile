@@ -82,7 +82,7 @@ local: install runtime
 
 ## make bench [BENCH_ARGS=--quick]: serving, tracking and program-time benchmarks side by side on
 ## the local platform, with MLServer beside the serving pod (~10 min); results in benchmarks/results/,
-## report in docs/benchmarks.md (conclusions by hand in benchmarks/serving_conclusions.md).
+## tables and plots in docs/benchmarks.md (its conclusions are written by hand; tests/test_benchmark_prose.py).
 bench: install runtime mlserver-venv
 	$(PY) -m benchmarks $(BENCH_ARGS)
 	$(PY) -m benchmarks.program_time

@@ -7,8 +7,8 @@ needs one package more (LightGBM), on one LocalPlatform, beside `mlflow models s
 cold: empty environment cache (the pod's volume; for the peers MLFLOW_ENV_ROOT and their uv/pip
 caches), as a new pod on a new node. warm: the same cache again, as a restarted container. Configs
 alternate per round so machine noise lands on all of them. Results: benchmarks/results/coldstart.json;
-the table in docs/benchmarks.md comes from `python -m benchmarks.report` (conclusions by hand:
-benchmarks/coldstart_conclusions.md).
+the table in docs/benchmarks.md comes from `python -m benchmarks.report`; the conclusions beside it
+are written by hand.
 """
 
 from __future__ import annotations

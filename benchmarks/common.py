@@ -1,9 +1,9 @@
-"""Helpers shared by both sides of the benchmarks, standard library only.
+"""Helpers shared by both sides of the benchmarks (standard library and psutil).
 
 The orchestrator (`python -m benchmarks`, project virtualenv: it needs `local.LocalPlatform`) talks
 to worker processes in the runtime virtualenv (`benchmarks.loadgen`, `benchmarks.tracking_client`:
 they need aiohttp / mlflow) over JSON lines: one request on stdin, one answer on stdout.
-Process-tree CPU and memory are read from /proc, so both sides can measure a server by pid.
+Process-tree CPU and memory come from psutil, so both sides can measure a server by pid.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
+import psutil
 
 # --- statistics ----------------------------------------------------------------------------
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
@@ -45,45 +43,33 @@ def latency_summary(seconds: Sequence[float]) -> dict:
             "max_ms": ms(max(seconds) if seconds else None)}
 
 
-# --- /proc ---------------------------------------------------------------------------------
-def _children() -> dict[int, list[int]]:
-    # Runs in the runtime virtualenv too, where local/ (it imports Pulumi) cannot be imported.
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    return children
+# --- processes -----------------------------------------------------------------------------
+def _live(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # ended meanwhile
+        return False
 
 
 def process_tree(pid: int) -> list[int]:
     """`pid` and every live descendant."""
-    children = _children()
-    found, todo = [pid], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
-    return found
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return [pid]
+    return [pid, *(process.pid for process in below if _live(process))]
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:
     """User + system CPU seconds of the given processes (including their reaped children)."""
-    total = 0
+    total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
             continue
-        # utime stime cutime cstime are fields 14-17 of stat, i.e. 11-14 after the comm field.
-        total += sum(int(value) for value in fields[11:15])
-    return total / CLOCK_TICKS
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def tree_cpu_seconds(roots: Iterable[int]) -> float:
@@ -94,42 +80,30 @@ def tree_memory(root: int) -> dict:
     """RSS and PSS (MiB) summed over a process tree, and its process count. RSS counts pages
     shared between forked workers once per process; PSS splits them (closer to what a cgroup
     memory limit charges)."""
-    rss_kib = pss_kib = 0
+    rss = pss = 0
     pids = process_tree(root)
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss_kib += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss_kib += int(line.split()[1])
-        except OSError:
-            try:  # no smaps_rollup (old kernel): RSS only
-                rss_kib += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE // 1024
-            except OSError:
-                continue
-    return {"rss_mib": round(rss_kib / 1024, 1), "pss_mib": round(pss_kib / 1024, 1), "processes": len(pids)}
+            memory = psutil.Process(pid).memory_full_info()
+        except psutil.Error:
+            continue
+        rss += memory.rss
+        pss += getattr(memory, "pss", 0)  # Linux only
+    return {"rss_mib": round(rss / 2**20, 1), "pss_mib": round(pss / 2**20, 1), "processes": len(pids)}
 
 
 # --- machine -------------------------------------------------------------------------------
 def machine() -> dict:
     model = "unknown"
-    try:
+    try:  # psutil does not report the CPU model
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
     except OSError:
         pass
-    mem_kib = 0
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem_kib = int(line.split()[1])
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kib / 1024 / 1024, 1),
-            "kernel": os.uname().release}
+    return {"nproc": os.cpu_count(), "cpu_model": model,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "kernel": os.uname().release}
 
 
 # --- JSON-lines worker protocol --------------------------------------------------------------

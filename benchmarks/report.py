@@ -1,10 +1,11 @@
-"""Plots (matplotlib, Agg) and docs/benchmarks.md from benchmarks/results/*.json.
+"""Plots (matplotlib, Agg) and the tables of docs/benchmarks.md from benchmarks/results/*.json.
 
     .venv-runtime/bin/python -m benchmarks.report [--results-dir DIR] [--docs PATH]
 
 Runs in the runtime virtualenv (matplotlib); reads only the JSON files, so the report can be
-regenerated without rerunning anything. The prose states which default each result chose or
-confirms; its numbers are filled in from the results.
+regenerated without rerunning anything. Only the blocks between `<!-- generated:NAME -->` and
+`<!-- /generated:NAME -->` are rewritten: the conclusions around them are written by hand, and
+tests/test_benchmark_prose.py checks the numbers they quote against the JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -316,7 +318,7 @@ def program_time_section(p: dict) -> str:
 
 
 def coldstart_section(data: dict) -> str:
-    """The cold-start table of docs/benchmarks.md (conclusions: benchmarks/coldstart_conclusions.md)."""
+    """The cold-start method, table and commands."""
     cases = list(data["cases"])
     labels = list(dict.fromkeys(label for case in cases for label in data["cases"][case]))
     lines = ["| config | " + " | ".join(f"{case}: s (× {data['baseline']})" for case in cases) + " |",
@@ -331,31 +333,65 @@ def coldstart_section(data: dict) -> str:
                          f"{value:.2f} ({value / base:.2f}×)" if base else f"{value:.2f}")
         lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
     commands = sorted({entry["command"] for case in cases for entry in data["cases"][case].values()})
-    conclusions = Path(__file__).with_name("coldstart_conclusions.md")
     return "\n".join([
-        "## Cold start: model environments", "",
         f"`python -m benchmarks.coldstart --rounds {data['rounds']}`: process start until `/ping` answers 200 "
         f"(median over rounds: {data['rounds']}), then one request must be answered 200. *cold*: empty environment "
         "cache (the pod's volume; the peers' MLFLOW_ENV_ROOT, uv and pip caches); *warm*: the same cache again. "
         "The one extra package is " + f"`{data['lightgbm_requirement']}`, from pypi.org.", "",
-        *lines, "", "Commands: " + "; ".join(f"`{command}`" for command in commands), "",
-        conclusions.read_text().strip() if conclusions.exists() else "(no conclusions written for this run)", ""])
+        *lines, "", "Commands: " + "; ".join(f"`{command}`" for command in commands)])
+
+
+def serving_method(s: dict) -> str:
+    m = s["method"]
+    return (f"Method: {m['client']}; {m['payload']}; {m['rounds']} rounds of\n{m['seconds_per_point_per_round']} s per "
+            f"point after {m['warmup_s']} s warm-up,\n{m['order']}; {m['rps']}. rps/core = {m['rps_per_core']}.\n"
+            f"(c) = {m['ceiling']}.")
+
+
+def tracking_method(t: dict) -> str:
+    m = t["method"]
+    return (f"Method: {m['client']}. Auth: `{m['auth_path']}`. Search filter\n`{m['search_filter']}`; the runs are "
+            f"{m['bulk_load']}.\nMemory: {m['memory']}.")
+
+
+# name -> (heading of its section in a new document, results it needs, its text)
+SECTIONS = {
+    "goals": ("## Goals", ("serving", "tracking"), lambda r, prefix: goals_table(r["serving"], r["tracking"])),
+    "machine": ("## Machine", ("serving", "tracking"),
+                lambda r, prefix: machine_section(r["serving"] or r["tracking"])),
+    "serving": ("## Serving", ("serving",),
+                lambda r, prefix: serving_method(r["serving"]) + "\n\n" + serving_section(r["serving"], prefix)),
+    "tracking": ("## Tracking", ("tracking",),
+                 lambda r, prefix: tracking_method(r["tracking"]) + "\n\n" + tracking_section(r["tracking"], prefix)),
+    "program-time": ("## Offline program time", ("program_time",), lambda r, prefix: program_time_section(r["program_time"])),
+    "coldstart": ("## Cold start: model environments", ("coldstart",), lambda r, prefix: coldstart_section(r["coldstart"])),
+}
+
+
+def block(name: str, text: str) -> str:
+    return f"<!-- generated:{name} (benchmarks/report.py) -->\n{text.strip()}\n<!-- /generated:{name} -->"
+
+
+BLOCK = re.compile(r"<!-- generated:(?P<name>[a-z-]+) \(benchmarks/report\.py\) -->\n.*?<!-- /generated:(?P=name) -->",
+                   re.DOTALL)
 
 
 def render(results_dir: Path, docs: Path) -> str:
-    from benchmarks.report_text import document
-    serving = load(results_dir, "serving")
-    tracking = load(results_dir, "tracking")
-    program_time = load(results_dir, "program_time")
-    coldstart = load(results_dir, "coldstart")
+    """`docs` with every generated block refilled from the results it has; a document of just the
+    blocks when `docs` does not exist yet (a run into a scratch directory)."""
+    results = {name: load(results_dir, name) for name in ("serving", "tracking", "program_time", "coldstart")}
     prefix = os.path.relpath(results_dir, docs.parent) + "/"
-    cold = ("\n" + coldstart_section(coldstart)) if coldstart else ""
-    return document(serving=serving, tracking=tracking, program_time=program_time, prefix=prefix,
-                    goals=goals_table(serving, tracking),
-                    machine=machine_section(serving or tracking) if (serving or tracking) else "",
-                    serving_tables=serving_section(serving, prefix) if serving else "",
-                    tracking_tables=tracking_section(tracking, prefix) if tracking else "",
-                    program_time_table=program_time_section(program_time) if program_time else "") + cold
+    texts = {name: text(results, prefix) for name, (_, needs, text) in SECTIONS.items()
+             if any(results[need] for need in needs)}
+    if not docs.exists():
+        return "# Benchmarks\n" + "".join(f"\n{SECTIONS[name][0]}\n\n{block(name, body)}\n"
+                                          for name, body in texts.items())
+    document = docs.read_text()
+    missing = set(texts) - {m["name"] for m in BLOCK.finditer(document)}
+    if missing:
+        raise SystemExit(f"{docs} has no generated block for {', '.join(sorted(missing))}: add "
+                         f"<!-- generated:NAME (benchmarks/report.py) --> ... <!-- /generated:NAME --> where it belongs")
+    return BLOCK.sub(lambda m: block(m["name"], texts[m["name"]]) if m["name"] in texts else m[0], document)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ Every configuration is started once and stays up; then, for each (payload, concu
 the configurations are loaded one after another in an order that rotates between points and
 rounds, so machine noise (other engineers' tests) lands on all of them alike. Rounds are pooled:
 rps = answers / seconds, percentiles over all latencies, rps_per_core = answers / server CPU
-seconds (the server's whole process tree, read from /proc over the same window).
+seconds (the server's whole process tree, read with psutil over the same window).
 """
 
 from __future__ import annotations

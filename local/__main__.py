@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from local.localplatform import LocalPlatform
-from local.rollout import write_pid_file
+from local.rollout import is_local_instance, write_pid_file
 from local.manifests import ROOT
 from local.processes import LocalPlatformError
 from local.rollout import Rollouts
@@ -41,13 +41,7 @@ def _other_instance(pid_file: Path) -> int | None:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    if pid == os.getpid():
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return pid if b"local" in cmdline and any(part.endswith(b"python") or b"python3" in part for part in cmdline) else None
+    return pid if pid != os.getpid() and is_local_instance(pid) else None
 
 
 def _clean(workdir: Path) -> None:

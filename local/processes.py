@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
+import psutil
+
 
 class LocalPlatformError(RuntimeError):
     """Something the local platform started did not come up or did not succeed."""
@@ -184,38 +186,32 @@ def _killpg(pgid: int, sig: int) -> None:
         pass
 
 
-def _proc_stats() -> dict[int, tuple[str, int, int]]:
-    """pid -> (state, parent pid, process group) of every process."""
-    stats = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        stats[int(entry.name)] = (fields[0], int(fields[1]), int(fields[2]))
-    return stats
+def _live(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:  # ended meanwhile
+        return False
 
 
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid`."""
-    children: dict[int, list[int]] = {}
-    for child, (state, parent, _) in _proc_stats().items():
-        if state != "Z":
-            children.setdefault(parent, []).append(child)
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return set()
+    return {process.pid for process in below if _live(process)}
 
 
 def pids_alive(pids: Iterable[int]) -> list[int]:
-    stats = _proc_stats()
-    return sorted(pid for pid in pids if pid in stats and stats[pid][0] != "Z")
+    alive = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+        except psutil.Error:
+            continue
+        if _live(process):
+            alive.append(pid)
+    return sorted(alive)
 
 
 def wait_pids_gone(pids: set[int], timeout: float) -> None:
@@ -240,7 +236,13 @@ def wait_pids_gone(pids: set[int], timeout: float) -> None:
 
 def group_alive(pgid: int) -> bool:
     """Whether any non-zombie process is left in the process group."""
-    return any(group == pgid and state != "Z" for state, _, group in _proc_stats().values())
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and _live(process):
+                return True
+        except OSError:  # ended meanwhile
+            continue
+    return False
 
 
 def wait_group_gone(pgid: int, timeout: float) -> None:

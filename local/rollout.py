@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import psutil
+
 ROLLOUT_SIGNAL = signal.SIGUSR1
 STATUS_FILE = "serving-rollout.json"
 REQUEST_FILE = "rollout-request.json"
@@ -57,16 +59,23 @@ def write_pid_file(workdir: Path) -> Path:
     return path
 
 
+def is_local_instance(pid: int) -> bool:
+    """Whether `pid` runs `python -m local` (a pid file outlives its process, and pids are reused)."""
+    try:
+        cmdline = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return False
+    return "local" in cmdline and any(part.endswith("python") or "python3" in part for part in cmdline)
+
+
 def local_pid(workdir: Path) -> Optional[int]:
     """The pid of the `python -m local` using `workdir`, if one runs (the check `make local` itself
     does before starting)."""
     try:
         pid = int((workdir / PID_FILE).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    is_python = any(part.endswith(b"python") or b"python3" in part for part in cmdline)
-    return pid if is_python and b"local" in cmdline else None
+    return pid if is_local_instance(pid) else None
 
 
 def request_rollout(workdir: Path, timeout: float = 300.0, poll: float = 0.2, component: str = "serving") -> dict:

@@ -13,6 +13,8 @@ from typing import Iterator
 import os
 import signal
 
+import psutil
+
 from local.localplatform import LocalPlatform
 from local.postgres import find_bin_dir
 from local.processes import LocalPlatformError, descendants, pids_alive
@@ -22,16 +24,12 @@ def processes_using(directory: Path) -> dict[int, str]:
     """pid -> command line of every live process whose command line or working directory is
     under `directory` (what a platform started there and did not stop)."""
     found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        if process.pid == os.getpid():
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
+        cmdline, cwd = " ".join(process.info["cmdline"] or []), process.info["cwd"] or ""
         if str(directory) in cmdline or cwd.startswith(str(directory)):
-            found[int(entry.name)] = cmdline.strip()
+            found[process.pid] = cmdline.strip()
     return found
 
 

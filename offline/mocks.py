@@ -9,9 +9,8 @@ from typing import Any, Optional
 
 import pulumi
 from google.protobuf import json_format
-from pulumi.runtime.mocks import MockMonitor
-from pulumi.runtime.rpc import _special_secret_sig as SECRET_SIG
-from pulumi.runtime.rpc import _special_sig_key as SIG_KEY
+
+from offline.compat import SECRET_SIG, SIG_KEY, MockMonitor
 
 OFFLINE_ENDPOINT = "203.0.113.10"  # TEST-NET-3: never routable
 OFFLINE_PROJECT_NUMBER = "123456789012"

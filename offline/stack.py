@@ -11,6 +11,7 @@ import pulumi
 import yaml
 
 from infra.config import PROJECT_NAMESPACE
+from offline.compat import reset_root_stack
 from offline.mocks import PlatformMocks, RecordingMonitor, ResourceRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,8 +64,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[s
                 program: Optional[Callable[[], dict[str, pulumi.Output]]] = None) -> StackRun:
     """Run `program` (default: the real platform) for `stack` under mocks; collect resources and outputs."""
     monitor = RecordingMonitor(PlatformMocks(project=config.get("gcp:project", "offline-project")))
-    # A fresh root Stack per run: set_mocks keeps an existing one, named after the first stack run.
-    pulumi.runtime.settings.ROOT.set(None)
+    reset_root_stack()  # a fresh root Stack per run
     pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT_NAMESPACE, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys or [])
 

@@ -1,8 +1,13 @@
 """Day-2 operations on a running platform: promotion and rollback (`ops.promote`), rollouts
-(`ops.rollout`), serving-user grants (`ops.grants`, runtime virtualenv) and database
-backup commands (`ops.backup`). See docs/runbook.md.
+(`ops.rollout`), secret rotation (`ops.rotate_secret`), serving-user grants (`ops.grants`) and
+database backup commands (`ops.backup`). See docs/runbook.md.
 
-Everything here but `ops.grants` is standard library only, so it runs in `.venv` beside the
-Pulumi SDK and the Kubernetes client and can be driven in-process by the tests; it talks to
-tracking through MLflow's REST API, the contract every MLflow client uses.
+Where each runs: the commands (`make promote`, `make rollback`, `make rotate-secret`) run in
+`.venv`, beside the Pulumi SDK (stack outputs through the Automation API, `ops.stack`), the
+Kubernetes client and Secret Manager's client, and speak to the registry with MLflow's own
+`MlflowClient` (mlflow-skinny, the image's MLflow version). What needs the whole of MLflow or the
+serving image's code runs in `.venv-runtime` through `ops.runtime`: the auth client's grants
+(`ops.grants`) and password changes (`ops.user_password`), and the rehearsal of a version
+(`mlflow_serving.rehearse`). One virtualenv cannot hold both: the image pins protobuf 7, the
+Pulumi SDK and pulumi-policy protobuf 5.
 """

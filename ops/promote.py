@@ -25,7 +25,8 @@ In order, stopping at the first failure:
 Targets: `local` reads WORKDIR/endpoints.json of a running `make local`. `cluster` talks to the
 tracking URL given by --tracking-uri or MLFLOW_TRACKING_URI (a port-forward, or the ingress),
 as MLFLOW_TRACKING_USERNAME/PASSWORD or else the stack's admin outputs, and to the serving
-cluster through `pulumi stack output serving_kubeconfig --show-secrets`.
+Deployment named by the stack output `serving_deployment`, through `serving_kubeconfig` (the
+outputs are read with Pulumi's Automation API, which needs the Pulumi CLI).
 
 Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
 4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed).
@@ -42,18 +43,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
 from infra.secrets import ADMIN_PASSWORD
-from ops.registry import NOT_FOUND, RegistryError, RestRegistry
 from ops.runtime import RuntimeCommandError, run_runtime, run_runtime_module
 from ops.rollout import (
     ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, apps_api, load_api_client,
-    plan_deployment, serving_kubeconfig, stack_output,
 )
 from ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
-from ops.verify import REHEARSAL_SLACK_SECONDS, ClusterVerifier, LocalVerifier, RehearsalFailed, Verifier
+from ops.stack import StackOutputError, StackOutputs
+from ops.verify import REHEARSAL_SLACK_SECONDS, ClusterVerifier, LocalVerifier, RehearsalFailed, Verifier, env_timeout
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "READY"
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
 EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT, EXIT_REHEARSAL = 1, 2, 3, 4, 5
 GRANT_TIMEOUT = 180.0
@@ -111,13 +115,22 @@ class Requirement:
 
 # --- the registry and the serving user --------------------------------------------------------------
 class Registry(Protocol):
-    def get_model(self, name: str): ...
-    def get_version(self, name: str, version: str): ...
+    """The calls of MLflow's `MlflowClient` a promotion makes; errors are MlflowException."""
+
+    def get_registered_model(self, name: str): ...
+    def get_model_version(self, name: str, version: str): ...
     def get_run(self, run_id: str): ...
-    def set_alias(self, name: str, alias: str, version: str) -> None: ...
-    def delete_alias(self, name: str, alias: str) -> None: ...
-    def set_model_tag(self, name: str, key: str, value: str) -> None: ...
-    def delete_model_tag(self, name: str, key: str) -> None: ...
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None: ...
+    def delete_registered_model_alias(self, name: str, alias: str) -> None: ...
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None: ...
+    def delete_registered_model_tag(self, name: str, key: str) -> None: ...
+
+
+def registry_client(tracking_uri: str, username: str, password: str) -> MlflowClient:
+    """MLflow's client for `tracking_uri` as `username`. It reads basic-auth credentials from the
+    environment only, so this sets them for the process."""
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = username, password
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 class Granter(Protocol):
@@ -181,18 +194,18 @@ class Outcome:
 
 def _model(registry: Registry, name: str):
     try:
-        return registry.get_model(name)
-    except RegistryError as err:
-        if err.code == NOT_FOUND:
+        return registry.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == NOT_FOUND:
             raise PromotionError(f"registered model {name!r} does not exist") from None
         raise PromotionError(f"reading registered model {name!r}: {err}") from None
 
 
 def _ready_version(registry: Registry, name: str, version: str):
     try:
-        mv = registry.get_version(name, version)
-    except RegistryError as err:
-        if err.code == NOT_FOUND:
+        mv = registry.get_model_version(name, version)
+    except MlflowException as err:
+        if err.error_code == NOT_FOUND:
             raise PromotionError(f"model {name!r} has no version {version}") from None
         raise PromotionError(f"reading model {name!r} version {version}: {err}") from None
     if mv.status != READY:
@@ -208,14 +221,14 @@ def check_gates(registry: Registry, mv, requirements: Sequence[Requirement]) -> 
     where = f"model {mv.name!r} version {mv.version}"
     if not mv.run_id:
         raise PromotionError(f"{where} has no run: no metric to check {', '.join(map(str, requirements))}")
-    run = registry.get_run(mv.run_id)
+    metrics = registry.get_run(mv.run_id).data.metrics  # the latest value of each
     passed = []
     for requirement in requirements:
-        if requirement.metric not in run.metrics:
-            known = ", ".join(sorted(run.metrics)) or "none"
+        if requirement.metric not in metrics:
+            known = ", ".join(sorted(metrics)) or "none"
             raise PromotionError(f"unknown metric {requirement.metric!r}: run {mv.run_id} of {where} "
                                  f"logged {known}")
-        value = run.metrics[requirement.metric]
+        value = metrics[requirement.metric]
         if not requirement.holds(value):
             raise GateFailed(f"gate failed: {requirement.metric} = {value:g} is not {requirement.op} "
                              f"{requirement.threshold:g} (run {mv.run_id} of {where}); nothing changed")
@@ -249,24 +262,27 @@ def _switch(registry: Registry, granter: Granter, roller: Roller, *, model, alia
     log(granter.grant(name))
     before, tag_before = model.aliases.get(alias), model.tags.get(tag)
 
-    def put_back() -> str:
+    def put_alias_back() -> None:
         if before is None:
-            registry.delete_alias(name, alias)
+            registry.delete_registered_model_alias(name, alias)
         else:
-            registry.set_alias(name, alias, before)
+            registry.set_registered_model_alias(name, alias, before)
+
+    def put_back() -> str:
+        put_alias_back()
         if record is not None:
             if tag_before is None:
-                registry.delete_model_tag(name, tag)
+                registry.delete_registered_model_tag(name, tag)
             else:
-                registry.set_model_tag(name, tag, tag_before)
+                registry.set_registered_model_tag(name, tag, tag_before)
         return f"alias {name}@{alias} moved back to {before or '(unset)'}"
 
-    registry.set_alias(name, alias, target)
+    registry.set_registered_model_alias(name, alias, target)
     if record is not None:
         try:
-            registry.set_model_tag(name, tag, record)
-        except RegistryError as err:
-            registry.set_alias(name, alias, before) if before else registry.delete_alias(name, alias)
+            registry.set_registered_model_tag(name, tag, record)
+        except MlflowException as err:
+            put_alias_back()
             raise PromotionError(f"recording the previous version of {name}@{alias} failed ({err}); "
                                  "the alias was put back") from None
     log(f"{name}@{alias}: {before or '(unset)'} -> {target}")
@@ -341,16 +357,12 @@ class Target:
     notes: tuple[str, ...] = ()
 
 
-def serving_container_args(stack: str) -> list[str]:
-    """The serving container's arguments in the rendered plan (its environment settings)."""
+def local_verifier(runner: RuntimeRunner, workdir: Path, serving_url: str) -> LocalVerifier:
     from local.manifests import Manifests, container
 
-    return container(Manifests.load(stack).one("Deployment", component="serving"), "serving")["args"]
-
-
-def local_verifier(runner: RuntimeRunner, workdir: Path, serving_url: str) -> LocalVerifier:
-    args = serving_container_args("dev")  # what `make local` runs
-    timeout = float(args[args.index("--env-timeout") + 1]) + REHEARSAL_SLACK_SECONDS
+    # `make local` runs the rendered dev manifests: their serving container is the one to rehearse as.
+    args = container(Manifests.load("dev").one("Deployment", component="serving"), "serving")["args"]
+    timeout = env_timeout(args) + REHEARSAL_SLACK_SECONDS
 
     def run(rehearsal: list[str]) -> tuple[int, str]:
         code, out, _ = runner.run(rehearsal, "the rehearsal of the model's environment", timeout)
@@ -372,10 +384,10 @@ def local_target(workdir: Path, timeout: float) -> Target:
                   local_verifier(runner, workdir, endpoints["serving_url"]))
 
 
-def admin_password_from_secret_manager(stack: str) -> str:
+def admin_password_from_secret_manager(outputs: StackOutputs) -> str:
     """The admin password's latest version (the stack outputs the secret, never its value)."""
     try:
-        return CloudSecretManager().access(app_secret(stack, ADMIN_PASSWORD))
+        return CloudSecretManager().access(app_secret(outputs, ADMIN_PASSWORD))
     except SecretManagerError as err:
         raise PromotionError(str(err)) from None
 
@@ -389,16 +401,15 @@ def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> T
                              "(e.g. `kubectl -n mlflow port-forward svc/mlflow-tracking 5000:5000` and "
                              "http://localhost:5000)")
     try:
-        username = os.environ.get("MLFLOW_TRACKING_USERNAME") or stack_output("tracking_admin_username", stack, cwd=ROOT)
-        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(stack)
-        namespace, name = plan_deployment(stack, "serving")
-        api_client = load_api_client(serving_kubeconfig(stack, cwd=ROOT))
+        outputs = StackOutputs.read(stack)
+        username = os.environ.get("MLFLOW_TRACKING_USERNAME") or outputs.get("tracking_admin_username")
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(outputs)
+        namespace, name = outputs.deployment("serving")
+        api_client = load_api_client(outputs.kubeconfig("serving"))
         roller = ClusterRoller(apps_api(api_client), namespace, name, timeout=timeout)
         roller.check()  # before anything changes
-        args = serving_container_args(stack)
-        verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME,
-                                   timeout=float(args[args.index("--env-timeout") + 1]))
-    except RolloutError as err:
+        verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME)
+    except (RolloutError, StackOutputError) as err:
         raise PromotionError(str(err)) from None
     note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's rolloutToken: record it with "
             f"`pulumi config set rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")
@@ -446,7 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             target = local_target(args.workdir, args.timeout or 300.0)
         else:
             target = cluster_target(args.stack, args.tracking_uri, args.timeout or DEFAULT_CLUSTER_TIMEOUT)
-        registry = RestRegistry(target.tracking_uri, (target.username, target.password))
+        registry = registry_client(target.tracking_uri, target.username, target.password)
         granter = RuntimeGranter(runtime_python(), target.tracking_uri, target.username, target.password,
                                  target.serving_user)
         checks = {"verifier": target.verifier, "request": args.request_body, "log": log}
@@ -458,8 +469,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PromotionError as err:
         print(f"promote: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
-    except RegistryError as err:
-        print(f"promote: error: tracking answered {err}", file=sys.stderr, flush=True)
+    except MlflowException as err:
+        print(f"promote: error: tracking answered {err.error_code}: {err.message}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     log(f"{outcome.model}@{outcome.alias} = version {outcome.version} (was {outcome.previous or 'unset'}), served")
     for note in target.notes:

@@ -14,8 +14,6 @@ been moved back, `restore()`. Both raise `RolloutError` when serving is not read
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +177,7 @@ class ClusterRoller:
                                f"{f'HTTP {status} ' if status else ''}{reason}") from None
 
     def check(self) -> None:
-        """The Deployment can be read (credentials, RBAC, the name in the plan)."""
+        """The Deployment can be read (credentials, RBAC, the name in the stack's outputs)."""
         self._api("read_namespaced_deployment", self.name, self.namespace)
 
     def _patch(self, token: Optional[str], annotation: str = ROLLOUT_ANNOTATION) -> None:
@@ -217,42 +215,3 @@ class ClusterRoller:
             return f"{self.target} was not patched"
         self._patch(self.previous_token)
         return f"{self.target} back to {ROLLOUT_ANNOTATION}={self.previous_token}: {self._wait()}"
-
-
-# --- the stack's outputs --------------------------------------------------------------------------
-def stack_output_command(name: str, stack: str, secret: bool = False, as_json: bool = False) -> list[str]:
-    """`pulumi stack output NAME [--show-secrets] [--json] --stack STACK`."""
-    return ["pulumi", "stack", "output", name, *(["--show-secrets"] if secret else []),
-            *(["--json"] if as_json else []), "--stack", stack]
-
-
-def stack_output(name: str, stack: str, secret: bool = False, cwd: Optional[Path] = None,
-                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run, timeout: float = 120.0,
-                 as_json: bool = False) -> str:
-    argv = stack_output_command(name, stack, secret, as_json)
-    try:
-        completed = run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise RolloutError("the Pulumi CLI is not on PATH: the cluster target reads the stack's outputs") from None
-    if completed.returncode != 0:
-        raise RolloutError(f"`{' '.join(argv)}` failed: {completed.stderr.strip()[:300]}")
-    return completed.stdout.strip()
-
-
-def serving_kubeconfig(stack: str, cluster: str = "serving", **kwargs) -> dict:
-    """The kubeconfig of the cluster serving (or, cluster="platform", tracking) runs on: the output
-    `<cluster>_kubeconfig`, a JSON secret."""
-    output = f"{cluster}_kubeconfig"
-    text = stack_output(output, stack, secret=True, **kwargs)
-    try:
-        return json.loads(text)
-    except ValueError:
-        raise RolloutError(f"stack {stack} output {output} is not a JSON kubeconfig") from None
-
-
-def plan_deployment(stack: str, component: str) -> tuple[str, str]:
-    """(namespace, name) of a Deployment (component serving or tracking), from the stack's rendered plan."""
-    from local.manifests import Manifests
-
-    deployment = Manifests.load(stack).one("Deployment", component=component)
-    return deployment["metadata"]["namespace"], deployment["metadata"]["name"]

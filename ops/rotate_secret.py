@@ -21,7 +21,9 @@ Targets: `local` rotates in a running `make local` (its Secret Manager stand-in 
 its tracking URL, and the same SIGUSR1 rollout `make promote` uses; the 0600 password files of
 endpoints.json are rewritten). `cluster` uses Secret Manager (Application Default Credentials, the
 stack output `app_secrets`), the tracking URL of --tracking-uri or MLFLOW_TRACKING_URI, and
-`kubectl rollout restart` through the Kubernetes API (the stack's kubeconfig outputs).
+`kubectl rollout restart` through the Kubernetes API of the Deployments the stack outputs
+`tracking_deployment` and `serving_deployment` name (its kubeconfig outputs; all read with Pulumi's
+Automation API, which needs the Pulumi CLI).
 
 Exit codes: 0 rotated, 1 error (for a failure in step 4 the new version is current; rerun the rollout
 with `make rotate-secret` after fixing the cause, which rotates again), 2 usage.
@@ -40,11 +42,10 @@ from typing import Callable, Optional, Protocol, Sequence
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SECRET_LENGTHS, SERVING_PASSWORD
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME
-from ops.rollout import (
-    DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, RolloutError, apps_api, load_api_client, plan_deployment, serving_kubeconfig,
-)
+from ops.rollout import DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, RolloutError, apps_api, load_api_client
 from ops.runtime import RuntimeCommandError, run_runtime_module
 from ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
+from ops.stack import StackOutputError, StackOutputs
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_ERROR, EXIT_USAGE = 1, 2
@@ -179,15 +180,16 @@ def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> T
         raise RotationError("--target cluster needs the tracking URL: --tracking-uri or MLFLOW_TRACKING_URI "
                             "(e.g. `kubectl -n mlflow port-forward svc/mlflow-tracking 5000:5000`)")
     try:
-        secrets = {name: app_secret(stack, name, cwd=ROOT) for name in ROTATIONS}
+        outputs = StackOutputs.read(stack)
+        secrets = {name: app_secret(outputs, name) for name in ROTATIONS}
         store = CloudSecretManager()
         rollers = {}
         for component, cluster in (("tracking", "platform"), ("serving", "serving")):
-            namespace, name = plan_deployment(stack, component)
-            rollers[component] = ClusterRoller(apps_api(load_api_client(serving_kubeconfig(stack, cluster, cwd=ROOT))),
+            namespace, name = outputs.deployment(component)
+            rollers[component] = ClusterRoller(apps_api(load_api_client(outputs.kubeconfig(cluster))),
                                                namespace, name, timeout=timeout)
             rollers[component].check()  # before anything changes
-    except (SecretManagerError, RolloutError) as err:
+    except (SecretManagerError, RolloutError, StackOutputError) as err:
         raise RotationError(str(err)) from None
     return Target(store, secrets, runtime_password_setter(runtime_python(), tracking_uri),
                   lambda component: rollers[component].restart())

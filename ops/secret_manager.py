@@ -7,12 +7,11 @@ secretVersionManager on the secret.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from ops.rollout import RolloutError, stack_output
+from ops.stack import StackOutputError, StackOutputs
 
-SECRET_MANAGER_REQUIREMENT = "google-cloud-secret-manager==2.32.0"
+SECRET_MANAGER_REQUIREMENT = "google-cloud-secret-manager==2.24.0"
 
 
 class SecretManagerError(RuntimeError):
@@ -55,12 +54,13 @@ class CloudSecretManager:
         self._call("disable_secret_version", {"name": f"{secret}/versions/{version}"})
 
 
-def app_secret(stack: str, name: str, **kwargs) -> str:
+def app_secret(outputs: StackOutputs, name: str) -> str:
     """projects/P/secrets/ID of one application secret, from the stack output `app_secrets`."""
     try:
-        secrets = json.loads(stack_output("app_secrets", stack, as_json=True, **kwargs))
-    except (RolloutError, ValueError) as err:
-        raise SecretManagerError(f"stack {stack} output app_secrets: {err}") from None
+        secrets = outputs.json("app_secrets")
+    except StackOutputError as err:
+        raise SecretManagerError(str(err)) from None
     if name not in secrets:
-        raise SecretManagerError(f"stack {stack} output app_secrets has no {name!r} (has {', '.join(sorted(secrets))})")
+        raise SecretManagerError(f"stack {outputs.stack} output app_secrets has no {name!r} "
+                                 f"(has {', '.join(sorted(secrets))})")
     return secrets[name]

@@ -60,6 +60,11 @@ def rehearsal_args(model: str, version: str, container_args: list[str]) -> list[
     return args
 
 
+def env_timeout(container_args: list[str]) -> float:
+    """The serving container's limit on restoring a model's environment (`--env-timeout`)."""
+    return float(container_args[container_args.index("--env-timeout") + 1])
+
+
 def rehearsal_result(output: str) -> Rehearsed:
     """The JSON line the rehearsal prints last; RehearsalFailed with its reason."""
     lines = [line for line in output.strip().splitlines() if line.startswith("{")]
@@ -141,13 +146,13 @@ def rehearsal_job(deployment: Any, model: str, version: str, name: str, timeout:
 @dataclass
 class ClusterVerifier:
     """The rehearsal as a Job beside the serving Deployment, the probe through the Service proxy.
-    `api_client`: a kubernetes ApiClient for the serving cluster."""
+    `api_client`: a kubernetes ApiClient for the serving cluster. The time allowed is the running
+    serving container's own `--env-timeout`, plus the download and load."""
 
     api_client: Any
     namespace: str
     deployment: str
     service: str
-    timeout: float
     poll: float = 5.0
     sleep: Callable[[float], None] = time.sleep
 
@@ -169,17 +174,19 @@ class ClusterVerifier:
 
     def rehearse(self, model: str, version: str) -> Rehearsed:
         deployment = self._json("GET", f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{self.deployment}")
+        serving = next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "serving")
+        timeout = env_timeout(serving["args"])
         name = f"serving-rehearsal-{int(time.time())}"
         jobs = f"/apis/batch/v1/namespaces/{self.namespace}/jobs"
-        self._call("POST", jobs, rehearsal_job(deployment, model, version, name, self.timeout))
-        deadline = time.monotonic() + self.timeout + REHEARSAL_SLACK_SECONDS
+        self._call("POST", jobs, rehearsal_job(deployment, model, version, name, timeout))
+        deadline = time.monotonic() + timeout + REHEARSAL_SLACK_SECONDS
         while True:
             status = self._json("GET", f"{jobs}/{name}").get("status", {})
             if status.get("succeeded") or status.get("failed"):
                 break
             if time.monotonic() > deadline:
                 raise RehearsalFailed(f"the rehearsal Job {name} did not finish within "
-                                      f"{self.timeout + REHEARSAL_SLACK_SECONDS:.0f}s")
+                                      f"{timeout + REHEARSAL_SLACK_SECONDS:.0f}s")
             self.sleep(self.poll)
         pods = self._json("GET", f"/api/v1/namespaces/{self.namespace}/pods?labelSelector=job-name%3D{name}")
         log = ""

@@ -143,6 +143,6 @@ def test_report_and_plots_are_written(quick_run):
     for name in ("serving_throughput.png", "serving_latency.png", "tracking.png"):
         assert (quick_run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     report = (quick_run / "benchmarks.md").read_text()
-    for heading in ("## Goals", "## Recommended defaults", "## Serving", "## Tracking", "## Machine"):
+    for heading in ("## Goals", "## Serving", "## Tracking", "## Machine"):  # the generated sections
         assert heading in report
     assert "project-w1" in report and "models-serve-w1" in report

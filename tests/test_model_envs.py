@@ -14,8 +14,9 @@ import pytest
 
 from local.processes import http
 from local.testing import scratch_platform
-from ops.promote import EXIT_REHEARSAL, RuntimeGranter, RuntimeRunner, WouldNotServe, local_verifier, promote
-from ops.registry import RestRegistry
+from ops.promote import (
+    EXIT_REHEARSAL, RuntimeGranter, RuntimeRunner, WouldNotServe, local_verifier, promote, registry_client,
+)
 from ops.rollout import PlatformRoller
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ def platform(request):
 def promote_checked(platform, version: str, log: list):
     runner = RuntimeRunner(platform.bin_dir / "python", platform.tracking_url, platform.admin_username,
                            platform.admin_password)
-    return promote(RestRegistry(platform.tracking_url, (platform.admin_username, platform.admin_password)),
+    return promote(registry_client(platform.tracking_url, platform.admin_username, platform.admin_password),
                    RuntimeGranter(platform.bin_dir / "python", platform.tracking_url, platform.admin_username,
                                   platform.admin_password, platform.serving_username),
                    PlatformRoller(platform), model=platform.model_name, version=version, alias=platform.model_alias,
@@ -82,7 +83,7 @@ def test_a_version_whose_environment_cannot_be_built_is_refused_and_the_old_one_
                                             rf"be built: .*lightgbm==99.0.0.*nothing changed") as err:
         promote_checked(platform, broken["version"], [])
     assert err.value.exit_code == EXIT_REHEARSAL
-    model = RestRegistry(platform.tracking_url, (platform.admin_username, platform.admin_password)).get_model(
-        platform.model_name)
+    model = registry_client(platform.tracking_url, platform.admin_username, platform.admin_password
+                            ).get_registered_model(platform.model_name)
     assert model.aliases[platform.model_alias] == served_before["version"]
     assert http("GET", f"{platform.serving_url}/ping").status == 200

@@ -23,6 +23,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion, RegisteredModel
+from mlflow.entities.model_registry.registered_model_alias import RegisteredModelAlias
+from mlflow.entities.model_registry.registered_model_tag import RegisteredModelTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from k8s.serving import ROLLOUT_ANNOTATION
 from local.manifests import ROOT
@@ -31,12 +37,11 @@ from local.testing import scratch_platform
 from ops import promote as promote_module
 from ops.promote import (
     EXIT_ERROR, EXIT_GATE, EXIT_ROLLOUT, GateFailed, PromotionError, Requirement, RolloutFailed, RuntimeGranter,
-    previous_tag, promote, rollback,
+    previous_tag, promote, registry_client, rollback,
 )
-from ops.registry import NOT_FOUND, ModelVersion, RegisteredModel, RegistryError, RestRegistry, Run
 from ops.rollout import (
     FIELD_MANAGER, STRATEGIC_MERGE_PATCH, ClusterRoller, LocalSignalRoller, PlatformRoller, RolloutError,
-    plan_deployment, rollout_patch, rollout_status, serving_kubeconfig, stack_output_command,
+    rollout_patch, rollout_status,
 )
 
 # Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
@@ -47,7 +52,8 @@ CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 
 # ============================ unit: the promotion logic, in memory ============================
 class MemoryRegistry:
-    """The registry calls ops.promote makes, on dicts; `writes` lists every change in order."""
+    """The MlflowClient calls ops.promote makes, on dicts, answering with MLflow's own entities and
+    errors; `writes` lists every change in order."""
 
     def __init__(self):
         self.models = {"m": {"aliases": {"champion": "1"}, "tags": {},
@@ -56,36 +62,37 @@ class MemoryRegistry:
         self.runs = {"run1": {"accuracy": 0.91, "loss": 0.3}, "run2": {"accuracy": 0.95, "loss": 0.2}}
         self.writes: list[tuple] = []
 
-    def get_model(self, name):
+    def get_registered_model(self, name):
         if name not in self.models:
-            raise RegistryError(NOT_FOUND, f"Registered Model with name={name} not found")
+            raise MlflowException(f"Registered Model with name={name} not found", RESOURCE_DOES_NOT_EXIST)
         model = self.models[name]
-        return RegisteredModel(name, dict(model["aliases"]), dict(model["tags"]))
+        return RegisteredModel(name, aliases=[RegisteredModelAlias(a, v) for a, v in model["aliases"].items()],
+                               tags=[RegisteredModelTag(k, v) for k, v in model["tags"].items()])
 
-    def get_version(self, name, version):
-        self.get_model(name)
+    def get_model_version(self, name, version):
+        self.get_registered_model(name)
         versions = self.models[name]["versions"]
         if version not in versions:
-            raise RegistryError(NOT_FOUND, f"Model Version (name={name}, version={version}) not found")
+            raise MlflowException(f"Model Version (name={name}, version={version}) not found", RESOURCE_DOES_NOT_EXIST)
         status, run_id = versions[version]
-        return ModelVersion(name, version, status, run_id)
+        return ModelVersion(name, version, 0, status=status, run_id=run_id)
 
     def get_run(self, run_id):
-        return Run(run_id, dict(self.runs[run_id]))
+        return SimpleNamespace(data=SimpleNamespace(metrics=dict(self.runs[run_id])))
 
-    def set_alias(self, name, alias, version):
+    def set_registered_model_alias(self, name, alias, version):
         self.writes.append(("set_alias", alias, version))
         self.models[name]["aliases"][alias] = version
 
-    def delete_alias(self, name, alias):
+    def delete_registered_model_alias(self, name, alias):
         self.writes.append(("delete_alias", alias))
         del self.models[name]["aliases"][alias]
 
-    def set_model_tag(self, name, key, value):
+    def set_registered_model_tag(self, name, key, value):
         self.writes.append(("set_tag", key, value))
         self.models[name]["tags"][key] = value
 
-    def delete_model_tag(self, name, key):
+    def delete_registered_model_tag(self, name, key):
         self.writes.append(("delete_tag", key))
         del self.models[name]["tags"][key]
 
@@ -358,35 +365,6 @@ def test_an_unexpected_error_mid_rollout_still_puts_the_alias_back():
     assert registry.models["m"]["aliases"] == {"champion": "1"}
 
 
-def test_stack_commands_read_the_serving_kubeconfig_as_a_secret():
-    assert stack_output_command("serving_kubeconfig", "prod", secret=True) == [
-        "pulumi", "stack", "output", "serving_kubeconfig", "--show-secrets", "--stack", "prod"]
-    assert stack_output_command("tracking_admin_username", "dev") == [
-        "pulumi", "stack", "output", "tracking_admin_username", "--stack", "dev"]
-    calls = []
-
-    def fake_run(argv, **kwargs):
-        calls.append((argv, kwargs))
-        return subprocess.CompletedProcess(argv, 0, stdout='{"apiVersion": "v1", "kind": "Config"}\n', stderr="")
-
-    assert serving_kubeconfig("dev", cwd=ROOT, run=fake_run) == {"apiVersion": "v1", "kind": "Config"}
-    assert calls[0][0][-3:] == ["--show-secrets", "--stack", "dev"] and calls[0][1]["cwd"] == ROOT
-
-    def failing_run(argv, **kwargs):
-        return subprocess.CompletedProcess(argv, 255, stdout="", stderr="error: no stack named 'dev' found")
-
-    with pytest.raises(RolloutError, match="no stack named 'dev' found"):
-        serving_kubeconfig("dev", run=failing_run)
-
-
-def test_cluster_target_finds_the_deployment_in_the_rendered_plan_and_needs_a_tracking_url(monkeypatch):
-    assert plan_deployment("dev", "serving") == ("mlflow-serving", "mlflow-serving")
-    assert plan_deployment("prod", "tracking") == ("mlflow", "mlflow-tracking")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(PromotionError, match="--target cluster needs the tracking URL"):
-        promote_module.cluster_target("dev", None, 60)
-
-
 def test_real_kubernetes_client_sends_the_strategic_merge_patch():
     """The installed client (requirements-dev.txt) against a stub API server on 127.0.0.1."""
     kubernetes = pytest.importorskip("kubernetes", reason="the Kubernetes client is not installed in .venv: "
@@ -544,8 +522,13 @@ def invocations(platform, rows: dict) -> list:
     return response.json()["predictions"]
 
 
-def registry(platform) -> RestRegistry:
-    return RestRegistry(platform.tracking_url, (platform.admin_username, platform.admin_password))
+def registry(platform) -> MlflowClient:
+    return registry_client(platform.tracking_url, platform.admin_username, platform.admin_password)
+
+
+def aliases_and_tags(platform) -> tuple[dict, dict]:
+    model = registry(platform).get_registered_model(platform.model_name)
+    return model.aliases, model.tags
 
 
 def granter(platform) -> RuntimeGranter:
@@ -590,7 +573,7 @@ def test_promotion_serves_the_new_version(platform, versions):
                       log=log.append)
     assert (outcome.version, outcome.previous) == (versions["v2"], versions["v1"])
     assert served_version(platform, versions) == versions["v2"]
-    model = registry(platform).get_model(name)
+    model = registry(platform).get_registered_model(name)
     assert model.aliases[alias] == versions["v2"]
     assert model.tags[previous_tag(alias)] == versions["v1"]
     assert any(line.startswith("gate passed: train_accuracy = ") for line in log)
@@ -598,12 +581,12 @@ def test_promotion_serves_the_new_version(platform, versions):
 
 
 def test_failed_gate_exits_non_zero_and_changes_nothing(platform, versions, tmp_path):
-    before = registry(platform).get_model(platform.model_name)
+    before = aliases_and_tags(platform)
     result = cli(platform, tmp_path, "--version", versions["v1"], "--alias", platform.model_alias,
                  "--require", "train_accuracy>=0.999")
     assert result.returncode == EXIT_GATE, result.stderr
     assert "gate failed: train_accuracy = 0.9" in result.stderr and "is not >= 0.999" in result.stderr
-    assert registry(platform).get_model(platform.model_name) == before
+    assert aliases_and_tags(platform) == before
     assert served_version(platform, versions) == versions["v2"]
 
 
@@ -630,13 +613,13 @@ def test_missing_model_is_a_clear_error(platform, tmp_path):
 
 def test_rollout_that_never_becomes_ready_restores_the_alias(platform, versions, tmp_path):
     """Through the command line: no `make local` answers the rollout request."""
-    before = registry(platform).get_model(platform.model_name)
+    before = aliases_and_tags(platform)
     result = cli(platform, tmp_path, "--version", versions["v1"], "--alias", platform.model_alias)
     assert result.returncode == EXIT_ROLLOUT, result.stderr
     assert f"rollout of iris-classifier@champion -> version {versions['v1']} failed: no running `make local`" \
         in result.stderr
     assert f"alias iris-classifier@champion moved back to {versions['v2']}" in result.stderr
-    assert registry(platform).get_model(platform.model_name) == before
+    assert aliases_and_tags(platform) == before
     assert served_version(platform, versions) == versions["v2"]
 
 
@@ -655,13 +638,13 @@ def test_rollout_reported_not_ready_restores_alias_and_serving(platform, version
             return "previous pods still serving"
 
     roller = NotReady()
-    before = registry(platform).get_model(platform.model_name)
+    before = aliases_and_tags(platform)
     with pytest.raises(RolloutFailed, match="readiness probe /ping not answering .* moved back to "
                                             f"{versions['v2']}; previous pods still serving"):
         promote(registry(platform), granter(platform), roller, model=platform.model_name,
                 version=versions["v1"], alias=platform.model_alias, log=lambda message: None)
     assert roller.restored
-    assert registry(platform).get_model(platform.model_name) == before
+    assert aliases_and_tags(platform) == before
     assert served_version(platform, versions) == versions["v2"]
 
 
@@ -670,7 +653,7 @@ def test_rollback_serves_the_previous_version_again(platform, versions):
                        alias=platform.model_alias, log=lambda message: None)
     assert (outcome.version, outcome.previous) == (versions["v1"], versions["v2"])
     assert served_version(platform, versions) == versions["v1"]
-    model = registry(platform).get_model(platform.model_name)
+    model = registry(platform).get_registered_model(platform.model_name)
     assert model.aliases[platform.model_alias] == versions["v1"]
     assert model.tags[previous_tag(platform.model_alias)] == versions["v2"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
@@ -16,7 +16,7 @@ from local.processes import http
 from local.secretmanager import LocalSecretManager
 from ops.rollout import RESTARTED_AT_ANNOTATION, ClusterRoller, RolloutError
 from ops.rotate_secret import ROTATIONS, RotationError, parse_args, rotate, runtime_password_setter
-from ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
+from ops.secret_manager import CloudSecretManager, SecretManagerError
 
 SECRETS = {ADMIN_PASSWORD: "admin-id", FLASK_SECRET_KEY: "flask-id", SERVING_PASSWORD: "serving-id"}
 
@@ -139,15 +139,6 @@ def test_cloud_secret_manager_speaks_the_client_librarys_requests():
         manager.disable(secret, 5)
 
 
-def test_the_secret_names_come_from_the_stack_output():
-    def pulumi(argv, **kwargs):
-        assert argv[:4] == ["pulumi", "stack", "output", "app_secrets"] and "--json" in argv
-        return SimpleNamespace(returncode=0, stdout='{"admin-password": "projects/p/secrets/a"}', stderr="")
-    assert app_secret("prod", ADMIN_PASSWORD, run=pulumi) == "projects/p/secrets/a"
-    with pytest.raises(SecretManagerError, match="has no 'serving-password'"):
-        app_secret("prod", SERVING_PASSWORD, run=pulumi)
-
-
 def test_cluster_restart_patches_restarted_at_and_waits_for_the_rollout():
     patches = []
     ready = SimpleNamespace(metadata=SimpleNamespace(generation=2),
@@ -217,8 +208,7 @@ def login(platform, user: str, password: str) -> int:
 
 def process_env(pid: int) -> dict[str, str]:
     """The environment mlflow_fileenv exec'd the server with (same pid)."""
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    return psutil.Process(pid).environ()
 
 
 def rotate_on(platform, name: str) -> int:

@@ -94,16 +94,16 @@ def fake_download(monkeypatch):
     """MLflow's download function, standing in: writes MLmodel under output_path, or fails."""
     calls = []
 
-    def download(uri, output_path):
-        calls.append(uri)
-        (Path(output_path) / "MLmodel").write_text("flavors: {}\n")
+    def download_artifacts(artifact_uri, dst_path):
+        calls.append(artifact_uri)
+        (Path(dst_path) / "MLmodel").write_text("flavors: {}\n")
         if len(calls) == 1:
             raise OSError("connection reset mid-download")
-        return output_path
+        return dst_path
 
-    module = types.ModuleType("mlflow.tracking.artifact_utils")
-    module._download_artifact_from_uri = download
-    monkeypatch.setitem(sys.modules, "mlflow.tracking.artifact_utils", module)
+    module = types.ModuleType("mlflow.artifacts")
+    module.download_artifacts = download_artifacts
+    monkeypatch.setitem(sys.modules, "mlflow.artifacts", module)
     return calls
 
 

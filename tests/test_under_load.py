@@ -29,8 +29,7 @@ from loadtest.results import endpoints, history, started_at
 from local.manifests import ROOT
 from local.processes import http
 from local.testing import scratch_platform
-from ops.promote import RuntimeGranter, promote
-from ops.registry import RestRegistry
+from ops.promote import RuntimeGranter, promote, registry_client
 from ops.rollout import PlatformRoller
 
 pytestmark = pytest.mark.slow
@@ -100,7 +99,7 @@ def failures_before(run: LoadRun, when: float) -> int:
 
 
 def test_three_promotions_under_load_fail_nothing_and_then_serve_the_new_version(platform, results_dir, report):
-    registry = RestRegistry(platform.tracking_url, (platform.admin_username, platform.admin_password))
+    registry = registry_client(platform.tracking_url, platform.admin_username, platform.admin_password)
     granter = RuntimeGranter(platform.bin_dir / "python", platform.tracking_url, platform.admin_username,
                              platform.admin_password, platform.serving_username)
     v1 = platform.demo_run["version"]

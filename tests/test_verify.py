@@ -177,16 +177,17 @@ class FakeApi:
 
 def test_the_cluster_verifier_runs_the_job_reads_its_result_and_probes_through_the_service_proxy():
     api = FakeApi(b'{"environment": "the image satisfies it", "input_example": {"inputs": [1]}}\n')
-    verifier = ClusterVerifier(api, "mlflow-serving", "mlflow-serving", "mlflow-serving", timeout=60, sleep=lambda s: None)
+    verifier = ClusterVerifier(api, "mlflow-serving", "mlflow-serving", "mlflow-serving", sleep=lambda s: None)
     assert verifier.rehearse("m", "7") == Rehearsed("the image satisfies it", {"inputs": [1]})
     created = next(body for method, path, body in api.calls if method == "POST")
     assert created["kind"] == "Job" and created["metadata"]["namespace"] == "mlflow-serving"
+    assert created["spec"]["activeDeadlineSeconds"] == 420  # the running container's --env-timeout 300, plus slack
     assert verifier.probe({"inputs": [1]}) == "its input example was answered with 1 predictions"
     assert api.calls[-1][:2] == ("POST", "/api/v1/namespaces/mlflow-serving/services/mlflow-serving:8080/proxy/invocations")
 
 
 def test_the_cluster_verifier_reports_the_jobs_refusal():
     api = FakeApi(b'{"error": "its environment cannot be built: timeout"}\n')
-    verifier = ClusterVerifier(api, "mlflow-serving", "mlflow-serving", "mlflow-serving", timeout=60, sleep=lambda s: None)
+    verifier = ClusterVerifier(api, "mlflow-serving", "mlflow-serving", "mlflow-serving", sleep=lambda s: None)
     with pytest.raises(RehearsalFailed, match="its environment cannot be built: timeout"):
         verifier.rehearse("m", "7")

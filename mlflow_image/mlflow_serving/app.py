@@ -77,11 +77,11 @@ def download_once(model_uri: str, state_dir: Path) -> str:
         record = state_dir / _MODEL_PATH_FILE
         if record.exists():
             return record.read_text()
-        from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+        from mlflow.artifacts import download_artifacts
 
         target = tempfile.mkdtemp(prefix="model-", dir=state_dir)
         try:
-            path = _download_artifact_from_uri(model_uri, output_path=target)
+            path = download_artifacts(artifact_uri=model_uri, dst_path=target)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise

@@ -29,11 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 
     from mlflow.pyfunc import scoring_server
-    from mlflow.tracking.artifact_utils import _download_artifact_from_uri
+    from mlflow.artifacts import download_artifacts
 
     settings = EnvironmentSettings(Path(args.env_cache), args.env_timeout, args.package_index or None)
     try:
-        path = Path(_download_artifact_from_uri(args.model_uri, output_path=tempfile.mkdtemp(prefix="rehearse-")))
+        path = Path(download_artifacts(artifact_uri=args.model_uri, dst_path=tempfile.mkdtemp(prefix="rehearse-")))
         restored = EnvironmentBuilder(settings).restore(path)
         activate(restored)
         scoring_server.load_model_with_mlflow_config(str(path))
