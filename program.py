@@ -220,12 +220,12 @@ def build_edge(settings: Settings, foundation: Foundation) -> Optional[EdgePolic
     return EdgePolicy(f"{settings.name_prefix}-edge", EdgePolicyArgs(
         project=settings.project, labels=foundation.labels,
         requests_per_minute=settings.armor_requests_per_minute if settings.cloud_armor else None,
-        iap_members=settings.iap_members if settings.iap else ()), foundation.after_apis)
+        iap_members=settings.iap_members if settings.iap else (),
+        iap_programmatic_client=settings.iap_oauth_client_id if settings.iap else None), foundation.after_apis)
 
 
 def build_tracking(settings: Settings, foundation: Foundation, clusters: Clusters, data: Data) -> TrackingServer:
     edge = build_edge(settings, foundation)
-    iap_secret = settings.iap_oauth_client_secret
     return TrackingServer("mlflow", TrackingServerArgs(
         provider=clusters.platform.provider,
         project=settings.project,
@@ -254,8 +254,7 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         ingress_static_ip_name=foundation.network.ingress_address_name,
         security_policy_name=edge.security_policy_name if edge else None,
         ssl_policy_name=edge.ssl_policy_name if edge else None,
-        iap_client_id=settings.iap_oauth_client_id if settings.iap else None,
-        iap_client_secret=pulumi.Output.secret(iap_secret.get_secret_value()) if settings.iap and iap_secret else None,
+        iap=settings.iap,
         internal_lb_ip=foundation.network.internal_addresses.get("tracking"),
         serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
         # On its own cluster serving's pod range, and so the load test's, is admitted already.

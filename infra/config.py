@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 
 import pulumi
 from pulumi.runtime import config as pulumi_config
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from infra import cloud_rules
@@ -56,7 +56,6 @@ _WEEKDAYS = {"MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6, "SUN": 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
-SECRET_FIELDS = frozenset({"iap_oauth_client_secret"})
 
 
 class ConfigError(ValueError):
@@ -144,9 +143,8 @@ class Settings(BaseModel):
     ingress_host: Optional[str] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
     cloud_armor: bool = Field(False, description="Cloud Armor per-client rate limiting on the Ingress (needs `ingressHost`).")
     armor_requests_per_minute: int = Field(600, description="Requests per minute one client IP may make before 429 (10-100000).")
-    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress (needs `ingressHost` and an OAuth client).")
-    iap_oauth_client_id: Optional[str] = Field(None, description="OAuth client id for IAP.")
-    iap_oauth_client_secret: Optional[SecretStr] = Field(None, description="OAuth client secret for IAP: `pulumi config set --secret`.")
+    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client (needs `ingressHost`; GKE 1.29.4+).")
+    iap_oauth_client_id: Optional[str] = Field(None, description="OAuth client id that programs (the mlflow-iap-auth plugin) get IAP tokens for: allowed as IAP's programmatic client; its secret is never needed.")
     iap_members: tuple[str, ...] = Field((), description="Who may pass IAP (JSON list of `user:`, `group:`, `serviceAccount:` or `domain:` members); needed with `iap`.")
     auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
     auth_cache_ttl_seconds: int = Field(300, description="Seconds a verified credential stays cached (0-3600); 0 checks scrypt on every request.")
@@ -375,9 +373,6 @@ class Settings(BaseModel):
         for key in ("cloud_armor", "iap"):
             if getattr(self, key) and not self.ingress_host:
                 errors.append(_line(key, True, f"needs {_key('ingress_host')}: edge protection sits on the Ingress"))
-        if self.iap and not (self.iap_oauth_client_id and self.iap_oauth_client_secret):
-            errors.append(_line("iap", True, f"needs {_key('iap_oauth_client_id')} and "
-                                             f"{_key('iap_oauth_client_secret')} (set it with --secret)"))
         if self.iap and not self.iap_members:
             errors.append(_line("iap", True, f"needs {_key('iap_members')}: IAP refuses everyone not granted access"))
         errors += self._load_test_problems()
@@ -533,8 +528,7 @@ def _describe(err: ValidationError) -> str:
         if problem["type"] == "missing":
             lines.append(f"{key}: required setting is missing; set it with `pulumi config set {key} VALUE`")
         else:
-            shown = "[secret]" if name in SECRET_FIELDS else repr(problem.get("input"))
-            lines.append(f"{key} = {shown}: {problem['msg'].removeprefix('Value error, ')}")
+            lines.append(f"{key} = {problem.get('input')!r}: {problem['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
@@ -547,8 +541,6 @@ def load_settings() -> Settings:
         config = pulumi.Config(namespace)
         if Settings.model_fields[name].annotation == tuple[str, ...]:
             raw = config.get_object(short)
-        elif name in SECRET_FIELDS:
-            raw = pulumi_config.get_config(key)  # Config.get would warn that the value is secret
         else:
             raw = config.get(short)
         values.pop(key, None)

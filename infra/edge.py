@@ -25,6 +25,9 @@ class EdgePolicyArgs:
     """Cloud Armor: requests one client IP may make per minute before it gets 429; None: no policy."""
     iap_members: tuple[str, ...] = ()
     """Members granted passage through Identity-Aware Proxy (user:, group:, serviceAccount:, domain:)."""
+    iap_programmatic_client: Optional[str] = None
+    """OAuth client id whose ID tokens IAP accepts from programs: IAP's Google-managed client serves
+    browsers only."""
 
     def __post_init__(self) -> None:
         if self.requests_per_minute is not None and not 10 <= self.requests_per_minute <= 100_000:
@@ -54,6 +57,14 @@ class EdgePolicy(pulumi.ComponentResource):
             # never recreates (and briefly revokes) another member's grant.
             gcp.iap.WebIamMember(f"{name}-iap-{hashlib.sha256(member.encode()).hexdigest()[:8]}",
                                  project=args.project, role=IAP_ACCESSOR_ROLE, member=member, opts=child)
+        if args.iap_programmatic_client:
+            # Project level, like the grants above: the backend service's name is the Ingress controller's.
+            # https://cloud.google.com/iap/docs/custom-oauth-configuration (programmatic_clients)
+            gcp.iap.Settings(f"{name}-iap-settings", name=f"projects/{args.project}/iap_web",
+                             access_settings=gcp.iap.SettingsAccessSettingsArgs(
+                                 oauth_settings=gcp.iap.SettingsAccessSettingsOauthSettingsArgs(
+                                     programmatic_clients=[args.iap_programmatic_client])),
+                             opts=child)
         self.register_outputs({"ssl_policy_name": self.ssl_policy_name,
                                "security_policy_name": self.security_policy_name})
 

@@ -341,10 +341,8 @@ class TrackingServerArgs:
     """Cloud Armor policy attached to the Ingress backend."""
     ssl_policy_name: Optional[pulumi.Input[str]] = None
     """SSL policy of the Ingress's HTTPS proxy (its FrontendConfig)."""
-    iap_client_id: Optional[str] = None
-    """OAuth client id: turns on Identity-Aware Proxy for the Ingress."""
-    iap_client_secret: Optional[pulumi.Input[str]] = None
-    """OAuth client secret for IAP (a secret)."""
+    iap: bool = False
+    """Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client."""
     internal_lb_ip: Optional[pulumi.Input[str]] = None
     """Reserved internal address (the Address resource's output): exposes tracking to the VPC
     through an internal load balancer."""
@@ -354,9 +352,7 @@ class TrackingServerArgs:
     """Namespace of the load test on this cluster, admitted by the NetworkPolicy."""
 
     def __post_init__(self) -> None:
-        if bool(self.iap_client_id) != bool(self.iap_client_secret):
-            raise ValueError("TrackingServerArgs.iap_client_id and iap_client_secret go together")
-        if (self.security_policy_name is not None or self.iap_client_id) and not self.ingress_host:
+        if (self.security_policy_name is not None or self.iap) and not self.ingress_host:
             raise ValueError("TrackingServerArgs: Cloud Armor and IAP need ingress_host")
         if self.ingress_host and self.ssl_policy_name is None:
             raise ValueError("TrackingServerArgs.ssl_policy_name: an Ingress needs an SSL policy "
@@ -591,23 +587,12 @@ class TrackingServer(pulumi.ComponentResource):
 
     def _backend_config(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str], labels: dict,
                         k8s_opts: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
-        iap_secret_name = None
-        if args.iap_client_id:
-            iap_secret = k8s.core.v1.Secret(
-                f"{name}-iap-oauth",
-                metadata={"name": "mlflow-iap-oauth", "namespace": ns_name, "labels": labels},
-                type="Opaque",
-                string_data=pulumi.Output.secret(pulumi.Output.from_input(args.iap_client_secret).apply(
-                    lambda secret: {"client_id": args.iap_client_id, "client_secret": secret})),
-                opts=k8s_opts,
-            )
-            iap_secret_name = iap_secret.metadata["name"]
         return k8s.apiextensions.CustomResource(
             f"{name}-backend-config",
             api_version="cloud.google.com/v1",
             kind="BackendConfig",
             metadata={"name": BACKEND_CONFIG_NAME, "namespace": ns_name, "labels": labels},
-            spec=backend_config_spec(args.security_policy_name, iap_secret_name),
+            spec=backend_config_spec(args.security_policy_name, args.iap),
             opts=k8s_opts,
         )
 
@@ -646,15 +631,18 @@ class TrackingServer(pulumi.ComponentResource):
         )
 
 
-def backend_config_spec(security_policy: Any = None, iap_secret_name: Any = None) -> dict:
+def backend_config_spec(security_policy: Any = None, iap: bool = False) -> dict:
     """Load-balancer backend settings: health check on /health, optional Cloud Armor and IAP."""
     spec: dict = {"healthCheck": {"type": "HTTP", "requestPath": "/health", "port": TRACKING_PORT},
                   "timeoutSec": 300, "connectionDraining": {"drainingTimeoutSec": 30},
                   "logging": {"enable": True, "sampleRate": 1.0}}
     if security_policy is not None:
         spec["securityPolicy"] = {"name": security_policy}
-    if iap_secret_name is not None:
-        spec["iap"] = {"enabled": True, "oauthclientCredentials": {"secretName": iap_secret_name}}
+    if iap:
+        # No oauthclientCredentials: IAP's Google-managed OAuth client (GKE 1.29.4-gke.1043000+), so
+        # no OAuth client secret exists to be kept in a Kubernetes Secret.
+        # https://cloud.google.com/kubernetes-engine/docs/how-to/ingress-configuration#enable_with_google_managed_oauth_client
+        spec["iap"] = {"enabled": True}
     return spec
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.config import PROJECT_NAMESPACE, SECRET_FIELDS, Settings, config_keys
+from infra.config import PROJECT_NAMESPACE, Settings, config_keys
 from offline import layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,8 +56,6 @@ def pulumi_config_section() -> dict:
             continue
         field = Settings.model_fields[name]
         entry = {**_pulumi_type(field.annotation), "description": field.description}
-        if name in SECRET_FIELDS:
-            entry["secret"] = True
         if not field.is_required():
             # Pulumi treats a declared key without a default as required; "" means "not set".
             default = field.default

@@ -6,13 +6,11 @@ import pytest
 
 from infra.config import ConfigError, settings_from_values
 from offline.crd_validate import validate_custom_resource
-from offline.render import manifest, render
-from tests.helpers import plain
+from offline.render import manifest
 
 NS = "mlflow-platform"
-IAP = {"iap": "true", "iapOauthClientId": "1234-abc.apps.googleusercontent.com",
-       "iapOauthClientSecret": "GOCSPX-offline-test-secret-value",
-       "iapMembers": '["group:ml-team@example.com", "user:ana@example.com"]'}
+IAP = {"iap": "true", "iapMembers": '["group:ml-team@example.com", "user:ana@example.com"]'}
+PROGRAMMATIC_CLIENT = "1234-abc.apps.googleusercontent.com"
 
 
 def test_cloud_armor_needs_an_ingress():
@@ -20,21 +18,18 @@ def test_cloud_armor_needs_an_ingress():
         settings_from_values({"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:cloudArmor": "true"})
 
 
-def test_iap_needs_an_oauth_client_and_never_echoes_the_secret():
+def test_an_oauth_client_secret_is_no_setting_any_more():
+    """IAP's Google-managed client needs none; a stack that still sets one learns so before anything runs."""
     values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
-              f"{NS}:iap": "true", f"{NS}:iapOauthClientSecret": "GOCSPX-do-not-print"}
-    with pytest.raises(ConfigError) as caught:
-        settings_from_values(values)
-    assert f"needs {NS}:iapOauthClientId" in str(caught.value)
-    assert "GOCSPX-do-not-print" not in str(caught.value)
-    settings = settings_from_values({**values, f"{NS}:iapOauthClientId": "id",
-                                     f"{NS}:iapMembers": '["group:ml@example.com"]'})
-    assert "GOCSPX-do-not-print" not in repr(settings)
+              f"{NS}:iap": "true", f"{NS}:iapMembers": '["group:ml@example.com"]'}
+    settings_from_values(values)
+    with pytest.raises(ConfigError, match=f"{NS}:iapOauthClientSecret: unknown setting"):
+        settings_from_values({**values, f"{NS}:iapOauthClientSecret": "GOCSPX-do-not-print"})
 
 
 def test_iap_without_members_is_refused_since_it_would_admit_nobody():
     values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
-              f"{NS}:iap": "true", f"{NS}:iapOauthClientId": "id", f"{NS}:iapOauthClientSecret": "s"}
+              f"{NS}:iap": "true"}
     with pytest.raises(ConfigError, match=f"{NS}:iap = True: needs {NS}:iapMembers"):
         settings_from_values(values)
     with pytest.raises(ConfigError, match="not an IAM member; allowed: user:EMAIL"):
@@ -81,12 +76,18 @@ def test_dev_has_no_edge_protection(stack_runs):
     assert stack_runs["dev"].of_type("gcp:compute/securityPolicy:SecurityPolicy") == []
 
 
-def test_iap_is_rendered_schema_valid_with_the_client_secret_masked(run_stack_with):
+def test_iap_uses_googles_managed_client_so_no_kubernetes_secret_exists(run_stack_with):
     run = run_stack_with("prod", **IAP)
     backend = run.named("mlflow-backend-config")
-    assert backend.inputs["spec"]["iap"] == {"enabled": True,
-                                             "oauthclientCredentials": {"secretName": "mlflow-iap-oauth"}}
+    assert backend.inputs["spec"]["iap"] == {"enabled": True}  # no oauthclientCredentials
     assert validate_custom_resource(manifest(backend)) == []
-    secret = run.named("mlflow-iap-oauth")
-    assert plain(secret.inputs["stringData"])["client_secret"] == IAP["iapOauthClientSecret"]
-    assert not any(IAP["iapOauthClientSecret"] in text for text in render(run).values())
+    assert run.of_type("kubernetes:core/v1:Secret") == []
+    assert run.of_type("gcp:iap/settings:Settings") == []  # browsers only, unless a programmatic client is named
+
+
+def test_a_programmatic_client_is_allowed_by_iaps_settings_with_no_secret(run_stack_with):
+    run = run_stack_with("prod", **IAP, iapOauthClientId=PROGRAMMATIC_CLIENT)
+    [settings] = run.of_type("gcp:iap/settings:Settings")
+    assert settings.inputs["name"] == f"projects/{run.named('mlflow-db-instance').inputs['project']}/iap_web"
+    assert settings.inputs["accessSettings"]["oauthSettings"]["programmaticClients"] == [PROGRAMMATIC_CLIENT]
+    assert run.of_type("kubernetes:core/v1:Secret") == []

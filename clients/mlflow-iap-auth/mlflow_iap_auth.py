@@ -4,7 +4,7 @@ IAP reads its token from `Proxy-Authorization` when the backend uses `Authorizat
 basic auth), so both credentials travel together:
 
     pip install ./clients/mlflow-iap-auth
-    export MLFLOW_TRACKING_AUTH=iap MLFLOW_IAP_CLIENT_ID=<OAuth client id of the IAP backend>
+    export MLFLOW_TRACKING_AUTH=iap MLFLOW_IAP_CLIENT_ID=<IAP programmatic client id (iapOauthClientId)>
     export MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...
 
 The ID token is for a service account listed in `iapMembers`: the one of Application Default
