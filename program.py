@@ -221,7 +221,8 @@ def build_edge(settings: Settings, foundation: Foundation) -> Optional[EdgePolic
         project=settings.project, labels=foundation.labels,
         requests_per_minute=settings.armor_requests_per_minute if settings.cloud_armor else None,
         iap_members=settings.iap_members if settings.iap else (),
-        iap_programmatic_client=settings.iap_oauth_client_id if settings.iap else None), foundation.after_apis)
+        iap_programmatic_client=settings.iap_oauth_client_id if settings.iap else None,
+        project_number=foundation.app_secrets.project_number), foundation.after_apis)
 
 
 def build_tracking(settings: Settings, foundation: Foundation, clusters: Clusters, data: Data) -> TrackingServer:

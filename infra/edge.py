@@ -25,11 +25,15 @@ class EdgePolicyArgs:
     """Cloud Armor: requests one client IP may make per minute before it gets 429; None: no policy."""
     iap_members: tuple[str, ...] = ()
     """Members granted passage through Identity-Aware Proxy (user:, group:, serviceAccount:, domain:)."""
+    project_number: Optional[pulumi.Input[str]] = None
+    """Number of the project: IAP's settings resource is named by it."""
     iap_programmatic_client: Optional[str] = None
     """OAuth client id whose ID tokens IAP accepts from programs: IAP's Google-managed client serves
     browsers only."""
 
     def __post_init__(self) -> None:
+        if self.iap_programmatic_client and self.project_number is None:
+            raise ValueError("EdgePolicyArgs.iap_programmatic_client needs project_number (IAP names its settings by it)")
         if self.requests_per_minute is not None and not 10 <= self.requests_per_minute <= 100_000:
             raise ValueError(f"EdgePolicyArgs.requests_per_minute={self.requests_per_minute}: allowed 10-100000")
 
@@ -60,7 +64,8 @@ class EdgePolicy(pulumi.ComponentResource):
         if args.iap_programmatic_client:
             # Project level, like the grants above: the backend service's name is the Ingress controller's.
             # https://cloud.google.com/iap/docs/custom-oauth-configuration (programmatic_clients)
-            gcp.iap.Settings(f"{name}-iap-settings", name=f"projects/{args.project}/iap_web",
+            # By number: a name with the project id is stored by number, and every `up` would replace it.
+            gcp.iap.Settings(f"{name}-iap-settings", name=pulumi.Output.concat("projects/", args.project_number, "/iap_web"),
                              access_settings=gcp.iap.SettingsAccessSettingsArgs(
                                  oauth_settings=gcp.iap.SettingsAccessSettingsOauthSettingsArgs(
                                      programmatic_clients=[args.iap_programmatic_client])),

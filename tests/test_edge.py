@@ -6,6 +6,7 @@ import pytest
 
 from infra.config import ConfigError, settings_from_values
 from offline.crd_validate import validate_custom_resource
+from offline.mocks import OFFLINE_PROJECT_NUMBER
 from offline.render import manifest
 
 NS = "mlflow-platform"
@@ -88,6 +89,6 @@ def test_iap_uses_googles_managed_client_so_no_kubernetes_secret_exists(run_stac
 def test_a_programmatic_client_is_allowed_by_iaps_settings_with_no_secret(run_stack_with):
     run = run_stack_with("prod", **IAP, iapOauthClientId=PROGRAMMATIC_CLIENT)
     [settings] = run.of_type("gcp:iap/settings:Settings")
-    assert settings.inputs["name"] == f"projects/{run.named('mlflow-db-instance').inputs['project']}/iap_web"
+    assert settings.inputs["name"] == f"projects/{OFFLINE_PROJECT_NUMBER}/iap_web"  # by number, not id
     assert settings.inputs["accessSettings"]["oauthSettings"]["programmaticClients"] == [PROGRAMMATIC_CLIENT]
     assert run.of_type("kubernetes:core/v1:Secret") == []
