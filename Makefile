@@ -53,9 +53,10 @@ runtime: $(RUNTIME_VENV)/.installed
 upgrade-venv: $(UPGRADE_VENV)/.installed
 mlserver-venv: $(MLSERVER_VENV)/.installed
 
-## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end).
+## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end),
+## whole modules on three processes, longest first (the local ones mostly wait on their processes).
 test: install checkov runtime upgrade-venv
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 3 --dist loadfile
 
 ## make test-fast: the tests that start no process (about a minute).
 test-fast: install checkov

@@ -41,6 +41,14 @@ def run_stack_with() -> Callable[..., StackRun]:
 
 
 
+# Seconds each slow module took in `make test` (measured with --durations, 2 cores): the order
+# only, never an assertion.
+MODULE_SECONDS = {
+    "test_local_e2e": 230, "test_upgrade": 200, "test_under_load": 180, "test_benchmarks_smoke": 180,
+    "test_promote": 170, "test_model_envs": 150, "test_rotate_secret": 125, "test_backup_restore": 110,
+    "test_loadtest_cluster_commands": 90, "test_serving_wire": 65,
+}
+UNKNOWN_SLOW_SECONDS = 60
 # Fixtures that start real processes: a test that uses one is slow.
 PROCESS_FIXTURES = frozenset({"platform", "state", "first_up"})
 
@@ -51,10 +59,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
         # `local`: real processes (as `make local` runs them); `unit`: everything else, seconds to a minute.
         item.add_marker(pytest.mark.local if item.get_closest_marker("slow") else pytest.mark.unit)
-    # Modules with slow tests first: `make test` hands whole modules to two processes in this order,
-    # so the long ones start at once instead of last.
+    # Longest modules first: `make test` hands whole modules to its processes in this order, so the
+    # last one to start is short (longest-processing-time-first scheduling).
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.module.__name__.rpartition(".")[2],
+                                                    UNKNOWN_SLOW_SECONDS if item.module.__name__ in slow_modules else 0))
 
 
 @pytest.fixture(autouse=True)
