@@ -74,7 +74,8 @@ class ImageRepository(pulumi.ComponentResource):
 
 
 PACKAGE_READER_ROLE = "roles/artifactregistry.reader"
-# Cached PyPI files nobody downloaded for 90 days are deleted; a later build fetches them again.
+# Cached PyPI files are deleted 90 days after they were cached (`olderThan` counts from upload, not
+# last download); a later build fetches them again from PyPI.
 PYPI_CACHE_RETENTION = f"{90 * 86400}s"
 
 
