@@ -58,7 +58,7 @@ mlserver-venv: $(MLSERVER_VENV)/.installed
 test: install checkov runtime upgrade-venv
 	$(PY) -m pytest -n 3 --dist loadfile
 
-## make test-fast: the tests that start no process (about a minute).
+## make test-fast: the tests that start no process (about a minute and a half).
 test-fast: install checkov
 	$(PY) -m pytest -m unit
 
