@@ -503,12 +503,14 @@ class LocalPlatform:
         return self.localized(self.serving_deployment, self.serving_container, self.pod_name("serving"),
                               self.serving_port)
 
-    def _run_job(self, job: dict, job_name: str) -> list[JobResult]:
+    def _run_job(self, job: dict, job_name: str, replace: Optional[dict[str, str]] = None) -> list[JobResult]:
+        """The Job's containers in order; `replace` swaps whole argv words (e.g. a database name)."""
         results = []
         for spec, command in self.job_commands(job, job_name):
             self._prepare(job, command, job_name)
             log_path = self.logs_dir / f"{job_name}-{spec['name']}.log"
-            completed = run_to_completion(f"{job_name}/{spec['name']}", command.argv, env=command.env,
+            argv = [(replace or {}).get(part, part) for part in command.argv]
+            completed = run_to_completion(f"{job_name}/{spec['name']}", argv, env=command.env,
                                           cwd=command.cwd, log_path=log_path, timeout=JOB_TIMEOUT_SECONDS)
             results.append(JobResult(spec["name"], completed.returncode, log_path))
             if completed.returncode != 0:
@@ -517,9 +519,13 @@ class LocalPlatform:
                     f"{log_tail(log_path, self.redact)}")
         return results
 
-    def grant_database_privileges(self) -> list[JobResult]:
-        """The database-grants Job: the admin identity lets the tracking user create in both databases."""
-        return self._run_job(self.grants_job, "db-grants")
+    def grant_database_privileges(self, database: Optional[str] = None) -> list[JobResult]:
+        """The database-grants Job: the admin identity lets the tracking user create in both
+        databases (or in `database` instead of MLflow's two)."""
+        if database is None:
+            return self._run_job(self.grants_job, "db-grants")
+        return self._run_job(self.grants_job, f"db-grants-{database}",
+                             replace={TRACKING_DATABASE: database, AUTH_DATABASE: database})
 
     def run_migrations(self) -> list[JobResult]:
         """The grants Job, then the migration Job's containers, in order (tracking schema, then auth

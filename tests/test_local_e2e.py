@@ -31,7 +31,7 @@ from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, exp
 from local.localplatform import LocalPlatform, parse_auth_settings, refuse_secrets
 from local.manifests import ROOT, Manifests
 from local.postgres import find_bin_dir
-from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive, run_to_completion
+from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive
 from offline.plan import write_plan
 from offline.render import render
 from offline.stack import run_stack
@@ -657,14 +657,9 @@ def test_the_tracking_user_may_create_tables_only_once_the_grants_job_ran(platfo
 
 def grant_on(platform: LocalPlatform, database: str) -> str:
     """The rendered grants Job's commands on `database` instead of MLflow's two; their log."""
-    swap = {TRACKING_DATABASE: database, AUTH_DATABASE: database}
-    log = platform.logs_dir / "grants-probe.log"
-    for spec, command in platform.job_commands(platform.grants_job, "grants-probe"):
-        command.cwd.mkdir(parents=True, exist_ok=True)
-        completed = run_to_completion(spec["name"], [swap.get(part, part) for part in command.argv], env=command.env,
-                                      cwd=command.cwd, log_path=log, timeout=120)
-        assert completed.returncode == 0, log
-    return log.read_text()
+    results = platform.grant_database_privileges(database)
+    assert [r.returncode for r in results] == [0]
+    return results[-1].log_path.read_text()
 
 
 def test_restarts_lose_nothing(platform):
