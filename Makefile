@@ -14,7 +14,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 DURATION ?= 60
 USERS ?= 16
 
-.PHONY: install checkov runtime upgrade-venv mlserver-venv test test-fast plan plan-all plan-check reference local bench loadtest promote rollback rotate-secret clean
+.PHONY: install checkov runtime upgrade-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote rollback rotate-secret clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ $(MLSERVER_VENV)/.installed: requirements-mlserver.txt
 	$(MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-mlserver.txt
 	touch $@
 
+## make images: build the tracking, serving and Locust images from their Dockerfiles (buildah, as
+## root; `apt-get install buildah debootstrap`) into .images/; `make local` and `make test` run them.
+images: install
+	$(PY) -m local.images
+
 install: $(VENV)/.installed
 checkov: $(CHECKOV_VENV)/.installed
 runtime: $(RUNTIME_VENV)/.installed
@@ -55,7 +60,7 @@ mlserver-venv: $(MLSERVER_VENV)/.installed
 
 ## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end),
 ## whole modules on three processes, longest first (the local ones mostly wait on their processes).
-test: install checkov runtime upgrade-venv
+test: install checkov runtime upgrade-venv images
 	$(PY) -m pytest -n 3 --dist loadfile
 
 ## make test-fast: the tests that start no process (about a minute and a half).
@@ -78,7 +83,7 @@ reference: install
 	$(PY) -m offline.reference --write
 
 ## make local: the platform on this machine (Postgres, GCS emulator, tracking, serving); Ctrl-C stops it.
-local: install runtime
+local: install runtime images
 	$(PY) -m local
 
 ## make bench [BENCH_ARGS=--quick]: serving, tracking and program-time benchmarks side by side on
@@ -110,3 +115,5 @@ rotate-secret: install runtime
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) $(MLSERVER_VENV) .pytest_cache .local loadtest-results
+	-buildah --storage-driver vfs --root $(CURDIR)/.images/storage --runroot $(CURDIR)/.images/run rm --all
+	rm -rf .images

@@ -25,7 +25,6 @@ from typing import Callable, Optional
 
 from benchmarks.common import machine
 from benchmarks.variants import Server, models_serve, serving_variant
-from local.localize import SYSTEM_PATH
 from local.localplatform import LocalPlatform
 from local.manifests import ROOT
 from local.postgres import find_bin_dir
@@ -40,6 +39,7 @@ PROJECT, LOCAL, UV, VIRTUALENV = "project", "models-serve-local", "models-serve-
 # `--env-manager local` restores nothing: the reference for "no added start-up" on image models.
 MANAGERS = {LOCAL: "local", UV: "uv", VIRTUALENV: "virtualenv"}
 BASELINE = UV
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def peer_env(platform: LocalPlatform, root: Path) -> dict:

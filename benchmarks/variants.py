@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 from local.localplatform import EMULATOR_HOST_ENV, LocalPlatform, write_private_file
 from k8s.secret_files import FILE_SUFFIX
 from k8s.tracking import AUTH_CONFIG_FILE
-from local.localize import LocalCommand
-from local.manifests import pod_spec
+from k8s.serving import ENV_CACHE_PATH
+from local.container import Bind
+from local.localize import LocalCommand, relaunched
 from local.processes import ManagedProcess, free_port, http_ok
 
 READY_TIMEOUT = 240.0
+EXTRAS_MOUNT = "/opt/bench-extras"  # where a variant's extra packages are mounted in the image
 
 
 @dataclass
@@ -59,11 +61,18 @@ def _replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
 
 def _prepare(platform: LocalPlatform, workload: dict, command: LocalCommand, name: str,
              file_edit: Optional[Callable[[Path, str], str]] = None) -> None:
-    pod_dir = platform.workdir / "pods" / name
-    for volume in pod_spec(workload).get("volumes", []):
-        (pod_dir / volume["name"]).mkdir(parents=True, exist_ok=True)
+    """The variant's own pod directory, as the platform prepares a pod; `file_edit` changes files."""
+    platform.prepare_pod(workload, command, name)
     for path, (text, mode) in command.files.items():
-        write_private_file(path, file_edit(path, text) if file_edit else text, mode)
+        if file_edit:
+            write_private_file(path, file_edit(path, text), os.stat(path).st_mode & 0o777)
+
+
+def _with_python_path(command: LocalCommand, extra: Path, argv: list[str]) -> LocalCommand:
+    """More packages importable in the image: `extra` bound at EXTRAS_MOUNT, added to PYTHONPATH."""
+    env = dict(command.env)
+    env["PYTHONPATH"] = ":".join(part for part in (env.get("PYTHONPATH"), EXTRAS_MOUNT) if part)
+    return relaunched(command, argv, env=env, binds=(Bind(extra, EXTRAS_MOUNT),))
 
 
 def _start(platform: LocalPlatform, name: str, argv: list[str], env: dict, cwd: Path, port: int, command: str,
@@ -101,9 +110,7 @@ def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int
     and uvloop by itself when they are installed)."""
     port = free_port()
     command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
-    argv, env = command.argv, dict(command.env)
-    if extra_pythonpath is not None:
-        env["PYTHONPATH"] = ":".join(part for part in (env.get("PYTHONPATH"), str(extra_pythonpath)) if part)
+    argv = command.container_argv
     flags = {}
     if workers is not None:
         argv = _replace_flag(argv, "--workers", str(workers))
@@ -114,11 +121,13 @@ def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int
     if model_uri is not None:
         argv = _replace_flag(argv, "--model-uri", model_uri)
         flags["--model-uri"] = model_uri
-    if env_cache is not None:
-        argv = _replace_flag(argv, "--env-cache", str(env_cache))
+    binds = (Bind(env_cache, ENV_CACHE_PATH, writable=True),) if env_cache is not None else ()
+    command = (_with_python_path(command, extra_pythonpath, argv) if extra_pythonpath is not None
+               else relaunched(command, argv))
+    command = relaunched(command, command.container_argv, binds=binds)
     _prepare(platform, platform.serving_deployment, command, name)
-    return _start(platform, name, argv, env, command.cwd, port, rendered_serving_command(platform, **flags),
-                  "/ping", notes, settings or {})
+    return _start(platform, name, command.argv, command.env, command.cwd, port,
+                  rendered_serving_command(platform, **flags), "/ping", notes, settings or {})
 
 
 def peer_env(platform: LocalPlatform, command: LocalCommand) -> dict[str, str]:
@@ -137,8 +146,13 @@ def models_serve(platform: LocalPlatform, name: str, workers: int, notes: str = 
     command = platform.localized(platform.serving_deployment, platform.serving_container, name, port)
     env = peer_env(platform, command) | (extra_env or {})
     uri = model_uri or f"models:/{platform.model_name}@{platform.model_alias}"
-    argv = [str(platform.bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", env_manager,
+    argv = ["mlflow", "models", "serve", "-m", uri, "--env-manager", env_manager,
             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]
+    if env_manager == "local":  # in the serving image, as the pod's own server runs
+        command = relaunched(command, argv, env=env)
+        argv, env = command.argv, command.env
+    else:  # other env managers need this machine's pyenv and Pythons (benchmarks/coldstart.py)
+        argv[0] = str(platform.bin_dir / "mlflow")
     _prepare(platform, platform.serving_deployment, command, name)
     return _start(platform, name, argv, env, command.cwd, port,
                   f"mlflow models serve -m {uri} --env-manager {env_manager} --workers {workers}", "/ping", notes,
@@ -175,14 +189,12 @@ def tracking_variant(platform: LocalPlatform, name: str, *, workers: Optional[in
     port = free_port()
     command = platform.localized(platform.tracking_deployment, platform.tracking_container, name, port,
                                  extra_env={EMULATOR_HOST_ENV: platform.emulator_url})
-    argv, env = command.argv, dict(command.env)
+    argv, env = command.container_argv, dict(command.env)
     flags = {}
     settings = {"workers": workers, "auth_cache_ttl_seconds": platform.auth_cache_ttl,
                 "job_execution": env.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION"),
                 "http": "auto (h11)", "loop": "auto (asyncio)"}
-    if extra_pythonpath is not None:
-        # `mlflow server` runs uvicorn as a child process, which inherits PYTHONPATH
-        env["PYTHONPATH"] = ":".join(part for part in (env.get("PYTHONPATH"), str(extra_pythonpath)) if part)
+    if extra_pythonpath is not None:  # `mlflow server` runs uvicorn as a child, which inherits PYTHONPATH
         settings.update({"http": "auto (httptools)", "loop": "auto (uvloop)"})
     if workers is not None:
         argv = _replace_flag(argv, "--workers", str(workers))
@@ -202,8 +214,9 @@ def tracking_variant(platform: LocalPlatform, name: str, *, workers: Optional[in
                 raise RuntimeError("the rendered auth config has no auth_cache_ttl_seconds line to change")
             return edited
     if job_execution is not None:
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if job_execution else "false"
-        settings["job_execution"] = env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]
+        settings["job_execution"] = env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if job_execution else "false"
+    command = (_with_python_path(replace(command, env=env), extra_pythonpath, argv) if extra_pythonpath is not None
+               else relaunched(command, argv, env=env))
     _prepare(platform, platform.tracking_deployment, command, name, file_edit)
     if auth_cache_ttl is not None and not any(path.name == AUTH_CONFIG_FILE for path in command.files):
         raise RuntimeError(f"the rendered tracking pod has no {AUTH_CONFIG_FILE} file to change")
@@ -214,4 +227,4 @@ def tracking_variant(platform: LocalPlatform, name: str, *, workers: Optional[in
                                                      if job_execution is not None else None)) if value is not None]
     if changes:
         described += "  [" + ", ".join(changes) + "]"
-    return _start(platform, name, argv, env, command.cwd, port, described, "/health", notes, settings)
+    return _start(platform, name, command.argv, command.env, command.cwd, port, described, "/health", notes, settings)

@@ -1,37 +1,34 @@
 """Every difference between a rendered container and the process `make local` runs for it.
 
-A container of plan/<stack>/k8s/ runs with its command, args and env exactly as rendered, except
-for these cluster-specific things (the complete list; `LocalCommand.changes` names each one made):
+A container of plan/<stack>/k8s/ runs inside the image it names, built here from the real
+Dockerfile (local/images.py), as the kubelet runs it (local/container.py): read-only root
+filesystem, the pod's uid and gid, the image's env then the container's, each volume at its
+mountPath (a local directory of the pod), with its command, args and env exactly as rendered,
+except for these cluster-specific things (the complete list; `LocalCommand.changes` names each
+one made):
 
-1. command: a bare executable (`mlflow`, `python`) is the runtime virtualenv's, as the image's
-   PATH (/opt/venv/bin first) would resolve it.
-2. Secrets: a `secretKeyRef` env value, or a file of a secret volume, is the value generated for
+1. Secrets: a `secretKeyRef` env value, or a file of a secret volume, is the value generated for
    this machine (the rendered Secrets are masked); a key the rendered Secret lacks is an error.
    A file of a CSI volume of GKE's Secret Manager add-on is the value of the version its
    SecretProviderClass names, read from the local Secret Manager stand-in (local/secretmanager.py).
-3. Volumes: a path under a volume mount (the emptyDir at /tmp, a secret, a CSI volume, a configMap) is the same
-   relative path under a local directory for that volume, also as a word of an option string
-   (`--uvicorn-opts "--log-config /etc/mlflow-logging/logging.json"`).
-4. The Cloud SQL Auth Proxy address of the pod (its sidecar's --address:--port, 127.0.0.1:5432)
+2. The Cloud SQL Auth Proxy address of the pod (its sidecar's --address:--port, 127.0.0.1:5432)
    becomes the local Postgres, 127.0.0.1:PORT, in env values, secret values and configMap files.
-5. Service DNS names in URLs (http://mlflow-tracking.mlflow.svc.cluster.local:5000) become
+3. Service DNS names in URLs (http://mlflow-tracking.mlflow.svc.cluster.local:5000) become
    http://127.0.0.1:LOCAL_PORT of the workload that Service selects.
-6. `--host 0.0.0.0` becomes `--host 127.0.0.1`: nothing listens beyond this machine.
-7. `--port N` becomes the local port chosen for the workload.
-8. `--allowed-hosts LIST` becomes `LIST,127.0.0.1:LOCAL_PORT,127.0.0.1:SERVICE_PORT`: the Host
+4. `--host 0.0.0.0` becomes `--host 127.0.0.1`: the pods share this machine's network, and
+   nothing listens beyond it.
+5. `--port N` becomes the local port chosen for the workload.
+6. `--allowed-hosts LIST` becomes `LIST,127.0.0.1:LOCAL_PORT,127.0.0.1:SERVICE_PORT`: the Host
    headers clients send here, to the pod itself (the manifest's 127.0.0.1:PORT of a port-forward)
    and through the local load balancer standing in for the Service.
-9. `$(VAR)` in command and args is expanded from the container env, as the kubelet does
+7. `$(VAR)` in command and args is expanded from the container env, as the kubelet does
    (after the rules above, so it expands to the local values).
-10. `--package-index URL` (the cluster's Artifact Registry) becomes `--package-index ""`: model
+8. `--package-index URL` (the cluster's Artifact Registry) becomes `--package-index ""`: model
    environments are restored from the package index this machine reaches (pypi.org).
 
-The process environment is the manifest env plus what the image provides (IMAGE_ENV, from
-mlflow_image/Dockerfile: PATH, HOME=/tmp, PYTHON* flags; /tmp being the local dir of the pod's
-/tmp volume, also given as TMPDIR; PYTHONPATH, where the images copy mlflow_serving,
-mlflow_metrics and mlflow_dbwait, is mlflow_image/) and the explicit `extra_env` of a workload
-(the tracking server's STORAGE_EMULATOR_HOST: the GCS emulator standing in for GCS). Nothing is
-inherited from the caller's environment.
+The process environment is the image's (PATH, HOME=/tmp, PYTHONPATH, ...) with the manifest env
+over it, plus the explicit `extra_env` of a workload (the tracking server's STORAGE_EMULATOR_HOST:
+the GCS emulator standing in for GCS). Nothing is inherited from the caller's environment.
 
 Pure functions: no files are written here (`LocalCommand.files` lists what to write).
 """
@@ -39,24 +36,19 @@ Pure functions: no files are written here (`LocalCommand.files` lists what to wr
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Mapping, Optional
 
 import yaml
 
 from k8s.secret_files import CSI_DRIVER, SPC_PROVIDER
+from local.container import Bind, container_argv
+from local.images import ImageRoot
 
 SECRET_PLACEHOLDER = "[secret]"
 LOCAL_HOST = "127.0.0.1"
 CLUSTER_TMP = "/tmp"
-# What mlflow_image/Dockerfile's runtime-base stage sets (PATH and HOME are filled in locally).
-IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-# The images' PYTHONPATH (/opt/mlflow-extras) holds mlflow_serving, mlflow_metrics and mlflow_dbwait,
-# which live in mlflow_image/ here: (image value, local value).
-IMAGE_DIR = Path(__file__).resolve().parent.parent / "mlflow_image"
-IMAGE_PATHS = {"PYTHONPATH": ("/opt/mlflow-extras", str(IMAGE_DIR))}
-SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class LocalizeError(ValueError):
@@ -67,8 +59,8 @@ class LocalizeError(ValueError):
 class LocalSite:
     """Where the cluster's endpoints and files are on this machine, for one pod."""
 
-    bin_dir: Path
-    """bin/ of the runtime virtualenv (the image's /opt/venv/bin)."""
+    image: ImageRoot
+    """The built image the containers name."""
     volume_root: Path
     """Local directory of this pod: each volume is a subdirectory named after it."""
     secrets: Mapping[tuple[str, str], str]
@@ -91,11 +83,14 @@ class LocalSite:
     """Local port of the load balancer in front of this pod's workload (its Service)."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Env the cluster gets from elsewhere (e.g. Workload Identity for GCS): explicit per workload."""
+    pod_security: Mapping[str, object] = field(default_factory=dict)
+    """The pod's securityContext (runAsUser, runAsGroup, fsGroup)."""
 
 
 @dataclass(frozen=True)
 class LocalCommand:
     argv: list[str]
+    """What this machine runs: the launcher of `container_argv` in the image."""
     env: dict[str, str]
     cwd: Path
     files: dict[Path, tuple[str, int]]
@@ -104,6 +99,18 @@ class LocalCommand:
     """Each difference from the rendered container, secret values masked."""
     secret_env: frozenset[str]
     """Names of env vars whose values are secrets."""
+    container_argv: list[str]
+    """The container's own command line, as it runs in the image."""
+    rootfs: Path
+    """The image's root filesystem."""
+    binds: list[Bind]
+    """The pod's volumes: local directory -> mountPath in the image."""
+    fs_group: Optional[int]
+    user: str
+    """uid:gid the container runs as."""
+    working_dir: str
+    """Its working directory in the image."""
+    """The pod's fsGroup: group owner of its volumes' files, as the kubelet sets it."""
 
 
 def volume_dir(site: LocalSite, volume_name: str) -> Path:
@@ -130,13 +137,6 @@ def _local_path(value: str, mounts: list[tuple[str, Path, dict]]) -> Optional[st
         if value.startswith(mount_path + "/"):
             return str(local_dir / PurePosixPath(value[len(mount_path) + 1:]))
     return None
-
-
-def _local_paths_in(value: str, mounts: list[tuple[str, Path, dict]]) -> Optional[str]:
-    """`value` with every space-separated word that is a path under a mount made local."""
-    words = value.split(" ")
-    local = [_local_path(word, mounts) or word for word in words]
-    return " ".join(local) if local != words else None
 
 
 def _volume_files(mounts: list[tuple[str, Path, dict]], site: LocalSite, rewrite) -> dict[Path, tuple[str, int]]:
@@ -208,7 +208,7 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
     mounts = _mounts(container, volumes, site)
 
     def rewrite_value(value: str, where: str = "") -> str:
-        """Rules 4 and 5, on any env or secret value."""
+        """Rules 2 and 3, on any env or secret value."""
         if site.proxy_address and site.postgres_address and site.proxy_address in value:
             value = value.replace(site.proxy_address, site.postgres_address)
             if where:
@@ -216,14 +216,14 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
         return _URL_HOST.sub(
             lambda m: m["scheme"] + site.services.get(m["hostport"], m["hostport"]), value)
 
-    # --- env (rules 2-5) -----------------------------------------------------------------
+    # --- env (rules 1-3) -----------------------------------------------------------------
     env: dict[str, str] = {}
     secret_names: set[str] = set()
     for entry in container.get("env", []):
         name = entry["name"]
         if "value" in entry:
             original = str(entry["value"])
-            local = _local_path(original, mounts) or rewrite_value(original)
+            local = rewrite_value(original)
             if local != original:
                 changes.append(f"env {name}: {original} -> {local}")
             env[name] = local
@@ -239,7 +239,7 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
         env[name] = rewrite_value(site.secrets[key], f"env {name}")
         secret_names.add(name)
 
-    # --- args (rules 3, 6, 7, 8, 10) -----------------------------------------------------
+    # --- args (rules 4, 5, 6, 8) -----------------------------------------------------
     args = list(container.get("args", []))
     for index, arg in enumerate(args):
         previous = args[index - 1] if index else None
@@ -260,48 +260,68 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
             args[index] = f"{arg},{added}"
             changes.append(f"arg --allowed-hosts: appended {added}")
             continue
-        else:
-            args[index] = _local_path(arg, mounts) or _local_paths_in(arg, mounts) or arg
         if args[index] != original:
             label = previous if previous and previous.startswith("-") else f"args[{index}]"
             changes.append(f"arg {label}: {original} -> {args[index]}")
 
-    # --- command (rule 1) ----------------------------------------------------------------
     command = list(container.get("command", []))
     if not command:
         raise LocalizeError(f"container {container['name']!r} has no command: the image default is not rendered")
-    if "/" not in command[0]:
-        executable = site.bin_dir / command[0]
-        if not executable.exists():
-            raise LocalizeError(f"container {container['name']!r}: {command[0]!r} is not in {site.bin_dir}")
-        changes.append(f"command {command[0]} -> {executable}")
-        command[0] = str(executable)
 
-    # --- $(VAR) (rule 9) -----------------------------------------------------------------
+    # --- $(VAR) (rule 7) -----------------------------------------------------------------
     argv = [expand_vars(part, env) for part in command + args]
     for index, (before, after) in enumerate(zip(command + args, argv)):
         if before != after:
             masked = SECRET_PLACEHOLDER if any(f"$({name})" in before for name in secret_names) else after
             changes.append(f"expand argv[{index}]: {before} -> {masked}")
 
-    # --- process environment -------------------------------------------------------------
+    # --- process environment: the image's, then the container's (as the kubelet sets it) -----
     tmp = _local_path(CLUSTER_TMP, mounts)
     if tmp is None:
         raise LocalizeError(f"container {container['name']!r} has no /tmp volume (HOME and scratch space)")
-    process_env = {
-        "PATH": f"{site.bin_dir}:{SYSTEM_PATH}",
-        "HOME": tmp,
-        "TMPDIR": tmp,
-        "LANG": "C.UTF-8",
-        **IMAGE_ENV,
-        **{name: local for name, (_, local) in IMAGE_PATHS.items()},
-        **env,
-    }
+    process_env = {**site.image.env, **env}
     for name, value in site.extra_env.items():
         if name in env:
             raise LocalizeError(f"extra env {name} would override the manifest's value")
         process_env[name] = value
         changes.append(f"env {name}: added {value}")
 
-    return LocalCommand(argv=argv, env=process_env, cwd=Path(tmp), files=_volume_files(mounts, site, rewrite_value),
-                        changes=changes, secret_env=frozenset(secret_names))
+    binds = _binds(container, volumes, site)
+    user, working_dir = _run_as(container, site), container.get("workingDir") or site.image.working_dir
+    fs_group = site.pod_security.get("fsGroup")
+    return LocalCommand(argv=container_argv(site.image.path, argv, binds=binds, user=user, working_dir=working_dir),
+                        env=process_env, cwd=Path(tmp), files=_volume_files(mounts, site, rewrite_value),
+                        changes=changes, secret_env=frozenset(secret_names), container_argv=argv,
+                        rootfs=site.image.path, binds=binds, fs_group=int(fs_group) if fs_group is not None else None,
+                        user=user, working_dir=working_dir)
+
+
+def relaunched(command: LocalCommand, argv: list[str], *, env: Optional[dict[str, str]] = None,
+               binds: tuple[Bind, ...] = ()) -> LocalCommand:
+    """The same container with another command line, environment, or more volumes (a bind at a
+    path already mounted replaces that mount): benchmark variants of a rendered container."""
+    targets = {bind.target for bind in binds}
+    all_binds = sorted([bind for bind in command.binds if bind.target not in targets] + list(binds),
+                       key=lambda bind: len(bind.target))
+    return replace(command, argv=container_argv(command.rootfs, argv, binds=all_binds, user=command.user,
+                                                working_dir=command.working_dir),
+                   env=dict(command.env if env is None else env), container_argv=list(argv), binds=all_binds)
+
+
+def _binds(container: dict, volumes: list[dict], site: LocalSite) -> list[Bind]:
+    """Each volume mount, shortest path first (a mount inside another lands on top of it); only
+    an emptyDir is writable, and only if the mount is not readOnly, as Kubernetes mounts them."""
+    by_name = {volume["name"]: volume for volume in volumes}
+    binds = [Bind(volume_dir(site, mount["name"]), mount["mountPath"],
+                  writable="emptyDir" in by_name[mount["name"]] and not mount.get("readOnly", False))
+             for mount in container.get("volumeMounts", [])]
+    return sorted(binds, key=lambda bind: len(bind.target))
+
+
+def _run_as(container: dict, site: LocalSite) -> str:
+    """uid:gid of the container: its securityContext, else the pod's, else the image's USER."""
+    context = {**site.pod_security, **(container.get("securityContext") or {})}
+    image_user, _, image_group = site.image.user.partition(":")
+    uid = context.get("runAsUser", image_user)
+    gid = context.get("runAsGroup", image_group or uid)
+    return f"{int(uid)}:{int(gid)}"

@@ -42,7 +42,9 @@ from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME, postgres_uri
 from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
 from local.lifecycle import SURGE_FIRST, rollout_order, termination
-from local.localize import IMAGE_PATHS, LocalCommand, LocalSite, localize_container
+from local.container import prepare as prepare_mount_points
+from local.images import ImageRoot, ImageStore, source_for
+from local.localize import LocalCommand, LocalSite, localize_container
 from local.manifests import (
     ROOT, Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
     served_model, service_dns_names, sql_proxy_address,
@@ -54,6 +56,8 @@ from local.processes import (
 )
 
 CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
+# The serving image's own packages (mlflow_serving: a LightGBM trainer gets LightGBM as a pod does).
+SERVING_PACKAGES_DIR = ROOT / "mlflow_image"
 DEFAULT_RUNTIME_VENV = ROOT / ".venv-runtime"
 RUNTIME_VENV_ENV = "MLFLOW_LOCAL_RUNTIME_VENV"
 AUTH_SETTINGS_ANNOTATION = "mlflow.org/auth-settings"
@@ -154,10 +158,14 @@ class LocalPlatform:
 
     def __init__(self, workdir: Path, *, stack: str = "dev", plan_dir: Optional[Path] = None,
                  runtime_venv: Optional[Path] = None, demo_model: bool = True,
-                 progress: Optional[Callable[[str], None]] = None):
+                 progress: Optional[Callable[[str], None]] = None,
+                 images: Optional[Callable[[str], ImageRoot]] = None):
         self.workdir = Path(workdir).resolve()
         self.demo_model = demo_model
         self.progress = progress or (lambda message: None)
+        # The pods run in the images the manifests name, built here on first use (local/images.py).
+        self._image_roots: dict[str, ImageRoot] = {}
+        self._image_root = images or (lambda image: ImageStore(progress=self.progress).rootfs(source_for(image)))
         self.runtime_venv = Path(runtime_venv or os.environ.get(RUNTIME_VENV_ENV) or DEFAULT_RUNTIME_VENV)
         self.bin_dir = self.runtime_venv / "bin"
         missing = [name for name in ("python", "mlflow", "gcp-storage-emulator") if not (self.bin_dir / name).exists()]
@@ -216,6 +224,8 @@ class LocalPlatform:
         self.serving: Optional[ManagedProcess] = None
         self.demo_run: Optional[dict] = None
         self._client_runs = 0
+        # (workload, container) of every rendered container started in its image so far.
+        self.started_containers: set[tuple[str, str]] = set()
 
     # --- endpoints and credentials -------------------------------------------------------
     @staticmethod
@@ -443,7 +453,13 @@ class LocalPlatform:
                             mapping[f"{host}:{port['port']}"] = f"127.0.0.1:{self._workload_port(workload)}"
         return mapping
 
-    def _site(self, workload: dict, name: str, listen_port: Optional[int] = None,
+    def image_root(self, image: str) -> ImageRoot:
+        """The root filesystem of the image a container names (built once per platform run)."""
+        if image not in self._image_roots:
+            self._image_roots[image] = self._image_root(image)
+        return self._image_roots[image]
+
+    def _site(self, workload: dict, name: str, image: str, listen_port: Optional[int] = None,
               extra_env: Optional[dict] = None) -> LocalSite:
         namespace = workload["metadata"]["namespace"]
         provider_classes = {spc["metadata"]["name"]: spc["spec"] for spc in self.manifests.all(SPC_KIND)
@@ -454,7 +470,7 @@ class LocalPlatform:
                     for entry in yaml.safe_load(spec["parameters"]["secrets"]) or []}
         self.redact.add(*versions.values())  # rotated values too
         return LocalSite(
-            bin_dir=self.bin_dir,
+            image=self.image_root(image),
             volume_root=self.workdir / "pods" / name,
             secrets={},
             config_maps={cm["metadata"]["name"]: cm.get("data") or {} for cm in self.manifests.all("ConfigMap")
@@ -467,14 +483,15 @@ class LocalPlatform:
             listen_port=listen_port,
             service_port=self._workload_port(workload),
             extra_env=extra_env or {},
+            pod_security=pod_spec(workload).get("securityContext") or {},
         )
 
     def localized(self, workload: dict, container_spec: dict, name: str, listen_port: Optional[int] = None,
                   extra_env: Optional[dict] = None) -> LocalCommand:
-        site = self._site(workload, name, listen_port, extra_env)
+        site = self._site(workload, name, container_spec["image"], listen_port, extra_env)
         return localize_container(container_spec, pod_spec(workload).get("volumes", []), site)
 
-    def _prepare(self, workload: dict, command: LocalCommand, name: str) -> None:
+    def prepare_pod(self, workload: dict, command: LocalCommand, name: str) -> None:
         """A new pod: its emptyDir volumes start empty, its secret and configMap files are written."""
         pod_dir = self.workdir / "pods" / name
         for volume in pod_spec(workload).get("volumes", []):
@@ -482,8 +499,21 @@ class LocalPlatform:
             if "emptyDir" in volume and local.exists():
                 shutil.rmtree(local)
             local.mkdir(parents=True, exist_ok=True)
+            if "emptyDir" in volume:
+                local.chmod(0o1777 if command.fs_group is None else 0o2777)  # as the kubelet makes an emptyDir
+        self.write_container_files(command)
+
+    def write_container_files(self, command: LocalCommand) -> None:
+        """The container's volume files, owned as the kubelet owns them (group fsGroup, readable by
+        it), and its mount points in the image."""
         for path, (text, mode) in command.files.items():
-            write_private_file(path, text, mode)
+            write_private_file(path, text, mode if command.fs_group is None else mode | 0o040)
+            if command.fs_group is not None:
+                os.chown(path, -1, command.fs_group)
+        if command.fs_group is not None:
+            for bind in command.binds:
+                os.chown(bind.source, -1, command.fs_group)
+        prepare_mount_points(command.rootfs, command.binds)
 
     def job_commands(self, job: dict, job_name: str) -> list[tuple[dict, LocalCommand]]:
         """(rendered container, local command) of each container a Job runs, in order."""
@@ -507,9 +537,10 @@ class LocalPlatform:
         """The Job's containers in order; `replace` swaps whole argv words (e.g. a database name)."""
         results = []
         for spec, command in self.job_commands(job, job_name):
-            self._prepare(job, command, job_name)
+            self.prepare_pod(job, command, job_name)
             log_path = self.logs_dir / f"{job_name}-{spec['name']}.log"
             argv = [(replace or {}).get(part, part) for part in command.argv]
+            self.started_containers.add((job["metadata"]["name"], spec["name"]))
             completed = run_to_completion(f"{job_name}/{spec['name']}", argv, env=command.env,
                                           cwd=command.cwd, log_path=log_path, timeout=JOB_TIMEOUT_SECONDS)
             results.append(JobResult(spec["name"], completed.returncode, log_path))
@@ -543,14 +574,14 @@ class LocalPlatform:
         (so `stop` finds it) before it is started. A sidecar joins the already prepared pod of
         `sidecar_of`."""
         if sidecar_of is None:
-            self._prepare(workload, command, self.pod_name(name))
+            self.prepare_pod(workload, command, self.pod_name(name))
         else:
-            for path, (text, mode) in command.files.items():
-                write_private_file(path, text, mode)
+            self.write_container_files(command)
         process = ManagedProcess(name, command.argv, env=command.env, cwd=command.cwd,
                                  log_path=self.logs_dir / f"{name}.log", redact=self.redact)
         setattr(self, name, process)
         process.start()
+        self.started_containers.add((workload["metadata"]["name"], spec["name"]))
         started = time.monotonic()
         startup = spec.get("startupProbe") or {}
         budget = min(MAX_STARTUP_SECONDS,
@@ -741,7 +772,7 @@ class LocalPlatform:
         for requirement in extra_requirements:
             args += ["--extra-requirement", requirement]
         # mlflow_serving.environment: a LightGBM trainer gets LightGBM as a serving pod does.
-        return self.run_client("train", *args, extra_env={"PYTHONPATH": IMAGE_PATHS["PYTHONPATH"][1]}).json()
+        return self.run_client("train", *args, extra_env={"PYTHONPATH": str(SERVING_PACKAGES_DIR)}).json()
 
     def schema_snapshot(self) -> dict:
         """Tables, columns, indexes and alembic revision of both databases."""

@@ -92,6 +92,15 @@ def run_to_completion_containers(workload: dict) -> list[dict]:
     return [*inits, *spec.get("containers", [])]
 
 
+def workload_containers(manifests: "Manifests") -> Iterator[tuple[dict, dict]]:
+    """(workload, container) of every container of every Deployment and Job."""
+    for kind in ("Deployment", "Job"):
+        for workload in manifests.all(kind):
+            spec = pod_spec(workload)
+            for item in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+                yield workload, item
+
+
 def sidecars(workload: dict) -> list[dict]:
     return [c for c in pod_spec(workload).get("initContainers", [])
             if c.get("restartPolicy") == SIDECAR_RESTART_POLICY]

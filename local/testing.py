@@ -15,20 +15,48 @@ import signal
 
 import psutil
 
+from local.images import source_for
 from local.localplatform import LocalPlatform
+from local.manifests import Manifests, workload_containers
 from local.postgres import find_bin_dir
 from local.processes import LocalPlatformError, descendants, pids_alive
 
 
+# Containers whose images the program does not build: Google's Cloud SQL Auth Proxy, replaced by
+# the local Postgres (local/localize.py).
+NOT_BUILT = ("cloud-sql-proxy",)
+
+
+def built_image_containers(manifests: Manifests) -> set[tuple[str, str]]:
+    """(workload, container) of every rendered container that runs an image the program builds;
+    a container of any other image must be one of NOT_BUILT."""
+    found = set()
+    for workload, spec in workload_containers(manifests):
+        if any(name in spec["image"] for name in NOT_BUILT):
+            continue
+        source_for(spec["image"])  # raises for an image nobody builds
+        found.add((workload["metadata"]["name"], spec["name"]))
+    return found
+
+
+def _mounts_from(pid: int, directory: Path) -> bool:
+    """Whether a process in an image (local/container.py) has a volume of `directory` mounted."""
+    try:
+        return str(directory) in Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return False
+
+
 def processes_using(directory: Path) -> dict[int, str]:
     """pid -> command line of every live process whose command line or working directory is
-    under `directory` (what a platform started there and did not stop)."""
+    under `directory`, or that runs in an image with a volume from it (what a platform started
+    there and did not stop)."""
     found = {}
     for process in psutil.process_iter(["cmdline", "cwd"]):
         if process.pid == os.getpid():
             continue
         cmdline, cwd = " ".join(process.info["cmdline"] or []), process.info["cwd"] or ""
-        if str(directory) in cmdline or cwd.startswith(str(directory)):
+        if str(directory) in cmdline or cwd.startswith(str(directory)) or _mounts_from(process.pid, directory):
             found[process.pid] = cmdline.strip()
     return found
 

@@ -50,7 +50,7 @@ MODULE_SECONDS = {
 }
 UNKNOWN_SLOW_SECONDS = 60
 # Fixtures that start real processes: a test that uses one is slow.
-PROCESS_FIXTURES = frozenset({"platform", "state", "first_up"})
+PROCESS_FIXTURES = frozenset({"platform", "state", "first_up", "prod_platform", "locust_image"})
 
 
 def pytest_collection_modifyitems(items):

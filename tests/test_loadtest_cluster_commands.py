@@ -1,35 +1,35 @@
-"""The cluster load test's rendered Locust commands, run for real: the master and worker command
-lines of the rendered templates (loadTesting on) run for a few seconds against a local platform,
-the way `make local` runs the rendered manifests' commands. Only what is cluster-specific changes
-(LOCALIZE below); the master's output then carries results the report can read."""
+"""The cluster load test's rendered Locust commands, run for real inside the Locust image the
+program pushes (built here from loadtest/Dockerfile): the master and worker command lines of the
+rendered templates (loadTesting on) run for a few seconds against a local platform, as their pods
+run them (uid 10001, read-only root, the results emptyDir and the password Secret mounted at their
+paths). Only what is cluster-specific changes (LOCALIZE below); the master's output then carries
+results the report can read."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from k8s.loadtest import APP_DIR, RESULTS_DIR, master_name, workers_name
+from k8s.loadtest import RESULTS_DIR, master_name, workers_name
+from k8s.secret_files import SECRETS_DIR
 from loadtest.commands import MASTER_PORT, load_env
 from loadtest.pod_results import extract
 from loadtest.results import endpoints, history
+from local.container import Bind, container_argv, prepare
+from local.images import SOURCES, ImageStore
 from local.processes import free_port
 from local.testing import scratch_platform
 from offline.render import render
-from offline.stack import ROOT
 from tests.test_loadtest_cluster import ON, run_with
 
 # What differs between the pod and this machine; everything else is the rendered command as is.
 LOCALIZE = (
-    "image paths /app/loadtest/… -> this checkout's loadtest/ (PYTHONPATH=ROOT)",
-    "PATH: the image's /opt/venv/bin -> this virtualenv's bin (`python`, `locust`)",
     "--host (in-cluster Service URL) -> the local platform's load-balancer URL",
     "--master-bind-host 0.0.0.0, --master-host <Service> -> 127.0.0.1; port 5557 -> a free port",
-    f"{RESULTS_DIR} (emptyDir) -> a scratch directory",
-    "LOADTEST_PASSWORD_FILE (mounted Secret) -> the local admin password file",
+    f"/tmp and {RESULTS_DIR} (emptyDirs), {SECRETS_DIR} (the Secret) -> local directories bound there",
 )
 SECONDS, USERS = 6, 4
 
@@ -50,7 +50,12 @@ def templates(tmp_path_factory) -> dict[str, dict]:
                                                      if name.startswith("k8s/") and "cronjob-mlflow-loadtest" in name)}
 
 
-def localized(container: dict, host: str, port: int, results: Path, password_file: Path) -> tuple[list[str], dict]:
+@pytest.fixture(scope="module")
+def locust_image():
+    return ImageStore().rootfs(SOURCES["mlflow-loadtest"])
+
+
+def localized(container: dict, host: str, port: int) -> tuple[list[str], dict]:
     argv = list(container["command"])
     args = container["args"]
     for index, arg in enumerate(args):
@@ -62,12 +67,15 @@ def localized(container: dict, host: str, port: int, results: Path, password_fil
         elif before in ("--master-bind-port", "--master-port"):
             assert arg == str(MASTER_PORT)
             arg = str(port)
-        arg = arg.replace(f"{APP_DIR}/loadtest/", f"{ROOT}/loadtest/").replace(RESULTS_DIR, str(results))
         argv.append(arg)
-    env = {e["name"]: e["value"] for e in container.get("env", [])}
-    if "LOADTEST_PASSWORD_FILE" in env:
-        env["LOADTEST_PASSWORD_FILE"] = str(password_file)
-    return argv, env
+    return argv, {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def in_image(image, container: dict, argv: list[str], binds: list[Bind]) -> list[str]:
+    context = container["securityContext"]
+    prepare(image.path, binds)
+    return container_argv(image.path, argv, binds=binds, user=f"{context['runAsUser']}:{context['runAsGroup']}",
+                          working_dir=image.working_dir)
 
 
 def pod_container(template: dict) -> dict:
@@ -77,20 +85,31 @@ def pod_container(template: dict) -> dict:
 
 @pytest.mark.parametrize("service", ["serving", "tracking"])
 def test_the_rendered_master_and_workers_load_the_service_and_report_through_the_log(platform, templates, service,
-                                                                                    tmp_path):
+                                                                                    locust_image, tmp_path):
     host = {"serving": platform.serving_url, "tracking": platform.tracking_url}[service]
-    port, results = free_port(), tmp_path / "results"
+    port = free_port()
     workers_template = templates[workers_name(service)]
     workers = workers_template["spec"]["jobTemplate"]["spec"]["parallelism"]
-    base_env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"}
-    master_argv, master_env = localized(pod_container(templates[master_name(service)]), host, port, results,
-                                        platform.admin_password_file)
+    master_spec, worker_spec = pod_container(templates[master_name(service)]), pod_container(workers_template)
+    scratch, secrets, results = tmp_path / "tmp", tmp_path / "secrets", tmp_path / "results"
+    for directory in (scratch, secrets, results):
+        directory.mkdir()
+    for emptydir in (scratch, results):
+        emptydir.chmod(0o1777)
+    for spec in (master_spec, worker_spec):
+        for entry in spec.get("env", []):
+            if entry["name"] == "LOADTEST_PASSWORD_FILE":  # the Secret volume's file, readable by the pod's group
+                (secrets / Path(entry["value"]).name).write_text(platform.admin_password)
+    master_argv, master_env = localized(master_spec, host, port)
     master_env |= load_env(USERS, SECONDS)  # what a run sets (loadtest/cluster.py)
-    worker_argv, worker_env = localized(pod_container(workers_template), host, port, results,
-                                        platform.admin_password_file)
-    master = subprocess.Popen(master_argv, env={**base_env, **master_env}, cwd=tmp_path, stdout=subprocess.PIPE,
+    worker_argv, worker_env = localized(worker_spec, host, port)
+    binds = [Bind(scratch, "/tmp", writable=True), Bind(results, RESULTS_DIR, writable=True),
+             Bind(secrets, SECRETS_DIR)]
+    master = subprocess.Popen(in_image(locust_image, master_spec, master_argv, binds),
+                              env={**locust_image.env, **master_env}, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    started = [subprocess.Popen(worker_argv, env={**base_env, **worker_env}, cwd=tmp_path,
+    started = [subprocess.Popen(in_image(locust_image, worker_spec, worker_argv, binds),
+                                env={**locust_image.env, **worker_env}, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
                for _ in range(workers)]
     output = ""

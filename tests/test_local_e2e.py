@@ -27,10 +27,13 @@ import pytest
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from k8s.serving import ENV_CACHE_PATH, ENV_VOLUME, SERVING_PORT
 from k8s.tracking import TRACKING_PORT, auth_config_ini
-from local.localize import IMAGE_ENV, IMAGE_PATHS, LocalizeError, LocalSite, expand_vars, localize_container
+from local.container import Bind
+from local.images import ImageRoot
+from local.localize import LocalizeError, LocalSite, expand_vars, localize_container
 from local.localplatform import LocalPlatform, parse_auth_settings, refuse_secrets
 from local.manifests import ROOT, Manifests
 from local.postgres import find_bin_dir
+from local.testing import built_image_containers
 from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive
 from offline.plan import write_plan
 from offline.render import render
@@ -38,18 +41,27 @@ from offline.stack import run_stack
 from ops.backup import pg_env, query_command, run
 
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
-PROCESS_ENV = {"PATH", "HOME", "TMPDIR", "LANG", *IMAGE_ENV, *IMAGE_PATHS}
+# What a built image's config gives every container (the fake images of the unit tests).
+IMAGE_CONFIG_ENV = {"PATH": "/opt/venv/bin:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp",
+                    "PYTHONPATH": "/opt/mlflow-extras", "PYTHONUNBUFFERED": "1"}
+PROCESS_ENV = set(IMAGE_CONFIG_ENV)
+
+
+def fake_image(rootfs: Path) -> ImageRoot:
+    return ImageRoot("localhost/mlflow-x:0", rootfs, {"Env": [f"{k}={v}" for k, v in IMAGE_CONFIG_ENV.items()],
+                                                       "WorkingDir": "/tmp", "User": "10001:10001"})
 
 
 # ============================ unit: the substitution, no processes ============================
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory) -> LocalPlatform:
-    """A platform that is never started: real manifests, a stub runtime virtualenv."""
+    """A platform that is never started: real manifests, a stub runtime virtualenv, fake images."""
     venv = tmp_path_factory.mktemp("stub-venv")
     (venv / "bin").mkdir()
     for name in ("python", "mlflow", "gcp-storage-emulator"):
         (venv / "bin" / name).touch()
-    return LocalPlatform(tmp_path_factory.mktemp("work"), runtime_venv=venv)
+    rootfs = tmp_path_factory.mktemp("rootfs")
+    return LocalPlatform(tmp_path_factory.mktemp("work"), runtime_venv=venv, images=lambda image: fake_image(rootfs))
 
 
 def argv_diff(rendered: list[str], local: list[str]) -> dict[str, tuple[str, str]]:
@@ -76,30 +88,28 @@ def test_tracking_container_changes_only_cluster_specifics(offline):
     command = p.tracking_command()
     pod = p.workdir / "pods" / "tracking"
     allowed = spec["args"][spec["args"].index("--allowed-hosts") + 1]
-    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
-        "argv[0]": ("python", str(p.bin_dir / "python")),
+    assert argv_diff(spec["command"] + spec["args"], command.container_argv) == {
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": (str(TRACKING_PORT), str(p.tracking_port)),
         # the Host headers clients send to the pod and through the local load balancer (the Service)
         "--allowed-hosts": (allowed, f"{allowed},127.0.0.1:{p.tracking_port},"
                                      f"127.0.0.1:{p.balancer.backends['tracking'].listen_port}"),
-        "--expose-prometheus": ("/tmp/prometheus", str(pod / "tmp" / "prometheus")),
-        "--uvicorn-opts": ("--log-config /etc/mlflow-logging/logging.json --timeout-keep-alive 620",
-                           f"--log-config {pod / 'logging' / 'logging.json'} --timeout-keep-alive 620"),
     }
-    check_env(spec, command.env, {
-        "MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
-        # the files the Secret Manager add-on mounts, read by mlflow_fileenv
-        "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": str(pod / "app-secrets" / "flask-secret-key"),
-        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(pod / "app-secrets" / "admin-password"),
-        "MLFLOW_AUTH_CONFIG_PATH": str(pod / "auth-config" / "basic_auth.ini"),
-        "MLFLOW_TRACKING_DIR": str(pod / "tmp" / "mlruns"),
-    }, extra={"STORAGE_EMULATOR_HOST"})
+    check_env(spec, command.env, {"MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE)},
+              extra={"STORAGE_EMULATOR_HOST"})
     assert command.env["STORAGE_EMULATOR_HOST"] == f"http://127.0.0.1:{p.emulator_port}"
     # The tracking user's IAM name, and no password: the local Postgres trusts it as the proxy logs it in.
     assert p.database_uri(TRACKING_DATABASE) == (
         f"postgresql+psycopg2://mlflow-tracking-dev%40my-mlflow-dev.iam@127.0.0.1:{p.postgres_port}/mlflow")
-    assert command.env["HOME"] == command.env["TMPDIR"] == str(pod / "tmp") == str(command.cwd)
+    # The image's HOME; the pod's volumes at their mount paths, only the emptyDir writable.
+    assert command.env["HOME"] == "/tmp" and command.cwd == pod / "tmp"
+    assert command.binds == [Bind(pod / "tmp", "/tmp", writable=True),
+                             Bind(pod / "auth-config", "/etc/mlflow-auth"),
+                             Bind(pod / "app-secrets", "/etc/mlflow-secrets"),
+                             Bind(pod / "logging", "/etc/mlflow-logging")]
+    assert command.fs_group == 10001
+    assert command.argv[-len(command.container_argv):] == command.container_argv
+    assert "10001:10001" in command.argv and str(command.rootfs) in command.argv
 
 
 def test_tracking_auth_config_is_the_clusters_with_the_local_database(offline):
@@ -126,24 +136,18 @@ def test_tracking_auth_config_is_the_clusters_with_the_local_database(offline):
 def test_serving_container_changes_only_cluster_specifics(offline):
     p, spec = offline, offline.serving_container
     command = p.serving_command()
-    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
-        "argv[0]": ("python", str(p.bin_dir / "python")),
+    assert argv_diff(spec["command"] + spec["args"], command.container_argv) == {
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": (str(SERVING_PORT), str(p.serving_port)),
-        "--log-config": ("/etc/mlflow-logging/logging.json",
-                         str(p.workdir / "pods" / "serving" / "logging" / "logging.json")),
-        "--env-cache": (ENV_CACHE_PATH, str(p.workdir / "pods" / "serving" / ENV_VOLUME)),
         # the cluster's Artifact Registry -> the index this machine reaches
         "--package-index": ("https://us-central1-python.pkg.dev/my-mlflow-dev/mlflow-pypi/simple/", ""),
     }
-    check_env(spec, command.env, {
-        "MLFLOW_TRACKING_URI": p.tracking_url,  # the Service: the local load balancer
-        "MLFLOW_TRACKING_PASSWORD_FILE": str(p.workdir / "pods" / "serving" / "app-secrets" / "serving-password"),
-    })
-    assert command.env["PYTHONPATH"] == str(ROOT / "mlflow_image")  # the image's /opt/mlflow-extras
+    check_env(spec, command.env, {"MLFLOW_TRACKING_URI": p.tracking_url})  # the Service: the local load balancer
+    assert command.env["PYTHONPATH"] == "/opt/mlflow-extras"  # the image's
     password_file = p.workdir / "pods" / "serving" / "app-secrets" / "serving-password"
     assert set(command.files) == {p.workdir / "pods" / "serving" / "logging" / "logging.json", password_file}
     assert command.files[password_file] == (p.serving_password, 0o600)
+    assert Bind(p.workdir / "pods" / "serving" / ENV_VOLUME, ENV_CACHE_PATH, writable=True) in command.binds
 
 
 def test_migration_job_waits_then_runs_both_upgrades_in_order_against_local_postgres(offline):
@@ -151,15 +155,12 @@ def test_migration_job_waits_then_runs_both_upgrades_in_order_against_local_post
     commands = p.job_commands(p.migration_job, "migrate")
     assert [spec["name"] for spec, _ in commands] == ["wait-for-database", "upgrade-tracking-db", "upgrade-auth-db"]
     (wait_spec, wait), (tracking_spec, tracking), (auth_spec, auth) = commands
-    assert argv_diff(wait_spec["command"] + wait_spec["args"], wait.argv) == {
-        "argv[0]": ("python", str(p.bin_dir / "python"))}
+    assert argv_diff(wait_spec["command"] + wait_spec["args"], wait.container_argv) == {}
     check_env(wait_spec, wait.env, {"MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE)})
-    assert argv_diff(tracking_spec["command"] + tracking_spec["args"], tracking.argv) == {
-        "argv[0]": ("mlflow", str(p.bin_dir / "mlflow")),
+    assert argv_diff(tracking_spec["command"] + tracking_spec["args"], tracking.container_argv) == {
         "argv[3]": ("$(MLFLOW_BACKEND_STORE_URI)", p.database_uri(TRACKING_DATABASE)),
     }
-    assert argv_diff(auth_spec["command"] + auth_spec["args"], auth.argv) == {
-        "argv[0]": ("python", str(p.bin_dir / "python")),
+    assert argv_diff(auth_spec["command"] + auth_spec["args"], auth.container_argv) == {
         "--url": ("$(MLFLOW_AUTH_DATABASE_URI)", p.database_uri(AUTH_DATABASE)),
     }
     check_env(tracking_spec, tracking.env, {"MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE)})
@@ -171,16 +172,9 @@ def test_serving_user_job_gets_the_configmap_script_and_local_tracking(offline):
     [(spec, command)] = p.job_commands(p.serving_user_job, "serving-user")
     script = p.workdir / "pods" / "serving-user" / "scripts" / "ensure_serving_user.py"
     secrets = p.workdir / "pods" / "serving-user" / "app-secrets"
-    script_index = spec["args"].index("/opt/mlflow-scripts/ensure_serving_user.py") + 1
-    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
-        "argv[0]": ("python", str(p.bin_dir / "python")),
-        f"argv[{script_index}]": ("/opt/mlflow-scripts/ensure_serving_user.py", str(script)),
-    }
-    check_env(spec, command.env, {
-        "MLFLOW_TRACKING_URI": p.tracking_url,  # the Service: the local load balancer
-        "MLFLOW_TRACKING_PASSWORD_FILE": str(secrets / "admin-password"),
-        "SERVING_PASSWORD_FILE": str(secrets / "serving-password"),
-    })
+    assert argv_diff(spec["command"] + spec["args"], command.container_argv) == {}
+    check_env(spec, command.env, {"MLFLOW_TRACKING_URI": p.tracking_url})  # the Service: the local load balancer
+    assert Bind(script.parent, "/opt/mlflow-scripts") in command.binds
     config_map = p.manifests.config_map_data("mlflow", "mlflow-serving-setup")
     assert command.files == {script: (config_map["ensure_serving_user.py"], 0o644),
                              secrets / "admin-password": (p.admin_password, 0o600),
@@ -199,9 +193,7 @@ def test_changes_are_listed_without_secrets(offline):
 
 
 def _site(tmp_path: Path, **overrides) -> LocalSite:
-    (tmp_path / "bin").mkdir(exist_ok=True)
-    (tmp_path / "bin" / "mlflow").touch()
-    values = dict(bin_dir=tmp_path / "bin", volume_root=tmp_path / "pod", secrets={("s", "k"): "sv"},
+    values = dict(image=fake_image(tmp_path / "rootfs"), volume_root=tmp_path / "pod", secrets={("s", "k"): "sv"},
                   services={"mlflow-tracking.mlflow.svc.cluster.local:5000": "127.0.0.1:1234"}, listen_port=4321)
     values.update(overrides)
     return LocalSite(**values)
@@ -219,7 +211,7 @@ def test_everything_else_stays_as_rendered(tmp_path):
                     {"name": "B", "value": "postgresql://u@127.0.0.1:5432/db"},
                     {"name": "C", "value": "http://other.svc.cluster.local:5000"}]}
     command = localize_container(spec, [TMP], _site(tmp_path))
-    assert command.argv == [str(tmp_path / "bin" / "mlflow"), "--workers", "1", "--bind", "0.0.0.0", "--url",
+    assert command.container_argv == ["mlflow", "--workers", "1", "--bind", "0.0.0.0", "--url",
                             "http://example.com:5000", "/etc/other", "--host", "10.0.0.1",
                             "http://127.0.0.1:1234/x|$(A)|$(UNDEFINED)", "127.0.0.1:5432"]
     # no proxy sidecar in this pod: its addresses are nobody's business
@@ -235,7 +227,7 @@ def test_proxy_address_only_in_values(tmp_path):
                  proxy_address="127.0.0.1:5432", postgres_address="127.0.0.1:6543")
     command = localize_container(spec, [TMP], site)
     assert command.env["URI"] == "postgresql+psycopg2://u:p@127.0.0.1:6543/db"
-    assert command.argv[1:] == ["127.0.0.1:5432"]
+    assert command.container_argv[1:] == ["127.0.0.1:5432"]
     assert command.secret_env == {"URI"}
 
 
@@ -266,7 +258,8 @@ def test_secret_manager_volume_files_come_from_the_local_secret_manager(tmp_path
                  secret_versions={"projects/p/secrets/s/versions/latest": "v2"})
     command = localize_container(spec, [TMP, CSI], site)
     assert command.files == {tmp_path / "pod" / "app-secrets" / "pw": ("v2", 0o600)}
-    assert command.env["PW_FILE"] == str(tmp_path / "pod" / "app-secrets" / "pw")
+    assert command.env["PW_FILE"] == "/etc/mlflow-secrets/pw"  # mounted at its path in the image
+    assert Bind(tmp_path / "pod" / "app-secrets", "/etc/mlflow-secrets") in command.binds
 
 
 @pytest.mark.parametrize("change, message", [
@@ -288,15 +281,6 @@ def test_secret_manager_volumes_the_add_on_would_refuse_are_errors(tmp_path, cha
 
 def test_expand_vars_follows_kubernetes():
     assert expand_vars("$(A)-$(B)-$$(A)-$(A", {"A": "1"}) == "1-$(B)-$(A)-$(A"
-
-
-def test_image_env_is_the_dockerfiles():
-    dockerfile = (ROOT / "mlflow_image" / "Dockerfile").read_text()
-    runtime_base = dockerfile.split("AS runtime-base", 1)[1].split("FROM ", 1)[0]
-    image_values = {name: image for name, (image, _) in IMAGE_PATHS.items()}
-    for name, value in {**IMAGE_ENV, **image_values, "HOME": "/tmp"}.items():
-        assert re.search(rf"\b{name}={re.escape(value)}\b", runtime_base), name
-    assert "WORKDIR /tmp" in runtime_base
 
 
 def test_a_rendered_kubernetes_secret_is_refused(offline):
@@ -456,6 +440,10 @@ def first_up(request, ingress_plan) -> FirstUp:
 @pytest.fixture(scope="module")
 def platform(first_up) -> LocalPlatform:
     return first_up.platform
+
+
+def test_every_dev_container_starts_in_its_image(platform):
+    assert platform.started_containers == built_image_containers(platform.manifests)
 
 
 def test_first_up_grants_wait_for_the_database(first_up):
@@ -726,10 +714,8 @@ def scrape_tracking(platform: LocalPlatform) -> dict:
 def test_exporter_sidecar_runs_as_rendered_in_the_tracking_pod(offline):
     spec = offline.exporter_container
     command = offline.exporter_command()
-    tmp = offline.workdir / "pods" / "tracking" / "tmp"
-    assert argv_diff(spec["command"] + spec["args"], command.argv) == {
-        "argv[0]": ("python", str(offline.bin_dir / "python")),
-        "--dir": ("/tmp/prometheus", str(tmp / "prometheus")),
+    assert Bind(offline.workdir / "pods" / "tracking" / "tmp", "/tmp", writable=True) in command.binds
+    assert argv_diff(spec["command"] + spec["args"], command.container_argv) == {
         "--host": ("0.0.0.0", "127.0.0.1"),
         "--port": ("9102", str(offline.tracking_metrics_port)),
     }

@@ -78,11 +78,12 @@ def migrate_fresh_databases(platform) -> None:
     """The rendered grants and migration Jobs' commands against two new, empty databases."""
     platform.bootstrap_databases(tuple(FRESH.values()))
     swap = {platform.database_uri(db): platform.database_uri(fresh) for db, fresh in FRESH.items()} | FRESH
-    commands = (platform.job_commands(platform.grants_job, "grants-fresh")
-                + platform.job_commands(platform.migration_job, "migrate-fresh"))
-    for spec, command in commands:
+    commands = [(job, spec, command) for job, name in ((platform.grants_job, "grants-fresh"),
+                                                       (platform.migration_job, "migrate-fresh"))
+                for spec, command in platform.job_commands(job, name)]
+    for job, spec, command in commands:
         assert not command.files, "the grants and migration Jobs mount no files"
-        command.cwd.mkdir(parents=True, exist_ok=True)
+        platform.prepare_pod(job, command, command.cwd.parent.name)
         argv = [swap.get(part, part) for part in command.argv]
         env = {name: swap.get(value, value) for name, value in command.env.items()}
         assert argv != command.argv or env != command.env, f"{spec['name']} names no database"
