@@ -1,5 +1,5 @@
 """The MLflow images: built and pushed by the program, or prebuilt by digest; tagged so that every
-rebuild of pulumi-docker-build pushes a new tag."""
+rebuild of pulumi-docker-build pushes a new tag, and built from contexts that hold what they copy."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 
 from infra.images import ROOT, build_tag, context_files, context_hash, image_version
 from offline.stack import read_stack_config, run_program
@@ -16,6 +17,38 @@ from offline.mocks import is_secret
 
 IMAGE = "docker-build:index:Image"
 BUILDS = [("mlflow_image", "tracking"), ("mlflow_image", "serving"), ("loadtest", "locust")]
+# mlflow_image/.dockerignore before 0ef3341 (`git show 0ef3341~1:mlflow_image/.dockerignore`): the
+# first build failed on the packages it did not re-include.
+OLD_MLFLOW_DOCKERIGNORE = """\
+# Build context = mlflow_image/. Only the Dockerfile and the requirements files
+# are needed; exclude everything, then re-include what the Dockerfile COPYs.
+*
+!Dockerfile
+!requirements-common.txt
+!requirements-tracking.txt
+!requirements-serving.txt
+!mlflow_serving/*.py
+!mlflow_metrics/*.py
+
+# Belt and braces, in case the allow-list above is ever loosened.
+**/.git
+**/__pycache__
+**/*.py[cod]
+**/.pytest_cache
+**/.mypy_cache
+**/.ruff_cache
+**/.venv
+**/.venv-*
+**/venv
+**/tests
+**/mlruns
+**/mlartifacts
+**/*.db
+**/.env
+**/*.pem
+**/*.key
+**/*.json
+"""
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +61,47 @@ def load_test_run():
 def copy_context(context: str, tmp_path: Path) -> Path:
     """A copy of a build context, as a clean checkout has it."""
     return shutil.copytree(ROOT / context, tmp_path / context, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def unbuildable_sources(context: Path, dockerfile: Path) -> dict[str, str]:
+    """COPY/ADD sources (not `--from=` stage copies) the build would not find, and why."""
+    present = [p.relative_to(context).as_posix() for p in context.rglob("*") if not p.is_dir()]
+    sent = context_files(context, dockerfile)
+    problems = {}
+    for instruction in parse_dockerfile_ast(dockerfile.read_text()).instructions:
+        if instruction.name.upper() not in ("COPY", "ADD") or any(f.startswith("--from") for f in instruction.flags):
+            continue
+        for source in instruction.args[:-1]:
+            if source.startswith("<<") or "://" in source:  # heredocs and URLs: not read from the context
+                continue
+            # A source names a file or a folder, wildcards allowed, as an ignore pattern does.
+            under = (lambda path: True) if source.strip("./") == "" else PatternMatcher([source]).matches
+            if not any(map(under, present)):
+                problems[source] = "not in the context"
+            elif not any(map(under, sent)):
+                problems[source] = "filtered out by .dockerignore"
+    return problems
+
+
+def test_every_copy_source_survives_its_context_s_dockerignore(load_test_run):
+    builds = {(i.inputs["context"]["location"], i.inputs["dockerfile"]["location"])
+              for i in load_test_run.of_type(IMAGE)}
+    assert {context for context, _ in builds} >= {"mlflow_image", "loadtest"}
+    for context, dockerfile in builds:
+        assert unbuildable_sources(ROOT / context, ROOT / dockerfile) == {}, context
+
+
+def test_the_guard_names_the_packages_the_old_dockerignore_filtered_out(tmp_path):
+    context = copy_context("mlflow_image", tmp_path)
+    (context / ".dockerignore").write_text(OLD_MLFLOW_DOCKERIGNORE)
+    assert unbuildable_sources(context, context / "Dockerfile") == {
+        package: "filtered out by .dockerignore" for package in ("mlflow_dbwait", "mlflow_dbgrant", "mlflow_fileenv")}
+
+
+def test_the_guard_names_a_source_missing_from_the_context(tmp_path):
+    context = copy_context("loadtest", tmp_path)
+    (context / "payloads.py").unlink()
+    assert unbuildable_sources(context, context / "Dockerfile") == {"payloads.py": "not in the context"}
 
 
 def test_every_image_is_tagged_by_its_build(load_test_run):
