@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Optional
 
 import pulumi
@@ -14,7 +13,7 @@ from infra.cluster import GkeCluster, GkeClusterArgs, LoadTestPool
 from infra.config import Settings
 from infra.database import Database, DatabaseArgs
 from infra.edge import EdgePolicy, EdgePolicyArgs
-from infra.images import MlflowImages, MlflowImagesArgs, content_hash, image_version, pushed_image, registry_token
+from infra.images import MlflowImages, MlflowImagesArgs, image_version, pushed_image, registry_token
 from infra.kms import EncryptionKeys, EncryptionKeysArgs
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels, gcp_name
@@ -27,7 +26,6 @@ from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.serving import ModelServing, ModelServingArgs
 from k8s.tracking import TrackingServer, TrackingServerArgs
 
-LOAD_TEST_DIR = Path(__file__).resolve().parent / "loadtest"
 SERVING_PODS_RANGE_NAME = "serving-pods"
 SERVING_SERVICES_RANGE_NAME = "serving-services"
 
@@ -88,7 +86,6 @@ def build_foundation(settings: Settings) -> Foundation:
         keep_versions=settings.registry_keep_versions), after_apis)
     images = MlflowImages(f"{prefix}-build", MlflowImagesArgs(
         repository_url=registry.repository_url, registry_host=f"{settings.region}-docker.pkg.dev",
-        version=image_version(None),
         prebuilt=(("tracking", settings.tracking_image), ("serving", settings.serving_image))), after_apis)
     keys = EncryptionKeys(f"{prefix}-keys", EncryptionKeysArgs(
         project=settings.project, location=settings.region, labels=labels, data_key=settings.cmek), after_apis)
@@ -325,8 +322,7 @@ def build_load_test(settings: Settings, foundation: Foundation, cluster: GkeClus
     image = pushed_image(
         f"{settings.name_prefix}-build-loadtest", context="loadtest", target="locust",
         image=pulumi.Output.concat(foundation.registry.repository_url, "/mlflow-loadtest"),
-        version=content_hash(LOAD_TEST_DIR), registry_host=f"{settings.region}-docker.pkg.dev",
-        token=registry_token(), opts=foundation.after_apis)
+        registry_host=f"{settings.region}-docker.pkg.dev", token=registry_token(), opts=foundation.after_apis)
     return LoadTest("mlflow-loadtest", LoadTestArgs(
         provider=cluster.provider, image=image, serving_url=serving.service_url, tracking=tracking.endpoint,
         project_number=foundation.app_secrets.project_number, workload_pool=cluster.workload_pool,

@@ -3,34 +3,88 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pulumi
 import pulumi_docker_build as docker_build
 import pulumi_gcp as gcp
+from e2b_dockerfile_utils import PatternMatcher
 
 from infra.naming import child_options
 
-IMAGE_DIR = Path(__file__).resolve().parent.parent / "mlflow_image"
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE_CONTEXT = "mlflow_image"
 TARGETS = ("tracking", "serving")
+DOCKERFILE = "Dockerfile"
+PLATFORM = docker_build.Platform.LINUX_AMD64
 
 
-def content_hash(directory: Path = IMAGE_DIR) -> str:
-    """A hash of every file the build reads: the same sources always give the same tag."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
+def ignore_patterns(context: Path, dockerfile: Path) -> list[str]:
+    """The ignore file the builder applies: `<Dockerfile>.dockerignore` first, else the context's."""
+    for candidate in (dockerfile.with_name(f"{dockerfile.name}.dockerignore"), context / ".dockerignore"):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8-sig").splitlines()
+    return []
+
+
+def _walk(directory: Path, prefix: str = "") -> Iterator[str]:
+    """Every path below `directory` that is not a directory, in Go's filepath.WalkDir order; links are
+    not followed."""
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), f"{prefix}{entry.name}/")
+        else:
+            yield f"{prefix}{entry.name}"
+
+
+def context_files(context: Path, dockerfile: Path) -> list[str]:
+    """The context's files that survive its .dockerignore, as BuildKit (fsutil) filters them."""
+    ignored = PatternMatcher(ignore_patterns(context, dockerfile)).matches
+    return [path for path in _walk(context) if not ignored(path)]
+
+
+def _go_mode(mode: int) -> str:
+    """Go's FileMode.String() of a file or symlink, e.g. `-rw-r--r--`: what the provider hashes."""
+    kinds = "".join(c for c, on in (("L", stat.S_ISLNK(mode)), ("u", mode & stat.S_ISUID),
+                                    ("g", mode & stat.S_ISGID), ("t", mode & stat.S_ISVTX)) if on)
+    return (kinds or "-") + "".join(c if mode & (0o400 >> i) else "-" for i, c in enumerate("rwxrwxrwx"))
+
+
+def context_hash(context: Path, dockerfile: Path) -> str:
+    """pulumi-docker-build's `contextHash`, byte for byte (hashBuildContext in its context.go): the
+    Dockerfile, then each surviving file's content, path and mode. The provider rebuilds when it moves."""
+    digest = hashlib.sha256(dockerfile.read_bytes())
+    for name in context_files(context, dockerfile):
+        path = context / name
+        if not path.is_file():  # links to directories, pipes: the provider skips them
+            continue
+        digest.update(path.read_bytes())
+        digest.update(name.encode())
+        digest.update(_go_mode(path.lstat().st_mode).encode())
     return digest.hexdigest()
 
 
-def image_version(prebuilt: Optional[str], directory: Path = IMAGE_DIR) -> str:
-    """What names the migration Job: the source hash, or the prebuilt image's digest."""
+def build_tag(context: str, target: str, root: Path = ROOT) -> str:
+    """The tag of `target` built from `context`: a hash of what makes pulumi-docker-build rebuild
+    (Image.Diff): its context hash, the context, Dockerfile, target and platform we pass, and its
+    version (the hash is its code). A rebuild then never pushes to a tag the immutable repository holds."""
+    # push, build_on_preview and the registry login are constants; another region is another repository.
+    directory = root / context
+    inputs = (context_hash(directory, directory / DOCKERFILE), context, DOCKERFILE, target, PLATFORM.value,
+              version("pulumi-docker-build"))
+    return hashlib.sha256("\0".join(inputs).encode()).hexdigest()
+
+
+def image_version(prebuilt: Optional[str]) -> str:
+    """What names the migration Job: the tracking image's tag, or the prebuilt image's digest."""
     if prebuilt:
         return prebuilt.rsplit("sha256:", 1)[1]
-    return content_hash(directory)
+    return build_tag(IMAGE_CONTEXT, "tracking")
 
 
 def registry_token() -> pulumi.Output[str]:
@@ -38,16 +92,16 @@ def registry_token() -> pulumi.Output[str]:
     return pulumi.Output.secret(gcp.organizations.get_client_config_output().access_token)
 
 
-def pushed_image(name: str, *, context: str, target: str, image: pulumi.Input[str], version: str,
-                 registry_host: str, token: pulumi.Input[str], opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-    """Builds `target` of `context`/Dockerfile, pushes it as IMAGE:<version[:16]>; its reference by digest."""
+def pushed_image(name: str, *, context: str, target: str, image: pulumi.Input[str], registry_host: str,
+                 token: pulumi.Input[str], opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    """Builds `target` of `context`/Dockerfile, pushes it as IMAGE:<build_tag[:16]>; its reference by digest."""
     built = docker_build.Image(
         name,
         context=docker_build.BuildContextArgs(location=context),
-        dockerfile=docker_build.DockerfileArgs(location=f"{context}/Dockerfile"),
+        dockerfile=docker_build.DockerfileArgs(location=f"{context}/{DOCKERFILE}"),
         target=target,
-        platforms=[docker_build.Platform.LINUX_AMD64],
-        tags=[pulumi.Output.concat(image, ":", version[:16])],
+        platforms=[PLATFORM],
+        tags=[pulumi.Output.concat(image, ":", build_tag(context, target)[:16])],
         push=True,
         build_on_preview=False,
         registries=[docker_build.RegistryArgs(address=registry_host, username="oauth2accesstoken", password=token)],
@@ -62,9 +116,7 @@ class MlflowImagesArgs:
     """REGION-docker.pkg.dev/PROJECT/REPO."""
     registry_host: str
     """REGION-docker.pkg.dev, for push credentials."""
-    version: str
-    """Tag of the built images (content hash of mlflow_image/)."""
-    context: str = "mlflow_image"
+    context: str = IMAGE_CONTEXT
     """Build context, relative to the project root (where Pulumi runs the program)."""
     prebuilt: tuple[tuple[str, Optional[str]], ...] = (("tracking", None), ("serving", None))
     """Per target, an image by digest to use instead of building."""
@@ -89,7 +141,7 @@ class MlflowImages(pulumi.ComponentResource):
                 token = registry_token()
             refs[target] = pushed_image(f"{name}-{target}", context=args.context, target=target,
                                         image=pulumi.Output.concat(args.repository_url, f"/mlflow-{target}"),
-                                        version=args.version, registry_host=args.registry_host, token=token,
+                                        registry_host=args.registry_host, token=token,
                                         opts=child_options(self, opts))
         self.tracking_image = refs["tracking"]
         self.serving_image = refs["serving"]

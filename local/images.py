@@ -17,8 +17,8 @@ name from Debian's own packages. Everything it differs in from the official base
 - Image config: the official PATH (with the sbin folders), LANG=C.UTF-8 and CMD python3; no
   PYTHON_VERSION, GPG_KEY or PYTHON_SHA256.
 
-Images are tagged by the content hash of their build context, so an unchanged context is built
-once per store; one lock serialises the builds of every process that shares the store.
+Images are tagged as the program tags them (infra.images.build_tag), so an unchanged image is
+built once per store; one lock serialises the builds of every process that shares the store.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-from infra.images import content_hash
+from infra.images import build_tag
 
 ROOT = Path(__file__).resolve().parent.parent
 STORE_ENV = "MLFLOW_LOCAL_IMAGE_STORE"
@@ -58,7 +58,7 @@ class ImageSource:
 
     name: str
     context: Path
-    target: Optional[str] = None
+    target: str
 
     @property
     def dockerfile(self) -> Path:
@@ -66,14 +66,14 @@ class ImageSource:
 
     @property
     def reference(self) -> str:
-        return f"localhost/{self.name}:{content_hash(self.context)[:16]}"
+        return f"localhost/{self.name}:{build_tag(self.context.name, self.target, self.context.parent)[:16]}"
 
 
 # What infra/images.py builds (MLflow's two targets) and the load test's Locust image.
 SOURCES = {
     "mlflow-tracking": ImageSource("mlflow-tracking", ROOT / "mlflow_image", "tracking"),
     "mlflow-serving": ImageSource("mlflow-serving", ROOT / "mlflow_image", "serving"),
-    "mlflow-loadtest": ImageSource("mlflow-loadtest", ROOT / "loadtest"),
+    "mlflow-loadtest": ImageSource("mlflow-loadtest", ROOT / "loadtest", "locust"),
 }
 
 
@@ -190,12 +190,12 @@ class ImageStore:
             if self.exists(reference):
                 return reference
             self.ensure_base(base_reference(source.dockerfile))
-            self.progress(f"images: building {reference} (buildah, {source.context.name}/Dockerfile"
-                          f"{f', target {source.target}' if source.target else ''})")
+            self.progress(f"images: building {reference} (buildah, {source.context.name}/Dockerfile, "
+                          f"target {source.target})")
             started = time.monotonic()
             self.buildah(f"build-{source.name}", "bud", "--pull=never", "--isolation", "chroot", "--network", "host",
                          "--file", str(source.dockerfile),
-                         *(["--target", source.target] if source.target else []),
+                         "--target", source.target,
                          "--tag", reference, str(source.context))
             self.progress(f"images: {reference} built in {time.monotonic() - started:.0f}s")
         return reference

@@ -1,23 +1,170 @@
-"""The MLflow images: built and pushed by the program, or prebuilt by digest."""
+"""The MLflow images: built and pushed by the program, or prebuilt by digest; tagged so that every
+rebuild of pulumi-docker-build pushes a new tag, and built from contexts that hold what they copy."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
+from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 
-from infra.images import content_hash, image_version
+from infra.images import ROOT, build_tag, context_files, context_hash, image_version
+from offline.stack import read_stack_config, run_program
 from tests.helpers import container
 from offline.mocks import is_secret
 
+IMAGE = "docker-build:index:Image"
+BUILDS = [("mlflow_image", "tracking"), ("mlflow_image", "serving"), ("loadtest", "locust")]
+# mlflow_image/.dockerignore before 0ef3341 (`git show 0ef3341~1:mlflow_image/.dockerignore`): the
+# first build failed on the packages it did not re-include.
+OLD_MLFLOW_DOCKERIGNORE = """\
+# Build context = mlflow_image/. Only the Dockerfile and the requirements files
+# are needed; exclude everything, then re-include what the Dockerfile COPYs.
+*
+!Dockerfile
+!requirements-common.txt
+!requirements-tracking.txt
+!requirements-serving.txt
+!mlflow_serving/*.py
+!mlflow_metrics/*.py
 
-def test_content_hash_changes_with_any_source_file(tmp_path):
-    shutil.copytree("mlflow_image", tmp_path / "img")
-    before = content_hash(tmp_path / "img")
-    assert content_hash(tmp_path / "img") == before
-    requirements = tmp_path / "img" / "requirements-common.txt"
-    requirements.write_text(requirements.read_text() + "\n# bump\n")
-    assert content_hash(tmp_path / "img") != before
+# Belt and braces, in case the allow-list above is ever loosened.
+**/.git
+**/__pycache__
+**/*.py[cod]
+**/.pytest_cache
+**/.mypy_cache
+**/.ruff_cache
+**/.venv
+**/.venv-*
+**/venv
+**/tests
+**/mlruns
+**/mlartifacts
+**/*.db
+**/.env
+**/*.pem
+**/*.key
+**/*.json
+"""
+
+
+@pytest.fixture(scope="module")
+def load_test_run():
+    """The dev stack with the load test on: every image the program can build is declared."""
+    config, secret_keys = read_stack_config("dev")
+    return run_program("dev", {**config, "mlflow-platform:loadTesting": "true"}, secret_keys)
+
+
+def copy_context(context: str, tmp_path: Path) -> Path:
+    """A copy of a build context, as a clean checkout has it."""
+    return shutil.copytree(ROOT / context, tmp_path / context, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def unbuildable_sources(context: Path, dockerfile: Path) -> dict[str, str]:
+    """COPY/ADD sources (not `--from=` stage copies) the build would not find, and why."""
+    present = [p.relative_to(context).as_posix() for p in context.rglob("*") if not p.is_dir()]
+    sent = context_files(context, dockerfile)
+    problems = {}
+    for instruction in parse_dockerfile_ast(dockerfile.read_text()).instructions:
+        if instruction.name.upper() not in ("COPY", "ADD") or any(f.startswith("--from") for f in instruction.flags):
+            continue
+        for source in instruction.args[:-1]:
+            if source.startswith("<<") or "://" in source:  # heredocs and URLs: not read from the context
+                continue
+            # A source names a file or a folder, wildcards allowed, as an ignore pattern does.
+            under = (lambda path: True) if source.strip("./") == "" else PatternMatcher([source]).matches
+            if not any(map(under, present)):
+                problems[source] = "not in the context"
+            elif not any(map(under, sent)):
+                problems[source] = "filtered out by .dockerignore"
+    return problems
+
+
+def test_every_copy_source_survives_its_context_s_dockerignore(load_test_run):
+    builds = {(i.inputs["context"]["location"], i.inputs["dockerfile"]["location"])
+              for i in load_test_run.of_type(IMAGE)}
+    assert {context for context, _ in builds} >= {"mlflow_image", "loadtest"}
+    for context, dockerfile in builds:
+        assert unbuildable_sources(ROOT / context, ROOT / dockerfile) == {}, context
+
+
+def test_the_guard_names_the_packages_the_old_dockerignore_filtered_out(tmp_path):
+    context = copy_context("mlflow_image", tmp_path)
+    (context / ".dockerignore").write_text(OLD_MLFLOW_DOCKERIGNORE)
+    assert unbuildable_sources(context, context / "Dockerfile") == {
+        package: "filtered out by .dockerignore" for package in ("mlflow_dbwait", "mlflow_dbgrant", "mlflow_fileenv")}
+
+
+def test_the_guard_names_a_source_missing_from_the_context(tmp_path):
+    context = copy_context("loadtest", tmp_path)
+    (context / "payloads.py").unlink()
+    assert unbuildable_sources(context, context / "Dockerfile") == {"payloads.py": "not in the context"}
+
+
+def test_every_image_is_tagged_by_its_build(load_test_run):
+    tags = {i.inputs["target"]: i.inputs["tags"] for i in load_test_run.of_type(IMAGE)}
+    for context, target in BUILDS:
+        assert [tag.rsplit(":", 1)[1] for tag in tags[target]] == [build_tag(context, target)[:16]], target
+
+
+@pytest.mark.parametrize("context, target", BUILDS)
+def test_the_tag_ignores_what_the_builder_never_sees(tmp_path, context, target):
+    directory = copy_context(context, tmp_path)
+    before = build_tag(context, target, root=tmp_path)
+    for folder in [directory, *(p for p in directory.iterdir() if p.is_dir())]:
+        (folder / "__pycache__").mkdir()
+        (folder / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"stray")
+    (directory / "NOTES.md").write_text("excluded by .dockerignore\n")
+    assert build_tag(context, target, root=tmp_path) == before
+
+
+@pytest.mark.parametrize("context, target", BUILDS)
+def test_the_tag_moves_with_any_file_the_builder_sees(tmp_path, context, target):
+    directory = copy_context(context, tmp_path)
+    before = build_tag(context, target, root=tmp_path)
+    for name in context_files(directory, directory / "Dockerfile"):
+        original = (directory / name).read_bytes()
+        (directory / name).write_bytes(original + b"\n")
+        assert build_tag(context, target, root=tmp_path) != before, name
+        (directory / name).write_bytes(original)
+    assert build_tag(context, target, root=tmp_path) == before
+
+
+def test_the_tag_moves_with_a_file_mode_as_the_provider_s_hash_does(tmp_path):
+    directory = copy_context("mlflow_image", tmp_path)
+    before = build_tag("mlflow_image", "serving", root=tmp_path)
+    os.chmod(directory / "mlflow_serving" / "app.py", 0o755)
+    assert build_tag("mlflow_image", "serving", root=tmp_path) != before
+
+
+def test_the_tag_moves_with_the_target():
+    assert build_tag("mlflow_image", "tracking") != build_tag("mlflow_image", "serving")
+
+
+def test_a_dockerfile_s_own_ignore_file_wins_as_the_provider_reads_it(tmp_path):
+    directory = copy_context("loadtest", tmp_path)
+    (directory / "Dockerfile.dockerignore").write_text("*\n!requirements.txt\n")
+    assert context_files(directory, directory / "Dockerfile") == ["requirements.txt"]
+
+
+def test_context_hash_is_the_provider_s_byte_for_byte(tmp_path):
+    tree = {"Dockerfile": ("FROM scratch\n", 0o644), "a.txt": ("1\n", 0o644), "a/b": ("2\n", 0o600),
+            "a-b": ("3\n", 0o755), "setuid.sh": ("4\n", 0o4755), "shared/g": ("5\n", 0o2750), "Émile": ("6\n", 0o1644)}
+    for name, (text, mode) in tree.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+        os.chmod(tmp_path / name, mode)
+    os.symlink("a.txt", tmp_path / "link-to-file")
+    os.symlink("a", tmp_path / "link-to-dir")
+    os.mkfifo(tmp_path / "pipe")
+    # What the provider's hashFile/hashPath/hashDockerfile (context.go, v0.0.22), run in Go over
+    # filepath.WalkDir and os.Lstat modes, give for this tree: walk order, link and special mode bits,
+    # skipped pipes and links to folders.
+    provider_hash = "6d887f49d6a3c48307c82bb726532f8a58a9731115f1df55ee9cd3f00ef49cda"
+    assert context_hash(tmp_path, tmp_path / "Dockerfile") == provider_hash
 
 
 def test_prebuilt_image_version_is_its_digest():
@@ -25,21 +172,21 @@ def test_prebuilt_image_version_is_its_digest():
 
 
 def test_two_images_are_built_from_mlflow_image_and_pushed(stack_runs):
-    images = stack_runs["dev"].of_type("docker-build:index:Image")
+    images = stack_runs["dev"].of_type(IMAGE)
     assert sorted(i.inputs["target"] for i in images) == ["serving", "tracking"]
-    version = content_hash()[:16]
     for image in images:
+        target = image.inputs["target"]
         assert image.inputs["push"] is True
         assert image.inputs["context"]["location"] == "mlflow_image"
-        assert image.inputs["tags"] == [
-            f"us-central1-docker.pkg.dev/my-mlflow-dev/mlflow-images/mlflow-{image.inputs['target']}:{version}"]
+        tag = build_tag("mlflow_image", target)[:16]
+        assert image.inputs["tags"] == [f"us-central1-docker.pkg.dev/my-mlflow-dev/mlflow-images/mlflow-{target}:{tag}"]
         registry = image.inputs["registries"][0]
         assert registry["username"] == "oauth2accesstoken" and is_secret(registry["password"])
 
 
 def test_pods_reference_the_built_images_by_digest(stack_runs):
     run = stack_runs["dev"]
-    refs = {i.inputs["target"]: i.state["ref"] for i in run.of_type("docker-build:index:Image")}
+    refs = {i.inputs["target"]: i.state["ref"] for i in run.of_type(IMAGE)}
     assert container(run.named("mlflow-deployment"), "mlflow")["image"] == refs["tracking"]
     assert container(run.named("mlflow-serving-deployment"), "serving")["image"] == refs["serving"]
     assert "@sha256:" in refs["tracking"]
@@ -49,7 +196,7 @@ def test_prebuilt_images_skip_the_build(run_stack_with):
     tracking = "europe-docker.pkg.dev/p/r/mlflow-tracking@sha256:" + "1" * 64
     serving = "europe-docker.pkg.dev/p/r/mlflow-serving@sha256:" + "2" * 64
     run = run_stack_with("dev", trackingImage=tracking, servingImage=serving)
-    assert run.of_type("docker-build:index:Image") == []
+    assert run.of_type(IMAGE) == []
     assert container(run.named("mlflow-deployment"), "mlflow")["image"] == tracking
     assert container(run.named("mlflow-serving-deployment"), "serving")["image"] == serving
 
