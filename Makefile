@@ -60,7 +60,8 @@ mlserver-venv: $(MLSERVER_VENV)/.installed
 
 ## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end),
 ## whole modules on three processes, longest first (the local ones mostly wait on their processes).
-test: install checkov runtime upgrade-venv images
+test:
+	$(MAKE) -j4 install checkov runtime upgrade-venv images  # side by side: the images wait only for .venv
 	$(PY) -m pytest -n 3 --dist loadfile
 
 ## make test-fast: the tests that start no process (about a minute and a half).

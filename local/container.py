@@ -43,17 +43,16 @@ class Bind:
     writable: bool = False
 
 
-def mount_points(rootfs: Path, binds: list[Bind]) -> list[Path]:
-    """Paths that must exist in the image before it is mounted read-only (the runtime creates
-    them, as runc does): directories for directory volumes, empty files for file binds."""
-    needed = [rootfs / "etc/hosts", rootfs / "etc/resolv.conf"]
-    return needed + [rootfs / bind.target.lstrip("/") for bind in binds]
+RUNTIME_FILES = ("etc/hosts", "etc/resolv.conf")  # bound from this machine, as a container runtime does
 
 
 def prepare(rootfs: Path, binds: list[Bind]) -> None:
-    for path, bind in zip(mount_points(rootfs, binds), [None, None, *binds]):
-        source_is_dir = bind is not None and bind.source.is_dir()
-        if source_is_dir:
+    """Create what must exist in the image before it is mounted read-only (a runtime creates its
+    mount points too): a directory for each directory volume, an empty file for each file bind."""
+    targets = [(rootfs / name, False) for name in RUNTIME_FILES]
+    targets += [(rootfs / bind.target.lstrip("/"), bind.source.is_dir()) for bind in binds]
+    for path, is_dir in targets:
+        if is_dir:
             path.mkdir(parents=True, exist_ok=True)
         elif not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
