@@ -114,9 +114,10 @@ def test_default_node_pool_runs_as_the_node_account_not_compute_default(stack_ru
 
 # 10. destroying dev -----------------------------------------------------------------------------
 @pytest.mark.parametrize("stack", STACKS)
-def test_private_services_connection_is_abandoned_on_destroy(stack_runs, stack):
+def test_private_services_connection_removes_its_peering_on_destroy(stack_runs, stack):
+    # ABANDON would leave the peering, and the peering blocks the network's deletion
     [connection] = stack_runs[stack].of_type("gcp:servicenetworking/connection:Connection")
-    assert connection.inputs["deletionPolicy"] == "ABANDON"
+    assert connection.inputs["deletionPolicy"] == "REMOVE_PEERING"
 
 
 # 12. boot disks GCP accepts for the machine series -----------------------------------------------
