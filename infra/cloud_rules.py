@@ -128,6 +128,10 @@ def retention_problem(retained_backups: int, log_retention_days: int) -> Optiona
 
 
 # --- GKE -----------------------------------------------------------------------------------------
+# NodeConfig.diskSizeGb: "The smallest allowed disk size is 10GB"
+# (https://cloud.google.com/kubernetes-engine/docs/reference/rest/v1/NodeConfig; pulumi-gcp's
+# ClusterNodeConfig.disk_size_gb says the same).
+MIN_NODE_DISK_GB = 10
 # https://cloud.google.com/kubernetes-engine/docs/deprecations/vulnerability-scanning-gkee: the
 # standard tier (VULNERABILITY_BASIC) was removed on 2025-07-31, Advanced Vulnerability Insights
 # (VULNERABILITY_ENTERPRISE) on 2026-06-16; a removed tier cannot be enabled.

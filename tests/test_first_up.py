@@ -11,7 +11,7 @@ import json
 import pytest
 
 from infra.apis import REQUIRED_APIS
-from infra.cloud_rules import SUPPORTED_VULNERABILITY_MODES, reserved_addresses
+from infra.cloud_rules import MIN_NODE_DISK_GB, SUPPORTED_VULNERABILITY_MODES, reserved_addresses
 from infra.cluster import GkeClusterArgs
 from tests.helpers import plain
 
@@ -112,6 +112,14 @@ def test_default_node_pool_runs_as_the_node_account_not_compute_default(stack_ru
         assert cluster.ignore_changes == ["nodeConfig"]
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_default_node_pool_boots_from_the_smallest_standard_disk(stack_runs, stack):
+    # GKE's default, 100 GB pd-balanced per zone, takes 300 GB of SSD quota per regional cluster
+    for cluster in clusters(stack_runs[stack]):
+        node = cluster.inputs["nodeConfig"]
+        assert (node["diskType"], node["diskSizeGb"]) == ("pd-standard", MIN_NODE_DISK_GB), cluster.name
+
+
 # 10. destroying dev -----------------------------------------------------------------------------
 @pytest.mark.parametrize("stack", STACKS)
 def test_private_services_connection_removes_its_peering_on_destroy(stack_runs, stack):
@@ -126,8 +134,9 @@ def test_c4_pools_boot_from_hyperdisk(run_stack_with):
     pool = run.named("mlflow-serving-pool")
     assert pool.inputs["nodeConfig"]["diskType"] == "hyperdisk-balanced"
     assert run.named("mlflow-platform-pool").inputs["nodeConfig"]["diskType"] == "pd-balanced"
-    # the temporary default pool is GKE's e2-medium, which cannot boot from Hyperdisk: it keeps GKE's default
-    assert "diskType" not in run.named("mlflow-serving-cluster").inputs["nodeConfig"]
+    # the temporary default pool is GKE's e2-medium, whatever the pools run: E2 boots from pd-standard
+    default_pool = run.named("mlflow-serving-cluster").inputs["nodeConfig"]
+    assert (default_pool["machineType"], default_pool["diskType"]) == ("e2-medium", "pd-standard")
 
 
 # Services wait for their pods -----------------------------------------------------------------
