@@ -245,7 +245,8 @@ class GkeCluster(pulumi.ComponentResource):
                         service_account: pulumi.Output[str], child: pulumi.ResourceOptions) -> None:
         pool = args.load_test_pool
         gcp.container.NodePool(
-            f"{name}-loadtest-pool",
+            # Short: GKE allows pool names of 40 characters and Pulumi appends 8 to this one.
+            f"{name}-loadtest",
             project=args.project,
             location=args.location,
             cluster=cluster_name,
