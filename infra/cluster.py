@@ -20,7 +20,7 @@ LOAD_TEST_POOL_LABEL = "loadtest"
 LOAD_TEST_TAINT = {"key": "mlflow.org/pool", "value": "loadtest", "effect": "NO_SCHEDULE"}
 # The default pool GKE creates, then removes: one node per zone, GKE's default machine type. Its boot disks
 # still count against the region's quota while the cluster is created; GKE's default, 100 GB pd-balanced,
-# counts against SSD_TOTAL_GB (300 GB for a regional cluster, often all of a new project's). The smallest
+# counts against SSD_TOTAL_GB (300 GB per regional cluster; a new project often has 250-500). The smallest
 # standard disk counts against DISKS_TOTAL_GB instead: balanced and SSD disks have their own quota
 # (https://cloud.google.com/kubernetes-engine/docs/how-to/custom-boot-disks); E2 boots from pd-standard.
 DEFAULT_POOL_MACHINE_TYPE = "e2-medium"
