@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+from dataclasses import dataclass
 from typing import Optional
 
 # --- network --------------------------------------------------------------------------------------
@@ -128,6 +129,10 @@ def retention_problem(retained_backups: int, log_retention_days: int) -> Optiona
 
 
 # --- GKE -----------------------------------------------------------------------------------------
+# NodeConfig.diskSizeGb: "The smallest allowed disk size is 10GB"
+# (https://cloud.google.com/kubernetes-engine/docs/reference/rest/v1/NodeConfig; pulumi-gcp's
+# ClusterNodeConfig.disk_size_gb says the same).
+MIN_NODE_DISK_GB = 10
 # https://cloud.google.com/kubernetes-engine/docs/deprecations/vulnerability-scanning-gkee: the
 # standard tier (VULNERABILITY_BASIC) was removed on 2025-07-31, Advanced Vulnerability Insights
 # (VULNERABILITY_ENTERPRISE) on 2026-06-16; a removed tier cannot be enabled.
@@ -140,14 +145,74 @@ MANAGED_COLLECTOR_NAMESPACES = ("gmp-system", "gke-gmp-system")
 GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
 
 
-# --- identity -------------------------------------------------------------------------------------
-# https://cloud.google.com/iam/docs/service-accounts-create#creating: a service account id is 6-30
-# characters, lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen.
-SERVICE_ACCOUNT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+# --- resource names --------------------------------------------------------------------------------
+# A `name` input the program leaves unset is filled by Pulumi: the logical name, "-" and 7 random hex
+# digits (pulumi-gcp provider/resources.go `SetAutonaming`; the suffix shows in pulumi/pulumi-gcp#1510).
+AUTONAME_SUFFIX_LENGTH = 8
+# RFC 1035 labels, as most Compute Engine names: a lowercase letter, then lowercase letters, digits and
+# hyphens, not ending with a hyphen (pulumi-gcp's `name` docstrings of Network, Subnetwork, Router, NAT,
+# Address, GlobalAddress, SSLPolicy: "1-63 characters long, and comply with RFC1035").
+_RFC1035 = r"[a-z]([-a-z0-9]*[a-z0-9])?"
+_COMPUTE = ("name", 63, _RFC1035, "1-63 lowercase letters, digits and hyphens (RFC 1035)")
+_KMS = ("name", 63, r"[a-zA-Z0-9_-]+", "1-63 letters, digits, '_' and '-'")
 
 
-def service_account_id_problem(account_id: str) -> Optional[str]:
-    if SERVICE_ACCOUNT_ID.fullmatch(account_id):
+@dataclass(frozen=True)
+class NameRule:
+    field: str
+    """The input that holds the name."""
+    max_length: int
+    pattern: str
+    """What GCP accepts, as a full-match regular expression."""
+    allowed: str
+    """The rule in words, for refusals."""
+
+
+NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
+    # GKE: "a lowercase letter followed by up to 39 lowercase letters, numbers, or hyphens", not ending
+    # with a hyphen; the API refuses longer node pool names with the regex '[a-z](?:[-a-z0-9]{0,38}[a-z0-9])?'
+    # (pulumi/pulumi-gcp#1510).
+    "gcp:container/cluster:Cluster": ("name", 40, _RFC1035, "1-40 lowercase letters, digits and hyphens"),
+    "gcp:container/nodePool:NodePool": ("name", 40, _RFC1035, "1-40 lowercase letters, digits and hyphens"),
+    "gcp:compute/network:Network": _COMPUTE,
+    "gcp:compute/subnetwork:Subnetwork": _COMPUTE,
+    "gcp:compute/router:Router": _COMPUTE,
+    "gcp:compute/routerNat:RouterNat": _COMPUTE,
+    "gcp:compute/address:Address": _COMPUTE,
+    "gcp:compute/globalAddress:GlobalAddress": _COMPUTE,
+    "gcp:compute/sSLPolicy:SSLPolicy": _COMPUTE,
+    "gcp:compute/securityPolicy:SecurityPolicy": _COMPUTE,
+    # Cloud KMS CreateKeyRingRequest.key_ring_id and CreateCryptoKeyRequest.crypto_key_id: [a-zA-Z0-9_-]{1,63}.
+    "gcp:kms/keyRing:KeyRing": _KMS,
+    "gcp:kms/cryptoKey:CryptoKey": _KMS,
+    # Cloud SQL Admin API v1: the instance ID (without the project) has lowercase letters, digits and
+    # hyphens, starts with a letter, at most 98 characters.
+    "gcp:sql/databaseInstance:DatabaseInstance": ("name", 98, r"[a-z][-a-z0-9]*",
+                                                  "1-98 lowercase letters, digits and hyphens, starting with a letter"),
+    # PostgreSQL keeps at most NAMEDATALEN-1 = 63 bytes of a database or role name and truncates the rest
+    # (postgresql.org/docs, "Identifiers and Key Words"): an IAM user's name (SA@PROJECT.iam) must fit whole.
+    "gcp:sql/database:Database": ("name", 63, r"[a-z_][a-z0-9_]*", "1-63 lowercase letters, digits and '_'"),
+    "gcp:sql/user:User": ("name", 63, r"\S+", "1-63 characters"),
+    # Secret Manager CreateSecretRequest.secret_id: at most 255 letters, digits, '-' and '_'.
+    "gcp:secretmanager/secret:Secret": ("secretId", 255, r"[a-zA-Z0-9_-]+", "1-255 letters, digits, '_' and '-'"),
+    # Artifact Registry repository ids: lowercase letters, digits and hyphens, starting with a letter and
+    # ending with a letter or digit, at most 63 characters.
+    "gcp:artifactregistry/repository:Repository": ("repositoryId", 63, _RFC1035,
+                                                   "1-63 lowercase letters, digits and hyphens"),
+    # https://cloud.google.com/iam/docs/service-accounts-create#creating: a service account id is 6-30
+    # characters, lowercase letters, digits and hyphens, starting with a letter, not ending with a hyphen.
+    "gcp:serviceaccount/account:Account": ("accountId", 30, r"[a-z][a-z0-9-]{4,28}[a-z0-9]",
+                                           "6-30 lowercase letters, digits and hyphens"),
+    # https://cloud.google.com/storage/docs/buckets#naming: 3-63 lowercase letters, digits, '-' and '_'
+    # (dots allow more, but none are used), starting and ending with a letter or digit.
+    "gcp:storage/bucket:Bucket": ("name", 63, r"[a-z0-9][-a-z0-9_]{1,61}[a-z0-9]",
+                                  "3-63 lowercase letters, digits, '-' and '_'"),
+}.items()}
+
+
+def name_problem(type_token: str, name: str) -> Optional[str]:
+    """Whether GCP accepts `name` for a resource of this type (NAME_RULES has the type)."""
+    rule = NAME_RULES[type_token]
+    if len(name) <= rule.max_length and re.fullmatch(rule.pattern, name):
         return None
-    return (f"makes the service account id {account_id!r} ({len(account_id)} chars); GCP allows 6-30 "
-            "lowercase letters, digits and hyphens")
+    return f"makes the {rule.field} {name!r} ({len(name)} chars) of a {type_token}; GCP allows {rule.allowed}"

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.cloud_rules import SUPPORTED_VULNERABILITY_MODES
+from infra.cloud_rules import MIN_NODE_DISK_GB, SUPPORTED_VULNERABILITY_MODES
 from infra.naming import cap_name, child_options
 
 NODE_SA_PROJECT_ROLES = ("roles/container.defaultNodeServiceAccount",)
@@ -18,6 +18,13 @@ NODE_SA_REPOSITORY_ROLE = "roles/artifactregistry.reader"
 # The load-test pool's nodes: labelled for Locust's nodeSelector, tainted so nothing else lands there.
 LOAD_TEST_POOL_LABEL = "loadtest"
 LOAD_TEST_TAINT = {"key": "mlflow.org/pool", "value": "loadtest", "effect": "NO_SCHEDULE"}
+# The default pool GKE creates, then removes: one node per zone, GKE's default machine type. Its boot disks
+# still count against the region's quota while the cluster is created; GKE's default, 100 GB pd-balanced,
+# counts against SSD_TOTAL_GB (300 GB per regional cluster; a new project often has 250-500). The smallest
+# standard disk counts against DISKS_TOTAL_GB instead: balanced and SSD disks have their own quota
+# (https://cloud.google.com/kubernetes-engine/docs/how-to/custom-boot-disks); E2 boots from pd-standard.
+DEFAULT_POOL_MACHINE_TYPE = "e2-medium"
+DEFAULT_POOL_DISK_TYPE = "pd-standard"
 
 
 @dataclass(frozen=True)
@@ -238,7 +245,8 @@ class GkeCluster(pulumi.ComponentResource):
                         service_account: pulumi.Output[str], child: pulumi.ResourceOptions) -> None:
         pool = args.load_test_pool
         gcp.container.NodePool(
-            f"{name}-loadtest-pool",
+            # Short: GKE allows pool names of 40 characters and Pulumi appends 8 to this one.
+            f"{name}-loadtest",
             project=args.project,
             location=args.location,
             cluster=cluster_name,
@@ -296,12 +304,15 @@ def observability(args: GkeClusterArgs) -> dict:
 
 def default_pool_replacement(node_service_account: pulumi.Input[str]) -> dict:
     """The default pool cannot be configured as needed; it is replaced by the component's pool. Until
-    it is removed its node runs as the node account, not the Compute Engine default one."""
+    it is removed its node runs as the node account, not the Compute Engine default one, on the smallest
+    disk that takes no SSD quota."""
     return dict(
         remove_default_node_pool=True,
         initial_node_count=1,
-        # Only the account: that pool is GKE's default e2-medium, whatever the pool below runs.
         node_config=gcp.container.ClusterNodeConfigArgs(
+            machine_type=DEFAULT_POOL_MACHINE_TYPE,
+            disk_type=DEFAULT_POOL_DISK_TYPE,
+            disk_size_gb=MIN_NODE_DISK_GB,
             service_account=node_service_account,
             oauth_scopes=["https://www.googleapis.com/auth/cloud-platform"],
         ),

@@ -54,6 +54,9 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9.\-/:_]+@sha256:[0-9a-f]{64}$")
 _WEEKDAYS = {"MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6, "SUN": 7}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# The longest namePrefix: every GCP name the program builds fits GCP's rules with it (the tightest, the
+# load-test node pool's 40 characters, with 2 to spare), as tests/test_first_up.py checks over both stacks.
+NAME_PREFIX_MAX_LENGTH = 12
 
 
 
@@ -75,7 +78,7 @@ class Settings(BaseModel):
     region: str = Field("us-central1", description="GCP region (`gcp:region`).", alias="gcp:region")
     zone: str = Field("us-central1-a", description="Zone of zonal clusters (`gcp:zone`).", alias="gcp:zone")
     environment: Literal["dev", "prod"] = Field(description="Environment; prod enforces protection and backups.")
-    name_prefix: str = Field("mlflow", description="Prefix of every resource name (lowercase, 3-12 chars).")
+    name_prefix: str = Field("mlflow", description=f"Prefix of every resource name (lowercase, 3-{NAME_PREFIX_MAX_LENGTH} chars).")
 
     # --- network -------------------------------------------------------------------------
     subnet_cidr: str = Field("10.10.0.0/20", description="Primary range of the subnet (nodes).")
@@ -196,8 +199,9 @@ class Settings(BaseModel):
     @field_validator("name_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
-        if not re.fullmatch(r"[a-z][a-z0-9-]{1,10}[a-z0-9]", value):
-            raise ValueError("must be 3-12 chars of lowercase letters, digits and hyphens, starting with a letter")
+        if not re.fullmatch(rf"[a-z][a-z0-9-]{{1,{NAME_PREFIX_MAX_LENGTH - 2}}}[a-z0-9]", value):
+            raise ValueError(f"must be 3-{NAME_PREFIX_MAX_LENGTH} chars of lowercase letters, digits and hyphens, "
+                             "starting with a letter")
         return value
 
     @field_validator("subnet_cidr", "pods_cidr", "services_cidr", "serving_pods_cidr", "serving_services_cidr",
@@ -413,10 +417,10 @@ class Settings(BaseModel):
         keys = ["subnet_cidr", "pods_cidr", "services_cidr", "master_cidr", "private_services_cidr"]
         if self.serving_cluster:
             keys += ["serving_pods_cidr", "serving_services_cidr", "serving_master_cidr"]
-        errors = [
-            _line("name_prefix", self.name_prefix, problem)
-            for problem in map(cloud_rules.service_account_id_problem, self.service_account_ids.values()) if problem
-        ]
+        named = [("gcp:serviceaccount/account:Account", account_id) for account_id in self.service_account_ids.values()]
+        named.append(("gcp:storage/bucket:Bucket", self.bucket_name))
+        errors = [_line("name_prefix", self.name_prefix, problem)
+                  for problem in (cloud_rules.name_problem(*pair) for pair in named) if problem]
         errors += [
             _line(a, getattr(self, a), f"overlaps {_key(b)} ({getattr(self, b)}); ranges must be disjoint")
             for a, b in cloud_rules.overlapping_ranges({key: getattr(self, key) for key in keys})

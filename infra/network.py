@@ -129,10 +129,11 @@ class Network(pulumi.ComponentResource):
             network=network.id,
             service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[reserved.name],
-            # Deleting the peering fails while Cloud SQL's producer network lingers after the instance
-            # is gone, which stops `pulumi destroy`; abandoned, it is left to the VPC's deletion (see
-            # the README's troubleshooting if GCP still refuses that).
-            deletion_policy="ABANDON",
+            # Deleting the connection fails while Cloud SQL's producer network lingers after the instance
+            # is gone; REMOVE_PEERING then removes the peering, which ABANDON leaves to block the VPC's
+            # deletion (pulumi-gcp 10.x `servicenetworking.Connection.deletion_policy` docstring;
+            # GoogleCloudPlatform/magic-modules#18476).
+            deletion_policy="REMOVE_PEERING",
             opts=child,
         )
 

@@ -88,7 +88,7 @@ def load_test_section(run: StackRun, prices: dict) -> list[str]:
         f"{pool_hourly + fee:.3f} | {fee:.3f} |", ""]
 
 
-def _zones(location: str) -> int:
+def zone_count(location: str) -> int:
     """A zone looks like REGION-x; a regional pool spans three zones."""
     return 1 if re.search(r"-[a-z]$", location) else ZONES_PER_REGION
 
@@ -108,7 +108,7 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
     vms_min = vms_max = 0
     for pool in sorted(run.of_type("gcp:container/nodePool:NodePool"), key=lambda p: p.name):
         node = pool.inputs["nodeConfig"]
-        zones = len(pool.inputs.get("nodeLocations") or []) or _zones(pool.inputs["location"])
+        zones = len(pool.inputs.get("nodeLocations") or []) or zone_count(pool.inputs["location"])
         low, high = (pool.inputs["autoscaling"][key] * zones for key in ("minNodeCount", "maxNodeCount"))
         vms_min, vms_max = vms_min + low, vms_max + high
         per_node = node_hourly(node, prices) * hours

@@ -19,7 +19,7 @@ SHIPS = {
 }
 PROVES = {
     "tests": "unit, component, whole-stack policy, manifests, workflows, local end to end",
-    "offline": "mocks, stack runner, plan renderer, cost estimate, config reference, CRD validation, checks",
+    "offline": "mocks, stack runner, plan renderer, cost estimate, quota needs, config reference, CRD validation, checks",
     "policy": "Pulumi policy pack (the invariants the policy tests check)",
     "local": "`make local`: the rendered manifests run against Postgres, a GCS emulator, HAProxy",
     "loadtest": "`make loadtest`: locustfiles, runs here or as Jobs on GKE, the Locust image",

@@ -14,6 +14,7 @@ import yaml
 
 from offline.cost import cost_markdown
 from offline.mocks import ResourceRecord, is_secret
+from offline.quota import quota_markdown
 from offline.stack import StackRun
 
 SECRET_MASK = "[secret]"
@@ -175,5 +176,6 @@ def render(run: StackRun) -> dict[str, str]:
         "graph.md": graph_markdown(run),
         "summary.md": summary_markdown(run),
         "cost.md": cost_markdown(run),
+        "quota.md": quota_markdown(run),
         **manifest_files(run),
     }

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pulumi
 import pytest
 
 from infra import cloud_rules
-from infra.config import ConfigError, Settings, config_keys, load_settings, settings_from_values
+from infra.cloud_rules import NAME_RULES
+from infra.config import (NAME_PREFIX_MAX_LENGTH, ConfigError, Settings, config_keys, load_settings,
+                          settings_from_values)
 from offline.stack import ROOT, read_stack_config, run_program
 
 NS = "mlflow-platform"
@@ -203,6 +207,20 @@ def test_a_prefix_that_makes_a_service_account_id_too_long_is_refused_naming_the
     message = refusal({**PROD_VALID, f"{NS}:namePrefix": "platformteam"})
     assert f"{NS}:namePrefix = 'platformteam'" in message and "platformteam-model-registry-sync-prod" in message
     assert "6-30" in message
+
+
+def test_a_prefix_longer_than_every_name_allows_is_refused_naming_the_setting_and_the_length():
+    message = refusal({**VALID, f"{NS}:namePrefix": "x" * (NAME_PREFIX_MAX_LENGTH + 1)})
+    assert f"{NS}:namePrefix = '{'x' * (NAME_PREFIX_MAX_LENGTH + 1)}'" in message
+    assert f"3-{NAME_PREFIX_MAX_LENGTH} chars" in message
+
+
+def test_a_prefix_that_makes_the_bucket_name_too_long_is_refused_naming_the_prefix(monkeypatch):
+    # Every prefix fits a 30-char project id today; a stricter bucket rule shows the check the model applies.
+    monkeypatch.setitem(NAME_RULES, "gcp:storage/bucket:Bucket",
+                        dataclasses.replace(NAME_RULES["gcp:storage/bucket:Bucket"], max_length=20))
+    message = refusal({**VALID, f"{NS}:namePrefix": "team2"})
+    assert f"{NS}:namePrefix = 'team2'" in message and "'my-proj-123-team2-artifacts' (27 chars)" in message
 
 
 def test_service_account_ids_carry_the_prefix_and_the_environment():

@@ -11,8 +11,10 @@ import json
 import pytest
 
 from infra.apis import REQUIRED_APIS
-from infra.cloud_rules import SUPPORTED_VULNERABILITY_MODES, reserved_addresses
+from infra.cloud_rules import (AUTONAME_SUFFIX_LENGTH, MIN_NODE_DISK_GB, NAME_RULES, SUPPORTED_VULNERABILITY_MODES,
+                               name_problem, reserved_addresses)
 from infra.cluster import GkeClusterArgs
+from infra.config import NAME_PREFIX_MAX_LENGTH
 from tests.helpers import plain
 
 STACKS = ("dev", "prod")
@@ -112,11 +114,20 @@ def test_default_node_pool_runs_as_the_node_account_not_compute_default(stack_ru
         assert cluster.ignore_changes == ["nodeConfig"]
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_default_node_pool_boots_from_the_smallest_standard_disk(stack_runs, stack):
+    # GKE's default, 100 GB pd-balanced per zone, takes 300 GB of SSD quota per regional cluster
+    for cluster in clusters(stack_runs[stack]):
+        node = cluster.inputs["nodeConfig"]
+        assert (node["diskType"], node["diskSizeGb"]) == ("pd-standard", MIN_NODE_DISK_GB), cluster.name
+
+
 # 10. destroying dev -----------------------------------------------------------------------------
 @pytest.mark.parametrize("stack", STACKS)
-def test_private_services_connection_is_abandoned_on_destroy(stack_runs, stack):
+def test_private_services_connection_removes_its_peering_on_destroy(stack_runs, stack):
+    # ABANDON would leave the peering, and the peering blocks the network's deletion
     [connection] = stack_runs[stack].of_type("gcp:servicenetworking/connection:Connection")
-    assert connection.inputs["deletionPolicy"] == "ABANDON"
+    assert connection.inputs["deletionPolicy"] == "REMOVE_PEERING"
 
 
 # 12. boot disks GCP accepts for the machine series -----------------------------------------------
@@ -125,8 +136,9 @@ def test_c4_pools_boot_from_hyperdisk(run_stack_with):
     pool = run.named("mlflow-serving-pool")
     assert pool.inputs["nodeConfig"]["diskType"] == "hyperdisk-balanced"
     assert run.named("mlflow-platform-pool").inputs["nodeConfig"]["diskType"] == "pd-balanced"
-    # the temporary default pool is GKE's e2-medium, which cannot boot from Hyperdisk: it keeps GKE's default
-    assert "diskType" not in run.named("mlflow-serving-cluster").inputs["nodeConfig"]
+    # the temporary default pool is GKE's e2-medium, whatever the pools run: E2 boots from pd-standard
+    default_pool = run.named("mlflow-serving-cluster").inputs["nodeConfig"]
+    assert (default_pool["machineType"], default_pool["diskType"]) == ("e2-medium", "pd-standard")
 
 
 # Services wait for their pods -----------------------------------------------------------------
@@ -194,3 +206,45 @@ def test_pulumi_waits_for_every_job_as_long_as_the_job_may_run(stack_runs, stack
         waits = job.custom_timeouts
         assert all(minutes(waits.get(operation, "10m")) >= deadline for operation in ("create", "update")), \
             f"{job.name}: activeDeadlineSeconds {deadline:.0f} min, Pulumi waits {waits or 'the default 10 min'}"
+
+
+# 13. names at the longest namePrefix -------------------------------------------------------------
+# Every optional part on, so every name the program can build is built (dev hosts the load-test pool on its
+# platform cluster, prod on the serving one); project ids are 6-30 characters, and the bucket and the IAM
+# database users carry the project's.
+EVERYTHING_ON = {"loadTesting": "true", "privatePythonRepository": "true", "cmek": "true",
+                 "ingressHost": "mlflow.example.com", "cloudArmor": "true", "iap": "true",
+                 "iapMembers": '["group:ml@example.com"]', "gcp:project": "p" * 30}
+# What Pulumi appends to a name the program leaves to it (cloud_rules.AUTONAME_SUFFIX_LENGTH characters).
+AUTONAME_SUFFIX = "-1a2b3c4"
+# GCP resources with no name of their own to fit: grants, enabled APIs, versions, the peering, monitoring
+# objects GCP names itself, and IAP settings addressed by a fixed path.
+UNNAMED_TYPES = frozenset({
+    "gcp:projects/service:Service", "gcp:projects/serviceIdentity:ServiceIdentity",
+    "gcp:projects/iAMMember:IAMMember", "gcp:serviceaccount/iAMMember:IAMMember",
+    "gcp:storage/bucketIAMMember:BucketIAMMember", "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember",
+    "gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember", "gcp:secretmanager/secretIamMember:SecretIamMember",
+    "gcp:secretmanager/secretVersion:SecretVersion", "gcp:servicenetworking/connection:Connection",
+    "gcp:monitoring/alertPolicy:AlertPolicy", "gcp:monitoring/dashboard:Dashboard",
+    "gcp:monitoring/notificationChannel:NotificationChannel", "gcp:iap/webIamMember:WebIamMember",
+    "gcp:iap/settings:Settings",
+})
+
+
+def generated_name(record, rule) -> str:
+    """The name GCP gets: the program's, or the one Pulumi makes from the logical name."""
+    assert len(AUTONAME_SUFFIX) == AUTONAME_SUFFIX_LENGTH
+    given = record.inputs.get(rule.field)
+    assert given or rule.field == "name", f"{record.urn}: no {rule.field}"
+    return given or record.name + AUTONAME_SUFFIX
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_gcp_name_fits_at_the_longest_name_prefix(run_stack_with, stack):
+    run = run_stack_with(stack, namePrefix="x" * NAME_PREFIX_MAX_LENGTH, **EVERYTHING_ON)
+    gcp = [r for r in run.resources if r.custom and r.type.startswith("gcp:")]
+    assert {r.type for r in gcp} - UNNAMED_TYPES <= set(NAME_RULES), "a GCP type with no name rule"
+    problems = [problem for r in gcp if r.type in NAME_RULES
+                if (problem := name_problem(r.type, generated_name(r, NAME_RULES[r.type])))]
+    assert problems == []
+    assert run.of_type("gcp:container/nodePool:NodePool") and run.of_type("gcp:compute/sSLPolicy:SSLPolicy")

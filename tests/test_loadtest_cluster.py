@@ -128,7 +128,7 @@ def test_the_committed_stacks_declare_no_load_test_and_say_it_costs_nothing(stac
 @pytest.mark.parametrize("stack, serving_cluster", [("dev", "mlflow-platform"), ("prod", "mlflow-serving")])
 def test_the_pool_is_tainted_scales_from_zero_in_one_zone_of_the_serving_cluster(on_runs, stack, serving_cluster):
     [record] = [r for r in on_runs[stack].of_type(LOAD_TEST_POOL) if "loadtest" in r.name]
-    assert record.name == f"{serving_cluster}-loadtest-pool"
+    assert record.name == f"{serving_cluster}-loadtest"
     assert record.parent.endswith(f"mlflow:cluster:GkeCluster::{serving_cluster}")
     pool = record.inputs
     assert pool["autoscaling"] == {"minNodeCount": 0, "maxNodeCount": 1}
@@ -271,7 +271,7 @@ def test_cost_shows_the_pool_per_hour_of_a_run_cheaper_than_a_separate_cluster(o
     assert f"{pool_run:.3f}" == per_hour and pool_idle == 0.0
     assert f"${per_hour} {stack}" in (ROOT / "README.md").read_text()  # the README quotes the plan
     assert round(cluster_run - pool_run, 3) == 0.1 and cluster_idle == 0.1
-    assert "(1 zone)" in next(line for line in text.splitlines() if "loadtest-pool" in line and "Nodes:" in line)
+    assert "(1 zone)" in next(line for line in text.splitlines() if "-loadtest" in line and "Nodes:" in line)
 
 
 def modules_the_image_lacks(dockerfile: str) -> set[str]:
