@@ -173,7 +173,7 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
         master_authorized_cidrs=settings.master_authorized_cidrs,
         dns_endpoint=settings.control_plane_endpoint == "dns",
         secrets_key_id=foundation.keys.secrets_key_id,
-        secrets_key_grants=tuple(foundation.keys.secrets_key_grants),
+        secrets_key_ready=(foundation.keys.grants_propagated,),
         load_test_pool=load_test_pool,
     ), foundation.after_apis)
 
@@ -189,7 +189,7 @@ def build_data(settings: Settings, foundation: Foundation) -> Data:
         noncurrent_retention_days=settings.noncurrent_retention_days,
         force_destroy=settings.bucket_force_destroy,
         encryption_key_id=keys.data_key_id,
-        encryption_key_grants=tuple(keys.data_key_grants),
+        encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
     ), foundation.after_apis)
     database = Database(f"{settings.name_prefix}-db", DatabaseArgs(
         project=settings.project,
@@ -209,7 +209,7 @@ def build_data(settings: Settings, foundation: Foundation) -> Data:
         maintenance_day=settings.maintenance_day_number,
         maintenance_hour=settings.db_maintenance_hour,
         encryption_key_id=keys.data_key_id,
-        encryption_key_grants=tuple(keys.data_key_grants),
+        encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
     ), foundation.after_apis)
     return Data(bucket=bucket, database=database)
 

@@ -89,8 +89,9 @@ class GkeClusterArgs:
     """Turn the public IP endpoint off; clients reach the control plane by its DNS name, authorized by IAM."""
     secrets_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key that encrypts Kubernetes Secrets in etcd (application-layer encryption)."""
-    secrets_key_grants: tuple[pulumi.Resource, ...] = ()
-    """The key's grant to GKE's service agent: the cluster waits for it."""
+    secrets_key_ready: tuple[pulumi.Resource, ...] = ()
+    """What the cluster waits for: the key's grant to GKE's service agent, propagated (GKE refuses a key its
+    agent cannot use yet)."""
     vulnerability_mode: str = "VULNERABILITY_DISABLED"
     """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
     load_test_pool: Optional["LoadTestPool"] = None
@@ -154,7 +155,7 @@ class GkeCluster(pulumi.ComponentResource):
             deletion_protection=args.deletion_protection,
             # Once the default pool is gone GKE reports no nodeConfig; without this every later `up`
             # would see a difference in a replace-on-change field and replace the cluster.
-            opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_grants],
+            opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_ready],
                                ignore_changes=["nodeConfig"]),
         )
         pool = gcp.container.NodePool(

@@ -96,8 +96,8 @@ class DatabaseArgs:
 
     encryption_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key for the instance's disks and backups (CMEK); None: Google-managed."""
-    encryption_key_grants: tuple[pulumi.Resource, ...] = ()
-    """The key's grant to Cloud SQL's service agent: the instance waits for it."""
+    encryption_key_ready: tuple[pulumi.Resource, ...] = ()
+    """What the instance waits for: the key's grant to Cloud SQL's service agent, propagated."""
 
     def __post_init__(self) -> None:
         if self.point_in_time_recovery and not self.backups:
@@ -131,7 +131,7 @@ class Database(pulumi.ComponentResource):
             deletion_protection=args.deletion_protection,
             settings=instance_settings(args),
             opts=child_options(self, opts, depends_on=[args.private_services_connection,
-                                                       *args.encryption_key_grants]),
+                                                       *args.encryption_key_ready]),
         )
         databases = {
             database: gcp.sql.Database(
