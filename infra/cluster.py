@@ -82,7 +82,9 @@ class GkeClusterArgs:
     release_channel: str = "REGULAR"
     """GKE release channel."""
     deletion_protection: bool = True
-    """Refuse `pulumi destroy` of the cluster."""
+    """The provider refuses to delete the cluster."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the cluster (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
     master_authorized_cidrs: tuple[str, ...] = field(default_factory=tuple)
     """CIDRs allowed to the control-plane IP endpoint; empty leaves it open to authenticated clients."""
     dns_endpoint: bool = False
@@ -156,7 +158,7 @@ class GkeCluster(pulumi.ComponentResource):
             # Once the default pool is gone GKE reports no nodeConfig; without this every later `up`
             # would see a difference in a replace-on-change field and replace the cluster.
             opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_ready],
-                               ignore_changes=["nodeConfig"]),
+                               ignore_changes=["nodeConfig"], protect=args.protect),
         )
         pool = gcp.container.NodePool(
             f"{name}-pool",

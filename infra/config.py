@@ -75,6 +75,7 @@ class Settings(BaseModel):
     region: str = Field("us-central1", description="GCP region (`gcp:region`).", alias="gcp:region")
     zone: str = Field("us-central1-a", description="Zone of zonal clusters (`gcp:zone`).", alias="gcp:zone")
     environment: Literal["dev", "prod"] = Field(description="Environment; prod enforces protection and backups.")
+    decommission: bool = Field(False, description="Deliberate teardown: prod then accepts `clusterDeletionProtection` and `dbDeletionProtection` false and `bucketForceDestroy` true, so a `pulumi up` lifts every protection before `pulumi destroy` (README, Tearing down).")
     name_prefix: str = Field("mlflow", description="Prefix of every resource name (lowercase, 3-12 chars).")
 
     # --- network -------------------------------------------------------------------------
@@ -99,7 +100,7 @@ class Settings(BaseModel):
     spot_nodes: bool = Field(False, description="Run the platform pool on Spot VMs (cheap, preemptible).")
     node_disk_size_gb: int = Field(50, description="Boot disk size of each node, GB (20-2000).")
     node_disk_type: Literal["auto", "pd-balanced", "pd-ssd", "hyperdisk-balanced"] = Field("auto", description="Boot disk type of the platform pool; auto: pd-balanced, or hyperdisk-balanced on C4/N4.")
-    cluster_deletion_protection: bool = Field(True, description="Refuse to delete the clusters (must be true in prod).")
+    cluster_deletion_protection: bool = Field(True, description="Refuse to delete the clusters (must be true in prod); on, it or `dbDeletionProtection`, also protects every stateful resource in Pulumi (`protect`).")
     serving_cluster: bool = Field(False, description="Run model serving on a separate GKE cluster.")
     serving_machine_type: str = Field("e2-standard-4", description="Node machine type of the serving cluster.")
     serving_min_nodes: int = Field(1, description="Minimum nodes per zone of the serving pool.")
@@ -116,7 +117,7 @@ class Settings(BaseModel):
     db_point_in_time_recovery: bool = Field(False, description="Write-ahead-log retention for point-in-time recovery (needs backups).")
     db_backup_retention_count: int = Field(7, description="Automated backups kept (1-365).")
     db_log_retention_days: int = Field(7, description="Days of transaction logs for point-in-time recovery (1-7 ENTERPRISE, 1-35 ENTERPRISE_PLUS).")
-    db_deletion_protection: bool = Field(True, description="Refuse to delete the instance, provider- and API-side (must be true in prod).")
+    db_deletion_protection: bool = Field(True, description="Refuse to delete the instance, provider- and API-side (must be true in prod); on, it or `clusterDeletionProtection`, also protects every stateful resource in Pulumi (`protect`).")
     db_maintenance_day: Literal["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"] = Field("SUN", description="Maintenance window day.")
     db_maintenance_hour: int = Field(3, description="Maintenance window start hour, UTC (0-23).")
 
@@ -383,17 +384,20 @@ class Settings(BaseModel):
         return self
 
     def _prod_problems(self) -> list[str]:
-        """Prod is protected against deletion and loss, encrypted with its own keys, not open to the internet."""
+        """Prod is protected against deletion and loss, encrypted with its own keys, not open to the internet;
+        its deletion protection comes off only for a teardown declared as such (`decommission`)."""
         errors = []
         if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
             errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
                                 f"environment is prod, or set {_key('control_plane_endpoint')}=dns"))
-        for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
-                    "db_point_in_time_recovery"):
-            if not getattr(self, key):
-                errors.append(_line(key, False, "must be true when environment is prod"))
-        if self.bucket_force_destroy:
-            errors.append(_line("bucket_force_destroy", True, "must be false when environment is prod"))
+        protections = ("cluster_deletion_protection", "db_deletion_protection")
+        teardown = f" (a deliberate teardown sets {_key('decommission')}=true first)"
+        for key in (*protections, "db_backups", "db_point_in_time_recovery"):
+            if not getattr(self, key) and not (self.decommission and key in protections):
+                errors.append(_line(key, False, "must be true when environment is prod"
+                                    + (teardown if key in protections else "")))
+        if self.bucket_force_destroy and not self.decommission:
+            errors.append(_line("bucket_force_destroy", True, f"must be false when environment is prod{teardown}"))
         if not self.cmek:
             errors.append(_line("cmek", False, "must be true when environment is prod"))
         return errors
@@ -472,6 +476,13 @@ class Settings(BaseModel):
         vCPU per node left to GKE's reservations and system pods."""
         usable = int(_MACHINE_TYPE.match(self.load_test_machine_type)["cpus"]) - 1
         return math.ceil((self.load_test_workers + 0.5) / usable)
+
+    @property
+    def protect(self) -> bool:
+        """Pulumi's `protect` on every stateful resource, so `pulumi destroy` refuses before it deletes anything.
+        On wherever deletion protection is: otherwise a destroy deletes the secrets and keys, then stops at the
+        protected cluster or instance."""
+        return self.cluster_deletion_protection or self.db_deletion_protection
 
     def open_control_plane(self) -> bool:
         """The control plane's public IP endpoint answers any address (dev only; `make plan` warns)."""

@@ -89,6 +89,8 @@ class DatabaseArgs:
     """Days of transaction logs kept."""
     deletion_protection: bool = True
     """Protect against deletion, both provider-side and API-side."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the instance and its databases (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
     maintenance_day: int = 7
     """Maintenance window day, 1 = Monday."""
     maintenance_hour: int = 3
@@ -120,7 +122,7 @@ class Database(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:database:Database", name, None, opts)
-        child = child_options(self, opts)
+        kept = child_options(self, opts, protect=args.protect)
 
         instance = gcp.sql.DatabaseInstance(
             f"{name}-instance",
@@ -131,7 +133,7 @@ class Database(pulumi.ComponentResource):
             deletion_protection=args.deletion_protection,
             settings=instance_settings(args),
             opts=child_options(self, opts, depends_on=[args.private_services_connection,
-                                                       *args.encryption_key_ready]),
+                                                       *args.encryption_key_ready], protect=args.protect),
         )
         databases = {
             database: gcp.sql.Database(
@@ -139,7 +141,7 @@ class Database(pulumi.ComponentResource):
                 project=args.project,
                 instance=instance.name,
                 name=database,
-                opts=child,
+                opts=kept,
             ).name
             for database in (TRACKING_DATABASE, AUTH_DATABASE)
         }

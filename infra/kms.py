@@ -43,6 +43,8 @@ class EncryptionKeysArgs:
     """A new primary key version this often; older versions still decrypt."""
     data_key: bool = False
     """Also a key for Cloud SQL and the artifact bucket (CMEK), usable only by their service agents."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the key ring and keys (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.rotation_days <= 36_500:
@@ -62,7 +64,8 @@ class EncryptionKeys(pulumi.ComponentResource):
         child = child_options(self, opts)
         # Key rings and keys cannot be deleted: autonamed, so a stack destroyed and made again does
         # not collide with the names its predecessor left behind.
-        ring = gcp.kms.KeyRing(f"{name}-ring", project=args.project, location=args.location, opts=child)
+        kept = child_options(self, opts, protect=args.protect)
+        ring = gcp.kms.KeyRing(f"{name}-ring", project=args.project, location=args.location, opts=kept)
         # Lookups call Resource Manager and Cloud Storage: on an empty project, only once their APIs are on.
         after_apis = pulumi.InvokeOutputOptions(depends_on=child.depends_on)
         project_number = gcp.organizations.get_project_output(project_id=args.project, opts=after_apis).number
@@ -70,7 +73,7 @@ class EncryptionKeys(pulumi.ComponentResource):
         def key(role: str) -> gcp.kms.CryptoKey:
             return gcp.kms.CryptoKey(
                 f"{name}-{role}", key_ring=ring.id, purpose="ENCRYPT_DECRYPT",
-                rotation_period=f"{args.rotation_days * SECONDS_PER_DAY}s", labels=args.labels, opts=child)
+                rotation_period=f"{args.rotation_days * SECONDS_PER_DAY}s", labels=args.labels, opts=kept)
 
         secrets_key = key("secrets")
         self.secrets_key_id = secrets_key.id

@@ -88,6 +88,7 @@ def resources_document(run: StackRun) -> list[dict]:
             **({"dependsOn": dependency_names(run, record)} if record.dependencies else {}),
             **({"ignoreChanges": record.ignore_changes} if record.ignore_changes else {}),
             **({"customTimeouts": record.custom_timeouts} if record.custom_timeouts else {}),
+            **({"protect": True} if record.protect else {}),
             "inputs": masked(record.inputs),
         }
         for record in sorted(run.resources, key=lambda r: r.urn)
