@@ -48,6 +48,15 @@ _DB_CUSTOM = re.compile(r"^db-custom-(?P<cpus>\d+)-(?P<mib>\d+)$")
 _POOL_KEYS = {"platform": ("machine_type", "node_disk_type"),
               "serving": ("serving_machine_type", "serving_node_disk_type")}
 _IAM_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s:]+$")
+# IAP's Google-managed OAuth client admits only identities of the project's organization; external users
+# would need a custom OAuth client, which the program does not configure
+# (https://cloud.google.com/iap/docs/custom-oauth-configuration). What can be told from the name alone:
+_IAP_OUTSIDERS = {
+    "allUsers": "would make the tracking server public: IAP lets everyone through without signing in",
+    "allAuthenticatedUsers": "promises every Google account, yet IAP's Google-managed OAuth client admits only "
+                             "identities of the project's organization",
+}
+_CONSUMER_DOMAINS = ("gmail.com", "googlemail.com")  # consumer Google accounts belong to no organization
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
@@ -144,9 +153,9 @@ class Settings(BaseModel):
     ingress_host: Optional[str] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
     cloud_armor: bool = Field(False, description="Cloud Armor per-client rate limiting on the Ingress (needs `ingressHost`).")
     armor_requests_per_minute: int = Field(600, description="Requests per minute one client IP may make before 429 (10-100000).")
-    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client (needs `ingressHost`; GKE 1.29.4+).")
+    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client, which admits only identities of the project's organization (needs `ingressHost`; GKE 1.29.4+).")
     iap_oauth_client_id: Optional[str] = Field(None, description="OAuth client id that programs (the mlflow-iap-auth plugin) get IAP tokens for: allowed as IAP's programmatic client; its secret is never needed.")
-    iap_members: tuple[str, ...] = Field((), description="Who may pass IAP (JSON list of `user:`, `group:`, `serviceAccount:` or `domain:` members); needed with `iap`.")
+    iap_members: tuple[str, ...] = Field((), description="Who may pass IAP (JSON list of `user:`, `group:`, `serviceAccount:` or `domain:` members of the project's organization: IAP's Google-managed OAuth client admits no one else, so `allUsers`, `allAuthenticatedUsers` and consumer accounts such as `user:…@gmail.com` are refused); needed with `iap`.")
     auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
     auth_cache_ttl_seconds: int = Field(300, description="Seconds a verified credential stays cached (0-3600); 0 checks scrypt on every request.")
 
@@ -224,10 +233,17 @@ class Settings(BaseModel):
     @field_validator("iap_members")
     @classmethod
     def _iap_members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        organization_only = ("list users, groups, service accounts or the domain of the project's organization "
+                             "(IAP's Google-managed OAuth client admits no one else)")
         for member in value:
+            if member in _IAP_OUTSIDERS:
+                raise ValueError(f"{member!r} {_IAP_OUTSIDERS[member]}; {organization_only}")
             if not _IAM_MEMBER.match(member):
                 raise ValueError(f"{member!r} is not an IAM member; allowed: user:EMAIL, group:EMAIL, "
                                  "serviceAccount:EMAIL, domain:DOMAIN")
+            if member.startswith("user:") and member.rsplit("@", 1)[-1].lower() in _CONSUMER_DOMAINS:
+                raise ValueError(f"{member!r} is a consumer Google account, outside any organization; "
+                                 f"{organization_only}")
         return value
 
     @field_validator("master_authorized_cidrs")

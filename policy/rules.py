@@ -50,6 +50,7 @@ IAM_TYPES = frozenset({
     "gcp:serviceaccount/iAMMember:IAMMember", "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember",
     "gcp:projects/iAMBinding:IAMBinding", "gcp:storage/bucketIAMBinding:BucketIAMBinding",
     "gcp:serviceaccount/iAMBinding:IAMBinding", "gcp:artifactregistry/repositoryIamBinding:RepositoryIamBinding",
+    "gcp:iap/webIamMember:WebIamMember", "gcp:iap/webIamBinding:WebIamBinding",
 })
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})

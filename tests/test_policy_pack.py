@@ -171,6 +171,14 @@ def test_each_rule_catches_its_problem(runs, rule, stack, type_token, path, valu
     assert any(message in violation for violation in found), found
 
 
+def test_passage_through_iap_is_never_public(run_stack_with):
+    run = run_stack_with("prod", iap="true", iapMembers='["group:ml@example.com"]')
+    [grant] = run.of_type("gcp:iap/webIamMember:WebIamMember")
+    assert violations(grant.type, grant.inputs) == []
+    found = RULES["iam-no-public-members-or-basic-roles"](grant.type, mutated(grant.inputs, "member", "allUsers"))
+    assert found == ["IAM grant to the public: member 'allUsers' is forbidden"]
+
+
 def test_service_account_keys_are_refused(runs):
     account = first(runs["dev"], "gcp:serviceaccount/account:Account")
     key_inputs = {"serviceAccountId": account.state["name"]}
