@@ -84,7 +84,8 @@ class GkeClusterArgs:
     deletion_protection: bool = True
     """The provider refuses to delete the cluster."""
     protect: bool = True
-    """Pulumi refuses to delete or replace the cluster (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
+    """Pulumi refuses to delete or replace the cluster (`protect`): `pulumi destroy` then fails in its
+    preview, before it deletes anything."""
     master_authorized_cidrs: tuple[str, ...] = field(default_factory=tuple)
     """CIDRs allowed to the control-plane IP endpoint; empty leaves it open to authenticated clients."""
     dns_endpoint: bool = False

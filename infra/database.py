@@ -90,7 +90,8 @@ class DatabaseArgs:
     deletion_protection: bool = True
     """Protect against deletion, both provider-side and API-side."""
     protect: bool = True
-    """Pulumi refuses to delete or replace the instance and its databases (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
+    """Pulumi refuses to delete or replace the instance and its databases (`protect`): `pulumi destroy`
+    then fails in its preview, before it deletes anything."""
     maintenance_day: int = 7
     """Maintenance window day, 1 = Monday."""
     maintenance_hour: int = 3

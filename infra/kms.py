@@ -44,7 +44,8 @@ class EncryptionKeysArgs:
     data_key: bool = False
     """Also a key for Cloud SQL and the artifact bucket (CMEK), usable only by their service agents."""
     protect: bool = True
-    """Pulumi refuses to delete or replace the key ring and keys (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
+    """Pulumi refuses to delete or replace the key ring and keys (`protect`): `pulumi destroy` then fails in its
+    preview, before it deletes anything."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.rotation_days <= 36_500:
@@ -62,9 +63,9 @@ class EncryptionKeys(pulumi.ComponentResource):
     def __init__(self, name: str, args: EncryptionKeysArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:kms:EncryptionKeys", name, None, opts)
         child = child_options(self, opts)
+        kept = child_options(self, opts, protect=args.protect)
         # Key rings and keys cannot be deleted: autonamed, so a stack destroyed and made again does
         # not collide with the names its predecessor left behind.
-        kept = child_options(self, opts, protect=args.protect)
         ring = gcp.kms.KeyRing(f"{name}-ring", project=args.project, location=args.location, opts=kept)
         # Lookups call Resource Manager and Cloud Storage: on an empty project, only once their APIs are on.
         after_apis = pulumi.InvokeOutputOptions(depends_on=child.depends_on)

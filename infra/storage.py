@@ -28,7 +28,8 @@ class ArtifactBucketArgs:
     force_destroy: bool = False
     """Allow deleting a non-empty bucket."""
     protect: bool = True
-    """Pulumi refuses to delete or replace the bucket (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
+    """Pulumi refuses to delete or replace the bucket (`protect`): `pulumi destroy` then fails in its
+    preview, before it deletes anything."""
     encryption_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key new objects are encrypted with (CMEK); None: Google-managed."""
     encryption_key_ready: tuple[pulumi.Resource, ...] = ()
