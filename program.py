@@ -88,9 +88,11 @@ def build_foundation(settings: Settings) -> Foundation:
         repository_url=registry.repository_url, registry_host=f"{settings.region}-docker.pkg.dev",
         prebuilt=(("tracking", settings.tracking_image), ("serving", settings.serving_image))), after_apis)
     keys = EncryptionKeys(f"{prefix}-keys", EncryptionKeysArgs(
-        project=settings.project, location=settings.region, labels=labels, data_key=settings.cmek), after_apis)
+        project=settings.project, location=settings.region, labels=labels, data_key=settings.cmek,
+        protect=settings.protect), after_apis)
     app_secrets = AppSecrets(f"{prefix}-app-secrets", AppSecretsArgs(
-        project=settings.project, location=settings.region, prefix=prefix, labels=labels), after_apis)
+        project=settings.project, location=settings.region, prefix=prefix, labels=labels,
+        protect=settings.protect), after_apis)
     return Foundation(after_apis, labels, network, registry, images, keys, app_secrets)
 
 
@@ -167,10 +169,11 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
         disk_type=settings.boot_disk_type(shape.role),
         release_channel=settings.release_channel,
         deletion_protection=settings.cluster_deletion_protection,
+        protect=settings.protect,
         master_authorized_cidrs=settings.master_authorized_cidrs,
         dns_endpoint=settings.control_plane_endpoint == "dns",
         secrets_key_id=foundation.keys.secrets_key_id,
-        secrets_key_grants=tuple(foundation.keys.secrets_key_grants),
+        secrets_key_ready=(foundation.keys.grants_propagated,),
         load_test_pool=load_test_pool,
     ), foundation.after_apis)
 
@@ -185,8 +188,9 @@ def build_data(settings: Settings, foundation: Foundation) -> Data:
         nearline_after_days=settings.artifact_nearline_after_days,
         noncurrent_retention_days=settings.noncurrent_retention_days,
         force_destroy=settings.bucket_force_destroy,
+        protect=settings.protect,
         encryption_key_id=keys.data_key_id,
-        encryption_key_grants=tuple(keys.data_key_grants),
+        encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
     ), foundation.after_apis)
     database = Database(f"{settings.name_prefix}-db", DatabaseArgs(
         project=settings.project,
@@ -203,10 +207,11 @@ def build_data(settings: Settings, foundation: Foundation) -> Data:
         backup_retention_count=settings.db_backup_retention_count,
         log_retention_days=settings.db_log_retention_days,
         deletion_protection=settings.db_deletion_protection,
+        protect=settings.protect,
         maintenance_day=settings.maintenance_day_number,
         maintenance_hour=settings.db_maintenance_hour,
         encryption_key_id=keys.data_key_id,
-        encryption_key_grants=tuple(keys.data_key_grants),
+        encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
     ), foundation.after_apis)
     return Data(bucket=bucket, database=database)
 

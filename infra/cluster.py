@@ -89,15 +89,19 @@ class GkeClusterArgs:
     release_channel: str = "REGULAR"
     """GKE release channel."""
     deletion_protection: bool = True
-    """Refuse `pulumi destroy` of the cluster."""
+    """The provider refuses to delete the cluster."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the cluster (`protect`): `pulumi destroy` then fails in its
+    preview, before it deletes anything."""
     master_authorized_cidrs: tuple[str, ...] = field(default_factory=tuple)
     """CIDRs allowed to the control-plane IP endpoint; empty leaves it open to authenticated clients."""
     dns_endpoint: bool = False
     """Turn the public IP endpoint off; clients reach the control plane by its DNS name, authorized by IAM."""
     secrets_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key that encrypts Kubernetes Secrets in etcd (application-layer encryption)."""
-    secrets_key_grants: tuple[pulumi.Resource, ...] = ()
-    """The key's grant to GKE's service agent: the cluster waits for it."""
+    secrets_key_ready: tuple[pulumi.Resource, ...] = ()
+    """What the cluster waits for: the key's grant to GKE's service agent, propagated (GKE refuses a key its
+    agent cannot use yet)."""
     vulnerability_mode: str = "VULNERABILITY_DISABLED"
     """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
     load_test_pool: Optional["LoadTestPool"] = None
@@ -161,8 +165,8 @@ class GkeCluster(pulumi.ComponentResource):
             deletion_protection=args.deletion_protection,
             # Once the default pool is gone GKE reports no nodeConfig; without this every later `up`
             # would see a difference in a replace-on-change field and replace the cluster.
-            opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_grants],
-                               ignore_changes=["nodeConfig"]),
+            opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_ready],
+                               ignore_changes=["nodeConfig"], protect=args.protect),
         )
         pool = gcp.container.NodePool(
             f"{name}-pool",

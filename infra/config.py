@@ -48,6 +48,15 @@ _DB_CUSTOM = re.compile(r"^db-custom-(?P<cpus>\d+)-(?P<mib>\d+)$")
 _POOL_KEYS = {"platform": ("machine_type", "node_disk_type"),
               "serving": ("serving_machine_type", "serving_node_disk_type")}
 _IAM_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s:]+$")
+# IAP's Google-managed OAuth client admits only identities of the project's organization; external users
+# would need a custom OAuth client, which the program does not configure
+# (https://cloud.google.com/iap/docs/custom-oauth-configuration). What can be told from the name alone:
+_IAP_OUTSIDERS = {
+    "allUsers": "would make the tracking server public: IAP lets everyone through without signing in",
+    "allAuthenticatedUsers": "promises every Google account, yet IAP's Google-managed OAuth client admits only "
+                             "identities of the project's organization",
+}
+_CONSUMER_DOMAINS = ("gmail.com", "googlemail.com")  # consumer Google accounts belong to no organization
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
@@ -78,6 +87,7 @@ class Settings(BaseModel):
     region: str = Field("us-central1", description="GCP region (`gcp:region`).", alias="gcp:region")
     zone: str = Field("us-central1-a", description="Zone of zonal clusters (`gcp:zone`).", alias="gcp:zone")
     environment: Literal["dev", "prod"] = Field(description="Environment; prod enforces protection and backups.")
+    decommission: bool = Field(False, description="Deliberate teardown: prod then accepts `clusterDeletionProtection` and `dbDeletionProtection` false and `bucketForceDestroy` true, so a `pulumi up` lifts every protection before `pulumi destroy` (README, Tearing down).")
     name_prefix: str = Field("mlflow", description=f"Prefix of every resource name (lowercase, 3-{NAME_PREFIX_MAX_LENGTH} chars).")
 
     # --- network -------------------------------------------------------------------------
@@ -102,7 +112,7 @@ class Settings(BaseModel):
     spot_nodes: bool = Field(False, description="Run the platform pool on Spot VMs (cheap, preemptible).")
     node_disk_size_gb: int = Field(50, description="Boot disk size of each node, GB (20-2000).")
     node_disk_type: Literal["auto", "pd-balanced", "pd-ssd", "hyperdisk-balanced"] = Field("auto", description="Boot disk type of the platform pool; auto: pd-balanced, or hyperdisk-balanced on C4/N4.")
-    cluster_deletion_protection: bool = Field(True, description="Refuse to delete the clusters (must be true in prod).")
+    cluster_deletion_protection: bool = Field(True, description="Refuse to delete the clusters (must be true in prod); on, it or `dbDeletionProtection`, also protects every stateful resource in Pulumi (`protect`).")
     serving_cluster: bool = Field(False, description="Run model serving on a separate GKE cluster.")
     serving_machine_type: str = Field("e2-standard-4", description="Node machine type of the serving cluster.")
     serving_min_nodes: int = Field(1, description="Minimum nodes per zone of the serving pool.")
@@ -119,7 +129,7 @@ class Settings(BaseModel):
     db_point_in_time_recovery: bool = Field(False, description="Write-ahead-log retention for point-in-time recovery (needs backups).")
     db_backup_retention_count: int = Field(7, description="Automated backups kept (1-365).")
     db_log_retention_days: int = Field(7, description="Days of transaction logs for point-in-time recovery (1-7 ENTERPRISE, 1-35 ENTERPRISE_PLUS).")
-    db_deletion_protection: bool = Field(True, description="Refuse to delete the instance, provider- and API-side (must be true in prod).")
+    db_deletion_protection: bool = Field(True, description="Refuse to delete the instance, provider- and API-side (must be true in prod); on, it or `clusterDeletionProtection`, also protects every stateful resource in Pulumi (`protect`).")
     db_maintenance_day: Literal["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"] = Field("SUN", description="Maintenance window day.")
     db_maintenance_hour: int = Field(3, description="Maintenance window start hour, UTC (0-23).")
 
@@ -146,9 +156,9 @@ class Settings(BaseModel):
     ingress_host: Optional[str] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
     cloud_armor: bool = Field(False, description="Cloud Armor per-client rate limiting on the Ingress (needs `ingressHost`).")
     armor_requests_per_minute: int = Field(600, description="Requests per minute one client IP may make before 429 (10-100000).")
-    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client (needs `ingressHost`; GKE 1.29.4+).")
+    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client, which admits only identities of the project's organization (needs `ingressHost`; GKE 1.29.4+).")
     iap_oauth_client_id: Optional[str] = Field(None, description="OAuth client id that programs (the mlflow-iap-auth plugin) get IAP tokens for: allowed as IAP's programmatic client; its secret is never needed.")
-    iap_members: tuple[str, ...] = Field((), description="Who may pass IAP (JSON list of `user:`, `group:`, `serviceAccount:` or `domain:` members); needed with `iap`.")
+    iap_members: tuple[str, ...] = Field((), description="Who may pass IAP (JSON list of `user:`, `group:`, `serviceAccount:` or `domain:` members of the project's organization: IAP's Google-managed OAuth client admits no one else, so `allUsers`, `allAuthenticatedUsers` and consumer accounts such as `user:…@gmail.com` are refused); needed with `iap`.")
     auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
     auth_cache_ttl_seconds: int = Field(300, description="Seconds a verified credential stays cached (0-3600); 0 checks scrypt on every request.")
 
@@ -227,10 +237,17 @@ class Settings(BaseModel):
     @field_validator("iap_members")
     @classmethod
     def _iap_members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        organization_only = ("list users, groups, service accounts or the domain of the project's organization "
+                             "(IAP's Google-managed OAuth client admits no one else)")
         for member in value:
+            if member in _IAP_OUTSIDERS:
+                raise ValueError(f"{member!r} {_IAP_OUTSIDERS[member]}; {organization_only}")
             if not _IAM_MEMBER.match(member):
                 raise ValueError(f"{member!r} is not an IAM member; allowed: user:EMAIL, group:EMAIL, "
                                  "serviceAccount:EMAIL, domain:DOMAIN")
+            if member.startswith("user:") and member.rsplit("@", 1)[-1].lower() in _CONSUMER_DOMAINS:
+                raise ValueError(f"{member!r} is a consumer Google account, outside any organization; "
+                                 f"{organization_only}")
         return value
 
     @field_validator("master_authorized_cidrs")
@@ -387,17 +404,20 @@ class Settings(BaseModel):
         return self
 
     def _prod_problems(self) -> list[str]:
-        """Prod is protected against deletion and loss, encrypted with its own keys, not open to the internet."""
+        """Prod is protected against deletion and loss, encrypted with its own keys, not open to the internet;
+        its deletion protection comes off only for a teardown declared as such (`decommission`)."""
         errors = []
         if self.control_plane_endpoint == "ip" and not self.master_authorized_cidrs:
             errors.append(_line("master_authorized_cidrs", [], "must list the ranges you deploy from when "
                                 f"environment is prod, or set {_key('control_plane_endpoint')}=dns"))
-        for key in ("cluster_deletion_protection", "db_deletion_protection", "db_backups",
-                    "db_point_in_time_recovery"):
-            if not getattr(self, key):
-                errors.append(_line(key, False, "must be true when environment is prod"))
-        if self.bucket_force_destroy:
-            errors.append(_line("bucket_force_destroy", True, "must be false when environment is prod"))
+        protections = ("cluster_deletion_protection", "db_deletion_protection")
+        teardown = f" (a deliberate teardown sets {_key('decommission')}=true first)"
+        for key in (*protections, "db_backups", "db_point_in_time_recovery"):
+            if not getattr(self, key) and not (self.decommission and key in protections):
+                errors.append(_line(key, False, "must be true when environment is prod"
+                                    + (teardown if key in protections else "")))
+        if self.bucket_force_destroy and not self.decommission:
+            errors.append(_line("bucket_force_destroy", True, f"must be false when environment is prod{teardown}"))
         if not self.cmek:
             errors.append(_line("cmek", False, "must be true when environment is prod"))
         return errors
@@ -476,6 +496,13 @@ class Settings(BaseModel):
         vCPU per node left to GKE's reservations and system pods."""
         usable = int(_MACHINE_TYPE.match(self.load_test_machine_type)["cpus"]) - 1
         return math.ceil((self.load_test_workers + 0.5) / usable)
+
+    @property
+    def protect(self) -> bool:
+        """Pulumi's `protect` on every stateful resource, so `pulumi destroy` refuses before it deletes anything.
+        On wherever deletion protection is: otherwise a destroy deletes the secrets and keys, then stops at the
+        protected cluster or instance."""
+        return self.cluster_deletion_protection or self.db_deletion_protection
 
     def open_control_plane(self) -> bool:
         """The control plane's public IP endpoint answers any address (dev only; `make plan` warns)."""

@@ -89,6 +89,9 @@ class DatabaseArgs:
     """Days of transaction logs kept."""
     deletion_protection: bool = True
     """Protect against deletion, both provider-side and API-side."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the instance and its databases (`protect`): `pulumi destroy`
+    then fails in its preview, before it deletes anything."""
     maintenance_day: int = 7
     """Maintenance window day, 1 = Monday."""
     maintenance_hour: int = 3
@@ -96,8 +99,8 @@ class DatabaseArgs:
 
     encryption_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key for the instance's disks and backups (CMEK); None: Google-managed."""
-    encryption_key_grants: tuple[pulumi.Resource, ...] = ()
-    """The key's grant to Cloud SQL's service agent: the instance waits for it."""
+    encryption_key_ready: tuple[pulumi.Resource, ...] = ()
+    """What the instance waits for: the key's grant to Cloud SQL's service agent, propagated."""
 
     def __post_init__(self) -> None:
         if self.point_in_time_recovery and not self.backups:
@@ -120,7 +123,7 @@ class Database(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:database:Database", name, None, opts)
-        child = child_options(self, opts)
+        kept = child_options(self, opts, protect=args.protect)
 
         instance = gcp.sql.DatabaseInstance(
             f"{name}-instance",
@@ -131,7 +134,7 @@ class Database(pulumi.ComponentResource):
             deletion_protection=args.deletion_protection,
             settings=instance_settings(args),
             opts=child_options(self, opts, depends_on=[args.private_services_connection,
-                                                       *args.encryption_key_grants]),
+                                                       *args.encryption_key_ready], protect=args.protect),
         )
         databases = {
             database: gcp.sql.Database(
@@ -139,7 +142,7 @@ class Database(pulumi.ComponentResource):
                 project=args.project,
                 instance=instance.name,
                 name=database,
-                opts=child,
+                opts=kept,
             ).name
             for database in (TRACKING_DATABASE, AUTH_DATABASE)
         }

@@ -1,5 +1,12 @@
 """Cloud KMS keys the program holds: Kubernetes Secrets in etcd, and optionally Cloud SQL and the
-artifact bucket (CMEK), are encrypted with them; each Google service agent may use only its key."""
+artifact bucket (CMEK), are encrypted with them; each Google service agent may use only its key.
+
+GKE, Cloud SQL and Cloud Storage check that their agent may use the key when the cluster, instance or
+bucket is created, and fail rather than wait (e.g. Cloud SQL's "Unable to delegate the access of CMEK",
+hashicorp/terraform-provider-google#17333). IAM grants are eventually consistent: "typically 2 minutes,
+potentially 7 minutes or longer" (https://cloud.google.com/iam/docs/access-change-propagation). So what
+uses a key waits for `grants_propagated`, created that long after the grants.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +15,14 @@ from typing import Optional
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumiverse_time
 
 from infra.naming import child_options
 
 ENCRYPTER_DECRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 SECONDS_PER_DAY = 86_400
+# IAM's typical propagation time (module docstring); the wait runs on create only, not on later `up`s.
+GRANT_PROPAGATION = "2m"
 
 
 def gke_service_agent(project_number: str) -> str:
@@ -33,6 +43,9 @@ class EncryptionKeysArgs:
     """A new primary key version this often; older versions still decrypt."""
     data_key: bool = False
     """Also a key for Cloud SQL and the artifact bucket (CMEK), usable only by their service agents."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the key ring and keys (`protect`): `pulumi destroy` then fails in its
+    preview, before it deletes anything."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.rotation_days <= 36_500:
@@ -44,17 +57,16 @@ class EncryptionKeys(pulumi.ComponentResource):
 
     secrets_key_id: pulumi.Output[str]
     data_key_id: Optional[pulumi.Output[str]]
-    secrets_key_grants: list[pulumi.Resource]
-    """The clusters wait for these: GKE refuses a key its agent cannot use."""
-    data_key_grants: list[pulumi.Resource]
-    """Cloud SQL and the bucket wait for these."""
+    grants_propagated: pulumi.Resource
+    """Created GRANT_PROPAGATION after every grant: the clusters, the instance and the bucket wait for it."""
 
     def __init__(self, name: str, args: EncryptionKeysArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:kms:EncryptionKeys", name, None, opts)
         child = child_options(self, opts)
+        kept = child_options(self, opts, protect=args.protect)
         # Key rings and keys cannot be deleted: autonamed, so a stack destroyed and made again does
         # not collide with the names its predecessor left behind.
-        ring = gcp.kms.KeyRing(f"{name}-ring", project=args.project, location=args.location, opts=child)
+        ring = gcp.kms.KeyRing(f"{name}-ring", project=args.project, location=args.location, opts=kept)
         # Lookups call Resource Manager and Cloud Storage: on an empty project, only once their APIs are on.
         after_apis = pulumi.InvokeOutputOptions(depends_on=child.depends_on)
         project_number = gcp.organizations.get_project_output(project_id=args.project, opts=after_apis).number
@@ -62,26 +74,29 @@ class EncryptionKeys(pulumi.ComponentResource):
         def key(role: str) -> gcp.kms.CryptoKey:
             return gcp.kms.CryptoKey(
                 f"{name}-{role}", key_ring=ring.id, purpose="ENCRYPT_DECRYPT",
-                rotation_period=f"{args.rotation_days * SECONDS_PER_DAY}s", labels=args.labels, opts=child)
+                rotation_period=f"{args.rotation_days * SECONDS_PER_DAY}s", labels=args.labels, opts=kept)
 
         secrets_key = key("secrets")
         self.secrets_key_id = secrets_key.id
-        self.secrets_key_grants = [gcp.kms.CryptoKeyIAMMember(
+        grants = {"secrets-gke": gcp.kms.CryptoKeyIAMMember(
             f"{name}-secrets-gke", crypto_key_id=secrets_key.id, role=ENCRYPTER_DECRYPTER,
-            member=project_number.apply(gke_service_agent), opts=child)]
+            member=project_number.apply(gke_service_agent), opts=child)}
 
         self.data_key_id = None
-        self.data_key_grants = []
         if args.data_key:
             data_key = key("data")
             self.data_key_id = data_key.id
             sql_agent = gcp.projects.ServiceIdentity(
                 f"{name}-sql-agent", project=args.project, service="sqladmin.googleapis.com", opts=child)
             storage_agent = gcp.storage.get_project_service_account_output(project=args.project, opts=after_apis)
-            self.data_key_grants = [
-                gcp.kms.CryptoKeyIAMMember(
+            grants |= {
+                f"data-{agent}": gcp.kms.CryptoKeyIAMMember(
                     f"{name}-data-{agent}", crypto_key_id=data_key.id, role=ENCRYPTER_DECRYPTER,
                     member=pulumi.Output.concat("serviceAccount:", email), opts=child)
                 for agent, email in (("sql", sql_agent.email), ("storage", storage_agent.email_address))
-            ]
+            }
+        # Triggers name every grant (so the wait depends on each): a grant made anew is waited for anew.
+        self.grants_propagated = pulumiverse_time.Sleep(
+            f"{name}-grants-propagated", create_duration=GRANT_PROPAGATION,
+            triggers={role: grant.id for role, grant in grants.items()}, opts=pulumi.ResourceOptions(parent=self))
         self.register_outputs({"secrets_key_id": self.secrets_key_id, "data_key_id": self.data_key_id})

@@ -62,6 +62,9 @@ class AppSecretsArgs:
     """Prefix of the secret ids (the stack's name prefix)."""
     labels: dict[str, str]
     """Secret labels."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the secrets and their first versions, which hold the values
+    (`protect`): `pulumi destroy` then fails in its preview, before it deletes anything."""
 
     def __post_init__(self) -> None:
         if not self.location or self.location[-2] == "-" and self.location[-1].isalpha():
@@ -80,8 +83,8 @@ class AppSecrets(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: AppSecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:secrets:AppSecrets", name, None, opts)
-        child = child_options(self, opts)
-        after_apis = pulumi.InvokeOutputOptions(depends_on=child.depends_on)
+        kept = child_options(self, opts, protect=args.protect)
+        after_apis = pulumi.InvokeOutputOptions(depends_on=kept.depends_on)
         self.project_number = gcp.organizations.get_project_output(
             project_id=args.project, opts=after_apis).number.apply(str)
         self.refs = {}
@@ -96,7 +99,7 @@ class AppSecrets(pulumi.ComponentResource):
                     user_managed=gcp.secretmanager.SecretReplicationUserManagedArgs(
                         replicas=[gcp.secretmanager.SecretReplicationUserManagedReplicaArgs(location=args.location)])),
                 labels={**args.labels, "secret": logical},
-                opts=child,
+                opts=kept,
             )
             value = random.RandomPassword(f"{name}-{logical}-value", length=length, special=False,
                                           opts=pulumi.ResourceOptions(parent=self))
@@ -105,7 +108,7 @@ class AppSecrets(pulumi.ComponentResource):
                 secret=secret.id,
                 secret_data=value.result,
                 # `make rotate-secret` disables this version once a newer one serves; Pulumi keeps it so.
-                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["enabled"])),
+                opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=["enabled"])),
             )
             self.refs[logical] = SecretRef(
                 name=logical, secret_id=secret.id,

@@ -27,10 +27,13 @@ class ArtifactBucketArgs:
     """Days a noncurrent (overwritten or deleted) version is kept."""
     force_destroy: bool = False
     """Allow deleting a non-empty bucket."""
+    protect: bool = True
+    """Pulumi refuses to delete or replace the bucket (`protect`): `pulumi destroy` then fails in its
+    preview, before it deletes anything."""
     encryption_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key new objects are encrypted with (CMEK); None: Google-managed."""
-    encryption_key_grants: tuple[pulumi.Resource, ...] = ()
-    """The key's grant to Cloud Storage's service agent: the bucket waits for it."""
+    encryption_key_ready: tuple[pulumi.Resource, ...] = ()
+    """What the bucket waits for: the key's grant to Cloud Storage's service agent, propagated."""
 
     def __post_init__(self) -> None:
         for field in ("nearline_after_days", "noncurrent_retention_days"):
@@ -73,7 +76,7 @@ class ArtifactBucket(pulumi.ComponentResource):
                     ),
                 ),
             ],
-            opts=child_options(self, opts, depends_on=list(args.encryption_key_grants)),
+            opts=child_options(self, opts, depends_on=list(args.encryption_key_ready), protect=args.protect),
         )
         self.bucket_name = self._bucket.name
         self.bucket_url = self._bucket.url

@@ -146,7 +146,7 @@ def k8s_references(record: ResourceRecord) -> Iterator[tuple[str, str, str, str]
     yield from walk(inputs.get("spec") or {}, "spec")
 
 
-def _closure(run: StackRun) -> dict[str, set[str]]:
+def waits_for(run: StackRun) -> dict[str, set[str]]:
     """URN -> every URN it waits for, through dependencies and providers."""
     by_urn = {record.urn: record for record in run.resources}
 
@@ -172,7 +172,7 @@ def _closure(run: StackRun) -> dict[str, set[str]]:
 
 def missing_dependencies(run: StackRun) -> list[Reference]:
     """Every literal reference to a declared resource that is not a dependency."""
-    waits_for = _closure(run)
+    waiting = waits_for(run)
     # One literal may identify several resources (two clusters share the project's workload pool):
     # waiting for any of them is enough.
     literals: dict[str, tuple[re.Pattern, list[ResourceRecord]]] = {}
@@ -189,12 +189,12 @@ def missing_dependencies(run: StackRun) -> list[Reference]:
             for literal, (pattern, targets) in literals.items():
                 if literal in own or not pattern.search(text):
                     continue
-                if not any(t.urn == record.urn or t.urn in waits_for[record.urn] for t in targets):
+                if not any(t.urn == record.urn or t.urn in waiting[record.urn] for t in targets):
                     found.append(Reference(record.name, path, " or ".join(t.name for t in targets), literal))
         if _k8s_key(record) is None:
             continue
         for path, kind, namespace, name in k8s_references(record):
             target = k8s_objects.get((record.provider, namespace, kind, name))
-            if target is not None and target.urn != record.urn and target.urn not in waits_for[record.urn]:
+            if target is not None and target.urn != record.urn and target.urn not in waiting[record.urn]:
                 found.append(Reference(record.name, path, f"{kind} {target.name}", name))
     return sorted(set(found), key=str)

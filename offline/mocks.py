@@ -45,6 +45,8 @@ class ResourceRecord:
     ignore_changes: list[str] = field(default_factory=list)
     custom_timeouts: dict[str, str] = field(default_factory=dict)
     """Pulumi's own wait for the resource (create/update/delete), where the program sets one."""
+    protect: bool = False
+    """Pulumi refuses to delete or replace it (the `protect` resource option)."""
 
 
 class PlatformMocks(pulumi.runtime.Mocks):
@@ -130,6 +132,7 @@ class RecordingMonitor(MockMonitor):
                 ignore_changes=list(request.ignoreChanges),
                 custom_timeouts={key: value for key, value in json_format.MessageToDict(request.customTimeouts).items()
                                  if value},
+                protect=request.protect,
             ))
         return response
 

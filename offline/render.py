@@ -22,6 +22,8 @@ SECRET_MASK = "[secret]"
 KIND_ORDER = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "Job", "Deployment", "Service",
               "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "BackendConfig",
               "FrontendConfig", "ManagedCertificate", "Ingress", "PodMonitoring")
+# Resources that only delay what depends on them (infra/kms.py: IAM grants propagating).
+WAIT_TYPES = ("time:index/sleep:Sleep",)
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "type", "data", "stringData",
                  "automountServiceAccountToken")
 
@@ -87,6 +89,7 @@ def resources_document(run: StackRun) -> list[dict]:
             **({"dependsOn": dependency_names(run, record)} if record.dependencies else {}),
             **({"ignoreChanges": record.ignore_changes} if record.ignore_changes else {}),
             **({"customTimeouts": record.custom_timeouts} if record.custom_timeouts else {}),
+            **({"protect": True} if record.protect else {}),
             "inputs": masked(record.inputs),
         }
         for record in sorted(run.resources, key=lambda r: r.urn)
@@ -138,17 +141,23 @@ def _node_id(urn: str) -> str:
 
 
 def graph_markdown(run: StackRun) -> str:
-    """A Mermaid tree of components and the resources they own."""
+    """A Mermaid tree of components and the resources they own; dotted arrows run through each wait, from
+    what it waits for to what waits for it (a wait has no other purpose, so only the graph shows it)."""
     stack_id = "stack"
     lines = [f"# Resource graph: stack `{run.stack}`", "", "```mermaid", "flowchart LR",
              f'    {stack_id}(["mlflow-platform-{run.stack}"])']
     known = {record.urn for record in run.resources}
-    for record in sorted(run.resources, key=lambda r: r.urn):
+    records = sorted(run.resources, key=lambda r: r.urn)
+    for record in records:
         token = record.type
         shape = f'["{record.name}<br/><small>{token}</small>"]' if record.custom else f'[["{record.name}"]]'
         lines.append(f"    {_node_id(record.urn)}{shape}")
         parent = _node_id(record.parent) if record.parent in known else stack_id
         lines.append(f"    {parent} --> {_node_id(record.urn)}")
+    for wait in (record for record in records if record.type in WAIT_TYPES):
+        lines += [f"    {_node_id(urn)} -.-> {_node_id(wait.urn)}" for urn in sorted(wait.dependencies)]
+        lines += [f"    {_node_id(wait.urn)} -.-> {_node_id(record.urn)}"
+                  for record in records if wait.urn in record.dependencies]
     lines += ["```", ""]
     return "\n".join(lines)
 

@@ -6,13 +6,14 @@ The Pulumi CLI runs this file with the pack directory on sys.path, hence the top
 
 from collections.abc import Mapping
 
-from pulumi_policy import EnforcementLevel, PolicyPack, ResourceValidationArgs, ResourceValidationPolicy
+from pulumi_policy import (EnforcementLevel, PolicyPack, ResourceValidationArgs, ResourceValidationPolicy,
+                           StackValidationArgs, StackValidationPolicy)
 from pulumi_policy.deserialize import serialize_properties
 from pulumi_policy.proxy import (UNKNOWN_ARCHIVE_VALUE, UNKNOWN_ARRAY_VALUE, UNKNOWN_ASSET_VALUE,
                                  UNKNOWN_BOOLEAN_VALUE, UNKNOWN_NUMBER_VALUE, UNKNOWN_OBJECT_VALUE,
                                  UNKNOWN_STRING_VALUE)
 
-from rules import POLICIES, UNKNOWN
+from rules import POLICIES, STACK_POLICIES, UNKNOWN, StackResource
 
 _UNKNOWN_SENTINELS = {UNKNOWN_ARCHIVE_VALUE, UNKNOWN_ARRAY_VALUE, UNKNOWN_ASSET_VALUE, UNKNOWN_BOOLEAN_VALUE,
                       UNKNOWN_NUMBER_VALUE, UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE}
@@ -38,9 +39,20 @@ def validator(check):
     return validate
 
 
+def stack_validator(check):
+    def validate(args: StackValidationArgs, report_violation) -> None:
+        resources = [StackResource(r.urn, r.resource_type, known(serialize_properties(r.props)), r.opts.protect)
+                     for r in args.resources]
+        for message in check(resources):
+            report_violation(message)
+    return validate
+
+
 def build_policies() -> list:
     return [ResourceValidationPolicy(name=name, description=description, validate=validator(check))
-            for name, description, check in POLICIES]
+            for name, description, check in POLICIES] + [
+        StackValidationPolicy(name=name, description=description, validate=stack_validator(check))
+        for name, description, check in STACK_POLICIES]
 
 
 PolicyPack(

@@ -1,9 +1,10 @@
 """The security rules of the `mlflow-platform-security` policy pack, as plain functions.
 
 Every rule is `check_<name>(resource_type, props) -> list[str]`: the violation messages for one
-resource's inputs (camelCase, as the engine passes them), empty when it complies. Keeping them free of
+resource's inputs (camelCase, as the engine passes them), empty when it complies; a stack rule
+`check_<name>(resources) -> list[str]` judges every resource of the stack at once. Keeping them free of
 the policy runtime lets the offline tests run them over the mocked dev and prod stacks;
-`policy/__main__.py` only wraps them in `ResourceValidationPolicy`s.
+`policy/__main__.py` only wraps them in `ResourceValidationPolicy`s and `StackValidationPolicy`s.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Iterable, Mapping
+from typing import Any, Callable, NamedTuple
 
 # Offline (mocked) inputs keep secrets wrapped as {SIG_KEY: SECRET_SIG, "value": ...};
 # the policy runtime unwraps them itself. Either way rules see the plain value.
@@ -36,12 +37,20 @@ IAM_SQL_USER_TYPES = frozenset({"CLOUD_IAM_SERVICE_ACCOUNT", "CLOUD_IAM_USER", "
 BUCKET_TYPE = "gcp:storage/bucket:Bucket"
 CLUSTER_TYPE = "gcp:container/cluster:Cluster"
 NODE_POOL_TYPE = "gcp:container/nodePool:NodePool"
+# What a prod `pulumi destroy` must not reach: the data, and what reads or unlocks it. Pulumi's `protect`
+# fails the destroy in its preview, before anything is deleted; provider-side deletion protection stops it
+# only at the cluster or the instance, after the secrets (and their values) and the keys are gone.
+STATEFUL_TYPES = frozenset({
+    CLUSTER_TYPE, SQL_TYPE, "gcp:sql/database:Database", BUCKET_TYPE, "gcp:kms/keyRing:KeyRing",
+    "gcp:kms/cryptoKey:CryptoKey", "gcp:secretmanager/secret:Secret", "gcp:secretmanager/secretVersion:SecretVersion",
+})
 # Member grants carry `member`; the Binding variants carry `members` and would otherwise be a way around.
 IAM_TYPES = frozenset({
     "gcp:projects/iAMMember:IAMMember", "gcp:storage/bucketIAMMember:BucketIAMMember",
     "gcp:serviceaccount/iAMMember:IAMMember", "gcp:artifactregistry/repositoryIamMember:RepositoryIamMember",
     "gcp:projects/iAMBinding:IAMBinding", "gcp:storage/bucketIAMBinding:BucketIAMBinding",
     "gcp:serviceaccount/iAMBinding:IAMBinding", "gcp:artifactregistry/repositoryIamBinding:RepositoryIamBinding",
+    "gcp:iap/webIamMember:WebIamMember", "gcp:iap/webIamBinding:WebIamBinding",
 })
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
@@ -348,6 +357,26 @@ def check_prod_deletion_protection(resource_type: str, props: dict) -> list[str]
             for path, expected in required.items() if get(props, path) is not expected]
 
 
+class StackResource(NamedTuple):
+    """One resource of a stack, as a stack rule sees it."""
+
+    urn: str
+    type: str
+    props: dict
+    protect: bool
+
+
+def check_prod_stateful_protected(resources: Iterable[StackResource]) -> list[str]:
+    """In a stack with any resource labelled env=prod, every stateful resource is protected; labels tell the
+    stack apart, though key rings, databases and secret versions carry none."""
+    resources = list(resources)
+    if not any(is_prod(r.type, r.props) for r in resources):
+        return []
+    return [f"{r.urn}: prod's stateful resources must be protected (resource option protect=True), or "
+            "`pulumi destroy` deletes them before deletion protection stops it at the cluster or instance"
+            for r in resources if r.type in STATEFUL_TYPES and not r.protect]
+
+
 # (policy name, description, rule): the pack registers exactly these, in this order.
 POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("no-service-account-keys",
@@ -395,4 +424,13 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
      "Resources labelled env=prod are protected against deletion: cluster and Cloud SQL deletion "
      "protection on, bucket forceDestroy off.",
      check_prod_deletion_protection),
+]
+
+# (policy name, description, stack rule): registered after POLICIES.
+STACK_POLICIES: list[tuple[str, str, Callable[[Iterable[StackResource]], list[str]]]] = [
+    ("prod-stateful-resources-protected",
+     "In a stack labelled env=prod, Pulumi protects every stateful resource (clusters, Cloud SQL instance and "
+     "databases, bucket, KMS key ring and keys, Secret Manager secrets and versions): `pulumi destroy` fails "
+     "before it deletes anything.",
+     check_prod_stateful_protected),
 ]

@@ -134,6 +134,25 @@ def test_prod_refuses_unprotected_or_unbacked_up(key):
 def test_prod_refuses_force_destroyed_bucket():
     message = refusal({**PROD_VALID, f"{NS}:bucketForceDestroy": "true"})
     assert f"{NS}:bucketForceDestroy = True: must be false when environment is prod" in message
+    assert f"a deliberate teardown sets {NS}:decommission=true first" in message
+
+
+def test_decommissioned_prod_may_lift_its_deletion_protection_and_nothing_else():
+    lifted = {**PROD_VALID, f"{NS}:decommission": "true", f"{NS}:clusterDeletionProtection": "false",
+              f"{NS}:dbDeletionProtection": "false", f"{NS}:bucketForceDestroy": "true"}
+    assert settings_from_values(lifted).protect is False
+    message = refusal({**lifted, f"{NS}:dbBackups": "false", f"{NS}:dbPointInTimeRecovery": "false"})
+    assert f"{NS}:dbBackups = False: must be true when environment is prod" in message
+
+
+@pytest.mark.parametrize("values,protect", [
+    ({}, True),
+    ({f"{NS}:clusterDeletionProtection": "false"}, True),
+    ({f"{NS}:dbDeletionProtection": "false"}, True),
+    ({f"{NS}:clusterDeletionProtection": "false", f"{NS}:dbDeletionProtection": "false"}, False),
+])
+def test_pulumi_protects_the_stateful_resources_wherever_deletion_protection_is_on(values, protect):
+    assert settings_from_values({**VALID, **values}).protect is protect
 
 
 def test_every_problem_is_reported_at_once():

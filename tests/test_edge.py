@@ -37,6 +37,22 @@ def test_iap_without_members_is_refused_since_it_would_admit_nobody():
         settings_from_values({**values, f"{NS}:iapMembers": '["ana@example.com"]'})
 
 
+@pytest.mark.parametrize("member,reason", [
+    ("allUsers", "would make the tracking server public"),
+    ("allAuthenticatedUsers", "promises every Google account, yet IAP's Google-managed OAuth client admits only"),
+    ("user:ana@gmail.com", "is a consumer Google account, outside any organization"),
+    ("user:Ana@GoogleMail.com", "is a consumer Google account, outside any organization"),
+])
+def test_iap_refuses_members_its_google_managed_client_would_not_admit(member, reason):
+    # https://cloud.google.com/iap/docs/custom-oauth-configuration: internal users only
+    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
+              f"{NS}:iap": "true", f"{NS}:iapMembers": f'["group:ml@example.com", "{member}"]'}
+    with pytest.raises(ConfigError) as caught:
+        settings_from_values(values)
+    assert f"{NS}:iapMembers" in str(caught.value) and f"'{member}' {reason}" in str(caught.value)
+    assert "the domain of the project's organization" in str(caught.value)
+
+
 def test_iap_enables_its_api_and_grants_each_member_passage(run_stack_with):
     run = run_stack_with("prod", **IAP)
     assert "iap.googleapis.com" in {r.inputs["service"] for r in run.of_type("gcp:projects/service:Service")}

@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 
 from infra.config import ConfigError, settings_from_values
-from infra.kms import ENCRYPTER_DECRYPTER, gke_service_agent
+from infra.kms import ENCRYPTER_DECRYPTER, GRANT_PROPAGATION, gke_service_agent
+from offline.dependencies import waits_for
 from offline.mocks import OFFLINE_PROJECT_NUMBER
+from tests.helpers import dig
 
 NS = "mlflow-platform"
+WAIT_TYPE = "time:index/sleep:Sleep"
 
 
 def key(run, role: str):
@@ -25,11 +28,34 @@ def grants_on(run, key_record) -> list:
 def test_every_cluster_encrypts_secrets_with_the_programs_key(stack_runs, stack):
     run = stack_runs[stack]
     secrets_key = key(run, "secrets")
-    grant = run.named("mlflow-keys-secrets-gke")
     for cluster in run.of_type("gcp:container/cluster:Cluster"):
         assert cluster.inputs["databaseEncryption"] == {"state": "ENCRYPTED", "keyName": f"{secrets_key.name}-id"}
-        # GKE refuses a key its agent cannot use: the grant comes first
-        assert grant.urn in cluster.dependencies, cluster.urn
+
+
+# Who uses a key (by the input naming it) -> the grant that lets its service agent do so.
+KEY_USERS = {
+    "gcp:container/cluster:Cluster": ("databaseEncryption.keyName", "mlflow-keys-secrets-gke"),
+    "gcp:sql/databaseInstance:DatabaseInstance": ("encryptionKeyName", "mlflow-keys-data-sql"),
+    "gcp:storage/bucket:Bucket": ("encryption.defaultKmsKeyName", "mlflow-keys-data-storage"),
+}
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_what_uses_a_key_waits_for_its_grant_to_propagate(stack_runs, stack):
+    # GKE, Cloud SQL and Cloud Storage check the agent's access when they create the resource and fail
+    # rather than wait; IAM grants take minutes to propagate.
+    run = stack_runs[stack]
+    waiting = waits_for(run)
+    [wait] = run.of_type(WAIT_TYPE)
+    assert wait.inputs["createDuration"] == GRANT_PROPAGATION
+    grants = {g.name: g for g in run.of_type("gcp:kms/cryptoKeyIAMMember:CryptoKeyIAMMember")}
+    assert {g.urn for g in grants.values()} <= set(wait.dependencies), "the wait starts after every grant"
+    users = [(r, grant) for r in run.resources if r.type in KEY_USERS
+             for path, grant in [KEY_USERS[r.type]] if dig(r.inputs, path)]
+    assert len(users) == {"dev": 1, "prod": 4}[stack]  # dev: its cluster; prod: two clusters, instance, bucket
+    for user, grant in users:
+        assert wait.urn in waiting[user.urn], f"{user.urn} does not wait for {wait.name}"
+        assert grants[grant].urn in waiting[user.urn], user.urn
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -63,8 +89,6 @@ def test_prod_encrypts_database_and_artifacts_with_the_data_key(stack_runs):
     sql_agent = f"serviceAccount:service-{OFFLINE_PROJECT_NUMBER}@gcp-sa-cloud-sql.iam.gserviceaccount.com"
     storage_agent = f"serviceAccount:service-{OFFLINE_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
     assert set(members) == {sql_agent, storage_agent}
-    assert members[sql_agent].urn in instance.dependencies
-    assert members[storage_agent].urn in bucket.dependencies
 
 
 def test_dev_keeps_google_managed_keys_for_data(stack_runs):

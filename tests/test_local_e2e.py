@@ -626,28 +626,38 @@ def test_the_tracking_user_may_create_tables_only_once_the_grants_job_ran(platfo
                            probe, "CREATE TABLE probe (id integer)")
     with pytest.raises(RuntimeError, match="permission denied for schema public"):
         run(create, env=pg_env(), timeout=60)
-    assert "WARNING" not in grant_on(platform, probe)
+    assert DATABASE_ADMIN_ROLE not in grant_on(platform, probe)
     run(create, env=pg_env(), timeout=60)
     owner = query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.tracking_db_user,
                           probe, "SELECT tableowner FROM pg_tables WHERE tablename = 'probe'")
     assert run(owner, env=pg_env(), timeout=60).strip() == platform.tracking_db_user
-    # More than MLflow needs (the admin role, given outside the program) is reported.
+    # The admin role, given outside the program, fails the Job (so the migrations never run as its member)
+    # until it is revoked.
     superuser = pg_env(platform.credentials.postgres_superuser_password)
     membership = f'{DATABASE_ADMIN_ROLE} TO "{platform.tracking_db_user}"'
-    run(query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.postgres.superuser,
-                      probe, f"GRANT {membership}"), env=superuser, timeout=60)
-    try:
-        assert f"WARNING: {platform.tracking_db_user} is a member of {DATABASE_ADMIN_ROLE}" in grant_on(platform, probe)
-    finally:
+
+    def as_superuser(statement: str) -> None:
         run(query_command(platform.postgres.bin_dir, "127.0.0.1", platform.postgres_port, platform.postgres.superuser,
-                          probe, f"REVOKE {membership.replace(' TO ', ' FROM ')}"), env=superuser, timeout=60)
+                          probe, statement), env=superuser, timeout=60)
+
+    as_superuser(f"GRANT {membership}")
+    try:
+        with pytest.raises(LocalPlatformError, match="exited with code 3") as failed:
+            platform.grant_database_privileges(probe)
+        assert f"{platform.tracking_db_user} is a member of {DATABASE_ADMIN_ROLE}" in str(failed.value)
+        assert f"REVOKE {DATABASE_ADMIN_ROLE} FROM" in str(failed.value)
+    finally:
+        as_superuser(f"REVOKE {membership.replace(' TO ', ' FROM ')}")
+    assert "may connect and create in schema public" in (log := grant_on(platform, probe))
+    assert DATABASE_ADMIN_ROLE not in log
 
 
 def grant_on(platform: LocalPlatform, database: str) -> str:
-    """The rendered grants Job's commands on `database` instead of MLflow's two; their log."""
+    """The rendered grants Job's commands on `database` instead of MLflow's two; the log of this run
+    (the log file keeps every run)."""
     results = platform.grant_database_privileges(database)
     assert [r.returncode for r in results] == [0]
-    return results[-1].log_path.read_text()
+    return results[-1].log_path.read_text().rsplit("\n=== run ", 1)[-1]
 
 
 def test_restarts_lose_nothing(platform):

@@ -48,6 +48,31 @@ def test_rules_meet_the_resources_they_guard(runs, stack):
     envs = {rules.get(r.inputs, rules.PROD_PROTECTION[r.type][0])
             for r in runs[stack].resources if r.type in rules.PROD_PROTECTION}
     assert envs == {stack}
+    assert rules.STATEFUL_TYPES <= types
+
+
+def stack_resources(run: StackRun) -> list[rules.StackResource]:
+    return [rules.StackResource(r.urn, r.type, r.inputs, r.protect) for r in run.resources]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_stack_complies_with_every_stack_rule(runs, stack):
+    assert [v for _, _, check in rules.STACK_POLICIES for v in check(stack_resources(runs[stack]))] == []
+
+
+@pytest.mark.parametrize("type_token", sorted(rules.STATEFUL_TYPES))
+def test_a_stateful_resource_of_prod_without_protect_is_refused(runs, type_token):
+    resources = stack_resources(runs["prod"])
+    exposed = next(r for r in resources if r.type == type_token)
+    found = rules.check_prod_stateful_protected(
+        [r._replace(protect=False) if r is exposed else r for r in resources])
+    assert len(found) == 1 and found[0].startswith(f"{exposed.urn}: prod's stateful resources must be protected")
+
+
+def test_dev_stays_destroyable(runs):
+    # nothing labelled env=prod: the rule does not ask dev to protect anything, and dev protects nothing
+    assert not any(r.protect for r in stack_resources(runs["dev"]))
+    assert rules.check_prod_stateful_protected(stack_resources(runs["dev"])) == []
 
 
 def first(run: StackRun, type_token: str):
@@ -146,6 +171,14 @@ def test_each_rule_catches_its_problem(runs, rule, stack, type_token, path, valu
     assert any(message in violation for violation in found), found
 
 
+def test_passage_through_iap_is_never_public(run_stack_with):
+    run = run_stack_with("prod", iap="true", iapMembers='["group:ml@example.com"]')
+    [grant] = run.of_type("gcp:iap/webIamMember:WebIamMember")
+    assert violations(grant.type, grant.inputs) == []
+    found = RULES["iam-no-public-members-or-basic-roles"](grant.type, mutated(grant.inputs, "member", "allUsers"))
+    assert found == ["IAM grant to the public: member 'allUsers' is forbidden"]
+
+
 def test_service_account_keys_are_refused(runs):
     account = first(runs["dev"], "gcp:serviceaccount/account:Account")
     key_inputs = {"serviceAccountId": account.state["name"]}
@@ -200,8 +233,10 @@ def pack(monkeypatch) -> dict:
 def test_pack_is_built_from_every_rule(pack):
     assert pack["name"] == "mlflow-platform-security"
     assert pack["enforcement_level"] is pulumi_policy.EnforcementLevel.MANDATORY
-    assert [p.name for p in pack["policies"]] == [name for name, _, _ in rules.POLICIES]
-    assert all(isinstance(p, pulumi_policy.ResourceValidationPolicy) and p.description for p in pack["policies"])
+    assert [p.name for p in pack["policies"]] == [name for name, _, _ in rules.POLICIES + rules.STACK_POLICIES]
+    resource_policies, stack_policies = pack["policies"][:len(rules.POLICIES)], pack["policies"][len(rules.POLICIES):]
+    assert all(isinstance(p, pulumi_policy.ResourceValidationPolicy) and p.description for p in resource_policies)
+    assert all(isinstance(p, pulumi_policy.StackValidationPolicy) and p.description for p in stack_policies)
 
 
 def run_policies(pack: dict, type_token: str, inputs: dict) -> list[str]:
@@ -210,8 +245,34 @@ def run_policies(pack: dict, type_token: str, inputs: dict) -> list[str]:
     args = pulumi_policy.ResourceValidationArgs(type_token, props, "urn:test", "test", None, None)
     reported: list[str] = []
     for policy in pack["policies"]:
-        policy.validate(args, lambda message, urn=None: reported.append(message))
+        if isinstance(policy, pulumi_policy.ResourceValidationPolicy):
+            policy.validate(args, lambda message, urn=None: reported.append(message))
     return reported
+
+
+def run_stack_policies(pack: dict, run: StackRun, unprotected: str = "") -> list[str]:
+    """Every violation the pack's stack policies report for the stack, `unprotected` (a name) unprotected."""
+    no_timeouts = pulumi_policy.PolicyCustomTimeouts(0, 0, 0)
+    resources = [pulumi_policy.PolicyResource(
+        r.type, deserialize_properties(r.inputs), r.urn, r.name,
+        pulumi_policy.PolicyResourceOptions(r.protect and r.name != unprotected, [], None, [], no_timeouts, []),
+        None, None, [], {}) for r in run.resources]
+    reported: list[str] = []
+    for policy in pack["policies"]:
+        if isinstance(policy, pulumi_policy.StackValidationPolicy):
+            policy.validate(pulumi_policy.StackValidationArgs(resources),
+                            lambda message, urn=None: reported.append(message))
+    return reported
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_pack_passes_the_stack_through_the_stack_policies(pack, runs, stack):
+    assert run_stack_policies(pack, runs[stack]) == []
+
+
+def test_pack_reports_an_unprotected_prod_database(pack, runs):
+    found = run_stack_policies(pack, runs["prod"], unprotected="mlflow-db-mlflow")
+    assert len(found) == 1 and "gcp:sql/database:Database::mlflow-db-mlflow: prod's stateful" in found[0], found
 
 
 @pytest.mark.parametrize("stack", STACKS)

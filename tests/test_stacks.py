@@ -8,6 +8,8 @@ import pytest
 
 from infra.naming import gcp_labels
 from offline.mocks import is_secret
+from offline.render import resources_document
+from policy.rules import STATEFUL_TYPES
 from tests.helpers import dig
 
 STACKS = ["dev", "prod"]
@@ -117,6 +119,31 @@ def test_prod_is_protected_against_deletion(stack_runs):
         assert dig(instance.inputs, "settings.deletionProtectionEnabled") is True, instance.urn
     for bucket in run.of_type("gcp:storage/bucket:Bucket"):
         assert bucket.inputs["forceDestroy"] is False, bucket.urn
+
+
+def protected_in_plan(run) -> list[str]:
+    """Names that resources.yaml marks `protect: true`."""
+    return sorted(entry["name"] for entry in resources_document(run) if entry.get("protect"))
+
+
+def test_prod_plan_protects_exactly_its_stateful_resources(stack_runs):
+    run = stack_runs["prod"]
+    stateful = sorted(r.name for r in run.resources if r.type in STATEFUL_TYPES)
+    # two clusters, the instance and its two databases, the bucket, the ring and two keys,
+    # three secrets and their first versions
+    assert len(stateful) == 15
+    assert protected_in_plan(run) == stateful
+
+
+def test_dev_plan_protects_nothing(stack_runs):
+    assert protected_in_plan(stack_runs["dev"]) == []
+
+
+def test_any_deletion_protection_protects_every_stateful_resource(run_stack_with):
+    # A destroy that may delete the secrets and keys, then stops at one protected instance, is what
+    # `protect` exists to prevent: a dev stack that keeps its database keeps the rest too.
+    run = run_stack_with("dev", dbDeletionProtection="true")
+    assert protected_in_plan(run) == sorted(r.name for r in run.resources if r.type in STATEFUL_TYPES)
 
 
 def test_prod_database_is_highly_available_with_point_in_time_recovery(stack_runs):

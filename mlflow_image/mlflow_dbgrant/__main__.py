@@ -3,6 +3,8 @@
 The admin URI (read from the named environment variable; it holds no password) names the proxy and
 the database-admin user; each database is connected to in turn. Waits for each as the migration
 Job does (mlflow_dbwait's bounded retries), then grants. Idempotent: granting again changes nothing.
+Fails (exit 3) when the grantee holds the admin role: then the migrations, which wait for this Job,
+never run as an identity that owns every database of the instance.
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ import sys
 
 from mlflow_dbgrant import ADMIN_MEMBERSHIP, ADMIN_ROLE, grant_statements
 from mlflow_dbwait import DatabaseUnavailable, Retry, wait_for
+
+
+EXIT_ADMIN_MEMBER = 3
+
+
+def admin_member_message(grantee: str) -> str:
+    """What an operator reads in the Job's log: the role, why it must go, how to revoke it."""
+    return (f"grant: {grantee} is a member of {ADMIN_ROLE}, which owns every database the Admin API created: "
+            f"the tracking server must not hold it. Revoke it (gcloud sql users assign-roles {grantee} "
+            f"--instance=INSTANCE --type=CLOUD_IAM_SERVICE_ACCOUNT --revoke-existing-roles, or as a member of "
+            f"{ADMIN_ROLE}: REVOKE {ADMIN_ROLE} FROM \"{grantee}\"), then run this Job again "
+            "(pulumi up --target-replace on it)")
 
 
 def grant(admin_url: str, database: str, grantee: str) -> bool:
@@ -56,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"grant on {database}: {args.grantee} may connect and create in schema public", flush=True)
     if admin_in:
-        print(f"WARNING: {args.grantee} is a member of {ADMIN_ROLE}, more than MLflow needs: revoke it "
-              "(gcloud sql users assign-roles)", file=sys.stderr, flush=True)
+        print(admin_member_message(args.grantee), file=sys.stderr, flush=True)
+        return EXIT_ADMIN_MEMBER
     return 0
 
 
