@@ -77,9 +77,19 @@ SOURCES = {
 }
 
 
+def _image_name(image: str) -> str:
+    """NAME of REGISTRY/REPO/NAME@sha256:... or REGISTRY/REPO/NAME:TAG."""
+    return image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+
+
+def built_here(image: str) -> bool:
+    """Whether the program builds the image a manifest names (else it is a third party's)."""
+    return _image_name(image) in SOURCES
+
+
 def source_for(image: str) -> ImageSource:
     """The local source of an image a manifest names (REGISTRY/REPO/NAME@sha256:... or :tag)."""
-    name = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+    name = _image_name(image)
     if name not in SOURCES:
         raise ImageBuildError(f"image {image!r} is not built by the program (known: {', '.join(SOURCES)})")
     return SOURCES[name]
@@ -198,7 +208,19 @@ class ImageStore:
                          "--target", source.target,
                          "--tag", reference, str(source.context))
             self.progress(f"images: {reference} built in {time.monotonic() - started:.0f}s")
+            self._evict_other_versions(source.name, reference)
         return reference
+
+    def _evict_other_versions(self, name: str, reference: str) -> None:
+        """Older versions of an image, their root filesystems and dangling build stages: each is a
+        full copy with vfs, so a store would otherwise grow by gigabytes with every change."""
+        for container in self.buildah("containers", "containers", "--format", "{{.ContainerName}}").split():
+            if container.startswith(f"rootfs-{name}-") and container != _rootfs_name(reference):
+                self.buildah(f"rm-{container}", "rm", container)
+        for image in self.buildah("images", "images", "--format", "{{.Name}}:{{.Tag}}").split():
+            if image.startswith(f"localhost/{name}:") and image != reference:
+                self.buildah(f"rmi-{image}", "rmi", image)
+        self.buildah("prune", "rmi", "--prune")
 
     def config(self, reference: str) -> dict:
         """The image's OCI config (Env, User, WorkingDir, Cmd, ...)."""
@@ -209,13 +231,19 @@ class ImageStore:
         """The built image's root filesystem: one working container per image version, shared by
         every pod of that image (they mount it read-only)."""
         reference = self.build(source)
-        container = f"rootfs-{source.name}-{reference.rsplit(':', 1)[1]}"
+        container = _rootfs_name(reference)
         with self._locked():
             listed = self.buildah("containers", "containers", "--format", "{{.ContainerName}}")
             if container not in listed.split():
                 self.buildah(f"from-{container}", "from", "--pull=never", "--name", container, reference)
             path = Path(self.buildah(f"mount-{container}", "mount", container).strip())
         return ImageRoot(reference, path, self.config(reference))
+
+
+def _rootfs_name(reference: str) -> str:
+    """The working container that holds an image version's root filesystem."""
+    name, tag = reference.rsplit("/", 1)[1].split(":", 1)
+    return f"rootfs-{name}-{tag}"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ one made):
    SecretProviderClass names, read from the local Secret Manager stand-in (local/secretmanager.py).
 2. The Cloud SQL Auth Proxy address of the pod (its sidecar's --address:--port, 127.0.0.1:5432)
    becomes the local Postgres, 127.0.0.1:PORT, in env values, secret values and configMap files.
-3. Service DNS names in URLs (http://mlflow-tracking.mlflow.svc.cluster.local:5000) become
+3. Service DNS names, and a load balancer's static address, in URLs
+   (http://mlflow-tracking.mlflow.svc.cluster.local:5000, prod's http://10.10.15.253:5000) become
    http://127.0.0.1:LOCAL_PORT of the workload that Service selects.
 4. `--host 0.0.0.0` becomes `--host 127.0.0.1`: the pods share this machine's network, and
    nothing listens beyond it.

@@ -43,11 +43,11 @@ from k8s.tracking import ADMIN_USERNAME, postgres_uri
 from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
 from local.lifecycle import SURGE_FIRST, rollout_order, termination
 from local.container import prepare as prepare_mount_points
-from local.images import ImageRoot, ImageStore, source_for
+from local.images import ImageRoot, ImageStore, built_here, source_for
 from local.localize import LocalCommand, LocalSite, localize_container
 from local.manifests import (
     ROOT, Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
-    served_model, service_dns_names, sql_proxy_address,
+    served_model, service_addresses, sql_proxy_address, workload_containers,
 )
 from local.postgres import LocalPostgres
 from local.secretmanager import LocalSecretManager, parse_version_name
@@ -334,6 +334,10 @@ class LocalPlatform:
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
         self.write_password_files()
 
+        # Built (or found built) before any clock starts: a pod's start-up is not an image build.
+        for image in sorted({spec["image"] for _, spec in workload_containers(self.manifests)}):
+            if built_here(image):
+                self.image_root(image)
         self.progress(f"postgres: initdb ({self.postgres.bin_dir})")
         self.postgres.init(trusted_users=tuple(user["name"] for user in self.database_users))
         self.postgres.start()
@@ -449,7 +453,7 @@ class LocalPlatform:
             for workload in (self.tracking_deployment, self.serving_deployment):
                 if selects(service, workload):
                     for port in service["spec"]["ports"]:
-                        for host in service_dns_names(service):
+                        for host in service_addresses(service):
                             mapping[f"{host}:{port['port']}"] = f"127.0.0.1:{self._workload_port(workload)}"
         return mapping
 

@@ -138,6 +138,13 @@ def service_dns_names(service: dict) -> list[str]:
     return [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
 
 
+def service_addresses(service: dict) -> list[str]:
+    """Every host a client may call a Service by: its DNS names and, for a load balancer with a
+    static address (prod's internal one, which serving on its own cluster calls), that address."""
+    static = service["spec"].get("loadBalancerIP")
+    return service_dns_names(service) + ([static] if static else [])
+
+
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^@/]+)@(?P<alias>.+)$")
 
 

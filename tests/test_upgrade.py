@@ -19,6 +19,7 @@ import pytest
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from local.legacy import LEGACY_REQUIREMENTS, LegacyTracking, ensure_venv
+from local.localize import relaunched
 from local.localplatform import generate_password
 from local.processes import LocalPlatformError, http, run_to_completion
 from local.testing import scratch_platform
@@ -84,11 +85,14 @@ def migrate_fresh_databases(platform) -> None:
     for job, spec, command in commands:
         assert not command.files, "the grants and migration Jobs mount no files"
         platform.prepare_pod(job, command, command.cwd.parent.name)
-        argv = [swap.get(part, part) for part in command.argv]
-        env = {name: swap.get(value, value) for name, value in command.env.items()}
-        assert argv != command.argv or env != command.env, f"{spec['name']} names no database"
+        executable, *args = command.container_argv  # `mlflow` is a command here, not the database
+        fresh = relaunched(command, [executable, *(swap.get(part, part) for part in args)],
+                           env={name: swap.get(value, value) for name, value in command.env.items()})
+        assert fresh.container_argv != command.container_argv or fresh.env != command.env, \
+            f"{spec['name']} names no database"
         log = platform.logs_dir / f"migrate-fresh-{spec['name']}.log"
-        completed = run_to_completion(spec["name"], argv, env=env, cwd=command.cwd, log_path=log, timeout=300)
+        completed = run_to_completion(spec["name"], fresh.argv, env=fresh.env, cwd=fresh.cwd, log_path=log,
+                                      timeout=300)
         assert completed.returncode == 0, f"{spec['name']} on a fresh database failed; log {log}"
 
 
