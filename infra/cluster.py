@@ -233,8 +233,12 @@ class GkeCluster(pulumi.ComponentResource):
         self.node_service_account_email = node_sa.email
         self.workload_pool = cluster.workload_identity_config.apply(lambda config: config.workload_pool)
         # Workloads need nodes to run on: the provider, and so every object it creates, waits for the pool.
+        # Without `cluster_identifier` pulumi-kubernetes replaces the provider, and with it every object it
+        # created, when the kubeconfig's active cluster changes (server or CA data: `controlPlaneEndpoint`
+        # ip <-> dns, a CA rotation); with it, only a new identifier replaces (kubeProvider.DiffConfig in
+        # pulumi-kubernetes provider/pkg/provider/provider.go). The cluster's id changes only with the cluster.
         self.provider = k8s.Provider(
-            f"{name}-k8s", kubeconfig=self.kubeconfig, enable_server_side_apply=True,
+            f"{name}-k8s", kubeconfig=self.kubeconfig, cluster_identifier=cluster.id, enable_server_side_apply=True,
             opts=child_options(self, opts, depends_on=[pool]),
         )
         self.register_outputs({

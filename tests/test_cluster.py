@@ -101,6 +101,22 @@ def test_kubernetes_provider_waits_for_the_node_pool(run_component):
     assert run.named("gke-pool").urn in run.named("gke-k8s").dependencies
 
 
+def test_kubernetes_provider_is_identified_by_the_cluster_not_its_kubeconfig(run_component):
+    # Otherwise a new endpoint or CA in the kubeconfig replaces the provider and every object it created.
+    run = build(run_component)
+    provider = run.named("gke-k8s")
+    assert provider.inputs.get("clusterIdentifier") == f"{run.named('gke-cluster').name}-id", provider.urn
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_kubernetes_provider_of_a_stack_has_a_cluster_identifier(stack_runs, stack):
+    run = stack_runs[stack]
+    cluster_ids = {f"{cluster.name}-id" for cluster in run.of_type("gcp:container/cluster:Cluster")}
+    providers = run.of_type("pulumi:providers:kubernetes")
+    assert len(providers) == len(cluster_ids) == {"dev": 1, "prod": 2}[stack]
+    assert {p.inputs.get("clusterIdentifier") for p in providers} == cluster_ids, [p.urn for p in providers]
+
+
 def test_kubeconfig_points_at_the_endpoint():
     config = json.loads(kubeconfig_for("c", "203.0.113.1", "Q0E="))
     assert config["clusters"][0]["cluster"] == {"server": "https://203.0.113.1", "certificate-authority-data": "Q0E="}
