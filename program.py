@@ -134,21 +134,25 @@ def build_clusters(settings: Settings, foundation: Foundation) -> Clusters:
         spot=settings.load_test_spot_nodes, disk_size_gb=settings.node_disk_size_gb,
         disk_type=default_boot_disk_type(settings.load_test_machine_type), zone=settings.zone,
     ) if settings.load_testing else None
+    # Each cluster's control-plane peering waits for the VPC's other peerings: private services access,
+    # then the platform cluster's (GCP runs one peering operation per network at a time).
     platform = build_cluster(settings, foundation, ClusterShape(
         "platform", settings.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME, settings.machine_type,
         settings.min_nodes, settings.max_nodes, settings.spot_nodes),
-        None if settings.serving_cluster else load_test_pool)
+        None if settings.serving_cluster else load_test_pool,
+        peerings_before=(foundation.network.private_services_connection,))
     if not settings.serving_cluster:
         return Clusters(platform=platform, serving=platform)
     serving = build_cluster(settings, foundation, ClusterShape(
         "serving", settings.serving_master_cidr, SERVING_PODS_RANGE_NAME, SERVING_SERVICES_RANGE_NAME,
         settings.serving_machine_type, settings.serving_min_nodes, settings.serving_max_nodes,
-        settings.serving_spot_nodes), load_test_pool)
+        settings.serving_spot_nodes), load_test_pool,
+        peerings_before=(foundation.network.private_services_connection, platform.control_plane))
     return Clusters(platform=platform, serving=serving)
 
 
 def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShape,
-                  load_test_pool: Optional[LoadTestPool]) -> GkeCluster:
+                  load_test_pool: Optional[LoadTestPool], peerings_before: tuple[pulumi.Resource, ...]) -> GkeCluster:
     return GkeCluster(f"{settings.name_prefix}-{shape.role}", GkeClusterArgs(
         project=settings.project,
         location=settings.cluster_location,
@@ -174,6 +178,7 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
         dns_endpoint=settings.control_plane_endpoint == "dns",
         secrets_key_id=foundation.keys.secrets_key_id,
         secrets_key_ready=(foundation.keys.grants_propagated,),
+        peerings_before=peerings_before,
         load_test_pool=load_test_pool,
     ), foundation.after_apis)
 

@@ -102,6 +102,11 @@ class GkeClusterArgs:
     secrets_key_ready: tuple[pulumi.Resource, ...] = ()
     """What the cluster waits for: the key's grant to GKE's service agent, propagated (GKE refuses a key its
     agent cannot use yet)."""
+    peerings_before: tuple[pulumi.Resource, ...] = ()
+    """Other VPC peerings of the same network the cluster waits for: a private cluster with a
+    `master_cidr` peers its control plane's network with the VPC, and GCP refuses a peering while another
+    is in progress on the same network ("There is a peering operation in progress on the local or peer
+    network", hashicorp/terraform-provider-google#3026; sassoftware/viya4-iac-gcp#231)."""
     vulnerability_mode: str = "VULNERABILITY_DISABLED"
     """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
     load_test_pool: Optional["LoadTestPool"] = None
@@ -127,6 +132,8 @@ class GkeCluster(pulumi.ComponentResource):
     workload_pool: pulumi.Output[str]
     """The pool exists once this cluster does: Workload Identity bindings take it from here."""
     provider: k8s.Provider
+    control_plane: gcp.container.Cluster
+    """The cluster itself: once it exists, so does its control plane's peering with the VPC."""
 
     def __init__(self, name: str, args: GkeClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:cluster:GkeCluster", name, None, opts)
@@ -165,9 +172,10 @@ class GkeCluster(pulumi.ComponentResource):
             deletion_protection=args.deletion_protection,
             # Once the default pool is gone GKE reports no nodeConfig; without this every later `up`
             # would see a difference in a replace-on-change field and replace the cluster.
-            opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_ready],
+            opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_ready, *args.peerings_before],
                                ignore_changes=["nodeConfig"], protect=args.protect),
         )
+        self.control_plane = cluster
         pool = gcp.container.NodePool(
             f"{name}-pool",
             project=args.project,
@@ -233,8 +241,12 @@ class GkeCluster(pulumi.ComponentResource):
         self.node_service_account_email = node_sa.email
         self.workload_pool = cluster.workload_identity_config.apply(lambda config: config.workload_pool)
         # Workloads need nodes to run on: the provider, and so every object it creates, waits for the pool.
+        # Without `cluster_identifier` pulumi-kubernetes replaces the provider, and with it every object it
+        # created, when the kubeconfig's active cluster changes (server or CA data: `controlPlaneEndpoint`
+        # ip <-> dns, a CA rotation); with it, only a new identifier replaces (kubeProvider.DiffConfig in
+        # pulumi-kubernetes provider/pkg/provider/provider.go). The cluster's id changes only with the cluster.
         self.provider = k8s.Provider(
-            f"{name}-k8s", kubeconfig=self.kubeconfig, enable_server_side_apply=True,
+            f"{name}-k8s", kubeconfig=self.kubeconfig, cluster_identifier=cluster.id, enable_server_side_apply=True,
             opts=child_options(self, opts, depends_on=[pool]),
         )
         self.register_outputs({

@@ -88,7 +88,10 @@ class Settings(BaseModel):
     zone: str = Field("us-central1-a", description="Zone of zonal clusters (`gcp:zone`).", alias="gcp:zone")
     environment: Literal["dev", "prod"] = Field(description="Environment; prod enforces protection and backups.")
     decommission: bool = Field(False, description="Deliberate teardown: prod then accepts `clusterDeletionProtection` and `dbDeletionProtection` false and `bucketForceDestroy` true, so a `pulumi up` lifts every protection before `pulumi destroy` (README, Tearing down).")
-    name_prefix: str = Field("mlflow", description=f"Prefix of every resource name (lowercase, 3-{NAME_PREFIX_MAX_LENGTH} chars).")
+    name_prefix: str = Field("mlflow", description=(
+        f"Prefix of every resource name (lowercase, 3-{NAME_PREFIX_MAX_LENGTH} chars). Set it before the first `up`: "
+        "changing it renames every resource, so Pulumi creates a new stack's worth and deletes the old, the "
+        "database and the artifact bucket included (prod's protect refuses that in the preview)."))
 
     # --- network -------------------------------------------------------------------------
     subnet_cidr: str = Field("10.10.0.0/20", description="Primary range of the subnet (nodes).")
@@ -137,7 +140,10 @@ class Settings(BaseModel):
     artifact_nearline_after_days: int = Field(90, description="Move artifacts to Nearline after this many days (1-3650).")
     noncurrent_retention_days: int = Field(30, description="Delete overwritten/deleted artifact versions after this many days (1-3650).")
     bucket_force_destroy: bool = Field(False, description="Let `pulumi destroy` delete a non-empty bucket (must be false in prod).")
-    cmek: bool = Field(False, description="Encrypt Cloud SQL and the artifact bucket with a Cloud KMS key the program holds (must be true in prod).")
+    cmek: bool = Field(False, description=(
+        "Encrypt Cloud SQL and the artifact bucket with a Cloud KMS key the program holds (must be true in prod). "
+        "Decide before the first `up`: turning it on later replaces the Cloud SQL instance (its key cannot change "
+        "in place) and so loses its data unless restored; the bucket keeps its objects, new ones use the key."))
     registry_keep_versions: int = Field(10, description="Image versions the registry cleanup policy keeps (1-1000).")
 
     # --- images --------------------------------------------------------------------------

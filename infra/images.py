@@ -72,7 +72,8 @@ def context_hash(context: Path, dockerfile: Path) -> str:
 def build_tag(context: str, target: str, root: Path = ROOT) -> str:
     """The tag of `target` built from `context`: a hash of what makes pulumi-docker-build rebuild
     (Image.Diff): its context hash, the context, Dockerfile, target and platform we pass, and its
-    version (the hash is its code). A rebuild then never pushes to a tag the immutable repository holds."""
+    version (the hash is its code). Unchanged sources keep their tag; the provider may still rebuild them
+    (no state, an interrupted `up`), pushing the same tag with a new digest: pods pin digests, not tags."""
     # push, build_on_preview and the registry login are constants; another region is another repository.
     directory = root / context
     inputs = (context_hash(directory, directory / DOCKERFILE), context, DOCKERFILE, target, PLATFORM.value,

@@ -5,7 +5,7 @@ GKE, Cloud SQL and Cloud Storage check that their agent may use the key when the
 bucket is created, and fail rather than wait (e.g. Cloud SQL's "Unable to delegate the access of CMEK",
 hashicorp/terraform-provider-google#17333). IAM grants are eventually consistent: "typically 2 minutes,
 potentially 7 minutes or longer" (https://cloud.google.com/iam/docs/access-change-propagation). So what
-uses a key waits for `grants_propagated`, created that long after the grants.
+uses a key waits for `grants_propagated`, created 7 minutes after the grants.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from infra.naming import child_options
 
 ENCRYPTER_DECRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 SECONDS_PER_DAY = 86_400
-# IAM's typical propagation time (module docstring); the wait runs on create only, not on later `up`s.
-GRANT_PROPAGATION = "2m"
+# IAM's documented upper bound, not its typical 2 minutes (module docstring): a cluster or instance whose
+# agent cannot use the key yet fails its creation, and retrying a 10-minute cluster creation (a protected
+# prod cluster in ERROR cannot even be replaced) costs more than 5 more minutes once. The wait runs when a
+# grant is created, not on later `up`s; the migration Job waits as long for its IAM login (DB_WAIT_SECONDS).
+GRANT_PROPAGATION = "7m"
 
 
 def gke_service_agent(project_number: str) -> str:
@@ -78,9 +81,16 @@ class EncryptionKeys(pulumi.ComponentResource):
 
         secrets_key = key("secrets")
         self.secrets_key_id = secrets_key.id
+        # GKE's agent appears some time after its API is enabled; generateServiceIdentity makes sure it exists
+        # before the grant names it (IAM refuses a binding to an account that does not exist). The resource
+        # may return no email for a service (magic-modules resource_project_service_identity.go.tmpl and its
+        # test), so the member is still the agent's documented name.
+        gke_agent = gcp.projects.ServiceIdentity(
+            f"{name}-gke-agent", project=args.project, service="container.googleapis.com", opts=child)
         grants = {"secrets-gke": gcp.kms.CryptoKeyIAMMember(
             f"{name}-secrets-gke", crypto_key_id=secrets_key.id, role=ENCRYPTER_DECRYPTER,
-            member=project_number.apply(gke_service_agent), opts=child)}
+            member=project_number.apply(gke_service_agent),
+            opts=child_options(self, opts, depends_on=[gke_agent]))}
 
         self.data_key_id = None
         if args.data_key:

@@ -8,7 +8,7 @@ import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_gcp as gcp
@@ -21,11 +21,25 @@ DASHBOARD_TEMPLATE = Path(__file__).resolve().parent.parent / "monitoring" / "da
 def render_dashboard(*, environment: str, tracking_namespace: str, serving_namespace: str, bucket: str,
                      serving_min_replicas: int, serving_max_replicas: int,
                      template: Path = DASHBOARD_TEMPLATE) -> str:
-    """The dashboard JSON with this stack's names filled in; fails on any unfilled placeholder."""
+    """The dashboard JSON with this stack's names filled in, numeric zeros left out; fails on any unfilled
+    placeholder."""
     text = string.Template(template.read_text()).substitute(
         environment=environment, tracking_namespace=tracking_namespace, serving_namespace=serving_namespace,
         bucket=bucket, serving_min_replicas=serving_min_replicas, serving_max_replicas=serving_max_replicas)
-    return json.dumps(json.loads(text), indent=2, sort_keys=True)
+    return json.dumps(without_zero_numbers(json.loads(text)), indent=2, sort_keys=True)
+
+
+def without_zero_numbers(node: Any) -> Any:
+    """`node` without the fields whose value is the number 0. The Monitoring API returns a dashboard
+    without its zero-valued scalar fields (proto3 JSON: a tile at xPos/yPos 0, a threshold of 0), so
+    `gcp.monitoring.Dashboard` would show a difference on every `up` (hashicorp/terraform-provider-google#7242).
+    Leaving them out means the same (0 is their default)."""
+    if isinstance(node, dict):
+        return {key: without_zero_numbers(value) for key, value in node.items()
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value != 0}
+    if isinstance(node, list):
+        return [without_zero_numbers(value) for value in node]
+    return node
 
 
 def serving_p99_query(namespace: str, threshold_ms: int) -> str:

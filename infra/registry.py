@@ -46,7 +46,13 @@ class ImageRepository(pulumi.ComponentResource):
             format="DOCKER",
             description="MLflow tracking and serving images",
             labels=args.labels,
-            docker_config=gcp.artifactregistry.RepositoryDockerConfigArgs(immutable_tags=True),
+            # Tags stay mutable: a tag is the build's cache key (infra/images.py build_tag), not what runs;
+            # pods pin the digest. pulumi-docker-build rebuilds and pushes whenever its state's contextHash
+            # differs from the context's (provider/internal/image.go, Image.Diff), so a stack recreated
+            # against this repository, an `up` interrupted after the push, `pulumi state delete` or a revert
+            # push the same tag again; builds are not reproducible, so it names a new digest, which an
+            # immutable repository refuses.
+            docker_config=gcp.artifactregistry.RepositoryDockerConfigArgs(immutable_tags=False),
             cleanup_policy_dry_run=False,
             cleanup_policies=[
                 gcp.artifactregistry.RepositoryCleanupPolicyArgs(

@@ -23,8 +23,9 @@ from k8s.pods import (
     drain_on_stop, http_probe, resources, sql_proxy_sidecar, tmp_mount, tmp_volume,
 )
 from k8s.workload import (
-    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, http_service_port, in_cluster_url,
-    ingress_policy_spec, pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
+    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, fail_job_on_exit, http_service_port,
+    in_cluster_url, ingress_policy_spec, pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports,
+    workload_pod,
 )
 
 TRACKING_PORT = 5000
@@ -51,6 +52,10 @@ DB_WAIT_SECONDS = 420
 # Pulumi waits 10 minutes for a Job by default: the grants Job may wait up to DB_WAIT_SECONDS per
 # database for IAM to propagate, the migration Job after it; each wait covers its Job's deadline.
 GRANTS_DEADLINE_SECONDS = 900
+# mlflow_dbgrant's exit status when the tracking user holds cloudsqlsuperuser (EXIT_ADMIN_MEMBER): only an
+# operator can mend it (README, Troubleshooting), so the Job fails at once instead of retrying.
+GRANTS_EXIT_ADMIN_MEMBER = 3
+GRANTS_CONTAINER = "grant-database-privileges"
 MIGRATION_DEADLINE_SECONDS = 1200
 
 
@@ -228,7 +233,7 @@ def grants_container(*, image: Any, admin_uri: Any, grantee: Any, databases: lis
     """The database-admin identity grants the tracking user its privileges (mlflow_dbgrant),
     waiting as the migration does for IAM to let it in."""
     return {
-        "name": "grant-database-privileges",
+        "name": GRANTS_CONTAINER,
         "image": image,
         "command": ["python"],
         "args": ["-m", "mlflow_dbgrant", "--url-env", "DATABASE_ADMIN_URI", "--grantee", grantee,
@@ -579,7 +584,8 @@ class TrackingServer(pulumi.ComponentResource):
             spec=run_once_job_spec(
                 job_labels, GRANTS_DEADLINE_SECONDS, admin.ksa_name,
                 init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)],
-                containers=[grant], volumes=[tmp_volume("64Mi")]),
+                containers=[grant], volumes=[tmp_volume("64Mi")],
+                pod_failure_policy=fail_job_on_exit(GRANTS_CONTAINER, GRANTS_EXIT_ADMIN_MEMBER)),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                 delete_before_replace=True, depends_on=[*admin.grants, admin_db_user],
                 custom_timeouts=job_wait(GRANTS_DEADLINE_SECONDS))),

@@ -70,14 +70,25 @@ def deployment_spec(names: WorkloadNames, pod: dict, pod_annotations: dict, repl
 
 
 def run_once_job_spec(labels: dict, deadline_seconds: int, service_account: Any, *, containers: list[dict],
-                      volumes: list[dict], init_containers: Sequence[dict] = (), backoff_limit: int = 3) -> dict:
+                      volumes: list[dict], init_containers: Sequence[dict] = (), backoff_limit: int = 3,
+                      pod_failure_policy: Optional[dict] = None) -> dict:
     """A Job whose pods run to completion once as `service_account`, within `deadline_seconds`."""
     pod = {"serviceAccountName": service_account, "automountServiceAccountToken": False,
            "securityContext": pod_security_context(), "restartPolicy": "Never"}
     if init_containers:
         pod["initContainers"] = list(init_containers)
-    return {"backoffLimit": backoff_limit, "activeDeadlineSeconds": deadline_seconds,
+    spec = {"backoffLimit": backoff_limit, "activeDeadlineSeconds": deadline_seconds,
             "template": {"metadata": {"labels": labels}, "spec": {**pod, "containers": containers, "volumes": volumes}}}
+    return {**spec, "podFailurePolicy": pod_failure_policy} if pod_failure_policy is not None else spec
+
+
+def fail_job_on_exit(container: str, *exit_codes: int) -> dict:
+    """A podFailurePolicy (batch/v1, GA in Kubernetes 1.31; it needs the pods' restartPolicy Never, which
+    run_once_job_spec sets) failing the Job at once when `container` exits with one of `exit_codes`: a
+    failure no retry can mend is not retried through `backoffLimit`. Restricted to `container` so a
+    native sidecar's exit status on shutdown never matches."""
+    return {"rules": [{"action": "FailJob", "onExitCodes": {
+        "containerName": container, "operator": "In", "values": sorted(exit_codes)}}]}
 
 
 def http_service_port(port: int) -> dict:

@@ -74,7 +74,8 @@ class PlatformMocks(pulumi.runtime.Mocks):
             email = f"{state['accountId']}@{state.get('project', self.project)}.iam.gserviceaccount.com"
             state.update(email=email, name=f"projects/{state.get('project', self.project)}/serviceAccounts/{email}")
         elif typ == "gcp:projects/serviceIdentity:ServiceIdentity":
-            agent = {"sqladmin.googleapis.com": "gcp-sa-cloud-sql"}[state["service"]]
+            agent = {"sqladmin.googleapis.com": "gcp-sa-cloud-sql",
+                     "container.googleapis.com": "container-engine-robot"}[state["service"]]
             state.update(email=f"service-{OFFLINE_PROJECT_NUMBER}@{agent}.iam.gserviceaccount.com")
         elif typ == "gcp:storage/bucket:Bucket":
             state.update(name=name, url=f"gs://{name}")

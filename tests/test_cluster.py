@@ -1,5 +1,6 @@
 import json
 
+import pulumi
 import pytest
 
 from infra.cluster import GkeCluster, GkeClusterArgs, kubeconfig_for
@@ -99,6 +100,47 @@ def test_kubeconfig_is_a_secret_with_exec_auth_and_no_static_credentials(run_com
 def test_kubernetes_provider_waits_for_the_node_pool(run_component):
     run = build(run_component)
     assert run.named("gke-pool").urn in run.named("gke-k8s").dependencies
+
+
+def test_kubernetes_provider_is_identified_by_the_cluster_not_its_kubeconfig(run_component):
+    # Otherwise a new endpoint or CA in the kubeconfig replaces the provider and every object it created.
+    run = build(run_component)
+    provider = run.named("gke-k8s")
+    assert provider.inputs.get("clusterIdentifier") == f"{run.named('gke-cluster').name}-id", provider.urn
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_kubernetes_provider_of_a_stack_has_a_cluster_identifier(stack_runs, stack):
+    run = stack_runs[stack]
+    cluster_ids = {f"{cluster.name}-id" for cluster in run.of_type("gcp:container/cluster:Cluster")}
+    providers = run.of_type("pulumi:providers:kubernetes")
+    assert len(providers) == len(cluster_ids) == {"dev": 1, "prod": 2}[stack]
+    assert {p.inputs.get("clusterIdentifier") for p in providers} == cluster_ids, [p.urn for p in providers]
+
+
+def test_cluster_waits_for_the_peerings_named_before_it(run_component):
+    def program():
+        earlier = pulumi.CustomResource("test:index:Peering", "earlier-peering")
+        GkeCluster("gke", GkeClusterArgs(**ARGS, peerings_before=(earlier,)))
+        return {}
+
+    run = run_component(program)
+    cluster = run.named("gke-cluster")
+    assert run.named("earlier-peering").urn in cluster.dependencies, cluster.urn
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_clusters_peer_one_at_a_time_after_private_services_access(stack_runs, stack):
+    # A private cluster with a master range peers its control plane with the VPC; GCP refuses a peering
+    # while another runs on the same network, so the first `up` must not create them in parallel.
+    run = stack_runs[stack]
+    connection = run.named("mlflow-net-psa-connection")
+    clusters = {c.name: c for c in run.of_type("gcp:container/cluster:Cluster")}
+    for cluster in clusters.values():
+        assert connection.urn in cluster.dependencies, cluster.urn
+    if stack == "prod":
+        serving = clusters["mlflow-serving-cluster"]
+        assert clusters["mlflow-platform-cluster"].urn in serving.dependencies, serving.urn
 
 
 def test_kubeconfig_points_at_the_endpoint():

@@ -246,3 +246,14 @@ def test_service_account_ids_carry_the_prefix_and_the_environment():
     settings = settings_from_values({**VALID, f"{NS}:namePrefix": "team2"})
     assert settings.service_account_ids == {"tracking": "team2-tracking-dev", "dbadmin": "team2-dbadmin-dev",
                                             "serving": "team2-serving-dev"}
+
+
+@pytest.mark.parametrize("field, what_goes", [
+    ("name_prefix", ("renames every resource", "database", "artifact bucket")),  # new URNs: delete + create
+    ("cmek", ("replaces the Cloud SQL instance",)),  # encryption_key_name is ForceNew in the provider
+])
+def test_settings_that_replace_stateful_resources_say_so(field, what_goes):
+    description = Settings.model_fields[field].description
+    assert "before the first `up`" in description, description
+    for words in what_goes:
+        assert words in description, (field, words)

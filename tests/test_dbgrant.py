@@ -37,3 +37,9 @@ def test_an_admin_role_member_fails_the_job_naming_the_role_and_the_fix(monkeypa
     assert f"{GRANTEE} is a member of cloudsqlsuperuser" in err
     assert f"gcloud sql users assign-roles {GRANTEE} --instance=INSTANCE" in err
     assert f'REVOKE cloudsqlsuperuser FROM "{GRANTEE}"' in err
+
+
+def test_the_grants_job_fails_at_once_on_this_exit_status():
+    from k8s.tracking import GRANTS_EXIT_ADMIN_MEMBER
+
+    assert GRANTS_EXIT_ADMIN_MEMBER == command.EXIT_ADMIN_MEMBER

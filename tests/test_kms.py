@@ -58,6 +58,23 @@ def test_what_uses_a_key_waits_for_its_grant_to_propagate(stack_runs, stack):
         assert grants[grant].urn in waiting[user.urn], user.urn
 
 
+def test_the_wait_covers_iams_documented_propagation_time():
+    # "typically 2 minutes, potentially 7 minutes or longer" (cloud.google.com/iam/docs/access-change-propagation)
+    amount, unit = int(GRANT_PROPAGATION[:-1]), GRANT_PROPAGATION[-1]
+    assert amount * {"s": 1, "m": 60, "h": 3600}[unit] >= 7 * 60, GRANT_PROPAGATION
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_gkes_agent_exists_before_it_is_granted_the_secrets_key(stack_runs, stack):
+    run = stack_runs[stack]
+    [agent] = [i for i in run.of_type("gcp:projects/serviceIdentity:ServiceIdentity")
+               if i.inputs["service"] == "container.googleapis.com"]
+    grant = run.named("mlflow-keys-secrets-gke")
+    assert agent.urn in grant.dependencies, grant.urn
+    assert grant.inputs["member"] == f"serviceAccount:{agent.state['email']}", grant.urn
+    assert run.named("mlflow-apis-container").urn in waits_for(run)[agent.urn], "the API is on first"
+
+
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_only_gkes_agent_may_use_the_secrets_key(stack_runs, stack):
     run = stack_runs[stack]

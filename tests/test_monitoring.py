@@ -64,6 +64,33 @@ def test_dashboard_draws_the_hpa_bounds_of_the_stack():
     assert [t["value"] for t in thresholds] == [2, 10]
 
 
+def numeric_zeros(node, path="") -> list[str]:
+    if isinstance(node, dict):
+        return [found for key, value in node.items() for found in numeric_zeros(value, f"{path}.{key}")]
+    if isinstance(node, list):
+        return [found for i, value in enumerate(node) for found in numeric_zeros(value, f"{path}[{i}]")]
+    return [path] if not isinstance(node, bool) and isinstance(node, (int, float)) and node == 0 else []
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_dashboard_leaves_out_the_zeros_the_api_leaves_out(stack):
+    # The Monitoring API omits zero-valued fields (a tile at xPos/yPos 0): declaring them would show a
+    # difference on every `up` (hashicorp/terraform-provider-google#7242).
+    document = dashboard(stack)
+    assert numeric_zeros(document) == []
+    origin = [tile for tile in document["mosaicLayout"]["tiles"] if "xPos" not in tile and "yPos" not in tile]
+    assert [tile["widget"]["title"] for tile in origin] == ["Tracking: requests/s by status"]
+
+
+def test_a_zero_threshold_is_left_out_and_the_rest_kept():
+    document = json.loads(render_dashboard(environment="dev", tracking_namespace="a", serving_namespace="b",
+                                           bucket="c", serving_min_replicas=0, serving_max_replicas=3))
+    thresholds = next(tile["widget"]["xyChart"]["thresholds"] for tile in document["mosaicLayout"]["tiles"]
+                      if tile["widget"]["title"].startswith("Serving: replicas"))
+    assert thresholds == [{"label": "HPA min"}, {"label": "HPA max", "value": 3}]
+    assert numeric_zeros(document) == []
+
+
 def test_unfilled_placeholder_fails(tmp_path):
     template = tmp_path / "d.json"
     template.write_text('{"displayName": "${nope}"}')

@@ -34,3 +34,10 @@ def test_repository_url_is_the_docker_host_path(run_component):
 def test_keep_versions_must_be_positive():
     with pytest.raises(ValueError, match="keep_versions=0"):
         ImageRepositoryArgs(**ARGS, keep_versions=0)
+
+
+def test_tags_stay_mutable_because_rebuilds_push_the_same_tag_again(run_component):
+    # pulumi-docker-build rebuilds whenever its state has no matching contextHash (a recreated stack, an
+    # interrupted `up`): the same tag then names a new digest, which an immutable repository refuses.
+    repo = build(run_component).named("reg-repo")
+    assert repo.inputs["dockerConfig"] == {"immutableTags": False}, repo.urn

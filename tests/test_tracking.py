@@ -195,6 +195,20 @@ def test_only_the_database_admin_identity_holds_cloud_sqls_admin_role(stack_runs
     assert unquote(urlsplit(job["env"][0]["value"]).username) == admin.inputs["name"]
 
 
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_grants_job_fails_at_once_when_the_tracking_user_is_a_superuser(stack_runs, stack):
+    # mlflow_dbgrant exits 3 for a cloudsqlsuperuser grantee: retrying cannot mend it, only an operator.
+    grants = run_named_job(stack_runs[stack], "mlflow-db-grants")
+    assert grants["podFailurePolicy"] == {"rules": [{"action": "FailJob", "onExitCodes": {
+        "containerName": "grant-database-privileges", "operator": "In", "values": [3]}}]}
+    assert grants["template"]["spec"]["restartPolicy"] == "Never", "podFailurePolicy refuses OnFailure"
+    assert "grant-database-privileges" in [c["name"] for c in grants["template"]["spec"]["containers"]]
+
+
+def run_named_job(run, name: str) -> dict:
+    return plain(run.named(name).inputs["spec"])
+
+
 def test_grants_precede_the_migration_and_wait_for_both_database_users(stack_runs):
     run = stack_runs["dev"]
     grants = run.named("mlflow-db-grants")
