@@ -23,6 +23,7 @@ built once per store; one lock serialises the builds of every process that share
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import os
@@ -269,6 +270,8 @@ class ImageRoot:
 
 def main() -> None:
     """`make images`: build every image the program pushes into the project's store."""
+    argparse.ArgumentParser(description="Build the tracking, serving and Locust images with buildah into "
+                                        f"the project's store ({DEFAULT_STORE.name}/, or ${STORE_ENV}).").parse_args()
     store = ImageStore(progress=print)
     for source in SOURCES.values():
         print(store.build(source))
