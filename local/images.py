@@ -32,6 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,9 +138,10 @@ class ImageStore:
                 "--runroot", str(self.root / "run")]
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, name: str) -> Iterator[None]:
+        """One process at a time per image (or for the base), across every process sharing the store."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
+        with open(self.root / f".lock-{name}", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -197,10 +199,11 @@ class ImageStore:
     def build(self, source: ImageSource) -> str:
         """Build `source` unless its reference (content hash) is in the store; returns it."""
         reference = source.reference
-        with self._locked():
+        with self._locked(source.name):
             if self.exists(reference):
                 return reference
-            self.ensure_base(base_reference(source.dockerfile))
+            with self._locked("base"):
+                self.ensure_base(base_reference(source.dockerfile))
             self.progress(f"images: building {reference} (buildah, {source.context.name}/Dockerfile, "
                           f"target {source.target})")
             started = time.monotonic()
@@ -213,15 +216,14 @@ class ImageStore:
         return reference
 
     def _evict_other_versions(self, name: str, reference: str) -> None:
-        """Older versions of an image, their root filesystems and dangling build stages: each is a
-        full copy with vfs, so a store would otherwise grow by gigabytes with every change."""
+        """Older versions of an image and their root filesystems: each is a full copy with vfs, so a
+        store would otherwise grow by gigabytes with every change."""
         for container in self.buildah("containers", "containers", "--format", "{{.ContainerName}}").split():
             if container.startswith(f"rootfs-{name}-") and container != _rootfs_name(reference):
                 self.buildah(f"rm-{container}", "rm", container)
         for image in self.buildah("images", "images", "--format", "{{.Name}}:{{.Tag}}").split():
             if image.startswith(f"localhost/{name}:") and image != reference:
                 self.buildah(f"rmi-{image}", "rmi", image)
-        self.buildah("prune", "rmi", "--prune")
 
     def config(self, reference: str) -> dict:
         """The image's OCI config (Env, User, WorkingDir, Cmd, ...)."""
@@ -233,7 +235,7 @@ class ImageStore:
         every pod of that image (they mount it read-only)."""
         reference = self.build(source)
         container = _rootfs_name(reference)
-        with self._locked():
+        with self._locked(source.name):
             listed = self.buildah("containers", "containers", "--format", "{{.ContainerName}}")
             if container not in listed.split():
                 self.buildah(f"from-{container}", "from", "--pull=never", "--name", container, reference)
@@ -273,8 +275,11 @@ def main() -> None:
     argparse.ArgumentParser(description="Build the tracking, serving and Locust images with buildah into "
                                         f"the project's store ({DEFAULT_STORE.name}/, or ${STORE_ENV}).").parse_args()
     store = ImageStore(progress=print)
-    for source in SOURCES.values():
-        print(store.build(source))
+    # Side by side: one build downloads while another installs.
+    with ThreadPoolExecutor(max_workers=len(SOURCES)) as pool:
+        for reference in pool.map(store.build, SOURCES.values()):
+            print(reference)
+    store.buildah("prune", "rmi", "--prune")  # stages of finished builds, now that none runs
 
 
 if __name__ == "__main__":
