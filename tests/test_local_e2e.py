@@ -31,7 +31,7 @@ from local.container import Bind
 from local.images import ImageRoot
 from local.localize import LocalizeError, LocalSite, expand_vars, localize_container
 from local.localplatform import LocalPlatform, parse_auth_settings, refuse_secrets
-from local.manifests import ROOT, Manifests
+from local.manifests import Manifests
 from local.postgres import find_bin_dir
 from local.testing import built_image_containers
 from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive
