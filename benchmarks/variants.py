@@ -5,13 +5,12 @@ the platform's workdir, with its own copy of the secret files."""
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from local.localplatform import EMULATOR_HOST_ENV, LocalPlatform, write_private_file
+from local.localplatform import EMULATOR_HOST_ENV, LocalPlatform
 from k8s.secret_files import FILE_SUFFIX
 from k8s.tracking import AUTH_CONFIG_FILE
 from k8s.serving import ENV_CACHE_PATH
@@ -62,17 +61,18 @@ def _replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
 def _prepare(platform: LocalPlatform, workload: dict, command: LocalCommand, name: str,
              file_edit: Optional[Callable[[Path, str], str]] = None) -> None:
     """The variant's own pod directory, as the platform prepares a pod; `file_edit` changes files."""
+    if file_edit:
+        command = replace(command, files={path: (file_edit(path, text), mode)
+                                          for path, (text, mode) in command.files.items()})
     platform.prepare_pod(workload, command, name)
-    for path, (text, mode) in command.files.items():
-        if file_edit:
-            write_private_file(path, file_edit(path, text), os.stat(path).st_mode & 0o777)
 
 
-def _with_python_path(command: LocalCommand, extra: Path, argv: list[str]) -> LocalCommand:
+def _with_python_path(env: dict[str, str], extra: Optional[Path]) -> tuple[dict[str, str], tuple[Bind, ...]]:
     """More packages importable in the image: `extra` bound at EXTRAS_MOUNT, added to PYTHONPATH."""
-    env = dict(command.env)
-    env["PYTHONPATH"] = ":".join(part for part in (env.get("PYTHONPATH"), EXTRAS_MOUNT) if part)
-    return relaunched(command, argv, env=env, binds=(Bind(extra, EXTRAS_MOUNT),))
+    if extra is None:
+        return env, ()
+    return ({**env, "PYTHONPATH": ":".join(part for part in (env.get("PYTHONPATH"), EXTRAS_MOUNT) if part)},
+            (Bind(extra, EXTRAS_MOUNT),))
 
 
 def _start(platform: LocalPlatform, name: str, argv: list[str], env: dict, cwd: Path, port: int, command: str,
@@ -121,10 +121,10 @@ def serving_variant(platform: LocalPlatform, name: str, *, workers: Optional[int
     if model_uri is not None:
         argv = _replace_flag(argv, "--model-uri", model_uri)
         flags["--model-uri"] = model_uri
-    binds = (Bind(env_cache, ENV_CACHE_PATH, writable=True),) if env_cache is not None else ()
-    command = (_with_python_path(command, extra_pythonpath, argv) if extra_pythonpath is not None
-               else relaunched(command, argv))
-    command = relaunched(command, command.container_argv, binds=binds)
+    env, binds = _with_python_path(command.env, extra_pythonpath)
+    if env_cache is not None:
+        binds += (Bind(env_cache, ENV_CACHE_PATH, writable=True),)
+    command = relaunched(command, argv, env=env, binds=binds)
     _prepare(platform, platform.serving_deployment, command, name)
     return _start(platform, name, command.argv, command.env, command.cwd, port,
                   rendered_serving_command(platform, **flags), "/ping", notes, settings or {})
@@ -215,8 +215,8 @@ def tracking_variant(platform: LocalPlatform, name: str, *, workers: Optional[in
             return edited
     if job_execution is not None:
         settings["job_execution"] = env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if job_execution else "false"
-    command = (_with_python_path(replace(command, env=env), extra_pythonpath, argv) if extra_pythonpath is not None
-               else relaunched(command, argv, env=env))
+    env, binds = _with_python_path(env, extra_pythonpath)
+    command = relaunched(command, argv, env=env, binds=binds)
     _prepare(platform, platform.tracking_deployment, command, name, file_edit)
     if auth_cache_ttl is not None and not any(path.name == AUTH_CONFIG_FILE for path in command.files):
         raise RuntimeError(f"the rendered tracking pod has no {AUTH_CONFIG_FILE} file to change")

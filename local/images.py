@@ -18,7 +18,8 @@ name from Debian's own packages. Everything it differs in from the official base
   PYTHON_VERSION, GPG_KEY or PYTHON_SHA256.
 
 Images are tagged as the program tags them (infra.images.build_tag), so an unchanged image is
-built once per store; one lock serialises the builds of every process that shares the store.
+built once per store; a lock per image (and one for the base) lets every process that shares the
+store wait for a build another started, while different images build side by side.
 """
 
 from __future__ import annotations
@@ -148,11 +149,11 @@ class ImageStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _run(self, step: str, argv: list[str], *, timeout: float = BUILD_TIMEOUT_SECONDS, stdin=None) -> str:
+    def _run(self, step: str, argv: list[str], *, timeout: float = BUILD_TIMEOUT_SECONDS) -> str:
         """Run a tool; its output goes to logs/<step>.log and, on failure, into the error."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', step)}.log"
-        completed = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, timeout=timeout)
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
         log_path.write_text(f"$ {' '.join(argv)}\n{completed.stdout}\n{completed.stderr}")
         if completed.returncode != 0:
             tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-25:])

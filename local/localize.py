@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Mapping, Optional
 
 import yaml
@@ -90,8 +90,6 @@ class LocalSite:
 
 @dataclass(frozen=True)
 class LocalCommand:
-    argv: list[str]
-    """What this machine runs: the launcher of `container_argv` in the image."""
     env: dict[str, str]
     cwd: Path
     files: dict[Path, tuple[str, int]]
@@ -107,42 +105,42 @@ class LocalCommand:
     binds: list[Bind]
     """The pod's volumes: local directory -> mountPath in the image."""
     fs_group: Optional[int]
+    """The pod's fsGroup: group owner of its volumes' files, as the kubelet sets it."""
     user: str
     """uid:gid the container runs as."""
     working_dir: str
     """Its working directory in the image."""
-    """The pod's fsGroup: group owner of its volumes' files, as the kubelet sets it."""
+
+    @property
+    def argv(self) -> list[str]:
+        """What this machine runs: the launcher of `container_argv` in the image."""
+        return container_argv(self.rootfs, self.container_argv, binds=self.binds, user=self.user,
+                              working_dir=self.working_dir)
 
 
 def volume_dir(site: LocalSite, volume_name: str) -> Path:
     return site.volume_root / volume_name
 
 
-def _mounts(container: dict, volumes: list[dict], site: LocalSite) -> list[tuple[str, Path, dict]]:
-    """(mountPath, local dir, volume) of each mount, longest mount path first."""
+def _mounts(container: dict, volumes: list[dict], site: LocalSite) -> list[tuple[Bind, dict]]:
+    """Each volume mount as a bind of the pod's local directory, with its volume, shortest path first
+    (a mount inside another lands on top of it); only an emptyDir is writable, and only if the mount
+    is not readOnly, as Kubernetes mounts them."""
     by_name = {volume["name"]: volume for volume in volumes}
     result = []
     for mount in container.get("volumeMounts", []):
         volume = by_name.get(mount["name"])
         if volume is None:
             raise LocalizeError(f"container {container['name']!r} mounts unknown volume {mount['name']!r}")
-        result.append((mount["mountPath"].rstrip("/") or "/", volume_dir(site, mount["name"]), volume))
-    return sorted(result, key=lambda item: len(item[0]), reverse=True)
+        writable = "emptyDir" in volume and not mount.get("readOnly", False)
+        result.append((Bind(volume_dir(site, mount["name"]), mount["mountPath"].rstrip("/") or "/", writable), volume))
+    return sorted(result, key=lambda item: len(item[0].target))
 
 
-def _local_path(value: str, mounts: list[tuple[str, Path, dict]]) -> Optional[str]:
-    """The local path of `value` if it is a path under a volume mount."""
-    for mount_path, local_dir, _ in mounts:
-        if value == mount_path:
-            return str(local_dir)
-        if value.startswith(mount_path + "/"):
-            return str(local_dir / PurePosixPath(value[len(mount_path) + 1:]))
-    return None
-
-
-def _volume_files(mounts: list[tuple[str, Path, dict]], site: LocalSite, rewrite) -> dict[Path, tuple[str, int]]:
+def _volume_files(mounts: list[tuple[Bind, dict]], site: LocalSite, rewrite) -> dict[Path, tuple[str, int]]:
     files: dict[Path, tuple[str, int]] = {}
-    for _, local_dir, volume in mounts:
+    for bind, volume in mounts:
+        local_dir = bind.source
         if "secret" in volume:
             source = volume["secret"]
             name = source["secretName"]
@@ -277,7 +275,7 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
             changes.append(f"expand argv[{index}]: {before} -> {masked}")
 
     # --- process environment: the image's, then the container's (as the kubelet sets it) -----
-    tmp = _local_path(CLUSTER_TMP, mounts)
+    tmp = next((bind.source for bind, _ in mounts if bind.target == CLUSTER_TMP), None)
     if tmp is None:
         raise LocalizeError(f"container {container['name']!r} has no /tmp volume (HOME and scratch space)")
     process_env = {**site.image.env, **env}
@@ -287,14 +285,12 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
         process_env[name] = value
         changes.append(f"env {name}: added {value}")
 
-    binds = _binds(container, volumes, site)
-    user, working_dir = _run_as(container, site), container.get("workingDir") or site.image.working_dir
     fs_group = site.pod_security.get("fsGroup")
-    return LocalCommand(argv=container_argv(site.image.path, argv, binds=binds, user=user, working_dir=working_dir),
-                        env=process_env, cwd=Path(tmp), files=_volume_files(mounts, site, rewrite_value),
-                        changes=changes, secret_env=frozenset(secret_names), container_argv=argv,
-                        rootfs=site.image.path, binds=binds, fs_group=int(fs_group) if fs_group is not None else None,
-                        user=user, working_dir=working_dir)
+    return LocalCommand(env=process_env, cwd=tmp, files=_volume_files(mounts, site, rewrite_value), changes=changes,
+                        secret_env=frozenset(secret_names), container_argv=argv, rootfs=site.image.path,
+                        binds=[bind for bind, _ in mounts], fs_group=int(fs_group) if fs_group is not None else None,
+                        user=_run_as(container, site),
+                        working_dir=container.get("workingDir") or site.image.working_dir)
 
 
 def relaunched(command: LocalCommand, argv: list[str], *, env: Optional[dict[str, str]] = None,
@@ -304,19 +300,8 @@ def relaunched(command: LocalCommand, argv: list[str], *, env: Optional[dict[str
     targets = {bind.target for bind in binds}
     all_binds = sorted([bind for bind in command.binds if bind.target not in targets] + list(binds),
                        key=lambda bind: len(bind.target))
-    return replace(command, argv=container_argv(command.rootfs, argv, binds=all_binds, user=command.user,
-                                                working_dir=command.working_dir),
-                   env=dict(command.env if env is None else env), container_argv=list(argv), binds=all_binds)
-
-
-def _binds(container: dict, volumes: list[dict], site: LocalSite) -> list[Bind]:
-    """Each volume mount, shortest path first (a mount inside another lands on top of it); only
-    an emptyDir is writable, and only if the mount is not readOnly, as Kubernetes mounts them."""
-    by_name = {volume["name"]: volume for volume in volumes}
-    binds = [Bind(volume_dir(site, mount["name"]), mount["mountPath"],
-                  writable="emptyDir" in by_name[mount["name"]] and not mount.get("readOnly", False))
-             for mount in container.get("volumeMounts", [])]
-    return sorted(binds, key=lambda bind: len(bind.target))
+    return replace(command, env=dict(command.env if env is None else env), container_argv=list(argv),
+                   binds=all_binds)
 
 
 def _run_as(container: dict, site: LocalSite) -> str:

@@ -44,7 +44,7 @@ from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
 from local.lifecycle import SURGE_FIRST, rollout_order, termination
 from local.container import prepare as prepare_mount_points
 from local.images import ImageRoot, ImageStore, built_here, source_for
-from local.localize import LocalCommand, LocalSite, localize_container
+from local.localize import LocalCommand, LocalSite, localize_container, relaunched
 from local.manifests import (
     ROOT, Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
     served_model, service_addresses, sql_proxy_address, workload_containers,
@@ -538,14 +538,17 @@ class LocalPlatform:
                               self.serving_port)
 
     def _run_job(self, job: dict, job_name: str, replace: Optional[dict[str, str]] = None) -> list[JobResult]:
-        """The Job's containers in order; `replace` swaps whole argv words (e.g. a database name)."""
+        """The Job's containers in order; `replace` swaps whole words of their args (e.g. a database
+        name), not of the launcher around them."""
         results = []
         for spec, command in self.job_commands(job, job_name):
+            if replace:
+                executable, *args = command.container_argv
+                command = relaunched(command, [executable, *(replace.get(part, part) for part in args)])
             self.prepare_pod(job, command, job_name)
             log_path = self.logs_dir / f"{job_name}-{spec['name']}.log"
-            argv = [(replace or {}).get(part, part) for part in command.argv]
             self.started_containers.add((job["metadata"]["name"], spec["name"]))
-            completed = run_to_completion(f"{job_name}/{spec['name']}", argv, env=command.env,
+            completed = run_to_completion(f"{job_name}/{spec['name']}", command.argv, env=command.env,
                                           cwd=command.cwd, log_path=log_path, timeout=JOB_TIMEOUT_SECONDS)
             results.append(JobResult(spec["name"], completed.returncode, log_path))
             if completed.returncode != 0:
