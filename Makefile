@@ -22,35 +22,35 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.
 	touch $@
 
 # checkov pins libraries the Pulumi SDK also uses: it gets its own virtualenv.
-$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+$(CHECKOV_VENV)/.installed: tools/requirements-checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-checkov.txt
+	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-checkov.txt
 	touch $@
 
 # What the pods run (mlflow_image/ pins) plus the local stand-ins for Cloud SQL and GCS.
-$(RUNTIME_VENV)/.installed: requirements-runtime.txt mlflow_image/requirements-common.txt \
+$(RUNTIME_VENV)/.installed: tools/requirements-runtime.txt mlflow_image/requirements-common.txt \
 		mlflow_image/requirements-tracking.txt mlflow_image/requirements-serving.txt
 	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-runtime.txt
+	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-runtime.txt
 	touch $@
 
 # The last MLflow 2.x release, to rehearse the upgrade of an existing database (tests/test_upgrade.py).
-$(UPGRADE_VENV)/.installed: requirements-upgrade.txt
+$(UPGRADE_VENV)/.installed: tools/requirements-upgrade.txt
 	$(PYTHON) -m venv $(UPGRADE_VENV)
-	$(UPGRADE_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-upgrade.txt
+	$(UPGRADE_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-upgrade.txt
 	touch $@
 
 # MLServer + mlserver-mlflow, the serving peer of `make bench`: it pins FastAPI and uvloop below what
 # the pods run, so it gets its own virtualenv, never used by the pods or by `make test`.
-$(MLSERVER_VENV)/.installed: requirements-mlserver.txt
+$(MLSERVER_VENV)/.installed: tools/requirements-mlserver.txt
 	$(PYTHON) -m venv $(MLSERVER_VENV)
-	$(MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r requirements-mlserver.txt
+	$(MLSERVER_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-mlserver.txt
 	touch $@
 
 ## make images: build the tracking, serving and Locust images from their Dockerfiles (buildah, as
 ## root; `apt-get install buildah debootstrap`) into .images/; `make local` and `make test` run them.
 images: install
-	$(PY) -m local.images
+	$(PY) -m tools.local.images
 
 install: $(VENV)/.installed
 checkov: $(CHECKOV_VENV)/.installed
@@ -70,29 +70,29 @@ test-fast: install checkov
 
 ## make plan STACK=dev|prod: print every resource of the stack and write plan/<stack>/.
 plan: install
-	$(PY) -m offline.plan --stack $(STACK)
+	$(PY) -m tools.offline.plan --stack $(STACK)
 
 plan-all: install
-	$(PY) -m offline.plan $(addprefix --stack ,$(STACKS)) --quiet
+	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) --quiet
 
 ## make plan-check: fail with a diff when the committed plan/ is stale.
 plan-check: install
-	$(PY) -m offline.plan $(addprefix --stack ,$(STACKS)) --check
+	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) --check
 
 ## make reference: regenerate Pulumi.yaml's config section and README's table from infra/config.py.
 reference: install
-	$(PY) -m offline.reference --write
+	$(PY) -m tools.offline.reference --write
 
 ## make local: the platform on this machine (Postgres, GCS emulator, tracking, serving); Ctrl-C stops it.
 local: install runtime images
-	$(PY) -m local
+	$(PY) -m tools.local
 
 ## make bench [BENCH_ARGS=--quick]: serving, tracking and program-time benchmarks side by side on
-## the local platform, with MLServer beside the serving pod (~10 min); results in benchmarks/results/,
+## the local platform, with MLServer beside the serving pod (~10 min); results in tools/benchmarks/results/,
 ## tables and plots in docs/benchmarks.md (its conclusions are written by hand; tests/test_benchmark_prose.py).
 bench: install runtime mlserver-venv
-	$(PY) -m benchmarks $(BENCH_ARGS)
-	$(PY) -m benchmarks.program_time
+	$(PY) -m tools.benchmarks $(BENCH_ARGS)
+	$(PY) -m tools.benchmarks.program_time
 
 ## make loadtest [DURATION=60] [USERS=16]: Locust (1 master, 2 workers) against a running `make local`,
 ## serving then tracking; results in loadtest-results/local/, report in docs/loadtest.md.
@@ -103,16 +103,16 @@ loadtest: install
 
 ## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [REQUEST=req.json] [TARGET=local|cluster] [STACK=dev]
 promote: install runtime
-	$(PY) -m ops.promote --model '$(MODEL)' --version '$(VERSION)' --alias '$(ALIAS)' \
+	$(PY) -m tools.ops.promote --model '$(MODEL)' --version '$(VERSION)' --alias '$(ALIAS)' \
 		$(foreach r,$(REQUIRE),--require '$(r)') $(if $(REQUEST),--request '$(REQUEST)') --target $(TARGET) --stack $(STACK)
 
 ## make rollback MODEL=iris-classifier ALIAS=champion [TARGET=local|cluster] [STACK=dev]
 rollback: install runtime
-	$(PY) -m ops.promote --model '$(MODEL)' --alias '$(ALIAS)' --rollback --target $(TARGET) --stack $(STACK)
+	$(PY) -m tools.ops.promote --model '$(MODEL)' --alias '$(ALIAS)' --rollback --target $(TARGET) --stack $(STACK)
 
 ## make rotate-secret NAME=admin-password|flask-secret-key|serving-password [TARGET=local|cluster] [STACK=dev]
 rotate-secret: install runtime
-	$(PY) -m ops.rotate_secret --name '$(NAME)' --target $(TARGET) --stack $(STACK)
+	$(PY) -m tools.ops.rotate_secret --name '$(NAME)' --target $(TARGET) --stack $(STACK)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) $(MLSERVER_VENV) .pytest_cache .local loadtest-results

@@ -15,7 +15,7 @@ import pulumi_gcp as gcp
 
 from infra.naming import child_options
 
-DASHBOARD_TEMPLATE = Path(__file__).resolve().parent.parent / "monitoring" / "dashboard.json"
+DASHBOARD_TEMPLATE = Path(__file__).resolve().parent / "dashboard.json"
 
 
 def render_dashboard(*, environment: str, tracking_namespace: str, serving_namespace: str, bucket: str,

@@ -3,7 +3,7 @@ serving user's password. Pods mount them as files through GKE's Secret Manager a
 is readable only by the workload identities of the pods that mount it.
 
 The first version of each comes from a RandomPassword, so its value lives in Pulumi state (encrypted)
-and Secret Manager only; `make rotate-secret` adds later versions (ops/rotate_secret.py).
+and Secret Manager only; `make rotate-secret` adds later versions (tools/ops/rotate_secret.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from loadtest.commands import load_env, master_flags, result_flags, worker_flags
-from local.processes import free_port
+from tools.local.processes import free_port
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import pulumi
 import pytest
 
-from offline.stack import StackRun, read_stack_config, run_program, run_stack
+from tools.offline.stack import StackRun, read_stack_config, run_program, run_stack
 
 BASE_CONFIG = {"gcp:project": "test-project-1", "mlflow-platform:environment": "dev"}
 

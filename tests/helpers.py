@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from offline.mocks import is_secret
+from tools.offline.mocks import is_secret
 
 
 def dig(data: Any, path: str, default: Any = None) -> Any:

@@ -1,6 +1,6 @@
 """Backup and restore rehearsal on a LocalPlatform (docs/runbook.md, "Backup and restore").
 
-Databases: the commands of ops.backup (pg_dump custom format of both databases, drop and
+Databases: the commands of tools.ops.backup (pg_dump custom format of both databases, drop and
 recreate them, pg_restore) with tracking stopped; afterwards runs, models, aliases, users and
 permissions read back equal and both schemas are identical.
 Artifacts: an object deleted from the bucket is recovered. The GCS emulator keeps no
@@ -19,11 +19,11 @@ from urllib.parse import quote
 import pytest
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
-from local.localplatform import generate_password
-from local.manifests import Manifests, flag_value, run_to_completion_containers
-from local.processes import http
-from local.testing import scratch_platform
-from ops.backup import (
+from tools.local.localplatform import generate_password
+from tools.local.manifests import Manifests, flag_value, run_to_completion_containers
+from tools.local.processes import http
+from tools.local.testing import scratch_platform
+from tools.ops.backup import (
     DENIED_GRANTS_SQL, dump_command, pg_env, query_command, recreate_commands, restore_command, run,
 )
 
@@ -203,7 +203,7 @@ def test_no_secret_in_any_log(platform, data, restored):
 
 # ============================ the runbook gives the commands rehearsed here ============================
 def runbook_lines(database: str) -> list[str]:
-    """The command lines of ops.backup as an operator types them through the Cloud SQL Auth Proxy."""
+    """The command lines of tools.ops.backup as an operator types them through the Cloud SQL Auth Proxy."""
     return [shlex.join(dump_command("", "127.0.0.1", 5432, RUNBOOK_DB_USER, database, f"{database}.dump")),
             shlex.join(restore_command("", "127.0.0.1", 5432, RUNBOOK_DB_USER, database, f"{database}.dump"))]
 

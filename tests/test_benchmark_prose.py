@@ -1,6 +1,6 @@
 """docs/benchmarks.md: the tables between `<!-- generated:... -->` markers come from
-benchmarks/report.py; the conclusions around them are written by hand. Every number the prose
-quotes from the latest run is listed here with where it comes from in benchmarks/results/*.json,
+tools/benchmarks/report.py; the conclusions around them are written by hand. Every number the prose
+quotes from the latest run is listed here with where it comes from in tools/benchmarks/results/*.json,
 so a rerun (or a slip of the pen) that leaves a stale number fails until the prose is rewritten."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Callable
 
 import pytest
 
-from benchmarks.report import BLOCK
+from tools.benchmarks.report import BLOCK
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
-RESULTS = {name: json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+RESULTS = {name: json.loads((ROOT / "tools" / "benchmarks" / "results" / f"{name}.json").read_text())
            for name in ("serving", "tracking", "coldstart")}
 SERVING, TRACKING, COLDSTART = RESULTS["serving"], RESULTS["tracking"], RESULTS["coldstart"]
 

@@ -1,4 +1,4 @@
-"""The benchmark harness works end to end: `python -m benchmarks --quick` starts a LocalPlatform,
+"""The benchmark harness works end to end: `python -m tools.benchmarks --quick` starts a LocalPlatform,
 loads the serving and tracking servers, and writes results, plots and a report of the documented
 shape. Only the shape is checked (and that every answer was a success), never a timing: this
 machine is shared and a number says nothing about the harness.

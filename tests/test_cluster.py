@@ -4,7 +4,7 @@ import pulumi
 import pytest
 
 from infra.cluster import GkeCluster, GkeClusterArgs, kubeconfig_for
-from offline.mocks import is_secret
+from tools.offline.mocks import is_secret
 from tests.helpers import dig
 
 ARGS = dict(

@@ -11,7 +11,7 @@ from infra import cloud_rules
 from infra.cloud_rules import NAME_RULES
 from infra.config import (NAME_PREFIX_MAX_LENGTH, ConfigError, Settings, config_keys, load_settings,
                           settings_from_values)
-from offline.stack import ROOT, read_stack_config, run_program
+from tools.offline.stack import ROOT, read_stack_config, run_program
 
 NS = "mlflow-platform"
 VALID = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev"}

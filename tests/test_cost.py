@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from offline.cost import estimate, load_prices, machine_hourly, sql_hourly, totals
-from offline.reference import cost_section
-from offline.stack import ROOT
+from tools.offline.cost import estimate, load_prices, machine_hourly, sql_hourly, totals
+from tools.offline.reference import cost_section
+from tools.offline.stack import ROOT
 
 
 def line(run, prefix: str):
@@ -66,7 +66,7 @@ def test_unit_prices_follow_the_table():
     assert machine_hourly("e2-standard-4", prices) == pytest.approx(4 * 0.021811 + 16 * 0.002923)
     assert machine_hourly("e2-highcpu-4", prices) < machine_hourly("e2-standard-4", prices)
     assert sql_hourly("db-custom-2-7680", "ENTERPRISE", prices) == pytest.approx(2 * 0.0413 + 7.5 * 0.007)
-    assert "Source:" in (ROOT / "pricing" / "prices.yaml").read_text()
+    assert "Source:" in (ROOT / "tools" / "pricing" / "prices.yaml").read_text()
 
 
 def test_readme_cost_section_matches_the_committed_plans():

@@ -1,4 +1,4 @@
-"""Pinned GKE CRD schemas (schemas/crds) and the strict custom-resource validator over them."""
+"""Pinned GKE CRD schemas (tools/schemas/crds) and the strict custom-resource validator over them."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import yaml
 from jsonschema import Draft202012Validator
 
-from offline import crd_validate
-from offline.crd_validate import SCHEMA_DIR, SUPPORTED_KINDS, strict_schema, validate_custom_resource
+from tools.offline import crd_validate
+from tools.offline.crd_validate import SCHEMA_DIR, SUPPORTED_KINDS, strict_schema, validate_custom_resource
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATHS = sorted(SCHEMA_DIR.glob("*.json"))
@@ -100,7 +100,7 @@ def test_schema_file_loads_and_is_a_valid_json_schema(path: Path):
 def test_schema_file_has_provenance(path: Path):
     sources = (SCHEMA_DIR / "SOURCES.md").read_text(encoding="utf-8")
     row = next((line for line in sources.splitlines() if line.startswith(f"| `{path.name}`")), None)
-    assert row, f"{path.name} has no row in schemas/crds/SOURCES.md"
+    assert row, f"{path.name} has no row in tools/schemas/crds/SOURCES.md"
     assert "Apache-2.0" in row, f"{path.name}: license missing from its SOURCES.md row"
     commits = [cell for cell in row.split("`") if len(cell) == 40 and all(c in "0123456789abcdef" for c in cell)]
     assert commits, f"{path.name}: no pinned commit id in its SOURCES.md row"

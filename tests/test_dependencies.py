@@ -1,5 +1,5 @@
 """Dependency completeness over the whole graph: no input names a declared resource by a literal
-without waiting for it (offline/dependencies.py). Shown failing on deliberately broken copies of
+without waiting for it (tools/offline/dependencies.py). Shown failing on deliberately broken copies of
 the program: the two defects that would have stopped the first `pulumi up` come back."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import program
 from infra.network import Network
 from infra.storage import ArtifactBucket
-from offline.dependencies import missing_dependencies
-from offline.stack import run_program, run_stack
+from tools.offline.dependencies import missing_dependencies
+from tools.offline.stack import run_program, run_stack
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from infra.config import ConfigError, settings_from_values
-from offline.crd_validate import validate_custom_resource
-from offline.mocks import OFFLINE_PROJECT_NUMBER
-from offline.render import manifest
+from tools.offline.crd_validate import validate_custom_resource
+from tools.offline.mocks import OFFLINE_PROJECT_NUMBER
+from tools.offline.render import manifest
 
 NS = "mlflow-platform"
 IAP = {"iap": "true", "iapMembers": '["group:ml-team@example.com", "user:ana@example.com"]'}

@@ -164,7 +164,7 @@ def test_iap_grants_are_named_by_member_so_editing_the_list_keeps_the_others(run
 # the plan shows the order `pulumi up` takes -----------------------------------------------------
 @pytest.mark.parametrize("stack", STACKS)
 def test_committed_plan_records_each_resources_dependencies(stack, stack_runs):
-    from offline.render import resources_document
+    from tools.offline.render import resources_document
 
     document = {entry["name"]: entry for entry in resources_document(stack_runs[stack])}
     assert "mlflow-artifacts-bucket" in document["mlflow-identity-bucket-0"]["dependsOn"]
@@ -173,7 +173,7 @@ def test_committed_plan_records_each_resources_dependencies(stack, stack_runs):
 
 
 def test_make_plan_warns_about_an_open_dev_control_plane(capsys):
-    from offline.plan import main
+    from tools.offline.plan import main
 
     assert main(["--stack", "dev", "--stack", "prod", "--check"]) == 0
     err = capsys.readouterr().err
@@ -182,7 +182,7 @@ def test_make_plan_warns_about_an_open_dev_control_plane(capsys):
 
 
 def test_secrets_stay_masked_in_the_dependency_plan(stack_runs):
-    from offline.render import render
+    from tools.offline.render import render
 
     resources = render(stack_runs["prod"])["resources.yaml"]
     password = plain(stack_runs["prod"].named("mlflow-app-secrets-admin-password-value").state["result"])

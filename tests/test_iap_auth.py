@@ -1,4 +1,4 @@
-"""The IAP client plugin (clients/mlflow-iap-auth), installed as a user would, used by MLflow's own
+"""The IAP client plugin (tools/clients/mlflow-iap-auth), installed as a user would, used by MLflow's own
 client against a recording server: basic auth stays in `Authorization`, the IAP token goes in
 `Proxy-Authorization`, and the token is fetched once per lifetime."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = ROOT / "clients" / "mlflow-iap-auth"
+PLUGIN = ROOT / "tools" / "clients" / "mlflow-iap-auth"
 RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
 
 CLIENT = """

@@ -1,5 +1,5 @@
 """What ships, built and run here: the images the program pushes are built from their real
-Dockerfiles by a real daemonless builder (local/images.py), and every container of the rendered
+Dockerfiles by a real daemonless builder (tools/local/images.py), and every container of the rendered
 plans that names one of them starts inside it as its pod runs it (uid 10001, read-only root, /tmp
 writable). The dev plan's containers are started by tests/test_local_e2e.py's platform; this
 module starts the prod plan's."""
@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from local.container import Bind, container_argv, prepare
-from local.images import SOURCES, ImageBuildError, ImageStore, base_reference, debian_mirror, source_for
-from local.manifests import Manifests
-from local.testing import built_image_containers, scratch_platform
+from tools.local.container import Bind, container_argv, prepare
+from tools.local.images import SOURCES, ImageBuildError, ImageStore, base_reference, debian_mirror, source_for
+from tools.local.manifests import Manifests
+from tools.local.testing import built_image_containers, scratch_platform
 
 def test_every_dockerfile_starts_from_the_one_official_base():
     assert {base_reference(source.dockerfile) for source in SOURCES.values()} == {

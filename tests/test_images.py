@@ -12,9 +12,9 @@ import pytest
 from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 
 from infra.images import ROOT, build_tag, context_files, context_hash, image_version
-from offline.stack import read_stack_config, run_program
+from tools.offline.stack import read_stack_config, run_program
 from tests.helpers import container
-from offline.mocks import is_secret
+from tools.offline.mocks import is_secret
 
 IMAGE = "docker-build:index:Image"
 BUILDS = [("mlflow_image", "tracking"), ("mlflow_image", "serving"), ("loadtest", "locust")]

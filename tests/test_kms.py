@@ -7,8 +7,8 @@ import pytest
 
 from infra.config import ConfigError, settings_from_values
 from infra.kms import ENCRYPTER_DECRYPTER, GRANT_PROPAGATION, gke_service_agent
-from offline.dependencies import waits_for
-from offline.mocks import OFFLINE_PROJECT_NUMBER
+from tools.offline.dependencies import waits_for
+from tools.offline.mocks import OFFLINE_PROJECT_NUMBER
 from tests.helpers import dig
 
 NS = "mlflow-platform"

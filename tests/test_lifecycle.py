@@ -1,5 +1,5 @@
 """Pod shutdown as the manifests declare it (preStop drain, grace period, keep-alive), how the
-local platform reads it (local/lifecycle.py), and the local load balancer's configuration."""
+local platform reads it (tools/local/lifecycle.py), and the local load balancer's configuration."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 
 from k8s import serving, tracking
 from k8s.pods import drain_on_stop
-from local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, haproxy_config
-from local.lifecycle import REMOVE_FIRST, SURGE_FIRST, pre_stop_seconds, rollout_order, termination
-from local.manifests import Manifests, container
-from local.processes import LocalPlatformError
+from tools.local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, haproxy_config
+from tools.local.lifecycle import REMOVE_FIRST, SURGE_FIRST, pre_stop_seconds, rollout_order, termination
+from tools.local.manifests import Manifests, container
+from tools.local.processes import LocalPlatformError
 
 SERVED = {"tracking": "mlflow", "serving": "serving"}  # the container behind each Service
 

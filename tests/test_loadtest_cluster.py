@@ -22,11 +22,11 @@ from k8s.loadtest import CREDENTIALS_KSA, NAMESPACE, RUN_LABEL, master_name, wor
 from loadtest import cluster
 from loadtest.cluster import ClusterRun, ClusterRunError, ClusterRunner, job_from_template, run_cluster
 from loadtest.pod_results import END, extract, pack
-from offline.cost import cost_markdown
-from offline import crd_validate
-from offline.render import render
-from offline.stack import ROOT, read_stack_config, run_program
-from policy import rules
+from tools.offline.cost import cost_markdown
+from tools.offline import crd_validate
+from tools.offline.render import render
+from tools.offline.stack import ROOT, read_stack_config, run_program
+from tools.policy import rules
 from tests.test_manifests import KUBERNETES_VERSION, checkov
 from tests.test_promote import FakeClock
 
@@ -488,9 +488,9 @@ def test_without_the_pulumi_cli_the_error_says_so(tmp_path):
         run_cluster("dev", [("serving", 4)], 30, tmp_path, ROOT, select=select, apis=lambda _: pytest.fail("no"))
 
 
-# --- who reaches whom (offline/reachability.py evaluates the NetworkPolicies) -------------------
+# --- who reaches whom (tools/offline/reachability.py evaluates the NetworkPolicies) -------------------
 def locust_pod(run, template: str, index: int):
-    from offline.reachability import Pod
+    from tools.offline.reachability import Pod
     from tests.test_reachability import range_host
 
     record = next(r for r in run.of_type("kubernetes:batch/v1:CronJob") if r.inputs["metadata"]["name"] == template)
@@ -500,7 +500,7 @@ def locust_pod(run, template: str, index: int):
 
 
 def test_the_load_test_reaches_both_services_and_only_its_workers_reach_a_master(on_runs):
-    from offline.reachability import ClusterPolicies, other_pod, through_load_balancer
+    from tools.offline.reachability import ClusterPolicies, other_pod, through_load_balancer
     from tests.test_reachability import Endpoints
 
     for stack, run in on_runs.items():
@@ -517,7 +517,7 @@ def test_the_load_test_reaches_both_services_and_only_its_workers_reach_a_master
 
 
 def test_tracking_admits_a_pod_of_the_load_test_namespace_only_when_load_testing_is_on(stack_runs, on_runs):
-    from offline.reachability import ClusterPolicies, other_pod
+    from tools.offline.reachability import ClusterPolicies, other_pod
     from tests.test_reachability import Endpoints
 
     def admitted(run) -> bool:

@@ -18,11 +18,11 @@ from k8s.secret_files import SECRETS_DIR
 from loadtest.commands import MASTER_PORT, load_env
 from loadtest.pod_results import extract
 from loadtest.results import endpoints, history
-from local.container import Bind, container_argv, prepare
-from local.images import SOURCES, ImageStore
-from local.processes import free_port
-from local.testing import scratch_platform
-from offline.render import render
+from tools.local.container import Bind, container_argv, prepare
+from tools.local.images import SOURCES, ImageStore
+from tools.local.processes import free_port
+from tools.local.testing import scratch_platform
+from tools.offline.render import render
 from tests.test_loadtest_cluster import ON, run_with
 
 # What differs between the pod and this machine; everything else is the rendered command as is.

@@ -27,18 +27,18 @@ import pytest
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from k8s.serving import ENV_CACHE_PATH, ENV_VOLUME, SERVING_PORT
 from k8s.tracking import TRACKING_PORT, auth_config_ini
-from local.container import Bind
-from local.images import ImageRoot
-from local.localize import LocalizeError, LocalSite, expand_vars, localize_container
-from local.localplatform import LocalPlatform, parse_auth_settings, refuse_secrets
-from local.manifests import Manifests
-from local.postgres import find_bin_dir
-from local.testing import built_image_containers
-from local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive
-from offline.plan import write_plan
-from offline.render import render
-from offline.stack import run_stack
-from ops.backup import pg_env, query_command, run
+from tools.local.container import Bind
+from tools.local.images import ImageRoot
+from tools.local.localize import LocalizeError, LocalSite, expand_vars, localize_container
+from tools.local.localplatform import LocalPlatform, parse_auth_settings, refuse_secrets
+from tools.local.manifests import Manifests
+from tools.local.postgres import find_bin_dir
+from tools.local.testing import built_image_containers
+from tools.local.processes import HttpResponse, LocalPlatformError, descendants, http, pids_alive
+from tools.offline.plan import write_plan
+from tools.offline.render import render
+from tools.offline.stack import run_stack
+from tools.ops.backup import pg_env, query_command, run
 
 CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 # What a built image's config gives every container (the fake images of the unit tests).
@@ -302,7 +302,7 @@ def test_auth_settings_come_from_the_tracking_annotation():
 
 
 def test_missing_postgres_names_the_package(monkeypatch):
-    import local.postgres as postgres
+    import tools.local.postgres as postgres
 
     monkeypatch.setattr(postgres.shutil, "which", lambda name: None)
     monkeypatch.setattr(postgres.glob, "glob", lambda pattern: [])
@@ -355,17 +355,17 @@ def migrate_while_the_database_refuses(local: LocalPlatform) -> str:
     Cloud SQL proxy does on a new project until IAM propagates): the first to reach the database,
     the grants Job, comes back after a first failed attempt."""
     log = local.logs_dir / "db-grants-grant-database-privileges.log"
-    local.postgres.stop()
+    tools.local.postgres.stop()
     with ThreadPoolExecutor(max_workers=1) as pool:
         job = pool.submit(local.run_migrations)
         deadline = time.monotonic() + 60
         while "attempt 1 failed" not in (log.read_text() if log.exists() else ""):
             if job.done() or time.monotonic() > deadline:
-                local.postgres.start()
+                tools.local.postgres.start()
                 outcome = job.exception() if job.done() else "nothing yet"
                 raise AssertionError(f"the grants Job logged no failed attempt; it ended with {outcome}")
             time.sleep(0.2)
-        local.postgres.start()
+        tools.local.postgres.start()
         job.result(timeout=300)
     return log.read_text()
 
@@ -422,7 +422,7 @@ def first_up(request, ingress_plan) -> FirstUp:
     try:
         try:
             yield rehearse_first_up(local)
-            started = {pid for p in local.processes() if p.running for pid in (p.pid, *descendants(p.pid))}
+            started = {pid for p in tools.local.processes() if p.running for pid in (p.pid, *descendants(p.pid))}
         finally:
             local.stop()
         assert started and not pids_alive(started), "processes left behind"

@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from offline import plan
-from offline.render import SECRET_MASK, render
-from offline.stack import ROOT
+from tools.offline import plan
+from tools.offline.render import SECRET_MASK, render
+from tools.offline.stack import ROOT
 
 # The REGULAR/STABLE release channels' default minor when this was written (GKE, Nov 2026).
 KUBERNETES_VERSION = "1.35.0"
@@ -36,7 +36,7 @@ def test_committed_plan_is_current(stack_runs, stack):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_render_is_byte_identical_across_runs(stack_runs, stack):
-    from offline.stack import run_stack
+    from tools.offline.stack import run_stack
 
     assert render(run_stack(stack)) == render(stack_runs[stack])
 

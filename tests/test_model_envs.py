@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import pytest
 
-from local.processes import http
-from local.testing import scratch_platform
-from ops.promote import (
+from tools.local.processes import http
+from tools.local.testing import scratch_platform
+from tools.ops.promote import (
     EXIT_REHEARSAL, RuntimeGranter, RuntimeRunner, WouldNotServe, local_verifier, promote, registry_client,
 )
-from ops.rollout import PlatformRoller
+from tools.ops.rollout import PlatformRoller
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from infra.monitoring import render_dashboard, serving_error_ratio_query, serving_p99_query
-from offline.stack import ROOT
+from tools.offline.stack import ROOT
 
 # What the exporters of this platform produce (tracking: prometheus-flask-exporter via
 # --expose-prometheus; serving: mlflow_serving.metrics; proxy: --prometheus; GMP: up).

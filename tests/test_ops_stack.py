@@ -10,9 +10,9 @@ import pytest
 from pulumi import automation as auto
 
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD
-from ops import promote, rotate_secret
-from ops.secret_manager import SecretManagerError, app_secret
-from ops.stack import ROOT, StackOutputError, StackOutputs
+from tools.ops import promote, rotate_secret
+from tools.ops.secret_manager import SecretManagerError, app_secret
+from tools.ops.stack import ROOT, StackOutputError, StackOutputs
 
 KUBECONFIGS = {cluster: {"apiVersion": "v1", "kind": "Config", "current-context": cluster}
                for cluster in ("platform", "serving")}

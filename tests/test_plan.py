@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from offline import plan, reference
-from offline.stack import ROOT
+from tools.offline import plan, reference
+from tools.offline.stack import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +49,7 @@ def test_plan_never_prints_secrets(capsys, stack_runs):
 def test_plan_of_an_invalid_stack_names_the_problem(capsys, tmp_path, monkeypatch):
     (tmp_path / "Pulumi.broken.yaml").write_text(
         "config:\n  gcp:project: my-proj-123\n  mlflow-platform:environment: dev\n  mlflow-platform:minNodes: 9\n")
-    monkeypatch.setattr("offline.stack.ROOT", tmp_path)
+    monkeypatch.setattr("tools.offline.stack.ROOT", tmp_path)
     code, out, err = plan_output(capsys, "broken")
     assert code == 2 and out == ""
     assert "mlflow-platform:minNodes = 9: must be <= mlflow-platform:maxNodes (3)" in err

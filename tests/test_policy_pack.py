@@ -1,4 +1,4 @@
-"""The policy pack (policy/): its rules pass the committed dev and prod stacks, each rule catches the
+"""The policy pack (tools/policy/): its rules pass the committed dev and prod stacks, each rule catches the
 problem it exists for, and the pack builds and runs with the real pulumi_policy runtime."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
-from offline.mocks import secret
-from offline.stack import ROOT, StackRun
-from policy import rules
+from tools.offline.mocks import secret
+from tools.offline.stack import ROOT, StackRun
+from tools.policy import rules
 
 STACKS = ["dev", "prod"]
 RULES = {name: check for name, _, check in rules.POLICIES}
@@ -220,11 +220,11 @@ def test_rules_see_through_secrets(runs):
 
 @pytest.fixture
 def pack(monkeypatch) -> dict:
-    """policy/__main__.py run as the Pulumi CLI runs it, with PolicyPack capturing instead of serving gRPC."""
+    """tools/policy/__main__.py run as the Pulumi CLI runs it, with PolicyPack capturing instead of serving gRPC."""
     captured: dict = {}
     monkeypatch.setattr(pulumi_policy, "PolicyPack", lambda **kwargs: captured.update(kwargs))
     try:
-        runpy.run_path(str(ROOT / "policy"), run_name="__main__")
+        runpy.run_path(str(ROOT / "tools" / "policy"), run_name="__main__")
     finally:
         sys.modules.pop("rules", None)  # imported from the pack directory, as the CLI does
     return captured

@@ -6,13 +6,13 @@ import socket
 import subprocess
 import sys
 
-from local import processes
-from local.processes import PORT_RANGE, free_port
+from tools.local import processes
+from tools.local.processes import PORT_RANGE, free_port
 
 
 def test_ports_are_claimed_once_across_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(processes, "PORT_CLAIMS", tmp_path)
-    code = ("import sys; from pathlib import Path; from local import processes; "
+    code = ("import sys; from pathlib import Path; from tools.local import processes; "
             f"processes.PORT_CLAIMS = Path({str(tmp_path)!r}); "
             "print(' '.join(str(processes.free_port()) for _ in range(300)))")
     runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]

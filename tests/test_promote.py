@@ -1,4 +1,4 @@
-"""Promotion and rollback (`python -m ops.promote`, `make promote`).
+"""Promotion and rollback (`python -m tools.ops.promote`, `make promote`).
 
 Unit tests pin down the gates, the order of changes and what a failed rollout undoes (an
 in-memory registry), the Kubernetes patch and rollout checks (a fake API; the real client
@@ -31,15 +31,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from k8s.serving import ROLLOUT_ANNOTATION
-from local.manifests import ROOT
-from local.processes import http
-from local.testing import scratch_platform
-from ops import promote as promote_module
-from ops.promote import (
+from tools.local.manifests import ROOT
+from tools.local.processes import http
+from tools.local.testing import scratch_platform
+from tools.ops import promote as promote_module
+from tools.ops.promote import (
     EXIT_ERROR, EXIT_GATE, EXIT_ROLLOUT, GateFailed, PromotionError, Requirement, RolloutFailed, RuntimeGranter,
     previous_tag, promote, registry_client, rollback,
 )
-from ops.rollout import (
+from tools.ops.rollout import (
     FIELD_MANAGER, STRATEGIC_MERGE_PATCH, ClusterRoller, LocalSignalRoller, PlatformRoller, RolloutError,
     rollout_patch, rollout_status,
 )
@@ -52,7 +52,7 @@ CHECKS = Path(__file__).resolve().parent / "local_client_checks.py"
 
 # ============================ unit: the promotion logic, in memory ============================
 class MemoryRegistry:
-    """The MlflowClient calls ops.promote makes, on dicts, answering with MLflow's own entities and
+    """The MlflowClient calls tools.ops.promote makes, on dicts, answering with MLflow's own entities and
     errors; `writes` lists every change in order."""
 
     def __init__(self):
@@ -369,7 +369,7 @@ def test_real_kubernetes_client_sends_the_strategic_merge_patch():
     """The installed client (requirements-dev.txt) against a stub API server on 127.0.0.1."""
     kubernetes = pytest.importorskip("kubernetes", reason="the Kubernetes client is not installed in .venv: "
                                      "add kubernetes==37.0.2 to requirements-dev.txt")
-    from ops.rollout import apps_api, load_api_client
+    from tools.ops.rollout import apps_api, load_api_client
 
     seen = []
     body = {"apiVersion": "apps/v1", "kind": "Deployment",
@@ -423,7 +423,7 @@ def test_real_kubernetes_client_sends_the_strategic_merge_patch():
 STAND_IN = textwrap.dedent("""
     import os, sys, time
     from pathlib import Path
-    from local.rollout import Rollouts, write_pid_file
+    from tools.local.rollout import Rollouts, write_pid_file
 
     workdir, mode = Path(sys.argv[2]), sys.argv[3]
 
@@ -452,7 +452,7 @@ STAND_IN = textwrap.dedent("""
 
 @pytest.fixture
 def stand_in(tmp_path):
-    """Processes shaped like `make local` for local.rollout.local_pid (`python -c CODE local ...`)."""
+    """Processes shaped like `make local` for tools.local.rollout.local_pid (`python -c CODE local ...`)."""
     procs = []
 
     def start(mode: str) -> Path:
@@ -486,7 +486,7 @@ def test_signal_roller_asks_the_running_make_local_and_waits_for_its_answer(stan
 
 
 def test_a_rollout_request_names_the_component_make_local_rolls(stand_in):
-    from local.rollout import request_rollout
+    from tools.local.rollout import request_rollout
 
     workdir = stand_in("ok")
     status = request_rollout(workdir, timeout=20, component="tracking")
@@ -498,7 +498,7 @@ def test_a_rollout_request_names_the_component_make_local_rolls(stand_in):
 
 
 def test_signal_roller_without_a_running_make_local_is_an_error(tmp_path):
-    (tmp_path / "local.pid").write_text(f"{os.getpid()}\n")  # pytest: not a `python -m local`
+    (tmp_path / "local.pid").write_text(f"{os.getpid()}\n")  # pytest: not a `python -m tools.local`
     with pytest.raises(RolloutError, match="no running `make local` uses"):
         LocalSignalRoller(tmp_path, timeout=5).roll("m", "champion", "2")
 
@@ -554,12 +554,12 @@ def served_version(platform, versions) -> str:
 
 
 def cli(platform, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m ops.promote --target local` against this platform, as with a `make local` whose
-    endpoints.json it reads (there is no `python -m local` process to signal)."""
+    """`python -m tools.ops.promote --target local` against this platform, as with a `make local` whose
+    endpoints.json it reads (there is no `python -m tools.local` process to signal)."""
     (tmp_path / "endpoints.json").write_text(json.dumps(platform.endpoints()))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
            "MLFLOW_LOCAL_RUNTIME_VENV": str(platform.runtime_venv)}
-    return subprocess.run([sys.executable, "-m", "ops.promote", "--model", platform.model_name, *args,
+    return subprocess.run([sys.executable, "-m", "tools.ops.promote", "--model", platform.model_name, *args,
                            "--workdir", str(tmp_path), "--timeout", "5"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -604,7 +604,7 @@ def test_command_line_errors_are_clear(platform, versions, tmp_path, args, messa
 def test_missing_model_is_a_clear_error(platform, tmp_path):
     (tmp_path / "endpoints.json").write_text(json.dumps(platform.endpoints()))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    result = subprocess.run([sys.executable, "-m", "ops.promote", "--model", "no-such-model", "--version", "1",
+    result = subprocess.run([sys.executable, "-m", "tools.ops.promote", "--model", "no-such-model", "--version", "1",
                              "--alias", "champion", "--workdir", str(tmp_path)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == EXIT_ERROR

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from offline.quota import GLOBAL, quota_markdown, usage
-from offline.render import render
-from offline.stack import ROOT
+from tools.offline.quota import GLOBAL, quota_markdown, usage
+from tools.offline.render import render
+from tools.offline.stack import ROOT
 
 REGION = "us-central1"
 

@@ -1,5 +1,5 @@
 """Who must reach whom, and who must not, checked against the rendered NetworkPolicies of both
-stacks (offline/reachability.py evaluates them as Kubernetes does).
+stacks (tools/offline/reachability.py evaluates them as Kubernetes does).
 
 One table: the source, the destination workload and port, and whether dev and prod must allow it
 (None: the path does not exist in that stack). A broken copy of the program (collectors admitted
@@ -13,8 +13,8 @@ import ipaddress
 import pytest
 
 import k8s.tracking
-from offline.reachability import ClusterPolicies, External, Pod, other_pod, through_load_balancer, workload_pod
-from offline.stack import run_stack
+from tools.offline.reachability import ClusterPolicies, External, Pod, other_pod, through_load_balancer, workload_pod
+from tools.offline.stack import run_stack
 
 GOOGLE_FRONT_END = "130.211.0.9"
 GOOGLE_HEALTH_CHECKER = "35.191.0.9"

@@ -12,11 +12,11 @@ import psutil
 import pytest
 
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
-from local.processes import http
-from local.secretmanager import LocalSecretManager
-from ops.rollout import RESTARTED_AT_ANNOTATION, ClusterRoller, RolloutError
-from ops.rotate_secret import ROTATIONS, RotationError, parse_args, rotate, runtime_password_setter
-from ops.secret_manager import CloudSecretManager, SecretManagerError
+from tools.local.processes import http
+from tools.local.secretmanager import LocalSecretManager
+from tools.ops.rollout import RESTARTED_AT_ANNOTATION, ClusterRoller, RolloutError
+from tools.ops.rotate_secret import ROTATIONS, RotationError, parse_args, rotate, runtime_password_setter
+from tools.ops.secret_manager import CloudSecretManager, SecretManagerError
 
 SECRETS = {ADMIN_PASSWORD: "admin-id", FLASK_SECRET_KEY: "flask-id", SERVING_PASSWORD: "serving-id"}
 
@@ -166,7 +166,7 @@ IRIS_ROW = {"dataframe_split": {"columns": ["sepal length (cm)", "sepal width (c
 
 @pytest.fixture(scope="module")
 def platform(request):
-    from local.testing import scratch_platform
+    from tools.local.testing import scratch_platform
 
     with scratch_platform(request, "mlflow-rotate-") as local:
         local.start()
@@ -215,7 +215,7 @@ def rotate_on(platform, name: str) -> int:
     def roll(component: str) -> str:
         platform.roll_tracking() if component == "tracking" else platform.restart_serving()
         return f"{component} rolled"
-    from local.localplatform import generate_password
+    from tools.local.localplatform import generate_password
 
     return rotate(name, store=platform.secret_manager, secrets=platform.secret_ids,
                   set_password=runtime_password_setter(platform.bin_dir / "python", platform.tracking_url),

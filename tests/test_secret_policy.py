@@ -10,8 +10,8 @@ import copy
 
 import pytest
 
-from offline.mocks import secret
-from policy import rules
+from tools.offline.mocks import secret
+from tools.policy import rules
 
 RULE = rules.check_kubernetes_secrets_hold_no_credentials
 SECRET = rules.K8S_SECRET_TYPE

@@ -10,7 +10,7 @@ import yaml
 from infra.identity import WORKLOAD_IDENTITY_ANNOTATION
 from infra.secrets import ACCESSOR, SECRET_LENGTHS, AppSecretsArgs, workload_principal
 from k8s.secret_files import CSI_DRIVER, SPC_PROVIDER, provider_class_spec, with_file_env
-from offline.mocks import OFFLINE_PROJECT_NUMBER, is_secret
+from tools.offline.mocks import OFFLINE_PROJECT_NUMBER, is_secret
 from tests.helpers import plain, pod_spec
 
 STACKS = ["dev", "prod"]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from local.localplatform import DEFAULT_RUNTIME_VENV
-from local.processes import ManagedProcess, free_port, http_ok
+from tools.local.localplatform import DEFAULT_RUNTIME_VENV
+from tools.local.processes import ManagedProcess, free_port, http_ok
 from tests.wire.corpus import CORPUS, scaled_row
 
 pytestmark = pytest.mark.slow

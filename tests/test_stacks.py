@@ -7,9 +7,9 @@ import json
 import pytest
 
 from infra.naming import gcp_labels
-from offline.mocks import is_secret
-from offline.render import resources_document
-from policy.rules import STATEFUL_TYPES
+from tools.offline.mocks import is_secret
+from tools.offline.render import resources_document
+from tools.policy.rules import STATEFUL_TYPES
 from tests.helpers import dig
 
 STACKS = ["dev", "prod"]

@@ -15,7 +15,7 @@ from k8s.tracking import (
     AUTH_CONFIG_FILE, TrackingServerArgs, allowed_hosts, auth_config_ini, postgres_uri, tracking_args,
     tracking_env,
 )
-from offline.mocks import is_secret
+from tools.offline.mocks import is_secret
 from tests.helpers import container, containers, env_of, pod_spec, plain
 
 DOCKERFILE = Path(__file__).resolve().parent.parent / "mlflow_image" / "Dockerfile"

@@ -1,5 +1,5 @@
 """Nothing fails while the platform changes (DESIGN decision 10), rehearsed on one local platform
-under Locust load, behind its HAProxy load balancer (local/balancer.py), with pods replaced as
+under Locust load, behind its HAProxy load balancer (tools/local/balancer.py), with pods replaced as
 their Deployments' strategies declare and stopped through their preStop, SIGTERM and grace period:
 
 1. three promotions of serving in a row under steady load: no failed request, and every request
@@ -26,11 +26,11 @@ from loadtest.locust_run import LoadRun, LocustProcesses, wait_for_first_request
 from loadtest.payloads import PROBE_ROW, dataframe_split
 from loadtest.report import update_rehearsals
 from loadtest.results import endpoints, history, started_at
-from local.manifests import ROOT
-from local.processes import http
-from local.testing import scratch_platform
-from ops.promote import RuntimeGranter, promote, registry_client
-from ops.rollout import PlatformRoller
+from tools.local.manifests import ROOT
+from tools.local.processes import http
+from tools.local.testing import scratch_platform
+from tools.ops.promote import RuntimeGranter, promote, registry_client
+from tools.ops.rollout import PlatformRoller
 
 pytestmark = pytest.mark.slow
 

@@ -2,7 +2,7 @@
 migration Job (plan/dev/k8s), read back by the pinned MLflow 3.x.
 
 One LocalPlatform for the module: Postgres and the bucket start empty; MLflow 2.22.5 (its own
-virtualenv, .venv-mlflow2 from requirements-upgrade.txt: `make upgrade-venv`, built here if
+virtualenv, .venv-mlflow2 from tools/requirements-upgrade.txt: `make upgrade-venv`, built here if
 missing) runs `mlflow server --app-name basic-auth` on them and is seeded with experiments, runs,
 artifacts, a registered model with two versions and an alias, users and grants. Then the
 rendered migration Job runs, tracking (3.x) starts on the same data, and every item is compared
@@ -18,12 +18,12 @@ from types import SimpleNamespace
 import pytest
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
-from local.legacy import LEGACY_REQUIREMENTS, LegacyTracking, ensure_venv
-from local.localize import relaunched
-from local.localplatform import generate_password
-from local.processes import LocalPlatformError, http, run_to_completion
-from local.testing import scratch_platform
-from ops.backup import DENIED_GRANTS_SQL, pg_env, query_command, run
+from tools.local.legacy import LEGACY_REQUIREMENTS, LegacyTracking, ensure_venv
+from tools.local.localize import relaunched
+from tools.local.localplatform import generate_password
+from tools.local.processes import LocalPlatformError, http, run_to_completion
+from tools.local.testing import scratch_platform
+from tools.ops.backup import DENIED_GRANTS_SQL, pg_env, query_command, run
 
 # Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow

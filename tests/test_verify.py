@@ -1,13 +1,13 @@
-"""What `make promote` proves beyond the registry (ops.verify): the rehearsal before the alias moves,
+"""What `make promote` proves beyond the registry (tools.ops.verify): the rehearsal before the alias moves,
 the answer to the version's input example after the rollout, on both targets (pure and in memory)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ops.promote import EXIT_REHEARSAL, EXIT_ROLLOUT, RolloutFailed, WouldNotServe, promote, rollback
-from ops.rollout import RolloutError
-from ops.verify import (
+from tools.ops.promote import EXIT_REHEARSAL, EXIT_ROLLOUT, RolloutFailed, WouldNotServe, promote, rollback
+from tools.ops.rollout import RolloutError
+from tools.ops.verify import (
     ClusterVerifier, RehearsalFailed, Rehearsed, check_answer, rehearsal_args, rehearsal_job, rehearsal_result,
 )
 from tests.test_promote import MemoryRegistry, Recorder

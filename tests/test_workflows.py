@@ -125,7 +125,7 @@ def policy_problems(workflow: dict) -> list[str]:
         packs = str(step["with"].get("policyPacks", "")).split()
         if "policy" not in packs:
             problems.append(f"{job_id}: pulumi {step['with'].get('command')} runs without the policy pack")
-        if not any("policy/requirements.txt" in s.get("run", "") for s in job["steps"][:index]):
+        if not any("tools/policy/requirements.txt" in s.get("run", "") for s in job["steps"][:index]):
             problems.append(f"{job_id}: the policy pack's virtualenv is not installed before pulumi")
     return problems
 

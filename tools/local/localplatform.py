@@ -1,0 +1,787 @@
+"""The platform of plan/<stack>/k8s/ on this machine: Postgres for Cloud SQL, a GCS emulator for
+the bucket, and the migration Job, tracking server, serving-user Job and model server run with
+the rendered commands (changed only as `tools.local.localize` lists).
+
+    with LocalPlatform(workdir) as platform:
+        platform.tracking_url, platform.serving_url, platform.admin_username, platform.admin_password
+        platform.run_client("train", "--model-name", ..., user="admin")
+        platform.restart_tracking(); platform.roll_tracking(); platform.restart_postgres(); ...
+
+Clients reach tracking and serving through HAProxy (tools/local/balancer.py), as they reach the pods
+through a Service in the cluster: `tracking_url` and `serving_url` are the balancer's. A rollout
+(`roll_tracking`, `restart_serving`) replaces the pod as the Deployment's strategy declares and
+stops the old one as the kubelet would: out of the balancer after the endpoint propagation delay,
+its containers' preStop hooks, SIGTERM, SIGKILL at the end of the grace period (tools/local/lifecycle.py).
+
+Every process runs in its own process group with its output in workdir/logs/ (secrets never
+reach the console); leaving the `with` block stops them all. MLFLOW_LOCAL_RUNTIME_VENV names
+another runtime virtualenv (default .venv-runtime), e.g. to rehearse an MLflow upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import string
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+from urllib.parse import quote
+
+import yaml
+
+from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
+from k8s.secret_files import SPC_KIND
+from k8s.serving import SERVING_USERNAME
+from k8s.tracking import ADMIN_USERNAME, postgres_uri
+from tools.local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
+from tools.local.lifecycle import SURGE_FIRST, rollout_order, termination
+from tools.local.container import prepare as prepare_mount_points
+from tools.local.images import ImageRoot, ImageStore, built_here, source_for
+from tools.local.localize import LocalCommand, LocalSite, localize_container, relaunched
+from tools.local.manifests import (
+    ROOT, Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
+    served_model, service_addresses, sql_proxy_address, workload_containers,
+)
+from tools.local.postgres import LocalPostgres
+from tools.local.secretmanager import LocalSecretManager, parse_version_name
+from tools.local.processes import (
+    LocalPlatformError, ManagedProcess, Redactor, free_port, http, http_ok, log_tail, run_to_completion,
+)
+
+CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
+# The serving image's own packages (mlflow_serving: a LightGBM trainer gets LightGBM as a pod does).
+SERVING_PACKAGES_DIR = ROOT / "mlflow_image"
+DEFAULT_RUNTIME_VENV = ROOT / ".venv-runtime"
+RUNTIME_VENV_ENV = "MLFLOW_LOCAL_RUNTIME_VENV"
+AUTH_SETTINGS_ANNOTATION = "mlflow.org/auth-settings"
+EMULATOR_HOST_ENV = "STORAGE_EMULATOR_HOST"
+MAX_STARTUP_SECONDS = 240.0
+JOB_TIMEOUT_SECONDS = 300.0
+
+
+def generate_password(length: int = 32) -> str:
+    """Letters and digits, like the program's RandomPassword(special=False)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def parse_auth_settings(tracking_deployment: dict) -> tuple[str, int]:
+    """(default permission, cache TTL) from the pod-template annotation `READ,ttl=300`."""
+    annotations = tracking_deployment["spec"]["template"]["metadata"].get("annotations", {})
+    value = annotations.get(AUTH_SETTINGS_ANNOTATION, "")
+    match = re.fullmatch(r"(?P<permission>[A-Z_]+),ttl=(?P<ttl>\d+)", value)
+    if not match:
+        raise LocalPlatformError(f"tracking Deployment annotation {AUTH_SETTINGS_ANNOTATION}={value!r}: "
+                                 "expected PERMISSION,ttl=SECONDS")
+    return match["permission"], int(match["ttl"])
+
+
+def probe_url(port: int, probe: dict) -> str:
+    """The local URL of an httpGet probe of a container listening on `port`."""
+    return f"http://127.0.0.1:{port}{probe.get('httpGet', {}).get('path', '/')}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    admin_password: str
+    flask_secret_key: str
+    serving_password: str
+    postgres_superuser_password: str
+
+    @classmethod
+    def generate(cls) -> "Credentials":
+        return cls(generate_password(), generate_password(64), generate_password(), generate_password())
+
+    def values(self) -> list[str]:
+        return [self.admin_password, self.flask_secret_key, self.serving_password,
+                self.postgres_superuser_password]
+
+
+def provider_class_secrets(manifests: Manifests) -> dict[str, str]:
+    """File name (the logical secret: admin-password, ...) -> Secret Manager secret id, from every
+    rendered SecretProviderClass; one file name always names the same secret."""
+    found: dict[str, str] = {}
+    for spc in manifests.all(SPC_KIND):
+        for entry in yaml.safe_load(spc["spec"]["parameters"]["secrets"]) or []:
+            secret, _ = parse_version_name(entry["resourceName"])
+            if found.setdefault(entry["path"], secret) != secret:
+                raise LocalPlatformError(f"file {entry['path']!r} names two secrets: {found[entry['path']]}, {secret}")
+    return found
+
+
+def refuse_secrets(manifests: Manifests) -> None:
+    """The program keeps every credential in Secret Manager: a rendered Kubernetes Secret is an
+    error here, as the policy pack's rule is on `pulumi up`."""
+    for secret in manifests.all("Secret"):
+        meta = secret["metadata"]
+        raise LocalPlatformError(f"Secret {meta['namespace']}/{meta['name']} is rendered: credentials come from "
+                                 "Secret Manager files (SecretProviderClass), never from a Kubernetes Secret")
+
+
+def write_private_file(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(text)
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    returncode: int
+    stdout: str
+    log_path: Path
+
+    def json(self):
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        if not lines:
+            raise LocalPlatformError(f"client printed nothing; log {self.log_path}")
+        return json.loads(lines[-1])
+
+
+@dataclass(frozen=True)
+class JobResult:
+    container: str
+    returncode: int
+    log_path: Path
+
+
+class LocalPlatform:
+    """Postgres, GCS emulator, migrations, tracking, serving user, demo model, serving."""
+
+    def __init__(self, workdir: Path, *, stack: str = "dev", plan_dir: Optional[Path] = None,
+                 runtime_venv: Optional[Path] = None, demo_model: bool = True,
+                 progress: Optional[Callable[[str], None]] = None,
+                 images: Optional[Callable[[str], ImageRoot]] = None):
+        self.workdir = Path(workdir).resolve()
+        self.demo_model = demo_model
+        self.progress = progress or (lambda message: None)
+        # The pods run in the images the manifests name, built here on first use (tools/local/images.py).
+        self._image_roots: dict[str, ImageRoot] = {}
+        self._image_root = images or (lambda image: ImageStore(progress=self.progress).rootfs(source_for(image)))
+        self.runtime_venv = Path(runtime_venv or os.environ.get(RUNTIME_VENV_ENV) or DEFAULT_RUNTIME_VENV)
+        self.bin_dir = self.runtime_venv / "bin"
+        missing = [name for name in ("python", "mlflow", "gcp-storage-emulator") if not (self.bin_dir / name).exists()]
+        if missing:
+            raise LocalPlatformError(f"runtime virtualenv {self.runtime_venv} lacks {', '.join(missing)}: "
+                                     "build it with `make runtime`")
+
+        self.manifests = Manifests.load(stack, plan_dir)
+        m = self.manifests
+        self.tracking_deployment = m.one("Deployment", component="tracking")
+        self.serving_deployment = m.one("Deployment", component="serving")
+        self.migration_job = m.one("Job", component="migration")
+        self.grants_job = m.one("Job", component="database-grants")
+        self.database_users = m.database_users()
+        self.tracking_db_user = flag_value(run_to_completion_containers(self.grants_job)[-1]["args"], "--grantee")
+        self.serving_user_job = m.one("Job", component="serving-setup")
+        self.tracking_container = container(self.tracking_deployment, "mlflow")
+        self.exporter_container = container(self.tracking_deployment, "metrics-exporter")
+        self.serving_container = container(self.serving_deployment, "serving")
+        self.model_name, self.model_alias = served_model(self.serving_container)
+        self.bucket, self.artifacts_prefix = artifacts_bucket(self.tracking_container)
+        self.default_permission, self.auth_cache_ttl = parse_auth_settings(self.tracking_deployment)
+
+        self.credentials = Credentials.generate()
+        self.redact = Redactor(self.credentials.values())
+        # Secret Manager: the application secrets the SecretProviderClasses mount, with their first
+        # versions (what `pulumi up` creates before any pod exists).
+        self.secret_manager = LocalSecretManager(self.workdir / "secretmanager")
+        self.secret_ids = provider_class_secrets(m)
+        shutil.rmtree(self.secret_manager.root, ignore_errors=True)
+        initial = {ADMIN_PASSWORD: self.credentials.admin_password,
+                   FLASK_SECRET_KEY: self.credentials.flask_secret_key,
+                   SERVING_PASSWORD: self.credentials.serving_password}
+        for name, secret in self.secret_ids.items():
+            self.secret_manager.add_version(secret, initial[name])
+        refuse_secrets(m)
+
+        self.postgres_port, self.emulator_port = free_port(), free_port()
+        self.tracking_port, self.serving_port = free_port(), free_port()
+        self.tracking_metrics_port = free_port()
+        self.balancer = LocalBalancer(
+            [self._backend("tracking", self.tracking_container), self._backend("serving", self.serving_container),
+             self._backend("tracking_metrics", self.exporter_container)],
+            self.workdir / "balancer", self.workdir / "logs" / "haproxy.log", lambda text: text)
+        self.pod_generation = {"tracking": 0, "serving": 0}
+        self.retiring: list[threading.Thread] = []  # old pods going through preStop, SIGTERM, grace
+        self.retired: list[ManagedProcess] = []
+        self.logs_dir = self.workdir / "logs"
+        self.secrets_dir = self.workdir / "secrets"
+        self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
+                                      self.credentials.postgres_superuser_password, self.logs_dir / "postgres.log",
+                                      self.redact)
+        self.emulator: Optional[ManagedProcess] = None
+        self.tracking: Optional[ManagedProcess] = None
+        self.tracking_metrics: Optional[ManagedProcess] = None
+        self.serving: Optional[ManagedProcess] = None
+        self.demo_run: Optional[dict] = None
+        self._client_runs = 0
+        # (workload, container) of every rendered container started in its image so far.
+        self.started_containers: set[tuple[str, str]] = set()
+
+    # --- endpoints and credentials -------------------------------------------------------
+    @staticmethod
+    def _backend(name: str, spec: dict) -> Backend:
+        """A balancer backend checking the container's readiness probe, as endpoints follow readiness."""
+        probe = spec.get("readinessProbe") or {}
+        return Backend(name, free_port(), probe.get("httpGet", {}).get("path", "/"), int(probe.get("periodSeconds", 10)),
+                       int(probe.get("failureThreshold", 3)))
+
+    @property
+    def tracking_url(self) -> str:
+        return self.balancer.url("tracking")
+
+    @property
+    def serving_url(self) -> str:
+        return self.balancer.url("serving")
+
+    @property
+    def tracking_pod_url(self) -> str:
+        """The current tracking pod itself, bypassing the balancer (as a port-forward to a pod)."""
+        return f"http://127.0.0.1:{self.tracking_port}"
+
+    @property
+    def serving_pod_url(self) -> str:
+        return f"http://127.0.0.1:{self.serving_port}"
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    @property
+    def admin_username(self) -> str:
+        return ADMIN_USERNAME
+
+    def secret_value(self, name: str) -> str:
+        """The current (latest) value of an application secret in the local Secret Manager."""
+        return self.secret_manager.access(self.secret_ids[name])
+
+    @property
+    def admin_password(self) -> str:
+        return self.secret_value(ADMIN_PASSWORD)
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.secrets_dir / "admin-password"
+
+    @property
+    def serving_password_file(self) -> Path:
+        return self.secrets_dir / "serving-password"
+
+    def write_password_files(self) -> None:
+        """The 0600 files `.local/endpoints.json` points clients to, with the current passwords."""
+        write_private_file(self.admin_password_file, self.admin_password + "\n", 0o600)
+        write_private_file(self.serving_password_file, self.serving_password + "\n", 0o600)
+
+    @property
+    def serving_username(self) -> str:
+        return SERVING_USERNAME
+
+    @property
+    def serving_password(self) -> str:
+        return self.secret_value(SERVING_PASSWORD)
+
+    def database_uri(self, database: str) -> str:
+        """SQLAlchemy URI of a database on the local Postgres, as the tracking user (no password)."""
+        return postgres_uri(self.tracking_db_user, database, port=self.postgres_port)
+
+    def endpoints(self) -> dict:
+        return {
+            "tracking_url": self.tracking_url, "serving_url": self.serving_url,
+            "admin_username": self.admin_username, "admin_password_file": str(self.admin_password_file),
+            "serving_username": self.serving_username,
+            "serving_password_file": str(self.serving_password_file),
+            "secret_manager_dir": str(self.secret_manager.root),
+            "tracking_metrics_url": f"{self.balancer.url('tracking_metrics')}/metrics",
+            "serving_metrics_url": f"{self.serving_url}/metrics",
+
+            "model_uri": f"models:/{self.model_name}@{self.model_alias}",
+            "gcs_emulator_url": self.emulator_url, "bucket": self.bucket,
+            "postgres": f"127.0.0.1:{self.postgres_port}", "logs": str(self.logs_dir),
+        }
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def __enter__(self) -> "LocalPlatform":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.start_storage()
+        self.start_services()
+
+    def start_storage(self) -> None:
+        """Postgres with the user and databases, and the bucket: what exists before MLflow runs
+        (an upgrade rehearsal lets an older MLflow write there before `start_services`)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.postgres.run_as is not None:
+            self.workdir.chmod(0o711)  # the Postgres user must reach workdir/postgres; nothing else is readable
+        self.logs_dir.mkdir(exist_ok=True)
+        self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        self.write_password_files()
+
+        # Built (or found built) before any clock starts: a pod's start-up is not an image build.
+        for image in sorted({spec["image"] for _, spec in workload_containers(self.manifests)}):
+            if built_here(image):
+                self.image_root(image)
+        self.progress(f"postgres: initdb ({self.postgres.bin_dir})")
+        self.postgres.init(trusted_users=tuple(user["name"] for user in self.database_users))
+        self.postgres.start()
+        self.bootstrap_databases()
+        self.progress(f"postgres: ready on 127.0.0.1:{self.postgres_port}")
+        self.start_emulator()
+        self.progress(f"gcs emulator: bucket {self.bucket} on {self.emulator_url}")
+        self.balancer.start()
+        self.progress(f"load balancer: haproxy, tracking {self.tracking_url}, serving {self.serving_url}")
+
+    def start_services(self) -> None:
+        """Migration Job, tracking, serving user (then demo model and serving), on the data there."""
+        self.run_migrations()
+        self.progress("migration job: done")
+        self.start_tracking()
+        self.progress(f"tracking: {self.tracking_url}")
+        self.ensure_serving_user()
+        if self.demo_model:
+            self.demo_run = self.train_model(variant="base")
+            self.progress(f"demo model: {self.model_name} version {self.demo_run['version']} @{self.model_alias}")
+            self.ensure_serving_user()  # as `make promote` would: READ on the model now registered
+            self.start_serving()
+            self.progress(f"serving: {self.serving_url}")
+
+    def stop(self) -> None:
+        """Stop everything started, newest first; every process group is gone afterwards."""
+        errors = []
+        for process in (self.serving, self.tracking_metrics, self.tracking, *self.retired, self.balancer.process,
+                        self.emulator):
+            if process is not None:
+                try:
+                    process.stop()
+                except Exception as err:  # keep stopping the others
+                    errors.append(err)
+        try:
+            self.postgres.stop()
+        except Exception as err:
+            errors.append(err)
+        if errors:
+            raise LocalPlatformError("; ".join(str(err) for err in errors))
+
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.postgres.process, self.emulator, self.balancer.process, self.tracking, self.serving)
+                if p is not None]
+
+    # --- Postgres --------------------------------------------------------------------------
+    def bootstrap_databases(self, databases: tuple[str, ...] = (TRACKING_DATABASE, AUTH_DATABASE)) -> None:
+        """The IAM users and databases Pulumi creates on Cloud SQL, as Cloud SQL creates them."""
+        self.run_client("bootstrap_db", user=None, extra_env={
+            "PG_HOST": "127.0.0.1", "PG_PORT": str(self.postgres_port), "PG_SUPERUSER": self.postgres.superuser,
+            "PG_SUPERUSER_PASSWORD": self.credentials.postgres_superuser_password,
+            "DATABASE_USERS": json.dumps(self.database_users), "OWNER_ROLE": DATABASE_ADMIN_ROLE,
+            "DATABASES": ",".join(databases),
+        })
+
+    def restart_postgres(self) -> None:
+        self.postgres.restart()
+
+    # --- GCS emulator -----------------------------------------------------------------------
+    def start_emulator(self) -> None:
+        """Disk-backed (workdir/gcs), so a restart keeps the objects; the bucket is created if missing."""
+        data_dir = self.workdir / "gcs"
+        data_dir.mkdir(exist_ok=True)
+        argv = [str(self.bin_dir / "gcp-storage-emulator"), "--data-dir", str(data_dir), "start",
+                "--host", "127.0.0.1", "--port", str(self.emulator_port), "--default-bucket", self.bucket]
+        self.emulator = ManagedProcess("gcs-emulator", argv, env=self.client_env(), cwd=data_dir,
+                                       log_path=self.logs_dir / "gcs-emulator.log", redact=self.redact)
+        self.emulator.start()
+        self.emulator.wait_until(lambda: http_ok(f"{self.emulator_url}/storage/v1/b/{self.bucket}"), 60,
+                                 f"bucket {self.bucket} served")
+
+    def restart_emulator(self) -> None:
+        if self.emulator:
+            self.emulator.stop()
+        self.start_emulator()
+
+    def list_objects(self, prefix: str = "") -> list[dict]:
+        """Objects of the bucket under `prefix` (the emulator's JSON API, no credentials)."""
+        items, token = [], None
+        for _ in range(1000):
+            url = f"{self.emulator_url}/storage/v1/b/{self.bucket}/o?prefix={quote(prefix)}"
+            if token:
+                url += f"&pageToken={quote(token)}"
+            response = http("GET", url)
+            if response.status != 200:
+                raise LocalPlatformError(f"listing gs://{self.bucket}/{prefix}: HTTP {response.status}")
+            page = response.json()
+            items += page.get("items", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return items
+        raise LocalPlatformError("bucket listing did not end after 1000 pages")
+
+    def read_object(self, name: str) -> bytes:
+        response = http("GET", f"{self.emulator_url}/storage/v1/b/{self.bucket}/o/{quote(name, safe='')}?alt=media")
+        if response.status != 200:
+            raise LocalPlatformError(f"reading gs://{self.bucket}/{name}: HTTP {response.status}")
+        return response.body
+
+    # --- workloads from the manifests -------------------------------------------------------
+    def _workload_port(self, workload: dict) -> Optional[int]:
+        """The balancer's port for the workload's pods: a Service's address, not a pod's."""
+        if workload is self.tracking_deployment:
+            return self.balancer.backends["tracking"].listen_port
+        if workload is self.serving_deployment:
+            return self.balancer.backends["serving"].listen_port
+        return None
+
+    def _services(self) -> dict[str, str]:
+        """Every DNS form of every Service, with its port -> 127.0.0.1:balancer port of what it selects."""
+        mapping = {}
+        for service in self.manifests.all("Service"):
+            for workload in (self.tracking_deployment, self.serving_deployment):
+                if selects(service, workload):
+                    for port in service["spec"]["ports"]:
+                        for host in service_addresses(service):
+                            mapping[f"{host}:{port['port']}"] = f"127.0.0.1:{self._workload_port(workload)}"
+        return mapping
+
+    def image_root(self, image: str) -> ImageRoot:
+        """The root filesystem of the image a container names (built once per platform run)."""
+        if image not in self._image_roots:
+            self._image_roots[image] = self._image_root(image)
+        return self._image_roots[image]
+
+    def _site(self, workload: dict, name: str, image: str, listen_port: Optional[int] = None,
+              extra_env: Optional[dict] = None) -> LocalSite:
+        namespace = workload["metadata"]["namespace"]
+        provider_classes = {spc["metadata"]["name"]: spc["spec"] for spc in self.manifests.all(SPC_KIND)
+                            if spc["metadata"]["namespace"] == namespace}
+        # What the add-on would mount now: the latest enabled version of each secret the classes name.
+        versions = {entry["resourceName"]: self.secret_manager.access_name(entry["resourceName"])
+                    for spec in provider_classes.values()
+                    for entry in yaml.safe_load(spec["parameters"]["secrets"]) or []}
+        self.redact.add(*versions.values())  # rotated values too
+        return LocalSite(
+            image=self.image_root(image),
+            volume_root=self.workdir / "pods" / name,
+            secrets={},
+            config_maps={cm["metadata"]["name"]: cm.get("data") or {} for cm in self.manifests.all("ConfigMap")
+                         if cm["metadata"]["namespace"] == namespace},
+            provider_classes=provider_classes,
+            secret_versions=versions,
+            proxy_address=sql_proxy_address(workload),
+            postgres_address=self.postgres.address,
+            services=self._services(),
+            listen_port=listen_port,
+            service_port=self._workload_port(workload),
+            extra_env=extra_env or {},
+            pod_security=pod_spec(workload).get("securityContext") or {},
+        )
+
+    def localized(self, workload: dict, container_spec: dict, name: str, listen_port: Optional[int] = None,
+                  extra_env: Optional[dict] = None) -> LocalCommand:
+        site = self._site(workload, name, container_spec["image"], listen_port, extra_env)
+        return localize_container(container_spec, pod_spec(workload).get("volumes", []), site)
+
+    def prepare_pod(self, workload: dict, command: LocalCommand, name: str) -> None:
+        """A new pod: its emptyDir volumes start empty, its secret and configMap files are written."""
+        pod_dir = self.workdir / "pods" / name
+        for volume in pod_spec(workload).get("volumes", []):
+            local = pod_dir / volume["name"]
+            if "emptyDir" in volume and local.exists():
+                shutil.rmtree(local)
+            local.mkdir(parents=True, exist_ok=True)
+            if "emptyDir" in volume:
+                local.chmod(0o1777 if command.fs_group is None else 0o2777)  # as the kubelet makes an emptyDir
+        self.write_container_files(command)
+
+    def write_container_files(self, command: LocalCommand) -> None:
+        """The container's volume files, owned as the kubelet owns them (group fsGroup, readable by
+        it), and its mount points in the image."""
+        for path, (text, mode) in command.files.items():
+            write_private_file(path, text, mode if command.fs_group is None else mode | 0o040)
+            if command.fs_group is not None:
+                os.chown(path, -1, command.fs_group)
+        if command.fs_group is not None:
+            for bind in command.binds:
+                os.chown(bind.source, -1, command.fs_group)
+        prepare_mount_points(command.rootfs, command.binds)
+
+    def job_commands(self, job: dict, job_name: str) -> list[tuple[dict, LocalCommand]]:
+        """(rendered container, local command) of each container a Job runs, in order."""
+        return [(spec, self.localized(job, spec, job_name)) for spec in run_to_completion_containers(job)]
+
+    def pod_name(self, component: str) -> str:
+        """Directory name of the current pod: `tracking`, then `tracking-1`, ... after rollouts
+        (an old pod keeps its own emptyDir while it drains)."""
+        generation = self.pod_generation[component]
+        return component if generation == 0 else f"{component}-{generation}"
+
+    def tracking_command(self) -> LocalCommand:
+        return self.localized(self.tracking_deployment, self.tracking_container, self.pod_name("tracking"),
+                              self.tracking_port, extra_env={EMULATOR_HOST_ENV: self.emulator_url})
+
+    def serving_command(self) -> LocalCommand:
+        return self.localized(self.serving_deployment, self.serving_container, self.pod_name("serving"),
+                              self.serving_port)
+
+    def _run_job(self, job: dict, job_name: str, replace: Optional[dict[str, str]] = None) -> list[JobResult]:
+        """The Job's containers in order; `replace` swaps whole words of their args (e.g. a database
+        name), not of the launcher around them."""
+        results = []
+        for spec, command in self.job_commands(job, job_name):
+            if replace:
+                executable, *args = command.container_argv
+                command = relaunched(command, [executable, *(replace.get(part, part) for part in args)])
+            self.prepare_pod(job, command, job_name)
+            log_path = self.logs_dir / f"{job_name}-{spec['name']}.log"
+            self.started_containers.add((job["metadata"]["name"], spec["name"]))
+            completed = run_to_completion(f"{job_name}/{spec['name']}", command.argv, env=command.env,
+                                          cwd=command.cwd, log_path=log_path, timeout=JOB_TIMEOUT_SECONDS)
+            results.append(JobResult(spec["name"], completed.returncode, log_path))
+            if completed.returncode != 0:
+                raise LocalPlatformError(
+                    f"{job_name} container {spec['name']} exited with code {completed.returncode}; log {log_path}:\n"
+                    f"{log_tail(log_path, self.redact)}")
+        return results
+
+    def grant_database_privileges(self, database: Optional[str] = None) -> list[JobResult]:
+        """The database-grants Job: the admin identity lets the tracking user create in both
+        databases (or in `database` instead of MLflow's two)."""
+        if database is None:
+            return self._run_job(self.grants_job, "db-grants")
+        return self._run_job(self.grants_job, f"db-grants-{database}",
+                             replace={TRACKING_DATABASE: database, AUTH_DATABASE: database})
+
+    def run_migrations(self) -> list[JobResult]:
+        """The grants Job, then the migration Job's containers, in order (tracking schema, then auth
+        schema), as Pulumi orders them."""
+        return self.grant_database_privileges() + self._run_job(self.migration_job, "migrate")
+
+    def ensure_serving_user(self) -> list[JobResult]:
+        """The serving-user Job: creates/updates the read-only user and its READ grants."""
+        return self._run_job(self.serving_user_job, "serving-user")
+
+    def _start_server(self, workload: dict, spec: dict, command: LocalCommand, name: str, port: int,
+                      sidecar_of: Optional[str] = None, ready: bool = True) -> None:
+        """Start and wait as the kubelet does: the startup probe within its budget, then (if
+        `ready`) the readiness probe, both within MAX_STARTUP_SECONDS. The process is registered
+        (so `stop` finds it) before it is started. A sidecar joins the already prepared pod of
+        `sidecar_of`."""
+        if sidecar_of is None:
+            self.prepare_pod(workload, command, self.pod_name(name))
+        else:
+            self.write_container_files(command)
+        process = ManagedProcess(name, command.argv, env=command.env, cwd=command.cwd,
+                                 log_path=self.logs_dir / f"{name}.log", redact=self.redact)
+        setattr(self, name, process)
+        process.start()
+        self.started_containers.add((workload["metadata"]["name"], spec["name"]))
+        started = time.monotonic()
+        startup = spec.get("startupProbe") or {}
+        budget = min(MAX_STARTUP_SECONDS,
+                     float(startup.get("failureThreshold", 30) * startup.get("periodSeconds", 5)))
+        live_url = probe_url(port, startup)
+        process.wait_until(lambda: http_ok(live_url), budget, f"startup probe {live_url} answering 200")
+        if ready:
+            ready_url = probe_url(port, spec.get("readinessProbe") or {})
+            process.wait_until(lambda: http_ok(ready_url), MAX_STARTUP_SECONDS - (time.monotonic() - started),
+                               f"readiness probe {ready_url} answering 200")
+
+    def exporter_command(self) -> LocalCommand:
+        """The metrics-exporter container, in the tracking pod (same /tmp, its own port)."""
+        return self.localized(self.tracking_deployment, self.exporter_container, self.pod_name("tracking"),
+                              self.tracking_metrics_port)
+
+    def start_tracking(self) -> None:
+        """A tracking pod (server, metrics sidecar), in the balancer once ready."""
+        self._start_server(self.tracking_deployment, self.tracking_container, self.tracking_command(), "tracking",
+                           self.tracking_port)
+        self._start_server(self.tracking_deployment, self.exporter_container, self.exporter_command(),
+                           "tracking_metrics", self.tracking_metrics_port, sidecar_of="tracking")
+        self.balancer.add("tracking", self.tracking_port)
+        self.balancer.add("tracking_metrics", self.tracking_metrics_port)
+
+    def stop_tracking(self) -> None:
+        """The whole tracking pod (server and sidecars) at once, e.g. while its databases are restored."""
+        self.balancer.remove("tracking", self.tracking_port)
+        self.balancer.remove("tracking_metrics", self.tracking_metrics_port)
+        for process in (self.tracking_metrics, self.tracking):
+            if process:
+                process.stop()
+
+    def restart_tracking(self) -> None:
+        self.stop_tracking()
+        self.start_tracking()
+
+    def start_serving(self, ready: bool = True) -> None:
+        """`ready=False`: return once the process is live, e.g. still waiting for its model; the
+        balancer health-checks it and routes to it once /ping answers."""
+        self._start_server(self.serving_deployment, self.serving_container, self.serving_command(), "serving",
+                           self.serving_port, ready=ready)
+        self.balancer.add("serving", self.serving_port, ready=ready)
+
+    def restart_serving(self) -> None:
+        """A rollout of serving (`make promote`): the new pod loads whatever version the alias
+        points to now; see `_roll`. A new pod that never gets ready is stopped and the old one
+        keeps serving (maxUnavailable 0), and the error is raised."""
+        self._roll("serving")
+
+    def roll_tracking(self) -> None:
+        """A rolling restart of tracking (`kubectl rollout restart`), as its strategy declares."""
+        self._roll("tracking")
+
+    # --- rollouts as the Deployment controller and the kubelet do them ---------------------------
+    def _roll(self, component: str) -> None:
+        workload = self.tracking_deployment if component == "tracking" else self.serving_deployment
+        old = self._pod(component)
+        old_ports = {backend: self._port_of(backend) for backend, _ in old or []}
+        surge_first = rollout_order(workload) == SURGE_FIRST
+        if not surge_first and old is not None:
+            self._retire(workload, old, old_ports, wait=True)
+        self.pod_generation[component] += 1
+        self._new_ports(component)
+        try:
+            self.start_tracking() if component == "tracking" else self.start_serving()
+        except Exception:
+            for backend, process in self._pod(component) or []:
+                if all(process is not previous for _, previous in old or []):
+                    self.balancer.remove(backend, self._port_of(backend))
+                    process.stop()
+                    setattr(self, backend, None)  # no pod left behind if there was no old one
+            if surge_first and old is not None:
+                self._restore(component, old, old_ports)  # the old pod was never touched
+            raise
+        if surge_first and old is not None:
+            self._retire(workload, old, old_ports, wait=False)
+
+    def _pod(self, component: str) -> Optional[list[tuple[str, ManagedProcess]]]:
+        """(container name, process) of the current pod, with the balancer backend of each."""
+        if component == "serving":
+            return [("serving", self.serving)] if self.serving else None
+        if self.tracking is None:
+            return None
+        return [("tracking", self.tracking)] + ([("tracking_metrics", self.tracking_metrics)]
+                                                if self.tracking_metrics else [])
+
+    def _new_ports(self, component: str) -> None:
+        if component == "serving":
+            self.serving_port = free_port()
+        else:
+            self.tracking_port, self.tracking_metrics_port = free_port(), free_port()
+
+    def _restore(self, component: str, pod: list[tuple[str, ManagedProcess]], ports: dict[str, int]) -> None:
+        for backend, process in pod:
+            setattr(self, backend, process)
+            setattr(self, f"{backend}_port", ports[backend])
+        self.pod_generation[component] -= 1
+
+    def _retire(self, workload: dict, pod: list[tuple[str, ManagedProcess]], ports: dict[str, int],
+                wait: bool) -> None:
+        """Delete a pod: the balancer stops routing to it ENDPOINT_PROPAGATION_SECONDS later (the
+        endpoint removal travelling), while each container runs its preStop hook, gets SIGTERM,
+        and is killed at the end of the grace period. Returns once the endpoint is gone (`wait`:
+        once the pod has stopped)."""
+        plan = termination(workload)
+        container_of = {"tracking": self.tracking_container["name"], "tracking_metrics": self.exporter_container["name"],
+                        "serving": self.serving_container["name"]}
+        deleted = time.monotonic()
+
+        def endpoint_removed() -> None:
+            time.sleep(ENDPOINT_PROPAGATION_SECONDS)
+            for backend, _ in pod:
+                self.balancer.remove(backend, ports[backend])
+
+        def stop_container(backend: str, process: ManagedProcess) -> None:
+            time.sleep(plan.pre_stop_seconds.get(container_of[backend], 0.0))
+            process.stop(timeout=max(0.0, plan.grace_seconds - (time.monotonic() - deleted)))
+
+        removal = threading.Thread(target=endpoint_removed, daemon=True)
+        threads = [removal] + [threading.Thread(target=stop_container, args=item, daemon=True) for item in pod]
+        self.retired += [process for _, process in pod]
+        for thread in threads:
+            thread.start()
+        self.retiring += threads
+        # The rollout is over for clients once no request reaches the old pod; its drain goes on.
+        removal.join()
+        if wait:
+            self.wait_retired()
+
+    def _port_of(self, backend: str) -> int:
+        return {"tracking": self.tracking_port, "tracking_metrics": self.tracking_metrics_port,
+                "serving": self.serving_port}[backend]
+
+    def wait_retired(self, timeout: float = 120.0) -> None:
+        """Until every deleted pod has stopped (their grace periods bound it)."""
+        deadline = time.monotonic() + timeout
+        for thread in self.retiring:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.retiring = [thread for thread in self.retiring if thread.is_alive()]
+        if self.retiring:
+            raise LocalPlatformError(f"{len(self.retiring)} pod containers still stopping after {timeout:.0f}s")
+
+    # --- clients in the runtime virtualenv ------------------------------------------------------
+    def client_env(self) -> dict[str, str]:
+        """Environment of helper processes of the runtime virtualenv (clients, the emulator):
+        nothing inherited from the caller, no credentials."""
+        home = self.workdir / "clients"
+        home.mkdir(parents=True, exist_ok=True)
+        return {"PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
+                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+    def run_client(self, script: str | Path, *args: str, user: Optional[str] = "admin",
+                   extra_env: Optional[dict] = None, check: bool = True, timeout: float = 300.0) -> ClientResult:
+        """Run a script with the runtime virtualenv's python against the tracking server.
+
+        `script`: a path, or the name of one of tools/local/clients/. `user`: "admin", "serving" or None
+        (no credentials). Its stdout is returned (print results, never secrets); stderr is logged.
+        """
+        path = Path(script) if "/" in str(script) or str(script).endswith(".py") else CLIENTS_DIR / f"{script}.py"
+        env = {**self.client_env(), "MLFLOW_TRACKING_URI": self.tracking_url}
+        if user == "admin":
+            env.update(MLFLOW_TRACKING_USERNAME=self.admin_username, MLFLOW_TRACKING_PASSWORD=self.admin_password)
+        elif user == "serving":
+            env.update(MLFLOW_TRACKING_USERNAME=self.serving_username,
+                       MLFLOW_TRACKING_PASSWORD=self.serving_password)
+        elif user is not None:
+            raise ValueError(f"user={user!r}: allowed admin, serving or None")
+        env.update(extra_env or {})
+        self._client_runs += 1
+        log_path = self.logs_dir / "clients" / f"{self._client_runs:03d}-{path.stem}.log"
+        completed = run_to_completion(f"client {path.name}", [str(self.bin_dir / "python"), str(path), *args],
+                                      env=env, cwd=Path(env["HOME"]), log_path=log_path, timeout=timeout,
+                                      capture_stdout=True)
+        result = ClientResult(completed.returncode, completed.stdout or "", log_path)
+        if check and completed.returncode != 0:
+            raise LocalPlatformError(f"client {path.name} {self.redact(' '.join(args))} exited with code {completed.returncode}; "
+                                     f"log {log_path}:\n{log_tail(log_path, self.redact)}")
+        return result
+
+    def train_model(self, variant: str = "base", experiment: str = "iris-demo", *, flavor: str = "sklearn",
+                    move_alias: bool = True, extra_requirements: tuple[str, ...] = ()) -> dict:
+        """Train, log, register a new version of the served model; move the served alias to it
+        unless `move_alias` is False (then `make promote` does)."""
+        args = ["--model-name", self.model_name, "--experiment", experiment, "--variant", variant, "--flavor", flavor,
+                *(["--alias", self.model_alias] if move_alias else [])]
+        for requirement in extra_requirements:
+            args += ["--extra-requirement", requirement]
+        # mlflow_serving.environment: a LightGBM trainer gets LightGBM as a serving pod does.
+        return self.run_client("train", *args, extra_env={"PYTHONPATH": str(SERVING_PACKAGES_DIR)}).json()
+
+    def schema_snapshot(self) -> dict:
+        """Tables, columns, indexes and alembic revision of both databases."""
+        uris = {name: self.database_uri(name) for name in (TRACKING_DATABASE, AUTH_DATABASE)}
+        return self.run_client("schema", user=None, extra_env={"DATABASE_URIS": json.dumps(uris)}).json()

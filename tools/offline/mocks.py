@@ -1,0 +1,153 @@
+"""Pulumi mocks that stand in for GCP and Kubernetes, and a monitor that records every resource."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pulumi
+from google.protobuf import json_format
+
+from tools.offline.compat import SECRET_SIG, SIG_KEY, MockMonitor
+
+OFFLINE_ENDPOINT = "203.0.113.10"  # TEST-NET-3: never routable
+OFFLINE_PROJECT_NUMBER = "123456789012"
+
+
+def secret(value: Any) -> dict:
+    """A property value the SDK deserializes as a secret Output."""
+    return {SIG_KEY: SECRET_SIG, "value": value}
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def _fake(name: str, kind: str, length: int = 32) -> str:
+    return hashlib.sha256(f"{kind}:{name}".encode()).hexdigest()[:length]
+
+
+@dataclass
+class ResourceRecord:
+    """One registered resource as the engine would see it."""
+
+    urn: str
+    type: str
+    name: str
+    custom: bool
+    inputs: dict
+    parent: str = ""
+    provider: str = ""
+    dependencies: list[str] = field(default_factory=list)
+    state: dict = field(default_factory=dict)
+    ignore_changes: list[str] = field(default_factory=list)
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """Pulumi's own wait for the resource (create/update/delete), where the program sets one."""
+    protect: bool = False
+    """Pulumi refuses to delete or replace it (the `protect` resource option)."""
+
+
+class PlatformMocks(pulumi.runtime.Mocks):
+    """Echo inputs and add only the computed fields the program reads."""
+
+    def __init__(self, project: str = "offline-project"):
+        self.project = project
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
+        state = dict(args.inputs)
+        name = state.get("name") or args.name
+        typ = args.typ
+        if typ == "gcp:container/cluster:Cluster":
+            state.update(name=name, endpoint=OFFLINE_ENDPOINT,
+                         masterAuth={"clusterCaCertificate": base64.b64encode(b"offline-ca").decode()})
+            if "controlPlaneEndpointsConfig" in state:
+                dns = dict(state["controlPlaneEndpointsConfig"].get("dnsEndpointConfig") or {})
+                dns["endpoint"] = f"gke-{_fake(name, 'dns', 16)}.{state.get('location')}.gke.goog"
+                state["controlPlaneEndpointsConfig"] = {**state["controlPlaneEndpointsConfig"],
+                                                        "dnsEndpointConfig": dns}
+        elif typ == "gcp:sql/databaseInstance:DatabaseInstance":
+            state.update(name=name, connectionName=f"{state.get('project', self.project)}:{state.get('region')}:{name}",
+                         privateIpAddress="10.64.0.3")
+        elif typ == "gcp:serviceaccount/account:Account":
+            email = f"{state['accountId']}@{state.get('project', self.project)}.iam.gserviceaccount.com"
+            state.update(email=email, name=f"projects/{state.get('project', self.project)}/serviceAccounts/{email}")
+        elif typ == "gcp:projects/serviceIdentity:ServiceIdentity":
+            agent = {"sqladmin.googleapis.com": "gcp-sa-cloud-sql",
+                     "container.googleapis.com": "container-engine-robot"}[state["service"]]
+            state.update(email=f"service-{OFFLINE_PROJECT_NUMBER}@{agent}.iam.gserviceaccount.com")
+        elif typ == "gcp:storage/bucket:Bucket":
+            state.update(name=name, url=f"gs://{name}")
+        elif typ == "gcp:compute/network:Network":
+            state.update(name=name, selfLink=f"projects/{self.project}/global/networks/{name}")
+        elif typ == "gcp:compute/subnetwork:Subnetwork":
+            state.update(name=name, selfLink=f"projects/{self.project}/regions/{state.get('region')}/subnetworks/{name}")
+        elif typ == "gcp:compute/globalAddress:GlobalAddress" and state.get("addressType") == "EXTERNAL":
+            state.update(name=name, address="198.51.100.7")
+        elif typ.startswith("gcp:"):
+            state.setdefault("name", name)
+        elif typ in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):
+            state["result"] = secret("offline" + _fake(args.name, "password", int(state.get("length", 32)) - 7))
+        elif typ == "docker-build:index:Image":
+            digest = "sha256:" + hashlib.sha256(args.name.encode()).hexdigest()
+            tag = (state.get("tags") or [args.name])[0]
+            state.update(digest=digest, ref=f"{tag.rsplit(':', 1)[0]}@{digest}")
+        elif typ.startswith("kubernetes:"):
+            metadata = dict(state.get("metadata") or {})
+            metadata.setdefault("name", args.name)
+            state["metadata"] = metadata
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, Optional[list[tuple[str, str]]]]:
+        if args.token == "gcp:organizations/getClientConfig:getClientConfig":
+            return {"accessToken": "offline-access-token", "project": self.project}, []
+        if args.token == "gcp:organizations/getProject:getProject":
+            return {"number": OFFLINE_PROJECT_NUMBER, "projectId": args.args.get("projectId", self.project)}, []
+        if args.token == "gcp:storage/getProjectServiceAccount:getProjectServiceAccount":
+            return {"emailAddress": f"service-{OFFLINE_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"}, []
+        return {}, []
+
+
+class RecordingMonitor(MockMonitor):
+    """A mock monitor that also keeps what the engine learns: parent, provider, dependencies."""
+
+    def __init__(self, mocks: pulumi.runtime.Mocks):
+        super().__init__(mocks)
+        self.records: list[ResourceRecord] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            registration = self.resources[response.urn]
+            self.records.append(ResourceRecord(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                custom=bool(request.custom),
+                inputs=_inputs_with_secrets(request.object),
+                parent=request.parent,
+                provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
+                dependencies=sorted(set(request.dependencies)),
+                state=registration.state,
+                ignore_changes=list(request.ignoreChanges),
+                custom_timeouts={key: value for key, value in json_format.MessageToDict(request.customTimeouts).items()
+                                 if value},
+                protect=request.protect,
+            ))
+        return response
+
+
+def _inputs_with_secrets(struct) -> dict:
+    """Inputs as plain data, secrets kept as their signature dict so renderers can mask them."""
+    return _normalise(json_format.MessageToDict(struct))
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _normalise(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_normalise(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

@@ -1,0 +1,99 @@
+"""Run the real program for one stack under mocks, offline, and return what it declared."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pulumi
+import yaml
+
+from infra.config import PROJECT_NAMESPACE
+from tools.offline.compat import reset_root_stack
+from tools.offline.mocks import PlatformMocks, RecordingMonitor, ResourceRecord
+
+ROOT = Path(__file__).resolve().parents[2]
+# Encrypted stack values cannot be decrypted offline; this stands in for each of them.
+SECRET_PLACEHOLDER = "offline-placeholder-secret"
+
+
+@dataclass
+class StackRun:
+    stack: str
+    resources: list[ResourceRecord]
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    def of_type(self, type_token: str) -> list[ResourceRecord]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def named(self, name: str) -> ResourceRecord:
+        matches = [r for r in self.resources if r.name == name]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} resources named {name!r}")
+        return matches[0]
+
+
+def read_stack_config(stack: str, root: Optional[Path] = None) -> tuple[dict[str, str], list[str]]:
+    """Config of Pulumi.<stack>.yaml as the engine passes it: full keys, string values."""
+    root = root or ROOT
+    path = root / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no stack file {path.name}; stacks: "
+                                + ", ".join(sorted(p.name[7:-5] for p in root.glob("Pulumi.*.yaml"))))
+    document = yaml.safe_load(path.read_text()) or {}
+    config: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in (document.get("config") or {}).items():
+        full_key = key if ":" in key else f"{PROJECT_NAMESPACE}:{key}"
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            config[full_key] = SECRET_PLACEHOLDER
+            secret_keys.append(full_key)
+        elif isinstance(value, bool):
+            config[full_key] = "true" if value else "false"
+        elif isinstance(value, (dict, list)):
+            config[full_key] = json.dumps(value)
+        else:
+            config[full_key] = str(value)
+    return config, secret_keys
+
+
+def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[str]] = None,
+                program: Optional[Callable[[], dict[str, pulumi.Output]]] = None) -> StackRun:
+    """Run `program` (default: the real platform) for `stack` under mocks; collect resources and outputs."""
+    monitor = RecordingMonitor(PlatformMocks(project=config.get("gcp:project", "offline-project")))
+    reset_root_stack()  # a fresh root Stack per run
+    pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT_NAMESPACE, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(config, secret_keys or [])
+
+    if program is None:
+        from infra.config import load_settings
+        from program import build_platform
+
+        def program() -> dict[str, pulumi.Output]:
+            return build_platform(load_settings())
+
+    outputs: dict[str, Any] = {}
+    secret_outputs: set[str] = set()
+
+    async def collect(declared: dict[str, pulumi.Output]) -> None:
+        for name, value in declared.items():
+            output = pulumi.Output.from_input(value)
+            outputs[name] = await output.future()
+            if await output.is_secret():
+                secret_outputs.add(name)
+
+    @pulumi.runtime.test
+    def run():
+        return collect(program())
+
+    run()
+    return StackRun(stack=stack, resources=list(monitor.records), outputs=outputs, secret_outputs=secret_outputs)
+
+
+def run_stack(stack: str, root: Optional[Path] = None, overrides: Optional[dict[str, str]] = None) -> StackRun:
+    config, secret_keys = read_stack_config(stack, root)
+    config.update(overrides or {})
+    return run_program(stack, config, secret_keys)

@@ -1,0 +1,482 @@
+"""Promote a registered model version to a serving alias, or roll the alias back, and roll serving.
+
+    python -m tools.ops.promote --model NAME --version N --alias ALIAS [--require 'accuracy>=0.9' ...]
+    python -m tools.ops.promote --model NAME --alias ALIAS --rollback
+        [--target local|cluster] [--stack dev] [--workdir .local] [--tracking-uri URL] [--timeout S]
+
+In order, stopping at the first failure:
+ 1. the model exists and the version exists and is READY (for --rollback: the alias is set and
+    a previous version is recorded, and that version is READY);
+ 2. every --require gate holds on the latest value of that metric in the version's run
+    (operators >= > <= < ==); a failed gate changes nothing;
+ 3. the version is rehearsed as a serving pod loads it (tools.ops.verify: its recorded environment
+    restored with the serving image's settings, the model loaded); one that would not serve
+    changes nothing;
+ 4. the serving user gets READ on the model and its experiments (the serving-user Job's logic,
+    tools.ops.grants, in the runtime virtualenv);
+ 5. the alias moves; the registered-model tag `mlflow.promote.previous.<ALIAS>` records the
+    version it pointed to before (a rollback swaps the two, so a second rollback rolls forward);
+ 6. serving rolls and is waited for: `local` asks the running `make local` (SIGUSR1), `cluster`
+    patches the serving Deployment's `mlflow.org/rollout-token` annotation and waits for the
+    rollout; then the version's serving input example (or --request FILE) is sent to serving and
+    must be answered 200 with predictions. If serving is not ready in time or does not answer so,
+    the alias and the tag are put back, serving is rolled back onto them, and the command fails.
+
+Targets: `local` reads WORKDIR/endpoints.json of a running `make local`. `cluster` talks to the
+tracking URL given by --tracking-uri or MLFLOW_TRACKING_URI (a port-forward, or the ingress),
+as MLFLOW_TRACKING_USERNAME/PASSWORD or else the stack's admin outputs, and to the serving
+Deployment named by the stack output `serving_deployment`, through `serving_kubeconfig` (the
+outputs are read with Pulumi's Automation API, which needs the Pulumi CLI).
+
+Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
+4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from infra.secrets import ADMIN_PASSWORD
+from tools.ops.runtime import RuntimeCommandError, run_runtime, run_runtime_module
+from tools.ops.rollout import (
+    ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, apps_api, load_api_client,
+)
+from tools.ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
+from tools.ops.stack import StackOutputError, StackOutputs
+from tools.ops.verify import REHEARSAL_SLACK_SECONDS, ClusterVerifier, LocalVerifier, RehearsalFailed, Verifier, env_timeout
+
+ROOT = Path(__file__).resolve().parents[2]
+READY = "READY"
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
+EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT, EXIT_REHEARSAL = 1, 2, 3, 4, 5
+GRANT_TIMEOUT = 180.0
+
+
+def previous_tag(alias: str) -> str:
+    return PREVIOUS_TAG.format(alias=alias)
+
+
+class PromotionError(RuntimeError):
+    exit_code = EXIT_ERROR
+
+
+class GateFailed(PromotionError):
+    exit_code = EXIT_GATE
+
+
+class RolloutFailed(PromotionError):
+    exit_code = EXIT_ROLLOUT
+
+
+class WouldNotServe(PromotionError):
+    exit_code = EXIT_REHEARSAL
+
+
+# --- gates ----------------------------------------------------------------------------------------
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b, "==": lambda a, b: a == b,
+}
+_REQUIREMENT = re.compile(r"^\s*(?P<metric>[A-Za-z0-9_.\-/ ]*?[A-Za-z0-9_.\-/])\s*(?P<op>>=|<=|==|>|<)\s*"
+                          r"(?P<threshold>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    metric: str
+    op: str
+    threshold: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Requirement":
+        match = _REQUIREMENT.match(text)
+        if not match:
+            raise ValueError(f"--require {text!r}: expected METRIC OP NUMBER with OP one of "
+                             f"{' '.join(_OPERATORS)}, e.g. 'accuracy>=0.9'")
+        return cls(match["metric"], match["op"], float(match["threshold"]))
+
+    def holds(self, value: float) -> bool:
+        return _OPERATORS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+# --- the registry and the serving user --------------------------------------------------------------
+class Registry(Protocol):
+    """The calls of MLflow's `MlflowClient` a promotion makes; errors are MlflowException."""
+
+    def get_registered_model(self, name: str): ...
+    def get_model_version(self, name: str, version: str): ...
+    def get_run(self, run_id: str): ...
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None: ...
+    def delete_registered_model_alias(self, name: str, alias: str) -> None: ...
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None: ...
+    def delete_registered_model_tag(self, name: str, key: str) -> None: ...
+
+
+def registry_client(tracking_uri: str, username: str, password: str) -> MlflowClient:
+    """MLflow's client for `tracking_uri` as `username`. It reads basic-auth credentials from the
+    environment only, so this sets them for the process."""
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = username, password
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+class Granter(Protocol):
+    def grant(self, model: str) -> str:
+        """Give the serving user READ on the model and its experiments; return a summary."""
+
+
+class RuntimeRunner:
+    """Runs `python ARGS` with the runtime virtualenv's python (the serving image's packages, MLflow's
+    auth client) against tracking; credentials go through its environment only."""
+
+    def __init__(self, python: Path, tracking_uri: str, username: str, password: str):
+        self.python, self.tracking_uri = Path(python), tracking_uri
+        self._credentials = (username, password)
+
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
+                "MLFLOW_TRACKING_PASSWORD": self._credentials[1]}
+
+    def run(self, args: list[str], what: str, timeout: float) -> tuple[int, str, str]:
+        """(exit code, stdout, stderr with the password masked); PromotionError if it cannot run."""
+        try:
+            return run_runtime(self.python, args, self.env(), (self._credentials[1],), timeout, what)
+        except RuntimeCommandError as err:
+            raise PromotionError(str(err)) from None
+
+    def run_module(self, args: list[str], what: str, timeout: float) -> dict:
+        """A module that must succeed and print its result as JSON."""
+        try:
+            return run_runtime_module(self.python, args, self.env(), (self._credentials[1],), timeout, what)
+        except RuntimeCommandError as err:
+            raise PromotionError(str(err)) from None
+
+
+class RuntimeGranter:
+    """`python -m tools.ops.grants` in the runtime virtualenv (MLflow's auth client)."""
+
+    def __init__(self, python: Path, tracking_uri: str, username: str, password: str, serving_user: str,
+                 timeout: float = GRANT_TIMEOUT):
+        self.runner = RuntimeRunner(python, tracking_uri, username, password)
+        self.serving_user, self.timeout = serving_user, timeout
+
+    def command(self, model: str) -> list[str]:
+        return ["-m", "tools.ops.grants", "--model", model, "--user", self.serving_user]
+
+    def grant(self, model: str) -> str:
+        result = self.runner.run_module(self.command(model), f"granting READ to {self.serving_user!r} on {model!r}",
+                                        self.timeout)
+        return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
+
+
+# --- promotion -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Outcome:
+    model: str
+    alias: str
+    version: str
+    previous: Optional[str]
+    rollout: str
+
+
+def _model(registry: Registry, name: str):
+    try:
+        return registry.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == NOT_FOUND:
+            raise PromotionError(f"registered model {name!r} does not exist") from None
+        raise PromotionError(f"reading registered model {name!r}: {err}") from None
+
+
+def _ready_version(registry: Registry, name: str, version: str):
+    try:
+        mv = registry.get_model_version(name, version)
+    except MlflowException as err:
+        if err.error_code == NOT_FOUND:
+            raise PromotionError(f"model {name!r} has no version {version}") from None
+        raise PromotionError(f"reading model {name!r} version {version}: {err}") from None
+    if mv.status != READY:
+        raise PromotionError(f"model {name!r} version {version} is {mv.status or 'in no known state'}, "
+                             f"not {READY}: wait until its registration finishes")
+    return mv
+
+
+def check_gates(registry: Registry, mv, requirements: Sequence[Requirement]) -> list[str]:
+    """Each gate on the version's run; raises before anything changes."""
+    if not requirements:
+        return []
+    where = f"model {mv.name!r} version {mv.version}"
+    if not mv.run_id:
+        raise PromotionError(f"{where} has no run: no metric to check {', '.join(map(str, requirements))}")
+    metrics = registry.get_run(mv.run_id).data.metrics  # the latest value of each
+    passed = []
+    for requirement in requirements:
+        if requirement.metric not in metrics:
+            known = ", ".join(sorted(metrics)) or "none"
+            raise PromotionError(f"unknown metric {requirement.metric!r}: run {mv.run_id} of {where} "
+                                 f"logged {known}")
+        value = metrics[requirement.metric]
+        if not requirement.holds(value):
+            raise GateFailed(f"gate failed: {requirement.metric} = {value:g} is not {requirement.op} "
+                             f"{requirement.threshold:g} (run {mv.run_id} of {where}); nothing changed")
+        passed.append(f"{requirement.metric} = {value:g} {requirement.op} {requirement.threshold:g}")
+    return passed
+
+
+def _rehearse(verifier: Optional[Verifier], model: str, version: str, request: Optional[dict],
+              log: Callable[[str], None]) -> Optional[Callable[[], str]]:
+    """Rehearse the version as a serving pod would load it; the probe of its answers after the rollout."""
+    if verifier is None:
+        return None
+    try:
+        rehearsed = verifier.rehearse(model, version)
+    except RehearsalFailed as err:
+        raise WouldNotServe(f"model {model!r} version {version} would not serve: {err}; nothing changed, "
+                            "serving keeps its version") from None
+    log(f"rehearsal of version {version}: {rehearsed.summary}")
+    example = request if request is not None else rehearsed.example
+    if example is None:
+        log(f"version {version} has no serving input example: its answers are not checked (give --request FILE)")
+        return None
+    return lambda: verifier.probe(example)
+
+
+def _switch(registry: Registry, granter: Granter, roller: Roller, *, model, alias: str, target: str,
+            record: Optional[str], log: Callable[[str], None], probe: Optional[Callable[[], str]] = None) -> str:
+    """Grant, move the alias to `target`, record `record` as the previous version (None: leave the
+    tag), roll, probe; on a failed roll or probe put alias and tag back, roll back, raise RolloutFailed."""
+    name, tag = model.name, previous_tag(alias)
+    log(granter.grant(name))
+    before, tag_before = model.aliases.get(alias), model.tags.get(tag)
+
+    def put_alias_back() -> None:
+        if before is None:
+            registry.delete_registered_model_alias(name, alias)
+        else:
+            registry.set_registered_model_alias(name, alias, before)
+
+    def put_back() -> str:
+        put_alias_back()
+        if record is not None:
+            if tag_before is None:
+                registry.delete_registered_model_tag(name, tag)
+            else:
+                registry.set_registered_model_tag(name, tag, tag_before)
+        return f"alias {name}@{alias} moved back to {before or '(unset)'}"
+
+    registry.set_registered_model_alias(name, alias, target)
+    if record is not None:
+        try:
+            registry.set_registered_model_tag(name, tag, record)
+        except MlflowException as err:
+            put_alias_back()
+            raise PromotionError(f"recording the previous version of {name}@{alias} failed ({err}); "
+                                 "the alias was put back") from None
+    log(f"{name}@{alias}: {before or '(unset)'} -> {target}")
+    try:
+        rolled = roller.roll(name, alias, target)
+        return f"{rolled}; {probe()}" if probe else rolled
+    except RolloutError as err:
+        failure = str(err)
+    except Exception as err:  # an API or client error mid-rollout: undo all the same
+        failure = f"{type(err).__name__}: {err}"
+    restored = put_back()
+    try:
+        back = roller.restore()
+    except RolloutError as err:
+        back = f"serving did not come back either: {err}"
+    raise RolloutFailed(f"rollout of {name}@{alias} -> version {target} failed: {failure}; {restored}; {back}")
+
+
+def promote(registry: Registry, granter: Granter, roller: Roller, *, model: str, version: str, alias: str,
+            requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print,
+            verifier: Optional[Verifier] = None, request: Optional[dict] = None) -> Outcome:
+    version = str(version)
+    registered = _model(registry, model)
+    mv = _ready_version(registry, model, version)
+    for line in check_gates(registry, mv, requirements):
+        log(f"gate passed: {line}")
+    probe = _rehearse(verifier, model, version, request, log)
+    previous = registered.aliases.get(alias)
+    record = previous if previous not in (None, version) else None
+    if previous == version:
+        log(f"{model}@{alias} already points to version {version}: rolling serving onto it anyway")
+    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=record, log=log,
+                      probe=probe)
+    log(rollout)
+    return Outcome(model, alias, version, previous, rollout)
+
+
+def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str, alias: str,
+             log: Callable[[str], None] = print, verifier: Optional[Verifier] = None,
+             request: Optional[dict] = None) -> Outcome:
+    registered = _model(registry, model)
+    current = registered.aliases.get(alias)
+    if current is None:
+        raise PromotionError(f"model {model!r} has no alias {alias!r}: nothing to roll back")
+    target = registered.tags.get(previous_tag(alias))
+    if not target:
+        raise PromotionError(f"no previous version recorded for {model}@{alias} (tag {previous_tag(alias)}): "
+                             "only an alias moved by tools.ops.promote can be rolled back")
+    _ready_version(registry, model, target)
+    probe = _rehearse(verifier, model, target, request, log)
+    rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=target, record=current, log=log,
+                      probe=probe)
+    log(rollout)
+    return Outcome(model, alias, target, current, rollout)
+
+
+# --- command line ------------------------------------------------------------------------------------
+def runtime_python() -> Path:
+    from tools.local.localplatform import DEFAULT_RUNTIME_VENV, RUNTIME_VENV_ENV
+
+    return Path(os.environ.get(RUNTIME_VENV_ENV) or DEFAULT_RUNTIME_VENV) / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Target:
+    tracking_uri: str
+    username: str
+    password: str
+    serving_user: str
+    roller: Roller
+    verifier: Verifier
+    notes: tuple[str, ...] = ()
+
+
+def local_verifier(runner: RuntimeRunner, workdir: Path, serving_url: str) -> LocalVerifier:
+    from tools.local.manifests import Manifests, container
+
+    # `make local` runs the rendered dev manifests: their serving container is the one to rehearse as.
+    args = container(Manifests.load("dev").one("Deployment", component="serving"), "serving")["args"]
+    timeout = env_timeout(args) + REHEARSAL_SLACK_SECONDS
+
+    def run(rehearsal: list[str]) -> tuple[int, str]:
+        code, out, _ = runner.run(rehearsal, "the rehearsal of the model's environment", timeout)
+        return code, out
+
+    return LocalVerifier(run, args, Path(workdir) / "env-rehearsal", serving_url)
+
+
+def local_target(workdir: Path, timeout: float) -> Target:
+    endpoints_file = Path(workdir) / "endpoints.json"
+    try:
+        endpoints = json.loads(endpoints_file.read_text())
+    except OSError:
+        raise PromotionError(f"{endpoints_file} is missing: is `make local` running?") from None
+    password = Path(endpoints["admin_password_file"]).read_text().strip()
+    runner = RuntimeRunner(runtime_python(), endpoints["tracking_url"], endpoints["admin_username"], password)
+    return Target(endpoints["tracking_url"], endpoints["admin_username"], password, endpoints["serving_username"],
+                  LocalSignalRoller(Path(workdir), timeout=timeout),
+                  local_verifier(runner, workdir, endpoints["serving_url"]))
+
+
+def admin_password_from_secret_manager(outputs: StackOutputs) -> str:
+    """The admin password's latest version (the stack outputs the secret, never its value)."""
+    try:
+        return CloudSecretManager().access(app_secret(outputs, ADMIN_PASSWORD))
+    except SecretManagerError as err:
+        raise PromotionError(str(err)) from None
+
+
+def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> Target:
+    from k8s.serving import ROLLOUT_ANNOTATION, SERVICE_NAME, SERVING_USERNAME
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise PromotionError("--target cluster needs the tracking URL: --tracking-uri or MLFLOW_TRACKING_URI "
+                             "(e.g. `kubectl -n mlflow port-forward svc/mlflow-tracking 5000:5000` and "
+                             "http://localhost:5000)")
+    try:
+        outputs = StackOutputs.read(stack)
+        username = os.environ.get("MLFLOW_TRACKING_USERNAME") or outputs.get("tracking_admin_username")
+        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(outputs)
+        namespace, name = outputs.deployment("serving")
+        api_client = load_api_client(outputs.kubeconfig("serving"))
+        roller = ClusterRoller(apps_api(api_client), namespace, name, timeout=timeout)
+        roller.check()  # before anything changes
+        verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME)
+    except (RolloutError, StackOutputError) as err:
+        raise PromotionError(str(err)) from None
+    note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's rolloutToken: record it with "
+            f"`pulumi config set rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")
+    return Target(tracking_uri, username, password, SERVING_USERNAME, roller, verifier, (note,))
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tools.ops.promote", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="registered model name")
+    parser.add_argument("--version", help="model version to promote (not with --rollback)")
+    parser.add_argument("--alias", required=True, help="serving alias, e.g. champion")
+    parser.add_argument("--require", action="append", default=[], metavar="METRIC_OP_VALUE",
+                        help="gate on a metric of the version's run, e.g. 'accuracy>=0.9' (repeatable)")
+    parser.add_argument("--rollback", action="store_true", help="point the alias back to its previous version")
+    parser.add_argument("--target", choices=("local", "cluster"), default="local")
+    parser.add_argument("--stack", default="dev", help="Pulumi stack of --target cluster (default dev)")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".local", help="`make local` work dir (default .local)")
+    parser.add_argument("--tracking-uri", help="tracking URL for --target cluster (default $MLFLOW_TRACKING_URI)")
+    parser.add_argument("--timeout", type=float, help="seconds to wait for serving (local 300, cluster 600)")
+    parser.add_argument("--request", type=Path, metavar="FILE",
+                        help="JSON request to check serving's answers with after the rollout (default: the "
+                             "version's serving input example)")
+    args = parser.parse_args(argv)
+    if args.rollback == bool(args.version):
+        parser.error("give --version N to promote, or --rollback (without --version)")
+    if args.rollback and args.require:
+        parser.error("--require gates a promotion, not a rollback")
+    try:
+        args.requirements = [Requirement.parse(text) for text in args.require]
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        args.request_body = json.loads(args.request.read_text()) if args.request else None
+    except (OSError, ValueError) as err:
+        parser.error(f"--request {args.request}: not a readable JSON file ({err})")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
+    try:
+        if args.target == "local":
+            target = local_target(args.workdir, args.timeout or 300.0)
+        else:
+            target = cluster_target(args.stack, args.tracking_uri, args.timeout or DEFAULT_CLUSTER_TIMEOUT)
+        registry = registry_client(target.tracking_uri, target.username, target.password)
+        granter = RuntimeGranter(runtime_python(), target.tracking_uri, target.username, target.password,
+                                 target.serving_user)
+        checks = {"verifier": target.verifier, "request": args.request_body, "log": log}
+        if args.rollback:
+            outcome = rollback(registry, granter, target.roller, model=args.model, alias=args.alias, **checks)
+        else:
+            outcome = promote(registry, granter, target.roller, model=args.model, version=args.version,
+                              alias=args.alias, requirements=args.requirements, **checks)
+    except PromotionError as err:
+        print(f"promote: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except MlflowException as err:
+        print(f"promote: error: tracking answered {err.error_code}: {err.message}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    log(f"{outcome.model}@{outcome.alias} = version {outcome.version} (was {outcome.previous or 'unset'}), served")
+    for note in target.notes:
+        log(note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Rolling the serving pods onto what the alias points to now, and waiting until they serve it.
+
+A roller has two calls: `roll(model, alias, version)` and, after a failed roll once the alias has
+been moved back, `restore()`. Both raise `RolloutError` when serving is not ready in time.
+
+- `PlatformRoller`: a LocalPlatform owned by this process (tests): `platform.restart_serving()`.
+- `LocalSignalRoller`: a running `make local`, asked over SIGUSR1 (see tools/local/rollout.py).
+- `ClusterRoller`: the serving Deployment, through the Kubernetes API: a strategic-merge patch of
+  its pod-template annotation `mlflow.org/rollout-token`, then the checks of `kubectl rollout
+  status` until every replica is new and available. `restore()` puts the previous token back,
+  so Kubernetes returns to the previous ReplicaSet. `restart()` is `kubectl rollout restart` (any
+  Deployment; the secret rotation's).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+from k8s.serving import ROLLOUT_ANNOTATION
+
+FIELD_MANAGER = "mlflow-promote"
+RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+KUBERNETES_REQUIREMENT = "kubernetes==37.0.2"
+# New pods answer /live at once and turn ready once the model is downloaded and loaded: 600 s leaves
+# room for a large model, and is the Deployment's default progressDeadlineSeconds.
+DEFAULT_CLUSTER_TIMEOUT = 600.0
+
+
+class RolloutError(RuntimeError):
+    """Serving did not become ready on the new version in time (or could not be asked to)."""
+
+
+class Roller(Protocol):
+    def roll(self, model: str, alias: str, version: str) -> str:
+        """Roll serving; return a one-line summary once it serves; raise RolloutError otherwise."""
+
+    def restore(self) -> str:
+        """After a failed roll (the alias already moved back): serve the previous target again."""
+
+
+# --- local --------------------------------------------------------------------------------------
+class PlatformRoller:
+    """A LocalPlatform this process owns: the rollout is `restart_serving()`."""
+
+    def __init__(self, platform):
+        self.platform = platform
+
+    def _restart(self) -> str:
+        from tools.local.processes import LocalPlatformError
+
+        try:
+            self.platform.restart_serving()
+        except LocalPlatformError as err:
+            raise RolloutError(f"local serving did not become ready: {str(err).splitlines()[0]}") from None
+        return f"local serving restarted (pid {self.platform.serving.pid}), ready on {self.platform.serving_url}"
+
+    def roll(self, model: str, alias: str, version: str) -> str:
+        return self._restart()
+
+    def restore(self) -> str:
+        return self._restart()
+
+
+class LocalSignalRoller:
+    """A running `make local` (python -m tools.local) using `workdir`."""
+
+    def __init__(self, workdir: Path, timeout: float = 300.0):
+        self.workdir = Path(workdir)
+        self.timeout = timeout
+
+    def _request(self) -> str:
+        from tools.local.rollout import RolloutRequestError, request_rollout
+
+        try:
+            status = request_rollout(self.workdir, timeout=self.timeout)
+        except RolloutRequestError as err:
+            raise RolloutError(str(err)) from None
+        return f"`make local` restarted serving (pid {status['serving_pid']}, rollout {status['generation']})"
+
+    def roll(self, model: str, alias: str, version: str) -> str:
+        return self._request()
+
+    def restore(self) -> str:
+        return self._request()
+
+
+# --- cluster ------------------------------------------------------------------------------------
+def rollout_token(alias: str, version: str, now: Optional[float] = None) -> str:
+    """A new annotation value per promotion, readable in `kubectl describe`."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    return f"{alias}-v{version}-{stamp}"
+
+
+def rollout_patch(token: Optional[str], annotation: str = ROLLOUT_ANNOTATION) -> dict:
+    """The strategic-merge patch that changes only one pod-template annotation (None removes it)."""
+    return {"spec": {"template": {"metadata": {"annotations": {annotation: token}}}}}
+
+
+def _get(obj: Any, *path: str) -> Any:
+    """Attribute path through Kubernetes client models (or anything shaped like them)."""
+    for name in path:
+        if obj is None:
+            return None
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def rollout_status(deployment: Any) -> tuple[bool, str]:
+    """(done, message), as `kubectl rollout status` decides; raises RolloutError when the
+    Deployment reports ProgressDeadlineExceeded."""
+    generation = _get(deployment, "metadata", "generation") or 0
+    observed = _get(deployment, "status", "observed_generation") or 0
+    if generation > observed:
+        return False, "waiting for the Deployment spec update to be observed"
+    for condition in _get(deployment, "status", "conditions") or []:
+        if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
+            raise RolloutError(f"rollout exceeded its progress deadline: {condition.message}")
+    wanted = _get(deployment, "spec", "replicas")
+    updated = _get(deployment, "status", "updated_replicas") or 0
+    replicas = _get(deployment, "status", "replicas") or 0
+    available = _get(deployment, "status", "available_replicas") or 0
+    if wanted is not None and updated < wanted:
+        return False, f"{updated} of {wanted} new replicas updated"
+    if replicas > updated:
+        return False, f"{replicas - updated} old replicas pending termination"
+    if available < updated:
+        return False, f"{available} of {updated} updated replicas available"
+    return True, f"{updated} replicas updated and available"
+
+
+def load_api_client(kubeconfig: dict):
+    """A kubernetes ApiClient for a kubeconfig dict (the stack's output: GKE with gke-gcloud-auth-plugin)."""
+    try:
+        from kubernetes import config
+    except ImportError:
+        raise RolloutError(f"the Kubernetes Python client is not installed in this virtualenv: add "
+                           f"{KUBERNETES_REQUIREMENT} to requirements-dev.txt and run `make install`") from None
+    return config.new_client_from_config_dict(kubeconfig)
+
+
+def apps_api(api_client):
+    from kubernetes import client
+
+    return client.AppsV1Api(api_client)
+
+
+@dataclass
+class ClusterRoller:
+    """Patches the rollout token of `namespace/name` through `api` (a kubernetes AppsV1Api)."""
+
+    api: Any
+    namespace: str
+    name: str
+    timeout: float = DEFAULT_CLUSTER_TIMEOUT
+    poll: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    previous_token: Optional[str] = None
+    patched: bool = False
+
+    @property
+    def target(self) -> str:
+        return f"deployment/{self.name} -n {self.namespace}"
+
+    def _api(self, call: str, *args, **kwargs):
+        """One API call; any client or HTTP error (RBAC, network, 404) becomes a RolloutError."""
+        try:
+            return getattr(self.api, call)(*args, **kwargs)
+        except Exception as err:
+            status = getattr(err, "status", None)
+            reason = getattr(err, "reason", None) or (str(err).splitlines() or [type(err).__name__])[0]
+            raise RolloutError(f"Kubernetes API {call} of {self.target} failed: "
+                               f"{f'HTTP {status} ' if status else ''}{reason}") from None
+
+    def check(self) -> None:
+        """The Deployment can be read (credentials, RBAC, the name in the stack's outputs)."""
+        self._api("read_namespaced_deployment", self.name, self.namespace)
+
+    def _patch(self, token: Optional[str], annotation: str = ROLLOUT_ANNOTATION) -> None:
+        self._api("patch_namespaced_deployment", self.name, self.namespace, rollout_patch(token, annotation),
+                  field_manager=FIELD_MANAGER, _content_type=STRATEGIC_MERGE_PATCH)
+
+    def _wait(self) -> str:
+        deadline = self.clock() + self.timeout
+        message = "not read yet"
+        while True:
+            done, message = rollout_status(self._api("read_namespaced_deployment_status", self.name, self.namespace))
+            if done:
+                return message
+            if self.clock() >= deadline:
+                raise RolloutError(f"{self.target} not rolled out within {self.timeout:.0f}s: {message}")
+            self.sleep(self.poll)
+
+    def roll(self, model: str, alias: str, version: str) -> str:
+        current = self._api("read_namespaced_deployment", self.name, self.namespace)
+        self.previous_token = (_get(current, "spec", "template", "metadata", "annotations") or {}).get(
+            ROLLOUT_ANNOTATION)
+        token = rollout_token(alias, version)
+        self._patch(token)
+        self.patched = True
+        return f"{self.target} rolled with {ROLLOUT_ANNOTATION}={token}: {self._wait()}"
+
+    def restart(self, now: Optional[float] = None) -> str:
+        """New pods from the same template, as the Deployment's strategy declares; waits for them."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+        self._patch(stamp, RESTARTED_AT_ANNOTATION)
+        return f"{self.target} restarted: {self._wait()}"
+
+    def restore(self) -> str:
+        if not self.patched:
+            return f"{self.target} was not patched"
+        self._patch(self.previous_token)
+        return f"{self.target} back to {ROLLOUT_ANNOTATION}={self.previous_token}: {self._wait()}"
