@@ -82,11 +82,6 @@ def tmp_mount() -> dict:
     return {"name": TMP_VOLUME, "mountPath": "/tmp"}
 
 
-def secret_env(name: str, secret_name: Any, key: str) -> dict:
-    """An env var read from a Secret: the value never appears in the manifest."""
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
-
-
 def sql_proxy_sidecar(connection_name: Any, *, image: str, port: int = SQL_PROXY_PORT,
                       http_port: int = SQL_PROXY_HTTP_PORT) -> dict:
     """Cloud SQL Auth Proxy v2 as a native sidecar: an init container that keeps running.
@@ -121,18 +116,6 @@ def sql_proxy_sidecar(connection_name: Any, *, image: str, port: int = SQL_PROXY
         "resources": resources("100m", "128Mi"),
         "securityContext": container_security_context(PROXY_UID),
     }
-
-
-SECRETS_AS_ENV_REASON = (
-    "MLflow reads its credentials only from MLFLOW_* environment variables; "
-    "they come from secretKeyRef, never from the manifest"
-)
-
-
-def checkov_skips(**reasons: str) -> dict[str, str]:
-    """Annotations that skip a checkov check on this object; every skip carries its reason."""
-    return {f"checkov.io/skip{index}": f"{check}={reason}"
-            for index, (check, reason) in enumerate(sorted(reasons.items()), start=1)}
 
 
 def default_deny_ingress(namespace, labels: dict) -> dict:

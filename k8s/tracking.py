@@ -19,8 +19,8 @@ from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import (
-    SECRETS_AS_ENV_REASON, SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, checkov_skips, container_security_context,
-    drain_on_stop, http_probe, resources, sql_proxy_sidecar, tmp_mount, tmp_volume,
+    SQL_PROXY_HTTP_PORT, SQL_PROXY_PORT, container_security_context, drain_on_stop, http_probe, resources,
+    sql_proxy_sidecar, tmp_mount, tmp_volume,
 )
 from k8s.workload import (
     WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, fail_job_on_exit, http_service_port,
@@ -441,7 +441,7 @@ class TrackingServer(pulumi.ComponentResource):
                      logging_volume(namespace.logging_config_map)])
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=names.metadata(ns_name, checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)),
+            metadata=names.metadata(ns_name),
             # The auth config is read only at start: a change must roll the pods.
             spec=deployment_spec(names, pod, {
                 "mlflow.org/auth-settings": f"{args.default_permission},ttl={args.auth_cache_ttl_seconds}"},

@@ -3,8 +3,7 @@
 import pytest
 
 from k8s.pods import (
-    container_security_context, cpu_millis, http_probe, pod_security_context, resources, secret_env,
-    sql_proxy_sidecar,
+    container_security_context, cpu_millis, http_probe, pod_security_context, resources, sql_proxy_sidecar,
 )
 
 PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.14.2@sha256:" + "a" * 64
@@ -39,12 +38,6 @@ def test_http_probe_shape():
     assert http_probe("/health", "http", period=5, failures=60) == {
         "httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5, "failureThreshold": 60,
         "timeoutSeconds": 5}
-
-
-def test_secret_env_references_a_secret_key_instead_of_a_value():
-    entry = secret_env("PASSWORD", "creds", "password")
-    assert "value" not in entry
-    assert entry["valueFrom"] == {"secretKeyRef": {"name": "creds", "key": "password"}}
 
 
 def test_proxy_sidecar_is_a_native_sidecar():
