@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import pulumi
@@ -31,8 +30,7 @@ SERVICE_NAME = "mlflow-serving"
 KSA_NAME = "mlflow-serving"
 SETUP_KSA_NAME = "mlflow-serving-setup"
 SERVING_USERNAME = "mlflow-serving"
-SETUP_SCRIPT = Path(__file__).parent / "scripts" / "ensure_serving_user.py"
-SCRIPT_DIR = "/opt/mlflow-scripts"
+SETUP_MODULE = "mlflow_serving_user"  # in the tracking image (mlflow_image/)
 ALIAS_ANNOTATION = "mlflow.org/model-uri"
 ROLLOUT_ANNOTATION = "mlflow.org/rollout-token"
 LIVE_PATH = "/live"  # mlflow_serving: 200 while the process runs
@@ -132,15 +130,16 @@ def serving_container(*, image: Any, model_name: str, alias: str, workers: int, 
     }
 
 
-def setup_job_name(model_name: str, alias: str, rollout_token: str, script: str) -> str:
-    """One Job per (model, alias, token, script): a change reruns the grants."""
-    digest = hashlib.sha256("|".join([model_name, alias, rollout_token, script]).encode()).hexdigest()[:10]
+def setup_job_name(model_name: str, alias: str, rollout_token: str) -> str:
+    """One Job per (model, alias, token): a change reruns the grants. A new image changes the Job's
+    spec, which Pulumi replaces too."""
+    digest = hashlib.sha256("|".join([model_name, alias, rollout_token]).encode()).hexdigest()[:10]
     return f"mlflow-serving-user-{digest}"
 
 
 def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model_name: str) -> dict:
-    """The serving-user script as the admin, both passwords read from the Job's Secret Manager files."""
-    command, args = with_file_env(["python"], [f"{SCRIPT_DIR}/{SETUP_SCRIPT.name}"], SETUP_FILE_ENV)
+    """The image's serving-user module as the admin, both passwords read from the Job's Secret Manager files."""
+    command, args = with_file_env(["python"], ["-m", SETUP_MODULE], SETUP_FILE_ENV)
     return {
         "name": "ensure-serving-user",
         "image": image,
@@ -155,7 +154,7 @@ def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model
         ],
         "resources": resources("100m", "256Mi"),
         "securityContext": container_security_context(),
-        "volumeMounts": [tmp_mount(), secrets_mount(), {"name": "scripts", "mountPath": SCRIPT_DIR, "readOnly": True}],
+        "volumeMounts": [tmp_mount(), secrets_mount()],
     }
 
 
@@ -325,20 +324,14 @@ class ModelServing(pulumi.ComponentResource):
             readers=(principal(args.project_number, args.tracking_workload_pool, tracking.namespace,
                                ksa.metadata["name"]),),
             gcp_opts=child_options(self, opts))
-        script = SETUP_SCRIPT.read_text()
-        scripts = k8s.core.v1.ConfigMap(
-            f"{name}-setup-script",
-            metadata={"name": "mlflow-serving-setup", "namespace": tracking.namespace, "labels": labels},
-            data={SETUP_SCRIPT.name: script}, opts=tracking_opts)
         container = setup_container(image=args.setup_image, tracking_url=tracking.in_cluster_url,
                                     admin_username=tracking.admin_username, model_name=args.model_name)
         return k8s.batch.v1.Job(
             f"{name}-setup",
-            metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token, script),
+            metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token),
                       "namespace": tracking.namespace, "labels": labels},
             spec=run_once_job_spec(labels, SETUP_DEADLINE_SECONDS, ksa.metadata["name"], containers=[container],
-                                   volumes=[tmp_volume("64Mi"), secrets_volume(setup_class), {"name": "scripts", "configMap": {
-                                       "name": scripts.metadata["name"], "defaultMode": 0o444}}],
+                                   volumes=[tmp_volume("64Mi"), secrets_volume(setup_class)],
                                    backoff_limit=6),
             opts=pulumi.ResourceOptions.merge(tracking_opts, pulumi.ResourceOptions(
                 depends_on=[tracking.ready, *setup_grants], delete_before_replace=True,

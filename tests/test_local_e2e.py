@@ -167,17 +167,14 @@ def test_migration_job_waits_then_runs_both_upgrades_in_order_against_local_post
     check_env(auth_spec, auth.env, {"MLFLOW_AUTH_DATABASE_URI": p.database_uri(AUTH_DATABASE)})
 
 
-def test_serving_user_job_gets_the_configmap_script_and_local_tracking(offline):
+def test_serving_user_job_runs_the_image_s_module_against_local_tracking(offline):
     p = offline
     [(spec, command)] = p.job_commands(p.serving_user_job, "serving-user")
-    script = p.workdir / "pods" / "serving-user" / "scripts" / "ensure_serving_user.py"
     secrets = p.workdir / "pods" / "serving-user" / "app-secrets"
     assert argv_diff(spec["command"] + spec["args"], command.container_argv) == {}
+    assert command.container_argv[-2:] == ["-m", "mlflow_serving_user"]
     check_env(spec, command.env, {"MLFLOW_TRACKING_URI": p.tracking_url})  # the Service: the local load balancer
-    assert Bind(script.parent, "/opt/mlflow-scripts") in command.binds
-    config_map = p.manifests.config_map_data("mlflow", "mlflow-serving-setup")
-    assert command.files == {script: (config_map["ensure_serving_user.py"], 0o644),
-                             secrets / "admin-password": (p.admin_password, 0o600),
+    assert command.files == {secrets / "admin-password": (p.admin_password, 0o600),
                              secrets / "serving-password": (p.serving_password, 0o600)}
 
 

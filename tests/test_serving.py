@@ -9,6 +9,7 @@ from k8s.serving import (
     setup_job_name,
 )
 from tests.helpers import container, env_of, plain, pod_spec
+from tools.offline.stack import ROOT
 
 
 def test_serves_the_registry_alias_through_the_metrics_wrapper():
@@ -48,11 +49,12 @@ def test_alias_or_token_change_changes_the_pod_template():
     assert base[ALIAS_ANNOTATION] == "models:/iris@champion" and base[ROLLOUT_ANNOTATION] == "initial"
 
 
-def test_setup_job_reruns_when_model_alias_or_script_change():
-    name = setup_job_name("iris", "champion", "", "script")
-    assert name != setup_job_name("iris", "champion", "", "script v2")
-    assert name != setup_job_name("iris", "canary", "", "script")
-    assert name == setup_job_name("iris", "champion", "", "script") and len(name) <= 63
+def test_setup_job_reruns_when_model_alias_or_rollout_token_change():
+    name = setup_job_name("iris", "champion", "")
+    assert name != setup_job_name("iris", "canary", "")
+    assert name != setup_job_name("other", "champion", "")
+    assert name != setup_job_name("iris", "champion", "2026-11-30")
+    assert name == setup_job_name("iris", "champion", "") and len(name) <= 63
 
 
 def test_hpa_scales_on_cpu_within_bounds():
@@ -188,6 +190,16 @@ def test_serving_user_job_runs_beside_tracking_after_it_is_ready(stack_runs):
     assert env["MLFLOW_TRACKING_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/admin-password"
     assert env["SERVING_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/serving-password"
     assert pod_spec(job)["serviceAccountName"] == "mlflow-serving-setup"
+
+
+def test_serving_user_job_runs_the_module_of_the_tracking_image_not_a_mounted_script(stack_runs):
+    run = stack_runs["prod"]
+    job = run.named("mlflow-serving-setup")
+    setup = container(job, "ensure-serving-user")
+    assert setup["image"] == container(run.named("mlflow-deployment"), "mlflow")["image"]
+    assert setup["args"][-2:] == ["-m", "mlflow_serving_user"]
+    assert not [volume for volume in pod_spec(job)["volumes"] if "configMap" in volume]
+    assert "COPY mlflow_serving_user " in (ROOT / "mlflow_image" / "Dockerfile").read_text().split("AS serving")[0]
 
 
 def test_serving_password_is_mounted_from_secret_manager_not_a_kubernetes_secret(stack_runs):

@@ -1,7 +1,7 @@
 """`python -m mlflow_dbwait --url-env MLFLOW_BACKEND_STORE_URI --timeout 420`.
 
-The URI is read from the named environment variable (a secretKeyRef), never from argv, and its
-password never reaches a log line.
+The URI is read from the named environment variable, never from argv, and a password in it never
+reaches a log line.
 """
 
 from __future__ import annotations

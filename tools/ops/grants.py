@@ -1,5 +1,5 @@
 """READ for the serving user on a model and the experiments of its versions: the serving-user
-Job's own logic (k8s/scripts/ensure_serving_user.py), imported, for a model promoted after
+Job's own logic (mlflow_image/mlflow_serving_user), imported, for a model promoted after
 that Job ran. Needs MLflow: run it with the runtime virtualenv's python from the project root
 
     MLFLOW_TRACKING_URI=... MLFLOW_TRACKING_USERNAME=admin MLFLOW_TRACKING_PASSWORD=... \\
@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
-from k8s.scripts.ensure_serving_user import READ, ensure_read, model_experiments
+from mlflow_serving_user import READ, grant_model_read
 
 
 def grant_read(tracking_uri: str, username: str, model_name: str) -> dict:
@@ -39,10 +39,7 @@ def grant_read(tracking_uri: str, username: str, model_name: str) -> dict:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise SystemExit(f"registered model {model_name!r} does not exist") from None
-    ensure_read(auth, username, "registered_model", model_name)
-    experiments = sorted(model_experiments(client, model_name))
-    for experiment_id in experiments:
-        ensure_read(auth, username, "experiment", experiment_id)
+    experiments = grant_model_read(auth, client, username, model_name)
     return {"user": username, "permission": READ, "model": model_name, "experiments": experiments}
 
 
