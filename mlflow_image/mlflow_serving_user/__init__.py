@@ -39,6 +39,16 @@ def ensure_read(auth, username: str, resource_type: str, resource_id: str) -> No
         auth.grant_user_permission(username, resource_type, resource_id, READ)
 
 
+def is_registered(client: MlflowClient, model_name: str) -> bool:
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
+    return True
+
+
 def model_experiments(client: MlflowClient, model_name: str) -> set[str]:
     experiments = set()
     for version in client.search_model_versions(f"name='{model_name}'"):

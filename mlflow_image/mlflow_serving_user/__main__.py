@@ -11,10 +11,9 @@ import os
 import sys
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
-from mlflow_serving_user import ensure_user, grant_model_read
+from mlflow_serving_user import ensure_user, grant_model_read, is_registered
 
 
 def main() -> int:
@@ -25,11 +24,7 @@ def main() -> int:
     print(f"serving user {username!r}: {ensure_user(auth, username, password)}", flush=True)
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
+    if not is_registered(client, model_name):
         print(f"model {model_name!r} is not registered yet; grant READ when it is (rerun or `make promote`)")
         return 0
     experiments = grant_model_read(auth, client, username, model_name)

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
-from mlflow_serving_user import READ, grant_model_read
+from mlflow_serving_user import READ, grant_model_read, is_registered
 
 
 def grant_read(tracking_uri: str, username: str, model_name: str) -> dict:
@@ -33,12 +33,8 @@ def grant_read(tracking_uri: str, username: str, model_name: str) -> dict:
             raise
         raise SystemExit(f"serving user {username!r} does not exist: the serving-user Job creates it "
                          "(`pulumi up`, or `make local`)") from None
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
-        raise SystemExit(f"registered model {model_name!r} does not exist") from None
+    if not is_registered(client, model_name):
+        raise SystemExit(f"registered model {model_name!r} does not exist")
     experiments = grant_model_read(auth, client, username, model_name)
     return {"user": username, "permission": READ, "model": model_name, "experiments": experiments}
 
