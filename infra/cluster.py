@@ -196,7 +196,7 @@ class GkeCluster(pulumi.ComponentResource):
         self.workload_pool = cluster.workload_identity_config.apply(lambda config: config.workload_pool)
         # Workloads need nodes to run on: the provider, and so every object it creates, waits for the pool.
         # Without `cluster_identifier` pulumi-kubernetes replaces the provider, and with it every object it
-        # created, when the kubeconfig's active cluster changes (server or CA data: `controlPlaneEndpoint`
+        # created, when the kubeconfig's active cluster changes (server or CA data: `clusters.controlPlaneEndpoint`
         # ip <-> dns, a CA rotation); with it, only a new identifier replaces (kubeProvider.DiffConfig in
         # pulumi-kubernetes provider/pkg/provider/provider.go). The cluster's id changes only with the cluster.
         self.provider = k8s.Provider(
