@@ -12,6 +12,7 @@ from infra import cloud_rules
 from infra.cloud_rules import NAME_RULES
 from infra.config import FLAT_KEYS, LOAD_TEST_KEYS, ConfigError, load_settings, setting_fields, settings_from_values
 from infra.settings import NAME_PREFIX_MAX_LENGTH, Settings
+from tools.offline import reference
 from tools.offline.stack import read_stack_config, run_program, set_path
 
 NS = "mlflow-platform"
@@ -327,3 +328,14 @@ def test_settings_that_replace_stateful_resources_say_so(field, what_goes):
     assert "before the first `up`" in description, description
     for words in what_goes:
         assert words in description, (field, words)
+
+
+def test_pulumi_yaml_and_the_readme_reference_are_generated_from_the_model():
+    assert reference.main([]) == 0, "Pulumi.yaml or README.md is stale: run `make reference`"
+
+
+def test_the_reference_shows_each_nested_key_with_its_bounds_and_pulumi_yaml_one_object_per_component():
+    assert "| `mlflow-platform:clusters.platform.minNodes` | integer | `1` | 0-100 |" in reference.reference_table()
+    declared = reference.pulumi_config_section()
+    assert declared["database"]["default"] == {} and "type" not in declared["database"]  # pulumi/pulumi#11321
+    assert "clusters.platform.minNodes" not in declared
