@@ -53,6 +53,7 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9.\-/:_]+@sha256:[0-9a-f]{64}$")
+_BY_DIGEST = "must reference the image by digest: REGISTRY/REPO/NAME@sha256:<64 hex>"
 _WEEKDAYS = {"MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6, "SUN": 7}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 # The longest namePrefix: every GCP name the program builds fits GCP's rules with it (the tightest, a GKE
@@ -93,19 +94,18 @@ def _json_list(value: Any) -> Any:
     return value
 
 
-def _empty_is_none(value: Optional[str], pattern: re.Pattern, allowed: str) -> Optional[str]:
-    if value and not pattern.match(value):
-        raise ValueError(allowed)
-    return value or None
-
-
-def _by_digest(value: Optional[str]) -> Optional[str]:
-    return _pinned(value) if value else None
+def _matching(pattern: re.Pattern, allowed: str) -> AfterValidator:
+    """An optional text that must match `pattern` when set; empty means not set."""
+    def check(value: Optional[str]) -> Optional[str]:
+        if value and not pattern.match(value):
+            raise ValueError(allowed)
+        return value or None
+    return AfterValidator(check)
 
 
 def _pinned(value: str) -> str:
     if not _IMAGE_BY_DIGEST.match(value):
-        raise ValueError("must reference the image by digest: REGISTRY/REPO/NAME@sha256:<64 hex>")
+        raise ValueError(_BY_DIGEST)
     return value
 
 
@@ -122,8 +122,9 @@ def _memory(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
+Unset = Annotated[Optional[str], AfterValidator(lambda value: value or None)]  # "" as the stack file's "not set"
 CidrList = Annotated[tuple[str, ...], BeforeValidator(_json_list)]
-ImageByDigest = Annotated[Optional[str], AfterValidator(_by_digest)]
+ImageByDigest = Annotated[Optional[str], _matching(_IMAGE_BY_DIGEST, _BY_DIGEST)]
 Cpu = Annotated[str, AfterValidator(_cpu)]
 Memory = Annotated[str, AfterValidator(_memory)]
 
@@ -145,7 +146,7 @@ class NetworkSettings(Section):
     master_cidr: Cidr = Field("172.16.0.0/28", description="Control-plane range of the platform cluster (/28).")
     serving_master_cidr: Cidr = Field("172.16.0.16/28", description="Control-plane range of the serving cluster (/28).")
     private_services_cidr: Cidr = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
-    tracking_internal_ip: Optional[str] = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
+    tracking_internal_ip: Unset = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
 
     @field_validator("master_cidr", "serving_master_cidr")
     @classmethod
@@ -161,11 +162,6 @@ class NetworkSettings(Section):
             raise ValueError(f"private services access needs a /{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX} "
                              f"or larger range (prefix length 8-{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX})")
         return value
-
-    @field_validator("tracking_internal_ip")
-    @classmethod
-    def _empty_ip(cls, value: Optional[str]) -> Optional[str]:
-        return value or None
 
     @model_validator(mode="after")
     def _internal_ip_in_subnet(self) -> "NetworkSettings":
@@ -332,22 +328,13 @@ class TrackingSettings(Section):
 
 # --- edge: Ingress, Cloud Armor, IAP ---------------------------------------------------------------
 class EdgeSettings(Section):
-    ingress_host: Optional[str] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
+    ingress_host: Annotated[Optional[str], _matching(
+        _HOSTNAME, "must be a fully qualified lowercase DNS name, e.g. mlflow.example.com")] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
     cloud_armor: bool = Field(False, description="Cloud Armor per-client rate limiting on the Ingress (needs `ingressHost`).")
     armor_requests_per_minute: int = Field(600, ge=10, le=100_000, description="Requests per minute one client IP may make before 429.")
     iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client, which admits only identities of the project's organization (needs `ingressHost`; GKE 1.29.4+).")
-    iap_oauth_client_id: Optional[str] = Field(None, description="OAuth client id that programs (the mlflow-iap-auth plugin) get IAP tokens for: allowed as IAP's programmatic client; its secret is never needed.")
+    iap_oauth_client_id: Unset = Field(None, description="OAuth client id that programs (the mlflow-iap-auth plugin) get IAP tokens for: allowed as IAP's programmatic client; its secret is never needed.")
     iap_members: Annotated[tuple[str, ...], BeforeValidator(_json_list)] = Field((), description="Who may pass IAP (`user:`, `group:`, `serviceAccount:` or `domain:` members of the project's organization: IAP's Google-managed OAuth client admits no one else, so `allUsers`, `allAuthenticatedUsers` and consumer accounts such as `user:…@gmail.com` are refused); needed with `iap`.")
-
-    @field_validator("ingress_host")
-    @classmethod
-    def _host(cls, value: Optional[str]) -> Optional[str]:
-        return _empty_is_none(value, _HOSTNAME, "must be a fully qualified lowercase DNS name, e.g. mlflow.example.com")
-
-    @field_validator("iap_oauth_client_id")
-    @classmethod
-    def _client(cls, value: Optional[str]) -> Optional[str]:
-        return value or None
 
     @field_validator("iap_members")
     @classmethod
@@ -378,20 +365,16 @@ class EdgeSettings(Section):
 # --- observability ---------------------------------------------------------------------------------
 class MonitoringSettings(Section):
     alerts_enabled: bool = Field(True, description="Alert policies evaluate and notify (dev may turn them off).")
-    alert_email: Optional[str] = Field(None, description="E-mail address notified by every alert; empty: none.")
+    alert_email: Annotated[Optional[str], _matching(_EMAIL, "must be an e-mail address, e.g. oncall@example.com")] = Field(None, description="E-mail address notified by every alert; empty: none.")
     serving_p99_ms: int = Field(250, ge=10, le=60_000, description="Alert when serving p99 latency exceeds this, ms.")
     serving_error_percent: int = Field(5, ge=1, le=100, description="Alert when serving 5xx exceed this share, percent.")
     db_storage_percent: int = Field(85, ge=50, le=99, description="Alert when Cloud SQL storage exceeds this, percent.")
 
-    @field_validator("alert_email")
-    @classmethod
-    def _email(cls, value: Optional[str]) -> Optional[str]:
-        return _empty_is_none(value, _EMAIL, "must be an e-mail address, e.g. oncall@example.com")
-
 
 # --- model serving ---------------------------------------------------------------------------------
 class ServingSettings(Section):
-    model_name: Optional[str] = Field(None, description="Registered model to serve; empty creates no serving Deployment.")
+    model_name: Annotated[Optional[str], _matching(
+        _MODEL_NAME, "must be 1-128 chars of letters, digits, '_', '.', '-'")] = Field(None, description="Registered model to serve; empty creates no serving Deployment.")
     model_alias: str = Field("champion", description="Registry alias served (`models:/NAME@ALIAS`).")
     rollout_token: str = Field("", description="Change to roll the serving pods without changing the alias.")
     image: ImageByDigest = Field(None, description="Prebuilt serving image by digest (`repo@sha256:…`); empty builds it.")
@@ -406,11 +389,6 @@ class ServingSettings(Section):
     env_timeout_seconds: int = Field(300, ge=30, le=1800, description="Time limit of restoring a model's recorded environment in a serving pod, seconds.")
     env_cache_gi: int = Field(4, ge=1, le=100, description="Size limit of each serving pod's volume of restored model environments, GiB.")
     private_python_repository: bool = Field(False, description="Also declare a standard Artifact Registry Python repository for private packages, read by serving before PyPI.")
-
-    @field_validator("model_name")
-    @classmethod
-    def _model_name(cls, value: Optional[str]) -> Optional[str]:
-        return _empty_is_none(value, _MODEL_NAME, "must be 1-128 chars of letters, digits, '_', '.', '-'")
 
     @field_validator("model_alias")
     @classmethod
