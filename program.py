@@ -1,4 +1,4 @@
-"""Wires the platform's components from validated settings, layer by layer; returns the stack outputs."""
+"""The platform as one component: wires its components from validated settings, layer by layer."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.serving import ModelServing, ModelServingArgs
 from k8s.tracking import TrackingServer, TrackingServerArgs
 
+# The platform component's name in the stack `__main__.py` declares.
+PLATFORM_NAME = "platform"
 SERVING_PODS_RANGE_NAME = "serving-pods"
 SERVING_SERVICES_RANGE_NAME = "serving-services"
 
@@ -61,8 +63,25 @@ class Serving:
     serving: ModelServing
 
 
-def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
-    foundation = build_foundation(settings)
+class MlflowPlatform(pulumi.ComponentResource):
+    """The whole platform for one stack's settings; `outputs` are the stack outputs it offers.
+
+    A program of one's own declares it beside its other resources (examples/team_program)."""
+
+    outputs: dict[str, pulumi.Output]
+
+    def __init__(self, name: str, settings: Settings, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:program:MlflowPlatform", name, None, opts)
+        # Its components were the stack's own children before this component existed: the alias keeps their
+        # URNs, and the engine derives their descendants' old URNs from it, so existing stacks replace nothing.
+        children = pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)])
+        self.outputs = build_platform(settings, children)
+        self.register_outputs(self.outputs)
+
+
+def build_platform(settings: Settings, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output]:
+    """Every component, each declared with `opts`; returns the stack outputs."""
+    foundation = build_foundation(settings, opts)
     clusters = build_clusters(settings, foundation)
     data = build_data(settings, foundation)
     tracking = build_tracking(settings, foundation, clusters, data)
@@ -71,12 +90,12 @@ def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
     return stack_outputs(settings, foundation, clusters, data, tracking, serving)
 
 
-def build_foundation(settings: Settings) -> Foundation:
+def build_foundation(settings: Settings, opts: pulumi.ResourceOptions) -> Foundation:
     prefix = settings.name_prefix
     labels = gcp_labels(settings.environment)
     apis = ProjectApis(f"{prefix}-apis", ProjectApisArgs(
-        project=settings.project, services=REQUIRED_APIS + (IAP_API,) if settings.edge.iap else REQUIRED_APIS))
-    after_apis = pulumi.ResourceOptions(depends_on=[apis])
+        project=settings.project, services=REQUIRED_APIS + (IAP_API,) if settings.edge.iap else REQUIRED_APIS), opts)
+    after_apis = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[apis]))
     network = build_network(settings, labels, after_apis)
     registry = ImageRepository(f"{prefix}-images", ImageRepositoryArgs(
         project=settings.project, location=settings.region, repository_id=gcp_name(prefix, "images"), labels=labels,

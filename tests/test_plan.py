@@ -26,9 +26,10 @@ def plan_output(capsys, stack: str) -> tuple[int, str, str]:
 def test_plan_prints_full_type_tokens_indented_under_parents(capsys):
     code, out, _ = plan_output(capsys, "dev")
     assert code == 0
-    assert "\n    + mlflow:cluster:GkeCluster mlflow-platform\n" in out
-    assert "\n        + gcp:container/cluster:Cluster mlflow-platform-cluster\n" in out
-    assert "\n        + gcp:servicenetworking/connection:Connection mlflow-net-psa-connection\n" in out
+    assert "\n    + mlflow:program:MlflowPlatform platform\n" in out
+    assert "\n        + mlflow:cluster:GkeCluster mlflow-platform\n" in out
+    assert "\n            + gcp:container/cluster:Cluster mlflow-platform-cluster\n" in out
+    assert "\n            + gcp:servicenetworking/connection:Connection mlflow-net-psa-connection\n" in out
 
 
 def test_plan_counts_resources_by_type(capsys):

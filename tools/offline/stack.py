@@ -86,10 +86,10 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[s
 
     if program is None:
         from infra.config import load_settings
-        from program import build_platform
+        from program import PLATFORM_NAME, MlflowPlatform
 
         def program() -> dict[str, pulumi.Output]:
-            return build_platform(load_settings())
+            return MlflowPlatform(PLATFORM_NAME, load_settings()).outputs
 
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
