@@ -105,13 +105,29 @@ def readme_with_table(readme: str) -> str:
     return _replace_between(readme, TABLE_BEGIN, TABLE_END, reference_table())
 
 
+def cost_rows(cost_md: str) -> dict[str, tuple[str, str]]:
+    """Item -> (monthly min, monthly max) of the first table of a plan's cost.md, totals included."""
+    rows: dict[str, tuple[str, str]] = {}
+    for line in cost_md.splitlines():
+        if rows and not line.startswith("|"):
+            break  # the table ended; later tables (load testing) are per hour, not per month
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and cells[0] != "Item" and not cells[0].startswith("-"):
+            rows[cells[0].strip("*")] = (cells[2].strip("*"), cells[3].strip("*"))
+    return rows
+
+
 def cost_section(plan_dir: Path = ROOT / "plan") -> str:
-    """The cost tables of the committed plans, one per stack, headings demoted under README's."""
-    parts = []
-    for path in sorted(plan_dir.glob("*/cost.md")):
-        text = path.read_text().replace("# Estimated monthly cost: ", "### ", 1)
-        parts.append(text.strip())
-    return "\n\n".join(parts)
+    """One table of every stack's monthly cost, item by item, from the committed plans."""
+    stacks = {path.parent.name: cost_rows(path.read_text()) for path in sorted(plan_dir.glob("*/cost.md"))}
+    items = list(dict.fromkeys(item for rows in stacks.values() for item in rows if item != "Total"))
+    header = "| Item | " + " | ".join(f"{stack} min | {stack} max" for stack in stacks) + " |"
+    lines = [header, "|---|" + "---:|---:|" * len(stacks)]
+    for item in [*items, "Total"]:
+        cells = [" | ".join(rows.get(item, ("–", "–"))) for rows in stacks.values()]
+        name = "**Total**" if item == "Total" else item
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def readme_with_costs(readme: str, plan_dir: Path = ROOT / "plan") -> str:
