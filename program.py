@@ -35,7 +35,7 @@ class Foundation:
     """What every later layer builds on: enabled APIs, network, images, keys, application secrets."""
 
     after_apis: pulumi.ResourceOptions
-    """Options of every GCP component: they wait for the project's APIs."""
+    """Options of every later component: a child of the platform that waits for the project's APIs."""
     labels: dict[str, str]
     network: Network
     registry: ImageRepository

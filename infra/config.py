@@ -13,7 +13,6 @@ import re
 import shlex
 from typing import Any, Iterator, Union
 
-import annotated_types
 import pulumi
 from pulumi.runtime import config as pulumi_config
 from pydantic import BaseModel, ValidationError
@@ -98,8 +97,8 @@ def top_level_keys() -> dict[str, FieldInfo]:
 
 def bounds(field: FieldInfo) -> tuple[Union[int, None], Union[int, None]]:
     """The field's (ge, le), None where unbounded."""
-    low = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
-    high = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    low = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+    high = next((m.le for m in field.metadata if hasattr(m, "le")), None)
     return low, high
 
 
