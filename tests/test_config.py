@@ -331,7 +331,7 @@ def test_settings_that_replace_stateful_resources_say_so(field, what_goes):
 
 
 def test_pulumi_yaml_and_the_readme_reference_are_generated_from_the_model():
-    assert reference.main([]) == 0, "Pulumi.yaml or README.md is stale: run `make reference`"
+    assert reference.main([]) == 0, "Pulumi.yaml, docs/configuration.md or README.md is stale: run `make reference`"
 
 
 def test_the_reference_shows_each_nested_key_with_its_bounds_and_pulumi_yaml_one_object_per_component():

@@ -66,9 +66,8 @@ def test_pulumi_yaml_declares_every_setting_of_the_model():
     assert (ROOT / "Pulumi.yaml").read_text() == reference.pulumi_yaml(), "run `make reference`"
 
 
-def test_readme_configuration_table_matches_the_model():
-    readme = (ROOT / "README.md").read_text()
-    assert reference.readme_with_table(readme) == readme, "run `make reference`"
+def test_configuration_reference_matches_the_model():
+    assert reference.CONFIGURATION_MD.read_text() == reference.configuration_md(), "run `make reference`"
 
 
 def test_plan_writes_the_rendered_files(capsys, plan_dir):

@@ -76,6 +76,6 @@ def test_quota_md_is_in_the_plan_with_a_table_per_region_and_how_to_check(stack_
 
 def test_readme_tells_to_check_quota_md_before_the_first_up():
     readme = (ROOT / "README.md").read_text()
-    deploying = re.search(r"^## Deploying for real\n(.*?)^## ", readme, re.S | re.M)[1]
+    deploying = re.search(r"^## Deploying\n(.*?)^## ", readme, re.S | re.M)[1]
     assert "plan/<stack>/quota.md" in deploying
     assert deploying.index("quota.md") < deploying.index("pulumi up -s dev")
