@@ -325,7 +325,7 @@ def ingress_plan(tmp_path_factory) -> Path:
     """The dev stack with an ingress host, rendered as `make plan` renders it (the committed dev
     stack has none): the same platform, plus what the UI behind an Ingress needs."""
     plan_dir = tmp_path_factory.mktemp("plan")
-    run = run_stack("dev", overrides={"mlflow-platform:ingressHost": INGRESS_HOST})
+    run = run_stack("dev", overrides={"edge.ingressHost": INGRESS_HOST})
     write_plan(render(run), plan_dir / "dev")
     return plan_dir
 
