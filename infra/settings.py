@@ -132,8 +132,9 @@ Memory = Annotated[str, AfterValidator(_memory)]
 class Section(BaseModel):
     """A group of settings; field names in camelCase are its config keys."""
 
+    # `pulumi config set --path KEY 1` stores the number 1: a text setting takes it as "1".
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True,
-                              validate_default=True)
+                              validate_default=True, coerce_numbers_to_str=True)
 
 
 # --- network ---------------------------------------------------------------------------------------

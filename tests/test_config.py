@@ -141,6 +141,12 @@ def test_the_command_a_refusal_gives_sets_the_value_where_it_now_lives():
     assert settings.clusters.master_authorized_cidrs == ("203.0.113.0/24",)
 
 
+def test_a_text_setting_set_to_a_number_on_the_command_line_is_taken_as_text():
+    # `pulumi config set --path mlflow-platform:tracking.cpu 1` stores the JSON number 1.
+    settings = settings_from_values(with_paths(VALID, {"tracking.cpu": "1", "serving.rolloutToken": "20261207"}))
+    assert (settings.tracking.cpu, settings.serving.rollout_token) == ("1", "20261207")
+
+
 @pytest.mark.parametrize("key", LOAD_TEST_KEYS)
 def test_load_test_keys_point_to_the_load_test_project(key):
     assert f"{NS}:{key}: the cluster load test is a Pulumi project of its own now" in refusal({**VALID, f"{NS}:{key}": "true"})

@@ -72,8 +72,20 @@ def set_path(config: dict[str, str], path: str, value: Any) -> None:
     node = document
     for part in parents:
         node = node.setdefault(part, {})
-    node[leaf] = value
+    node[leaf] = pulumi_value(value)
     config[key] = json.dumps(document)
+
+
+def pulumi_value(value: Any) -> Any:
+    """What `config set --path` stores for a value typed on the command line: booleans and integers
+    become JSON ones (the CLI's `coerceObject`), anything else stays text."""
+    if not isinstance(value, str):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    if value.lstrip("-").isdigit() and str(int(value)) == value:
+        return int(value)
+    return value
 
 
 def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[str]] = None,
