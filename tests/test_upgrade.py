@@ -20,9 +20,9 @@ import pytest
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from tools.local.legacy import LEGACY_REQUIREMENTS, LegacyTracking, ensure_venv
 from tools.local.localize import relaunched
-from tools.local.localplatform import generate_password
 from tools.local.processes import LocalPlatformError, http, run_to_completion
 from tools.local.testing import scratch_platform
+from tools.ops.interfaces import generate_password
 from tools.ops.backup import DENIED_GRANTS_SQL, pg_env, query_command, run
 
 # Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
