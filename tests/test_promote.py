@@ -452,13 +452,13 @@ STAND_IN = textwrap.dedent("""
 
 @pytest.fixture
 def stand_in(tmp_path):
-    """Processes shaped like `make local` for tools.local.rollout.local_pid (`python -c CODE local ...`)."""
+    """Processes shaped like `make local` for tools.local.rollout.local_pid (`python -c CODE tools.local ...`)."""
     procs = []
 
     def start(mode: str) -> Path:
         workdir = tmp_path / mode
         workdir.mkdir()
-        procs.append(subprocess.Popen([sys.executable, "-c", STAND_IN, "local", str(workdir), mode], cwd=ROOT))
+        procs.append(subprocess.Popen([sys.executable, "-c", STAND_IN, "tools.local", str(workdir), mode], cwd=ROOT))
         deadline = time.monotonic() + 30
         while not (workdir / "local.pid").exists():
             assert procs[-1].poll() is None and time.monotonic() < deadline, "stand-in did not start"
