@@ -5,8 +5,8 @@ Code that needs another set of packages runs as a child process of another virtu
 
 - `runtime()`: `.venv-runtime`, what the images install (protobuf 7) plus the GCS emulator: the
   local platform's clients, ops' MLflow auth calls and rehearsals, the benchmark workers;
-- `CHECKOV`: checkov, whose pins clash with the Pulumi SDK's;
-- `MLFLOW2`: the last MLflow 2.x, for the upgrade rehearsal;
+- `TOOLS`: programs the tests run whose pins clash with the Pulumi SDK's: checkov, and the last
+  MLflow 2.x for the upgrade rehearsal (pip resolves the two together);
 - `MLSERVER`: MLServer, which pins FastAPI and uvloop below what the pods run.
 
 `Venv.run` runs a command to its end; `Venv.worker` starts a module that answers JSON lines (`serve`
@@ -157,8 +157,8 @@ def runtime(path: Optional[Path] = None) -> Venv:
                 (ROOT / "mlflow_image",))
 
 
-CHECKOV = Venv(ROOT / ".venv-checkov", "checkov")
-MLFLOW2 = Venv(ROOT / ".venv-mlflow2", "upgrade-venv")
+TOOLS = Venv(ROOT / ".venv-tools", "tools-venv")
+TOOLS_REQUIREMENTS = (ROOT / "tools" / "requirements-checkov.txt", ROOT / "tools" / "requirements-upgrade.txt")
 MLSERVER = Venv(ROOT / ".venv-mlserver", "mlserver-venv")
 
 

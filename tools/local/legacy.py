@@ -4,8 +4,8 @@ gs://BUCKET/PREFIX`, the same database user and URIs, the same admin password an
 that release's auth config (2.x reads `admin_password` from the ini). Used by the upgrade
 rehearsal (tests/test_upgrade.py) between `LocalPlatform.start_storage()` and `start_services()`.
 
-The virtualenv is built from tools/requirements-upgrade.txt (`make upgrade-venv`); `ensure_venv`
-builds it on demand, bounded in time.
+The release runs from .venv-tools (tools/requirements-upgrade.txt beside checkov's: `make tools-venv`);
+`ensure_venv` builds it on demand, bounded in time.
 """
 
 from __future__ import annotations
@@ -14,48 +14,49 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from k8s.tracking import ini_value
 from tools.local.localplatform import CLIENTS_DIR, ClientResult, LocalPlatform, write_private_file
 from tools.local.manifests import ROOT
 from tools.local.processes import LocalPlatformError, ManagedProcess, free_port, http_ok, log_tail
-from tools.venvs import MLFLOW2, Venv, VenvError
+from tools.venvs import TOOLS, TOOLS_REQUIREMENTS, Venv, VenvError
 
-LEGACY_VENV = MLFLOW2.path
+LEGACY_VENV = TOOLS.path
 LEGACY_REQUIREMENTS = ROOT / "tools" / "requirements-upgrade.txt"
 STAMP = ".installed"
 
 
-def venv_is_current(venv: Path = LEGACY_VENV, requirements: Path = LEGACY_REQUIREMENTS) -> bool:
+def venv_is_current(venv: Path = LEGACY_VENV, requirements: Sequence[Path] = TOOLS_REQUIREMENTS) -> bool:
     """Built, and not older than its requirements (as make decides)."""
     stamp = venv / STAMP
-    return stamp.exists() and stamp.stat().st_mtime >= requirements.stat().st_mtime
+    return stamp.exists() and all(stamp.stat().st_mtime >= path.stat().st_mtime for path in requirements)
 
 
-def ensure_venv(venv: Path = LEGACY_VENV, requirements: Path = LEGACY_REQUIREMENTS, timeout: float = 240.0,
-                python: Optional[str] = None) -> Path:
-    """What `make upgrade-venv` does, if it is not done yet: python3 -m venv, pip install -r, stamp."""
+def ensure_venv(venv: Path = LEGACY_VENV, requirements: Sequence[Path] = TOOLS_REQUIREMENTS,
+                timeout: float = 480.0, python: Optional[str] = None) -> Path:
+    """What `make tools-venv` does, if it is not done yet: python3 -m venv, pip install -r, stamp."""
     if venv_is_current(venv, requirements):
         return venv
+    names = ", ".join(path.name for path in requirements)
     if venv.is_symlink():
         # `venv --clear` empties the target: another checkout's virtualenv (a git worktree's link)
-        raise LocalPlatformError(f"{venv} links to {venv.resolve()} and looks older than {requirements}: "
-                                 "rebuild it where it lives (`make upgrade-venv` there), never through the link")
+        raise LocalPlatformError(f"{venv} links to {venv.resolve()} and looks older than {names}: rebuild it "
+                                 f"where it lives (`make {TOOLS.make_target}` there), never through the link")
     python = python or shutil.which("python3") or sys.executable
     log = venv.parent / f"{venv.name}-build.log"
     try:
         with open(log, "w") as out:
             for argv in ([python, "-m", "venv", "--clear", str(venv)],
                          [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                          "-r", str(requirements)]):
+                          *(arg for path in requirements for arg in ("-r", str(path)))]):
                 subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=timeout,
                                stdin=subprocess.DEVNULL)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise LocalPlatformError(f"building {venv} from {requirements.name} failed ({err}); build it with "
-                                 f"`make upgrade-venv`. Log {log}:\n{tail}") from None
+        raise LocalPlatformError(f"building {venv} from {names} failed ({err}); build it with "
+                                 f"`make {TOOLS.make_target}`. Log {log}:\n{tail}") from None
     (venv / STAMP).touch()
     log.unlink(missing_ok=True)
     return venv
@@ -77,7 +78,7 @@ def legacy_auth_config(platform: LocalPlatform) -> str:
 class LegacyTracking:
     def __init__(self, platform: LocalPlatform, venv: Path = LEGACY_VENV):
         self.platform = platform
-        self.venv = Venv(Path(venv), MLFLOW2.make_target)
+        self.venv = Venv(Path(venv), TOOLS.make_target)
         self.port = free_port()
         self.pod_dir = platform.workdir / "pods" / "legacy-tracking"
         self.process: Optional[ManagedProcess] = None

@@ -48,9 +48,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tools.ops import targets
-from tools.ops.interfaces import RehearsalFailed, Roller, RolloutError, TargetError, Tracking, Verifier
+from tools.ops.interfaces import RehearsalFailed, Roller, RolloutError, TargetError, Verifier
 from tools.ops.runtime import AdminRunner
 from tools.venvs import VenvError
+
 READY = "READY"
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
@@ -343,7 +344,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
     try:
         target = targets.platform(args).promotion(args.timeout)
-        tracking: Tracking = target.tracking
+        tracking = target.tracking
         registry = registry_client(tracking.uri, tracking.username, tracking.password)
         granter = RuntimeGranter(AdminRunner(tracking.uri, tracking.username, tracking.password), tracking.serving_user)
         checks = {"verifier": target.verifier, "request": args.request_body, "log": log}
@@ -352,12 +353,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             outcome = promote(registry, granter, target.roller, model=args.model, version=args.version,
                               alias=args.alias, requirements=args.requirements, **checks)
-    except PromotionError as err:
+    except (PromotionError, TargetError) as err:
         print(f"promote: error: {err}", file=sys.stderr, flush=True)
-        return err.exit_code
-    except TargetError as err:
-        print(f"promote: error: {err}", file=sys.stderr, flush=True)
-        return EXIT_ERROR
+        return getattr(err, "exit_code", EXIT_ERROR)
     except MlflowException as err:
         print(f"promote: error: tracking answered {err.error_code}: {err.message}", file=sys.stderr, flush=True)
         return EXIT_ERROR
