@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tools.offline.cost import estimate, load_prices, machine_hourly, sql_hourly, totals
-from tools.offline.reference import cost_section
+from tools.offline.reference import cost_rows, cost_section
 from tools.offline.stack import ROOT
 
 
@@ -21,24 +21,24 @@ def test_prod_costs_more_than_dev(stack_runs):
 
 def test_high_availability_raises_the_database_line(stack_runs, run_stack_with):
     zonal = line(stack_runs["dev"], "Cloud SQL").monthly_min
-    regional = line(run_stack_with("dev", dbHighAvailability="true"), "Cloud SQL").monthly_min
+    regional = line(run_stack_with("dev", {"database.highAvailability": "true"}), "Cloud SQL").monthly_min
     assert regional > 1.8 * zonal
 
 
 def test_machine_type_changes_the_node_line(stack_runs, run_stack_with):
     base = line(stack_runs["dev"], "Nodes")
-    bigger = line(run_stack_with("dev", machineType="n2-standard-8"), "Nodes")
+    bigger = line(run_stack_with("dev", {"clusters.platform.machineType": "n2-standard-8"}), "Nodes")
     assert bigger.monthly_min > base.monthly_min and "n2-standard-8" in bigger.detail
 
 
 def test_spot_nodes_are_cheaper(stack_runs, run_stack_with):
     spot = line(stack_runs["dev"], "Nodes")
-    on_demand = line(run_stack_with("dev", spotNodes="false"), "Nodes")
+    on_demand = line(run_stack_with("dev", {"clusters.platform.spot": "false"}), "Nodes")
     assert on_demand.monthly_max > 2 * spot.monthly_max
 
 
 def test_node_line_spans_autoscaling_min_to_max(run_stack_with):
-    item = line(run_stack_with("dev", minNodes="2", maxNodes="5"), "Nodes")
+    item = line(run_stack_with("dev", {"clusters.platform.minNodes": "2", "clusters.platform.maxNodes": "5"}), "Nodes")
     assert item.monthly_max == pytest.approx(item.monthly_min * 5 / 2)
 
 
@@ -69,7 +69,15 @@ def test_unit_prices_follow_the_table():
     assert "Source:" in (ROOT / "tools" / "pricing" / "prices.yaml").read_text()
 
 
-def test_readme_cost_section_matches_the_committed_plans():
+def test_readme_cost_table_matches_the_committed_plans():
     readme = (ROOT / "README.md").read_text()
     assert cost_section() in readme, "run `make reference` after `make plan-all`"
-    assert "### stack `prod`" in cost_section()
+    total = next(line for line in cost_section().splitlines() if line.startswith("| **Total**"))
+    plans = {stack: cost_rows((ROOT / "plan" / stack / "cost.md").read_text())["Total"] for stack in ("dev", "prod")}
+    assert total == "| **Total** | " + " | ".join(" | ".join(plans[s]) for s in ("dev", "prod")) + " |"
+
+
+def test_cost_rows_read_only_the_monthly_table():
+    dev = "| Item | Detail | Min | Max |\n|---|---|---:|---:|\n| Nodes: a | x | 1 | 2 |\n| **Total** | | **1** | **2** |\n\n" \
+          "| Item | Detail | per hour | idle |\n|---|---|---:|---:|\n| Load | y | 9 | 0 |\n"
+    assert cost_rows(dev) == {"Nodes: a": ("1", "2"), "Total": ("1", "2")}

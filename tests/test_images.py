@@ -12,12 +12,13 @@ import pytest
 from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 
 from infra.images import ROOT, build_tag, context_files, context_hash, image_version
-from tools.offline.stack import read_stack_config, run_program
+
 from tests.helpers import container
 from tools.offline.mocks import is_secret
 
 IMAGE = "docker-build:index:Image"
 BUILDS = [("mlflow_image", "tracking"), ("mlflow_image", "serving"), ("loadtest", "locust")]
+PLATFORM_BUILDS = BUILDS[:2]  # the load test's image is its own project's (loadtest/)
 # mlflow_image/.dockerignore before 0ef3341 (`git show 0ef3341~1:mlflow_image/.dockerignore`): the
 # first build failed on the packages it did not re-include.
 OLD_MLFLOW_DOCKERIGNORE = """\
@@ -52,13 +53,6 @@ OLD_MLFLOW_DOCKERIGNORE = """\
 """
 
 
-@pytest.fixture(scope="module")
-def load_test_run():
-    """The dev stack with the load test on: every image the program can build is declared."""
-    config, secret_keys = read_stack_config("dev")
-    return run_program("dev", {**config, "mlflow-platform:loadTesting": "true"}, secret_keys)
-
-
 def copy_context(context: str, tmp_path: Path) -> Path:
     """A copy of a build context, as a clean checkout has it."""
     return shutil.copytree(ROOT / context, tmp_path / context, ignore=shutil.ignore_patterns("__pycache__"))
@@ -84,10 +78,10 @@ def unbuildable_sources(context: Path, dockerfile: Path) -> dict[str, str]:
     return problems
 
 
-def test_every_copy_source_survives_its_context_s_dockerignore(load_test_run):
+def test_every_copy_source_survives_its_context_s_dockerignore(stack_runs):
     builds = {(i.inputs["context"]["location"], i.inputs["dockerfile"]["location"])
-              for i in load_test_run.of_type(IMAGE)}
-    assert {context for context, _ in builds} >= {"mlflow_image", "loadtest"}
+              for i in stack_runs["dev"].of_type(IMAGE)}
+    assert {context for context, _ in builds} == {"mlflow_image"}
     for context, dockerfile in builds:
         assert unbuildable_sources(ROOT / context, ROOT / dockerfile) == {}, context
 
@@ -105,9 +99,9 @@ def test_the_guard_names_a_source_missing_from_the_context(tmp_path):
     assert unbuildable_sources(context, context / "Dockerfile") == {"payloads.py": "not in the context"}
 
 
-def test_every_image_is_tagged_by_its_build(load_test_run):
-    tags = {i.inputs["target"]: i.inputs["tags"] for i in load_test_run.of_type(IMAGE)}
-    for context, target in BUILDS:
+def test_every_image_is_tagged_by_its_build(stack_runs):
+    tags = {i.inputs["target"]: i.inputs["tags"] for i in stack_runs["dev"].of_type(IMAGE)}
+    for context, target in PLATFORM_BUILDS:
         assert [tag.rsplit(":", 1)[1] for tag in tags[target]] == [build_tag(context, target)[:16]], target
 
 
@@ -196,7 +190,7 @@ def test_pods_reference_the_built_images_by_digest(stack_runs):
 def test_prebuilt_images_skip_the_build(run_stack_with):
     tracking = "europe-docker.pkg.dev/p/r/mlflow-tracking@sha256:" + "1" * 64
     serving = "europe-docker.pkg.dev/p/r/mlflow-serving@sha256:" + "2" * 64
-    run = run_stack_with("dev", trackingImage=tracking, servingImage=serving)
+    run = run_stack_with("dev", {"tracking.image": tracking, "serving.image": serving})
     assert run.of_type(IMAGE) == []
     assert container(run.named("mlflow-deployment"), "mlflow")["image"] == tracking
     assert container(run.named("mlflow-serving-deployment"), "serving")["image"] == serving

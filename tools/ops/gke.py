@@ -68,8 +68,9 @@ class GkeTarget:
             verifier = ClusterVerifier(api_client, roller.namespace, roller.name, service=SERVICE_NAME)
         except (RolloutError, StackOutputError, SecretManagerError) as err:
             raise TargetError(str(err)) from None
-        note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's rolloutToken: record it with "
-                f"`pulumi config set rolloutToken <token above> -s {self.stack}` so the next `pulumi up` keeps it")
+        note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's serving.rolloutToken: record "
+                f"it with `pulumi config set --path serving.rolloutToken <token above> -s {self.stack}` so the next "
+                "`pulumi up` keeps it")
         return PromotionTarget(Tracking(self.tracking_uri, username, password, SERVING_USERNAME), roller, verifier,
                                (note,))
 
