@@ -2,9 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-CHECKOV_VENV := .venv-checkov
 RUNTIME_VENV := .venv-runtime
-UPGRADE_VENV := .venv-mlflow2
+TOOLS_VENV := .venv-tools
 MLSERVER_VENV := .venv-mlserver
 TARGET ?= local
 STACK ?= dev
@@ -14,17 +13,19 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 DURATION ?= 60
 USERS ?= 16
 
-.PHONY: install checkov runtime upgrade-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote rollback rotate-secret clean
+.PHONY: install runtime tools-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote rollback rotate-secret clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -r requirements-dev.txt
 	touch $@
 
-# checkov pins libraries the Pulumi SDK also uses: it gets its own virtualenv.
-$(CHECKOV_VENV)/.installed: tools/requirements-checkov.txt
-	$(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-checkov.txt
+# Programs the tests run beside .venv whose pins clash with its protobuf 5 (the Pulumi SDK): checkov,
+# and the last MLflow 2.x to rehearse the upgrade of an existing database (tests/test_upgrade.py).
+# pip resolves the two together without changing a version checkov pins.
+$(TOOLS_VENV)/.installed: tools/requirements-checkov.txt tools/requirements-upgrade.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-checkov.txt -r tools/requirements-upgrade.txt
 	touch $@
 
 # What the pods run (mlflow_image/ pins) plus the local stand-ins for Cloud SQL and GCS.
@@ -32,12 +33,6 @@ $(RUNTIME_VENV)/.installed: tools/requirements-runtime.txt mlflow_image/requirem
 		mlflow_image/requirements-tracking.txt mlflow_image/requirements-serving.txt
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-runtime.txt
-	touch $@
-
-# The last MLflow 2.x release, to rehearse the upgrade of an existing database (tests/test_upgrade.py).
-$(UPGRADE_VENV)/.installed: tools/requirements-upgrade.txt
-	$(PYTHON) -m venv $(UPGRADE_VENV)
-	$(UPGRADE_VENV)/bin/pip install $(PIP_FLAGS) -r tools/requirements-upgrade.txt
 	touch $@
 
 # MLServer + mlserver-mlflow, the serving peer of `make bench`: it pins FastAPI and uvloop below what
@@ -53,19 +48,18 @@ images: install
 	$(PY) -m tools.local.images
 
 install: $(VENV)/.installed
-checkov: $(CHECKOV_VENV)/.installed
 runtime: $(RUNTIME_VENV)/.installed
-upgrade-venv: $(UPGRADE_VENV)/.installed
+tools-venv: $(TOOLS_VENV)/.installed
 mlserver-venv: $(MLSERVER_VENV)/.installed
 
 ## make test: the whole offline suite (unit, component, policy, plan, manifests, local end to end),
 ## whole modules on three processes, longest first (the local ones mostly wait on their processes).
 test:
-	$(MAKE) -j4 install checkov runtime upgrade-venv images  # side by side: the images wait only for .venv
+	$(MAKE) -j4 install runtime tools-venv images  # side by side: the images wait only for .venv
 	$(PY) -m pytest -n 3 --dist loadfile
 
 ## make test-fast: the tests that start no process (about a minute and a half).
-test-fast: install checkov
+test-fast: install tools-venv
 	$(PY) -m pytest -m unit
 
 ## make plan STACK=dev|prod: print every resource of the stack and write plan/<stack>/.
@@ -115,6 +109,6 @@ rotate-secret: install runtime
 	$(PY) -m tools.ops.rotate_secret --name '$(NAME)' --target $(TARGET) --stack $(STACK)
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(RUNTIME_VENV) $(UPGRADE_VENV) $(MLSERVER_VENV) .pytest_cache .local loadtest-results
+	rm -rf $(VENV) $(RUNTIME_VENV) $(TOOLS_VENV) $(MLSERVER_VENV) .pytest_cache .local loadtest-results
 	-buildah --storage-driver vfs --root $(CURDIR)/.images/storage --runroot $(CURDIR)/.images/run rm --all
 	rm -rf .images

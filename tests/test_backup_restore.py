@@ -19,10 +19,10 @@ from urllib.parse import quote
 import pytest
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
-from tools.local.localplatform import generate_password
 from tools.local.manifests import Manifests, flag_value, run_to_completion_containers
 from tools.local.processes import http
 from tools.local.testing import scratch_platform
+from tools.ops.interfaces import generate_password
 from tools.ops.backup import (
     DENIED_GRANTS_SQL, dump_command, pg_env, query_command, recreate_commands, restore_command, run,
 )

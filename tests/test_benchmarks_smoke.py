@@ -107,7 +107,7 @@ def quick_run(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("bench-results")
     docs = results / "benchmarks.md"
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--results-dir", str(results), "--docs", str(docs)],
+        [sys.executable, "-m", "tools.benchmarks", "--quick", "--results-dir", str(results), "--docs", str(docs)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, f"stdout:\n{completed.stdout[-3000:]}\nstderr:\n{completed.stderr[-3000:]}"
     return results

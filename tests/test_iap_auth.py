@@ -7,16 +7,16 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from tools.venvs import runtime
+
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "tools" / "clients" / "mlflow-iap-auth"
-RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
 
 CLIENT = """
 import mlflow_iap_auth
@@ -67,13 +67,13 @@ def test_mlflow_client_sends_basic_auth_and_the_iap_token_together(tmp_path, rec
     url, seen = recording_server
     target, source = tmp_path / "site", tmp_path / "plugin"
     shutil.copytree(PLUGIN, source)  # setuptools builds in the source tree
-    subprocess.run([str(RUNTIME_PYTHON), "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
-                    str(source)], check=True, capture_output=True)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(target),
+    runtime().run(["-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
+                  timeout=300).check("installing the plugin")
+    env = {"PYTHONPATH": str(target),
            "MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_AUTH": "iap", "MLFLOW_IAP_CLIENT_ID": "1234-abc.apps",
            "MLFLOW_TRACKING_USERNAME": "ana", "MLFLOW_TRACKING_PASSWORD": "s3cret"}
-    done = subprocess.run([str(RUNTIME_PYTHON), "-c", CLIENT], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = runtime().run(["-c", CLIENT], home=tmp_path, env=env, timeout=120)
+    assert done.code == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "1", "the token is fetched once and reused"
     assert len(seen) == 2
     for headers in seen:
@@ -103,18 +103,15 @@ print(mlflow_iap_auth._fetch_id_token("1234-abc.apps"))
 
 @pytest.mark.slow
 def test_a_person_gets_the_token_by_impersonating_the_named_service_account(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(PLUGIN),
-           "MLFLOW_IAP_SERVICE_ACCOUNT": "mlflow-users@p.iam.gserviceaccount.com"}
-    done = subprocess.run([str(RUNTIME_PYTHON), "-c", IMPERSONATION], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
+    env = {"PYTHONPATH": str(PLUGIN), "MLFLOW_IAP_SERVICE_ACCOUNT": "mlflow-users@p.iam.gserviceaccount.com"}
+    done = runtime().run(["-c", IMPERSONATION], home=tmp_path, env=env, timeout=120)
+    assert done.code == 0, done.stderr
     assert done.stdout.strip() == "mlflow-users@p.iam.gserviceaccount.com|1234-abc.apps|True"
 
 
 @pytest.mark.slow
 def test_iap_auth_without_the_client_id_says_what_to_set(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(PLUGIN)}
     code = "import mlflow_iap_auth; mlflow_iap_auth.IapRequestAuthProvider().get_auth()"
-    done = subprocess.run([str(RUNTIME_PYTHON), "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
+    done = runtime().run(["-c", code], home=tmp_path, env={"PYTHONPATH": str(PLUGIN)}, timeout=120)
+    assert done.code != 0
     assert "MLFLOW_TRACKING_AUTH=iap needs MLFLOW_IAP_CLIENT_ID" in done.stderr

@@ -14,11 +14,12 @@ import yaml
 from tools.offline import plan
 from tools.offline.render import SECRET_MASK, render
 from tools.offline.stack import ROOT
+from tools import venvs
 
 # The REGULAR/STABLE release channels' default minor when this was written (GKE, Nov 2026).
 KUBERNETES_VERSION = "1.35.0"
 BUILTIN_GROUPS = ("v1", "apps/", "batch/", "autoscaling/", "policy/", "networking.k8s.io/")
-CHECKOV = ROOT / ".venv-checkov" / "bin" / "checkov"
+CHECKOV = venvs.TOOLS.bin("checkov")
 STACKS = ["dev", "prod"]
 
 
@@ -87,7 +88,7 @@ def test_integers_render_as_integers(stack):
 
 
 def checkov(*args: str) -> dict:
-    assert CHECKOV.exists(), "checkov is not installed: run `make checkov`"
+    assert CHECKOV.exists(), f"checkov is not installed: run `make {venvs.TOOLS.make_target}`"
     result = subprocess.run([str(CHECKOV), "--skip-download", "--compact", "-o", "json", *args],
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     report = json.loads(result.stdout)

@@ -14,10 +14,8 @@ import pytest
 
 from tools.local.processes import http
 from tools.local.testing import scratch_platform
-from tools.ops.promote import (
-    EXIT_REHEARSAL, RuntimeGranter, RuntimeRunner, WouldNotServe, local_verifier, promote, registry_client,
-)
-from tools.ops.rollout import PlatformRoller
+from tools.ops.local import PlatformRoller, admin_runner, local_verifier
+from tools.ops.promote import EXIT_REHEARSAL, RuntimeGranter, WouldNotServe, promote, registry_client
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +30,9 @@ def platform(request):
 
 
 def promote_checked(platform, version: str, log: list):
-    runner = RuntimeRunner(platform.bin_dir / "python", platform.tracking_url, platform.admin_username,
-                           platform.admin_password)
+    runner = admin_runner(platform)
     return promote(registry_client(platform.tracking_url, platform.admin_username, platform.admin_password),
-                   RuntimeGranter(platform.bin_dir / "python", platform.tracking_url, platform.admin_username,
-                                  platform.admin_password, platform.serving_username),
+                   RuntimeGranter(runner, platform.serving_username),
                    PlatformRoller(platform), model=platform.model_name, version=version, alias=platform.model_alias,
                    log=log.append, verifier=local_verifier(runner, platform.workdir, platform.serving_url))
 

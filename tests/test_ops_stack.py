@@ -10,7 +10,8 @@ import pytest
 from pulumi import automation as auto
 
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD
-from tools.ops import promote, rotate_secret
+from tools.ops.gke import GkeTarget
+from tools.ops.interfaces import TargetError
 from tools.ops.secret_manager import SecretManagerError, app_secret
 from tools.ops.stack import ROOT, StackOutputError, StackOutputs
 
@@ -96,7 +97,7 @@ def test_a_failing_pulumi_cli_is_reported_with_its_own_words(workspace):
 def test_promote_rolls_the_serving_deployment_the_stack_names(workspace, cluster, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
-    target = promote.cluster_target("prod", "http://localhost:5000", 60)
+    target = GkeTarget("prod", "http://localhost:5000").promotion(60)
     assert cluster == [("serving", "mlflow-serving", "mlflow-serving")]  # checked before anything changes
     assert (target.roller.namespace, target.roller.name) == ("mlflow-serving", "mlflow-serving")
     assert (target.verifier.namespace, target.verifier.deployment) == ("mlflow-serving", "mlflow-serving")
@@ -106,20 +107,20 @@ def test_promote_without_the_deployment_output_changes_nothing(workspace, cluste
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
     del workspace["outputs"]["serving_deployment"]
-    with pytest.raises(promote.PromotionError, match="no output 'serving_deployment'"):
-        promote.cluster_target("prod", "http://localhost:5000", 60)
+    with pytest.raises(TargetError, match="no output 'serving_deployment'"):
+        GkeTarget("prod", "http://localhost:5000").promotion(60)
     assert cluster == []
 
 
 def test_promote_to_a_cluster_needs_a_tracking_url(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    with pytest.raises(promote.PromotionError, match="--target cluster needs the tracking URL"):
-        promote.cluster_target("dev", None, 60)
+    with pytest.raises(TargetError, match="--target cluster needs the tracking URL"):
+        GkeTarget("dev", None)
 
 
 def test_rotation_restarts_each_deployment_the_stack_names_on_its_own_cluster(workspace, cluster, monkeypatch):
     secretmanager = pytest.importorskip("google.cloud.secretmanager")
     monkeypatch.setattr(secretmanager, "SecretManagerServiceClient", lambda: object())
-    target = rotate_secret.cluster_target("prod", "http://localhost:5000", 60)
+    target = GkeTarget("prod", "http://localhost:5000").rotation(60)
     assert cluster == [("platform", "mlflow", "mlflow-tracking"), ("serving", "mlflow-serving", "mlflow-serving")]
-    assert target.secrets[SERVING_PASSWORD] == "projects/p/secrets/s"
+    assert target.secret_ids[SERVING_PASSWORD] == "projects/p/secrets/s"

@@ -10,6 +10,7 @@ from typing import Any
 
 import pulumi_policy
 import pytest
+import yaml
 from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
@@ -295,3 +296,15 @@ def test_pack_reports_violations_and_tolerates_preview_unknowns(pack, runs):
                          mutated(deployment.inputs, f"{POD}.containers.0.securityContext.runAsNonRoot",
                                  UNKNOWN_STRING_VALUE))
     assert any("runAsNonRoot must be true (is <unknown until apply>)" in v for v in found), found
+
+
+def test_pack_runs_in_the_project_virtualenv_which_holds_its_pins():
+    """No virtualenv of its own: PulumiPolicy.yaml names .venv (`make install`), and requirements-dev.txt
+    pins what the pack's requirements.txt (read when the pack is published) pins."""
+    pack_dir = ROOT / "tools" / "policy"
+    project = yaml.safe_load((pack_dir / "PulumiPolicy.yaml").read_text())
+    assert (pack_dir / project["runtime"]["options"]["virtualenv"]).resolve() == (ROOT / ".venv").resolve()
+    installed = {line.strip() for name in ("requirements.txt", "requirements-dev.txt")
+                 for line in (ROOT / name).read_text().splitlines()}
+    pins = [line.strip() for line in (pack_dir / "requirements.txt").read_text().splitlines() if line.strip()]
+    assert pins and all(pin in installed for pin in pins), pins

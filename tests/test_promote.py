@@ -34,15 +34,15 @@ from k8s.serving import ROLLOUT_ANNOTATION
 from tools.local.manifests import ROOT
 from tools.local.processes import http
 from tools.local.testing import scratch_platform
+from tools.venvs import RUNTIME_VENV_ENV
 from tools.ops import promote as promote_module
 from tools.ops.promote import (
     EXIT_ERROR, EXIT_GATE, EXIT_ROLLOUT, GateFailed, PromotionError, Requirement, RolloutFailed, RuntimeGranter,
     previous_tag, promote, registry_client, rollback,
 )
-from tools.ops.rollout import (
-    FIELD_MANAGER, STRATEGIC_MERGE_PATCH, ClusterRoller, LocalSignalRoller, PlatformRoller, RolloutError,
-    rollout_patch, rollout_status,
-)
+from tools.ops.interfaces import RolloutError
+from tools.ops.local import LocalSignalRoller, PlatformRoller, admin_runner
+from tools.ops.rollout import FIELD_MANAGER, STRATEGIC_MERGE_PATCH, ClusterRoller, rollout_patch, rollout_status
 
 # Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
 pytestmark = pytest.mark.slow
@@ -452,13 +452,13 @@ STAND_IN = textwrap.dedent("""
 
 @pytest.fixture
 def stand_in(tmp_path):
-    """Processes shaped like `make local` for tools.local.rollout.local_pid (`python -c CODE local ...`)."""
+    """Processes shaped like `make local` for tools.local.rollout.local_pid (`python -c CODE tools.local ...`)."""
     procs = []
 
     def start(mode: str) -> Path:
         workdir = tmp_path / mode
         workdir.mkdir()
-        procs.append(subprocess.Popen([sys.executable, "-c", STAND_IN, "local", str(workdir), mode], cwd=ROOT))
+        procs.append(subprocess.Popen([sys.executable, "-c", STAND_IN, "tools.local", str(workdir), mode], cwd=ROOT))
         deadline = time.monotonic() + 30
         while not (workdir / "local.pid").exists():
             assert procs[-1].poll() is None and time.monotonic() < deadline, "stand-in did not start"
@@ -532,8 +532,7 @@ def aliases_and_tags(platform) -> tuple[dict, dict]:
 
 
 def granter(platform) -> RuntimeGranter:
-    return RuntimeGranter(platform.bin_dir / "python", platform.tracking_url, platform.admin_username,
-                          platform.admin_password, platform.serving_username)
+    return RuntimeGranter(admin_runner(platform), platform.serving_username)
 
 
 @pytest.fixture(scope="module")
@@ -558,7 +557,7 @@ def cli(platform, tmp_path, *args: str) -> subprocess.CompletedProcess:
     endpoints.json it reads (there is no `python -m tools.local` process to signal)."""
     (tmp_path / "endpoints.json").write_text(json.dumps(platform.endpoints()))
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "LANG": "C.UTF-8",
-           "MLFLOW_LOCAL_RUNTIME_VENV": str(platform.runtime_venv)}
+           RUNTIME_VENV_ENV: str(platform.runtime.path)}
     return subprocess.run([sys.executable, "-m", "tools.ops.promote", "--model", platform.model_name, *args,
                            "--workdir", str(tmp_path), "--timeout", "5"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -14,9 +14,12 @@ import pytest
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
 from tools.local.processes import http
 from tools.local.secretmanager import LocalSecretManager
-from tools.ops.rollout import RESTARTED_AT_ANNOTATION, ClusterRoller, RolloutError
+from tools.ops.interfaces import RolloutError, generate_password
+from tools.ops.local import PlatformRoller
+from tools.ops.rollout import RESTARTED_AT_ANNOTATION, ClusterRoller
 from tools.ops.rotate_secret import ROTATIONS, RotationError, parse_args, rotate, runtime_password_setter
 from tools.ops.secret_manager import CloudSecretManager, SecretManagerError
+from tools.venvs import Venv
 
 SECRETS = {ADMIN_PASSWORD: "admin-id", FLASK_SECRET_KEY: "flask-id", SERVING_PASSWORD: "serving-id"}
 
@@ -37,7 +40,7 @@ class Recorder:
     def set_password(self, user, password, admin_password):
         self.calls.append(("set", user, password, admin_password))
 
-    def roll(self, component):
+    def restart(self, component):
         self.calls.append(("roll", component))
         if self.fail_roll:
             raise RolloutError("not ready within 600s")
@@ -53,7 +56,7 @@ def store(tmp_path) -> LocalSecretManager:
 
 
 def run(store, recorder, name):
-    return rotate(name, store=store, secrets=SECRETS, set_password=recorder.set_password, roll=recorder.roll,
+    return rotate(name, store=store, secrets=SECRETS, set_password=recorder.set_password, restarter=recorder,
                   generate=lambda length: f"new-{length}")
 
 
@@ -100,7 +103,7 @@ def test_every_application_secret_has_a_rotation_and_a_bad_name_lists_them(capsy
 
 
 def test_password_setter_without_the_runtime_virtualenv_says_how_to_build_it(tmp_path):
-    setter = runtime_password_setter(tmp_path / "no-venv" / "python", "http://127.0.0.1:1")
+    setter = runtime_password_setter("http://127.0.0.1:1", Venv(tmp_path / "no-venv", "runtime"))
     with pytest.raises(RotationError, match="make runtime"):
         setter("admin", "p", "a")
 
@@ -212,14 +215,9 @@ def process_env(pid: int) -> dict[str, str]:
 
 
 def rotate_on(platform, name: str) -> int:
-    def roll(component: str) -> str:
-        platform.roll_tracking() if component == "tracking" else platform.restart_serving()
-        return f"{component} rolled"
-    from tools.local.localplatform import generate_password
-
     return rotate(name, store=platform.secret_manager, secrets=platform.secret_ids,
-                  set_password=runtime_password_setter(platform.bin_dir / "python", platform.tracking_url),
-                  roll=roll, generate=generate_password)
+                  set_password=runtime_password_setter(platform.tracking_url, platform.runtime),
+                  restarter=PlatformRoller(platform), generate=generate_password)
 
 
 @pytest.mark.slow

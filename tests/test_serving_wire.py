@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import random
 import re
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tools.local.localplatform import DEFAULT_RUNTIME_VENV
 from tools.local.processes import ManagedProcess, free_port, http_ok
+from tools.venvs import runtime
 from tests.wire.corpus import CORPUS, scaled_row
 
 pytestmark = pytest.mark.slow
@@ -38,7 +36,7 @@ THREADS = 16
 
 
 def _argv(server: str, model_dir: Path, port: int) -> list[str]:
-    bin_dir = DEFAULT_RUNTIME_VENV / "bin"
+    bin_dir = runtime().path / "bin"
     if SERVERS[server] is None:
         return [str(bin_dir / "mlflow"), "models", "serve", "-m", str(model_dir), "--env-manager", "local",
                 "--workers", "1", "--host", "127.0.0.1", "--port", str(port)]
@@ -50,12 +48,8 @@ def _argv(server: str, model_dir: Path, port: int) -> list[str]:
 def servers(tmp_path_factory):
     """{(model, server): port} for running servers."""
     work = tmp_path_factory.mktemp("wire")
-    python = DEFAULT_RUNTIME_VENV / "bin" / "python"
-    subprocess.run([str(python), "-m", "tests.wire.make_models", str(work)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
-    env = {**os.environ, "PATH": f"{DEFAULT_RUNTIME_VENV / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-           "PYTHONPATH": str(ROOT / "mlflow_image")}
-    env.pop("VIRTUAL_ENV", None)
+    runtime().run(["-m", "tests.wire.make_models", str(work)], timeout=300).check("making the models")
+    env = runtime().env(work)
     started, ports = [], {}
     try:
         for model in MODELS:

@@ -30,7 +30,7 @@ from tools.local.manifests import ROOT
 from tools.local.processes import http
 from tools.local.testing import scratch_platform
 from tools.ops.promote import RuntimeGranter, promote, registry_client
-from tools.ops.rollout import PlatformRoller
+from tools.ops.local import PlatformRoller, admin_runner
 
 pytestmark = pytest.mark.slow
 
@@ -100,8 +100,7 @@ def failures_before(run: LoadRun, when: float) -> int:
 
 def test_three_promotions_under_load_fail_nothing_and_then_serve_the_new_version(platform, results_dir, report):
     registry = registry_client(platform.tracking_url, platform.admin_username, platform.admin_password)
-    granter = RuntimeGranter(platform.bin_dir / "python", platform.tracking_url, platform.admin_username,
-                             platform.admin_password, platform.serving_username)
+    granter = RuntimeGranter(admin_runner(platform), platform.serving_username)
     v1 = platform.demo_run["version"]
     v2 = platform.run_client("train", "--model-name", platform.model_name, "--alias", "candidate",
                              "--experiment", "iris-demo", "--variant", "shifted").json()["version"]

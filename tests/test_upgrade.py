@@ -1,8 +1,8 @@
 """The upgrade data path: data written by the last MLflow 2.x, migrated by this project's
 migration Job (plan/dev/k8s), read back by the pinned MLflow 3.x.
 
-One LocalPlatform for the module: Postgres and the bucket start empty; MLflow 2.22.5 (its own
-virtualenv, .venv-mlflow2 from tools/requirements-upgrade.txt: `make upgrade-venv`, built here if
+One LocalPlatform for the module: Postgres and the bucket start empty; MLflow 2.22.5 (in
+.venv-tools, tools/requirements-upgrade.txt beside checkov's: `make tools-venv`, built here if
 missing) runs `mlflow server --app-name basic-auth` on them and is seeded with experiments, runs,
 artifacts, a registered model with two versions and an alias, users and grants. Then the
 rendered migration Job runs, tracking (3.x) starts on the same data, and every item is compared
@@ -20,9 +20,9 @@ import pytest
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from tools.local.legacy import LEGACY_REQUIREMENTS, LegacyTracking, ensure_venv
 from tools.local.localize import relaunched
-from tools.local.localplatform import generate_password
 from tools.local.processes import LocalPlatformError, http, run_to_completion
 from tools.local.testing import scratch_platform
+from tools.ops.interfaces import generate_password
 from tools.ops.backup import DENIED_GRANTS_SQL, pg_env, query_command, run
 
 # Real processes (Postgres, MLflow servers): not part of `pytest -m "not slow"`.
@@ -223,7 +223,7 @@ def test_no_secret_in_any_log(upgrade):
 
 
 def test_a_linked_stale_virtualenv_is_refused_not_cleared(tmp_path):
-    """A worktree links .venv-mlflow2 to the main checkout's: rebuilding through the link would
+    """A worktree links .venv-tools to the main checkout's: rebuilding through the link would
     empty the other checkout's virtualenv."""
     target = tmp_path / "main-venv"
     (target / "bin").mkdir(parents=True)
@@ -233,5 +233,5 @@ def test_a_linked_stale_virtualenv_is_refused_not_cleared(tmp_path):
     requirements = tmp_path / "requirements-upgrade.txt"
     requirements.write_text("mlflow==2.22.5\n")
     with pytest.raises(LocalPlatformError, match="rebuild it where it lives"):
-        ensure_venv(link, requirements)
+        ensure_venv(link, [requirements])
     assert (target / "bin" / "python").exists()

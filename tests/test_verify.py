@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tools.ops.promote import EXIT_REHEARSAL, EXIT_ROLLOUT, RolloutFailed, WouldNotServe, promote, rollback
-from tools.ops.rollout import RolloutError
+from tools.ops.interfaces import RolloutError
 from tools.ops.verify import (
     ClusterVerifier, RehearsalFailed, Rehearsed, check_answer, rehearsal_args, rehearsal_job, rehearsal_result,
 )

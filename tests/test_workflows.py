@@ -125,8 +125,8 @@ def policy_problems(workflow: dict) -> list[str]:
         packs = str(step["with"].get("policyPacks", "")).split()
         if "policy" not in packs:
             problems.append(f"{job_id}: pulumi {step['with'].get('command')} runs without the policy pack")
-        if not any("tools/policy/requirements.txt" in s.get("run", "") for s in job["steps"][:index]):
-            problems.append(f"{job_id}: the policy pack's virtualenv is not installed before pulumi")
+        if not any(s.get("run", "").strip() in ("make install", "make test") for s in job["steps"][:index]):
+            problems.append(f"{job_id}: .venv, the policy pack's virtualenv, is not installed before pulumi")
     return problems
 
 

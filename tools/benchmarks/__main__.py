@@ -21,9 +21,10 @@ from pathlib import Path
 
 from tools.benchmarks import serving, tracking
 from tools.benchmarks.common import machine
-from tools.local.localplatform import DEFAULT_RUNTIME_VENV, LocalPlatform
+from tools.local.localplatform import LocalPlatform
 from tools.local.manifests import ROOT
 from tools.local.postgres import find_bin_dir
+from tools.venvs import runtime
 
 RESULTS_DIR = ROOT / "tools" / "benchmarks" / "results"
 QUICK_RESULTS_DIR = ROOT / ".local" / "bench-quick"
@@ -43,14 +44,13 @@ def _stop(signum, _frame):
     raise Stopped(signal.Signals(signum).name)
 
 
-def versions(runtime_python: Path) -> dict:
+def versions(platform: LocalPlatform) -> dict:
     code = ("import importlib.metadata as m, json, platform; d = {}\n"
             f"for name in {VERSION_PACKAGES!r}:\n"
             "    try: d[name] = m.version(name)\n"
             "    except m.PackageNotFoundError: d[name] = None\n"
             "d['python'] = platform.python_version(); print(json.dumps(d))")
-    found = json.loads(subprocess.run([str(runtime_python), "-c", code], capture_output=True, text=True,
-                                      check=True, timeout=60).stdout)
+    found = platform.runtime.run(["-c", code], home=platform.clients_home, timeout=60).check("versions").json()
     try:
         postgres = subprocess.run([str(find_bin_dir() / "postgres"), "--version"], capture_output=True, text=True,
                                   timeout=30).stdout.strip()
@@ -90,14 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench {time.monotonic() - started:5.0f}s] {message}", flush=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="mlflow-bench-"))
-    runtime_python = DEFAULT_RUNTIME_VENV / "bin" / "python"
     header = {"schema_version": SCHEMA_VERSION, "quick": args.quick,
               "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine()}
     written = []
     ok = False
     try:
         with LocalPlatform(workdir, progress=progress) as platform:
-            header["versions"] = versions(platform.bin_dir / "python")
+            header["versions"] = versions(platform)
             header["platform_start_s"] = round(time.monotonic() - started, 1)
             if args.only in (None, "serving"):
                 options = serving.ServingOptions.quick() if args.quick else serving.ServingOptions()
@@ -128,12 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     progress("wrote " + ", ".join(str(p) for p in written))
     if not args.no_report:
-        command = [str(runtime_python), "-m", "tools.benchmarks.report", "--results-dir", str(results_dir)]
+        command = ["-m", "tools.benchmarks.report", "--results-dir", str(results_dir)]
         if docs is not None:
             command += ["--docs", str(docs)]
-        subprocess.run(command, cwd=ROOT, check=True, timeout=300,
-                       env={"PATH": "/usr/bin:/bin", "HOME": str(workdir.parent), "MPLBACKEND": "Agg",
-                            "LANG": "C.UTF-8"})
+        report = runtime().run(command, home=workdir.parent, env={"MPLBACKEND": "Agg"}, timeout=300)
+        print(report.check("the report").stdout, end="", flush=True)
         progress("report written" + (f": {docs}" if docs else " (plots only)"))
     return 0
 

@@ -47,8 +47,8 @@ def peer_env(platform: LocalPlatform, root: Path) -> dict:
     (virtualenv) and the Python the model was logged with (uv finds it on PATH)."""
     pyenv = shutil.which("pyenv")
     python_home = next(line.split("=", 1)[1].strip() for line in
-                       (platform.runtime_venv / "pyvenv.cfg").read_text().splitlines() if line.startswith("home"))
-    path = ":".join(part for part in (str(platform.bin_dir), os.path.dirname(pyenv) if pyenv else "", python_home,
+                       (platform.runtime.path / "pyvenv.cfg").read_text().splitlines() if line.startswith("home"))
+    path = ":".join(part for part in (str(platform.runtime.path / "bin"), os.path.dirname(pyenv) if pyenv else "", python_home,
                                       SYSTEM_PATH) if part)
     env = {"PATH": path, "MLFLOW_ENV_ROOT": str(root / "envs"), "UV_CACHE_DIR": str(root / "uv-cache"),
            "PIP_CACHE_DIR": str(root / "pip-cache"), "UV_SYSTEM_CERTS": "1"}

@@ -2,22 +2,16 @@
 
 The orchestrator (`python -m tools.benchmarks`, project virtualenv: it needs `local.LocalPlatform`) talks
 to worker processes in the runtime virtualenv (`tools.benchmarks.loadgen`, `tools.benchmarks.tracking_client`:
-they need aiohttp / mlflow) over JSON lines: one request on stdin, one answer on stdout.
+they need aiohttp / mlflow) over JSON lines (`tools.venvs.Venv.worker` and `tools.venvs.serve`).
 Process-tree CPU and memory come from psutil, so both sides can measure a server by pid.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import select
-import subprocess
-import sys
-import time
-import traceback
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import psutil
 
@@ -104,85 +98,3 @@ def machine() -> dict:
         pass
     return {"nproc": os.cpu_count(), "cpu_model": model,
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "kernel": os.uname().release}
-
-
-# --- JSON-lines worker protocol --------------------------------------------------------------
-def serve_ops(handlers: Mapping[str, Callable[..., dict]]) -> None:
-    """Worker side: answer `{"op": NAME, ...args}` lines with `{"ok": true, "result": ...}` or
-    `{"ok": false, "error": ...}` until stdin closes. Anything else a library prints goes to stderr."""
-    out = sys.stdout
-    sys.stdout = sys.stderr
-    for line in sys.stdin:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-            handler = handlers[request.pop("op")]
-            answer = {"ok": True, "result": handler(**request)}
-        except Exception as err:  # reported to the orchestrator, which fails the benchmark
-            traceback.print_exc(file=sys.stderr)
-            answer = {"ok": False, "error": f"{type(err).__name__}: {err}"}
-        out.write(json.dumps(answer) + "\n")
-        out.flush()
-
-
-class WorkerError(RuntimeError):
-    pass
-
-
-class RuntimeWorker:
-    """Orchestrator side: a worker module run by another interpreter, in its own process group,
-    stderr to a log file; every call bounded in time."""
-
-    def __init__(self, python: Path, module: str, *, env: Mapping[str, str], cwd: Path, log_path: Path):
-        self.module = module
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen([str(python), "-m", module], env=dict(env), cwd=cwd, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
-        self._buffer = b""
-
-    def call(self, op: str, timeout: float, **args) -> dict:
-        if self.proc.poll() is not None:
-            raise WorkerError(f"{self.module} exited with code {self.proc.returncode}; log {self.log_path}")
-        self.proc.stdin.write((json.dumps({"op": op, **args}) + "\n").encode())
-        self.proc.stdin.flush()
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.close()
-                raise WorkerError(f"{self.module} {op}: no answer within {timeout:.0f}s; log {self.log_path}")
-            ready, _, _ = select.select([self.proc.stdout], [], [], min(remaining, 1.0))
-            if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 65536)
-                if not chunk:
-                    raise WorkerError(f"{self.module} {op}: exited (code {self.proc.wait(5)}); log {self.log_path}")
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        answer = json.loads(line)
-        if not answer["ok"]:
-            raise WorkerError(f"{self.module} {op}: {answer['error']}; log {self.log_path}")
-        return answer["result"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.proc.wait(timeout=10)
-        self._log.close()
-
-    def __enter__(self) -> "RuntimeWorker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

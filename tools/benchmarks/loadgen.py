@@ -1,6 +1,6 @@
 """Runtime-virtualenv worker: closed-loop HTTP load on a scoring server, and the in-process ceiling.
 
-Ops (JSON lines, see tools.benchmarks.common.serve_ops):
+Ops (JSON lines, see tools.venvs.serve):
   point    POST iris rows to /invocations from `concurrency` keep-alive HTTP/1.1 connections
            (aiohttp), each sending its next request when the previous answer arrived; counts the
            answers completed inside [warmup, warmup + duration] (at most `max_requests`) and the
@@ -19,7 +19,8 @@ import os
 import time
 from functools import lru_cache
 
-from tools.benchmarks.common import latency_summary, serve_ops, tree_cpu_seconds
+from tools.benchmarks.common import latency_summary, tree_cpu_seconds
+from tools.venvs import serve
 
 HEADERS = {"Content-Type": "application/json"}
 
@@ -221,4 +222,4 @@ def middleware(duration: float, rounds: int = 5) -> dict:
 
 
 if __name__ == "__main__":
-    serve_ops({"point": point, "ceiling": ceiling, "middleware": middleware})
+    serve({"point": point, "ceiling": ceiling, "middleware": middleware})

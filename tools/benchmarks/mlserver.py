@@ -9,16 +9,13 @@ batching; its MLflow-format `/invocations` (never batched by MLServer) on the un
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Optional
 
 from tools.benchmarks.variants import Server, _start, peer_env
 from tools.local.localplatform import LocalPlatform
-from tools.local.manifests import ROOT
 from tools.local.processes import free_port
-
-MLSERVER_VENV = ROOT / ".venv-mlserver"
+from tools.venvs import MLSERVER
 MODEL_NAME = "model"
 V2_PATH = f"/v2/models/{MODEL_NAME}/infer"
 INVOCATIONS_PATH = "/invocations"
@@ -27,7 +24,7 @@ BATCH = {"max_batch_size": 32, "max_batch_time": 0.002}
 
 
 def available() -> bool:
-    return (MLSERVER_VENV / "bin" / "mlserver").exists()
+    return MLSERVER.bin("mlserver").exists()
 
 
 def download_model(platform: LocalPlatform, target: Path) -> Path:
@@ -37,9 +34,8 @@ def download_model(platform: LocalPlatform, target: Path) -> Path:
     uri = f"models:/{platform.model_name}@{platform.model_alias}"
     code = ("import sys; from mlflow.artifacts import download_artifacts; "
             "print(download_artifacts(artifact_uri=sys.argv[1], dst_path=sys.argv[2]))")
-    done = subprocess.run([str(MLSERVER_VENV / "bin" / "python"), "-c", code, uri, str(target)],
-                          env=peer_env(platform, command), capture_output=True,
-                          text=True, check=True, timeout=300)
+    done = MLSERVER.run(["-c", code, uri, str(target)], home=target.parent, env=peer_env(platform, command),
+                        timeout=300).check("downloading the model for MLServer")
     return Path(done.stdout.strip().splitlines()[-1])
 
 
@@ -53,11 +49,11 @@ def start(platform: LocalPlatform, name: str, model_dir: Path, batching: bool) -
              "parameters": {"uri": str(model_dir)}, **(BATCH if batching else {})}
     (folder / "settings.json").write_text(json.dumps(settings))
     (folder / "model-settings.json").write_text(json.dumps(model))
-    env = {"PATH": f"{MLSERVER_VENV / 'bin'}:/usr/bin:/bin", "HOME": str(folder), "LANG": "C.UTF-8"}
+    env = MLSERVER.env(folder)
     described = (f"mlserver start . (mlserver-mlflow; "
                  + (f"max_batch_size {BATCH['max_batch_size']}, max_batch_time {BATCH['max_batch_time']} s"
                     if batching else "no batching") + ")")
-    server = _start(platform, name, [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)], env, folder,
+    server = _start(platform, name, [str(MLSERVER.bin("mlserver")), "start", str(folder)], env, folder,
                     port, described, f"/v2/models/{MODEL_NAME}/ready", "",
                     {"workers": 1, "batching": batching, **(BATCH if batching else {})})
     server.score_path, server.body_format = V2_PATH, "v2"
@@ -73,7 +69,7 @@ def same_process(server: Server, name: str, path: str, notes: str) -> Server:
 def peers(platform: LocalPlatform) -> tuple[list[Server], Optional[str]]:
     """The MLServer configurations, or why they are skipped."""
     if not available():
-        return [], f"MLServer: {MLSERVER_VENV} missing (make mlserver-venv)"
+        return [], f"MLServer: {MLSERVER.path} missing (make {MLSERVER.make_target})"
     model_dir = download_model(platform, platform.workdir / "mlserver-model")
     batched = start(platform, "mlserver-batching", model_dir, batching=True)
     plain = start(platform, "mlserver", model_dir, batching=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from tools.benchmarks import mlserver
-from tools.benchmarks.common import RuntimeWorker, percentile, tree_memory
+from tools.benchmarks.common import percentile, tree_memory
 from tools.benchmarks.variants import Server, models_serve, platform_serving, serving_variant
 from tools.local.localplatform import LocalPlatform
 from tools.local.manifests import ROOT
@@ -26,7 +26,6 @@ from tools.local.processes import http
 # httptools + uvloop (what `uvicorn[standard]` adds), installed beside, never into, the runtime
 # virtualenv by `make bench`; the tracking variants that need them are skipped when absent.
 EXTRAS_DIR = ROOT / ".venv-bench" / "site"
-IMAGE_DIR = ROOT / "mlflow_image"
 
 A, B = "project-w1", "models-serve-w1"
 ROLES = {A: "a", B: "b", "project-unbatched": "variant", "models-serve-w2": "peer-models-serve-w2",
@@ -203,11 +202,11 @@ def run(platform: LocalPlatform, options: ServingOptions, progress: Callable[[st
         for server in servers:
             server.wait_ready()
         progress(f"serving: {len(servers)} configurations up ({time.monotonic() - started:.0f}s)")
-        env = {**platform.client_env(), "MLFLOW_TRACKING_URI": platform.tracking_url,
+        env = {"MLFLOW_TRACKING_URI": platform.tracking_url,
                "MLFLOW_TRACKING_USERNAME": platform.serving_username,
                "MLFLOW_TRACKING_PASSWORD": platform.serving_password}
-        worker = RuntimeWorker(platform.bin_dir / "python", "tools.benchmarks.loadgen", env=env, cwd=ROOT,
-                               log_path=platform.logs_dir / "bench-loadgen.log")
+        worker = platform.runtime.worker("tools.benchmarks.loadgen", home=platform.clients_home, env=env,
+                                         log_path=platform.logs_dir / "bench-loadgen.log")
         for server in servers:  # every server answers before anything is timed
             worker.call("point", 60, url=server.url + server.score_path, rows=1, concurrency=1, duration=0.2,
                         warmup=0.1, pids=[server.pid], body_format=server.body_format)
@@ -235,10 +234,10 @@ def run(platform: LocalPlatform, options: ServingOptions, progress: Callable[[st
         worker.close()
         worker = None
 
-        ceiling_env = {**env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                       "PYTHONPATH": str(IMAGE_DIR)}  # mlflow_serving, for the middleware A/B
-        ceiling_worker = RuntimeWorker(platform.bin_dir / "python", "tools.benchmarks.loadgen", env=ceiling_env, cwd=ROOT,
-                                       log_path=platform.logs_dir / "bench-ceiling.log")
+        # mlflow_serving (on every runtime worker's path) for the middleware A/B
+        ceiling_env = {**env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        ceiling_worker = platform.runtime.worker("tools.benchmarks.loadgen", home=platform.clients_home,
+                                                 env=ceiling_env, log_path=platform.logs_dir / "bench-ceiling.log")
         ceiling = ceiling_worker.call("ceiling", 300, model_uri=f"models:/{platform.model_name}@{platform.model_alias}",
                                       rows=list(options.payload_rows), duration=options.ceiling_seconds,
                                       rounds=options.ceiling_rounds, core=(os.cpu_count() or 1) - 1)

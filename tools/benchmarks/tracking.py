@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tools.benchmarks import serving
-from tools.benchmarks.common import RuntimeWorker, latency_summary, tree_memory
+from tools.benchmarks.common import latency_summary, tree_memory
 from tools.benchmarks.variants import Server, platform_tracking, tracking_variant
 from infra.database import TRACKING_DATABASE
 from tools.local.localplatform import LocalPlatform
-from tools.local.manifests import ROOT
 
 AUTH_PATH = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
 SEARCH_FILTER = "params.p0 = 'v3' and metrics.m0 > 0.5"
@@ -85,12 +84,12 @@ def run(platform: LocalPlatform, options: TrackingOptions, progress: Callable[[s
         servers = {server.name: server for server in [rendered, *variants]}
         progress(f"tracking: {len(servers)} servers up ({time.monotonic() - started:.0f}s)")
 
-        env = {**platform.client_env(), "MLFLOW_TRACKING_URI": platform.tracking_url,
+        env = {"MLFLOW_TRACKING_URI": platform.tracking_url,
                "MLFLOW_TRACKING_USERNAME": platform.admin_username,
                "MLFLOW_TRACKING_PASSWORD": platform.admin_password,
                "BENCH_DB_URI": platform.database_uri(TRACKING_DATABASE)}
-        worker = RuntimeWorker(platform.bin_dir / "python", "tools.benchmarks.tracking_client", env=env, cwd=ROOT,
-                               log_path=platform.logs_dir / "bench-tracking-client.log")
+        worker = platform.runtime.worker("tools.benchmarks.tracking_client", home=platform.clients_home, env=env,
+                                         log_path=platform.logs_dir / "bench-tracking-client.log")
 
         # --- auth latency: the same cheap authenticated GET on each server, and /health (no auth),
         # in interleaved rounds; latencies pooled over the rounds

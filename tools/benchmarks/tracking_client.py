@@ -3,7 +3,7 @@
 Credentials come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; the bulk loader's
 database URI from BENCH_DB_URI. Nothing secret is ever returned or printed.
 
-Ops (JSON lines, see tools.benchmarks.common.serve_ops):
+Ops (JSON lines, see tools.venvs.serve):
   latency    sequential GETs on one keep-alive session (with or without basic auth)
   ingest     create_run + log_batch(10 params, 10 metrics) from N threads for a bounded time
   bulk_runs  N finished runs with 10 params and 10 metrics each, inserted through MLflow's own
@@ -24,7 +24,8 @@ import time
 import uuid
 from pathlib import Path
 
-from tools.benchmarks.common import latency_summary, serve_ops, tree_cpu_seconds
+from tools.benchmarks.common import latency_summary, tree_cpu_seconds
+from tools.venvs import serve
 
 N_PARAMS = 10
 N_METRICS = 10
@@ -273,7 +274,7 @@ def count_runs(url: str, experiment_id: str) -> dict:
 
 
 if __name__ == "__main__":
-    serve_ops({"latency": latency, "ingest": ingest, "bulk_runs": bulk_runs, "search": search,
+    serve({"latency": latency, "ingest": ingest, "bulk_runs": bulk_runs, "search": search,
                "search_raw": search_raw, "search_store": search_store,
                "artifacts": artifacts, "count_runs": count_runs, "experiment_id": lambda url, name: {
                    "experiment_id": _experiment_id(_client(url), name)}})

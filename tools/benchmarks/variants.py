@@ -152,7 +152,7 @@ def models_serve(platform: LocalPlatform, name: str, workers: int, notes: str = 
         command = relaunched(command, argv, env=env)
         argv, env = command.argv, command.env
     else:  # other env managers need this machine's pyenv and Pythons (tools/benchmarks/coldstart.py)
-        argv[0] = str(platform.bin_dir / "mlflow")
+        argv[0] = str(platform.runtime.bin("mlflow"))
     _prepare(platform, platform.serving_deployment, command, name)
     return _start(platform, name, argv, env, command.cwd, port,
                   f"mlflow models serve -m {uri} --env-manager {env_manager} --workers {workers}", "/ping", notes,

@@ -4,8 +4,8 @@ gs://BUCKET/PREFIX`, the same database user and URIs, the same admin password an
 that release's auth config (2.x reads `admin_password` from the ini). Used by the upgrade
 rehearsal (tests/test_upgrade.py) between `LocalPlatform.start_storage()` and `start_services()`.
 
-The virtualenv is built from tools/requirements-upgrade.txt (`make upgrade-venv`); `ensure_venv`
-builds it on demand, bounded in time.
+The release runs from .venv-tools (tools/requirements-upgrade.txt beside checkov's: `make tools-venv`);
+`ensure_venv` builds it on demand, bounded in time.
 """
 
 from __future__ import annotations
@@ -14,47 +14,49 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from k8s.tracking import ini_value
 from tools.local.localplatform import CLIENTS_DIR, ClientResult, LocalPlatform, write_private_file
 from tools.local.manifests import ROOT
-from tools.local.processes import LocalPlatformError, ManagedProcess, free_port, http_ok, log_tail, run_to_completion
+from tools.local.processes import LocalPlatformError, ManagedProcess, free_port, http_ok, log_tail
+from tools.venvs import TOOLS, TOOLS_REQUIREMENTS, Venv, VenvError
 
-LEGACY_VENV = ROOT / ".venv-mlflow2"
+LEGACY_VENV = TOOLS.path
 LEGACY_REQUIREMENTS = ROOT / "tools" / "requirements-upgrade.txt"
 STAMP = ".installed"
 
 
-def venv_is_current(venv: Path = LEGACY_VENV, requirements: Path = LEGACY_REQUIREMENTS) -> bool:
+def venv_is_current(venv: Path = LEGACY_VENV, requirements: Sequence[Path] = TOOLS_REQUIREMENTS) -> bool:
     """Built, and not older than its requirements (as make decides)."""
     stamp = venv / STAMP
-    return stamp.exists() and stamp.stat().st_mtime >= requirements.stat().st_mtime
+    return stamp.exists() and all(stamp.stat().st_mtime >= path.stat().st_mtime for path in requirements)
 
 
-def ensure_venv(venv: Path = LEGACY_VENV, requirements: Path = LEGACY_REQUIREMENTS, timeout: float = 240.0,
-                python: Optional[str] = None) -> Path:
-    """What `make upgrade-venv` does, if it is not done yet: python3 -m venv, pip install -r, stamp."""
+def ensure_venv(venv: Path = LEGACY_VENV, requirements: Sequence[Path] = TOOLS_REQUIREMENTS,
+                timeout: float = 480.0, python: Optional[str] = None) -> Path:
+    """What `make tools-venv` does, if it is not done yet: python3 -m venv, pip install -r, stamp."""
     if venv_is_current(venv, requirements):
         return venv
+    names = ", ".join(path.name for path in requirements)
     if venv.is_symlink():
         # `venv --clear` empties the target: another checkout's virtualenv (a git worktree's link)
-        raise LocalPlatformError(f"{venv} links to {venv.resolve()} and looks older than {requirements}: "
-                                 "rebuild it where it lives (`make upgrade-venv` there), never through the link")
+        raise LocalPlatformError(f"{venv} links to {venv.resolve()} and looks older than {names}: rebuild it "
+                                 f"where it lives (`make {TOOLS.make_target}` there), never through the link")
     python = python or shutil.which("python3") or sys.executable
     log = venv.parent / f"{venv.name}-build.log"
     try:
         with open(log, "w") as out:
             for argv in ([python, "-m", "venv", "--clear", str(venv)],
                          [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
-                          "-r", str(requirements)]):
+                          *(arg for path in requirements for arg in ("-r", str(path)))]):
                 subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=True, timeout=timeout,
                                stdin=subprocess.DEVNULL)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise LocalPlatformError(f"building {venv} from {requirements.name} failed ({err}); build it with "
-                                 f"`make upgrade-venv`. Log {log}:\n{tail}") from None
+        raise LocalPlatformError(f"building {venv} from {names} failed ({err}); build it with "
+                                 f"`make {TOOLS.make_target}`. Log {log}:\n{tail}") from None
     (venv / STAMP).touch()
     log.unlink(missing_ok=True)
     return venv
@@ -76,8 +78,7 @@ def legacy_auth_config(platform: LocalPlatform) -> str:
 class LegacyTracking:
     def __init__(self, platform: LocalPlatform, venv: Path = LEGACY_VENV):
         self.platform = platform
-        self.venv = Path(venv)
-        self.bin_dir = self.venv / "bin"
+        self.venv = Venv(Path(venv), TOOLS.make_target)
         self.port = free_port()
         self.pod_dir = platform.workdir / "pods" / "legacy-tracking"
         self.process: Optional[ManagedProcess] = None
@@ -88,9 +89,8 @@ class LegacyTracking:
         return f"http://127.0.0.1:{self.port}"
 
     def version(self) -> str:
-        completed = subprocess.run([str(self.bin_dir / "python"), "-c", "import mlflow; print(mlflow.__version__)"],
-                                   capture_output=True, text=True, timeout=120, env=self.platform.client_env())
-        return completed.stdout.strip()
+        return self.venv.run(["-c", "import mlflow; print(mlflow.__version__)"], home=self.platform.clients_home,
+                             timeout=120).check("mlflow --version").stdout.strip()
 
     def start(self, timeout: float = 180.0) -> None:
         p = self.platform
@@ -101,16 +101,13 @@ class LegacyTracking:
         write_private_file(ini, legacy_auth_config(p), 0o600)
         # One worker: each 2.x worker migrates the auth database and creates the admin user as it
         # boots, and two doing so on a fresh database collide; gunicorn then halts the server.
-        argv = [str(self.bin_dir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+        argv = [str(self.venv.bin("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
                 "--workers", "1", "--app-name", "basic-auth", "--serve-artifacts",
                 "--artifacts-destination", f"gs://{p.bucket}/{p.artifacts_prefix}"]
-        env = {"PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp),
-               "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
-               "MLFLOW_AUTH_CONFIG_PATH": str(ini),
-               "MLFLOW_FLASK_SERVER_SECRET_KEY": p.credentials.flask_secret_key,
-               "STORAGE_EMULATOR_HOST": p.emulator_url,
-               "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+        env = self.venv.env(tmp, {"MLFLOW_BACKEND_STORE_URI": p.database_uri(TRACKING_DATABASE),
+                                  "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+                                  "MLFLOW_FLASK_SERVER_SECRET_KEY": p.credentials.flask_secret_key,
+                                  "STORAGE_EMULATOR_HOST": p.emulator_url})
         self.process = ManagedProcess("legacy-tracking", argv, env=env, cwd=tmp,
                                       log_path=p.logs_dir / "legacy-tracking.log", redact=p.redact)
         self.process.start()
@@ -126,16 +123,17 @@ class LegacyTracking:
         p = self.platform
         path = Path(script) if "/" in str(script) or str(script).endswith(".py") else CLIENTS_DIR / f"{script}.py"
         username, password = auth or (p.admin_username, p.admin_password)
-        env = {**p.client_env(), "PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin",
-               "MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": username,
+        env = {"MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": username,
                "MLFLOW_TRACKING_PASSWORD": password, **(extra_env or {})}
         self._client_runs += 1
         log_path = p.logs_dir / "clients" / f"legacy-{self._client_runs:03d}-{path.stem}.log"
-        completed = run_to_completion(f"legacy client {path.name}", [str(self.bin_dir / "python"), str(path), *args],
-                                      env=env, cwd=Path(env["HOME"]), log_path=log_path, timeout=timeout,
-                                      capture_stdout=True)
-        if completed.returncode != 0:
-            raise LocalPlatformError(f"legacy client {path.name} exited with code {completed.returncode}; "
+        try:
+            finished = self.venv.run([str(path), *args], home=p.clients_home, env=env, cwd=p.clients_home,
+                                     log_path=log_path, timeout=timeout)
+        except VenvError as err:
+            raise LocalPlatformError(f"legacy client {path.name}: {err}") from None
+        if finished.code != 0:
+            raise LocalPlatformError(f"legacy client {path.name} exited with code {finished.code}; "
                                      f"log {log_path}:\n{log_tail(log_path, p.redact)}")
-        return ClientResult(completed.returncode, completed.stdout or "", log_path)
+        return ClientResult(finished.code, finished.stdout, log_path)
 

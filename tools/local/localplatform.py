@@ -14,8 +14,8 @@ stops the old one as the kubelet would: out of the balancer after the endpoint p
 its containers' preStop hooks, SIGTERM, SIGKILL at the end of the grace period (tools/local/lifecycle.py).
 
 Every process runs in its own process group with its output in workdir/logs/ (secrets never
-reach the console); leaving the `with` block stops them all. MLFLOW_LOCAL_RUNTIME_VENV names
-another runtime virtualenv (default .venv-runtime), e.g. to rehearse an MLflow upgrade.
+reach the console); leaving the `with` block stops them all. Clients and the GCS emulator run in the
+runtime virtualenv (`tools.venvs.runtime()`: MLFLOW_LOCAL_RUNTIME_VENV or .venv-runtime).
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import string
 import threading
 import time
 from dataclasses import dataclass
@@ -46,7 +44,7 @@ from tools.local.container import prepare as prepare_mount_points
 from tools.local.images import ImageRoot, ImageStore, built_here, source_for
 from tools.local.localize import LocalCommand, LocalSite, localize_container, relaunched
 from tools.local.manifests import (
-    ROOT, Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
+    Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
     served_model, service_addresses, sql_proxy_address, workload_containers,
 )
 from tools.local.postgres import LocalPostgres
@@ -54,22 +52,14 @@ from tools.local.secretmanager import LocalSecretManager, parse_version_name
 from tools.local.processes import (
     LocalPlatformError, ManagedProcess, Redactor, free_port, http, http_ok, log_tail, run_to_completion,
 )
+from tools.ops.interfaces import generate_password
+from tools.venvs import Venv, VenvError, runtime
 
 CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
-# The serving image's own packages (mlflow_serving: a LightGBM trainer gets LightGBM as a pod does).
-SERVING_PACKAGES_DIR = ROOT / "mlflow_image"
-DEFAULT_RUNTIME_VENV = ROOT / ".venv-runtime"
-RUNTIME_VENV_ENV = "MLFLOW_LOCAL_RUNTIME_VENV"
 AUTH_SETTINGS_ANNOTATION = "mlflow.org/auth-settings"
 EMULATOR_HOST_ENV = "STORAGE_EMULATOR_HOST"
 MAX_STARTUP_SECONDS = 240.0
 JOB_TIMEOUT_SECONDS = 300.0
-
-
-def generate_password(length: int = 32) -> str:
-    """Letters and digits, like the program's RandomPassword(special=False)."""
-    alphabet = string.ascii_letters + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
 def parse_auth_settings(tracking_deployment: dict) -> tuple[str, int]:
@@ -166,12 +156,11 @@ class LocalPlatform:
         # The pods run in the images the manifests name, built here on first use (tools/local/images.py).
         self._image_roots: dict[str, ImageRoot] = {}
         self._image_root = images or (lambda image: ImageStore(progress=self.progress).rootfs(source_for(image)))
-        self.runtime_venv = Path(runtime_venv or os.environ.get(RUNTIME_VENV_ENV) or DEFAULT_RUNTIME_VENV)
-        self.bin_dir = self.runtime_venv / "bin"
-        missing = [name for name in ("python", "mlflow", "gcp-storage-emulator") if not (self.bin_dir / name).exists()]
-        if missing:
-            raise LocalPlatformError(f"runtime virtualenv {self.runtime_venv} lacks {', '.join(missing)}: "
-                                     "build it with `make runtime`")
+        self.runtime: Venv = runtime(runtime_venv)
+        try:
+            self.runtime.require("python", "mlflow", "gcp-storage-emulator")
+        except VenvError as err:
+            raise LocalPlatformError(str(err)) from None
 
         self.manifests = Manifests.load(stack, plan_dir)
         m = self.manifests
@@ -401,7 +390,7 @@ class LocalPlatform:
         """Disk-backed (workdir/gcs), so a restart keeps the objects; the bucket is created if missing."""
         data_dir = self.workdir / "gcs"
         data_dir.mkdir(exist_ok=True)
-        argv = [str(self.bin_dir / "gcp-storage-emulator"), "--data-dir", str(data_dir), "start",
+        argv = [str(self.runtime.bin("gcp-storage-emulator")), "--data-dir", str(data_dir), "start",
                 "--host", "127.0.0.1", "--port", str(self.emulator_port), "--default-bucket", self.bucket]
         self.emulator = ManagedProcess("gcs-emulator", argv, env=self.client_env(), cwd=data_dir,
                                        log_path=self.logs_dir / "gcs-emulator.log", redact=self.redact)
@@ -733,14 +722,15 @@ class LocalPlatform:
             raise LocalPlatformError(f"{len(self.retiring)} pod containers still stopping after {timeout:.0f}s")
 
     # --- clients in the runtime virtualenv ------------------------------------------------------
+    @property
+    def clients_home(self) -> Path:
+        return self.workdir / "clients"
+
     def client_env(self) -> dict[str, str]:
         """Environment of helper processes of the runtime virtualenv (clients, the emulator):
         nothing inherited from the caller, no credentials."""
-        home = self.workdir / "clients"
-        home.mkdir(parents=True, exist_ok=True)
-        return {"PATH": f"{self.bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
-                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
-                "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+        self.clients_home.mkdir(parents=True, exist_ok=True)
+        return self.runtime.env(self.clients_home)
 
     def run_client(self, script: str | Path, *args: str, user: Optional[str] = "admin",
                    extra_env: Optional[dict] = None, check: bool = True, timeout: float = 300.0) -> ClientResult:
@@ -750,7 +740,7 @@ class LocalPlatform:
         (no credentials). Its stdout is returned (print results, never secrets); stderr is logged.
         """
         path = Path(script) if "/" in str(script) or str(script).endswith(".py") else CLIENTS_DIR / f"{script}.py"
-        env = {**self.client_env(), "MLFLOW_TRACKING_URI": self.tracking_url}
+        env = {"MLFLOW_TRACKING_URI": self.tracking_url}
         if user == "admin":
             env.update(MLFLOW_TRACKING_USERNAME=self.admin_username, MLFLOW_TRACKING_PASSWORD=self.admin_password)
         elif user == "serving":
@@ -761,12 +751,14 @@ class LocalPlatform:
         env.update(extra_env or {})
         self._client_runs += 1
         log_path = self.logs_dir / "clients" / f"{self._client_runs:03d}-{path.stem}.log"
-        completed = run_to_completion(f"client {path.name}", [str(self.bin_dir / "python"), str(path), *args],
-                                      env=env, cwd=Path(env["HOME"]), log_path=log_path, timeout=timeout,
-                                      capture_stdout=True)
-        result = ClientResult(completed.returncode, completed.stdout or "", log_path)
-        if check and completed.returncode != 0:
-            raise LocalPlatformError(f"client {path.name} {self.redact(' '.join(args))} exited with code {completed.returncode}; "
+        try:
+            finished = self.runtime.run([str(path), *args], home=self.clients_home, env=env, cwd=self.clients_home,
+                                        log_path=log_path, timeout=timeout)
+        except VenvError as err:
+            raise LocalPlatformError(f"client {path.name}: {err}") from None
+        result = ClientResult(finished.code, finished.stdout, log_path)
+        if check and finished.code != 0:
+            raise LocalPlatformError(f"client {path.name} {self.redact(' '.join(args))} exited with code {finished.code}; "
                                      f"log {log_path}:\n{log_tail(log_path, self.redact)}")
         return result
 
@@ -778,8 +770,9 @@ class LocalPlatform:
                 *(["--alias", self.model_alias] if move_alias else [])]
         for requirement in extra_requirements:
             args += ["--extra-requirement", requirement]
-        # mlflow_serving.environment: a LightGBM trainer gets LightGBM as a serving pod does.
-        return self.run_client("train", *args, extra_env={"PYTHONPATH": str(SERVING_PACKAGES_DIR)}).json()
+        # mlflow_serving.environment (mlflow_image/ is on every runtime client's path): a LightGBM
+        # trainer gets LightGBM as a serving pod does.
+        return self.run_client("train", *args).json()
 
     def schema_snapshot(self) -> dict:
         """Tables, columns, indexes and alembic revision of both databases."""

@@ -9,11 +9,10 @@ one is needed (the local stand-in's superuser), goes in PGPASSWORD (`pg_env`), n
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
+
+from tools.venvs import run_process
 
 DUMP_FORMAT = "--format=custom"
 RESTORE_FLAGS = ("--no-owner", "--no-privileges", "--exit-on-error", "--single-transaction")
@@ -65,25 +64,10 @@ def pg_env(password: Optional[str] = None, path: Optional[str] = None) -> dict[s
     return env | ({"PGPASSWORD": password} if password else {})
 
 
-def run_process(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0,
-                cwd: Optional[Path] = None) -> tuple[int, str, str]:
-    """Run one client command in its own process group (killed on timeout, RuntimeError);
-    (exit code, stdout, stderr)."""
-    proc = subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise RuntimeError(f"{Path(argv[0]).name} did not finish within {timeout:.0f}s") from None
-    return proc.returncode, out, err
-
-
 def run(argv: Sequence[str], env: Mapping[str, str], timeout: float = 300.0, cwd: Optional[Path] = None) -> str:
-    """`run_process` that must succeed: stdout, or RuntimeError with stderr (no password: it is
-    only in the environment)."""
-    code, out, err = run_process(argv, env, timeout, cwd)
+    """One client command in its own process group (killed on timeout) that must succeed: stdout, or
+    RuntimeError with stderr (no password: it is only in the environment)."""
+    code, out, err = run_process(argv, env, timeout=timeout, cwd=cwd)
     if code != 0:
         raise RuntimeError(f"{Path(argv[0]).name} exited with code {code}: {err.strip()[-500:]}")
     return out

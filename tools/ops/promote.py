@@ -22,11 +22,12 @@ In order, stopping at the first failure:
     must be answered 200 with predictions. If serving is not ready in time or does not answer so,
     the alias and the tag are put back, serving is rolled back onto them, and the command fails.
 
-Targets: `local` reads WORKDIR/endpoints.json of a running `make local`. `cluster` talks to the
-tracking URL given by --tracking-uri or MLFLOW_TRACKING_URI (a port-forward, or the ingress),
-as MLFLOW_TRACKING_USERNAME/PASSWORD or else the stack's admin outputs, and to the serving
-Deployment named by the stack output `serving_deployment`, through `serving_kubeconfig` (the
-outputs are read with Pulumi's Automation API, which needs the Pulumi CLI).
+Targets (tools.ops.targets): `local` reads WORKDIR/endpoints.json of a running `make local`
+(tools/ops/local.py). `cluster` (tools/ops/gke.py) talks to the tracking URL given by --tracking-uri
+or MLFLOW_TRACKING_URI (a port-forward, or the ingress), as MLFLOW_TRACKING_USERNAME/PASSWORD or else
+the stack's admin outputs, and to the serving Deployment named by the stack output
+`serving_deployment`, through `serving_kubeconfig` (the outputs are read with Pulumi's Automation
+API, which needs the Pulumi CLI).
 
 Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
 4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed).
@@ -46,16 +47,11 @@ from typing import Callable, Optional, Protocol, Sequence
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from infra.secrets import ADMIN_PASSWORD
-from tools.ops.runtime import RuntimeCommandError, run_runtime, run_runtime_module
-from tools.ops.rollout import (
-    ClusterRoller, DEFAULT_CLUSTER_TIMEOUT, LocalSignalRoller, Roller, RolloutError, apps_api, load_api_client,
-)
-from tools.ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
-from tools.ops.stack import StackOutputError, StackOutputs
-from tools.ops.verify import REHEARSAL_SLACK_SECONDS, ClusterVerifier, LocalVerifier, RehearsalFailed, Verifier, env_timeout
+from tools.ops import targets
+from tools.ops.interfaces import RehearsalFailed, Roller, RolloutError, TargetError, Verifier
+from tools.ops.runtime import AdminRunner
+from tools.venvs import VenvError
 
-ROOT = Path(__file__).resolve().parents[2]
 READY = "READY"
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
@@ -138,47 +134,21 @@ class Granter(Protocol):
         """Give the serving user READ on the model and its experiments; return a summary."""
 
 
-class RuntimeRunner:
-    """Runs `python ARGS` with the runtime virtualenv's python (the serving image's packages, MLflow's
-    auth client) against tracking; credentials go through its environment only."""
-
-    def __init__(self, python: Path, tracking_uri: str, username: str, password: str):
-        self.python, self.tracking_uri = Path(python), tracking_uri
-        self._credentials = (username, password)
-
-    def env(self) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
-                "MLFLOW_TRACKING_PASSWORD": self._credentials[1]}
-
-    def run(self, args: list[str], what: str, timeout: float) -> tuple[int, str, str]:
-        """(exit code, stdout, stderr with the password masked); PromotionError if it cannot run."""
-        try:
-            return run_runtime(self.python, args, self.env(), (self._credentials[1],), timeout, what)
-        except RuntimeCommandError as err:
-            raise PromotionError(str(err)) from None
-
-    def run_module(self, args: list[str], what: str, timeout: float) -> dict:
-        """A module that must succeed and print its result as JSON."""
-        try:
-            return run_runtime_module(self.python, args, self.env(), (self._credentials[1],), timeout, what)
-        except RuntimeCommandError as err:
-            raise PromotionError(str(err)) from None
-
-
 class RuntimeGranter:
-    """`python -m tools.ops.grants` in the runtime virtualenv (MLflow's auth client)."""
+    """`python -m tools.ops.grants` in the runtime virtualenv (MLflow's auth client), as tracking's admin."""
 
-    def __init__(self, python: Path, tracking_uri: str, username: str, password: str, serving_user: str,
-                 timeout: float = GRANT_TIMEOUT):
-        self.runner = RuntimeRunner(python, tracking_uri, username, password)
-        self.serving_user, self.timeout = serving_user, timeout
+    def __init__(self, runner: AdminRunner, serving_user: str, timeout: float = GRANT_TIMEOUT):
+        self.runner, self.serving_user, self.timeout = runner, serving_user, timeout
 
     def command(self, model: str) -> list[str]:
         return ["-m", "tools.ops.grants", "--model", model, "--user", self.serving_user]
 
     def grant(self, model: str) -> str:
-        result = self.runner.run_module(self.command(model), f"granting READ to {self.serving_user!r} on {model!r}",
-                                        self.timeout)
+        try:
+            result = self.runner.run_module(self.command(model), f"granting READ to {self.serving_user!r} on {model!r}",
+                                            self.timeout)
+        except VenvError as err:
+            raise PromotionError(str(err)) from None
         return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
 
 
@@ -340,82 +310,6 @@ def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str
 
 
 # --- command line ------------------------------------------------------------------------------------
-def runtime_python() -> Path:
-    from tools.local.localplatform import DEFAULT_RUNTIME_VENV, RUNTIME_VENV_ENV
-
-    return Path(os.environ.get(RUNTIME_VENV_ENV) or DEFAULT_RUNTIME_VENV) / "bin" / "python"
-
-
-@dataclass(frozen=True)
-class Target:
-    tracking_uri: str
-    username: str
-    password: str
-    serving_user: str
-    roller: Roller
-    verifier: Verifier
-    notes: tuple[str, ...] = ()
-
-
-def local_verifier(runner: RuntimeRunner, workdir: Path, serving_url: str) -> LocalVerifier:
-    from tools.local.manifests import Manifests, container
-
-    # `make local` runs the rendered dev manifests: their serving container is the one to rehearse as.
-    args = container(Manifests.load("dev").one("Deployment", component="serving"), "serving")["args"]
-    timeout = env_timeout(args) + REHEARSAL_SLACK_SECONDS
-
-    def run(rehearsal: list[str]) -> tuple[int, str]:
-        code, out, _ = runner.run(rehearsal, "the rehearsal of the model's environment", timeout)
-        return code, out
-
-    return LocalVerifier(run, args, Path(workdir) / "env-rehearsal", serving_url)
-
-
-def local_target(workdir: Path, timeout: float) -> Target:
-    endpoints_file = Path(workdir) / "endpoints.json"
-    try:
-        endpoints = json.loads(endpoints_file.read_text())
-    except OSError:
-        raise PromotionError(f"{endpoints_file} is missing: is `make local` running?") from None
-    password = Path(endpoints["admin_password_file"]).read_text().strip()
-    runner = RuntimeRunner(runtime_python(), endpoints["tracking_url"], endpoints["admin_username"], password)
-    return Target(endpoints["tracking_url"], endpoints["admin_username"], password, endpoints["serving_username"],
-                  LocalSignalRoller(Path(workdir), timeout=timeout),
-                  local_verifier(runner, workdir, endpoints["serving_url"]))
-
-
-def admin_password_from_secret_manager(outputs: StackOutputs) -> str:
-    """The admin password's latest version (the stack outputs the secret, never its value)."""
-    try:
-        return CloudSecretManager().access(app_secret(outputs, ADMIN_PASSWORD))
-    except SecretManagerError as err:
-        raise PromotionError(str(err)) from None
-
-
-def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> Target:
-    from k8s.serving import ROLLOUT_ANNOTATION, SERVICE_NAME, SERVING_USERNAME
-
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not tracking_uri:
-        raise PromotionError("--target cluster needs the tracking URL: --tracking-uri or MLFLOW_TRACKING_URI "
-                             "(e.g. `kubectl -n mlflow port-forward svc/mlflow-tracking 5000:5000` and "
-                             "http://localhost:5000)")
-    try:
-        outputs = StackOutputs.read(stack)
-        username = os.environ.get("MLFLOW_TRACKING_USERNAME") or outputs.get("tracking_admin_username")
-        password = os.environ.get("MLFLOW_TRACKING_PASSWORD") or admin_password_from_secret_manager(outputs)
-        namespace, name = outputs.deployment("serving")
-        api_client = load_api_client(outputs.kubeconfig("serving"))
-        roller = ClusterRoller(apps_api(api_client), namespace, name, timeout=timeout)
-        roller.check()  # before anything changes
-        verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME)
-    except (RolloutError, StackOutputError) as err:
-        raise PromotionError(str(err)) from None
-    note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's serving.rolloutToken: record it with "
-            f"`pulumi config set --path serving.rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")
-    return Target(tracking_uri, username, password, SERVING_USERNAME, roller, verifier, (note,))
-
-
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.ops.promote", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -425,11 +319,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--require", action="append", default=[], metavar="METRIC_OP_VALUE",
                         help="gate on a metric of the version's run, e.g. 'accuracy>=0.9' (repeatable)")
     parser.add_argument("--rollback", action="store_true", help="point the alias back to its previous version")
-    parser.add_argument("--target", choices=("local", "cluster"), default="local")
-    parser.add_argument("--stack", default="dev", help="Pulumi stack of --target cluster (default dev)")
-    parser.add_argument("--workdir", type=Path, default=ROOT / ".local", help="`make local` work dir (default .local)")
-    parser.add_argument("--tracking-uri", help="tracking URL for --target cluster (default $MLFLOW_TRACKING_URI)")
-    parser.add_argument("--timeout", type=float, help="seconds to wait for serving (local 300, cluster 600)")
+    targets.add_arguments(parser)
     parser.add_argument("--request", type=Path, metavar="FILE",
                         help="JSON request to check serving's answers with after the rollout (default: the "
                              "version's serving input example)")
@@ -453,22 +343,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
     try:
-        if args.target == "local":
-            target = local_target(args.workdir, args.timeout or 300.0)
-        else:
-            target = cluster_target(args.stack, args.tracking_uri, args.timeout or DEFAULT_CLUSTER_TIMEOUT)
-        registry = registry_client(target.tracking_uri, target.username, target.password)
-        granter = RuntimeGranter(runtime_python(), target.tracking_uri, target.username, target.password,
-                                 target.serving_user)
+        target = targets.platform(args).promotion(args.timeout)
+        tracking = target.tracking
+        registry = registry_client(tracking.uri, tracking.username, tracking.password)
+        granter = RuntimeGranter(AdminRunner(tracking.uri, tracking.username, tracking.password), tracking.serving_user)
         checks = {"verifier": target.verifier, "request": args.request_body, "log": log}
         if args.rollback:
             outcome = rollback(registry, granter, target.roller, model=args.model, alias=args.alias, **checks)
         else:
             outcome = promote(registry, granter, target.roller, model=args.model, version=args.version,
                               alias=args.alias, requirements=args.requirements, **checks)
-    except PromotionError as err:
+    except (PromotionError, TargetError) as err:
         print(f"promote: error: {err}", file=sys.stderr, flush=True)
-        return err.exit_code
+        return getattr(err, "exit_code", EXIT_ERROR)
     except MlflowException as err:
         print(f"promote: error: tracking answered {err.error_code}: {err.message}", file=sys.stderr, flush=True)
         return EXIT_ERROR

@@ -1,25 +1,20 @@
-"""Rolling the serving pods onto what the alias points to now, and waiting until they serve it.
+"""Rolling a Deployment through the Kubernetes API and waiting as `kubectl rollout status` does: the
+GKE adapter's roller (tools.ops.interfaces.Roller; `make local`'s is in tools/ops/local.py).
 
-A roller has two calls: `roll(model, alias, version)` and, after a failed roll once the alias has
-been moved back, `restore()`. Both raise `RolloutError` when serving is not ready in time.
-
-- `PlatformRoller`: a LocalPlatform owned by this process (tests): `platform.restart_serving()`.
-- `LocalSignalRoller`: a running `make local`, asked over SIGUSR1 (see tools/local/rollout.py).
-- `ClusterRoller`: the serving Deployment, through the Kubernetes API: a strategic-merge patch of
-  its pod-template annotation `mlflow.org/rollout-token`, then the checks of `kubectl rollout
-  status` until every replica is new and available. `restore()` puts the previous token back,
-  so Kubernetes returns to the previous ReplicaSet. `restart()` is `kubectl rollout restart` (any
-  Deployment; the secret rotation's).
+`ClusterRoller.roll` makes a strategic-merge patch of the serving pod template's annotation
+`mlflow.org/rollout-token`, then waits until every replica is new and available. `restore()` puts
+the previous token back, so Kubernetes returns to the previous ReplicaSet. `restart()` is `kubectl
+rollout restart` (any Deployment; the secret rotation's).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 from k8s.serving import ROLLOUT_ANNOTATION
+from tools.ops.interfaces import RolloutError
 
 FIELD_MANAGER = "mlflow-promote"
 RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # what `kubectl rollout restart` sets
@@ -30,65 +25,6 @@ KUBERNETES_REQUIREMENT = "kubernetes==37.0.2"
 DEFAULT_CLUSTER_TIMEOUT = 600.0
 
 
-class RolloutError(RuntimeError):
-    """Serving did not become ready on the new version in time (or could not be asked to)."""
-
-
-class Roller(Protocol):
-    def roll(self, model: str, alias: str, version: str) -> str:
-        """Roll serving; return a one-line summary once it serves; raise RolloutError otherwise."""
-
-    def restore(self) -> str:
-        """After a failed roll (the alias already moved back): serve the previous target again."""
-
-
-# --- local --------------------------------------------------------------------------------------
-class PlatformRoller:
-    """A LocalPlatform this process owns: the rollout is `restart_serving()`."""
-
-    def __init__(self, platform):
-        self.platform = platform
-
-    def _restart(self) -> str:
-        from tools.local.processes import LocalPlatformError
-
-        try:
-            self.platform.restart_serving()
-        except LocalPlatformError as err:
-            raise RolloutError(f"local serving did not become ready: {str(err).splitlines()[0]}") from None
-        return f"local serving restarted (pid {self.platform.serving.pid}), ready on {self.platform.serving_url}"
-
-    def roll(self, model: str, alias: str, version: str) -> str:
-        return self._restart()
-
-    def restore(self) -> str:
-        return self._restart()
-
-
-class LocalSignalRoller:
-    """A running `make local` (python -m tools.local) using `workdir`."""
-
-    def __init__(self, workdir: Path, timeout: float = 300.0):
-        self.workdir = Path(workdir)
-        self.timeout = timeout
-
-    def _request(self) -> str:
-        from tools.local.rollout import RolloutRequestError, request_rollout
-
-        try:
-            status = request_rollout(self.workdir, timeout=self.timeout)
-        except RolloutRequestError as err:
-            raise RolloutError(str(err)) from None
-        return f"`make local` restarted serving (pid {status['serving_pid']}, rollout {status['generation']})"
-
-    def roll(self, model: str, alias: str, version: str) -> str:
-        return self._request()
-
-    def restore(self) -> str:
-        return self._request()
-
-
-# --- cluster ------------------------------------------------------------------------------------
 def rollout_token(alias: str, version: str, now: Optional[float] = None) -> str:
     """A new annotation value per promotion, readable in `kubectl describe`."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))

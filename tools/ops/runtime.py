@@ -1,54 +1,28 @@
-"""Running one of ops' modules with the runtime virtualenv's python (where MLflow, its auth client
-and the serving image's packages live), credentials through its environment only."""
+"""Ops' modules that need the whole of MLflow (its auth client: tools.ops.grants, tools.ops.user_password)
+or the serving image's code (the rehearsal, mlflow_serving.rehearse) run in the runtime virtualenv
+(`tools.venvs`), against tracking as its admin, the credentials in their environment only."""
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
-from tools.ops.backup import run_process
-
-ROOT = Path(__file__).resolve().parents[2]
+from tools.venvs import Finished, Venv, runtime
 
 
-class RuntimeCommandError(RuntimeError):
-    """The module failed, timed out or printed nothing; the message holds no secret."""
+class AdminRunner:
+    def __init__(self, tracking_uri: str, username: str, password: str, venv: Optional[Venv] = None):
+        self.tracking_uri, self.venv = tracking_uri, venv or runtime()
+        self._credentials = (username, password)
 
+    def run(self, args: Sequence[str], timeout: float, env: Optional[Mapping[str, str]] = None,
+            secrets: Sequence[str] = ()) -> Finished:
+        """`python ARGS` to its end, the admin's password (and `secrets`) masked; VenvError if it cannot run."""
+        credentials = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_TRACKING_USERNAME": self._credentials[0],
+                       "MLFLOW_TRACKING_PASSWORD": self._credentials[1]}
+        return self.venv.run(args, env=credentials | dict(env or {}), timeout=timeout,
+                             secrets=(self._credentials[1], *secrets))
 
-def _masked(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "[secret]")
-    return text
-
-
-def run_runtime(python: Path, argv: Sequence[str], env: Mapping[str, str], secrets: Sequence[str],
-                timeout: float, what: str) -> tuple[int, str, str]:
-    """`python ...argv` from the project root, mlflow_image/ on its path: (exit code, stdout, stderr
-    with `secrets` masked)."""
-    if not Path(python).exists():
-        raise RuntimeCommandError(f"{python} does not exist: {what} needs the runtime virtualenv (`make runtime`)")
-    with tempfile.TemporaryDirectory(prefix="ops-runtime-") as home:
-        full_env = {"PATH": f"{Path(python).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home,
-                    "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-                    "PYTHONPATH": str(ROOT / "mlflow_image"),
-                    "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", **env}
-        try:
-            code, out, err = run_process([str(python), *argv], full_env, timeout=timeout, cwd=ROOT)
-        except RuntimeError as err:
-            raise RuntimeCommandError(f"{what}: {_masked(str(err), secrets)}") from None
-    return code, out, _masked(err, secrets)
-
-
-def run_runtime_module(python: Path, argv: Sequence[str], env: Mapping[str, str], secrets: Sequence[str],
-                       timeout: float, what: str) -> dict:
-    """`run_runtime` that must succeed and print its result as a JSON last line."""
-    code, out, err = run_runtime(python, argv, env, secrets, timeout, what)
-    if code != 0:
-        last = [line for line in err.splitlines() if line.strip()]
-        raise RuntimeCommandError(f"{what} failed: {last[-1] if last else f'exit code {code}'}")
-    lines = out.strip().splitlines()
-    if not lines:
-        raise RuntimeCommandError(f"{what} printed nothing")
-    return json.loads(lines[-1])
+    def run_module(self, args: Sequence[str], what: str, timeout: float, env: Optional[Mapping[str, str]] = None,
+                   secrets: Sequence[str] = ()) -> dict:
+        """A module that must succeed and print its result as a JSON last line; VenvError otherwise."""
+        return self.run(args, timeout, env, secrets).check(what).json()

@@ -1,5 +1,5 @@
 """Secret Manager for `make rotate-secret --target cluster` and `make promote --target cluster`: the
-calls of tools/local/secretmanager.py's stand-in (access, add_version, enabled_versions, disable), made
+calls of tools.ops.interfaces.SecretStore (access, add_version, enabled_versions, disable), made
 with Google's client library on `projects/P/secrets/ID` names. Credentials: Application Default
 Credentials (`gcloud auth application-default login`), which need secretAccessor and
 secretVersionManager on the secret.
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tools.ops.interfaces import SecretStoreError
 from tools.ops.stack import StackOutputError, StackOutputs
 
 SECRET_MANAGER_REQUIREMENT = "google-cloud-secret-manager==2.24.0"
 
 
-class SecretManagerError(RuntimeError):
+class SecretManagerError(SecretStoreError):
     """A Secret Manager call failed; the message holds no secret value."""
 
 

@@ -7,10 +7,10 @@ reaches the fleet. After the rollout, the version's own input example (MLflow's
 `serving_input_example.json`, or a request given with --request) is *probed* through serving:
 anything but a 200 with predictions fails the rollout.
 
-`local`: the rehearsal runs in the runtime virtualenv (the image's environment), the probe goes to
-`make local`'s serving URL. `cluster`: the rehearsal is a Job built from the serving Deployment's
-own pod template (same image, identity, package index, limits), the probe goes through the API
-server's Service proxy, with the credentials that already roll the Deployment.
+The pieces both targets share are here, with the cluster's verifier: the rehearsal is a Job built from
+the serving Deployment's own pod template (same image, identity, package index, limits), the probe
+goes through the API server's Service proxy, with the credentials that already roll the Deployment.
+`make local`'s (the rehearsal in the runtime virtualenv) is in tools/ops/local.py.
 """
 
 from __future__ import annotations
@@ -21,34 +21,14 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 from k8s.serving import SERVING_PORT
-from tools.ops.rollout import RolloutError
+from tools.ops.interfaces import RehearsalFailed, Rehearsed, RolloutError
 
 REHEARSAL_MODULE = "mlflow_serving.rehearse"
 REHEARSAL_SLACK_SECONDS = 120.0  # download and load, beyond the environment's own limit
 PROBE_TIMEOUT = 60.0
-
-
-class RehearsalFailed(RuntimeError):
-    """The version would not serve: its environment cannot be built or it does not load."""
-
-
-@dataclass(frozen=True)
-class Rehearsed:
-    summary: str
-    """What the environment step did (nothing needed, reused, built)."""
-    example: Optional[dict]
-    """The model's serving input example, if it has one."""
-
-
-class Verifier(Protocol):
-    def rehearse(self, model: str, version: str) -> Rehearsed: ...
-
-    def probe(self, request: dict) -> str:
-        """POST `request` to serving's /invocations; a summary, or RolloutError."""
 
 
 def rehearsal_args(model: str, version: str, container_args: list[str]) -> list[str]:
@@ -100,28 +80,6 @@ def post_json(url: str, request: dict, timeout: float = PROBE_TIMEOUT) -> tuple[
         return err.code, err.read()
     except urllib.error.URLError as err:
         raise RolloutError(f"serving did not answer its input example: {err.reason}") from None
-
-
-class LocalVerifier:
-    """Rehearses with `run(argv) -> (exit code, stdout)` (the runtime virtualenv, where the serving
-    code runs on `make local`) and probes `serving_url`."""
-
-    def __init__(self, run: Callable[[list[str]], tuple[int, str]], container_args: list[str], env_cache: Path,
-                 serving_url: str):
-        self.run, self.container_args, self.env_cache, self.serving_url = run, container_args, env_cache, serving_url
-
-    def rehearse(self, model: str, version: str) -> Rehearsed:
-        args = rehearsal_args(model, version, self.container_args)
-        # As `make local` runs the pod (tools/local/localize.py): its volume is a local directory, its
-        # package index the one this machine reaches.
-        args[args.index("--env-cache") + 1] = str(self.env_cache)
-        if "--package-index" in args:
-            args[args.index("--package-index") + 1] = ""
-        _, output = self.run(args)
-        return rehearsal_result(output)
-
-    def probe(self, request: dict) -> str:
-        return check_answer(*post_json(f"{self.serving_url}/invocations", request))
 
 
 def rehearsal_job(deployment: Any, model: str, version: str, name: str, timeout: float) -> dict:

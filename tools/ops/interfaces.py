@@ -1,0 +1,119 @@
+"""What day-2 operations need of a running platform, as protocols, and what a target hands them.
+
+`make promote`, `make rollback` and `make rotate-secret` act on a platform through these only. Exactly
+two adapters implement them: `tools.ops.gke` (the stack's clusters through the Kubernetes API, Secret
+Manager) and `tools.ops.local` (a running `make local`); `tools.ops.targets` picks one from --target.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol
+
+
+# --- rollout -----------------------------------------------------------------------------------
+class RolloutError(RuntimeError):
+    """Pods did not become ready on the new version in time (or could not be asked to roll)."""
+
+
+class Roller(Protocol):
+    """Rolls serving onto what the alias points to now, and waits until it serves."""
+
+    def roll(self, model: str, alias: str, version: str) -> str:
+        """Roll serving; return a one-line summary once it serves; raise RolloutError otherwise."""
+
+    def restore(self) -> str:
+        """After a failed roll (the alias already moved back): serve the previous target again."""
+
+
+class Restarter(Protocol):
+    def restart(self, component: str) -> str:
+        """New `tracking` or `serving` pods from the same template (they read the secrets anew), as the
+        Deployment's strategy declares; a summary once they are ready, RolloutError otherwise."""
+
+
+# --- verify ------------------------------------------------------------------------------------
+class RehearsalFailed(RuntimeError):
+    """The version would not serve: its environment cannot be built or it does not load."""
+
+
+@dataclass(frozen=True)
+class Rehearsed:
+    summary: str
+    """What the environment step did (nothing needed, reused, built)."""
+    example: Optional[dict]
+    """The model's serving input example, if it has one."""
+
+
+class Verifier(Protocol):
+    def rehearse(self, model: str, version: str) -> Rehearsed:
+        """Load the version as a serving pod would; RehearsalFailed if it would not serve."""
+
+    def probe(self, request: dict) -> str:
+        """POST `request` to serving's /invocations; a summary, or RolloutError."""
+
+
+# --- secrets -----------------------------------------------------------------------------------
+class SecretStoreError(RuntimeError):
+    """A call on the secret store failed; the message holds no secret value."""
+
+
+class SecretStore(Protocol):
+    """Secret Manager's calls on versions of one secret (a store's own secret names); SecretStoreError
+    when one fails."""
+
+    def access(self, secret: str, version: str = "latest") -> str: ...
+    def add_version(self, secret: str, value: str) -> int: ...
+    def enabled_versions(self, secret: str) -> list[int]: ...
+    def disable(self, secret: str, version: int) -> None: ...
+
+
+def generate_password(length: int = 32) -> str:
+    """A new secret value: letters and digits, like the program's RandomPassword(special=False)."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+# --- what a target hands an operation ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Tracking:
+    """The tracking server, as its admin; the serving user is the one serving pods log in as."""
+
+    uri: str
+    username: str
+    password: str = field(repr=False)
+    serving_user: str
+
+
+@dataclass(frozen=True)
+class PromotionTarget:
+    tracking: Tracking
+    roller: Roller
+    verifier: Verifier
+    notes: tuple[str, ...] = ()
+    """Printed once promoted (the cluster: how to keep the new rollout token in the stack)."""
+
+
+@dataclass(frozen=True)
+class RotationTarget:
+    tracking_uri: str
+    store: SecretStore
+    secret_ids: dict[str, str]
+    """Logical name (admin-password, ...) -> the store's name of that secret."""
+    restarter: Restarter
+    rotated: Callable[[], None] = lambda: None
+    """Run once rotated (local: rewrite the password files endpoints.json names)."""
+
+
+class TargetError(RuntimeError):
+    """The platform cannot be reached or read; nothing changed."""
+
+
+class Platform(Protocol):
+    """A running platform: each call reads and checks what its operation needs before anything
+    changes (TargetError otherwise). `timeout`: seconds to wait for each rollout (None: the target's own)."""
+
+    def promotion(self, timeout: Optional[float]) -> PromotionTarget: ...
+    def rotation(self, timeout: Optional[float]) -> RotationTarget: ...

@@ -1,0 +1,154 @@
+"""The `make local` adapter of tools.ops.interfaces: the local platform (tools/local/), the only ops
+module that imports it.
+
+A running `make local` is found through WORKDIR/endpoints.json (its tracking and serving URLs, the
+admin's password file, its Secret Manager stand-in); it rolls serving or tracking when asked over
+SIGUSR1 (tools/local/rollout.py). The rehearsal runs in the runtime virtualenv (the image's
+packages) with the serving container's settings from the rendered dev manifests. Tests that own a
+`LocalPlatform` in-process roll it with `PlatformRoller`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD
+from tools.local.localplatform import LocalPlatform, provider_class_secrets, write_private_file
+from tools.local.manifests import Manifests, container
+from tools.local.processes import LocalPlatformError
+from tools.local.rollout import RolloutRequestError, request_rollout
+from tools.local.secretmanager import LocalSecretManager
+from tools.ops.interfaces import (
+    PromotionTarget, Rehearsed, RolloutError, RotationTarget, TargetError, Tracking,
+)
+from tools.ops.runtime import AdminRunner
+from tools.ops.verify import REHEARSAL_SLACK_SECONDS, check_answer, env_timeout, post_json, rehearsal_args, rehearsal_result
+from tools.venvs import VenvError
+
+DEFAULT_TIMEOUT = 300.0
+
+
+# --- rollout -----------------------------------------------------------------------------------
+class PlatformRoller:
+    """A LocalPlatform this process owns: serving rolls with `restart_serving()` (Roller), tracking
+    with `roll_tracking()` (Restarter)."""
+
+    def __init__(self, platform: LocalPlatform):
+        self.platform = platform
+
+    def restart(self, component: str) -> str:
+        try:
+            self.platform.roll_tracking() if component == "tracking" else self.platform.restart_serving()
+        except LocalPlatformError as err:
+            raise RolloutError(f"local {component} did not become ready: {str(err).splitlines()[0]}") from None
+        if component == "tracking":
+            return f"local tracking rolled, ready on {self.platform.tracking_url}"
+        return f"local serving restarted (pid {self.platform.serving.pid}), ready on {self.platform.serving_url}"
+
+    def roll(self, model: str, alias: str, version: str) -> str:
+        return self.restart("serving")
+
+    def restore(self) -> str:
+        return self.restart("serving")
+
+
+class LocalSignalRoller:
+    """A running `make local` (python -m tools.local) using `workdir`: rolls serving (Roller) or any
+    component (Restarter)."""
+
+    def __init__(self, workdir: Path, timeout: float = DEFAULT_TIMEOUT):
+        self.workdir = Path(workdir)
+        self.timeout = timeout
+
+    def _request(self, component: str) -> dict:
+        try:
+            return request_rollout(self.workdir, timeout=self.timeout, component=component)
+        except RolloutRequestError as err:
+            raise RolloutError(str(err)) from None
+
+    def restart(self, component: str) -> str:
+        return f"`make local` rolled {component} (rollout {self._request(component)['generation']})"
+
+    def _roll_serving(self) -> str:
+        status = self._request("serving")
+        return f"`make local` restarted serving (pid {status['serving_pid']}, rollout {status['generation']})"
+
+    def roll(self, model: str, alias: str, version: str) -> str:
+        return self._roll_serving()
+
+    def restore(self) -> str:
+        return self._roll_serving()
+
+
+def admin_runner(platform: LocalPlatform) -> AdminRunner:
+    """Ops' runtime-side modules against an in-process LocalPlatform, as its admin, in its runtime virtualenv."""
+    return AdminRunner(platform.tracking_url, platform.admin_username, platform.admin_password, platform.runtime)
+
+
+# --- verify ------------------------------------------------------------------------------------
+class LocalVerifier:
+    """Rehearses with `run(argv) -> stdout` (the runtime virtualenv, where the serving code runs on
+    `make local`) and probes `serving_url`."""
+
+    def __init__(self, run: Callable[[list[str]], str], container_args: list[str], env_cache: Path, serving_url: str):
+        self.run, self.container_args, self.env_cache, self.serving_url = run, container_args, env_cache, serving_url
+
+    def rehearse(self, model: str, version: str) -> Rehearsed:
+        args = rehearsal_args(model, version, self.container_args)
+        # As `make local` runs the pod (tools/local/localize.py): its volume is a local directory, its
+        # package index the one this machine reaches.
+        args[args.index("--env-cache") + 1] = str(self.env_cache)
+        if "--package-index" in args:
+            args[args.index("--package-index") + 1] = ""
+        return rehearsal_result(self.run(args))
+
+    def probe(self, request: dict) -> str:
+        return check_answer(*post_json(f"{self.serving_url}/invocations", request))
+
+
+def local_verifier(runner: AdminRunner, workdir: Path, serving_url: str) -> LocalVerifier:
+    """The rehearsal as the serving container of the rendered dev manifests (what `make local` runs)."""
+    args = container(Manifests.load("dev").one("Deployment", component="serving"), "serving")["args"]
+    timeout = env_timeout(args) + REHEARSAL_SLACK_SECONDS
+
+    def run(rehearsal: list[str]) -> str:
+        try:
+            return runner.run(rehearsal, timeout).stdout
+        except VenvError as err:
+            raise TargetError(f"the rehearsal of the model's environment: {err}") from None
+
+    return LocalVerifier(run, args, Path(workdir) / "env-rehearsal", serving_url)
+
+
+# --- the target ----------------------------------------------------------------------------------
+class LocalTarget:
+    """A running `make local` using `workdir`, rendered from `stack`."""
+
+    def __init__(self, workdir: Path, stack: str = "dev"):
+        self.workdir, self.stack = Path(workdir), stack
+        endpoints_file = self.workdir / "endpoints.json"
+        try:
+            self.endpoints = json.loads(endpoints_file.read_text())
+        except OSError:
+            raise TargetError(f"{endpoints_file} is missing: is `make local` running?") from None
+
+    def promotion(self, timeout: Optional[float]) -> PromotionTarget:
+        e = self.endpoints
+        tracking = Tracking(e["tracking_url"], e["admin_username"], Path(e["admin_password_file"]).read_text().strip(),
+                            e["serving_username"])
+        runner = AdminRunner(tracking.uri, tracking.username, tracking.password)
+        return PromotionTarget(tracking, LocalSignalRoller(self.workdir, timeout or DEFAULT_TIMEOUT),
+                               local_verifier(runner, self.workdir, e["serving_url"]))
+
+    def rotation(self, timeout: Optional[float]) -> RotationTarget:
+        store = LocalSecretManager(Path(self.endpoints["secret_manager_dir"]))
+        secret_ids = provider_class_secrets(Manifests.load(self.stack))
+
+        def rotated() -> None:
+            for key, name in (("admin_password_file", ADMIN_PASSWORD), ("serving_password_file", SERVING_PASSWORD)):
+                write_private_file(Path(self.endpoints[key]), store.access(secret_ids[name]) + "\n", 0o600)
+
+        return RotationTarget(self.endpoints["tracking_url"], store, secret_ids,
+                              LocalSignalRoller(self.workdir, timeout or DEFAULT_TIMEOUT), rotated)
