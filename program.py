@@ -8,12 +8,11 @@ from typing import Literal, Optional
 import pulumi
 
 from infra.apis import IAP_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
-from infra.cloud_rules import default_boot_disk_type
-from infra.cluster import GkeCluster, GkeClusterArgs, LoadTestPool
+from infra.cluster import GkeCluster, GkeClusterArgs
 from infra.config import Settings
 from infra.database import Database, DatabaseArgs
 from infra.edge import EdgePolicy, EdgePolicyArgs
-from infra.images import MlflowImages, MlflowImagesArgs, image_version, pushed_image, registry_token
+from infra.images import MlflowImages, MlflowImagesArgs, image_version
 from infra.kms import EncryptionKeys, EncryptionKeysArgs
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels, gcp_name
@@ -21,7 +20,6 @@ from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, Network
 from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, PackageSourceArgs
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
-from k8s.loadtest import NAMESPACE as LOAD_TEST_NAMESPACE, LoadTest, LoadTestArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.serving import ModelServing, ModelServingArgs
 from k8s.tracking import TrackingServer, TrackingServerArgs
@@ -61,7 +59,6 @@ class Data:
 class Serving:
     packages: PackageSource
     serving: ModelServing
-    load_test_namespace: Optional[pulumi.Output[str]]
 
 
 def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
@@ -128,31 +125,24 @@ class ClusterShape:
 
 
 def build_clusters(settings: Settings, foundation: Foundation) -> Clusters:
-    # The load generators run where serving's clients do: on the serving cluster (see README, Load testing).
-    load_test_pool = LoadTestPool(
-        machine_type=settings.load_test_machine_type, max_nodes=settings.load_test_max_nodes,
-        spot=settings.load_test_spot_nodes, disk_size_gb=settings.node_disk_size_gb,
-        disk_type=default_boot_disk_type(settings.load_test_machine_type), zone=settings.zone,
-    ) if settings.load_testing else None
     # Each cluster's control-plane peering waits for the VPC's other peerings: private services access,
     # then the platform cluster's (GCP runs one peering operation per network at a time).
     platform = build_cluster(settings, foundation, ClusterShape(
         "platform", settings.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME, settings.machine_type,
         settings.min_nodes, settings.max_nodes, settings.spot_nodes),
-        None if settings.serving_cluster else load_test_pool,
         peerings_before=(foundation.network.private_services_connection,))
     if not settings.serving_cluster:
         return Clusters(platform=platform, serving=platform)
     serving = build_cluster(settings, foundation, ClusterShape(
         "serving", settings.serving_master_cidr, SERVING_PODS_RANGE_NAME, SERVING_SERVICES_RANGE_NAME,
         settings.serving_machine_type, settings.serving_min_nodes, settings.serving_max_nodes,
-        settings.serving_spot_nodes), load_test_pool,
+        settings.serving_spot_nodes),
         peerings_before=(foundation.network.private_services_connection, platform.control_plane))
     return Clusters(platform=platform, serving=serving)
 
 
 def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShape,
-                  load_test_pool: Optional[LoadTestPool], peerings_before: tuple[pulumi.Resource, ...]) -> GkeCluster:
+                  peerings_before: tuple[pulumi.Resource, ...]) -> GkeCluster:
     return GkeCluster(f"{settings.name_prefix}-{shape.role}", GkeClusterArgs(
         project=settings.project,
         location=settings.cluster_location,
@@ -179,7 +169,6 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
         secrets_key_id=foundation.keys.secrets_key_id,
         secrets_key_ready=(foundation.keys.grants_propagated,),
         peerings_before=peerings_before,
-        load_test_pool=load_test_pool,
     ), foundation.after_apis)
 
 
@@ -265,8 +254,6 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         iap=settings.iap,
         internal_lb_ip=foundation.network.internal_addresses.get("tracking"),
         serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
-        # On its own cluster serving's pod range, and so the load test's, is admitted already.
-        load_test_namespace=LOAD_TEST_NAMESPACE if settings.load_testing and not settings.serving_cluster else None,
     ), foundation.after_apis)
 
 
@@ -320,24 +307,7 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
         env_timeout_seconds=settings.serving_env_timeout_seconds,
         env_cache_gi=settings.serving_env_cache_gi,
     ), foundation.after_apis)
-    load_test_namespace = (build_load_test(settings, foundation, clusters.serving, serving, tracking)
-                           if settings.load_testing else None)
-    return Serving(packages=packages, serving=serving, load_test_namespace=load_test_namespace)
-
-
-def build_load_test(settings: Settings, foundation: Foundation, cluster: GkeCluster, serving: ModelServing,
-                    tracking: TrackingServer) -> pulumi.Output[str]:
-    """The Locust image (built like the platform's, tagged by loadtest/'s content) and the load test's
-    templates on the serving cluster; returns its namespace."""
-    image = pushed_image(
-        f"{settings.name_prefix}-build-loadtest", context="loadtest", target="locust",
-        image=pulumi.Output.concat(foundation.registry.repository_url, "/mlflow-loadtest"),
-        registry_host=f"{settings.region}-docker.pkg.dev", token=registry_token(), opts=foundation.after_apis)
-    return LoadTest("mlflow-loadtest", LoadTestArgs(
-        provider=cluster.provider, image=image, serving_url=serving.service_url, tracking=tracking.endpoint,
-        project_number=foundation.app_secrets.project_number, workload_pool=cluster.workload_pool,
-        workers=settings.load_test_workers,
-    ), foundation.after_apis).namespace
+    return Serving(packages=packages, serving=serving)
 
 
 def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters, data: Data,
@@ -358,6 +328,15 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         "tracking_deployment": tracking.deployment_ref,
         # The secrets, not their values: `make rotate-secret` adds versions the stack does not know.
         "app_secrets": foundation.app_secrets.secret_ids,
+        # What a rig beside the platform (loadtest/'s stack) needs to add its node pool and identities.
+        "project": pulumi.Output.from_input(settings.project),
+        "region": pulumi.Output.from_input(settings.region),
+        "zone": pulumi.Output.from_input(settings.zone),
+        "environment": pulumi.Output.from_input(settings.environment),
+        "project_number": foundation.app_secrets.project_number,
+        "serving_cluster_location": pulumi.Output.from_input(settings.cluster_location),
+        "serving_workload_pool": clusters.serving.workload_pool,
+        "serving_node_service_account": clusters.serving.node_service_account_email,
     }
     if settings.ingress_host:
         outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.ingress_host}")
@@ -372,6 +351,4 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         if serving.packages.private_repository_url is not None:
             outputs["private_python_repository_url"] = serving.packages.private_repository_url
         outputs["serving_model_uri"] = serving.serving.model_uri
-        if serving.load_test_namespace is not None:
-            outputs["load_test_namespace"] = serving.load_test_namespace
     return outputs

@@ -15,9 +15,6 @@ from infra.naming import cap_name, child_options
 
 NODE_SA_PROJECT_ROLES = ("roles/container.defaultNodeServiceAccount",)
 NODE_SA_REPOSITORY_ROLE = "roles/artifactregistry.reader"
-# The load-test pool's nodes: labelled for Locust's nodeSelector, tainted so nothing else lands there.
-LOAD_TEST_POOL_LABEL = "loadtest"
-LOAD_TEST_TAINT = {"key": "mlflow.org/pool", "value": "loadtest", "effect": "NO_SCHEDULE"}
 # The default pool GKE creates, then removes: one node per zone, GKE's default machine type. Its boot disks
 # still count against the region's quota while the cluster is created; GKE's default, 100 GB pd-balanced,
 # counts against SSD_TOTAL_GB (300 GB per regional cluster; a new project often has 250-500). The smallest
@@ -25,29 +22,6 @@ LOAD_TEST_TAINT = {"key": "mlflow.org/pool", "value": "loadtest", "effect": "NO_
 # (https://cloud.google.com/kubernetes-engine/docs/how-to/custom-boot-disks); E2 boots from pd-standard.
 DEFAULT_POOL_MACHINE_TYPE = "e2-medium"
 DEFAULT_POOL_DISK_TYPE = "pd-standard"
-
-
-@dataclass(frozen=True)
-class LoadTestPool:
-    """Nodes for the load generators only: tainted, in one zone, scaled from 0 by the autoscaler."""
-
-    machine_type: str
-    """Node machine type."""
-    max_nodes: int
-    """Most nodes a run may need."""
-    spot: bool
-    """Spot VMs: a preempted run is rerun, not lost."""
-    disk_size_gb: int
-    """Boot disk size per node."""
-    disk_type: str
-    """Boot disk type valid for the machine series."""
-    zone: str
-    """The one zone of the pool: load generators need no zone redundancy, so a regional cluster's
-    pool does not pay for three."""
-
-    def __post_init__(self) -> None:
-        if self.max_nodes < 1:
-            raise ValueError(f"LoadTestPool.max_nodes={self.max_nodes}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -109,8 +83,6 @@ class GkeClusterArgs:
     network", hashicorp/terraform-provider-google#3026; sassoftware/viya4-iac-gcp#231)."""
     vulnerability_mode: str = "VULNERABILITY_DISABLED"
     """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
-    load_test_pool: Optional["LoadTestPool"] = None
-    """A second, tainted pool that only Locust's pods tolerate (`make loadtest TARGET=cluster`)."""
 
     def __post_init__(self) -> None:
         if self.min_nodes > self.max_nodes:
@@ -190,8 +162,6 @@ class GkeCluster(pulumi.ComponentResource):
                                     args.labels, pool_label="default"),
             opts=child,
         )
-        if args.load_test_pool is not None:
-            self._load_test_pool(name, args, cluster.name, node_sa.email, child)
         self._publish(name, args, cluster, node_sa, pool, opts)
 
     def _node_account(self, name: str, args: GkeClusterArgs, child: pulumi.ResourceOptions
@@ -256,25 +226,6 @@ class GkeCluster(pulumi.ComponentResource):
             "node_service_account_email": self.node_service_account_email,
             "workload_pool": self.workload_pool,
         })
-
-    def _load_test_pool(self, name: str, args: GkeClusterArgs, cluster_name: pulumi.Output[str],
-                        service_account: pulumi.Output[str], child: pulumi.ResourceOptions) -> None:
-        pool = args.load_test_pool
-        gcp.container.NodePool(
-            # Short: GKE allows pool names of 40 characters and Pulumi appends 8 to this one.
-            f"{name}-loadtest",
-            project=args.project,
-            location=args.location,
-            cluster=cluster_name,
-            node_locations=[pool.zone],
-            # From 0: nodes exist only while a run's pods wait or run; the autoscaler removes an
-            # idle node after about 10 minutes.
-            autoscaling=gcp.container.NodePoolAutoscalingArgs(min_node_count=0, max_node_count=pool.max_nodes),
-            management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
-            node_config=node_config(pool.machine_type, pool.spot, pool.disk_size_gb, pool.disk_type, service_account,
-                                    args.labels, pool_label=LOAD_TEST_POOL_LABEL, taints=(LOAD_TEST_TAINT,)),
-            opts=child,
-        )
 
 
 def control_plane_access(args: GkeClusterArgs) -> dict:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import re
 from typing import Any, Literal, Optional
 
@@ -191,12 +190,6 @@ class Settings(BaseModel):
     serving_env_cache_gi: int = Field(4, description="Size limit of each serving pod's volume of restored model environments, GiB (1-100).")
     private_python_repository: bool = Field(False, description="Also declare a standard Artifact Registry Python repository for private packages, read by serving before PyPI.")
 
-    # --- load testing (`make loadtest TARGET=cluster`) ----------------------------------------
-    load_testing: bool = Field(False, description="Declare the load-test node pool (scales from 0), namespace `mlflow-loadtest` and Locust templates on the serving cluster (needs `modelName`).")
-    load_test_machine_type: str = Field("e2-standard-4", description="Node machine type of the load-test pool (2 or more dedicated vCPUs).")
-    load_test_workers: int = Field(2, description="Locust worker pods per run, 1 vCPU each (1-32); the pool's maximum node count follows.")
-    load_test_spot_nodes: bool = Field(True, description="Run the load-test pool on Spot VMs.")
-
     # --- validators ----------------------------------------------------------------------
     @field_validator("project")
     @classmethod
@@ -281,7 +274,7 @@ class Settings(BaseModel):
                              f"or larger range (prefix length 8-{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX})")
         return value
 
-    @field_validator("machine_type", "serving_machine_type", "load_test_machine_type")
+    @field_validator("machine_type", "serving_machine_type")
     @classmethod
     def _machine_type(cls, value: str) -> str:
         match = _MACHINE_TYPE.match(value)
@@ -379,7 +372,7 @@ class Settings(BaseModel):
             ("serving_workers", 1, 8), ("serving_max_batch_size", 1, 10_000),
             ("serving_max_batch_delay_ms", 0, 100), ("armor_requests_per_minute", 10, 100_000),
             ("alert_serving_p99_ms", 10, 60_000), ("alert_serving_error_percent", 1, 100),
-            ("alert_db_storage_percent", 50, 99), ("load_test_workers", 1, 32),
+            ("alert_db_storage_percent", 50, 99),
             ("serving_env_timeout_seconds", 30, 1800), ("serving_env_cache_gi", 1, 100),
         ):
             bounded(key, low, high)
@@ -402,7 +395,6 @@ class Settings(BaseModel):
                 errors.append(_line(key, True, f"needs {_key('ingress_host')}: edge protection sits on the Ingress"))
         if self.iap and not self.iap_members:
             errors.append(_line("iap", True, f"needs {_key('iap_members')}: IAP refuses everyone not granted access"))
-        errors += self._load_test_problems()
         if self.environment == "prod":
             errors += self._prod_problems()
         if errors:
@@ -426,16 +418,6 @@ class Settings(BaseModel):
             errors.append(_line("bucket_force_destroy", True, f"must be false when environment is prod{teardown}"))
         if not self.cmek:
             errors.append(_line("cmek", False, "must be true when environment is prod"))
-        return errors
-
-    def _load_test_problems(self) -> list[str]:
-        errors = []
-        if self.load_testing and not self.model_name:
-            errors.append(_line("load_testing", True, f"needs {_key('model_name')}: the load test calls the model server"))
-        machine = _MACHINE_TYPE.match(self.load_test_machine_type)
-        if machine and (machine["cpus"] is None or int(machine["cpus"]) < 2):
-            errors.append(_line("load_test_machine_type", self.load_test_machine_type,
-                                "needs 2 or more dedicated vCPUs (a Locust worker keeps one busy); e.g. e2-standard-4"))
         return errors
 
     def _cloud_rules(self) -> list[str]:
@@ -495,13 +477,6 @@ class Settings(BaseModel):
     def boot_disk_type(self, pool: Literal["platform", "serving"]) -> str:
         machine_type, disk_type = (getattr(self, key) for key in _POOL_KEYS[pool])
         return cloud_rules.default_boot_disk_type(machine_type) if disk_type == "auto" else disk_type
-
-    @property
-    def load_test_max_nodes(self) -> int:
-        """Nodes the load-test pool may grow to: the master (0.5 vCPU) and one vCPU per worker, one
-        vCPU per node left to GKE's reservations and system pods."""
-        usable = int(_MACHINE_TYPE.match(self.load_test_machine_type)["cpus"]) - 1
-        return math.ceil((self.load_test_workers + 0.5) / usable)
 
     @property
     def protect(self) -> bool:

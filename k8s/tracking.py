@@ -256,16 +256,14 @@ def collector_peers() -> list[dict]:
 
 
 def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_cidr: Optional[str],
-                           expose_ingress: bool, load_test_namespace: Optional[str] = None) -> list[dict]:
-    """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers,
-    and the load test's namespace while it is declared.
+                           expose_ingress: bool) -> list[dict]:
+    """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers.
+    Rigs beside the platform (loadtest/'s stack) add their own policy: NetworkPolicies add up.
 
     A separate serving cluster's pods are admitted by their pod range: the internal load balancer
     keeps their source address because its Service has `externalTrafficPolicy: Local`.
     """
     peers: list[dict] = [{"podSelector": {}}, namespace_peer(serving_namespace), *collector_peers()]
-    if load_test_namespace:
-        peers.append(namespace_peer(load_test_namespace))
     if serving_pod_cidr:
         peers.append({"ipBlock": {"cidr": serving_pod_cidr}})
     if expose_ingress:
@@ -353,8 +351,6 @@ class TrackingServerArgs:
     through an internal load balancer."""
     serving_pod_cidr: Optional[str] = None
     """Pod range of a separate serving cluster, admitted by the NetworkPolicy."""
-    load_test_namespace: Optional[str] = None
-    """Namespace of the load test on this cluster, admitted by the NetworkPolicy."""
 
     def __post_init__(self) -> None:
         if (self.security_policy_name is not None or self.iap) and not self.ingress_host:
@@ -554,8 +550,7 @@ class TrackingServer(pulumi.ComponentResource):
             f"{name}-netpol",
             metadata=names.metadata(ns_name),
             spec=ingress_policy_spec(names.selector, network_policy_ingress(
-                args.namespace, args.serving_namespace, args.serving_pod_cidr, bool(args.ingress_host),
-                args.load_test_namespace)),
+                args.namespace, args.serving_namespace, args.serving_pod_cidr, bool(args.ingress_host))),
             opts=k8s_opts,
         )
 

@@ -209,10 +209,9 @@ def test_pulumi_waits_for_every_job_as_long_as_the_job_may_run(stack_runs, stack
 
 
 # 13. names at the longest namePrefix -------------------------------------------------------------
-# Every optional part on, so every name the program can build is built (dev hosts the load-test pool on its
-# platform cluster, prod on the serving one); project ids are 6-30 characters, and the bucket and the IAM
-# database users carry the project's.
-EVERYTHING_ON = {"loadTesting": "true", "privatePythonRepository": "true", "cmek": "true",
+# Every optional part on, so every name the program can build is built; project ids are 6-30 characters,
+# and the bucket and the IAM database users carry the project's.
+EVERYTHING_ON = {"privatePythonRepository": "true", "cmek": "true",
                  "ingressHost": "mlflow.example.com", "cloudArmor": "true", "iap": "true",
                  "iapMembers": '["group:ml@example.com"]', "gcp:project": "p" * 30}
 # What Pulumi appends to a name the program leaves to it (cloud_rules.AUTONAME_SUFFIX_LENGTH characters).

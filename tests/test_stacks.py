@@ -251,7 +251,7 @@ def gcp_names(run) -> dict[tuple, str]:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_two_name_prefixes_share_a_project_without_a_gcp_name_in_common(run_stack_with, stack):
-    overrides = {"loadTesting": "true", "privatePythonRepository": "true"}
+    overrides = {"privatePythonRepository": "true"}
     first, second = (gcp_names(run_stack_with(stack, namePrefix=prefix, **overrides)) for prefix in ("mlflow", "team2"))
     assert len(first) >= 10, f"{stack}: too few named GCP resources found to compare: {sorted(first)}"
     common = {key: (first[key], second[key]) for key in first.keys() & second.keys()}

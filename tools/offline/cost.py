@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infra.cluster import LOAD_TEST_POOL_LABEL
+from loadtest.stack.templates import POOL_LABEL
 from tools.offline.stack import ROOT, StackRun
 
 PRICES_FILE = ROOT / "tools" / "pricing" / "prices.yaml"
@@ -67,7 +67,7 @@ def node_hourly(node: dict, prices: dict) -> float:
 def load_test_section(run: StackRun, prices: dict) -> list[str]:
     """Per hour of a load-test run: the declared pool beside the alternative, a separate small cluster."""
     pools = [p for p in run.of_type("gcp:container/nodePool:NodePool")
-             if p.inputs["nodeConfig"].get("labels", {}).get("pool") == LOAD_TEST_POOL_LABEL]
+             if p.inputs["nodeConfig"].get("labels", {}).get("pool") == POOL_LABEL]
     lines = ["**Load testing** (`make loadtest TARGET=cluster`), per hour of a run:", ""]
     if not pools:
         return lines + ["`loadTesting` is off: nothing is declared, $0 per hour. Turned on, the plan prices its "
