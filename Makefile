@@ -72,12 +72,13 @@ test-fast: install checkov
 plan: install
 	$(PY) -m tools.offline.plan --stack $(STACK)
 
+## make plan-all: every platform stack into plan/<stack>/, every load-test stack into plan/loadtest-<stack>/.
 plan-all: install
-	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) --quiet
+	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) $(addprefix --loadtest-stack ,$(STACKS)) --quiet
 
 ## make plan-check: fail with a diff when the committed plan/ is stale.
 plan-check: install
-	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) --check
+	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) $(addprefix --loadtest-stack ,$(STACKS)) --check
 
 ## make reference: regenerate Pulumi.yaml's config section and README's table from infra/config.py.
 reference: install

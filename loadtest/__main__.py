@@ -3,8 +3,8 @@ bounded, against the serving and the tracking Service, one after the other.
 
 - local: a running `make local` (its .local/endpoints.json: the load balancer's URLs), distributed
   on this machine: one master and two worker processes per run.
-- cluster: the stack's load-test pool (`loadTesting: true`), a master and the stack's workers as
-  Kubernetes Jobs (loadtest/cluster.py).
+- cluster: the load-test stack's pool (loadtest/Pulumi.yaml, `cd loadtest && pulumi up -s STACK`), a
+  master and the stack's workers as Kubernetes Jobs (loadtest/cluster.py).
 
 Results (CSV + JSON) in loadtest-results/<target>/, tables and charts in docs/loadtest.md.
 """
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", choices=("local", "cluster"), default="local")
-    parser.add_argument("--stack", default="dev", help="cluster: the Pulumi stack (default dev)")
+    parser.add_argument("--stack", default="dev", help="cluster: the load-test Pulumi stack (default dev)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".local", help="`make local` work dir")
     parser.add_argument("--seconds", type=int, default=60, help="per Service (default 60)")
     parser.add_argument("--users", type=int, default=16, help="serving users (tracking: at most 8)")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir, section = RESULTS / "cluster" / args.stack, f"cluster-{args.stack}"
         try:
             run_cluster(args.stack, [("serving", args.users), ("tracking", tracking_users(args.users))],
-                        args.seconds, out_dir, ROOT)
+                        args.seconds, out_dir)
         except ClusterRunError as err:
             raise SystemExit(f"loadtest: {err}") from None
     else:

@@ -54,6 +54,8 @@ class Platform:
     environment: pulumi.Output[str]
     project_number: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
+    """The serving cluster's, where the pool and the load test's namespace are."""
+    platform_cluster_name: pulumi.Output[str]
     cluster_location: pulumi.Output[str]
     workload_pool: pulumi.Output[str]
     node_service_account: pulumi.Output[str]
@@ -75,6 +77,7 @@ class Platform:
         return cls(
             project=out("project"), region=out("region"), zone=out("zone"), environment=out("environment"),
             project_number=out("project_number"), cluster_name=out("serving_cluster_name"),
+            platform_cluster_name=out("platform_cluster_name"),
             cluster_location=out("serving_cluster_location"), workload_pool=out("serving_workload_pool"),
             node_service_account=out("serving_node_service_account"),
             # Cluster credentials: secret in this stack's state whatever the platform's says.
@@ -103,8 +106,11 @@ class LoadTest(pulumi.ComponentResource):
         self._gcp = pulumi.ResourceOptions(parent=self)
         self._labels = k8s_labels(name, "loadtest")
         pool = self._pool()
+        # Identified by the cluster's name, as the platform identifies its providers by the cluster: a new
+        # kubeconfig of the same cluster (endpoint, CA rotation) does not replace what the provider created.
         provider = k8s.Provider(f"{name}-serving-k8s", kubeconfig=platform.serving_kubeconfig,
-                                enable_server_side_apply=True, opts=pulumi.ResourceOptions(parent=self, depends_on=[pool]))
+                                cluster_identifier=platform.cluster_name, enable_server_side_apply=True,
+                                opts=pulumi.ResourceOptions(parent=self, depends_on=[pool]))
         self._k8s = pulumi.ResourceOptions(parent=self, provider=provider)
         namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata=restricted_namespace_metadata(NAMESPACE, name),
                                           opts=self._k8s)
@@ -167,7 +173,8 @@ class LoadTest(pulumi.ComponentResource):
         cluster: where serving has a cluster of its own, tracking admits that cluster's pod range already and
         this namespace does not exist on the platform cluster, so the policy admits nobody there."""
         provider = k8s.Provider(f"{self._name}-platform-k8s", kubeconfig=self._platform.platform_kubeconfig,
-                                enable_server_side_apply=True, opts=pulumi.ResourceOptions(parent=self))
+                                cluster_identifier=self._platform.platform_cluster_name, enable_server_side_apply=True,
+                                opts=pulumi.ResourceOptions(parent=self))
         selector = k8s_selector(TRACKING_INSTANCE, TRACKING_COMPONENT)
         return k8s.networking.v1.NetworkPolicy(
             f"{self._name}-to-tracking",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from k8s.pods import container_security_context, pod_security_context, resources, tmp_mount
+from k8s.pods import container_security_context, pod_security_context, resources, tmp_mount, tmp_volume
 from k8s.secret_files import SECRETS_DIR
 from loadtest.commands import MASTER_PORT, master_flags, result_flags, worker_flags
 
