@@ -97,8 +97,8 @@ bench: install runtime mlserver-venv
 
 ## make loadtest [DURATION=60] [USERS=16]: Locust (1 master, 2 workers) against a running `make local`,
 ## serving then tracking; results in loadtest-results/local/, report in docs/loadtest.md.
-## make loadtest TARGET=cluster STACK=dev|prod: the same runs as Jobs on the stack's load-test pool
-## (`loadTesting: true`); results in loadtest-results/cluster/<stack>/.
+## make loadtest TARGET=cluster STACK=dev|prod: the same runs as Jobs on the pool of the load-test stack
+## (loadtest/Pulumi.yaml, `cd loadtest && pulumi up -s STACK`); results in loadtest-results/cluster/<stack>/.
 loadtest: install
 	$(PY) -m loadtest --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
 

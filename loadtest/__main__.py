@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import sys
 from pathlib import Path
 
 from loadtest.cluster import ClusterRunError, run_cluster
+from loadtest.ensure_user import Tracking, provision
 from loadtest.locust_run import ROOT, LoadRun, run_load
 from loadtest.report import update_report
+from loadtest.stack.templates import PASSWORD_FILE, USERNAME
 
 RESULTS = ROOT / "loadtest-results"
 
@@ -28,14 +32,27 @@ def tracking_users(users: int) -> int:
     return min(users, 8)
 
 
+def local_user(endpoints: dict, workdir: Path) -> dict[str, str]:
+    """The load test's own user on `make local`, made as the cluster's setup Job makes it: Locust never
+    holds the admin's password. Its password is generated once into the work dir (owner-only)."""
+    password_file = workdir / PASSWORD_FILE
+    if not password_file.exists():
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(24))
+    admin = Tracking(endpoints["tracking_url"], endpoints["admin_username"],
+                     Path(endpoints["admin_password_file"]).read_text().strip())
+    provision(admin, USERNAME, password_file.read_text().strip())
+    return {"LOADTEST_USERNAME": USERNAME, "LOADTEST_PASSWORD_FILE": str(password_file)}
+
+
 def local_runs(workdir: Path, seconds: int, users: int, out_dir: Path) -> list[LoadRun]:
     endpoints_file = workdir / "endpoints.json"
     try:
         endpoints = json.loads(endpoints_file.read_text())
     except OSError:
         raise SystemExit(f"loadtest: {endpoints_file} is missing: start `make local` first") from None
-    credentials = {"LOADTEST_USERNAME": endpoints["admin_username"],
-                   "LOADTEST_PASSWORD_FILE": endpoints["admin_password_file"]}
+    credentials = local_user(endpoints, workdir)
     return [LoadRun("serving", endpoints["serving_url"], users, seconds, out_dir, workers=2),
             LoadRun("tracking", endpoints["tracking_url"], tracking_users(users), seconds, out_dir, workers=2,
                     env=credentials)]

@@ -63,18 +63,21 @@ def experiment_id(tracking: Tracking, name: str) -> str | None:
     return response.json()["experiment"]["experiment_id"]
 
 
-def main() -> int:
-    admin = Tracking(os.environ["MLFLOW_TRACKING_URI"], os.environ["ADMIN_USERNAME"],
-                     Path(os.environ["ADMIN_PASSWORD_FILE"]).read_text().strip())
-    username = os.environ["LOADTEST_USERNAME"]
-    print(f"load-test user {username!r}: "
-          f"{ensure_user(admin, username, Path(os.environ['LOADTEST_PASSWORD_FILE']).read_text().strip())}", flush=True)
+def provision(admin: Tracking, username: str, password: str) -> None:
+    """The user, with `password`, and EDIT on the load test's experiment where that exists already."""
+    print(f"load-test user {username!r}: {ensure_user(admin, username, password)}", flush=True)
     found = experiment_id(admin, EXPERIMENT)
     if found is None:
         print(f"experiment {EXPERIMENT!r} does not exist yet: the user creates it on its first run", flush=True)
     else:
         ensure_edit(admin, username, found)
         print(f"EDIT on experiment {EXPERIMENT!r} ({found})", flush=True)
+
+
+def main() -> int:
+    admin = Tracking(os.environ["MLFLOW_TRACKING_URI"], os.environ["ADMIN_USERNAME"],
+                     Path(os.environ["ADMIN_PASSWORD_FILE"]).read_text().strip())
+    provision(admin, os.environ["LOADTEST_USERNAME"], Path(os.environ["LOADTEST_PASSWORD_FILE"]).read_text().strip())
     return 0
 
 

@@ -12,7 +12,7 @@ import pytest
 from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 
 from infra.images import ROOT, build_tag, context_files, context_hash, image_version
-from tools.offline.stack import read_stack_config, run_program
+from tools.offline.stack import run_load_test_stack, run_stack
 from tests.helpers import container
 from tools.offline.mocks import is_secret
 
@@ -53,10 +53,9 @@ OLD_MLFLOW_DOCKERIGNORE = """\
 
 
 @pytest.fixture(scope="module")
-def load_test_run():
-    """The dev stack with the load test on: every image the program can build is declared."""
-    config, secret_keys = read_stack_config("dev")
-    return run_program("dev", {**config, "mlflow-platform:loadTesting": "true"}, secret_keys)
+def image_builds():
+    """Every image the two projects build: the platform's (dev) and the load test's (loadtest/ dev)."""
+    return run_stack("dev").of_type(IMAGE) + run_load_test_stack("dev").of_type(IMAGE)
 
 
 def copy_context(context: str, tmp_path: Path) -> Path:
@@ -84,9 +83,8 @@ def unbuildable_sources(context: Path, dockerfile: Path) -> dict[str, str]:
     return problems
 
 
-def test_every_copy_source_survives_its_context_s_dockerignore(load_test_run):
-    builds = {(i.inputs["context"]["location"], i.inputs["dockerfile"]["location"])
-              for i in load_test_run.of_type(IMAGE)}
+def test_every_copy_source_survives_its_context_s_dockerignore(image_builds):
+    builds = {(i.inputs["context"]["location"], i.inputs["dockerfile"]["location"]) for i in image_builds}
     assert {context for context, _ in builds} >= {"mlflow_image", "loadtest"}
     for context, dockerfile in builds:
         assert unbuildable_sources(ROOT / context, ROOT / dockerfile) == {}, context
@@ -105,8 +103,8 @@ def test_the_guard_names_a_source_missing_from_the_context(tmp_path):
     assert unbuildable_sources(context, context / "Dockerfile") == {"payloads.py": "not in the context"}
 
 
-def test_every_image_is_tagged_by_its_build(load_test_run):
-    tags = {i.inputs["target"]: i.inputs["tags"] for i in load_test_run.of_type(IMAGE)}
+def test_every_image_is_tagged_by_its_build(image_builds):
+    tags = {i.inputs["target"]: i.inputs["tags"] for i in image_builds}
     for context, target in BUILDS:
         assert [tag.rsplit(":", 1)[1] for tag in tags[target]] == [build_tag(context, target)[:16]], target
 
