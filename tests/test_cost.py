@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tools.offline.cost import estimate, load_prices, machine_hourly, sql_hourly, totals
-from tools.offline.reference import cost_section
+from tools.offline.reference import cost_rows, cost_section
 from tools.offline.stack import ROOT
 
 
@@ -69,7 +69,15 @@ def test_unit_prices_follow_the_table():
     assert "Source:" in (ROOT / "tools" / "pricing" / "prices.yaml").read_text()
 
 
-def test_readme_cost_section_matches_the_committed_plans():
+def test_readme_cost_table_matches_the_committed_plans():
     readme = (ROOT / "README.md").read_text()
     assert cost_section() in readme, "run `make reference` after `make plan-all`"
-    assert "### stack `prod`" in cost_section()
+    total = next(line for line in cost_section().splitlines() if line.startswith("| **Total**"))
+    plans = {stack: cost_rows((ROOT / "plan" / stack / "cost.md").read_text())["Total"] for stack in ("dev", "prod")}
+    assert total == "| **Total** | " + " | ".join(" | ".join(plans[s]) for s in ("dev", "prod")) + " |"
+
+
+def test_cost_rows_read_only_the_monthly_table():
+    dev = "| Item | Detail | Min | Max |\n|---|---|---:|---:|\n| Nodes: a | x | 1 | 2 |\n| **Total** | | **1** | **2** |\n\n" \
+          "| Item | Detail | per hour | idle |\n|---|---|---:|---:|\n| Load | y | 9 | 0 |\n"
+    assert cost_rows(dev) == {"Nodes: a": ("1", "2"), "Total": ("1", "2")}

@@ -16,6 +16,7 @@ from loadtest.stack.settings import LoadTestConfigError
 from tools.offline.stack import ROOT, StackRun, read_stack_config, run_load_test_stack, run_stack
 
 PLAN_DIR = ROOT / "plan"
+LOAD_TEST_PLAN_PREFIX = "loadtest-"  # plan/loadtest-<stack>/: the load-test project's stacks
 
 
 def resource_tree(run: StackRun) -> list[str]:
@@ -85,7 +86,7 @@ def stale_report(files: dict[str, str], directory: Path) -> list[str]:
 def planned(stack: str, load_test: bool) -> tuple[StackRun, str]:
     """The stack's run and its plan directory's name; settings warnings printed first."""
     if load_test:
-        return run_load_test_stack(stack), f"loadtest-{stack}"
+        return run_load_test_stack(stack), f"{LOAD_TEST_PLAN_PREFIX}{stack}"
     run = run_stack(stack)
     for warning in warnings(settings_from_values(read_stack_config(stack)[0])):
         print(f"warning: stack {stack!r}: {warning}", file=sys.stderr)

@@ -3,7 +3,7 @@
 IAP reads its token from `Proxy-Authorization` when the backend uses `Authorization` (MLflow's
 basic auth), so both credentials travel together:
 
-    pip install ./clients/mlflow-iap-auth
+    pip install ./tools/clients/mlflow-iap-auth
     export MLFLOW_TRACKING_AUTH=iap MLFLOW_IAP_CLIENT_ID=<IAP programmatic client id (iapOauthClientId)>
     export MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...
 
