@@ -100,7 +100,7 @@ bench: install runtime mlserver-venv
 ## make loadtest TARGET=cluster STACK=dev|prod: the same runs as Jobs on the pool of the load-test stack
 ## (loadtest/Pulumi.yaml, `cd loadtest && pulumi up -s STACK`); results in loadtest-results/cluster/<stack>/.
 loadtest: install
-	$(PY) -m loadtest --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
+	$(PY) -m loadtest.run --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
 
 ## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [REQUEST=req.json] [TARGET=local|cluster] [STACK=dev]
 promote: install runtime

@@ -53,9 +53,11 @@ OLD_MLFLOW_DOCKERIGNORE = """\
 
 
 @pytest.fixture(scope="module")
-def image_builds():
-    """Every image the two projects build: the platform's (dev) and the load test's (loadtest/ dev)."""
-    return run_stack("dev").of_type(IMAGE) + run_load_test_stack("dev").of_type(IMAGE)
+def image_builds() -> list[tuple[Path, dict]]:
+    """Every image the two projects build, with the folder its paths are relative to (its project's):
+    the platform's (dev) and the load test's (loadtest/, dev)."""
+    return ([(ROOT, i.inputs) for i in run_stack("dev").of_type(IMAGE)]
+            + [(ROOT / "loadtest", i.inputs) for i in run_load_test_stack("dev").of_type(IMAGE)])
 
 
 def copy_context(context: str, tmp_path: Path) -> Path:
@@ -84,10 +86,11 @@ def unbuildable_sources(context: Path, dockerfile: Path) -> dict[str, str]:
 
 
 def test_every_copy_source_survives_its_context_s_dockerignore(image_builds):
-    builds = {(i.inputs["context"]["location"], i.inputs["dockerfile"]["location"]) for i in image_builds}
-    assert {context for context, _ in builds} >= {"mlflow_image", "loadtest"}
+    builds = {((root / i["context"]["location"]).resolve(), (root / i["dockerfile"]["location"]).resolve())
+              for root, i in image_builds}
+    assert {context for context, _ in builds} >= {ROOT / "mlflow_image", ROOT / "loadtest"}
     for context, dockerfile in builds:
-        assert unbuildable_sources(ROOT / context, ROOT / dockerfile) == {}, context
+        assert unbuildable_sources(context, dockerfile) == {}, context
 
 
 def test_the_guard_names_the_packages_the_old_dockerignore_filtered_out(tmp_path):
@@ -104,9 +107,10 @@ def test_the_guard_names_a_source_missing_from_the_context(tmp_path):
 
 
 def test_every_image_is_tagged_by_its_build(image_builds):
-    tags = {i.inputs["target"]: i.inputs["tags"] for i in image_builds}
-    for context, target in BUILDS:
-        assert [tag.rsplit(":", 1)[1] for tag in tags[target]] == [build_tag(context, target)[:16]], target
+    for root, image in image_builds:
+        context, target = image["context"]["location"], image["target"]
+        assert [tag.rsplit(":", 1)[1] for tag in image["tags"]] == [build_tag(context, target, root)[:16]], target
+    assert sorted(image["target"] for _, image in image_builds) == sorted(target for _, target in BUILDS)
 
 
 @pytest.mark.parametrize("context, target", BUILDS)

@@ -101,8 +101,7 @@ def test_the_pool_grows_to_fit_the_master_and_a_vcpu_per_worker(machine, workers
 
 def test_the_project_file_declares_every_setting_with_its_default_and_the_stacks_only_what_differs():
     declared = yaml.safe_load((ROOT / "loadtest" / "Pulumi.yaml").read_text())
-    assert declared["name"] == "mlflow-loadtest" and declared["main"] == "stack/"
-    assert (ROOT / "loadtest" / "stack" / "__main__.py").is_file()
+    assert declared["name"] == "mlflow-loadtest" and "main" not in declared  # the program: loadtest/__main__.py
     model = {field.alias: field for field in LoadTestSettings.model_fields.values()}
     assert set(declared["config"]) == set(model)
     for key, field in model.items():
@@ -155,8 +154,10 @@ def test_the_pool_is_tainted_scales_from_zero_in_one_zone_of_the_platform_s_serv
 def test_the_locust_image_is_built_from_loadtest_and_pushed_to_the_platform_s_repository(load_runs, stack_runs, stack):
     [image] = load_runs[stack].of_type("docker-build:index:Image")
     repository = stack_runs[stack].outputs["repository_url"]
-    assert image.inputs["context"] == {"location": "loadtest"} and image.inputs["target"] == "locust"
-    assert image.inputs["tags"] == [f"{repository}/mlflow-loadtest:{build_tag('loadtest', 'locust')[:16]}"]
+    # Relative to loadtest/, where Pulumi runs the project's program and its providers.
+    assert image.inputs["context"] == {"location": "."} and image.inputs["dockerfile"] == {"location": "./Dockerfile"}
+    assert image.inputs["target"] == "locust"
+    assert image.inputs["tags"] == [f"{repository}/mlflow-loadtest:{build_tag('.', 'locust', ROOT / 'loadtest')[:16]}"]
     assert image.inputs["registries"][0]["address"] == repository.split("/")[0]
     images = {c["image"] for d in manifests(stack).values() if d["kind"] in ("CronJob", "Job")
               for c in pod_of(d)["containers"]}

@@ -177,7 +177,7 @@ def test_the_rendered_master_and_workers_load_the_service_and_report_through_the
 
 def test_make_loadtest_on_this_machine_logs_in_as_the_same_kind_of_user(platform, user_secrets, tmp_path):
     """`make loadtest` (TARGET=local) makes the user as the setup Job does: its own password file, no admin."""
-    from loadtest.__main__ import local_user
+    from loadtest.run import local_user
 
     # The password the other tests use: a password file that exists is kept, not regenerated.
     (tmp_path / PASSWORD_FILE).write_text((user_secrets / PASSWORD_FILE).read_text())

@@ -12,6 +12,7 @@ stack removes them and touches nothing of the platform's (its IAM grants are mem
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import pulumi
@@ -40,6 +41,7 @@ from loadtest.stack.templates import (
     workers_name,
 )
 
+PROJECT_DIR = Path(__file__).resolve().parents[1]  # loadtest/: Pulumi.yaml, the Locust image's context
 TRACKING_INSTANCE = "mlflow"  # program.py names the TrackingServer so: its pods' selector
 PASSWORD_LENGTH = 32
 
@@ -119,7 +121,7 @@ class LoadTest(pulumi.ComponentResource):
                                         opts=self._k8s)
         admitted = self._admission_to_tracking()
         self._image = pushed_image(
-            f"{name}-image", context="loadtest", target="locust",
+            f"{name}-image", context=".", target="locust", root=PROJECT_DIR,
             image=pulumi.Output.concat(platform.repository_url, "/mlflow-loadtest"),
             registry_host=platform.repository_url.apply(lambda url: url.split("/", 1)[0]), token=registry_token(),
             opts=self._gcp)
