@@ -287,7 +287,7 @@ def default_pool_replacement(node_service_account: pulumi.Input[str]) -> dict:
 
 
 def node_config(machine_type: str, spot: bool, disk_size_gb: int, disk_type: str, service_account: pulumi.Input[str],
-                labels: dict[str, str], *, pool_label: str,
+                labels: pulumi.Input[dict[str, str]], *, pool_label: str,
                 taints: tuple[dict, ...] = ()) -> gcp.container.NodePoolNodeConfigArgs:
     """Hardened nodes: shielded, Workload Identity metadata, the least-privilege node account."""
     return gcp.container.NodePoolNodeConfigArgs(

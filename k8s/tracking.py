@@ -258,7 +258,7 @@ def collector_peers() -> list[dict]:
 def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_cidr: Optional[str],
                            expose_ingress: bool) -> list[dict]:
     """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers.
-    Rigs beside the platform (loadtest/'s stack) add their own policy: NetworkPolicies add up.
+    Stacks beside the platform (the load test's) add their own policy: NetworkPolicies add up.
 
     A separate serving cluster's pods are admitted by their pod range: the internal load balancer
     keeps their source address because its Service has `externalTrafficPolicy: Local`.
@@ -371,7 +371,7 @@ class TrackingServerArgs:
 
 @dataclass(frozen=True)
 class TrackingEndpoint:
-    """What tracking's clients in the clusters (serving, the load test) take from it."""
+    """What tracking's clients in the clusters (serving) take from it."""
 
     in_cluster_url: pulumi.Output[str]
     """URL of the ClusterIP Service, inside the platform cluster."""
