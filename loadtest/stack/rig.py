@@ -107,12 +107,12 @@ class LoadTest(pulumi.ComponentResource):
         self._name, self._settings, self._platform = name, settings, platform
         self._gcp = pulumi.ResourceOptions(parent=self)
         self._labels = k8s_labels(name, "loadtest")
-        pool = self._pool()
+        self._pool()
         # Identified by the cluster's name, as the platform identifies its providers by the cluster: a new
         # kubeconfig of the same cluster (endpoint, CA rotation) does not replace what the provider created.
         provider = k8s.Provider(f"{name}-serving-k8s", kubeconfig=platform.serving_kubeconfig,
                                 cluster_identifier=platform.cluster_name, enable_server_side_apply=True,
-                                opts=pulumi.ResourceOptions(parent=self, depends_on=[pool]))
+                                opts=pulumi.ResourceOptions(parent=self))
         self._k8s = pulumi.ResourceOptions(parent=self, provider=provider)
         namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata=restricted_namespace_metadata(NAMESPACE, name),
                                           opts=self._k8s)
@@ -148,9 +148,10 @@ class LoadTest(pulumi.ComponentResource):
                                               readers=readers, gcp_opts=self._gcp)
         return secrets_volume(provider_class), [*identity.grants, *grants]
 
-    def _pool(self) -> gcp.container.NodePool:
+    def _pool(self) -> None:
+        """Nothing waits for it: the setup Job runs on the cluster's own pool, the templates start nothing."""
         settings, platform = self._settings, self._platform
-        return gcp.container.NodePool(
+        gcp.container.NodePool(
             # Short: GKE allows pool names of 40 characters and Pulumi appends 8 to this one.
             f"{self._name}-pool",
             project=platform.project,
