@@ -97,6 +97,8 @@ def user_secrets(platform, templates, locust_image, tmp_path_factory) -> Path:
     scratch.chmod(0o1777)
     (directory / ADMIN_PASSWORD_FILE).write_text(platform.admin_password)
     (directory / PASSWORD_FILE).write_text(tokens.token_urlsafe(24))
+    for path in (directory, *directory.iterdir()):  # as the CSI volume mounts them: readable by the pod's user
+        path.chmod(0o755 if path.is_dir() else 0o644)
     spec = pod_container(templates["mlflow-loadtest-user"])
     env = {e["name"]: e["value"] for e in spec["env"]} | {"MLFLOW_TRACKING_URI": platform.tracking_url}
     argv = in_image(locust_image, spec, [*spec["command"], *spec["args"]],
@@ -113,7 +115,12 @@ def test_the_load_test_user_is_a_plain_user_with_edit_on_its_experiment(platform
     user = requests.get(f"{platform.tracking_url}/api/2.0/mlflow/users/get", params={"username": USERNAME},
                         auth=(platform.admin_username, platform.admin_password), timeout=30).json()["user"]
     assert user["is_admin"] is False
-    assert [p["permission"] for p in user["experiment_permissions"]] == ["EDIT"]
+    # EDIT on the admin's experiment: it may log runs there (READ, the default, would refuse with 403).
+    experiment = requests.get(f"{platform.tracking_url}/api/2.0/mlflow/experiments/get-by-name",
+                              params={"experiment_name": EXPERIMENT}, auth=auth, timeout=30).json()["experiment"]
+    created = requests.post(f"{platform.tracking_url}/api/2.0/mlflow/runs/create", auth=auth, timeout=30,
+                            json={"experiment_id": experiment["experiment_id"]})
+    assert created.ok, created.text
     # Not the admin: it may not make users.
     refused = requests.post(f"{platform.tracking_url}/api/2.0/mlflow/users/create", auth=auth,
                             json={"username": "someone", "password": "x" * 16}, timeout=30)
