@@ -80,7 +80,7 @@ plan-all: install
 plan-check: install
 	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) $(addprefix --loadtest-stack ,$(STACKS)) --check
 
-## make reference: regenerate Pulumi.yaml's config section and README's table from infra/config.py.
+## make reference: regenerate Pulumi.yaml's config section and README's table from the settings model (infra/settings.py).
 reference: install
 	$(PY) -m tools.offline.reference --write
 

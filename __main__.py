@@ -3,7 +3,7 @@
 import pulumi
 
 from infra.config import load_settings
-from program import build_platform
+from program import PLATFORM_NAME, MlflowPlatform
 
-for output_name, value in build_platform(load_settings()).items():
+for output_name, value in MlflowPlatform(PLATFORM_NAME, load_settings()).outputs.items():
     pulumi.export(output_name, value)

@@ -1,4 +1,4 @@
-"""Wires the platform's components from validated settings, layer by layer; returns the stack outputs."""
+"""The platform as one component: wires its components from validated settings, layer by layer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pulumi
 
 from infra.apis import IAP_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
 from infra.cluster import GkeCluster, GkeClusterArgs
-from infra.config import Settings
 from infra.database import Database, DatabaseArgs
 from infra.edge import EdgePolicy, EdgePolicyArgs
 from infra.images import MlflowImages, MlflowImagesArgs, image_version
@@ -19,11 +18,14 @@ from infra.naming import gcp_labels, gcp_name
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
 from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, PackageSourceArgs
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
+from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.serving import ModelServing, ModelServingArgs
 from k8s.tracking import TrackingServer, TrackingServerArgs
 
+# The platform component's name in the stack `__main__.py` declares.
+PLATFORM_NAME = "platform"
 SERVING_PODS_RANGE_NAME = "serving-pods"
 SERVING_SERVICES_RANGE_NAME = "serving-services"
 
@@ -33,7 +35,7 @@ class Foundation:
     """What every later layer builds on: enabled APIs, network, images, keys, application secrets."""
 
     after_apis: pulumi.ResourceOptions
-    """Options of every GCP component: they wait for the project's APIs."""
+    """Options of every later component: a child of the platform that waits for the project's APIs."""
     labels: dict[str, str]
     network: Network
     registry: ImageRepository
@@ -61,29 +63,46 @@ class Serving:
     serving: ModelServing
 
 
-def build_platform(settings: Settings) -> dict[str, pulumi.Output]:
-    foundation = build_foundation(settings)
+class MlflowPlatform(pulumi.ComponentResource):
+    """The whole platform for one stack's settings; `outputs` are the stack outputs it offers.
+
+    A program of one's own declares it beside its other resources (examples/team_program)."""
+
+    outputs: dict[str, pulumi.Output]
+
+    def __init__(self, name: str, settings: Settings, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:program:MlflowPlatform", name, None, opts)
+        # Its components were the stack's own children before this component existed: the alias keeps their
+        # URNs, and the engine derives their descendants' old URNs from it, so existing stacks replace nothing.
+        children = pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)])
+        self.outputs = build_platform(settings, children)
+        self.register_outputs(self.outputs)
+
+
+def build_platform(settings: Settings, opts: pulumi.ResourceOptions) -> dict[str, pulumi.Output]:
+    """Every component, each declared with `opts`; returns the stack outputs."""
+    foundation = build_foundation(settings, opts)
     clusters = build_clusters(settings, foundation)
     data = build_data(settings, foundation)
     tracking = build_tracking(settings, foundation, clusters, data)
     build_observability(settings, foundation, data)
-    serving = build_serving(settings, foundation, clusters, tracking) if settings.model_name else None
+    serving = build_serving(settings, foundation, clusters, tracking) if settings.serving.model_name else None
     return stack_outputs(settings, foundation, clusters, data, tracking, serving)
 
 
-def build_foundation(settings: Settings) -> Foundation:
+def build_foundation(settings: Settings, opts: pulumi.ResourceOptions) -> Foundation:
     prefix = settings.name_prefix
     labels = gcp_labels(settings.environment)
     apis = ProjectApis(f"{prefix}-apis", ProjectApisArgs(
-        project=settings.project, services=REQUIRED_APIS + (IAP_API,) if settings.iap else REQUIRED_APIS))
-    after_apis = pulumi.ResourceOptions(depends_on=[apis])
+        project=settings.project, services=REQUIRED_APIS + (IAP_API,) if settings.edge.iap else REQUIRED_APIS), opts)
+    after_apis = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[apis]))
     network = build_network(settings, labels, after_apis)
     registry = ImageRepository(f"{prefix}-images", ImageRepositoryArgs(
         project=settings.project, location=settings.region, repository_id=gcp_name(prefix, "images"), labels=labels,
-        keep_versions=settings.registry_keep_versions), after_apis)
+        keep_versions=settings.storage.registry_keep_versions), after_apis)
     images = MlflowImages(f"{prefix}-build", MlflowImagesArgs(
         repository_url=registry.repository_url, registry_host=f"{settings.region}-docker.pkg.dev",
-        prebuilt=(("tracking", settings.tracking_image), ("serving", settings.serving_image))), after_apis)
+        prebuilt=(("tracking", settings.tracking.image), ("serving", settings.serving.image))), after_apis)
     keys = EncryptionKeys(f"{prefix}-keys", EncryptionKeysArgs(
         project=settings.project, location=settings.region, labels=labels, data_key=settings.cmek,
         protect=settings.protect), after_apis)
@@ -94,49 +113,45 @@ def build_foundation(settings: Settings) -> Foundation:
 
 
 def build_network(settings: Settings, labels: dict[str, str], opts: pulumi.ResourceOptions) -> Network:
-    secondary_ranges = {PODS_RANGE_NAME: settings.pods_cidr, SERVICES_RANGE_NAME: settings.services_cidr}
-    if settings.serving_cluster:
-        secondary_ranges |= {SERVING_PODS_RANGE_NAME: settings.serving_pods_cidr,
-                             SERVING_SERVICES_RANGE_NAME: settings.serving_services_cidr}
+    network, separate_serving = settings.network, settings.clusters.separate_serving
+    secondary_ranges = {PODS_RANGE_NAME: network.pods_cidr, SERVICES_RANGE_NAME: network.services_cidr}
+    if separate_serving:
+        secondary_ranges |= {SERVING_PODS_RANGE_NAME: network.serving_pods_cidr,
+                             SERVING_SERVICES_RANGE_NAME: network.serving_services_cidr}
     return Network(f"{settings.name_prefix}-net", NetworkArgs(
         project=settings.project,
         region=settings.region,
-        subnet_cidr=settings.subnet_cidr,
+        subnet_cidr=network.subnet_cidr,
         secondary_ranges=secondary_ranges,
-        private_services_cidr=settings.private_services_cidr,
+        private_services_cidr=network.private_services_cidr,
         labels=labels,
-        internal_ips=(("tracking", settings.tracking_lb_address),) if settings.serving_cluster else (),
-        global_ingress_address=bool(settings.ingress_host),
+        internal_ips=(("tracking", network.tracking_lb_address),) if separate_serving else (),
+        global_ingress_address=bool(settings.edge.ingress_host),
     ), opts)
 
 
 @dataclass(frozen=True)
 class ClusterShape:
-    """One cluster's own settings: its ranges and its node pool."""
+    """What differs between the two clusters: their ranges and their node pool."""
 
     role: Literal["platform", "serving"]
     master_cidr: str
     pods_range_name: str
     services_range_name: str
-    machine_type: str
-    min_nodes: int
-    max_nodes: int
-    spot: bool
+    pool: NodePoolSettings
 
 
 def build_clusters(settings: Settings, foundation: Foundation) -> Clusters:
     # Each cluster's control-plane peering waits for the VPC's other peerings: private services access,
     # then the platform cluster's (GCP runs one peering operation per network at a time).
+    network, clusters = settings.network, settings.clusters
     platform = build_cluster(settings, foundation, ClusterShape(
-        "platform", settings.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME, settings.machine_type,
-        settings.min_nodes, settings.max_nodes, settings.spot_nodes),
+        "platform", network.master_cidr, PODS_RANGE_NAME, SERVICES_RANGE_NAME, clusters.platform),
         peerings_before=(foundation.network.private_services_connection,))
-    if not settings.serving_cluster:
+    if not clusters.separate_serving:
         return Clusters(platform=platform, serving=platform)
     serving = build_cluster(settings, foundation, ClusterShape(
-        "serving", settings.serving_master_cidr, SERVING_PODS_RANGE_NAME, SERVING_SERVICES_RANGE_NAME,
-        settings.serving_machine_type, settings.serving_min_nodes, settings.serving_max_nodes,
-        settings.serving_spot_nodes),
+        "serving", network.serving_master_cidr, SERVING_PODS_RANGE_NAME, SERVING_SERVICES_RANGE_NAME, clusters.serving),
         peerings_before=(foundation.network.private_services_connection, platform.control_plane))
     return Clusters(platform=platform, serving=serving)
 
@@ -155,17 +170,9 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
         repository_location=settings.region,
         repository_id=foundation.registry.repository_id,
         labels=foundation.labels,
-        machine_type=shape.machine_type,
-        min_nodes=shape.min_nodes,
-        max_nodes=shape.max_nodes,
-        spot=shape.spot,
-        disk_size_gb=settings.node_disk_size_gb,
-        disk_type=settings.boot_disk_type(shape.role),
-        release_channel=settings.release_channel,
-        deletion_protection=settings.cluster_deletion_protection,
+        clusters=settings.clusters,
+        pool=shape.pool,
         protect=settings.protect,
-        master_authorized_cidrs=settings.master_authorized_cidrs,
-        dns_endpoint=settings.control_plane_endpoint == "dns",
         secrets_key_id=foundation.keys.secrets_key_id,
         secrets_key_ready=(foundation.keys.grants_propagated,),
         peerings_before=peerings_before,
@@ -174,50 +181,36 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
 
 def build_data(settings: Settings, foundation: Foundation) -> Data:
     keys = foundation.keys
+    key_ready = (keys.grants_propagated,) if keys.data_key_id is not None else ()
     bucket = ArtifactBucket(f"{settings.name_prefix}-artifacts", ArtifactBucketArgs(
         project=settings.project,
         bucket_name=settings.bucket_name,
         location=settings.region,
         labels=foundation.labels,
-        nearline_after_days=settings.artifact_nearline_after_days,
-        noncurrent_retention_days=settings.noncurrent_retention_days,
-        force_destroy=settings.bucket_force_destroy,
+        settings=settings.storage,
         protect=settings.protect,
         encryption_key_id=keys.data_key_id,
-        encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
+        encryption_key_ready=key_ready,
     ), foundation.after_apis)
     database = Database(f"{settings.name_prefix}-db", DatabaseArgs(
         project=settings.project,
         region=settings.region,
         network_id=foundation.network.network_id,
         private_services_connection=foundation.network.private_services_connection,
-        tier=settings.db_tier,
-        edition=settings.db_edition,
+        settings=settings.database,
         labels=foundation.labels,
-        disk_size_gb=settings.db_disk_size_gb,
-        high_availability=settings.db_high_availability,
-        backups=settings.db_backups,
-        point_in_time_recovery=settings.db_point_in_time_recovery,
-        backup_retention_count=settings.db_backup_retention_count,
-        log_retention_days=settings.db_log_retention_days,
-        deletion_protection=settings.db_deletion_protection,
         protect=settings.protect,
-        maintenance_day=settings.maintenance_day_number,
-        maintenance_hour=settings.db_maintenance_hour,
         encryption_key_id=keys.data_key_id,
-        encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
+        encryption_key_ready=key_ready,
     ), foundation.after_apis)
     return Data(bucket=bucket, database=database)
 
 
 def build_edge(settings: Settings, foundation: Foundation) -> Optional[EdgePolicy]:
-    if not settings.ingress_host:
+    if not settings.edge.ingress_host:
         return None
     return EdgePolicy(f"{settings.name_prefix}-edge", EdgePolicyArgs(
-        project=settings.project, labels=foundation.labels,
-        requests_per_minute=settings.armor_requests_per_minute if settings.cloud_armor else None,
-        iap_members=settings.iap_members if settings.iap else (),
-        iap_programmatic_client=settings.iap_oauth_client_id if settings.iap else None,
+        project=settings.project, labels=foundation.labels, settings=settings.edge,
         project_number=foundation.app_secrets.project_number), foundation.after_apis)
 
 
@@ -230,30 +223,23 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         account_id=settings.service_account_ids["tracking"],
         db_admin_account_id=settings.service_account_ids["dbadmin"],
         image=foundation.images.tracking_image,
-        image_version=image_version(settings.tracking_image),
+        image_version=image_version(settings.tracking.image),
         bucket_name=data.bucket.bucket_name,
         sql_connection_name=data.database.connection_name,
         sql_instance_name=data.database.instance_name,
         tracking_database=data.database.tracking_database,
         auth_database=data.database.auth_database,
-        sql_proxy_image=settings.sql_proxy_image,
         admin_password=foundation.app_secrets.refs[ADMIN_PASSWORD],
         flask_secret_key=foundation.app_secrets.refs[FLASK_SECRET_KEY],
         project_number=foundation.app_secrets.project_number,
-        replicas=settings.tracking_replicas,
-        workers=settings.tracking_workers,
-        cpu=settings.tracking_cpu,
-        memory=settings.tracking_memory,
-        job_execution=settings.tracking_job_execution,
-        default_permission=settings.auth_default_permission,
-        auth_cache_ttl_seconds=settings.auth_cache_ttl_seconds,
-        ingress_host=settings.ingress_host,
+        settings=settings.tracking,
+        ingress_host=settings.edge.ingress_host,
         ingress_static_ip_name=foundation.network.ingress_address_name,
         security_policy_name=edge.security_policy_name if edge else None,
         ssl_policy_name=edge.ssl_policy_name if edge else None,
-        iap=settings.iap,
+        iap=settings.edge.iap,
         internal_lb_ip=foundation.network.internal_addresses.get("tracking"),
-        serving_pod_cidr=settings.serving_pods_cidr if settings.serving_cluster else None,
+        serving_pod_cidr=settings.network.serving_pods_cidr if settings.clusters.separate_serving else None,
     ), foundation.after_apis)
 
 
@@ -264,14 +250,10 @@ def build_observability(settings: Settings, foundation: Foundation, data: Data) 
         tracking_namespace=TRACKING_NAMESPACE,
         serving_namespace=SERVING_NAMESPACE,
         bucket=data.bucket.bucket_name,
-        serving_min_replicas=settings.serving_min_replicas,
-        serving_max_replicas=settings.serving_max_replicas,
+        serving_min_replicas=settings.serving.min_replicas,
+        serving_max_replicas=settings.serving.max_replicas,
         labels=foundation.labels,
-        alerts_enabled=settings.alerts_enabled,
-        alert_email=settings.alert_email,
-        serving_p99_ms=settings.alert_serving_p99_ms,
-        serving_error_percent=settings.alert_serving_error_percent,
-        db_storage_percent=settings.alert_db_storage_percent,
+        settings=settings.monitoring,
     ), foundation.after_apis)
 
 
@@ -279,7 +261,8 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
                   tracking: TrackingServer) -> Serving:
     packages = PackageSource(f"{settings.name_prefix}-packages", PackageSourceArgs(
         project=settings.project, location=settings.region, name_prefix=settings.name_prefix,
-        labels=foundation.labels, private_repository=settings.private_python_repository), foundation.after_apis)
+        labels=foundation.labels, private_repository=settings.serving.private_python_repository),
+        foundation.after_apis)
     serving = ModelServing("mlflow-serving", ModelServingArgs(
         provider=clusters.serving.provider,
         tracking_provider=clusters.platform.provider,
@@ -288,24 +271,12 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
         account_id=settings.service_account_ids["serving"],
         image=foundation.images.serving_image,
         setup_image=foundation.images.tracking_image,
-        model_name=settings.model_name,
-        model_alias=settings.model_alias,
-        rollout_token=settings.rollout_token,
         tracking=tracking.endpoint,
         serving_password=foundation.app_secrets.refs[SERVING_PASSWORD],
         project_number=foundation.app_secrets.project_number,
         tracking_workload_pool=clusters.platform.workload_pool,
-        min_replicas=settings.serving_min_replicas,
-        max_replicas=settings.serving_max_replicas,
-        target_cpu_percent=settings.serving_target_cpu_percent,
-        workers=settings.serving_workers,
-        max_batch_size=settings.serving_max_batch_size,
-        max_batch_delay_ms=settings.serving_max_batch_delay_ms,
-        cpu=settings.serving_cpu,
-        memory=settings.serving_memory,
+        settings=settings.serving,
         package_index=packages.index,
-        env_timeout_seconds=settings.serving_env_timeout_seconds,
-        env_cache_gi=settings.serving_env_cache_gi,
     ), foundation.after_apis)
     return Serving(packages=packages, serving=serving)
 
@@ -338,8 +309,8 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         "serving_workload_pool": clusters.serving.workload_pool,
         "serving_node_service_account": clusters.serving.node_service_account_email,
     }
-    if settings.ingress_host:
-        outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.ingress_host}")
+    if settings.edge.ingress_host:
+        outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.edge.ingress_host}")
         outputs["ingress_ip"] = foundation.network.ingress_ip
     # A separate serving cluster reaches tracking through its internal load balancer.
     if tracking.endpoint.internal_url is not None:

@@ -25,7 +25,7 @@ REQUIRED_APIS = (
     "sqladmin.googleapis.com",
     "storage.googleapis.com",
 )
-# Only with `iap: true`: Identity-Aware Proxy on the Ingress.
+# Only with `edge.iap: true`: Identity-Aware Proxy on the Ingress.
 IAP_API = "iap.googleapis.com"
 
 

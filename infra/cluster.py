@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 
 from infra.cloud_rules import MIN_NODE_DISK_GB, SUPPORTED_VULNERABILITY_MODES
 from infra.naming import cap_name, child_options
+from infra.settings import ClustersSettings, NodePoolSettings
 
 NODE_SA_PROJECT_ROLES = ("roles/container.defaultNodeServiceAccount",)
 NODE_SA_REPOSITORY_ROLE = "roles/artifactregistry.reader"
@@ -48,29 +49,13 @@ class GkeClusterArgs:
     """Repository the node service account may read, and nothing else."""
     labels: dict[str, str]
     """Resource labels of the cluster and its nodes."""
-    machine_type: str = "e2-standard-4"
-    """Node machine type."""
-    min_nodes: int = 1
-    """Minimum nodes per zone."""
-    max_nodes: int = 3
-    """Maximum nodes per zone."""
-    spot: bool = False
-    """Spot VMs for the pool."""
-    disk_size_gb: int = 50
-    """Boot disk size per node."""
-    disk_type: str = "pd-balanced"
-    """Boot disk type; the settings model checks it against the machine series."""
-    release_channel: str = "REGULAR"
-    """GKE release channel."""
-    deletion_protection: bool = True
-    """The provider refuses to delete the cluster."""
+    clusters: ClustersSettings
+    """What the stack's clusters share: release channel, disk size, deletion protection, control-plane access."""
+    pool: NodePoolSettings
+    """This cluster's node pool."""
     protect: bool = True
     """Pulumi refuses to delete or replace the cluster (`protect`): `pulumi destroy` then fails in its
     preview, before it deletes anything."""
-    master_authorized_cidrs: tuple[str, ...] = field(default_factory=tuple)
-    """CIDRs allowed to the control-plane IP endpoint; empty leaves it open to authenticated clients."""
-    dns_endpoint: bool = False
-    """Turn the public IP endpoint off; clients reach the control plane by its DNS name, authorized by IAM."""
     secrets_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key that encrypts Kubernetes Secrets in etcd (application-layer encryption)."""
     secrets_key_ready: tuple[pulumi.Resource, ...] = ()
@@ -85,10 +70,6 @@ class GkeClusterArgs:
     """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
 
     def __post_init__(self) -> None:
-        if self.min_nodes > self.max_nodes:
-            raise ValueError(f"GkeClusterArgs.min_nodes={self.min_nodes} must be <= max_nodes={self.max_nodes}")
-        if self.release_channel not in ("RAPID", "REGULAR", "STABLE"):
-            raise ValueError(f"GkeClusterArgs.release_channel={self.release_channel!r}: allowed RAPID, REGULAR, STABLE")
         if self.vulnerability_mode not in SUPPORTED_VULNERABILITY_MODES:
             raise ValueError(f"GkeClusterArgs.vulnerability_mode={self.vulnerability_mode!r}: "
                              f"allowed {', '.join(SUPPORTED_VULNERABILITY_MODES)}")
@@ -124,7 +105,7 @@ class GkeCluster(pulumi.ComponentResource):
             ),
             **control_plane_access(args),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(workload_pool=args.workload_pool),
-            release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.release_channel),
+            release_channel=gcp.container.ClusterReleaseChannelArgs(channel=args.clusters.release_channel),
             enable_shielded_nodes=True,
             enable_legacy_abac=False,
             # Dataplane V2 enforces NetworkPolicy without an extra add-on.
@@ -141,7 +122,7 @@ class GkeCluster(pulumi.ComponentResource):
             database_encryption=gcp.container.ClusterDatabaseEncryptionArgs(
                 state="ENCRYPTED", key_name=args.secrets_key_id) if args.secrets_key_id is not None else None,
             resource_labels=args.labels,
-            deletion_protection=args.deletion_protection,
+            deletion_protection=args.clusters.deletion_protection,
             # Once the default pool is gone GKE reports no nodeConfig; without this every later `up`
             # would see a difference in a replace-on-change field and replace the cluster.
             opts=child_options(self, opts, depends_on=[*node_roles, *args.secrets_key_ready, *args.peerings_before],
@@ -154,12 +135,12 @@ class GkeCluster(pulumi.ComponentResource):
             location=args.location,
             cluster=cluster.name,
             autoscaling=gcp.container.NodePoolAutoscalingArgs(
-                min_node_count=args.min_nodes, max_node_count=args.max_nodes,
+                min_node_count=args.pool.min_nodes, max_node_count=args.pool.max_nodes,
             ),
             management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
             upgrade_settings=gcp.container.NodePoolUpgradeSettingsArgs(max_surge=1, max_unavailable=0),
-            node_config=node_config(args.machine_type, args.spot, args.disk_size_gb, args.disk_type, node_sa.email,
-                                    args.labels, pool_label="default"),
+            node_config=node_config(args.pool.machine_type, args.pool.spot, args.clusters.node_disk_size_gb,
+                                    args.pool.boot_disk_type, node_sa.email, args.labels, pool_label="default"),
             opts=child,
         )
         self._publish(name, args, cluster, node_sa, pool, opts)
@@ -198,7 +179,7 @@ class GkeCluster(pulumi.ComponentResource):
                  opts: Optional[pulumi.ResourceOptions]) -> None:
         self.cluster_name = cluster.name
         self.endpoint = cluster.endpoint
-        if args.dns_endpoint:
+        if args.clusters.dns_endpoint:
             # The DNS endpoint presents a publicly trusted certificate: no CA data to pin.
             dns_name = cluster.control_plane_endpoints_config.apply(
                 lambda config: config.dns_endpoint_config.endpoint)
@@ -212,7 +193,7 @@ class GkeCluster(pulumi.ComponentResource):
         self.workload_pool = cluster.workload_identity_config.apply(lambda config: config.workload_pool)
         # Workloads need nodes to run on: the provider, and so every object it creates, waits for the pool.
         # Without `cluster_identifier` pulumi-kubernetes replaces the provider, and with it every object it
-        # created, when the kubeconfig's active cluster changes (server or CA data: `controlPlaneEndpoint`
+        # created, when the kubeconfig's active cluster changes (server or CA data: `clusters.controlPlaneEndpoint`
         # ip <-> dns, a CA rotation); with it, only a new identifier replaces (kubeProvider.DiffConfig in
         # pulumi-kubernetes provider/pkg/provider/provider.go). The cluster's id changes only with the cluster.
         self.provider = k8s.Provider(
@@ -234,24 +215,24 @@ def control_plane_access(args: GkeClusterArgs) -> dict:
     authorized = (
         gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(cidr_blocks=[
             gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(cidr_block=cidr, display_name=cidr)
-            for cidr in args.master_authorized_cidrs
+            for cidr in args.clusters.master_authorized_cidrs
         ])
-        if args.master_authorized_cidrs else None
+        if args.clusters.master_authorized_cidrs else None
     )
     return dict(
         private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
             enable_private_nodes=True,
-            enable_private_endpoint=args.dns_endpoint,
+            enable_private_endpoint=args.clusters.dns_endpoint,
             master_ipv4_cidr_block=args.master_cidr,
         ),
         control_plane_endpoints_config=gcp.container.ClusterControlPlaneEndpointsConfigArgs(
             dns_endpoint_config=gcp.container.ClusterControlPlaneEndpointsConfigDnsEndpointConfigArgs(
                 allow_external_traffic=True),
-        ) if args.dns_endpoint else None,
+        ) if args.clusters.dns_endpoint else None,
         master_authorized_networks_config=authorized or (
             # DNS mode: the private IP endpoint admits only the cluster's own nodes and pods.
             gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(cidr_blocks=[])
-            if args.dns_endpoint else None),
+            if args.clusters.dns_endpoint else None),
     )
 
 

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.naming import child_options
+from infra.settings import DatabaseSettings
 
 POSTGRES_VERSION = "POSTGRES_16"
 TRACKING_DATABASE = "mlflow"
@@ -69,44 +70,17 @@ class DatabaseArgs:
     """VPC the private IP lives in."""
     private_services_connection: pulumi.Resource
     """The servicenetworking connection; the instance cannot get a private IP before it exists."""
-    tier: str
-    """Machine tier, validated against the edition by the settings model."""
-    edition: str
-    """ENTERPRISE or ENTERPRISE_PLUS."""
+    settings: DatabaseSettings
+    """Tier, edition, size, availability, backups, deletion protection, maintenance window."""
     labels: dict[str, str]
     """User labels of the instance."""
-    disk_size_gb: int = 20
-    """Initial SSD size; autoresize grows it."""
-    high_availability: bool = True
-    """REGIONAL availability with a standby in another zone."""
-    backups: bool = True
-    """Automated daily backups."""
-    point_in_time_recovery: bool = True
-    """Transaction-log retention for point-in-time recovery."""
-    backup_retention_count: int = 7
-    """Automated backups kept."""
-    log_retention_days: int = 7
-    """Days of transaction logs kept."""
-    deletion_protection: bool = True
-    """Protect against deletion, both provider-side and API-side."""
     protect: bool = True
     """Pulumi refuses to delete or replace the instance and its databases (`protect`): `pulumi destroy`
     then fails in its preview, before it deletes anything."""
-    maintenance_day: int = 7
-    """Maintenance window day, 1 = Monday."""
-    maintenance_hour: int = 3
-    """Maintenance window start hour, UTC."""
-
     encryption_key_id: Optional[pulumi.Input[str]] = None
     """Cloud KMS key for the instance's disks and backups (CMEK); None: Google-managed."""
     encryption_key_ready: tuple[pulumi.Resource, ...] = ()
     """What the instance waits for: the key's grant to Cloud SQL's service agent, propagated."""
-
-    def __post_init__(self) -> None:
-        if self.point_in_time_recovery and not self.backups:
-            raise ValueError("DatabaseArgs.point_in_time_recovery needs backups=True")
-        if not 1 <= self.maintenance_day <= 7:
-            raise ValueError(f"DatabaseArgs.maintenance_day={self.maintenance_day}: allowed 1 (Mon) to 7 (Sun)")
 
 
 class Database(pulumi.ComponentResource):
@@ -131,7 +105,7 @@ class Database(pulumi.ComponentResource):
             region=args.region,
             database_version=POSTGRES_VERSION,
             encryption_key_name=args.encryption_key_id,
-            deletion_protection=args.deletion_protection,
+            deletion_protection=args.settings.deletion_protection,
             settings=instance_settings(args),
             opts=child_options(self, opts, depends_on=[args.private_services_connection,
                                                        *args.encryption_key_ready], protect=args.protect),
@@ -162,14 +136,15 @@ class Database(pulumi.ComponentResource):
 
 def instance_settings(args: DatabaseArgs) -> gcp.sql.DatabaseInstanceSettingsArgs:
     """Private IP only and TLS only; backups, maintenance and Query Insights as the stack asks."""
+    db = args.settings
     return gcp.sql.DatabaseInstanceSettingsArgs(
-        tier=args.tier,
-        edition=args.edition,
-        availability_type="REGIONAL" if args.high_availability else "ZONAL",
+        tier=db.tier,
+        edition=db.edition,
+        availability_type="REGIONAL" if db.high_availability else "ZONAL",
         disk_type="PD_SSD",
-        disk_size=args.disk_size_gb,
+        disk_size=db.disk_size_gb,
         disk_autoresize=True,
-        deletion_protection_enabled=args.deletion_protection,
+        deletion_protection_enabled=db.deletion_protection,
         user_labels=args.labels,
         ip_configuration=gcp.sql.DatabaseInstanceSettingsIpConfigurationArgs(
             ipv4_enabled=False,
@@ -178,16 +153,16 @@ def instance_settings(args: DatabaseArgs) -> gcp.sql.DatabaseInstanceSettingsArg
             enable_private_path_for_google_cloud_services=True,
         ),
         backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
-            enabled=args.backups,
-            point_in_time_recovery_enabled=args.point_in_time_recovery,
+            enabled=db.backups,
+            point_in_time_recovery_enabled=db.point_in_time_recovery,
             start_time="02:00",
-            transaction_log_retention_days=args.log_retention_days,
+            transaction_log_retention_days=db.log_retention_days,
             backup_retention_settings=gcp.sql.DatabaseInstanceSettingsBackupConfigurationBackupRetentionSettingsArgs(
-                retained_backups=args.backup_retention_count, retention_unit="COUNT",
+                retained_backups=db.backup_retention_count, retention_unit="COUNT",
             ),
         ),
         maintenance_window=gcp.sql.DatabaseInstanceSettingsMaintenanceWindowArgs(
-            day=args.maintenance_day, hour=args.maintenance_hour, update_track="stable",
+            day=db.maintenance_day_number, hour=db.maintenance_hour, update_track="stable",
         ),
         insights_config=gcp.sql.DatabaseInstanceSettingsInsightsConfigArgs(
             query_insights_enabled=True,

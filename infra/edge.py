@@ -10,6 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.naming import child_options
+from infra.settings import EdgeSettings
 
 DEFAULT_RULE_PRIORITY = 2147483647
 IAP_ACCESSOR_ROLE = "roles/iap.httpsResourceAccessor"
@@ -21,21 +22,30 @@ class EdgePolicyArgs:
     """GCP project."""
     labels: dict[str, str]
     """Policy labels."""
-    requests_per_minute: Optional[int] = None
-    """Cloud Armor: requests one client IP may make per minute before it gets 429; None: no policy."""
-    iap_members: tuple[str, ...] = ()
-    """Members granted passage through Identity-Aware Proxy (user:, group:, serviceAccount:, domain:)."""
+    settings: EdgeSettings
+    """Cloud Armor's rate limit and who may pass IAP, each when switched on."""
     project_number: Optional[pulumi.Input[str]] = None
     """Number of the project: IAP's settings resource is named by it."""
-    iap_programmatic_client: Optional[str] = None
-    """OAuth client id whose ID tokens IAP accepts from programs: IAP's Google-managed client serves
-    browsers only."""
+
+    @property
+    def requests_per_minute(self) -> Optional[int]:
+        """Cloud Armor: requests one client IP may make per minute before it gets 429; None: no policy."""
+        return self.settings.armor_requests_per_minute if self.settings.cloud_armor else None
+
+    @property
+    def iap_members(self) -> tuple[str, ...]:
+        """Members granted passage through Identity-Aware Proxy (user:, group:, serviceAccount:, domain:)."""
+        return self.settings.iap_members if self.settings.iap else ()
+
+    @property
+    def iap_programmatic_client(self) -> Optional[str]:
+        """OAuth client id whose ID tokens IAP accepts from programs: IAP's Google-managed client serves
+        browsers only."""
+        return self.settings.iap_oauth_client_id if self.settings.iap else None
 
     def __post_init__(self) -> None:
         if self.iap_programmatic_client and self.project_number is None:
             raise ValueError("EdgePolicyArgs.iap_programmatic_client needs project_number (IAP names its settings by it)")
-        if self.requests_per_minute is not None and not 10 <= self.requests_per_minute <= 100_000:
-            raise ValueError(f"EdgePolicyArgs.requests_per_minute={self.requests_per_minute}: allowed 10-100000")
 
 
 class EdgePolicy(pulumi.ComponentResource):

@@ -14,6 +14,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.naming import child_options
+from infra.settings import MonitoringSettings
 
 DASHBOARD_TEMPLATE = Path(__file__).resolve().parent / "dashboard.json"
 
@@ -78,16 +79,8 @@ class MonitoringArgs:
     """HPA maximum, drawn on the replicas chart."""
     labels: dict[str, str]
     """User labels of alert policies and channels."""
-    alerts_enabled: bool = True
-    """Alert policies evaluate and notify; off keeps them declared but silent."""
-    alert_email: Optional[str] = None
-    """Address notified by every alert."""
-    serving_p99_ms: int = 250
-    """Serving p99 latency threshold."""
-    serving_error_percent: int = 5
-    """Serving 5xx ratio threshold, percent."""
-    db_storage_percent: int = 85
-    """Cloud SQL storage utilisation threshold, percent."""
+    settings: MonitoringSettings
+    """Whether alerts notify, whom, and their thresholds."""
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -108,10 +101,10 @@ class Monitoring(pulumi.ComponentResource):
             opts=child,
         )
         channels = []
-        if args.alert_email:
+        if args.settings.alert_email:
             channel = gcp.monitoring.NotificationChannel(
                 f"{name}-email", project=args.project, type="email", display_name=f"MLflow {args.environment} on-call",
-                labels={"email_address": args.alert_email}, user_labels=args.labels, opts=child)
+                labels={"email_address": args.settings.alert_email}, user_labels=args.labels, opts=child)
             channels.append(channel.id)
         alert = functools.partial(self._alert, name, args, channels, child)
         for key, title, query, duration, runbook in promql_alerts(args):
@@ -121,14 +114,14 @@ class Monitoring(pulumi.ComponentResource):
                       condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
                           query=query, duration=duration, evaluation_interval="60s")),
                   runbook)
-        alert("db-storage", f"Cloud SQL storage above {args.db_storage_percent}%", "WARNING",
+        alert("db-storage", f"Cloud SQL storage above {args.settings.db_storage_percent}%", "WARNING",
               gcp.monitoring.AlertPolicyConditionArgs(
                   display_name="Cloud SQL disk utilisation",
                   condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
                       filter='resource.type = "cloudsql_database" AND '
                              'metric.type = "cloudsql.googleapis.com/database/disk/utilization"',
                       comparison="COMPARISON_GT",
-                      threshold_value=args.db_storage_percent / 100,
+                      threshold_value=args.settings.db_storage_percent / 100,
                       duration="600s",
                       aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
                           alignment_period="300s", per_series_aligner="ALIGN_MEAN")],
@@ -145,7 +138,7 @@ class Monitoring(pulumi.ComponentResource):
             project=args.project,
             display_name=f"MLflow {args.environment}: {title}",
             combiner="OR",
-            enabled=args.alerts_enabled,
+            enabled=args.settings.alerts_enabled,
             severity=severity,
             conditions=[condition],
             documentation=gcp.monitoring.AlertPolicyDocumentationArgs(content=runbook, mime_type="text/markdown"),
@@ -158,12 +151,12 @@ class Monitoring(pulumi.ComponentResource):
 def promql_alerts(args: MonitoringArgs) -> list[tuple[str, str, str, str, str]]:
     """(key, title, PromQL query, duration, runbook) of each alert on the workloads' metrics."""
     return [
-        ("serving-latency", f"serving p99 latency above {args.serving_p99_ms} ms",
-         serving_p99_query(args.serving_namespace, args.serving_p99_ms), "300s",
-         "Serving is slow. Check the replicas chart (at the HPA maximum? raise `servingMaxReplicas`) "
+        ("serving-latency", f"serving p99 latency above {args.settings.serving_p99_ms} ms",
+         serving_p99_query(args.serving_namespace, args.settings.serving_p99_ms), "300s",
+         "Serving is slow. Check the replicas chart (at the HPA maximum? raise `serving.maxReplicas`) "
          "and CPU throttling; see README, Operating it."),
-        ("serving-errors", f"serving 5xx above {args.serving_error_percent}%",
-         serving_error_ratio_query(args.serving_namespace, args.serving_error_percent), "300s",
+        ("serving-errors", f"serving 5xx above {args.settings.serving_error_percent}%",
+         serving_error_ratio_query(args.serving_namespace, args.settings.serving_error_percent), "300s",
          "Serving fails requests. `kubectl -n mlflow-serving logs deploy/mlflow-serving`; a bad model "
          "version? Roll back the alias; see README, Operating it."),
         ("tracking-down", "tracking server unavailable", tracking_down_query(args.tracking_namespace),

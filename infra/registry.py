@@ -23,11 +23,7 @@ class ImageRepositoryArgs:
     labels: dict[str, str]
     """Repository labels."""
     keep_versions: int = 10
-    """Most recent versions of each image kept by the cleanup policy."""
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.keep_versions <= 1000:
-            raise ValueError(f"ImageRepositoryArgs.keep_versions={self.keep_versions}: allowed 1-1000")
+    """Most recent versions of each image kept by the cleanup policy (`storage.registryKeepVersions`)."""
 
 
 class ImageRepository(pulumi.ComponentResource):

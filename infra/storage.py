@@ -9,6 +9,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from infra.naming import child_options
+from infra.settings import StorageSettings
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,8 @@ class ArtifactBucketArgs:
     """Bucket location (the region, to keep artifact traffic regional)."""
     labels: dict[str, str]
     """Bucket labels."""
-    nearline_after_days: int = 90
-    """Age at which objects move to Nearline."""
-    noncurrent_retention_days: int = 30
-    """Days a noncurrent (overwritten or deleted) version is kept."""
-    force_destroy: bool = False
-    """Allow deleting a non-empty bucket."""
+    settings: StorageSettings
+    """Lifecycle days and whether a non-empty bucket may be deleted."""
     protect: bool = True
     """Pulumi refuses to delete or replace the bucket (`protect`): `pulumi destroy` then fails in its
     preview, before it deletes anything."""
@@ -34,11 +31,6 @@ class ArtifactBucketArgs:
     """Cloud KMS key new objects are encrypted with (CMEK); None: Google-managed."""
     encryption_key_ready: tuple[pulumi.Resource, ...] = ()
     """What the bucket waits for: the key's grant to Cloud Storage's service agent, propagated."""
-
-    def __post_init__(self) -> None:
-        for field in ("nearline_after_days", "noncurrent_retention_days"):
-            if not 1 <= getattr(self, field) <= 3650:
-                raise ValueError(f"ArtifactBucketArgs.{field}={getattr(self, field)}: allowed 1-3650")
 
 
 class ArtifactBucket(pulumi.ComponentResource):
@@ -58,7 +50,7 @@ class ArtifactBucket(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             versioning=gcp.storage.BucketVersioningArgs(enabled=True),
-            force_destroy=args.force_destroy,
+            force_destroy=args.settings.force_destroy,
             encryption=gcp.storage.BucketEncryptionArgs(default_kms_key_name=args.encryption_key_id)
             if args.encryption_key_id is not None else None,
             labels=args.labels,
@@ -66,13 +58,13 @@ class ArtifactBucket(pulumi.ComponentResource):
                 gcp.storage.BucketLifecycleRuleArgs(
                     action=gcp.storage.BucketLifecycleRuleActionArgs(type="SetStorageClass", storage_class="NEARLINE"),
                     condition=gcp.storage.BucketLifecycleRuleConditionArgs(
-                        age=args.nearline_after_days, matches_storage_classes=["STANDARD"], with_state="LIVE",
+                        age=args.settings.nearline_after_days, matches_storage_classes=["STANDARD"], with_state="LIVE",
                     ),
                 ),
                 gcp.storage.BucketLifecycleRuleArgs(
                     action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
                     condition=gcp.storage.BucketLifecycleRuleConditionArgs(
-                        days_since_noncurrent_time=args.noncurrent_retention_days, with_state="ARCHIVED",
+                        days_since_noncurrent_time=args.settings.noncurrent_retention_days, with_state="ARCHIVED",
                     ),
                 ),
             ],

@@ -15,6 +15,7 @@ from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import child_options, job_wait, k8s_labels
 from infra.registry import PACKAGE_READER_ROLE, PackageIndex
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD, SecretRef
+from infra.settings import ServingSettings
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
@@ -188,10 +189,6 @@ class ModelServingArgs:
     """Serving image by digest."""
     setup_image: pulumi.Input[str]
     """Image with MLflow's auth client (the tracking image) for the serving-user Job."""
-    model_name: str
-    """Registered model to serve."""
-    model_alias: str
-    """Registry alias to serve."""
     tracking: TrackingEndpoint
     """Where tracking is, its admin, and when it serves (the serving-user Job waits for it)."""
     serving_password: SecretRef
@@ -200,47 +197,16 @@ class ModelServingArgs:
     """Project number: the Workload Identity principals the Secret Manager add-on authenticates as."""
     tracking_workload_pool: pulumi.Input[str]
     """Workload pool of the platform cluster, where the serving-user Job runs."""
-    rollout_token: str = ""
-    """Change to roll the pods without changing the alias."""
+    settings: ServingSettings
+    """The model and alias served, replicas and autoscaling, batching, resources, environment restores."""
     namespace: str = SERVING_NAMESPACE
     """Namespace of the serving Deployment."""
-    min_replicas: int = 1
-    """HPA minimum."""
-    max_replicas: int = 3
-    """HPA maximum."""
-    target_cpu_percent: int = 70
-    """HPA CPU target."""
-    workers: int = 1
-    """Server workers per pod."""
-    max_batch_size: int = 1
-    """Rows per predict when concurrent requests are batched; 1 is MLflow's app unbatched."""
-    max_batch_delay_ms: int = 0
-    """How long a batch waits for requests already arriving."""
-    cpu: str = "500m"
-    """CPU request."""
-    memory: str = "1Gi"
-    """Memory request and limit."""
     package_index: Optional[PackageIndex] = None
     """Where the pods restore model environments from (they may read only that repository); None: pypi.org."""
-    env_timeout_seconds: int = 300
-    """Time limit of a model environment's build."""
-    env_cache_gi: int = 4
-    """Size limit of the volume holding restored environments, GiB."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_replicas <= self.max_replicas:
-            raise ValueError(f"ModelServingArgs.min_replicas={self.min_replicas}, max_replicas={self.max_replicas}: "
-                             "need 1 <= min_replicas <= max_replicas")
-        if not 10 <= self.target_cpu_percent <= 95:
-            raise ValueError(f"ModelServingArgs.target_cpu_percent={self.target_cpu_percent}: allowed 10-95")
-        if not 1 <= self.max_batch_size <= 10_000:
-            raise ValueError(f"ModelServingArgs.max_batch_size={self.max_batch_size}: allowed 1-10000")
-        if not 0 <= self.max_batch_delay_ms <= 100:
-            raise ValueError(f"ModelServingArgs.max_batch_delay_ms={self.max_batch_delay_ms}: allowed 0-100")
-        if not 30 <= self.env_timeout_seconds <= 1800:
-            raise ValueError(f"ModelServingArgs.env_timeout_seconds={self.env_timeout_seconds}: allowed 30-1800")
-        if not 1 <= self.env_cache_gi <= 100:
-            raise ValueError(f"ModelServingArgs.env_cache_gi={self.env_cache_gi}: allowed 1-100")
+        if not self.settings.model_name:
+            raise ValueError("ModelServingArgs.settings.model_name: serving needs a registered model to serve")
 
 
 class ModelServing(pulumi.ComponentResource):
@@ -284,30 +250,31 @@ class ModelServing(pulumi.ComponentResource):
         pod = workload_pod(
             service_account=identity.ksa_name, grace_seconds=GRACE_SECONDS, containers=[self._container(args)],
             volumes=[tmp_volume("4Gi"), secrets_volume(serving_class), logging_volume(namespace.logging_config_map),
-                     env_volume(args.env_cache_gi)])
+                     env_volume(args.settings.env_cache_gi)])
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=names.metadata(ns_name, deployment_annotations()),
             # No `replicas`: the HPA owns the count.
-            spec=deployment_spec(names, pod, rollout_annotations(args.model_name, args.model_alias, args.rollout_token),
-                                 replicas=None),
+            spec=deployment_spec(names, pod, rollout_annotations(
+                args.settings.model_name, args.settings.model_alias, args.settings.rollout_token), replicas=None),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup, *serving_grants])),
         )
         service = self._scaling_and_exposure(name, args, names, ns_name, deployment, k8s_opts)
         self.namespace = ns_name
         self.service_url = pulumi.Output.all(service.metadata["name"], ns_name).apply(
             lambda parts: in_cluster_url(parts[0], parts[1], SERVING_PORT))
-        self.model_uri = pulumi.Output.from_input(model_uri(args.model_name, args.model_alias))
+        self.model_uri = pulumi.Output.from_input(model_uri(args.settings.model_name, args.settings.model_alias))
         self.deployment_ref = deployment_ref(deployment)
         self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
                                "model_uri": self.model_uri, "deployment_ref": self.deployment_ref})
 
     def _container(self, args: ModelServingArgs) -> dict:
+        serving = args.settings
         return serving_container(
-            image=args.image, model_name=args.model_name, alias=args.model_alias, workers=args.workers,
-            env=serving_env(args.tracking.client_url), cpu=args.cpu, memory=args.memory,
-            max_batch_size=args.max_batch_size, max_batch_delay_ms=args.max_batch_delay_ms,
-            env_timeout_seconds=args.env_timeout_seconds,
+            image=args.image, model_name=serving.model_name, alias=serving.model_alias, workers=serving.workers,
+            env=serving_env(args.tracking.client_url), cpu=serving.cpu, memory=serving.memory,
+            max_batch_size=serving.max_batch_size, max_batch_delay_ms=serving.max_batch_delay_ms,
+            env_timeout_seconds=serving.env_timeout_seconds,
             package_index=args.package_index.url if args.package_index else "")
 
     def _setup_job(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions]) -> k8s.batch.v1.Job:
@@ -331,10 +298,11 @@ class ModelServing(pulumi.ComponentResource):
             metadata={"name": "mlflow-serving-setup", "namespace": tracking.namespace, "labels": labels},
             data={SETUP_SCRIPT.name: script}, opts=tracking_opts)
         container = setup_container(image=args.setup_image, tracking_url=tracking.in_cluster_url,
-                                    admin_username=tracking.admin_username, model_name=args.model_name)
+                                    admin_username=tracking.admin_username, model_name=args.settings.model_name)
         return k8s.batch.v1.Job(
             f"{name}-setup",
-            metadata={"name": setup_job_name(args.model_name, args.model_alias, args.rollout_token, script),
+            metadata={"name": setup_job_name(args.settings.model_name, args.settings.model_alias,
+                                             args.settings.rollout_token, script),
                       "namespace": tracking.namespace, "labels": labels},
             spec=run_once_job_spec(labels, SETUP_DEADLINE_SECONDS, ksa.metadata["name"], containers=[container],
                                    volumes=[tmp_volume("64Mi"), secrets_volume(setup_class), {"name": "scripts", "configMap": {
@@ -351,10 +319,11 @@ class ModelServing(pulumi.ComponentResource):
         """HPA, disruption budget, metrics collection, the Service and who may call it."""
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa", metadata=names.metadata(ns_name),
-            spec=hpa_spec(SERVICE_NAME, args.min_replicas, args.max_replicas, args.target_cpu_percent),
+            spec=hpa_spec(SERVICE_NAME, args.settings.min_replicas, args.settings.max_replicas,
+                          args.settings.target_cpu_percent),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment])),
         )
-        if args.min_replicas > 1:
+        if args.settings.min_replicas > 1:
             # Pods waiting for their model are running but unready; evicting them disrupts nothing.
             # The default (IfHealthyBudget) would let a platform still waiting for its first model
             # block every node drain and upgrade.

@@ -15,6 +15,7 @@ from infra.database import DATABASE_ADMIN_ROLE, iam_database_user
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import child_options, job_wait, k8s_labels
 from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SecretRef
+from infra.settings import TrackingSettings
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
@@ -258,7 +259,7 @@ def collector_peers() -> list[dict]:
 def network_policy_ingress(namespace: str, serving_namespace: str, serving_pod_cidr: Optional[str],
                            expose_ingress: bool) -> list[dict]:
     """Who may reach the tracking pods: its namespace, serving, managed Prometheus, the load balancers.
-    Stacks beside the platform (the load test's) add their own policy: NetworkPolicies add up.
+    Rigs beside the platform (loadtest/'s stack) add their own policy: NetworkPolicies add up.
 
     A separate serving cluster's pods are admitted by their pod range: the internal load balancer
     keeps their source address because its Service has `externalTrafficPolicy: Local`.
@@ -310,32 +311,18 @@ class TrackingServerArgs:
     """MLflow's database (the Database resource's output: URIs wait for it)."""
     auth_database: pulumi.Input[str]
     """The basic-auth app's database (the Database resource's output)."""
-    sql_proxy_image: str
-    """Cloud SQL Auth Proxy image by digest (the settings model holds the pinned default)."""
     admin_password: SecretRef
     """Secret Manager secret of the admin password (mounted, read by the server at start)."""
     flask_secret_key: SecretRef
     """Secret Manager secret of the Flask secret key shared by all replicas."""
     project_number: pulumi.Input[str]
     """Project number: the Workload Identity principal the Secret Manager add-on authenticates as."""
+    settings: TrackingSettings
+    """Replicas, workers, resources, the Auth Proxy image, basic-auth defaults."""
     namespace: str = TRACKING_NAMESPACE
     """Namespace of the tracking server."""
     serving_namespace: str = SERVING_NAMESPACE
     """Namespace of model serving, admitted by the NetworkPolicy."""
-    replicas: int = 2
-    """Deployment replicas."""
-    workers: int = 1
-    """Server workers per pod."""
-    cpu: str = "500m"
-    """CPU request."""
-    memory: str = "1Gi"
-    """Memory request and limit."""
-    job_execution: bool = False
-    """Run MLflow's job runner."""
-    default_permission: str = "READ"
-    """basic-auth default permission."""
-    auth_cache_ttl_seconds: int = 300
-    """basic-auth credential cache TTL."""
     ingress_host: Optional[str] = None
     """Public host served through an Ingress with a managed certificate."""
     ingress_static_ip_name: Optional[pulumi.Input[str]] = None
@@ -358,20 +345,11 @@ class TrackingServerArgs:
         if self.ingress_host and self.ssl_policy_name is None:
             raise ValueError("TrackingServerArgs.ssl_policy_name: an Ingress needs an SSL policy "
                              "(GCLB's default still accepts TLS 1.0)")
-        if "@sha256:" not in self.sql_proxy_image:
-            raise ValueError(f"TrackingServerArgs.sql_proxy_image={self.sql_proxy_image!r}: must be pinned by digest")
-        if self.replicas < 1:
-            raise ValueError(f"TrackingServerArgs.replicas={self.replicas}: must be >= 1")
-        if not 1 <= self.workers <= 8:
-            raise ValueError(f"TrackingServerArgs.workers={self.workers}: allowed 1-8")
-        if self.default_permission not in ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS"):
-            raise ValueError(f"TrackingServerArgs.default_permission={self.default_permission!r}: "
-                             "allowed READ, EDIT, MANAGE, NO_PERMISSIONS")
 
 
 @dataclass(frozen=True)
 class TrackingEndpoint:
-    """What tracking's clients in the clusters (serving) take from it."""
+    """What tracking's clients in the clusters (serving, the load test) take from it."""
 
     in_cluster_url: pulumi.Output[str]
     """URL of the ClusterIP Service, inside the platform cluster."""
@@ -419,11 +397,12 @@ class TrackingServer(pulumi.ComponentResource):
         # URIs name the IAM user's output, so they wait for Cloud SQL to know the user.
         backend_uri, auth_uri = (pulumi.Output.all(db_user.name, database).apply(lambda values: postgres_uri(*values))
                                  for database in (args.tracking_database, args.auth_database))
+        auth = args.settings
         auth_config = k8s.core.v1.ConfigMap(
             f"{name}-auth-config",
             metadata={"name": AUTH_CONFIG_MAP, "namespace": ns_name, "labels": names.labels},
             data=auth_uri.apply(lambda uri: {
-                AUTH_CONFIG_FILE: auth_config_ini(args.default_permission, args.auth_cache_ttl_seconds, uri)}),
+                AUTH_CONFIG_FILE: auth_config_ini(auth.auth_default_permission, auth.auth_cache_ttl_seconds, uri)}),
             opts=k8s_opts,
         )
         migration = self._migration(name, args, ns_name, identity, backend_uri, auth_uri,
@@ -431,7 +410,7 @@ class TrackingServer(pulumi.ComponentResource):
                                         depends_on=[*identity.grants, grants])))
         pod = workload_pod(
             service_account=identity.ksa_name, grace_seconds=GRACE_SECONDS,
-            init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)],
+            init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.settings.sql_proxy_image)],
             containers=[self._server_container(args, backend_uri), metrics_exporter_container(image=args.image)],
             volumes=[tmp_volume(), auth_config_volume(auth_config.metadata["name"]), secrets_volume(provider_class),
                      logging_volume(namespace.logging_config_map)])
@@ -440,8 +419,8 @@ class TrackingServer(pulumi.ComponentResource):
             metadata=names.metadata(ns_name, checkov_skips(CKV_K8S_35=SECRETS_AS_ENV_REASON)),
             # The auth config is read only at start: a change must roll the pods.
             spec=deployment_spec(names, pod, {
-                "mlflow.org/auth-settings": f"{args.default_permission},ttl={args.auth_cache_ttl_seconds}"},
-                replicas=args.replicas),
+                "mlflow.org/auth-settings": f"{auth.auth_default_permission},ttl={auth.auth_cache_ttl_seconds}"},
+                replicas=auth.replicas),
             # The add-on mounts the files only once the pod's identity may read them.
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                 depends_on=[migration, *secret_grants])),
@@ -487,10 +466,11 @@ class TrackingServer(pulumi.ComponentResource):
 
     def _server_container(self, args: TrackingServerArgs, backend_uri: pulumi.Output[str]) -> dict:
         server_args = pulumi.Output.all(args.bucket_name, args.internal_lb_ip).apply(
-            lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.workers,
+            lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.settings.workers,
                                          ingress_host=args.ingress_host, internal_ip=values[1]))
-        return tracking_container(image=args.image, args=server_args, env=tracking_env(args.job_execution, backend_uri),
-                                  cpu=args.cpu, memory=args.memory)
+        return tracking_container(image=args.image, args=server_args,
+                                  env=tracking_env(args.settings.job_execution, backend_uri),
+                                  cpu=args.settings.cpu, memory=args.settings.memory)
 
     def _migration(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str],
                    identity: WorkloadIdentity, backend_uri: pulumi.Output[str], auth_uri: pulumi.Output[str],
@@ -505,7 +485,8 @@ class TrackingServer(pulumi.ComponentResource):
             metadata={"name": f"mlflow-migrate-{args.image_version[:12]}", "namespace": ns_name, "labels": labels},
             spec=run_once_job_spec(
                 labels, MIGRATION_DEADLINE_SECONDS, identity.ksa_name,
-                init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image), *migrate_init],
+                init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.settings.sql_proxy_image),
+                                 *migrate_init],
                 containers=migrate_main, volumes=[tmp_volume("256Mi")]),
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
                 delete_before_replace=True, custom_timeouts=job_wait(MIGRATION_DEADLINE_SECONDS))),
@@ -541,7 +522,7 @@ class TrackingServer(pulumi.ComponentResource):
     def _policies(self, name: str, args: TrackingServerArgs, names: WorkloadNames, ns_name: pulumi.Output[str],
                   k8s_opts: pulumi.ResourceOptions) -> None:
         """Disruption budget, metrics collection, who may connect."""
-        if args.replicas > 1:
+        if args.settings.replicas > 1:
             k8s.policy.v1.PodDisruptionBudget(
                 f"{name}-pdb", metadata=names.metadata(ns_name), spec=pdb_spec(names.selector), opts=k8s_opts)
         pod_monitoring(f"{name}-pod-monitoring", names.metadata(ns_name),
@@ -578,7 +559,7 @@ class TrackingServer(pulumi.ComponentResource):
                       "labels": job_labels},
             spec=run_once_job_spec(
                 job_labels, GRANTS_DEADLINE_SECONDS, admin.ksa_name,
-                init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.sql_proxy_image)],
+                init_containers=[sql_proxy_sidecar(args.sql_connection_name, image=args.settings.sql_proxy_image)],
                 containers=[grant], volumes=[tmp_volume("64Mi")],
                 pod_failure_policy=fail_job_on_exit(GRANTS_CONTAINER, GRANTS_EXIT_ADMIN_MEMBER)),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(

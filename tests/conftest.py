@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 import pytest
 
-from tools.offline.stack import StackRun, read_stack_config, run_program, run_stack
+from tools.offline.stack import StackRun, run_program, run_stack
 
 BASE_CONFIG = {"gcp:project": "test-project-1", "mlflow-platform:environment": "dev"}
 
@@ -30,12 +30,11 @@ def stack_runs() -> dict[str, StackRun]:
 
 @pytest.fixture
 def run_stack_with() -> Callable[..., StackRun]:
-    """The real program for a committed stack with some settings changed."""
+    """The real program for a committed stack with some settings changed, by path (`serving.rolloutToken`)
+    as `pulumi config set --path` takes them."""
 
-    def run(stack: str, **overrides: str) -> StackRun:
-        config, secret_keys = read_stack_config(stack)
-        config.update({key if ":" in key else f"mlflow-platform:{key}": value for key, value in overrides.items()})
-        return run_program(stack, config, secret_keys)
+    def run(stack: str, overrides: dict[str, Any]) -> StackRun:
+        return run_stack(stack, overrides=overrides)
 
     return run
 

@@ -4,6 +4,7 @@ import pulumi
 import pytest
 
 from infra.cluster import GkeCluster, GkeClusterArgs, kubeconfig_for
+from infra.settings import ClustersSettings, NodePoolSettings
 from tools.offline.mocks import is_secret
 from tests.helpers import dig
 
@@ -12,14 +13,19 @@ ARGS = dict(
     pods_range_name="pods", services_range_name="services", master_cidr="172.16.0.0/28",
     workload_pool="test-project-1.svc.id.goog", repository_location="us-central1", repository_id="images",
     labels={"app": "mlflow", "env": "dev", "managed-by": "pulumi"},
+    clusters=ClustersSettings(control_plane_endpoint="ip"), pool=NodePoolSettings(),
 )
 
 
 def build(run_component, **changes):
+    """The component with `changes` to its pool's or the clusters' settings."""
     outputs = {}
+    pool = {k: v for k, v in changes.items() if k in NodePoolSettings.model_fields}
+    clusters = {k: v for k, v in changes.items() if k not in pool}
 
     def program():
-        cluster = GkeCluster("gke", GkeClusterArgs(**{**ARGS, **changes}))
+        cluster = GkeCluster("gke", GkeClusterArgs(**{
+            **ARGS, "clusters": ARGS["clusters"].model_copy(update=clusters), "pool": NodePoolSettings(**pool)}))
         outputs["kubeconfig"] = cluster.kubeconfig
         return outputs
 
@@ -146,8 +152,3 @@ def test_clusters_peer_one_at_a_time_after_private_services_access(stack_runs, s
 def test_kubeconfig_points_at_the_endpoint():
     config = json.loads(kubeconfig_for("c", "203.0.113.1", "Q0E="))
     assert config["clusters"][0]["cluster"] == {"server": "https://203.0.113.1", "certificate-authority-data": "Q0E="}
-
-
-def test_args_refuse_min_above_max():
-    with pytest.raises(ValueError, match="min_nodes=4 must be <= max_nodes=2"):
-        GkeClusterArgs(**{**ARGS, "min_nodes": 4, "max_nodes": 2})

@@ -21,24 +21,24 @@ def test_prod_costs_more_than_dev(stack_runs):
 
 def test_high_availability_raises_the_database_line(stack_runs, run_stack_with):
     zonal = line(stack_runs["dev"], "Cloud SQL").monthly_min
-    regional = line(run_stack_with("dev", dbHighAvailability="true"), "Cloud SQL").monthly_min
+    regional = line(run_stack_with("dev", {"database.highAvailability": "true"}), "Cloud SQL").monthly_min
     assert regional > 1.8 * zonal
 
 
 def test_machine_type_changes_the_node_line(stack_runs, run_stack_with):
     base = line(stack_runs["dev"], "Nodes")
-    bigger = line(run_stack_with("dev", machineType="n2-standard-8"), "Nodes")
+    bigger = line(run_stack_with("dev", {"clusters.platform.machineType": "n2-standard-8"}), "Nodes")
     assert bigger.monthly_min > base.monthly_min and "n2-standard-8" in bigger.detail
 
 
 def test_spot_nodes_are_cheaper(stack_runs, run_stack_with):
     spot = line(stack_runs["dev"], "Nodes")
-    on_demand = line(run_stack_with("dev", spotNodes="false"), "Nodes")
+    on_demand = line(run_stack_with("dev", {"clusters.platform.spot": "false"}), "Nodes")
     assert on_demand.monthly_max > 2 * spot.monthly_max
 
 
 def test_node_line_spans_autoscaling_min_to_max(run_stack_with):
-    item = line(run_stack_with("dev", minNodes="2", maxNodes="5"), "Nodes")
+    item = line(run_stack_with("dev", {"clusters.platform.minNodes": "2", "clusters.platform.maxNodes": "5"}), "Nodes")
     assert item.monthly_max == pytest.approx(item.monthly_min * 5 / 2)
 
 

@@ -2,17 +2,19 @@ import pulumi_gcp as gcp
 import pytest
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE, Database, DatabaseArgs, iam_database_username
+from infra.settings import DatabaseSettings
 from tests.helpers import dig
 
-ARGS = dict(project="test-project-1", region="us-central1", network_id="net-id", tier="db-custom-1-3840",
-            edition="ENTERPRISE", labels={"app": "mlflow"})
+ARGS = dict(project="test-project-1", region="us-central1", network_id="net-id", labels={"app": "mlflow"})
 
 
 def build(run_component, **changes):
+    """The component with `changes` to its settings."""
     def program():
         connection = gcp.servicenetworking.Connection(
             "psa", network="net-id", service="servicenetworking.googleapis.com", reserved_peering_ranges=["range"])
-        database = Database("db", DatabaseArgs(**{**ARGS, "private_services_connection": connection, **changes}))
+        database = Database("db", DatabaseArgs(**ARGS, private_services_connection=connection,
+                                                 settings=DatabaseSettings(**changes)))
         return {"connection_name": database.connection_name}
 
     return run_component(program)
@@ -43,7 +45,7 @@ def test_postgres_16_with_explicit_edition_and_tier(run_component):
 
 def test_ha_backups_and_pitr_when_asked(run_component):
     instance = build(run_component, high_availability=True, point_in_time_recovery=True,
-                     log_retention_days=5).named("db-instance")
+                     backup_retention_count=7, log_retention_days=5).named("db-instance")
     assert dig(instance.inputs, "settings.availabilityType") == "REGIONAL"
     backup = dig(instance.inputs, "settings.backupConfiguration")
     assert backup["enabled"] and backup["pointInTimeRecoveryEnabled"] and backup["transactionLogRetentionDays"] == 5
@@ -63,7 +65,7 @@ def test_deletion_protection_sets_both_switches(run_component, protect):
 
 
 def test_maintenance_window_and_query_insights(run_component):
-    instance = build(run_component, maintenance_day=2, maintenance_hour=4).named("db-instance")
+    instance = build(run_component, maintenance_day="TUE", maintenance_hour=4).named("db-instance")
     assert dig(instance.inputs, "settings.maintenanceWindow") == {"day": 2, "hour": 4, "updateTrack": "stable"}
     assert dig(instance.inputs, "settings.insightsConfig.queryInsightsEnabled") is True
 
@@ -85,8 +87,3 @@ def test_an_iam_user_is_named_by_its_email_without_the_domain_suffix():
     assert iam_database_username("mlflow-tracking-dev@proj-1.iam.gserviceaccount.com") == "mlflow-tracking-dev@proj-1.iam"
     with pytest.raises(ValueError, match="not a service account email"):
         iam_database_username("someone@example.com")
-
-
-def test_pitr_without_backups_is_refused():
-    with pytest.raises(ValueError, match="point_in_time_recovery needs backups=True"):
-        DatabaseArgs(**{**ARGS, "private_services_connection": None, "backups": False})

@@ -10,31 +10,34 @@ from tools.offline.mocks import OFFLINE_PROJECT_NUMBER
 from tools.offline.render import manifest
 
 NS = "mlflow-platform"
-IAP = {"iap": "true", "iapMembers": '["group:ml-team@example.com", "user:ana@example.com"]'}
+IAP = {"edge.iap": "true", "edge.iapMembers": '["group:ml-team@example.com", "user:ana@example.com"]'}
+BASE = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev"}
+
+
+def with_edge(**edge: str) -> dict:
+    return {**BASE, f"{NS}:edge": edge}
 PROGRAMMATIC_CLIENT = "1234-abc.apps.googleusercontent.com"
 
 
 def test_cloud_armor_needs_an_ingress():
-    with pytest.raises(ConfigError, match=f"{NS}:cloudArmor = True: needs {NS}:ingressHost"):
-        settings_from_values({"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:cloudArmor": "true"})
+    with pytest.raises(ConfigError, match=f"{NS}:edge.cloudArmor = True: needs {NS}:edge.ingressHost"):
+        settings_from_values(with_edge(cloudArmor="true"))
 
 
 def test_an_oauth_client_secret_is_no_setting_any_more():
     """IAP's Google-managed client needs none; a stack that still sets one learns so before anything runs."""
-    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
-              f"{NS}:iap": "true", f"{NS}:iapMembers": '["group:ml@example.com"]'}
-    settings_from_values(values)
-    with pytest.raises(ConfigError, match=f"{NS}:iapOauthClientSecret: unknown setting"):
-        settings_from_values({**values, f"{NS}:iapOauthClientSecret": "GOCSPX-do-not-print"})
+    edge = {"ingressHost": "m.example.com", "iap": "true", "iapMembers": '["group:ml@example.com"]'}
+    settings_from_values(with_edge(**edge))
+    with pytest.raises(ConfigError, match=f"{NS}:edge.iapOauthClientSecret: unknown setting"):
+        settings_from_values(with_edge(**edge, iapOauthClientSecret="GOCSPX-do-not-print"))
 
 
 def test_iap_without_members_is_refused_since_it_would_admit_nobody():
-    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
-              f"{NS}:iap": "true"}
-    with pytest.raises(ConfigError, match=f"{NS}:iap = True: needs {NS}:iapMembers"):
-        settings_from_values(values)
+    edge = {"ingressHost": "m.example.com", "iap": "true"}
+    with pytest.raises(ConfigError, match=f"{NS}:edge.iap = True: needs {NS}:edge.iapMembers"):
+        settings_from_values(with_edge(**edge))
     with pytest.raises(ConfigError, match="not an IAM member; allowed: user:EMAIL"):
-        settings_from_values({**values, f"{NS}:iapMembers": '["ana@example.com"]'})
+        settings_from_values(with_edge(**edge, iapMembers='["ana@example.com"]'))
 
 
 @pytest.mark.parametrize("member,reason", [
@@ -45,16 +48,15 @@ def test_iap_without_members_is_refused_since_it_would_admit_nobody():
 ])
 def test_iap_refuses_members_its_google_managed_client_would_not_admit(member, reason):
     # https://cloud.google.com/iap/docs/custom-oauth-configuration: internal users only
-    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "dev", f"{NS}:ingressHost": "m.example.com",
-              f"{NS}:iap": "true", f"{NS}:iapMembers": f'["group:ml@example.com", "{member}"]'}
     with pytest.raises(ConfigError) as caught:
-        settings_from_values(values)
-    assert f"{NS}:iapMembers" in str(caught.value) and f"'{member}' {reason}" in str(caught.value)
+        settings_from_values(with_edge(ingressHost="m.example.com", iap="true",
+                                       iapMembers=f'["group:ml@example.com", "{member}"]'))
+    assert f"{NS}:edge.iapMembers" in str(caught.value) and f"'{member}' {reason}" in str(caught.value)
     assert "the domain of the project's organization" in str(caught.value)
 
 
 def test_iap_enables_its_api_and_grants_each_member_passage(run_stack_with):
-    run = run_stack_with("prod", **IAP)
+    run = run_stack_with("prod", IAP)
     assert "iap.googleapis.com" in {r.inputs["service"] for r in run.of_type("gcp:projects/service:Service")}
     grants = run.of_type("gcp:iap/webIamMember:WebIamMember")
     assert {(g.inputs["role"], g.inputs["member"]) for g in grants} == {
@@ -94,7 +96,7 @@ def test_dev_has_no_edge_protection(stack_runs):
 
 
 def test_iap_uses_googles_managed_client_so_no_kubernetes_secret_exists(run_stack_with):
-    run = run_stack_with("prod", **IAP)
+    run = run_stack_with("prod", IAP)
     backend = run.named("mlflow-backend-config")
     assert backend.inputs["spec"]["iap"] == {"enabled": True}  # no oauthclientCredentials
     assert validate_custom_resource(manifest(backend)) == []
@@ -103,7 +105,7 @@ def test_iap_uses_googles_managed_client_so_no_kubernetes_secret_exists(run_stac
 
 
 def test_a_programmatic_client_is_allowed_by_iaps_settings_with_no_secret(run_stack_with):
-    run = run_stack_with("prod", **IAP, iapOauthClientId=PROGRAMMATIC_CLIENT)
+    run = run_stack_with("prod", {**IAP, "edge.iapOauthClientId": PROGRAMMATIC_CLIENT})
     [settings] = run.of_type("gcp:iap/settings:Settings")
     assert settings.inputs["name"] == f"projects/{OFFLINE_PROJECT_NUMBER}/iap_web"  # by number, not id
     assert settings.inputs["accessSettings"]["oauthSettings"]["programmaticClients"] == [PROGRAMMATIC_CLIENT]

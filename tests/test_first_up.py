@@ -14,7 +14,7 @@ from infra.apis import REQUIRED_APIS
 from infra.cloud_rules import (AUTONAME_SUFFIX_LENGTH, MIN_NODE_DISK_GB, NAME_RULES, SUPPORTED_VULNERABILITY_MODES,
                                name_problem, reserved_addresses)
 from infra.cluster import GkeClusterArgs
-from infra.config import NAME_PREFIX_MAX_LENGTH
+from infra.settings import NAME_PREFIX_MAX_LENGTH, ClustersSettings, NodePoolSettings
 from tests.helpers import plain
 
 STACKS = ("dev", "prod")
@@ -59,7 +59,8 @@ def test_cluster_args_refuse_the_removed_basic_vulnerability_mode():
         GkeClusterArgs(project="p", location="us-central1-a", network_id="n", subnet_self_link="s",
                        pods_range_name="pods", services_range_name="services", master_cidr="172.16.0.0/28",
                        workload_pool="p.svc.id.goog", repository_location="us-central1", repository_id="r",
-                       labels={}, vulnerability_mode="VULNERABILITY_BASIC")
+                       labels={}, clusters=ClustersSettings(), pool=NodePoolSettings(),
+                       vulnerability_mode="VULNERABILITY_BASIC")
 
 
 # 6. the migration Job races IAM propagation -----------------------------------------------------
@@ -132,7 +133,7 @@ def test_private_services_connection_removes_its_peering_on_destroy(stack_runs, 
 
 # 12. boot disks GCP accepts for the machine series -----------------------------------------------
 def test_c4_pools_boot_from_hyperdisk(run_stack_with):
-    run = run_stack_with("prod", servingMachineType="c4-standard-4")
+    run = run_stack_with("prod", {"clusters.serving.machineType": "c4-standard-4"})
     pool = run.named("mlflow-serving-pool")
     assert pool.inputs["nodeConfig"]["diskType"] == "hyperdisk-balanced"
     assert run.named("mlflow-platform-pool").inputs["nodeConfig"]["diskType"] == "pd-balanced"
@@ -156,7 +157,7 @@ def test_iap_grants_are_named_by_member_so_editing_the_list_keeps_the_others(run
     members = ["group:a@example.com", "user:b@example.com"]
     names = {}
     for listed in (members, members[1:]):
-        run = run_stack_with("prod", iap="true", iapMembers=json.dumps(listed))
+        run = run_stack_with("prod", {"edge.iap": "true", "edge.iapMembers": json.dumps(listed)})
         names[len(listed)] = {g.inputs["member"]: g.name for g in run.of_type("gcp:iap/webIamMember:WebIamMember")}
     assert names[1]["user:b@example.com"] == names[2]["user:b@example.com"]
 
@@ -209,11 +210,12 @@ def test_pulumi_waits_for_every_job_as_long_as_the_job_may_run(stack_runs, stack
 
 
 # 13. names at the longest namePrefix -------------------------------------------------------------
-# Every optional part on, so every name the program can build is built; project ids are 6-30 characters,
-# and the bucket and the IAM database users carry the project's.
-EVERYTHING_ON = {"privatePythonRepository": "true", "cmek": "true",
-                 "ingressHost": "mlflow.example.com", "cloudArmor": "true", "iap": "true",
-                 "iapMembers": '["group:ml@example.com"]', "gcp:project": "p" * 30}
+# Every optional part on, so every name the program can build is built (dev hosts the load-test pool on its
+# platform cluster, prod on the serving one); project ids are 6-30 characters, and the bucket and the IAM
+# database users carry the project's.
+EVERYTHING_ON = {"serving.privatePythonRepository": "true", "cmek": "true",
+                 "edge.ingressHost": "mlflow.example.com", "edge.cloudArmor": "true", "edge.iap": "true",
+                 "edge.iapMembers": '["group:ml@example.com"]', "gcp:project": "p" * 30}
 # What Pulumi appends to a name the program leaves to it (cloud_rules.AUTONAME_SUFFIX_LENGTH characters).
 AUTONAME_SUFFIX = "-1a2b3c4"
 # GCP resources with no name of their own to fit: grants, enabled APIs, versions, the peering, monitoring
@@ -240,7 +242,7 @@ def generated_name(record, rule) -> str:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_gcp_name_fits_at_the_longest_name_prefix(run_stack_with, stack):
-    run = run_stack_with(stack, namePrefix="x" * NAME_PREFIX_MAX_LENGTH, **EVERYTHING_ON)
+    run = run_stack_with(stack, {"namePrefix": "x" * NAME_PREFIX_MAX_LENGTH, **EVERYTHING_ON})
     gcp = [r for r in run.resources if r.custom and r.type.startswith("gcp:")]
     assert {r.type for r in gcp} - UNNAMED_TYPES <= set(NAME_RULES), "a GCP type with no name rule"
     problems = [problem for r in gcp if r.type in NAME_RULES

@@ -12,7 +12,7 @@ import pytest
 from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 
 from infra.images import ROOT, build_tag, context_files, context_hash, image_version
-from tools.offline.stack import run_load_test_stack, run_stack
+from tools.offline.stack import run_load_test_stack
 from tests.helpers import container
 from tools.offline.mocks import is_secret
 
@@ -53,10 +53,10 @@ OLD_MLFLOW_DOCKERIGNORE = """\
 
 
 @pytest.fixture(scope="module")
-def image_builds() -> list[tuple[Path, dict]]:
+def image_builds(stack_runs) -> list[tuple[Path, dict]]:
     """Every image the two projects build, with the folder its paths are relative to (its project's):
     the platform's (dev) and the load test's (loadtest/, dev)."""
-    return ([(ROOT, i.inputs) for i in run_stack("dev").of_type(IMAGE)]
+    return ([(ROOT, i.inputs) for i in stack_runs["dev"].of_type(IMAGE)]
             + [(ROOT / "loadtest", i.inputs) for i in run_load_test_stack("dev").of_type(IMAGE)])
 
 
@@ -198,7 +198,7 @@ def test_pods_reference_the_built_images_by_digest(stack_runs):
 def test_prebuilt_images_skip_the_build(run_stack_with):
     tracking = "europe-docker.pkg.dev/p/r/mlflow-tracking@sha256:" + "1" * 64
     serving = "europe-docker.pkg.dev/p/r/mlflow-serving@sha256:" + "2" * 64
-    run = run_stack_with("dev", trackingImage=tracking, servingImage=serving)
+    run = run_stack_with("dev", {"tracking.image": tracking, "serving.image": serving})
     assert run.of_type(IMAGE) == []
     assert container(run.named("mlflow-deployment"), "mlflow")["image"] == tracking
     assert container(run.named("mlflow-serving-deployment"), "serving")["image"] == serving

@@ -116,7 +116,7 @@ def test_dev_keeps_google_managed_keys_for_data(stack_runs):
 
 
 def test_prod_refuses_to_run_without_cmek():
-    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "prod", f"{NS}:dbPointInTimeRecovery": "true",
-              f"{NS}:controlPlaneEndpoint": "dns", f"{NS}:cmek": "false"}
+    values = {"gcp:project": "my-proj-123", f"{NS}:environment": "prod",
+              f"{NS}:database": {"pointInTimeRecovery": True}, f"{NS}:cmek": "false"}
     with pytest.raises(ConfigError, match=f"{NS}:cmek = False: must be true when environment is prod"):
         settings_from_values(values)

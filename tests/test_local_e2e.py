@@ -328,7 +328,7 @@ def ingress_plan(tmp_path_factory) -> Path:
     """The dev stack with an ingress host, rendered as `make plan` renders it (the committed dev
     stack has none): the same platform, plus what the UI behind an Ingress needs."""
     plan_dir = tmp_path_factory.mktemp("plan")
-    run = run_stack("dev", overrides={"mlflow-platform:ingressHost": INGRESS_HOST})
+    run = run_stack("dev", overrides={"edge.ingressHost": INGRESS_HOST})
     write_plan(render(run), plan_dir / "dev")
     return plan_dir
 
@@ -355,17 +355,17 @@ def migrate_while_the_database_refuses(local: LocalPlatform) -> str:
     Cloud SQL proxy does on a new project until IAM propagates): the first to reach the database,
     the grants Job, comes back after a first failed attempt."""
     log = local.logs_dir / "db-grants-grant-database-privileges.log"
-    tools.local.postgres.stop()
+    local.postgres.stop()
     with ThreadPoolExecutor(max_workers=1) as pool:
         job = pool.submit(local.run_migrations)
         deadline = time.monotonic() + 60
         while "attempt 1 failed" not in (log.read_text() if log.exists() else ""):
             if job.done() or time.monotonic() > deadline:
-                tools.local.postgres.start()
+                local.postgres.start()
                 outcome = job.exception() if job.done() else "nothing yet"
                 raise AssertionError(f"the grants Job logged no failed attempt; it ended with {outcome}")
             time.sleep(0.2)
-        tools.local.postgres.start()
+        local.postgres.start()
         job.result(timeout=300)
     return log.read_text()
 
@@ -422,7 +422,7 @@ def first_up(request, ingress_plan) -> FirstUp:
     try:
         try:
             yield rehearse_first_up(local)
-            started = {pid for p in tools.local.processes() if p.running for pid in (p.pid, *descendants(p.pid))}
+            started = {pid for p in local.processes() if p.running for pid in (p.pid, *descendants(p.pid))}
         finally:
             local.stop()
         assert started and not pids_alive(started), "processes left behind"

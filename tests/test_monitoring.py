@@ -138,7 +138,7 @@ def test_dev_alerts_are_declared_but_off(stack_runs):
 
 
 def test_thresholds_follow_config(run_stack_with):
-    policies = alerts(run_stack_with("prod", alertServingP99Ms="100", alertDbStoragePercent="70"))
+    policies = alerts(run_stack_with("prod", {"monitoring.servingP99Ms": "100", "monitoring.dbStoragePercent": "70"}))
     latency = policies["mlflow-monitoring-serving-latency"]["conditions"][0]
     assert latency["conditionPrometheusQueryLanguage"]["query"].endswith("> 0.1")
     storage = policies["mlflow-monitoring-db-storage"]["conditions"][0]["conditionThreshold"]

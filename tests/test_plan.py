@@ -26,9 +26,10 @@ def plan_output(capsys, stack: str) -> tuple[int, str, str]:
 def test_plan_prints_full_type_tokens_indented_under_parents(capsys):
     code, out, _ = plan_output(capsys, "dev")
     assert code == 0
-    assert "\n    + mlflow:cluster:GkeCluster mlflow-platform\n" in out
-    assert "\n        + gcp:container/cluster:Cluster mlflow-platform-cluster\n" in out
-    assert "\n        + gcp:servicenetworking/connection:Connection mlflow-net-psa-connection\n" in out
+    assert "\n    + mlflow:program:MlflowPlatform platform\n" in out
+    assert "\n        + mlflow:cluster:GkeCluster mlflow-platform\n" in out
+    assert "\n            + gcp:container/cluster:Cluster mlflow-platform-cluster\n" in out
+    assert "\n            + gcp:servicenetworking/connection:Connection mlflow-net-psa-connection\n" in out
 
 
 def test_plan_counts_resources_by_type(capsys):
@@ -48,11 +49,12 @@ def test_plan_never_prints_secrets(capsys, stack_runs):
 
 def test_plan_of_an_invalid_stack_names_the_problem(capsys, tmp_path, monkeypatch):
     (tmp_path / "Pulumi.broken.yaml").write_text(
-        "config:\n  gcp:project: my-proj-123\n  mlflow-platform:environment: dev\n  mlflow-platform:minNodes: 9\n")
+        "config:\n  gcp:project: my-proj-123\n  mlflow-platform:environment: dev\n  mlflow-platform:clusters:\n    platform:\n      minNodes: 9\n")
     monkeypatch.setattr("tools.offline.stack.ROOT", tmp_path)
     code, out, err = plan_output(capsys, "broken")
     assert code == 2 and out == ""
-    assert "mlflow-platform:minNodes = 9: must be <= mlflow-platform:maxNodes (3)" in err
+    assert ("mlflow-platform:clusters.platform.minNodes = 9: must be <= mlflow-platform:clusters.platform.maxNodes (3)"
+            in err)
 
 
 def test_plan_of_an_unknown_stack_lists_the_known_ones(capsys):
@@ -64,9 +66,8 @@ def test_pulumi_yaml_declares_every_setting_of_the_model():
     assert (ROOT / "Pulumi.yaml").read_text() == reference.pulumi_yaml(), "run `make reference`"
 
 
-def test_readme_configuration_table_matches_the_model():
-    readme = (ROOT / "README.md").read_text()
-    assert reference.readme_with_table(readme) == readme, "run `make reference`"
+def test_configuration_reference_matches_the_model():
+    assert reference.CONFIGURATION_MD.read_text() == reference.configuration_md(), "run `make reference`"
 
 
 def test_plan_writes_the_rendered_files(capsys, plan_dir):

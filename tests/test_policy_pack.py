@@ -172,7 +172,7 @@ def test_each_rule_catches_its_problem(runs, rule, stack, type_token, path, valu
 
 
 def test_passage_through_iap_is_never_public(run_stack_with):
-    run = run_stack_with("prod", iap="true", iapMembers='["group:ml@example.com"]')
+    run = run_stack_with("prod", {"edge.iap": "true", "edge.iapMembers": '["group:ml@example.com"]'})
     [grant] = run.of_type("gcp:iap/webIamMember:WebIamMember")
     assert violations(grant.type, grant.inputs) == []
     found = RULES["iam-no-public-members-or-basic-roles"](grant.type, mutated(grant.inputs, "member", "allUsers"))

@@ -18,7 +18,7 @@ def need(run, metric: str, phase: str, region: str = REGION) -> int:
 
 
 def test_raising_a_pools_maximum_raises_the_maximum_cpus_and_ssd(stack_runs, run_stack_with):
-    base, raised = stack_runs["prod"], run_stack_with("prod", servingMaxNodes="7")
+    base, raised = stack_runs["prod"], run_stack_with("prod", {"clusters.serving.maxNodes": "7"})
     # 2 more c3-standard-4 nodes in each of 3 zones, each on its 100 GB pd-balanced disk
     assert need(raised, "CPUS", "maximum") - need(base, "CPUS", "maximum") == 2 * 3 * 4
     assert need(raised, "C3_CPUS", "maximum") - need(base, "C3_CPUS", "maximum") == 2 * 3 * 4
@@ -27,7 +27,7 @@ def test_raising_a_pools_maximum_raises_the_maximum_cpus_and_ssd(stack_runs, run
 
 
 def test_the_minimum_follows_the_pools_minimum_and_disk_size(stack_runs, run_stack_with):
-    run = run_stack_with("dev", minNodes="2", nodeDiskSizeGb="80")
+    run = run_stack_with("dev", {"clusters.platform.minNodes": "2", "clusters.nodeDiskSizeGb": "80"})
     assert need(run, "CPUS", "minimum") == 2 * 4 and need(run, "SSD_TOTAL_GB", "minimum") == 2 * 80
     assert need(stack_runs["dev"], "SSD_TOTAL_GB", "minimum") == 50
 
@@ -44,12 +44,12 @@ def test_the_first_up_adds_every_clusters_default_pool_on_standard_disks(stack_r
 
 def test_spot_nodes_need_preemptible_cpus_and_on_demand_nodes_none(stack_runs, run_stack_with):
     assert need(stack_runs["dev"], "PREEMPTIBLE_CPUS", "maximum") == need(stack_runs["dev"], "CPUS", "maximum")
-    assert "PREEMPTIBLE_CPUS" not in usage(run_stack_with("dev", spotNodes="false"))[REGION]
+    assert "PREEMPTIBLE_CPUS" not in usage(run_stack_with("dev", {"clusters.platform.spot": "false"}))[REGION]
     assert "PREEMPTIBLE_CPUS" not in usage(stack_runs["prod"])[REGION]
 
 
 def test_hyperdisk_pools_count_against_the_hyperdisk_quota(run_stack_with):
-    run = run_stack_with("prod", servingMachineType="c4-standard-4")
+    run = run_stack_with("prod", {"clusters.serving.machineType": "c4-standard-4"})
     assert need(run, "HYPERDISK_BALANCED_TOTAL_GB", "minimum") == 3 * 100
     assert need(run, "SSD_TOTAL_GB", "minimum") == 3 * 100  # the e2 platform pool stays on pd-balanced
 
@@ -76,6 +76,6 @@ def test_quota_md_is_in_the_plan_with_a_table_per_region_and_how_to_check(stack_
 
 def test_readme_tells_to_check_quota_md_before_the_first_up():
     readme = (ROOT / "README.md").read_text()
-    deploying = re.search(r"^## Deploying for real\n(.*?)^## ", readme, re.S | re.M)[1]
+    deploying = re.search(r"^## Deploying\n(.*?)^## ", readme, re.S | re.M)[1]
     assert "plan/<stack>/quota.md" in deploying
     assert deploying.index("quota.md") < deploying.index("pulumi up -s dev")

@@ -31,10 +31,6 @@ def test_repository_url_is_the_docker_host_path(run_component):
     assert build(run_component).outputs["url"] == "us-central1-docker.pkg.dev/test-project-1/mlflow-images"
 
 
-def test_keep_versions_must_be_positive():
-    with pytest.raises(ValueError, match="keep_versions=0"):
-        ImageRepositoryArgs(**ARGS, keep_versions=0)
-
 
 def test_tags_stay_mutable_because_rebuilds_push_the_same_tag_again(run_component):
     # pulumi-docker-build rebuilds whenever its state has no matching contextHash (a recreated stack, an

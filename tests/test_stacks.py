@@ -142,7 +142,7 @@ def test_dev_plan_protects_nothing(stack_runs):
 def test_any_deletion_protection_protects_every_stateful_resource(run_stack_with):
     # A destroy that may delete the secrets and keys, then stops at one protected instance, is what
     # `protect` exists to prevent: a dev stack that keeps its database keeps the rest too.
-    run = run_stack_with("dev", dbDeletionProtection="true")
+    run = run_stack_with("dev", {"database.deletionProtection": "true"})
     assert protected_in_plan(run) == sorted(r.name for r in run.resources if r.type in STATEFUL_TYPES)
 
 
@@ -178,7 +178,7 @@ def test_stack_declares_the_whole_foundation(stack_runs, stack):
 
 
 def test_changing_a_setting_changes_the_plan(run_stack_with):
-    run = run_stack_with("dev", machineType="n2-standard-8", maxNodes="7")
+    run = run_stack_with("dev", {"clusters.platform.machineType": "n2-standard-8", "clusters.platform.maxNodes": "7"})
     pool = run.of_type("gcp:container/nodePool:NodePool")[0]
     assert dig(pool.inputs, "nodeConfig.machineType") == "n2-standard-8"
     assert dig(pool.inputs, "autoscaling.maxNodeCount") == 7
@@ -251,8 +251,8 @@ def gcp_names(run) -> dict[tuple, str]:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_two_name_prefixes_share_a_project_without_a_gcp_name_in_common(run_stack_with, stack):
-    overrides = {"privatePythonRepository": "true"}
-    first, second = (gcp_names(run_stack_with(stack, namePrefix=prefix, **overrides)) for prefix in ("mlflow", "team2"))
+    overrides = {"serving.privatePythonRepository": "true"}
+    first, second = (gcp_names(run_stack_with(stack, {"namePrefix": prefix, **overrides})) for prefix in ("mlflow", "team2"))
     assert len(first) >= 10, f"{stack}: too few named GCP resources found to compare: {sorted(first)}"
     common = {key: (first[key], second[key]) for key in first.keys() & second.keys()}
     assert not common, f"{stack}: names both prefixes would create in one project: {common}"

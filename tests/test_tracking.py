@@ -68,15 +68,6 @@ def test_auth_config_names_the_auth_database_default_permission_and_cache():
     assert "admin_password" not in ini
 
 
-def test_args_refuse_an_unpinned_proxy_image():
-    with pytest.raises(ValueError, match="sql_proxy_image.*pinned by digest"):
-        TrackingServerArgs(provider=None, project="p", workload_pool="p.svc.id.goog", account_id="mlflow-tracking-dev",
-                           db_admin_account_id="mlflow-dbadmin-dev",
-                           image="i", image_version="v", bucket_name="b", sql_connection_name="c",
-                           sql_instance_name="i", tracking_database="t", auth_database="a",
-                           sql_proxy_image="gcr.io/cloud-sql-connectors/cloud-sql-proxy:2",
-                           admin_password=None, flask_secret_key=None, project_number="1")
-
 
 # --- as declared by the stacks --------------------------------------------------------------
 def tracking_deployment(run):
@@ -132,8 +123,8 @@ def test_migration_job_precedes_the_deployment(stack_runs):
 def test_migration_job_is_named_per_image_version(run_stack_with):
     digest_a, digest_b = "a" * 64, "b" * 64
     image = "us-docker.pkg.dev/p/r/mlflow-tracking@sha256:"
-    first = run_stack_with("dev", trackingImage=image + digest_a).named("mlflow-migrate")
-    second = run_stack_with("dev", trackingImage=image + digest_b).named("mlflow-migrate")
+    first = run_stack_with("dev", {"tracking.image": image + digest_a}).named("mlflow-migrate")
+    second = run_stack_with("dev", {"tracking.image": image + digest_b}).named("mlflow-migrate")
     assert first.inputs["metadata"]["name"] == "mlflow-migrate-aaaaaaaaaaaa"
     assert second.inputs["metadata"]["name"] == "mlflow-migrate-bbbbbbbbbbbb"
 
@@ -236,7 +227,7 @@ def test_server_env_and_args_follow_config(stack_runs, stack):
 
 
 def test_workers_and_replicas_follow_config(run_stack_with):
-    deployment = tracking_deployment(run_stack_with("dev", trackingWorkers="3", trackingReplicas="4"))
+    deployment = tracking_deployment(run_stack_with("dev", {"tracking.workers": "3", "tracking.replicas": "4"}))
     app = container(deployment, "mlflow")
     assert app["args"][app["args"].index("--workers") + 1] == "3"
     assert deployment.inputs["spec"]["replicas"] == 4

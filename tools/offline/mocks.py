@@ -47,6 +47,8 @@ class ResourceRecord:
     """Pulumi's own wait for the resource (create/update/delete), where the program sets one."""
     protect: bool = False
     """Pulumi refuses to delete or replace it (the `protect` resource option)."""
+    aliases: list[dict] = field(default_factory=list)
+    """Earlier identities of the resource (the `aliases` option), as the engine receives them."""
 
 
 class PlatformMocks(pulumi.runtime.Mocks):
@@ -140,6 +142,7 @@ class RecordingMonitor(MockMonitor):
                 custom_timeouts={key: value for key, value in json_format.MessageToDict(request.customTimeouts).items()
                                  if value},
                 protect=request.protect,
+                aliases=[json_format.MessageToDict(alias) for alias in request.aliases],
             ))
         return response
 

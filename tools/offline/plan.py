@@ -9,10 +9,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from infra.config import ConfigError, Settings, settings_from_values
+from infra.config import ConfigError, settings_from_values
+from infra.settings import Settings
+from loadtest.stack.settings import LoadTestConfigError
 from tools.offline.cost import cost_summary_line
 from tools.offline.render import render
-from loadtest.stack.settings import LoadTestConfigError
 from tools.offline.stack import ROOT, StackRun, read_stack_config, run_load_test_stack, run_stack
 
 PLAN_DIR = ROOT / "plan"
@@ -53,10 +54,10 @@ def outputs_summary(run: StackRun) -> list[str]:
 def warnings(settings: Settings) -> list[str]:
     """What a stack allows that prod refuses: said before anyone runs `pulumi up`."""
     found = []
-    if settings.open_control_plane():
+    if settings.clusters.open_control_plane():
         found.append("the control plane's public IP endpoint accepts connections from any address "
-                     "(authenticated); set mlflow-platform:masterAuthorizedCidrs to the ranges you deploy "
-                     "from, or mlflow-platform:controlPlaneEndpoint to dns")
+                     "(authenticated); set mlflow-platform:clusters.masterAuthorizedCidrs to the ranges you deploy "
+                     "from, or mlflow-platform:clusters.controlPlaneEndpoint to dns")
     return found
 
 

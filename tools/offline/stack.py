@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional
 import pulumi
 import yaml
 
-from infra.config import PROJECT_NAMESPACE
+from infra.config import PROJECT_NAMESPACE, full_key
 from tools.offline.compat import reset_root_stack
 from tools.offline.mocks import PlatformMocks, RecordingMonitor, ResourceRecord
 
@@ -64,6 +64,22 @@ def read_stack_config(stack: str, root: Optional[Path] = None,
     return config, secret_keys
 
 
+def set_path(config: dict[str, str], path: str, value: Any) -> None:
+    """`pulumi config set --path mlflow-platform:PATH VALUE` on config as the engine passes it: a dotted path
+    sets a field inside a structured key; a path without dots (or a full `ns:key`) sets a whole key."""
+    key, _, field_path = full_key(path).partition(".")
+    if not field_path:
+        config[key] = value
+        return
+    document = json.loads(config.get(key) or "{}")
+    *parents, leaf = field_path.split(".")
+    node = document
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    config[key] = json.dumps(document)
+
+
 def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[str]] = None,
                 program: Optional[Callable[[], dict[str, pulumi.Output]]] = None, project: str = PROJECT_NAMESPACE,
                 references: Optional[dict[str, StackRun]] = None) -> StackRun:
@@ -78,10 +94,10 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[s
 
     if program is None:
         from infra.config import load_settings
-        from program import build_platform
+        from program import PLATFORM_NAME, MlflowPlatform
 
         def program() -> dict[str, pulumi.Output]:
-            return build_platform(load_settings())
+            return MlflowPlatform(PLATFORM_NAME, load_settings()).outputs
 
     outputs: dict[str, Any] = {}
     secret_outputs: set[str] = set()
@@ -102,9 +118,11 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[s
                     project=project)
 
 
-def run_stack(stack: str, root: Optional[Path] = None, overrides: Optional[dict[str, str]] = None) -> StackRun:
+def run_stack(stack: str, root: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None) -> StackRun:
+    """The program for a stack file, with `overrides` set as `pulumi config set --path` would."""
     config, secret_keys = read_stack_config(stack, root)
-    config.update(overrides or {})
+    for path, value in (overrides or {}).items():
+        set_path(config, path, value)
     return run_program(stack, config, secret_keys)
 
 

@@ -411,8 +411,8 @@ def cluster_target(stack: str, tracking_uri: Optional[str], timeout: float) -> T
         verifier = ClusterVerifier(api_client, namespace, name, service=SERVICE_NAME)
     except (RolloutError, StackOutputError) as err:
         raise PromotionError(str(err)) from None
-    note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's rolloutToken: record it with "
-            f"`pulumi config set rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")
+    note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's serving.rolloutToken: record it with "
+            f"`pulumi config set --path serving.rolloutToken <token above> -s {stack}` so the next `pulumi up` keeps it")
     return Target(tracking_uri, username, password, SERVING_USERNAME, roller, verifier, (note,))
 
 

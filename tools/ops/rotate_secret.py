@@ -13,7 +13,7 @@ In order, so that no login breaks and no request fails:
  3. the new version is added to Secret Manager: `latest`, which every SecretProviderClass mounts,
     is now the new value. Should this fail, step 2 is undone (the old password set again);
  4. the pods that mount it roll and are waited for: tracking (admin-password: its credential cache
-    keeps an old password valid for authCacheTtlSeconds; flask-secret-key: MLflow reads it only at
+    keeps an old password valid for tracking.authCacheTtlSeconds; flask-secret-key: MLflow reads it only at
     start) or serving (serving-password), as their Deployment's strategy declares (surge first);
  5. the older versions are disabled: the old value can no longer be read by anyone.
 

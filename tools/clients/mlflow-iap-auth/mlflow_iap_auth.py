@@ -4,10 +4,10 @@ IAP reads its token from `Proxy-Authorization` when the backend uses `Authorizat
 basic auth), so both credentials travel together:
 
     pip install ./tools/clients/mlflow-iap-auth
-    export MLFLOW_TRACKING_AUTH=iap MLFLOW_IAP_CLIENT_ID=<IAP programmatic client id (iapOauthClientId)>
+    export MLFLOW_TRACKING_AUTH=iap MLFLOW_IAP_CLIENT_ID=<IAP programmatic client id (edge.iapOauthClientId)>
     export MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...
 
-The ID token is for a service account listed in `iapMembers`: the one of Application Default
+The ID token is for a service account listed in `edge.iapMembers`: the one of Application Default
 Credentials where that is a service account (CI, workloads), or, for a person logged in with
 `gcloud auth application-default login`, the one named by MLFLOW_IAP_SERVICE_ACCOUNT, which the
 person impersonates (roles/iam.serviceAccountTokenCreator on it). Google issues ID tokens for
@@ -87,5 +87,5 @@ class IapRequestAuthProvider(RequestAuthProvider):
         audience = os.environ.get(CLIENT_ID_ENV)
         if not audience:
             raise RuntimeError(f"MLFLOW_TRACKING_AUTH=iap needs {CLIENT_ID_ENV}: the OAuth client id IAP protects "
-                               "the tracking server with (`pulumi config get iapOauthClientId`)")
+                               "the tracking server with (`pulumi config get --path edge.iapOauthClientId`)")
         return _AUTH_BY_AUDIENCE.setdefault(audience, IapProxyAuth(audience))

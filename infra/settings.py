@@ -1,0 +1,516 @@
+"""The stack's settings: one frozen pydantic sub-model per component, each bound beside its field.
+
+Each sub-model is one structured Pulumi config key (`mlflow-platform:network`, …) whose fields are set
+with `pulumi config set --path mlflow-platform:network.subnetCidr VALUE`. A validator names keys with
+`ref("subnetCidr")`, relative to its own model; `infra/config.py` writes them out in full
+(`mlflow-platform:network.subnetCidr`) when it reports a refusal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from infra import cloud_rules
+from infra.naming import SERVICE_ACCOUNT_ROLES, service_account_id
+
+# Regions where GKE, Cloud SQL and Artifact Registry are all offered.
+KNOWN_REGIONS = (
+    "africa-south1", "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2",
+    "asia-northeast3", "asia-south1", "asia-south2", "asia-southeast1", "asia-southeast2",
+    "australia-southeast1", "australia-southeast2", "europe-central2", "europe-north1",
+    "europe-north2", "europe-southwest1", "europe-west1", "europe-west2", "europe-west3",
+    "europe-west4", "europe-west6", "europe-west8", "europe-west9", "europe-west10",
+    "europe-west12", "me-central1", "me-central2", "me-west1", "northamerica-northeast1",
+    "northamerica-northeast2", "northamerica-south1", "southamerica-east1",
+    "southamerica-west1", "us-central1", "us-east1", "us-east4", "us-east5", "us-south1",
+    "us-west1", "us-west2", "us-west3", "us-west4",
+)
+MACHINE_FAMILIES = ("e2", "n1", "n2", "n2d", "n4", "c2", "c2d", "c3", "c3d", "c4", "t2d")
+_MACHINE_TYPE = re.compile(
+    r"^(?P<family>[a-z0-9]+)-(?:(?:standard|highmem|highcpu)-(?P<cpus>\d+)|micro|small|medium)$"
+)
+DB_TIER_FORMATS = (
+    "db-f1-micro", "db-g1-small", "db-custom-<vCPUs>-<MiB>", "db-perf-optimized-N-<vCPUs>",
+)
+_DB_CUSTOM = re.compile(r"^db-custom-(?P<cpus>\d+)-(?P<mib>\d+)$")
+_IAM_MEMBER = re.compile(r"^(user|group|serviceAccount|domain):[^\s:]+$")
+# IAP's Google-managed OAuth client admits only identities of the project's organization; external users
+# would need a custom OAuth client, which the program does not configure
+# (https://cloud.google.com/iap/docs/custom-oauth-configuration). What can be told from the name alone:
+_IAP_OUTSIDERS = {
+    "allUsers": "would make the tracking server public: IAP lets everyone through without signing in",
+    "allAuthenticatedUsers": "promises every Google account, yet IAP's Google-managed OAuth client admits only "
+                             "identities of the project's organization",
+}
+_CONSUMER_DOMAINS = ("gmail.com", "googlemail.com")  # consumer Google accounts belong to no organization
+_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[a-z]{2,}$")
+_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9.\-/:_]+@sha256:[0-9a-f]{64}$")
+_BY_DIGEST = "must reference the image by digest: REGISTRY/REPO/NAME@sha256:<64 hex>"
+_WEEKDAYS = {"MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6, "SUN": 7}
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# The longest namePrefix: every GCP name the program builds fits GCP's rules with it (the tightest, a GKE
+# cluster's or node pool's 40 characters, with room to spare), as tests/test_first_up.py checks over both stacks.
+NAME_PREFIX_MAX_LENGTH = 12
+SQL_PROXY_IMAGE = ("gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.14.2"
+                   "@sha256:a77c72c56747cf2f431a4ed5e4a45e62003ca0fb94dc9f0c9cd390e84be2fa0e")
+
+
+def ref(path: str) -> str:
+    """A config key named in a refusal, relative to the model that refuses (`gcp:` keys are absolute)."""
+    return f"«{path}»"
+
+
+def problem(path: str, value: Any, text: str) -> str:
+    return f"{ref(path)} = {value!r}: {text}"
+
+
+def _refuse(errors: list[str]) -> None:
+    if errors:
+        raise ValueError("\n".join(errors))
+
+
+def _cidr(value: str) -> str:
+    try:
+        ipaddress.IPv4Network(value, strict=True)
+    except ValueError as err:
+        raise ValueError(f"must be an IPv4 network in CIDR form with no host bits set, e.g. 10.0.0.0/20 ({err})") from None
+    return value
+
+
+def _json_list(value: Any) -> Any:
+    if isinstance(value, str):  # `pulumi config set` without --path stores a structured value as JSON text
+        try:
+            return json.loads(value) if value.strip() else []
+        except json.JSONDecodeError:
+            raise ValueError('must be a JSON list, e.g. ["203.0.113.0/24"] or ["group:ml@example.com"]') from None
+    return value
+
+
+def _matching(pattern: re.Pattern, allowed: str) -> AfterValidator:
+    """An optional text that must match `pattern` when set; empty means not set."""
+    def check(value: Optional[str]) -> Optional[str]:
+        if value and not pattern.match(value):
+            raise ValueError(allowed)
+        return value or None
+    return AfterValidator(check)
+
+
+def _pinned(value: str) -> str:
+    if not _IMAGE_BY_DIGEST.match(value):
+        raise ValueError(_BY_DIGEST)
+    return value
+
+
+def _cpu(value: str) -> str:
+    if not re.fullmatch(r"[1-9]\d*m|\d+(\.\d+)?", value) or value in ("0", "0.0"):
+        raise ValueError("must be a positive Kubernetes CPU quantity, e.g. 500m or 2")
+    return value
+
+
+def _memory(value: str) -> str:
+    if not re.fullmatch(r"[1-9]\d*(Mi|Gi)", value):
+        raise ValueError("must be a positive Kubernetes memory quantity in Mi or Gi, e.g. 512Mi or 2Gi")
+    return value
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Unset = Annotated[Optional[str], AfterValidator(lambda value: value or None)]  # "" as the stack file's "not set"
+CidrList = Annotated[tuple[str, ...], BeforeValidator(_json_list)]
+ImageByDigest = Annotated[Optional[str], _matching(_IMAGE_BY_DIGEST, _BY_DIGEST)]
+Cpu = Annotated[str, AfterValidator(_cpu)]
+Memory = Annotated[str, AfterValidator(_memory)]
+
+
+class Section(BaseModel):
+    """A group of settings; field names in camelCase are its config keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True,
+                              validate_default=True)
+
+
+# --- network ---------------------------------------------------------------------------------------
+class NetworkSettings(Section):
+    subnet_cidr: Cidr = Field("10.10.0.0/20", description="Primary range of the subnet (nodes).")
+    pods_cidr: Cidr = Field("10.16.0.0/14", description="Secondary range for pods.")
+    services_cidr: Cidr = Field("10.12.0.0/20", description="Secondary range for services.")
+    serving_pods_cidr: Cidr = Field("10.24.0.0/16", description="Secondary range for pods of the serving cluster.")
+    serving_services_cidr: Cidr = Field("10.12.16.0/20", description="Secondary range for services of the serving cluster.")
+    master_cidr: Cidr = Field("172.16.0.0/28", description="Control-plane range of the platform cluster (/28).")
+    serving_master_cidr: Cidr = Field("172.16.0.16/28", description="Control-plane range of the serving cluster (/28).")
+    private_services_cidr: Cidr = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
+    tracking_internal_ip: Unset = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
+
+    @field_validator("master_cidr", "serving_master_cidr")
+    @classmethod
+    def _master_size(cls, value: str) -> str:
+        if ipaddress.IPv4Network(value).prefixlen != cloud_rules.CONTROL_PLANE_PREFIX:
+            raise ValueError(f"GKE control-plane ranges must be exactly /{cloud_rules.CONTROL_PLANE_PREFIX}")
+        return value
+
+    @field_validator("private_services_cidr")
+    @classmethod
+    def _psa_size(cls, value: str) -> str:
+        if ipaddress.IPv4Network(value).prefixlen > cloud_rules.PRIVATE_SERVICES_MAX_PREFIX:
+            raise ValueError(f"private services access needs a /{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX} "
+                             f"or larger range (prefix length 8-{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX})")
+        return value
+
+    @model_validator(mode="after")
+    def _internal_ip_in_subnet(self) -> "NetworkSettings":
+        if self.tracking_internal_ip:
+            found = cloud_rules.internal_address_problem(self.subnet_cidr, self.tracking_internal_ip)
+            _refuse([problem("trackingInternalIp", self.tracking_internal_ip, found)] if found else [])
+        return self
+
+    def ranges(self, serving_cluster: bool) -> dict[str, str]:
+        """The ranges in use, by key: they share one routing domain, so they must be disjoint."""
+        names = ["subnet_cidr", "pods_cidr", "services_cidr", "master_cidr", "private_services_cidr"]
+        if serving_cluster:
+            names += ["serving_pods_cidr", "serving_services_cidr", "serving_master_cidr"]
+        return {to_camel(name): getattr(self, name) for name in names}
+
+    @property
+    def tracking_lb_address(self) -> str:
+        """Reserved for tracking's internal load balancer."""
+        return self.tracking_internal_ip or cloud_rules.last_usable_address(self.subnet_cidr)
+
+
+# --- clusters --------------------------------------------------------------------------------------
+class NodePoolSettings(Section):
+    machine_type: str = Field("e2-standard-4", description="Node machine type.")
+    min_nodes: int = Field(1, ge=0, le=100, description="Minimum nodes per zone.")
+    max_nodes: int = Field(3, ge=1, le=100, description="Maximum nodes per zone.")
+    spot: bool = Field(False, description="Run the pool on Spot VMs (cheap, preemptible).")
+    disk_type: Literal["auto", "pd-balanced", "pd-ssd", "hyperdisk-balanced"] = Field(
+        "auto", description="Boot disk type; auto: pd-balanced, or hyperdisk-balanced on C4/N4.")
+
+    @field_validator("machine_type")
+    @classmethod
+    def _machine_type(cls, value: str) -> str:
+        match = _MACHINE_TYPE.match(value)
+        if not match or match["family"] not in MACHINE_FAMILIES:
+            raise ValueError(
+                f"unknown machine type; allowed: FAMILY-(standard|highmem|highcpu)-N or e2-micro/small/medium, "
+                f"FAMILY one of {', '.join(MACHINE_FAMILIES)}"
+            )
+        if match["cpus"] is None and match["family"] != "e2":
+            raise ValueError("shared-core sizes (micro, small, medium) exist only in the e2 family")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "NodePoolSettings":
+        errors = []
+        if self.min_nodes > self.max_nodes:
+            errors.append(problem("minNodes", self.min_nodes, f"must be <= {ref('maxNodes')} ({self.max_nodes})"))
+        if self.disk_type != "auto":
+            found = cloud_rules.boot_disk_problem(self.machine_type, self.disk_type)
+            errors += [problem("diskType", self.disk_type, found)] if found else []
+        _refuse(errors)
+        return self
+
+    @property
+    def boot_disk_type(self) -> str:
+        return cloud_rules.default_boot_disk_type(self.machine_type) if self.disk_type == "auto" else self.disk_type
+
+
+class ClustersSettings(Section):
+    regional: bool = Field(False, description="Regional (3-zone) control planes and nodes; otherwise zonal in `gcp:zone`.")
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = Field("REGULAR", description="GKE release channel.")
+    node_disk_size_gb: int = Field(50, ge=20, le=2000, description="Boot disk size of each node, GB.")
+    deletion_protection: bool = Field(True, description="Refuse to delete the clusters (must be true in prod); on, it or `database.deletionProtection`, also protects every stateful resource in Pulumi (`protect`).")
+    control_plane_endpoint: Literal["ip", "dns"] = Field("dns", description="How kubectl and Pulumi reach the control planes: `dns` (public IP endpoint off; DNS endpoint authorized by IAM) or `ip` (public IP endpoint, limited by `masterAuthorizedCidrs`).")
+    master_authorized_cidrs: CidrList = Field((), description="CIDRs allowed to reach the control-plane IP endpoint; empty allows any (refused in prod unless `controlPlaneEndpoint` is dns).")
+    separate_serving: bool = Field(False, description="Run model serving on a cluster of its own (pool `serving`).")
+    platform: NodePoolSettings = Field(NodePoolSettings(), description="Node pool of the platform cluster.")
+    serving: NodePoolSettings = Field(NodePoolSettings(), description="Node pool of the serving cluster (with `separateServing`).")
+
+    @field_validator("master_authorized_cidrs")
+    @classmethod
+    def _authorized(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.IPv4Network(cidr, strict=True)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IPv4 CIDR with no host bits set") from None
+        return value
+
+    @property
+    def dns_endpoint(self) -> bool:
+        """The public IP endpoint is off; clients reach the control plane by its DNS name, authorized by IAM."""
+        return self.control_plane_endpoint == "dns"
+
+    def open_control_plane(self) -> bool:
+        """The control plane's public IP endpoint answers any address (dev only; `make plan` warns)."""
+        return not self.dns_endpoint and not self.master_authorized_cidrs
+
+
+# --- database --------------------------------------------------------------------------------------
+class DatabaseSettings(Section):
+    tier: str = Field("db-custom-1-3840", description="Cloud SQL machine tier.")
+    edition: Literal["ENTERPRISE", "ENTERPRISE_PLUS"] = Field("ENTERPRISE", description="Cloud SQL edition; must match the tier.")
+    disk_size_gb: int = Field(10, ge=10, le=65536, description="Initial SSD size, GB; grows automatically.")
+    high_availability: bool = Field(False, description="REGIONAL availability (standby in another zone).")
+    backups: bool = Field(True, description="Automated daily backups (must be true in prod).")
+    point_in_time_recovery: bool = Field(False, description="Write-ahead-log retention for point-in-time recovery (needs backups; must be true in prod).")
+    backup_retention_count: int = Field(3, ge=1, le=365, description="Automated backups kept.")
+    log_retention_days: int = Field(1, description="Days of transaction logs for point-in-time recovery (1-7 ENTERPRISE, 1-35 ENTERPRISE_PLUS).")
+    deletion_protection: bool = Field(True, description="Refuse to delete the instance, provider- and API-side (must be true in prod); on, it or `clusters.deletionProtection`, also protects every stateful resource in Pulumi (`protect`).")
+    maintenance_day: Literal["MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN"] = Field("SUN", description="Maintenance window day.")
+    maintenance_hour: int = Field(3, ge=0, le=23, description="Maintenance window start hour, UTC.")
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, value: str) -> str:
+        if value in cloud_rules.SHARED_CORE_TIERS or cloud_rules.DB_PERF_TIER.match(value):
+            return value
+        custom = _DB_CUSTOM.match(value)
+        if not custom:
+            raise ValueError(f"unknown tier format; allowed: {', '.join(DB_TIER_FORMATS)}")
+        cpus, mib = int(custom["cpus"]), int(custom["mib"])
+        if cpus != 1 and (cpus % 2 or cpus > 96):
+            raise ValueError("db-custom vCPUs must be 1 or an even number up to 96")
+        if mib % 256 or not 0.9 * 1024 * cpus <= mib <= 6.5 * 1024 * cpus:
+            raise ValueError("db-custom memory must be a multiple of 256 MiB, 0.9-6.5 GiB per vCPU")
+        return value
+
+    @model_validator(mode="after")
+    def _cloud_sql_rules(self) -> "DatabaseSettings":
+        """What Cloud SQL itself would refuse (infra/cloud_rules.py names each rule's source)."""
+        checks = [
+            ("tier", self.tier, cloud_rules.tier_edition_problem(self.tier, self.edition)),
+            ("highAvailability", True,
+             cloud_rules.high_availability_problem(self.tier) if self.high_availability else None),
+            ("logRetentionDays", self.log_retention_days,
+             cloud_rules.retention_problem(self.backup_retention_count, self.log_retention_days)),
+            ("pointInTimeRecovery", True,
+             f"needs {ref('backups')}=true" if self.point_in_time_recovery and not self.backups else None),
+        ]
+        max_log_days = cloud_rules.max_log_retention_days(self.edition)
+        if not 1 <= self.log_retention_days <= max_log_days:
+            checks.append(("logRetentionDays", self.log_retention_days,
+                           f"must be between 1 and {max_log_days} for edition {self.edition}"))
+        _refuse([problem(key, value, found) for key, value, found in checks if found])
+        return self
+
+    @property
+    def maintenance_day_number(self) -> int:
+        return _WEEKDAYS[self.maintenance_day]
+
+
+# --- storage and registry --------------------------------------------------------------------------
+class StorageSettings(Section):
+    nearline_after_days: int = Field(30, ge=1, le=3650, description="Move artifacts to Nearline after this many days.")
+    noncurrent_retention_days: int = Field(7, ge=1, le=3650, description="Delete overwritten/deleted artifact versions after this many days.")
+    force_destroy: bool = Field(False, description="Let `pulumi destroy` delete a non-empty bucket (must be false in prod).")
+    registry_keep_versions: int = Field(5, ge=1, le=1000, description="Image versions the registry cleanup policy keeps.")
+
+
+# --- tracking server -------------------------------------------------------------------------------
+class TrackingSettings(Section):
+    image: ImageByDigest = Field(None, description="Prebuilt tracking image by digest (`repo@sha256:…`); empty builds it.")
+    replicas: int = Field(1, ge=1, le=20, description="Tracking server replicas.")
+    workers: int = Field(1, ge=1, le=8, description="Server workers per tracking pod; scale with replicas instead.")
+    cpu: Cpu = Field("250m", description="CPU request of the tracking container.")
+    memory: Memory = Field("1Gi", description="Memory request and limit of the tracking container.")
+    job_execution: bool = Field(False, description="Run MLflow's job runner in the server (+~2 GB RSS).")
+    sql_proxy_image: Annotated[str, AfterValidator(_pinned)] = Field(SQL_PROXY_IMAGE, description="Cloud SQL Auth Proxy image by digest.")
+    auth_default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field("READ", description="Permission users get on resources they did not create.")
+    auth_cache_ttl_seconds: int = Field(300, ge=0, le=3600, description="Seconds a verified credential stays cached; 0 checks scrypt on every request.")
+
+
+# --- edge: Ingress, Cloud Armor, IAP ---------------------------------------------------------------
+class EdgeSettings(Section):
+    ingress_host: Annotated[Optional[str], _matching(
+        _HOSTNAME, "must be a fully qualified lowercase DNS name, e.g. mlflow.example.com")] = Field(None, description="Public host name; set to expose tracking through an Ingress with a managed certificate.")
+    cloud_armor: bool = Field(False, description="Cloud Armor per-client rate limiting on the Ingress (needs `ingressHost`).")
+    armor_requests_per_minute: int = Field(600, ge=10, le=100_000, description="Requests per minute one client IP may make before 429.")
+    iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client, which admits only identities of the project's organization (needs `ingressHost`; GKE 1.29.4+).")
+    iap_oauth_client_id: Unset = Field(None, description="OAuth client id that programs (the mlflow-iap-auth plugin) get IAP tokens for: allowed as IAP's programmatic client; its secret is never needed.")
+    iap_members: Annotated[tuple[str, ...], BeforeValidator(_json_list)] = Field((), description="Who may pass IAP (`user:`, `group:`, `serviceAccount:` or `domain:` members of the project's organization: IAP's Google-managed OAuth client admits no one else, so `allUsers`, `allAuthenticatedUsers` and consumer accounts such as `user:…@gmail.com` are refused); needed with `iap`.")
+
+    @field_validator("iap_members")
+    @classmethod
+    def _iap_members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        organization_only = ("list users, groups, service accounts or the domain of the project's organization "
+                             "(IAP's Google-managed OAuth client admits no one else)")
+        for member in value:
+            if member in _IAP_OUTSIDERS:
+                raise ValueError(f"{member!r} {_IAP_OUTSIDERS[member]}; {organization_only}")
+            if not _IAM_MEMBER.match(member):
+                raise ValueError(f"{member!r} is not an IAM member; allowed: user:EMAIL, group:EMAIL, "
+                                 "serviceAccount:EMAIL, domain:DOMAIN")
+            if member.startswith("user:") and member.rsplit("@", 1)[-1].lower() in _CONSUMER_DOMAINS:
+                raise ValueError(f"{member!r} is a consumer Google account, outside any organization; "
+                                 f"{organization_only}")
+        return value
+
+    @model_validator(mode="after")
+    def _needs_an_ingress(self) -> "EdgeSettings":
+        errors = [problem(key, True, f"needs {ref('ingressHost')}: edge protection sits on the Ingress")
+                  for key, on in (("cloudArmor", self.cloud_armor), ("iap", self.iap)) if on and not self.ingress_host]
+        if self.iap and not self.iap_members:
+            errors.append(problem("iap", True, f"needs {ref('iapMembers')}: IAP refuses everyone not granted access"))
+        _refuse(errors)
+        return self
+
+
+# --- observability ---------------------------------------------------------------------------------
+class MonitoringSettings(Section):
+    alerts_enabled: bool = Field(True, description="Alert policies evaluate and notify (dev may turn them off).")
+    alert_email: Annotated[Optional[str], _matching(_EMAIL, "must be an e-mail address, e.g. oncall@example.com")] = Field(None, description="E-mail address notified by every alert; empty: none.")
+    serving_p99_ms: int = Field(250, ge=10, le=60_000, description="Alert when serving p99 latency exceeds this, ms.")
+    serving_error_percent: int = Field(5, ge=1, le=100, description="Alert when serving 5xx exceed this share, percent.")
+    db_storage_percent: int = Field(85, ge=50, le=99, description="Alert when Cloud SQL storage exceeds this, percent.")
+
+
+# --- model serving ---------------------------------------------------------------------------------
+class ServingSettings(Section):
+    model_name: Annotated[Optional[str], _matching(
+        _MODEL_NAME, "must be 1-128 chars of letters, digits, '_', '.', '-'")] = Field(None, description="Registered model to serve; empty creates no serving Deployment.")
+    model_alias: str = Field("champion", description="Registry alias served (`models:/NAME@ALIAS`).")
+    rollout_token: str = Field("", description="Change to roll the serving pods without changing the alias.")
+    image: ImageByDigest = Field(None, description="Prebuilt serving image by digest (`repo@sha256:…`); empty builds it.")
+    min_replicas: int = Field(1, ge=1, le=100, description="HPA minimum serving replicas.")
+    max_replicas: int = Field(2, ge=1, le=100, description="HPA maximum serving replicas.")
+    target_cpu_percent: int = Field(70, ge=10, le=95, description="HPA target CPU utilisation, percent.")
+    workers: int = Field(1, ge=1, le=8, description="Server workers per serving pod; scale with replicas instead.")
+    max_batch_size: int = Field(1024, ge=1, le=10_000, description="Rows one predict answers at most when concurrent requests are batched; 1 turns batching off.")
+    max_batch_delay_ms: int = Field(2, ge=0, le=100, description="How long a batch waits for requests already arriving, ms.")
+    cpu: Cpu = Field("250m", description="CPU request of the serving container.")
+    memory: Memory = Field("1Gi", description="Memory request and limit of the serving container.")
+    env_timeout_seconds: int = Field(300, ge=30, le=1800, description="Time limit of restoring a model's recorded environment in a serving pod, seconds.")
+    env_cache_gi: int = Field(4, ge=1, le=100, description="Size limit of each serving pod's volume of restored model environments, GiB.")
+    private_python_repository: bool = Field(False, description="Also declare a standard Artifact Registry Python repository for private packages, read by serving before PyPI.")
+
+    @field_validator("model_alias")
+    @classmethod
+    def _alias(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,254}", value) or re.fullmatch(r"v\d+", value, re.I):
+            raise ValueError("must be letters, digits, '_' or '-', not starting with a digit and not of the form vN")
+        return value
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "ServingSettings":
+        if self.min_replicas > self.max_replicas:
+            _refuse([problem("minReplicas", self.min_replicas, f"must be <= {ref('maxReplicas')} ({self.max_replicas})")])
+        return self
+
+
+# --- the stack -------------------------------------------------------------------------------------
+class Settings(Section):
+    """Every setting of one stack. Top-level keys are `mlflow-platform:<key>`, except GCP's own."""
+
+    project: str = Field(description="GCP project id (`gcp:project`).", alias="gcp:project")
+    region: str = Field("us-central1", description="GCP region (`gcp:region`).", alias="gcp:region")
+    zone: str = Field("us-central1-a", description="Zone of zonal clusters (`gcp:zone`).", alias="gcp:zone")
+    environment: Literal["dev", "prod"] = Field(description="Environment; prod enforces protection and backups.")
+    decommission: bool = Field(False, description="Deliberate teardown: prod then accepts `clusters.deletionProtection` and `database.deletionProtection` false and `storage.forceDestroy` true, so a `pulumi up` lifts every protection before `pulumi destroy` (README, Tearing down).")
+    name_prefix: str = Field("mlflow", description=(
+        f"Prefix of every resource name (lowercase, 3-{NAME_PREFIX_MAX_LENGTH} chars). Set it before the first `up`: "
+        "changing it renames every resource, so Pulumi creates a new stack's worth and deletes the old, the "
+        "database and the artifact bucket included (prod's protect refuses that in the preview)."))
+    cmek: bool = Field(False, description=(
+        "Encrypt Cloud SQL and the artifact bucket with a Cloud KMS key the program holds (must be true in prod). "
+        "Decide before the first `up`: turning it on later replaces the Cloud SQL instance (its key cannot change "
+        "in place) and so loses its data unless restored; the bucket keeps its objects, new ones use the key."))
+    network: NetworkSettings = Field(NetworkSettings(), description="Address ranges of the VPC, the clusters and private services access.")
+    clusters: ClustersSettings = Field(ClustersSettings(), description="The GKE clusters and their node pools.")
+    database: DatabaseSettings = Field(DatabaseSettings(), description="The Cloud SQL instance.")
+    storage: StorageSettings = Field(StorageSettings(), description="The artifact bucket and the image registry.")
+    tracking: TrackingSettings = Field(TrackingSettings(), description="The tracking server.")
+    serving: ServingSettings = Field(ServingSettings(), description="Model serving.")
+    edge: EdgeSettings = Field(EdgeSettings(), description="Public exposure of tracking: Ingress, Cloud Armor, IAP.")
+    monitoring: MonitoringSettings = Field(MonitoringSettings(), description="Alert policies.")
+
+    @field_validator("project")
+    @classmethod
+    def _project_id(cls, value: str) -> str:
+        if not _PROJECT_ID.match(value):
+            raise ValueError("must be a GCP project id: 6-30 chars, lowercase letters, digits, hyphens, starting with a letter")
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value not in KNOWN_REGIONS:
+            raise ValueError(f"unknown region; allowed: {', '.join(KNOWN_REGIONS)}")
+        return value
+
+    @field_validator("name_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.fullmatch(rf"[a-z][a-z0-9-]{{1,{NAME_PREFIX_MAX_LENGTH - 2}}}[a-z0-9]", value):
+            raise ValueError(f"must be 3-{NAME_PREFIX_MAX_LENGTH} chars of lowercase letters, digits and hyphens, "
+                             "starting with a letter")
+        return value
+
+    @model_validator(mode="after")
+    def _across_components(self) -> "Settings":
+        errors: list[str] = []
+        if not self.zone.startswith(self.region + "-") or not re.fullmatch(r"[a-f]", self.zone[len(self.region) + 1:]):
+            errors.append(problem("gcp:zone", self.zone, f"must be a zone of region {self.region}: {self.region}-a … {self.region}-f"))
+        named = [("gcp:serviceaccount/account:Account", account_id) for account_id in self.service_account_ids.values()]
+        named.append(("gcp:storage/bucket:Bucket", self.bucket_name))
+        errors += [problem("namePrefix", self.name_prefix, found)
+                   for found in (cloud_rules.name_problem(*pair) for pair in named) if found]
+        ranges = self.network.ranges(self.clusters.separate_serving)
+        errors += [problem(f"network.{a}", ranges[a], f"overlaps {ref(f'network.{b}')} ({ranges[b]}); ranges must be disjoint")
+                   for a, b in cloud_rules.overlapping_ranges(ranges)]
+        if self.environment == "prod":
+            errors += self._prod_problems()
+        _refuse(errors)
+        return self
+
+    def _prod_problems(self) -> list[str]:
+        """Prod is protected against deletion and loss, encrypted with its own keys, not open to the internet;
+        its deletion protection comes off only for a teardown declared as such (`decommission`)."""
+        errors = []
+        if self.clusters.open_control_plane():
+            errors.append(problem("clusters.masterAuthorizedCidrs", [], "must list the ranges you deploy from when "
+                                  f"environment is prod, or set {ref('clusters.controlPlaneEndpoint')}=dns"))
+        teardown = f" (a deliberate teardown sets {ref('decommission')}=true first)"
+        for key, on in (("clusters.deletionProtection", self.clusters.deletion_protection),
+                        ("database.deletionProtection", self.database.deletion_protection)):
+            if not on and not self.decommission:
+                errors.append(problem(key, False, "must be true when environment is prod" + teardown))
+        for key, on in (("database.backups", self.database.backups),
+                        ("database.pointInTimeRecovery", self.database.point_in_time_recovery), ("cmek", self.cmek)):
+            if not on:
+                errors.append(problem(key, False, "must be true when environment is prod"))
+        if self.storage.force_destroy and not self.decommission:
+            errors.append(problem("storage.forceDestroy", True, "must be false when environment is prod" + teardown))
+        return errors
+
+    # --- derived values ------------------------------------------------------------------
+    @property
+    def cluster_location(self) -> str:
+        return self.region if self.clusters.regional else self.zone
+
+    @property
+    def bucket_name(self) -> str:
+        """Named, not autonamed: the manifests then show the real artifact destination."""
+        return f"{self.project}-{self.name_prefix}-artifacts"
+
+    @property
+    def service_account_ids(self) -> dict[str, str]:
+        """Workload role -> GCP service account id, unique per namePrefix and environment."""
+        return {role: service_account_id(self.name_prefix, role, self.environment) for role in SERVICE_ACCOUNT_ROLES}
+
+    @property
+    def protect(self) -> bool:
+        """Pulumi's `protect` on every stateful resource, so `pulumi destroy` refuses before it deletes anything.
+        On wherever deletion protection is: otherwise a destroy deletes the secrets and keys, then stops at the
+        protected cluster or instance."""
+        return self.clusters.deletion_protection or self.database.deletion_protection
+
+    @property
+    def workload_pool(self) -> str:
+        return f"{self.project}.svc.id.goog"
