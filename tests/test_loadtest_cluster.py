@@ -16,7 +16,6 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from infra.config import ConfigError, settings_from_values as platform_settings
 from infra.images import build_tag
 from loadtest import cluster
 from loadtest.cluster import ClusterRun, ClusterRunError, ClusterRunner, job_from_template, run_cluster
@@ -124,12 +123,6 @@ def test_the_platform_plans_hold_no_load_test_resource(stack_runs, stack):
     assert not [name for name in run.outputs if "load_test" in name or "loadtest" in name]
     text = "".join(p.read_text() for p in (ROOT / "plan" / stack).rglob("*") if p.is_file())
     assert NAMESPACE not in text and "locust" not in text.lower() and "loadTest" not in text
-
-
-def test_the_platform_refuses_its_old_load_test_settings_by_name():
-    with pytest.raises(ConfigError, match="mlflow-platform:loadTesting: unknown setting"):
-        platform_settings({"gcp:project": "test-project-1", "mlflow-platform:environment": "dev",
-                           "mlflow-platform:loadTesting": "true"})
 
 
 # --- what the load-test program declares ---------------------------------------------------------
