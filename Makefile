@@ -66,12 +66,13 @@ test-fast: install tools-venv
 plan: install
 	$(PY) -m tools.offline.plan --stack $(STACK)
 
+## make plan-all: every platform stack into plan/<stack>/, every load-test stack into plan/loadtest-<stack>/.
 plan-all: install
-	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) --quiet
+	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) $(addprefix --loadtest-stack ,$(STACKS)) --quiet
 
 ## make plan-check: fail with a diff when the committed plan/ is stale.
 plan-check: install
-	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) --check
+	$(PY) -m tools.offline.plan $(addprefix --stack ,$(STACKS)) $(addprefix --loadtest-stack ,$(STACKS)) --check
 
 ## make reference: regenerate Pulumi.yaml's config section and README's table from the settings model (infra/settings.py).
 reference: install
@@ -90,10 +91,10 @@ bench: install runtime mlserver-venv
 
 ## make loadtest [DURATION=60] [USERS=16]: Locust (1 master, 2 workers) against a running `make local`,
 ## serving then tracking; results in loadtest-results/local/, report in docs/loadtest.md.
-## make loadtest TARGET=cluster STACK=dev|prod: the same runs as Jobs on the stack's load-test pool
-## (`loadTesting: true`); results in loadtest-results/cluster/<stack>/.
+## make loadtest TARGET=cluster STACK=dev|prod: the same runs as Jobs on the pool of the load-test stack
+## (loadtest/Pulumi.yaml, `cd loadtest && pulumi up -s STACK`); results in loadtest-results/cluster/<stack>/.
 loadtest: install
-	$(PY) -m loadtest --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
+	$(PY) -m loadtest.run --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
 
 ## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [REQUEST=req.json] [TARGET=local|cluster] [STACK=dev]
 promote: install runtime

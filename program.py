@@ -299,6 +299,15 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         "tracking_deployment": tracking.deployment_ref,
         # The secrets, not their values: `make rotate-secret` adds versions the stack does not know.
         "app_secrets": foundation.app_secrets.secret_ids,
+        # What a rig beside the platform (loadtest/'s stack) needs to add its node pool and identities.
+        "project": pulumi.Output.from_input(settings.project),
+        "region": pulumi.Output.from_input(settings.region),
+        "zone": pulumi.Output.from_input(settings.zone),
+        "environment": pulumi.Output.from_input(settings.environment),
+        "project_number": foundation.app_secrets.project_number,
+        "serving_cluster_location": pulumi.Output.from_input(settings.cluster_location),
+        "serving_workload_pool": clusters.serving.workload_pool,
+        "serving_node_service_account": clusters.serving.node_service_account_email,
     }
     if settings.edge.ingress_host:
         outputs["tracking_url"] = pulumi.Output.from_input(f"https://{settings.edge.ingress_host}")

@@ -16,9 +16,6 @@ from infra.settings import ClustersSettings, NodePoolSettings
 
 NODE_SA_PROJECT_ROLES = ("roles/container.defaultNodeServiceAccount",)
 NODE_SA_REPOSITORY_ROLE = "roles/artifactregistry.reader"
-# The load-test pool's nodes: labelled for Locust's nodeSelector, tainted so nothing else lands there.
-LOAD_TEST_POOL_LABEL = "loadtest"
-LOAD_TEST_TAINT = {"key": "mlflow.org/pool", "value": "loadtest", "effect": "NO_SCHEDULE"}
 # The default pool GKE creates, then removes: one node per zone, GKE's default machine type. Its boot disks
 # still count against the region's quota while the cluster is created; GKE's default, 100 GB pd-balanced,
 # counts against SSD_TOTAL_GB (300 GB per regional cluster; a new project often has 250-500). The smallest
@@ -271,7 +268,7 @@ def default_pool_replacement(node_service_account: pulumi.Input[str]) -> dict:
 
 
 def node_config(machine_type: str, spot: bool, disk_size_gb: int, disk_type: str, service_account: pulumi.Input[str],
-                labels: dict[str, str], *, pool_label: str,
+                labels: pulumi.Input[dict[str, str]], *, pool_label: str,
                 taints: tuple[dict, ...] = ()) -> gcp.container.NodePoolNodeConfigArgs:
     """Hardened nodes: shielded, Workload Identity metadata, the least-privilege node account."""
     return gcp.container.NodePoolNodeConfigArgs(

@@ -28,7 +28,7 @@ class BucketGrant:
 
 @dataclass(frozen=True)
 class WorkloadIdentityArgs:
-    project: str
+    project: pulumi.Input[str]
     """GCP project of the service account."""
     account_id: str
     """GCP service account id (6-30 chars)."""

@@ -93,16 +93,18 @@ def registry_token() -> pulumi.Output[str]:
     return pulumi.Output.secret(gcp.organizations.get_client_config_output().access_token)
 
 
-def pushed_image(name: str, *, context: str, target: str, image: pulumi.Input[str], registry_host: str,
-                 token: pulumi.Input[str], opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-    """Builds `target` of `context`/Dockerfile, pushes it as IMAGE:<build_tag[:16]>; its reference by digest."""
+def pushed_image(name: str, *, context: str, target: str, image: pulumi.Input[str],
+                 registry_host: pulumi.Input[str], token: pulumi.Input[str], opts: pulumi.ResourceOptions,
+                 root: Path = ROOT) -> pulumi.Output[str]:
+    """Builds `target` of `context`/Dockerfile, pushes it as IMAGE:<build_tag[:16]>; its reference by digest.
+    `context` is relative to `root`, the folder of the project's Pulumi.yaml (where Pulumi runs it)."""
     built = docker_build.Image(
         name,
         context=docker_build.BuildContextArgs(location=context),
         dockerfile=docker_build.DockerfileArgs(location=f"{context}/{DOCKERFILE}"),
         target=target,
         platforms=[PLATFORM],
-        tags=[pulumi.Output.concat(image, ":", build_tag(context, target)[:16])],
+        tags=[pulumi.Output.concat(image, ":", build_tag(context, target, root)[:16])],
         push=True,
         build_on_preview=False,
         registries=[docker_build.RegistryArgs(address=registry_host, username="oauth2accesstoken", password=token)],

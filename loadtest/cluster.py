@@ -1,8 +1,8 @@
-"""`make loadtest TARGET=cluster STACK=…`: one bounded run per Service on the stack's load-test pool.
+"""`make loadtest TARGET=cluster STACK=…`: one bounded run per Service on the load-test stack's pool.
 
-The stack's outputs (Pulumi Automation API) give the serving cluster's kubeconfig and say whether
-`loadTesting` is on. Per Service, a run is two Jobs made from the templates the program declares
-(k8s/loadtest.py): the master and its workers, named after the run's time, users and duration.
+The load-test stack's outputs (loadtest/Pulumi.yaml, read through the Automation API) give the serving
+cluster's kubeconfig. Per Service, a run is two Jobs made from the templates that stack declares
+(loadtest/stack/templates.py): the master and its workers, named after the run's time, users and duration.
 The master's log carries the results back (loadtest/pod_results.py); they land in
 loadtest-results/cluster/<stack>/ as the local target's do, and the Jobs are deleted.
 """
@@ -10,16 +10,20 @@ loadtest-results/cluster/<stack>/ as the local target's do, and the Jobs are del
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from k8s.loadtest import CONTAINER, MAX_RUN_SECONDS, NAMESPACE, RUN_LABEL, WORKER_WAIT_SECONDS, master_name, workers_name
 from loadtest.commands import load_env
 from loadtest.pod_results import extract
+from loadtest.stack.templates import (
+    CONTAINER, MAX_RUN_SECONDS, NAMESPACE, RUN_LABEL, WORKER_WAIT_SECONDS, master_name, workers_name,
+)
+from tools.ops.stack import StackOutputError, StackOutputs
+
+PROJECT_DIR = Path(__file__).resolve().parent  # loadtest/Pulumi.yaml
 
 # Beyond the run itself: new nodes (the pool scales from zero), image pulls, workers connecting.
 START_MARGIN_SECONDS = WORKER_WAIT_SECONDS + 120
@@ -97,7 +101,7 @@ class ClusterRunner:
         except Exception as err:
             status = getattr(err, "status", None)
             reason = getattr(err, "reason", None) or (str(err).splitlines() or [type(err).__name__])[0]
-            hint = (f": is loadTesting on? (`pulumi config set loadTesting true` and `pulumi up`)"
+            hint = (": is the load-test stack up? (`cd loadtest && pulumi up`, docs/loadtest.md)"
                     if status == 404 and call == "read_namespaced_cron_job" else "")
             raise ClusterRunError(f"Kubernetes API {call}{args[:1]} failed: "
                                   f"{f'HTTP {status} ' if status else ''}{reason}{hint}") from None
@@ -162,27 +166,18 @@ class ClusterRunner:
 
 
 # --- the stack ------------------------------------------------------------------------------------
-def stack_outputs(stack: str, work_dir: Path, select: Optional[Callable[..., Any]] = None) -> dict[str, Any]:
-    """The stack's outputs through the Automation API (which drives the Pulumi CLI)."""
-    if select is None:
-        from pulumi import automation
+def load_test_outputs(stack: str) -> StackOutputs:
+    """The load-test stack's outputs (the Pulumi CLI, logged in to its backend)."""
+    return StackOutputs.read(stack, PROJECT_DIR)
 
-        select = automation.select_stack
+
+def load_test_kubeconfig(read: Callable[[str], StackOutputs], stack: str) -> dict:
+    """The serving cluster's kubeconfig, once the load-test stack is up."""
     try:
-        outputs = select(stack_name=stack, work_dir=str(work_dir)).outputs()
-    except FileNotFoundError:
-        raise ClusterRunError("the Pulumi CLI is not on PATH: the cluster target reads the stack's outputs") from None
-    except Exception as err:  # not logged in, no such stack
-        raise ClusterRunError(f"cannot read the outputs of stack {stack!r}: {str(err).strip()[:300]}") from None
-    return {name: output.value for name, output in outputs.items()}
-
-
-def load_test_kubeconfig(outputs: dict[str, Any], stack: str) -> dict:
-    """The serving cluster's kubeconfig, once the stack declares the load test."""
-    if "load_test_namespace" not in outputs:
-        raise ClusterRunError(f"stack {stack} declares no load test: `pulumi config set loadTesting true -s {stack}` "
-                              f"and `pulumi up -s {stack}` (README, Load testing)")
-    return json.loads(outputs["serving_kubeconfig"])
+        return read(stack).json("kubeconfig")
+    except StackOutputError as err:
+        raise ClusterRunError(f"{err}; is the load-test stack up? `cd loadtest && pulumi up -s {stack}` "
+                              "(docs/loadtest.md)") from None
 
 
 def kubernetes_apis(kubeconfig: dict) -> tuple[Any, Any]:
@@ -193,12 +188,12 @@ def kubernetes_apis(kubeconfig: dict) -> tuple[Any, Any]:
     return client.BatchV1Api(api_client), client.CoreV1Api(api_client)
 
 
-def run_cluster(stack: str, runs: list[tuple[str, int]], seconds: int, out_dir: Path, work_dir: Path,
-                select: Optional[Callable[..., Any]] = None,
+def run_cluster(stack: str, runs: list[tuple[str, int]], seconds: int, out_dir: Path,
+                read: Callable[[str], StackOutputs] = load_test_outputs,
                 apis: Callable[[dict], tuple[Any, Any]] = kubernetes_apis,
                 runner_options: Optional[dict] = None) -> None:
-    """`runs`: (service, users) in order, one at a time."""
-    batch, core = apis(load_test_kubeconfig(stack_outputs(stack, work_dir, select), stack))
+    """`runs`: (service, users) in order, one at a time, on load-test stack `stack`."""
+    batch, core = apis(load_test_kubeconfig(read, stack))
     runner = ClusterRunner(batch, core, **(runner_options or {}))
     runner.check_idle()
     for service, users in runs:

@@ -1,5 +1,5 @@
 """Locust's command-line flags for one bounded, headless run, shared by the local target (processes
-on this machine) and the cluster target (k8s/loadtest.py renders them into the pods), so both
+on this machine) and the cluster target (loadtest/stack/templates.py renders them into the pods), so both
 runs write the same results. Pure: the pods import it too."""
 
 from __future__ import annotations

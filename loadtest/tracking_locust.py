@@ -15,9 +15,9 @@ import uuid
 
 from locust import HttpUser, between, events, task
 
+from loadtest.ensure_user import EXPERIMENT
 from loadtest.records import Recorder
 
-EXPERIMENT = "loadtest"
 METRICS_PER_BATCH = 10
 acks = Recorder("acks")
 events.test_start.add_listener(acks.open)

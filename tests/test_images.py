@@ -12,13 +12,12 @@ import pytest
 from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 
 from infra.images import ROOT, build_tag, context_files, context_hash, image_version
-
+from tools.offline.stack import run_load_test_stack
 from tests.helpers import container
 from tools.offline.mocks import is_secret
 
 IMAGE = "docker-build:index:Image"
 BUILDS = [("mlflow_image", "tracking"), ("mlflow_image", "serving"), ("loadtest", "locust")]
-PLATFORM_BUILDS = BUILDS[:2]  # the load test's image is its own project's (loadtest/)
 # mlflow_image/.dockerignore before 0ef3341 (`git show 0ef3341~1:mlflow_image/.dockerignore`): the
 # first build failed on the packages it did not re-include.
 OLD_MLFLOW_DOCKERIGNORE = """\
@@ -53,6 +52,14 @@ OLD_MLFLOW_DOCKERIGNORE = """\
 """
 
 
+@pytest.fixture(scope="module")
+def image_builds(stack_runs) -> list[tuple[Path, dict]]:
+    """Every image the two projects build, with the folder its paths are relative to (its project's):
+    the platform's (dev) and the load test's (loadtest/, dev)."""
+    return ([(ROOT, i.inputs) for i in stack_runs["dev"].of_type(IMAGE)]
+            + [(ROOT / "loadtest", i.inputs) for i in run_load_test_stack("dev").of_type(IMAGE)])
+
+
 def copy_context(context: str, tmp_path: Path) -> Path:
     """A copy of a build context, as a clean checkout has it."""
     return shutil.copytree(ROOT / context, tmp_path / context, ignore=shutil.ignore_patterns("__pycache__"))
@@ -78,12 +85,12 @@ def unbuildable_sources(context: Path, dockerfile: Path) -> dict[str, str]:
     return problems
 
 
-def test_every_copy_source_survives_its_context_s_dockerignore(stack_runs):
-    builds = {(i.inputs["context"]["location"], i.inputs["dockerfile"]["location"])
-              for i in stack_runs["dev"].of_type(IMAGE)}
-    assert {context for context, _ in builds} == {"mlflow_image"}
+def test_every_copy_source_survives_its_context_s_dockerignore(image_builds):
+    builds = {((root / i["context"]["location"]).resolve(), (root / i["dockerfile"]["location"]).resolve())
+              for root, i in image_builds}
+    assert {context for context, _ in builds} >= {ROOT / "mlflow_image", ROOT / "loadtest"}
     for context, dockerfile in builds:
-        assert unbuildable_sources(ROOT / context, ROOT / dockerfile) == {}, context
+        assert unbuildable_sources(context, dockerfile) == {}, context
 
 
 def test_the_guard_names_the_packages_the_old_dockerignore_filtered_out(tmp_path):
@@ -100,10 +107,11 @@ def test_the_guard_names_a_source_missing_from_the_context(tmp_path):
     assert unbuildable_sources(context, context / "Dockerfile") == {"payloads.py": "not in the context"}
 
 
-def test_every_image_is_tagged_by_its_build(stack_runs):
-    tags = {i.inputs["target"]: i.inputs["tags"] for i in stack_runs["dev"].of_type(IMAGE)}
-    for context, target in PLATFORM_BUILDS:
-        assert [tag.rsplit(":", 1)[1] for tag in tags[target]] == [build_tag(context, target)[:16]], target
+def test_every_image_is_tagged_by_its_build(image_builds):
+    for root, image in image_builds:
+        context, target = image["context"]["location"], image["target"]
+        assert [tag.rsplit(":", 1)[1] for tag in image["tags"]] == [build_tag(context, target, root)[:16]], target
+    assert sorted(image["target"] for _, image in image_builds) == sorted(target for _, target in BUILDS)
 
 
 @pytest.mark.parametrize("context, target", BUILDS)

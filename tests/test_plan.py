@@ -34,7 +34,7 @@ def test_plan_prints_full_type_tokens_indented_under_parents(capsys):
 
 def test_plan_counts_resources_by_type(capsys):
     _, out, _ = plan_output(capsys, "prod")
-    counts = dict(re.findall(r"^    (\S+)\s+(\d+)$", out, re.M))
+    counts = dict(re.findall(r"^    (\S+[^:\s])\s+(\d+)$", out, re.M))  # type counts, not "name: value" outputs
     assert counts["gcp:container/cluster:Cluster"] == "2"
     assert int(counts["total"]) == sum(int(v) for k, v in counts.items() if k != "total")
 

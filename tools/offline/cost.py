@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from infra.cluster import LOAD_TEST_POOL_LABEL
+from loadtest.stack.templates import POOL_LABEL
 from tools.offline.stack import ROOT, StackRun
 
 PRICES_FILE = ROOT / "tools" / "pricing" / "prices.yaml"
@@ -64,21 +64,20 @@ def node_hourly(node: dict, prices: dict) -> float:
     return hourly + node["diskSizeGb"] * prices["compute"]["balanced_disk_per_gb_month"] / prices["hours_per_month"]
 
 
-def load_test_section(run: StackRun, prices: dict) -> list[str]:
+def load_test_cost_markdown(run: StackRun, prices: dict | None = None) -> str:
     """Per hour of a load-test run: the declared pool beside the alternative, a separate small cluster."""
-    pools = [p for p in run.of_type("gcp:container/nodePool:NodePool")
-             if p.inputs["nodeConfig"].get("labels", {}).get("pool") == LOAD_TEST_POOL_LABEL]
-    lines = ["**Load testing** (`make loadtest TARGET=cluster`), per hour of a run:", ""]
-    if not pools:
-        return lines + ["`loadTesting` is off: nothing is declared, $0 per hour. Turned on, the plan prices its "
-                        "node pool here.", ""]
-    pool = pools[0]
+    prices = prices or load_prices()
+    [pool] = [p for p in run.of_type("gcp:container/nodePool:NodePool")
+              if p.inputs["nodeConfig"].get("labels", {}).get("pool") == POOL_LABEL]
+    lines = [f"# Estimated cost: load-test stack `{run.stack}`", "",
+             f"List prices, {prices['region']}, {prices['currency']}, from `tools/pricing/prices.yaml`, "
+             "per hour of a run (`make loadtest TARGET=cluster`):", ""]
     node, nodes = pool.inputs["nodeConfig"], pool.inputs["autoscaling"]["maxNodeCount"]
     pool_hourly = nodes * (node_hourly(node, prices) + prices["network"]["nat_gateway_per_vm_hour"])
     fee = prices["gke"]["cluster_fee_per_hour"]
     detail = (f"{nodes} × {node['machineType']}{' Spot' if node.get('spot') else ''} + "
               f"{node['diskSizeGb']} GB disk, NAT gateway")
-    return lines + [
+    lines += [
         f"The pool `{pool.name}` scales from 0: it costs only while a run's pods run, plus the ~10 minutes the "
         "autoscaler waits before removing an idle node. A separate cluster would cost its management fee for as "
         "long as it exists (the free tier covers one zonal cluster per billing account: the platform's).", "",
@@ -86,6 +85,7 @@ def load_test_section(run: StackRun, prices: dict) -> list[str]:
         f"| **Node pool on the serving cluster (declared)** | {detail} | {pool_hourly:.3f} | 0.000 |",
         f"| Separate small cluster (not declared) | the same nodes + cluster management ${fee:.2f}/h | "
         f"{pool_hourly + fee:.3f} | {fee:.3f} |", ""]
+    return "\n".join(lines)
 
 
 def zone_count(location: str) -> int:
@@ -198,7 +198,7 @@ def cost_markdown(run: StackRun, prices: dict | None = None) -> str:
              "| Item | Detail | Min | Max |", "|---|---|---:|---:|"]
     lines += [f"| {i.item} | {i.detail} | {i.monthly_min:,.0f} | {i.monthly_max:,.0f} |" for i in items]
     lines += [f"| **Total** | | **{low:,.0f}** | **{high:,.0f}** |", ""]
-    return "\n".join(lines + load_test_section(run, prices))
+    return "\n".join(lines)
 
 
 def cost_summary_line(run: StackRun) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import pulumi
 from google.protobuf import json_format
@@ -54,13 +54,19 @@ class ResourceRecord:
 class PlatformMocks(pulumi.runtime.Mocks):
     """Echo inputs and add only the computed fields the program reads."""
 
-    def __init__(self, project: str = "offline-project"):
+    def __init__(self, project: str = "offline-project",
+                 stack_outputs: Optional[Mapping[str, tuple[dict, set[str]]]] = None):
         self.project = project
+        self.stack_outputs = stack_outputs or {}
+        """Stack name -> (outputs, names of the secret ones): what a StackReference to it reads."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[Optional[str], dict]:
         state = dict(args.inputs)
         name = state.get("name") or args.name
         typ = args.typ
+        if typ == "pulumi:pulumi:StackReference":
+            outputs, secret_names = self.stack_outputs[name]
+            return name, {"name": name, "outputs": outputs, "secretOutputNames": sorted(secret_names)}
         if typ == "gcp:container/cluster:Cluster":
             state.update(name=name, endpoint=OFFLINE_ENDPOINT,
                          masterAuth={"clusterCaCertificate": base64.b64encode(b"offline-ca").decode()})

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from infra.config import ConfigError, settings_from_values
 from infra.settings import Settings
+from loadtest.stack.settings import LoadTestConfigError
 from tools.offline.cost import cost_summary_line
 from tools.offline.render import render
-from tools.offline.stack import ROOT, StackRun, read_stack_config, run_stack
+from tools.offline.stack import ROOT, StackRun, read_stack_config, run_load_test_stack, run_stack
 
 PLAN_DIR = ROOT / "plan"
+LOAD_TEST_PLAN_PREFIX = "loadtest-"  # plan/loadtest-<stack>/: the load-test project's stacks
 
 
 def resource_tree(run: StackRun) -> list[str]:
@@ -25,7 +27,7 @@ def resource_tree(run: StackRun) -> list[str]:
         children.setdefault(record.parent, []).append(record)
     known = {record.urn for record in run.resources}
     roots = [r for r in run.resources if r.parent not in known]
-    lines: list[str] = [f"+ pulumi:pulumi:Stack mlflow-platform-{run.stack}"]
+    lines: list[str] = [f"+ pulumi:pulumi:Stack {run.project}-{run.stack}"]
 
     def walk(record, depth: int) -> None:
         lines.append(f"{'    ' * depth}+ {record.type} {record.name}")
@@ -82,30 +84,43 @@ def stale_report(files: dict[str, str], directory: Path) -> list[str]:
     return report
 
 
+def planned(stack: str, load_test: bool) -> tuple[StackRun, str]:
+    """The stack's run and its plan directory's name; settings warnings printed first."""
+    if load_test:
+        return run_load_test_stack(stack), f"{LOAD_TEST_PLAN_PREFIX}{stack}"
+    run = run_stack(stack)
+    for warning in warnings(settings_from_values(read_stack_config(stack)[0])):
+        print(f"warning: stack {stack!r}: {warning}", file=sys.stderr)
+    return run, stack
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--stack", action="append", required=True,
+    parser.add_argument("--stack", action="append", default=[],
                         help="stack name (repeatable): reads Pulumi.<stack>.yaml")
+    parser.add_argument("--loadtest-stack", action="append", default=[],
+                        help="load-test stack name (repeatable): reads loadtest/Pulumi.<stack>.yaml, writes "
+                             "plan/loadtest-<stack>/")
     parser.add_argument("--check", action="store_true",
                         help="write nothing; fail with a diff when plan/<stack>/ is stale")
     parser.add_argument("--quiet", action="store_true", help="do not print the resource tree")
     args = parser.parse_args(argv)
+    if not args.stack and not args.loadtest_stack:
+        parser.error("name at least one --stack or --loadtest-stack")
     stale = False
-    for stack in args.stack:
+    for stack, load_test in [(s, False) for s in args.stack] + [(s, True) for s in args.loadtest_stack]:
         try:
-            run = run_stack(stack)
-        except (ConfigError, FileNotFoundError) as err:
+            run, plan_name = planned(stack, load_test)
+        except (ConfigError, LoadTestConfigError, FileNotFoundError) as err:
             print(f"error: stack {stack!r} is invalid:\n{err}", file=sys.stderr)
             return 2
-        for warning in warnings(settings_from_values(read_stack_config(stack)[0])):
-            print(f"warning: stack {stack!r}: {warning}", file=sys.stderr)
         files = render(run)
-        directory = PLAN_DIR / stack
+        directory = PLAN_DIR / plan_name
         if args.check:
             report = stale_report(files, directory)
             if report:
                 stale = True
-                print(f"plan/{stack} is stale; run `make plan STACK={stack}` and commit it:", file=sys.stderr)
+                print(f"plan/{plan_name} is stale; run `make plan-all` and commit it:", file=sys.stderr)
                 sys.stderr.writelines(report)
             continue
         if not args.quiet:
@@ -115,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(type_counts(run)))
             print("\nOutputs:")
             print("\n".join(outputs_summary(run)))
-            print(f"\n{cost_summary_line(run)}")
+            if not load_test:
+                print(f"\n{cost_summary_line(run)}")
         write_plan(files, directory)
-        print(f"\nWrote plan/{stack}/ ({len(files)} files)")
+        print(f"\nWrote plan/{plan_name}/ ({len(files)} files)")
     return 1 if stale else 0
 
 

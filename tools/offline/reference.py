@@ -17,6 +17,7 @@ import yaml
 
 from infra.config import PROJECT_NAMESPACE, bounds, setting_fields, top_level_keys
 from infra.settings import Section
+from tools.offline.plan import LOAD_TEST_PLAN_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION_MD = ROOT / "docs" / "configuration.md"
@@ -136,8 +137,10 @@ def cost_rows(cost_md: str) -> dict[str, tuple[str, str]]:
 
 
 def cost_section(plan_dir: Path = ROOT / "plan") -> str:
-    """One table of every stack's monthly cost, item by item, from the committed plans."""
-    stacks = {path.parent.name: cost_rows(path.read_text()) for path in sorted(plan_dir.glob("*/cost.md"))}
+    """One table of every platform stack's monthly cost, item by item, from the committed plans (the load
+    test's, priced per hour of a run, are not monthly: docs/loadtest.md quotes them)."""
+    stacks = {path.parent.name: cost_rows(path.read_text()) for path in sorted(plan_dir.glob("*/cost.md"))
+              if not path.parent.name.startswith(LOAD_TEST_PLAN_PREFIX)}
     items = list(dict.fromkeys(item for rows in stacks.values() for item in rows if item != "Total"))
     header = "| Item | " + " | ".join(f"{stack} min | {stack} max" for stack in stacks) + " |"
     lines = [header, "|---|" + "---:|---:|" * len(stacks)]

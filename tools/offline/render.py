@@ -12,10 +12,10 @@ from typing import Any
 
 import yaml
 
-from tools.offline.cost import cost_markdown
+from tools.offline.cost import cost_markdown, load_test_cost_markdown
 from tools.offline.mocks import ResourceRecord, is_secret
 from tools.offline.quota import quota_markdown
-from tools.offline.stack import StackRun
+from tools.offline.stack import PROJECT_NAMESPACE, StackRun
 
 SECRET_MASK = "[secret]"
 # Apply order a human expects when reading the manifests.
@@ -84,7 +84,7 @@ def resources_document(run: StackRun) -> list[dict]:
         {
             "type": record.type,
             "name": record.name,
-            "parent": _short(record.parent) or f"mlflow-platform-{run.stack}",
+            "parent": _short(record.parent) or f"{run.project}-{run.stack}",
             **({"provider": _short(record.provider)} if record.provider else {}),
             **({"dependsOn": dependency_names(run, record)} if record.dependencies else {}),
             **({"ignoreChanges": record.ignore_changes} if record.ignore_changes else {}),
@@ -145,7 +145,7 @@ def graph_markdown(run: StackRun) -> str:
     what it waits for to what waits for it (a wait has no other purpose, so only the graph shows it)."""
     stack_id = "stack"
     lines = [f"# Resource graph: stack `{run.stack}`", "", "```mermaid", "flowchart LR",
-             f'    {stack_id}(["mlflow-platform-{run.stack}"])']
+             f'    {stack_id}(["{run.project}-{run.stack}"])']
     known = {record.urn for record in run.resources}
     records = sorted(run.resources, key=lambda r: r.urn)
     for record in records:
@@ -178,13 +178,10 @@ def dashboard_files(run: StackRun) -> dict[str, str]:
 
 
 def render(run: StackRun) -> dict[str, str]:
-    """Relative path -> file content, for everything under plan/<stack>/."""
-    return {
-        **dashboard_files(run),
-        "resources.yaml": to_yaml(resources_document(run)),
-        "graph.md": graph_markdown(run),
-        "summary.md": summary_markdown(run),
-        "cost.md": cost_markdown(run),
-        "quota.md": quota_markdown(run),
-        **manifest_files(run),
-    }
+    """Relative path -> file content, for everything under plan/<stack>/ (the platform's) or
+    plan/loadtest-<stack>/ (the load test's, priced per hour of a run)."""
+    common = {"resources.yaml": to_yaml(resources_document(run)), "graph.md": graph_markdown(run),
+              "summary.md": summary_markdown(run), **manifest_files(run)}
+    if run.project != PROJECT_NAMESPACE:
+        return {**common, "cost.md": load_test_cost_markdown(run)}
+    return {**dashboard_files(run), **common, "cost.md": cost_markdown(run), "quota.md": quota_markdown(run)}

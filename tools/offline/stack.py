@@ -15,6 +15,7 @@ from tools.offline.compat import reset_root_stack
 from tools.offline.mocks import PlatformMocks, RecordingMonitor, ResourceRecord
 
 ROOT = Path(__file__).resolve().parents[2]
+LOAD_TEST_ROOT = ROOT / "loadtest"
 # Encrypted stack values cannot be decrypted offline; this stands in for each of them.
 SECRET_PLACEHOLDER = "offline-placeholder-secret"
 
@@ -25,6 +26,8 @@ class StackRun:
     resources: list[ResourceRecord]
     outputs: dict[str, Any]
     secret_outputs: set[str]
+    project: str = PROJECT_NAMESPACE
+    """The Pulumi project: the platform's, or the load test's (loadtest/Pulumi.yaml)."""
 
     def of_type(self, type_token: str) -> list[ResourceRecord]:
         return [r for r in self.resources if r.type == type_token]
@@ -36,7 +39,8 @@ class StackRun:
         return matches[0]
 
 
-def read_stack_config(stack: str, root: Optional[Path] = None) -> tuple[dict[str, str], list[str]]:
+def read_stack_config(stack: str, root: Optional[Path] = None,
+                      namespace: str = PROJECT_NAMESPACE) -> tuple[dict[str, str], list[str]]:
     """Config of Pulumi.<stack>.yaml as the engine passes it: full keys, string values."""
     root = root or ROOT
     path = root / f"Pulumi.{stack}.yaml"
@@ -47,7 +51,7 @@ def read_stack_config(stack: str, root: Optional[Path] = None) -> tuple[dict[str
     config: dict[str, str] = {}
     secret_keys: list[str] = []
     for key, value in (document.get("config") or {}).items():
-        full_key = key if ":" in key else f"{PROJECT_NAMESPACE}:{key}"
+        full_key = key if ":" in key else f"{namespace}:{key}"
         if isinstance(value, dict) and set(value) == {"secure"}:
             config[full_key] = SECRET_PLACEHOLDER
             secret_keys.append(full_key)
@@ -89,11 +93,15 @@ def pulumi_value(value: Any) -> Any:
 
 
 def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[str]] = None,
-                program: Optional[Callable[[], dict[str, pulumi.Output]]] = None) -> StackRun:
-    """Run `program` (default: the real platform) for `stack` under mocks; collect resources and outputs."""
-    monitor = RecordingMonitor(PlatformMocks(project=config.get("gcp:project", "offline-project")))
+                program: Optional[Callable[[], dict[str, pulumi.Output]]] = None, project: str = PROJECT_NAMESPACE,
+                references: Optional[dict[str, StackRun]] = None) -> StackRun:
+    """Run `program` (default: the real platform) of `project` for `stack` under mocks; collect resources
+    and outputs. `references`: stack name -> the run whose outputs a StackReference to it reads."""
+    monitor = RecordingMonitor(PlatformMocks(
+        project=config.get("gcp:project", "offline-project"),
+        stack_outputs={name: (run.outputs, run.secret_outputs) for name, run in (references or {}).items()}))
     reset_root_stack()  # a fresh root Stack per run
-    pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT_NAMESPACE, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys or [])
 
     if program is None:
@@ -118,7 +126,8 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[s
         return collect(program())
 
     run()
-    return StackRun(stack=stack, resources=list(monitor.records), outputs=outputs, secret_outputs=secret_outputs)
+    return StackRun(stack=stack, resources=list(monitor.records), outputs=outputs, secret_outputs=secret_outputs,
+                    project=project)
 
 
 def run_stack(stack: str, root: Optional[Path] = None, overrides: Optional[dict[str, Any]] = None) -> StackRun:
@@ -127,3 +136,17 @@ def run_stack(stack: str, root: Optional[Path] = None, overrides: Optional[dict[
     for path, value in (overrides or {}).items():
         set_path(config, path, value)
     return run_program(stack, config, secret_keys)
+
+
+def run_load_test_stack(stack: str, overrides: Optional[dict[str, str]] = None) -> StackRun:
+    """The load-test project's stack (loadtest/Pulumi.<stack>.yaml) under mocks, its StackReference answered
+    by the outputs of the platform stack it names, itself run under mocks."""
+    from loadtest.stack.rig import build_load_test
+    from loadtest.stack.settings import PROJECT_NAMESPACE as LOAD_TEST_NAMESPACE, load_settings, settings_from_values
+
+    config, secret_keys = read_stack_config(stack, LOAD_TEST_ROOT, LOAD_TEST_NAMESPACE)
+    config.update(overrides or {})
+    platform_stack = settings_from_values(config).platform_stack
+    platform = run_stack(platform_stack.rsplit("/", 1)[-1])
+    return run_program(stack, config, secret_keys, lambda: build_load_test(load_settings()),
+                       project=LOAD_TEST_NAMESPACE, references={platform_stack: platform})
