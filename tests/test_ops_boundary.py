@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,10 @@ def test_a_hidden_import_of_the_local_platform_is_caught(tmp_path):
     found = local_platform_imports(ops)
     assert [hit.split(" ", 1)[1] for hit in found] == ["tools.local.localplatform", "tools.local.rollout",
                                                        "tools.local"]
+
+
+def test_choosing_a_target_loads_the_local_platform_only_for_local():
+    probe = ("import sys, argparse; from tools.ops import targets; "
+             "print(sorted(m for m in sys.modules if m.startswith('tools.local')))")
+    loaded = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

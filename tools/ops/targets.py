@@ -8,7 +8,6 @@ from pathlib import Path
 
 from tools.ops.gke import GkeTarget
 from tools.ops.interfaces import Platform
-from tools.ops.local import LocalTarget
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,5 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def platform(args: argparse.Namespace) -> Platform:
     """The adapter of `args.target`; TargetError when it cannot be reached."""
     if args.target == "local":
+        # Imported here: the local adapter loads the whole local platform, which a cluster run never needs.
+        from tools.ops.local import LocalTarget
         return LocalTarget(args.workdir, args.stack)
     return GkeTarget(args.stack, args.tracking_uri)
