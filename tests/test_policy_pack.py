@@ -172,6 +172,31 @@ def test_each_rule_catches_its_problem(runs, rule, stack, type_token, path, valu
     assert any(message in violation for violation in found), found
 
 
+AUTHORITATIVE = ["gcp:secretmanager/secretIamBinding:SecretIamBinding", "gcp:secretmanager/secretIamPolicy:SecretIamPolicy",
+                 "gcp:projects/iAMBinding:IAMBinding", "gcp:projects/iAMPolicy:IAMPolicy",
+                 "gcp:serviceaccount/iAMBinding:IAMBinding", "gcp:serviceaccount/iAMPolicy:IAMPolicy",
+                 "gcp:storage/bucketIAMBinding:BucketIAMBinding", "gcp:storage/bucketIAMPolicy:BucketIAMPolicy",
+                 "gcp:artifactregistry/repositoryIamBinding:RepositoryIamBinding", "gcp:iap/webIamPolicy:WebIamPolicy"]
+
+
+@pytest.mark.parametrize("type_token", AUTHORITATIVE)
+def test_authoritative_iam_is_refused(type_token):
+    found = RULES["iam-members-only"](type_token, {"role": "roles/secretmanager.secretAccessor",
+                                                   "members": ["serviceAccount:a@p.iam.gserviceaccount.com"]})
+    assert len(found) == 1 and found[0].startswith(f"{type_token} is authoritative")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_stack_granting_by_binding_is_refused_by_the_pack(pack, runs, stack):
+    # The committed stack grants by members only; the same grant made authoritative is caught.
+    member_grants = [r for r in runs[stack].resources if r.type.endswith(("IamMember", "IAMMember"))]
+    assert member_grants and not [r for r in runs[stack].resources if rules.AUTHORITATIVE_IAM.search(r.type)]
+    grant = member_grants[0]
+    binding = grant.type.replace("IamMember", "IamBinding").replace("IAMMember", "IAMBinding")
+    inputs = {**{k: v for k, v in grant.inputs.items() if k != "member"}, "members": [grant.inputs["member"]]}
+    assert any("is authoritative" in v for v in run_policies(pack, binding, inputs))
+
+
 def test_passage_through_iap_is_never_public(run_stack_with):
     run = run_stack_with("prod", {"edge.iap": "true", "edge.iapMembers": '["group:ml@example.com"]'})
     [grant] = run.of_type("gcp:iap/webIamMember:WebIamMember")

@@ -173,6 +173,18 @@ def check_iam_no_public_or_basic_roles(resource_type: str, props: dict) -> list[
     return violations
 
 
+# Authoritative IAM: a Binding sets a role's whole member list and a Policy a resource's whole policy, so
+# applying or destroying one removes grants this stack never made (the platform's, another stack's, a human's).
+AUTHORITATIVE_IAM = re.compile(r":[A-Za-z]*I[Aa][Mm](Binding|Policy)$")
+
+
+def check_iam_members_only(resource_type: str, props: dict) -> list[str]:
+    if not AUTHORITATIVE_IAM.search(resource_type):
+        return []
+    return [f"{resource_type} is authoritative: it replaces grants this stack did not make; grant with the "
+            "matching *IamMember / IAMMember type, one member each"]
+
+
 def check_gke_private_workload_identity(resource_type: str, props: dict) -> list[str]:
     if resource_type != CLUSTER_TYPE:
         return []
@@ -394,6 +406,10 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("iam-no-public-members-or-basic-roles",
      "IAM grants never name allUsers/allAuthenticatedUsers nor the basic roles owner, editor, viewer.",
      check_iam_no_public_or_basic_roles),
+    ("iam-members-only",
+     "IAM is granted by members (*IamMember), never by authoritative bindings or policies (*IamBinding, "
+     "*IamPolicy), so applying or destroying a stack never removes a grant it did not make.",
+     check_iam_members_only),
     ("gke-private-nodes-and-workload-identity",
      "GKE clusters have private nodes and Workload Identity enabled.",
      check_gke_private_workload_identity),
