@@ -230,6 +230,13 @@ def test_destroying_the_load_test_cannot_touch_a_platform_resource(load_runs, st
     assert not any(r.protect for r in load.resources)
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_load_test_can_be_destroyed_after_the_platform_s_clusters_are_gone(load_runs, stack):
+    providers = load_runs[stack].of_type("pulumi:providers:kubernetes")
+    assert len(providers) == 2
+    assert all(p.inputs.get("deleteUnreachable") in (True, "true") for p in providers), providers
+
+
 # --- rendered, validated, scanned like the platform's ---------------------------------------------
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_committed_load_test_plan_is_current(load_runs, stack):

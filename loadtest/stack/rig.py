@@ -108,11 +108,13 @@ class LoadTest(pulumi.ComponentResource):
         self._gcp = pulumi.ResourceOptions(parent=self)
         self._labels = k8s_labels(name, "loadtest")
         self._pool()
+        # delete_unreachable: a destroy after the platform's (its clusters gone) drops these objects from the
+        # state instead of failing on an API server that no longer exists.
         # Identified by the cluster's name, as the platform identifies its providers by the cluster: a new
         # kubeconfig of the same cluster (endpoint, CA rotation) does not replace what the provider created.
         provider = k8s.Provider(f"{name}-serving-k8s", kubeconfig=platform.serving_kubeconfig,
                                 cluster_identifier=platform.cluster_name, enable_server_side_apply=True,
-                                opts=pulumi.ResourceOptions(parent=self))
+                                delete_unreachable=True, opts=pulumi.ResourceOptions(parent=self))
         self._k8s = pulumi.ResourceOptions(parent=self, provider=provider)
         namespace = k8s.core.v1.Namespace(f"{name}-ns", metadata=restricted_namespace_metadata(NAMESPACE, name),
                                           opts=self._k8s)
@@ -177,7 +179,7 @@ class LoadTest(pulumi.ComponentResource):
         this namespace does not exist on the platform cluster, so the policy admits nobody there."""
         provider = k8s.Provider(f"{self._name}-platform-k8s", kubeconfig=self._platform.platform_kubeconfig,
                                 cluster_identifier=self._platform.platform_cluster_name, enable_server_side_apply=True,
-                                opts=pulumi.ResourceOptions(parent=self))
+                                delete_unreachable=True, opts=pulumi.ResourceOptions(parent=self))
         selector = k8s_selector(TRACKING_INSTANCE, TRACKING_COMPONENT)
         return k8s.networking.v1.NetworkPolicy(
             f"{self._name}-to-tracking",
