@@ -20,13 +20,14 @@ from infra.images import build_tag
 from loadtest import cluster
 from loadtest.cluster import ClusterRun, ClusterRunError, ClusterRunner, job_from_template, run_cluster
 from loadtest.pod_results import END, extract, pack
-from loadtest.stack.settings import LoadTestConfigError, LoadTestSettings, settings_from_values
+from loadtest.stack.rig import build_load_test
+from loadtest.stack.settings import LoadTestConfigError, LoadTestSettings, load_settings, settings_from_values
 from loadtest.stack.templates import (
     CREDENTIALS_KSA, NAMESPACE, PASSWORD_FILE, POOL_TAINT, RUN_LABEL, SETUP_KSA, USERNAME, master_name, workers_name,
 )
 from tools.offline import crd_validate, plan
 from tools.offline.render import render
-from tools.offline.stack import ROOT, read_stack_config, run_load_test_stack
+from tools.offline.stack import ROOT, read_stack_config, run_load_test_stack, run_program
 from tools.ops.stack import StackOutputError, StackOutputs
 from tools.policy import rules
 from tests.test_manifests import KUBERNETES_VERSION, checkov
@@ -63,8 +64,10 @@ BASE = {"mlflow-loadtest:platformStack": "organization/mlflow-platform/dev"}
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"mlflow-loadtest:platformStack": None}, "mlflow-loadtest:platformStack: required, not set"),
-    ({"mlflow-loadtest:platformStack": "a b"}, "mlflow-loadtest:platformStack = 'a b': must name a stack"),
+    ({"mlflow-loadtest:platformStack": "a b"}, "mlflow-loadtest:platformStack = 'a b': must name a stack fully"),
+    # Pulumi would resolve these against this project (mlflow-loadtest): the load test would load itself.
+    ({"mlflow-loadtest:platformStack": "dev"}, "mlflow-loadtest:platformStack = 'dev': must name a stack fully"),
+    ({"mlflow-loadtest:platformStack": "organization/dev"}, "as <organization>/<project>/<stack>"),
     ({"mlflow-loadtest:machineType": "e2-medium"},
      "mlflow-loadtest:machineType = 'e2-medium': must be a machine type with 2 or more dedicated vCPUs"),
     ({"mlflow-loadtest:machineType": "n2-standard-1"}, "2 or more dedicated vCPUs"),
@@ -110,7 +113,19 @@ def test_the_project_file_declares_every_setting_with_its_default_and_the_stacks
         defaults = {f"mlflow-loadtest:{key}": str(field.default).lower() for key, field in model.items()
                     if not field.is_required()}
         assert not {key for key, value in config.items() if defaults.get(key) == value}, stack
-        assert settings_from_values(config).platform_stack == f"organization/mlflow-platform/{stack}"
+        assert settings_from_values(config).platform_stack is None, stack  # the default names it
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_by_default_the_load_test_loads_the_platform_stack_of_its_own_organization_and_name(stack_runs, stack):
+    config, _ = read_stack_config(stack, ROOT / "loadtest", "mlflow-loadtest")
+    # The mocks answer only this StackReference name: any other one fails the run.
+    run = run_program(stack, config, program=lambda: build_load_test(load_settings()), project="mlflow-loadtest",
+                      references={f"organization/mlflow-platform/{stack}": stack_runs[stack]})
+    assert run.of_type(NODE_POOL)
+    chosen = settings_from_values({**BASE, "mlflow-loadtest:platformStack": "acme/mlflow-platform/staging"})
+    assert chosen.platform_stack_for("organization", stack) == "acme/mlflow-platform/staging"
+    assert settings_from_values({}).platform_stack_for("acme", stack) == f"acme/mlflow-platform/{stack}"
 
 
 # --- the platform declares none of it ------------------------------------------------------------
@@ -173,11 +188,23 @@ def test_the_load_test_user_has_its_own_generated_secret_read_by_its_identities_
     readers = {}
     for grant in run.of_type(SECRET_READER):
         readers.setdefault(grant.inputs["secretId"], set()).add(grant.inputs["member"])
-    admin_secret = "mlflow-app-secrets-admin-password-id"  # the platform's, from its app_secrets output
+    admin_secret = f"projects/my-mlflow-{stack}/secrets/mlflow-admin-password"  # the platform's app_secrets output
     setup = {m for m in readers[admin_secret]}
     assert len(setup) == 2 and all(SETUP_KSA in m or f"loadtest-setup-{stack}@" in m for m in setup)
     [own] = set(readers) - {admin_secret}
     assert len(readers[own]) == 4 and any(f"/sa/{CREDENTIALS_KSA}" in m for m in readers[own])
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_user_is_made_after_its_password_exists_and_made_again_when_the_password_is_replaced(load_runs, stack):
+    run = load_runs[stack]
+    [version] = run.of_type("gcp:secretmanager/secretVersion:SecretVersion")
+    [setup] = run.of_type("kubernetes:batch/v1:Job")
+    assert version.urn in setup.dependencies
+    # The version's name is in the pod template, which Kubernetes keeps immutable: a new version replaces the Job.
+    annotations = setup.inputs["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"mlflow.org/loadtest-password-version": version.state["name"]}
+    assert version.state["name"].endswith("/versions/1")
 
 
 @pytest.mark.parametrize("stack", STACKS)

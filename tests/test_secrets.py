@@ -4,6 +4,9 @@ workload identities of the pods that mount them, through GKE's Secret Manager ad
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -11,6 +14,7 @@ from infra.identity import WORKLOAD_IDENTITY_ANNOTATION
 from infra.secrets import ACCESSOR, SECRET_LENGTHS, AppSecretsArgs, workload_principal
 from k8s.secret_files import CSI_DRIVER, SPC_PROVIDER, provider_class_spec, with_file_env
 from tools.offline.mocks import OFFLINE_PROJECT_NUMBER, is_secret
+from tools.offline.stack import ROOT
 from tests.helpers import plain, pod_spec
 
 STACKS = ["dev", "prod"]
@@ -124,3 +128,18 @@ def test_no_kubernetes_secret_holds_an_application_secret(stack_runs, stack):
         keys = set(plain(record.inputs["stringData"]))
         assert not keys & {"admin-password", "flask-secret-key", "password", "username"}, record.urn
     assert "tracking_admin_password" not in stack_runs[stack].outputs
+
+
+SECRET_VERSION_NAME = re.compile(r"^projects/[^/]+/secrets/[^/]+/versions/[^/]+$")
+
+
+def test_every_committed_plan_mounts_secret_versions_by_their_full_name():
+    # The add-on resolves resourceName as a Secret Manager version name; anything else fails the pod's mount.
+    names = {}
+    for path in sorted((ROOT / "plan").glob("*/k8s/*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        if document.get("kind") == "SecretProviderClass":
+            entries = yaml.safe_load(document["spec"]["parameters"]["secrets"])
+            names.update({f"{path.relative_to(ROOT)}:{e['path']}": e["resourceName"] for e in entries})
+    assert {path.parts[1] for path in map(Path, names)} == {"dev", "prod", "loadtest-dev", "loadtest-prod"}
+    assert {where: name for where, name in names.items() if not SECRET_VERSION_NAME.match(name)} == {}

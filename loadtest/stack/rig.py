@@ -44,6 +44,9 @@ from loadtest.stack.templates import (
 PROJECT_DIR = Path(__file__).resolve().parents[1]  # loadtest/: Pulumi.yaml, the Locust image's context
 TRACKING_INSTANCE = "mlflow"  # program.py names the TrackingServer so: its pods' selector
 PASSWORD_LENGTH = 32
+# On the setup Job's pod template: a new password version changes the template, which Kubernetes keeps
+# immutable, so Pulumi replaces the Job and the user is reset to the password Locust will read.
+PASSWORD_VERSION_ANNOTATION = "mlflow.org/loadtest-password-version"
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,8 @@ class LoadTest(pulumi.ComponentResource):
             image=pulumi.Output.concat(platform.repository_url, "/mlflow-loadtest"),
             registry_host=platform.repository_url.apply(lambda url: url.split("/", 1)[0]), token=registry_token(),
             opts=self._gcp)
-        password = self._user_secret()
-        user = self._setup_job(password, admitted)
+        password, version = self._user_secret()
+        user = self._setup_job(password, version, admitted)
         for service in SERVICES:
             self._service_templates(service, password if service == "tracking" else None, user)
         self.namespace = self._ns
@@ -190,7 +193,7 @@ class LoadTest(pulumi.ComponentResource):
                 "ports": tcp_ports(TRACKING_PORT)}]},
             opts=pulumi.ResourceOptions(parent=self, provider=provider))
 
-    def _user_secret(self) -> SecretRef:
+    def _user_secret(self) -> tuple[SecretRef, gcp.secretmanager.SecretVersion]:
         """The load-test user's password: generated, kept in its own secret, in the platform's region."""
         platform = self._platform
         secret = gcp.secretmanager.Secret(
@@ -203,27 +206,31 @@ class LoadTest(pulumi.ComponentResource):
             opts=self._gcp)
         value = random.RandomPassword(f"{self._name}-password-value", length=PASSWORD_LENGTH, special=False,
                                       opts=self._gcp)
-        gcp.secretmanager.SecretVersion(f"{self._name}-password-initial", secret=secret.id, secret_data=value.result,
-                                        opts=self._gcp)
+        version = gcp.secretmanager.SecretVersion(f"{self._name}-password-initial", secret=secret.id,
+                                                  secret_data=value.result, opts=self._gcp)
         return SecretRef(name=PASSWORD_FILE, secret_id=secret.id,
                          version_name=pulumi.Output.concat("projects/", platform.project, "/secrets/", secret.secret_id,
-                                                           f"/versions/{LATEST}"))
+                                                           f"/versions/{LATEST}")), version
 
-    def _setup_job(self, password: SecretRef, admitted: pulumi.Resource) -> k8s.batch.v1.Job:
+    def _setup_job(self, password: SecretRef, version: gcp.secretmanager.SecretVersion,
+                   admitted: pulumi.Resource) -> k8s.batch.v1.Job:
         """Creates (or resets) the load-test user as the tracking admin: its identity alone reads the admin's
-        password, and only this Job runs as it."""
+        password, and only this Job runs as it. It runs after the password's version exists (its pod mounts
+        `latest`), and again whenever that version is replaced."""
         volume, grants = self._identity("setup", SETUP_KSA, (self._platform.admin_password, password))
         labels = k8s_labels(self._name, "setup")
         container = setup_container(image=self._image, tracking_url=self._platform.tracking_url,
                                     admin_username=self._platform.admin_username)
         container["volumeMounts"].append(secrets_mount())
+        spec = run_once_job_spec(labels, SETUP_DEADLINE_SECONDS, SETUP_KSA, containers=[container],
+                                 volumes=[tmp_volume("64Mi"), volume], backoff_limit=6)
+        spec["template"]["metadata"]["annotations"] = {PASSWORD_VERSION_ANNOTATION: version.name}
         return k8s.batch.v1.Job(
             f"{self._name}-setup",
             metadata={"name": "mlflow-loadtest-user", "namespace": self._ns, "labels": labels},
-            spec=run_once_job_spec(labels, SETUP_DEADLINE_SECONDS, SETUP_KSA, containers=[container],
-                                   volumes=[tmp_volume("64Mi"), volume], backoff_limit=6),
+            spec=spec,
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
-                depends_on=[admitted, *grants], delete_before_replace=True,
+                depends_on=[admitted, version, *grants], delete_before_replace=True,
                 custom_timeouts=job_wait(SETUP_DEADLINE_SECONDS))))
 
     def _service_templates(self, service: str, password: Optional[SecretRef], user: pulumi.Resource) -> None:
@@ -275,5 +282,6 @@ class LoadTest(pulumi.ComponentResource):
 
 def build_load_test(settings: LoadTestSettings) -> dict[str, pulumi.Output]:
     """The stack's outputs: what `make loadtest TARGET=cluster` reads."""
-    rig = LoadTest(INSTANCE, settings, Platform.of(settings.platform_stack))
+    platform = Platform.of(settings.platform_stack_for(pulumi.get_organization(), pulumi.get_stack()))
+    rig = LoadTest(INSTANCE, settings, platform)
     return {"namespace": rig.namespace, "kubeconfig": rig.kubeconfig}

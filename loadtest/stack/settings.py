@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -12,8 +12,9 @@ from pydantic.alias_generators import to_camel
 from infra.cloud_rules import MIN_NODE_DISK_GB
 
 PROJECT_NAMESPACE = "mlflow-loadtest"
-# organization/project/stack, or a stack of the same organization's platform project.
-_STACK_NAME = re.compile(r"^(?:[A-Za-z0-9_.-]+/){0,2}[A-Za-z0-9_.-]+$")
+PLATFORM_PROJECT = "mlflow-platform"
+# Fully qualified: Pulumi resolves a bare `<stack>` (or `org/<stack>`) against the current project, this one.
+_STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 # A machine type with dedicated vCPUs: shared-core types (e2-medium, …) throttle a Locust worker.
 _DEDICATED_MACHINE = re.compile(r"^(?:e2|n1|n2|n2d|n4|c2|c2d|c3|c3d|c4|t2d)-(?:standard|highmem|highcpu)-(?P<cpus>\d+)$")
 
@@ -23,7 +24,9 @@ class LoadTestSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
-    platform_stack: str = Field(description="The platform stack to load, as `organization/mlflow-platform/<stack>`.")
+    platform_stack: Optional[str] = Field(None, description="The platform stack to load, as "
+                                          "`<organization>/<project>/<stack>`; default: the platform stack of "
+                                          "this stack's organization and name (`<org>/mlflow-platform/<stack>`).")
     machine_type: str = Field("e2-standard-4", description="Node machine type of the load-test pool: 2 or more "
                               "dedicated vCPUs (a Locust worker keeps one busy), e.g. e2-standard-4.")
     workers: int = Field(2, ge=1, le=32, description="Locust worker pods per run, 1 vCPU each; the pool's "
@@ -33,9 +36,10 @@ class LoadTestSettings(BaseModel):
 
     @field_validator("platform_stack")
     @classmethod
-    def _stack_name(cls, value: str) -> str:
-        if not _STACK_NAME.match(value):
-            raise ValueError("must name a stack: organization/mlflow-platform/<stack> (or <stack>)")
+    def _stack_name(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not _STACK_NAME.match(value):
+            raise ValueError("must name a stack fully, as <organization>/<project>/<stack> (e.g. "
+                             "organization/mlflow-platform/dev): a shorter name is this project's own stack")
         return value
 
     @field_validator("machine_type")
@@ -46,6 +50,10 @@ class LoadTestSettings(BaseModel):
             raise ValueError("must be a machine type with 2 or more dedicated vCPUs, e.g. e2-standard-4 "
                              "(a Locust worker keeps one busy)")
         return value
+
+    def platform_stack_for(self, organization: str, stack: str) -> str:
+        """The platform stack to load from `organization`'s load-test stack named `stack`."""
+        return self.platform_stack or f"{organization}/{PLATFORM_PROJECT}/{stack}"
 
     @property
     def max_nodes(self) -> int:

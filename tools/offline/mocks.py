@@ -14,6 +14,7 @@ from tools.offline.compat import SECRET_SIG, SIG_KEY, MockMonitor
 
 OFFLINE_ENDPOINT = "203.0.113.10"  # TEST-NET-3: never routable
 OFFLINE_PROJECT_NUMBER = "123456789012"
+MOCK_ORGANIZATION = "organization"  # Pulumi's own name for the organization of a DIY backend's stacks
 
 
 def secret(value: Any) -> dict:
@@ -93,6 +94,16 @@ class PlatformMocks(pulumi.runtime.Mocks):
             state.update(name=name, selfLink=f"projects/{self.project}/regions/{state.get('region')}/subnetworks/{name}")
         elif typ == "gcp:compute/globalAddress:GlobalAddress" and state.get("addressType") == "EXTERNAL":
             state.update(name=name, address="198.51.100.7")
+        elif typ == "gcp:secretmanager/secret:Secret":
+            # The provider's id, and what a SecretProviderClass's resourceName is built from.
+            secret_name = f"projects/{state.get('project', self.project)}/secrets/{state['secretId']}"
+            state.update(name=f"projects/{OFFLINE_PROJECT_NUMBER}/secrets/{state['secretId']}")
+            return secret_name, state
+        elif typ == "gcp:secretmanager/secretVersion:SecretVersion":
+            # id and name alike: the project's number, not its id, as the API answers.
+            version_name = f"projects/{OFFLINE_PROJECT_NUMBER}/secrets/{state['secret'].rsplit('/', 1)[-1]}/versions/1"
+            state.update(name=version_name, version="1")
+            return version_name, state
         elif typ.startswith("gcp:"):
             state.setdefault("name", name)
         elif typ in ("random:index/randomPassword:RandomPassword", "random:index/randomString:RandomString"):

@@ -12,7 +12,7 @@ import yaml
 
 from infra.config import PROJECT_NAMESPACE, full_key
 from tools.offline.compat import reset_root_stack
-from tools.offline.mocks import PlatformMocks, RecordingMonitor, ResourceRecord
+from tools.offline.mocks import MOCK_ORGANIZATION, PlatformMocks, RecordingMonitor, ResourceRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 LOAD_TEST_ROOT = ROOT / "loadtest"
@@ -101,7 +101,8 @@ def run_program(stack: str, config: dict[str, str], secret_keys: Optional[list[s
         project=config.get("gcp:project", "offline-project"),
         stack_outputs={name: (run.outputs, run.secret_outputs) for name, run in (references or {}).items()}))
     reset_root_stack()  # a fresh root Stack per run
-    pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(monitor.mocks, project=project, stack=stack, preview=False, monitor=monitor,
+                             organization=MOCK_ORGANIZATION)
     pulumi.runtime.set_all_config(config, secret_keys or [])
 
     if program is None:
@@ -146,7 +147,7 @@ def run_load_test_stack(stack: str, overrides: Optional[dict[str, str]] = None) 
 
     config, secret_keys = read_stack_config(stack, LOAD_TEST_ROOT, LOAD_TEST_NAMESPACE)
     config.update(overrides or {})
-    platform_stack = settings_from_values(config).platform_stack
+    platform_stack = settings_from_values(config).platform_stack_for(MOCK_ORGANIZATION, stack)
     platform = run_stack(platform_stack.rsplit("/", 1)[-1])
     return run_program(stack, config, secret_keys, lambda: build_load_test(load_settings()),
                        project=LOAD_TEST_NAMESPACE, references={platform_stack: platform})
