@@ -1,4 +1,4 @@
-"""Plots (matplotlib, Agg) and the tables of docs/benchmarks.md from tools.benchmarks/results/*.json.
+"""Plots (matplotlib, Agg) and the tables of docs/benchmarks.md from tools/benchmarks/results/*.json.
 
     .venv-runtime/bin/python -m tools.benchmarks.report [--results-dir DIR] [--docs PATH]
 
