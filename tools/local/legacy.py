@@ -18,10 +18,10 @@ from typing import Optional, Sequence
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
 from k8s.tracking import ini_value
-from tools.local.localplatform import CLIENTS_DIR, ClientResult, LocalPlatform, write_private_file
+from tools.local.localplatform import ClientResult, LocalPlatform, write_private_file
 from tools.local.manifests import ROOT
-from tools.local.processes import LocalPlatformError, ManagedProcess, free_port, http_ok, log_tail
-from tools.venvs import TOOLS, TOOLS_REQUIREMENTS, Venv, VenvError
+from tools.local.processes import LocalPlatformError, ManagedProcess, free_port, http_ok
+from tools.venvs import TOOLS, TOOLS_REQUIREMENTS, Venv
 
 LEGACY_VENV = TOOLS.path
 LEGACY_REQUIREMENTS = ROOT / "tools" / "requirements-upgrade.txt"
@@ -121,19 +121,8 @@ class LegacyTracking:
                    extra_env: Optional[dict] = None, timeout: float = 300.0) -> ClientResult:
         """A client script with this release's python against this server; `auth` defaults to the admin."""
         p = self.platform
-        path = Path(script) if "/" in str(script) or str(script).endswith(".py") else CLIENTS_DIR / f"{script}.py"
         username, password = auth or (p.admin_username, p.admin_password)
         env = {"MLFLOW_TRACKING_URI": self.url, "MLFLOW_TRACKING_USERNAME": username,
                "MLFLOW_TRACKING_PASSWORD": password, **(extra_env or {})}
-        self._client_runs += 1
-        log_path = p.logs_dir / "clients" / f"legacy-{self._client_runs:03d}-{path.stem}.log"
-        try:
-            finished = self.venv.run([str(path), *args], home=p.clients_home, env=env, cwd=p.clients_home,
-                                     log_path=log_path, timeout=timeout)
-        except VenvError as err:
-            raise LocalPlatformError(f"legacy client {path.name}: {err}") from None
-        if finished.code != 0:
-            raise LocalPlatformError(f"legacy client {path.name} exited with code {finished.code}; "
-                                     f"log {log_path}:\n{log_tail(log_path, p.redact)}")
-        return ClientResult(finished.code, finished.stdout, log_path)
+        return p.run_client_in(self.venv, script, args, env, label="legacy", timeout=timeout)
 

@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 from urllib.parse import quote
 
 import yaml
@@ -739,7 +739,6 @@ class LocalPlatform:
         `script`: a path, or the name of one of tools/local/clients/. `user`: "admin", "serving" or None
         (no credentials). Its stdout is returned (print results, never secrets); stderr is logged.
         """
-        path = Path(script) if "/" in str(script) or str(script).endswith(".py") else CLIENTS_DIR / f"{script}.py"
         env = {"MLFLOW_TRACKING_URI": self.tracking_url}
         if user == "admin":
             env.update(MLFLOW_TRACKING_USERNAME=self.admin_username, MLFLOW_TRACKING_PASSWORD=self.admin_password)
@@ -748,19 +747,26 @@ class LocalPlatform:
                        MLFLOW_TRACKING_PASSWORD=self.serving_password)
         elif user is not None:
             raise ValueError(f"user={user!r}: allowed admin, serving or None")
-        env.update(extra_env or {})
+        return self.run_client_in(self.runtime, script, args, {**env, **(extra_env or {})}, check=check,
+                                  timeout=timeout)
+
+    def run_client_in(self, venv: Venv, script: str | Path, args: Sequence[str], env: dict[str, str], *,
+                      label: str = "", check: bool = True, timeout: float = 300.0) -> ClientResult:
+        """A client script (a path, or the name of one of tools/local/clients/) with `venv`'s python, its
+        output logged under logs/clients/ (file names prefixed with `label`)."""
+        path = Path(script) if "/" in str(script) or str(script).endswith(".py") else CLIENTS_DIR / f"{script}.py"
+        name = f"{label} client {path.name}" if label else f"client {path.name}"
         self._client_runs += 1
-        log_path = self.logs_dir / "clients" / f"{self._client_runs:03d}-{path.stem}.log"
+        log_path = self.logs_dir / "clients" / f"{label + '-' if label else ''}{self._client_runs:03d}-{path.stem}.log"
         try:
-            finished = self.runtime.run([str(path), *args], home=self.clients_home, env=env, cwd=self.clients_home,
-                                        log_path=log_path, timeout=timeout)
+            finished = venv.run([str(path), *args], home=self.clients_home, env=env, cwd=self.clients_home,
+                                log_path=log_path, timeout=timeout)
         except VenvError as err:
-            raise LocalPlatformError(f"client {path.name}: {err}") from None
-        result = ClientResult(finished.code, finished.stdout, log_path)
+            raise LocalPlatformError(f"{name}: {err}") from None
         if check and finished.code != 0:
-            raise LocalPlatformError(f"client {path.name} {self.redact(' '.join(args))} exited with code {finished.code}; "
+            raise LocalPlatformError(f"{name} {self.redact(' '.join(args))} exited with code {finished.code}; "
                                      f"log {log_path}:\n{log_tail(log_path, self.redact)}")
-        return result
+        return ClientResult(finished.code, finished.stdout, log_path)
 
     def train_model(self, variant: str = "base", experiment: str = "iris-demo", *, flavor: str = "sklearn",
                     move_alias: bool = True, extra_requirements: tuple[str, ...] = ()) -> dict:
