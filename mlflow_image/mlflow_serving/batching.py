@@ -220,7 +220,8 @@ class Batcher:
         """Requests whose body is still being read."""
         self.cost: Optional[float] = None
         """Seconds per batch, a moving average; None (scored off the loop) until one was measured."""
-        self._draining = False
+        self._draining: Optional[asyncio.Task] = None
+        """The running drain; held so that it is not garbage-collected mid-batch."""
         self._arrived: Optional[asyncio.Event] = None
         self._thread: Optional[ThreadPoolExecutor] = None
 
@@ -228,10 +229,9 @@ class Batcher:
         self.pending.append(self._prepare(request))
         if self._arrived is not None:
             self._arrived.set()
-        if not self._draining:
-            self._draining = True
+        if self._draining is None:
             # A task runs after the requests already read in this loop turn: they join the batch.
-            asyncio.get_running_loop().create_task(self._drain())
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
 
     def _prepare(self, request: Request) -> Request:
         if self.scorer.mergeable and request.content_type == JSON:
@@ -296,7 +296,7 @@ class Batcher:
                 # A backlog of several batches does not hold the loop: /ping and reads run between them.
                 await asyncio.sleep(0)
         finally:
-            self._draining = False
+            self._draining = None
 
     def _score(self, batch: list[Request]) -> tuple[list[tuple[Request, Answer]], float]:
         """Each request with its answer, and the seconds this took."""
