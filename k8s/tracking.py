@@ -441,10 +441,10 @@ class TrackingServer(pulumi.ComponentResource):
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=names.metadata(ns_name),
-            # The auth config is read only at start: a change must roll the pods.
+            # The auth config is read only at start: a change must roll the pods (IAP on or off changes the
+            # container's env, which rolls them too).
             spec=deployment_spec(names, pod, {
-                "mlflow.org/auth-settings": f"{auth.auth_default_permission},ttl={auth.auth_cache_ttl_seconds}"
-                                            f"{',iap' if args.iap else ''}"},
+                "mlflow.org/auth-settings": f"{auth.auth_default_permission},ttl={auth.auth_cache_ttl_seconds}"},
                 replicas=auth.replicas),
             # The add-on mounts the files only once the pod's identity may read them.
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
