@@ -109,3 +109,29 @@ def test_a_person_has_no_password_and_the_admin_is_break_glass_without_iap(platf
     session = requests.Session()
     assert search(session, platform.tracking_url, auth=("ada@example.com", "guess")).status_code == 401
     assert search(session, platform.tracking_url, auth=admin(platform)).status_code == 200
+
+
+def test_the_ui_works_in_chromium_as_a_named_person(platform):
+    """Debian's Chromium (.ci/run) through the stand-in: sign in as ada, see fraud's experiment and not
+    risk's, open it."""
+    import os
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=["--no-sandbox"] if os.geteuid() == 0 else [])
+        try:
+            page = browser.new_page()
+            page.goto(platform.people_url + "/#/experiments")
+            page.get_by_label("Google account e-mail").fill("ada@example.com")
+            page.get_by_role("button", name="Sign in").click()
+            page.goto(platform.people_url + "/#/experiments")
+            expect(page.get_by_text("fraud-detector").first).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("risk-scores")).to_have_count(0)
+            page.get_by_text("fraud-detector").first.click()
+            expect(page).to_have_url(re.compile(r"/experiments/\d+"), timeout=30_000)
+            expect(page.get_by_text("fraud-detector").first).to_be_visible()
+        finally:
+            browser.close()

@@ -80,6 +80,17 @@ SIGN_IN_PAGE = """<!doctype html><title>Sign in (stand-in for IAP)</title>
 <button type="submit">Sign in</button></form>"""
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that drops a connection it no longer needs is no error; anything else is reported."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class StandInIap:
     """The proxy on its own port, in front of `upstream` (tracking's load balancer), in this process."""
 
@@ -102,8 +113,7 @@ class StandInIap:
         return f"{self.url}{SIGN_IN_PATH}?email={quote(email)}"
 
     def start(self) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self.port), _handler(self))
         threading.Thread(target=self._server.serve_forever, name="stand-in-iap", daemon=True).start()
 
     def stop(self) -> None:
