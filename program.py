@@ -21,7 +21,7 @@ from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, Ap
 from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
-from k8s.access import TeamAccess, TeamAccessArgs
+from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
 from k8s.serving import SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import TrackingServer, TrackingServerArgs
 
@@ -243,6 +243,7 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         iap=settings.edge.iap,
         iap_backend_service_id=settings.edge.iap_backend_service_id,
         machine_users=(SERVING_USERNAME,) if settings.serving.model_name else (),
+        domain_roles=domain_roles(settings.access),
         internal_lb_ip=foundation.network.internal_addresses.get("tracking"),
         serving_pod_cidr=settings.network.serving_pods_cidr if settings.clusters.separate_serving else None,
     ), foundation.after_apis)

@@ -24,6 +24,7 @@ from k8s.tracking import TrackingEndpoint
 from k8s.workload import run_once_job_spec
 
 KSA_NAME = "mlflow-access"
+ROLE_PREFIX = "team-"  # each team is the MLflow role ROLE_PREFIX + name (mlflow_access.ROLE_PREFIX)
 MODULE = "mlflow_access"  # in the tracking image
 FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
 DEADLINE_SECONDS = 600
@@ -36,6 +37,13 @@ def teams_json(settings: AccessSettings) -> str:
     line (the plan shows a change of one member or rule as one line)."""
     return json.dumps({name: team.model_dump(by_alias=True, mode="json") for name, team in settings.teams.items()},
                       sort_keys=True, indent=1)
+
+
+def domain_roles(settings: AccessSettings) -> tuple[tuple[str, str], ...]:
+    """(domain, team role) of every `domain:` member: the tracking server puts a new user of the domain
+    in the role at first sign-in, rather than at the access Job's next run."""
+    return tuple((member.split(":", 1)[1], ROLE_PREFIX + name) for name, team in sorted(settings.teams.items())
+                 for member in team.members if member.startswith("domain:"))
 
 
 def job_name(teams: str, image_version: str) -> str:

@@ -156,15 +156,17 @@ def tracking_env(job_execution: bool, backend_uri: Any) -> list[dict]:
 
 
 def iap_env(*, keys_url: str, project_number: Any, backend_service_id: Optional[str],
-            machine_users: tuple[str, ...]) -> list[dict]:
+            machine_users: tuple[str, ...], domain_roles: tuple[tuple[str, str], ...] = ()) -> list[dict]:
     """What mlflow_iap_auth trusts: the keys, the audience (this project's backend services, or the one
-    whose id is known), and who may still use a password without IAP: the break-glass admin and the
-    in-cluster machine users."""
+    whose id is known), who may still use a password without IAP (the break-glass admin and the
+    in-cluster machine users), and the team roles a new user of a domain joins at first sign-in."""
     env = [{"name": "MLFLOW_IAP_KEYS_URL", "value": keys_url},
            {"name": "MLFLOW_IAP_PROJECT_NUMBER", "value": project_number},
            {"name": "MLFLOW_IAP_BASIC_AUTH_USERS", "value": ",".join((ADMIN_USERNAME, *machine_users))}]
     if backend_service_id:
         env.append({"name": "MLFLOW_IAP_BACKEND_SERVICE_ID", "value": backend_service_id})
+    if domain_roles:
+        env.append({"name": "MLFLOW_IAP_DOMAIN_ROLES", "value": ",".join(f"{d}={r}" for d, r in domain_roles)})
     return env
 
 
@@ -356,6 +358,8 @@ class TrackingServerArgs:
     """The Ingress backend service's numeric id, once known: pins the assertions' audience to it."""
     machine_users: tuple[str, ...] = ()
     """Basic-auth users of in-cluster workloads (the serving user), still allowed a password behind IAP."""
+    domain_roles: tuple[tuple[str, str], ...] = ()
+    """(domain, team role): a new user of the domain joins the role at first sign-in."""
     internal_lb_ip: Optional[pulumi.Input[str]] = None
     """Reserved internal address (the Address resource's output): exposes tracking to the VPC
     through an internal load balancer."""
@@ -496,7 +500,8 @@ class TrackingServer(pulumi.ComponentResource):
         env = tracking_env(args.settings.job_execution, backend_uri)
         if args.iap:
             env += iap_env(keys_url=GOOGLE_IAP_KEYS_URL, project_number=args.project_number,
-                           backend_service_id=args.iap_backend_service_id, machine_users=args.machine_users)
+                           backend_service_id=args.iap_backend_service_id, machine_users=args.machine_users,
+                           domain_roles=args.domain_roles)
         return tracking_container(image=args.image, args=server_args, env=env,
                                   cpu=args.settings.cpu, memory=args.settings.memory)
 

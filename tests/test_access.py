@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from infra.config import ConfigError, settings_from_values
-from k8s.access import SCHEDULE, job_name
+from k8s.access import ROLE_PREFIX, SCHEDULE, domain_roles, job_name
 
 sys.path.insert(0, "mlflow_image")
+import mlflow_access  # noqa: E402
 from mlflow_access import EXPERIMENT, MODEL, Held, Team, permission_changes, stale_roles  # noqa: E402
 
 IAP_ON = {"gcp:project": "my-proj-123", "mlflow-platform:environment": "dev",
@@ -104,3 +105,14 @@ def test_a_change_of_teams_or_image_is_a_new_job():
 
 def test_a_stack_without_teams_declares_no_access_job(stack_runs):
     assert not stack_runs["dev"].of_type("kubernetes:batch/v1:CronJob")
+
+
+def test_a_domain_member_joins_the_team_role_the_access_job_makes_at_first_sign_in(stack_runs):
+    settings = settings_from_values({**IAP_ON, "mlflow-platform:access": {"teams": {
+        "risk": {"members": ["domain:risk.example.com", "user:ada@example.com"]}}}})
+    assert domain_roles(settings.access) == (("risk.example.com", "team-risk"),)
+    assert ROLE_PREFIX == mlflow_access.ROLE_PREFIX  # the server and the Job name the same roles
+    tracking = stack_runs["prod"].named("mlflow-deployment")
+    env = {e["name"]: e.get("value") for c in tracking.inputs["spec"]["template"]["spec"]["containers"]
+           for e in c.get("env", [])}
+    assert env["MLFLOW_IAP_DOMAIN_ROLES"] == "risk.example.com=team-risk"

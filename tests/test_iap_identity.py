@@ -81,10 +81,11 @@ def test_keys_are_refetched_hourly_or_for_an_unseen_key_id_at_most_once_a_minute
 def server(monkeypatch):
     """The hook's settings and keys, MLflow's user store and its basic-auth check replaced by records."""
     settings = hook.Settings(keys_url="https://keys", audience=THIS_PROJECT,
-                             basic_auth_users=frozenset({"admin", "mlflow-serving"}))
+                             basic_auth_users=frozenset({"admin", "mlflow-serving"}),
+                             domain_roles=(("example.com", "team-all"), ("risk.example.com", "team-risk")))
     monkeypatch.setattr(hook, "_state", {"settings": settings, "keys": KeyCache("https://keys", fetch=lambda url: KEYS)})
     created: list[str] = []
-    monkeypatch.setattr(hook, "_ensure_user", created.append)
+    monkeypatch.setattr(hook, "_ensure_user", lambda user, roles: created.append((user, roles)))
     monkeypatch.setattr(hook, "_basic_auth", lambda: flask.request.authorization
                         if flask.request.authorization.password == "right" else flask.Response(status=401))
     return flask.Flask("t"), created
@@ -107,7 +108,7 @@ def test_a_person_through_iap_is_their_email_and_becomes_a_user(server):
     app, created = server
     outcome = _outcome(app, {hook.ASSERTION_HEADER: IAP_KEY.sign("ada@example.com")})
     assert outcome.username == "ada@example.com"
-    assert created == ["ada@example.com"]
+    assert created == [("ada@example.com", ["team-all"])]
 
 
 def test_a_bad_assertion_is_401_even_with_the_admin_password_beside_it(server):
@@ -129,7 +130,11 @@ def test_without_an_assertion_only_the_listed_machine_users_may_use_a_password(s
 
 def test_settings_come_from_the_environment_and_refuse_a_missing_key_url():
     settings = hook.Settings.from_env({hook.KEYS_URL_ENV: "https://keys", hook.PROJECT_NUMBER_ENV: "1",
-                                       hook.BASIC_AUTH_USERS_ENV: "admin,mlflow-serving"})
+                                       hook.BASIC_AUTH_USERS_ENV: "admin,mlflow-serving",
+                                       hook.DOMAIN_ROLES_ENV: "risk.example.com=team-risk,example.com=team-all"})
     assert settings.basic_auth_users == {"admin", "mlflow-serving"} and settings.audience == Audience("1")
+    assert settings.roles_for("bob@risk.example.com") == ["team-risk"]
+    assert settings.roles_for("eve@example.com") == ["team-all"]
+    assert settings.roles_for("mallory@notrisk.example.com") == []
     with pytest.raises(RuntimeError, match=hook.KEYS_URL_ENV):
         hook.Settings.from_env({hook.PROJECT_NUMBER_ENV: "1"})

@@ -46,6 +46,9 @@ KEYS_URL_ENV = "MLFLOW_IAP_KEYS_URL"
 PROJECT_NUMBER_ENV = "MLFLOW_IAP_PROJECT_NUMBER"
 BACKEND_SERVICE_ENV = "MLFLOW_IAP_BACKEND_SERVICE_ID"
 BASIC_AUTH_USERS_ENV = "MLFLOW_IAP_BASIC_AUTH_USERS"
+# `DOMAIN=ROLE,...`: the team roles (made by the access Job) a new user of DOMAIN joins at first sign-in.
+DOMAIN_ROLES_ENV = "MLFLOW_IAP_DOMAIN_ROLES"
+ROLE_WORKSPACE = "default"
 
 
 class AssertionRefused(Exception):
@@ -125,6 +128,12 @@ class Settings:
     keys_url: str
     audience: Audience
     basic_auth_users: frozenset[str]
+    domain_roles: tuple[tuple[str, str], ...] = ()
+
+    def roles_for(self, email: str) -> list[str]:
+        """The team roles a new user joins: those of the domain of their e-mail."""
+        domain = email.rsplit("@", 1)[-1]
+        return [role for role_domain, role in self.domain_roles if role_domain == domain]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Settings":
@@ -133,7 +142,9 @@ class Settings:
             raise RuntimeError(f"mlflow_iap_auth needs {', '.join(missing)}")
         return cls(keys_url=env[KEYS_URL_ENV],
                    audience=Audience(env[PROJECT_NUMBER_ENV], env.get(BACKEND_SERVICE_ENV) or None),
-                   basic_auth_users=frozenset(user for user in env.get(BASIC_AUTH_USERS_ENV, "").split(",") if user))
+                   basic_auth_users=frozenset(user for user in env.get(BASIC_AUTH_USERS_ENV, "").split(",") if user),
+                   domain_roles=tuple(tuple(pair.split("=", 1)) for pair in env.get(DOMAIN_ROLES_ENV, "").split(",")
+                                      if "=" in pair))
 
 
 _state: dict = {}
@@ -154,9 +165,10 @@ def _refused(text: str):
     return response
 
 
-def _ensure_user(username: str) -> None:
-    """The MLflow user of a person or service account, created on first sign-in. Its password is
-    random and discarded: people never log in with one."""
+def _ensure_user(username: str, roles: list[str]) -> None:
+    """The MLflow user of a person or service account, created on first sign-in in the team roles of its
+    domain (the access Job keeps them after). Its password is random and discarded: people never log in
+    with one."""
     from mlflow.exceptions import MlflowException
     from mlflow.server.auth import store
 
@@ -165,10 +177,17 @@ def _ensure_user(username: str) -> None:
         return
     if not store.has_user(username):
         try:
-            store.create_user(username, secrets.token_urlsafe(32))
+            user = store.create_user(username, secrets.token_urlsafe(32))
         except MlflowException as err:  # another request or replica created it first
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        else:
+            for role in roles:
+                try:
+                    store.assign_role_to_user(user.id, store.get_role_by_name(ROLE_WORKSPACE, role).id)
+                except MlflowException as err:  # the access Job has not made the role yet: it adds them
+                    if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                        raise
     known.add(username)
 
 
@@ -195,7 +214,7 @@ def authenticate_request():
         except AssertionRefused as err:
             outcome = _refused(str(err))
         else:
-            _ensure_user(username)
+            _ensure_user(username, settings.roles_for(username))
             outcome = Authorization("basic", {"username": username, "password": ""})
     elif request.authorization is not None and request.authorization.username in settings.basic_auth_users:
         outcome = _basic_auth()
