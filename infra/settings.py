@@ -115,6 +115,17 @@ def _cpu(value: str) -> str:
     return value
 
 
+# A container's CPU limit is this many times its request: it may burst when the node has room.
+CPU_BURST = 2
+
+
+def cpu_millis(quantity: str) -> int:
+    match = re.fullmatch(r"(\d+)m|(\d+(?:\.\d+)?)", quantity)
+    if not match:
+        raise ValueError(f"cpu quantity {quantity!r}: allowed forms 500m or 1.5")
+    return int(match[1]) if match[1] else int(float(match[2]) * 1000)
+
+
 def _memory(value: str) -> str:
     if not re.fullmatch(r"[1-9]\d*(Mi|Gi)", value):
         raise ValueError("must be a positive Kubernetes memory quantity in Mi or Gi, e.g. 512Mi or 2Gi")
@@ -449,7 +460,7 @@ class ServingSettings(Section):
     min_replicas: int = Field(1, ge=1, le=100, description="HPA minimum serving replicas.")
     max_replicas: int = Field(2, ge=1, le=100, description="HPA maximum serving replicas.")
     target_cpu_percent: int = Field(70, ge=10, le=95, description="HPA target CPU utilisation, percent.")
-    workers: int = Field(1, ge=1, le=8, description="Server workers per serving pod; scale with replicas instead.")
+    workers: Optional[int] = Field(None, ge=1, le=8, description="Server processes per serving pod, each batching on its own core; empty: one per whole core of the pod's CPU limit (twice `cpu`), at least one. Every process loads the model: memory grows with them.")
     max_batch_size: int = Field(1024, ge=1, le=10_000, description="Rows one predict answers at most when concurrent requests are batched; 1 turns batching off.")
     max_batch_delay_ms: int = Field(2, ge=0, le=100, description="How long a batch waits for requests already arriving, ms.")
     cpu: Cpu = Field("250m", description="CPU request of the serving container.")
@@ -467,9 +478,26 @@ class ServingSettings(Section):
 
     @model_validator(mode="after")
     def _replicas(self) -> "ServingSettings":
+        errors = []
         if self.min_replicas > self.max_replicas:
-            _refuse([problem("minReplicas", self.min_replicas, f"must be <= {ref('maxReplicas')} ({self.max_replicas})")])
+            errors.append(problem("minReplicas", self.min_replicas, f"must be <= {ref('maxReplicas')} ({self.max_replicas})"))
+        if self.workers is not None and self.workers > self.cores:
+            errors.append(problem("workers", self.workers, (
+                f"must be <= {self.cores}, the whole cores of the pod's CPU limit ({CPU_BURST} × {ref('cpu')} = "
+                f"{CPU_BURST * cpu_millis(self.cpu)}m): a worker without a core of its own only adds memory; "
+                f"raise {ref('cpu')} or leave {ref('workers')} unset")))
+        _refuse(errors)
         return self
+
+    @property
+    def cores(self) -> int:
+        """Whole cores of the serving container's CPU limit, at least one."""
+        return max(1, CPU_BURST * cpu_millis(self.cpu) // 1000)
+
+    @property
+    def server_workers(self) -> int:
+        """Server processes per pod: as set, or one per core of the CPU limit."""
+        return self.workers or self.cores
 
 
 # --- the stack -------------------------------------------------------------------------------------

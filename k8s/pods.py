@@ -6,8 +6,9 @@ render to YAML as they are. Values may be Pulumi Inputs; the builders only place
 
 from __future__ import annotations
 
-import re
 from typing import Any
+
+from infra.settings import CPU_BURST, cpu_millis
 
 APP_UID = 10001  # the numeric user of mlflow_image/Dockerfile
 PROXY_UID = 65532  # distroless "nonroot" of the Cloud SQL Auth Proxy image
@@ -39,14 +40,7 @@ def pod_security_context(run_as_user: int = APP_UID) -> dict:
     }
 
 
-def cpu_millis(quantity: str) -> int:
-    match = re.fullmatch(r"(\d+)m|(\d+(?:\.\d+)?)", quantity)
-    if not match:
-        raise ValueError(f"cpu quantity {quantity!r}: allowed forms 500m or 1.5")
-    return int(match[1]) if match[1] else int(float(match[2]) * 1000)
-
-
-def resources(cpu: str, memory: str, cpu_burst: int = 2) -> dict:
+def resources(cpu: str, memory: str, cpu_burst: int = CPU_BURST) -> dict:
     """Requests as given; memory limit = request (no OOM surprises), CPU may burst to `cpu_burst`×."""
     return {
         "requests": {"cpu": cpu, "memory": memory},

@@ -270,7 +270,7 @@ class ModelServing(pulumi.ComponentResource):
     def _container(self, args: ModelServingArgs) -> dict:
         serving = args.settings
         return serving_container(
-            image=args.image, model_name=serving.model_name, alias=serving.model_alias, workers=serving.workers,
+            image=args.image, model_name=serving.model_name, alias=serving.model_alias, workers=serving.server_workers,
             env=serving_env(args.tracking.client_url), cpu=serving.cpu, memory=serving.memory,
             max_batch_size=serving.max_batch_size, max_batch_delay_ms=serving.max_batch_delay_ms,
             env_timeout_seconds=serving.env_timeout_seconds,

@@ -20,9 +20,9 @@ RESULTS = {name: json.loads((ROOT / "tools" / "benchmarks" / "results" / f"{name
 SERVING, TRACKING, COLDSTART = RESULTS["serving"], RESULTS["tracking"], RESULTS["coldstart"]
 
 
-def serving(config: str, rows: int, c: int, key: str) -> float:
+def serving(config: str, rows: int, c: int, key: str, cores: int = 1) -> float:
     return next(r[key] for r in SERVING["results"]
-                if (r["config"], r["payload_rows"], r["concurrency"]) == (config, rows, c))
+                if (r["config"], r["payload_rows"], r["concurrency"], r["cores"]) == (config, rows, c, cores))
 
 
 def auth(server: str, key: str = "p50_ms") -> float:

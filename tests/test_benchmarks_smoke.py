@@ -41,7 +41,7 @@ LATENCY = {"p50_ms": POSITIVE, "p99_ms": POSITIVE}
 SERVING_SCHEMA = {
     "type": "object",
     "required": [*HEADER, "configs", "results", "ceiling_rps", "ceiling", "middleware_in_process",
-                 "by_payload_and_concurrency", "goals", "method"],
+                 "by_payload_and_concurrency", "two_cores", "goals", "method"],
     "properties": {
         **HEADER,
         "configs": {"type": "object", "minProperties": 3, "additionalProperties": {
@@ -52,9 +52,10 @@ SERVING_SCHEMA = {
                                             "properties": {"rss_mib": POSITIVE, "pss_mib": POSITIVE}}}}},
         "results": {"type": "array", "minItems": 1, "items": {
             "type": "object",
-            "required": ["config", "payload_rows", "concurrency", "rps", "p50_ms", "p99_ms", "rps_per_core",
-                         "requests", "errors"],
-            "properties": {"config": {"type": "string"}, "payload_rows": {"type": "integer", "minimum": 1},
+            "required": ["config", "cores", "payload_rows", "concurrency", "rps", "p50_ms", "p99_ms", "rps_per_core",
+                         "loadgen_cpu_per_s", "requests", "errors"],
+            "properties": {"config": {"type": "string"}, "cores": {"enum": [1, 2]},
+                           "payload_rows": {"type": "integer", "minimum": 1},
                            "concurrency": {"type": "integer", "minimum": 1}, "rps": POSITIVE, **LATENCY,
                            "rps_per_core": POSITIVE, "requests": {"type": "integer", "minimum": 1},
                            "errors": {"const": 0}}}},
@@ -116,13 +117,16 @@ def quick_run(tmp_path_factory) -> Path:
 def test_serving_results_have_the_documented_shape(quick_run):
     data = json.loads((quick_run / "serving.json").read_text())
     jsonschema.validate(data, SERVING_SCHEMA)
-    # every configuration measured at every point, the project's and the user's among them
-    points = {(r["config"], r["payload_rows"], r["concurrency"]) for r in data["results"]}
-    configs = set(data["configs"])
-    rows = {r["payload_rows"] for r in data["results"]}
+    # every configuration of a phase measured at every point of it, the project's and the user's among them
+    points = {(r["config"], r["cores"], r["payload_rows"], r["concurrency"]) for r in data["results"]}
+    rows = {r["payload_rows"] for r in data["results"] if r["cores"] == 1}
     concurrency = {r["concurrency"] for r in data["results"]}
-    assert points == {(c, n, k) for c in configs for n in rows for k in concurrency}
-    assert {"project-w1", "models-serve-w1", "project-unbatched"} <= configs
+    one_core = {"project-w1", "models-serve-w1", "project-unbatched"}
+    assert points == {(c, 1, n, k) for c in one_core for n in rows for k in concurrency} | {
+        ("project-w2", 2, 1, k) for k in concurrency}
+    configs = set(data["configs"])
+    assert configs == one_core | {"project-w2"}
+    assert data["configs"]["project-w2"]["settings"]["workers"] == 2 and data["configs"]["project-w2"]["cores"] == [2]
     assert {data["configs"][c]["role"] for c in configs} >= {"a", "b", "variant"}
     # (a) batches (its /metrics counted predicts); batching off forms none
     assert all(r["requests_per_predict"] for r in data["results"] if r["config"] == "project-w1")

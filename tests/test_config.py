@@ -73,6 +73,7 @@ BAD_CONFIGS = {
     "too_many_tracking_workers": ({"tracking.workers": "9"}, f"{NS}:tracking.workers", "between 1 and 8"),
     "negative_serving_replicas": ({"serving.minReplicas": "-1"}, f"{NS}:serving.minReplicas", "between 1 and 100"),
     "serving_min_replicas_above_max": ({"serving.minReplicas": "5", "serving.maxReplicas": "2"}, f"{NS}:serving.minReplicas", f"<= {NS}:serving.maxReplicas"),
+    "serving_workers_beyond_the_cpu_limit": ({"serving.cpu": "500m", "serving.workers": "2"}, f"{NS}:serving.workers", f"must be <= 1, the whole cores of the pod's CPU limit (2 × {NS}:serving.cpu = 1000m)"),
     "serving_cpu_target_too_high": ({"serving.targetCpuPercent": "99"}, f"{NS}:serving.targetCpuPercent", "between 10 and 95"),
     "serving_env_timeout_too_short": ({"serving.envTimeoutSeconds": "10"}, f"{NS}:serving.envTimeoutSeconds", "between 30 and 1800"),
     "nearline_days_zero": ({"storage.nearlineAfterDays": "0"}, f"{NS}:storage.nearlineAfterDays", "between 1 and 3650"),

@@ -149,6 +149,24 @@ def test_stack_batching_settings_reach_the_serving_container(run_stack_with):
     assert (args[args.index("--max-batch-size") + 1], args[args.index("--max-batch-delay-ms") + 1]) == ("8", "4")
 
 
+def workers(run) -> int:
+    args = container(serving_deployment(run), "serving")["args"]
+    return int(args[args.index("--workers") + 1])
+
+
+@pytest.mark.parametrize("stack, limit, cores", [("dev", "500m", 1), ("prod", "2000m", 2)])
+def test_the_serving_pod_runs_one_batching_worker_per_core_of_its_cpu_limit(stack_runs, stack, limit, cores):
+    """dev: 250m requested, 500m limit: one worker; prod: 1 core requested, 2 cores limit: two."""
+    run = stack_runs[stack]
+    assert container(serving_deployment(run), "serving")["resources"]["limits"]["cpu"] == limit
+    assert workers(run) == cores
+
+
+def test_explicit_serving_workers_are_kept_within_the_limit(run_stack_with):
+    assert workers(run_stack_with("prod", {"serving.workers": "1"})) == 1
+    assert workers(run_stack_with("dev", {"serving.cpu": "1500m"})) == 3
+
+
 def test_hpa_bounds_follow_config(run_stack_with):
     hpa = run_stack_with("dev", {"serving.minReplicas": "2", "serving.maxReplicas": "7"}).named("mlflow-serving-hpa")
     assert (hpa.inputs["spec"]["minReplicas"], hpa.inputs["spec"]["maxReplicas"]) == (2, 7)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, "mlflow_image")
-from mlflow_serving.app import ModelGate, download_once  # noqa: E402
+from mlflow_serving.app import ModelGate, Workers, download_once  # noqa: E402
 from mlflow_serving.loader import ModelLoader, Status  # noqa: E402
 
 URI = "models:/iris@champion"
@@ -77,6 +78,21 @@ def test_once_loaded_requests_reach_the_scoring_app_unchanged():
     assert sent == [{"type": "http.response.start", "status": 200, "headers": [(b"x-from", b"mlflow")]},
                     {"type": "http.response.body", "body": b"scored /invocations"}]
     assert get(ModelGate(loader), "/live")[0] == 200
+
+
+def test_a_pod_is_ready_only_when_every_worker_has_loaded_the_model(tmp_path):
+    """The Service sends a connection to any worker: one still loading would answer it 503."""
+    loader = waiting_loader()
+    loader.app = scoring_app
+    workers = Workers(tmp_path, expected=2)
+    gate = ModelGate(loader, workers)
+    workers.loaded()  # this process
+    (tmp_path / "loaded-4194304").touch()  # a worker that died (beyond pid_max): uvicorn starts another
+    status, body = get(gate, "/ping")
+    assert status == 503 and json.loads(body)["reason"] == "1 of 2 workers still loading"
+    assert get(gate, "/invocations", "POST")[0] == 200  # a loaded worker serves meanwhile
+    (tmp_path / f"loaded-{os.getppid()}").touch()  # the other worker, alive
+    assert get(gate, "/ping") == (200, b"scored /ping")
 
 
 def test_server_startup_starts_the_loader_and_shutdown_completes():

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import threading
 
 import pytest
 
 sys.path.insert(0, "mlflow_image")
 from mlflow_serving.batching import (  # noqa: E402
-    INTERNAL_ERROR, TIMED_OUT, Answer, Batcher, BatchingApp, BatchSettings, Request, batch_key, merged_document,
+    INLINE_SECONDS, INTERNAL_ERROR, TIMED_OUT, Answer, Batcher, BatchingApp, BatchSettings, Request, batch_key, merged_document,
 )
 
 COLUMNS = ["sl", "sw", "pl", "pw"]
@@ -81,7 +80,7 @@ class FakeScorer:
 
 
 def queued(batcher: Batcher, *values: float, content_type: str = "application/json") -> list[dict]:
-    """Queue one 1-row request per value; returns where each answer lands."""
+    """Submit one 1-row request per value (on the running loop); returns where each answer lands."""
     results = []
     for value in values:
         result: dict = {}
@@ -91,18 +90,43 @@ def queued(batcher: Batcher, *values: float, content_type: str = "application/js
     return results
 
 
-def test_queued_requests_share_one_predict_and_each_gets_its_own_answer():
-    batcher = Batcher(FakeScorer(), BatchSettings(max_rows=32, max_delay_ms=0))
-    results = queued(batcher, 1.0, 2.0, 3.0)
-    batcher._run_once()
+def on_loop(scenario):
+    """Run `scenario()` (a coroutine function) on a private loop: the Pulumi tests rely on the global one."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+async def settled(batcher: Batcher) -> None:
+    """Until the batcher has answered everything submitted."""
+    while batcher.pending or batcher._draining:
+        await asyncio.sleep(0.001)
+
+
+def answered(scorer, *values: float, max_rows: int = 32, cost: float | None = 0.0, **submit) -> tuple[Batcher, list]:
+    """A batcher (`cost` as measured so far: 0 scores on the loop, None on its thread) given `values`
+    in one loop turn, run until all are answered."""
+    batcher = Batcher(scorer, BatchSettings(max_rows=max_rows, max_delay_ms=0))
+    batcher.cost = cost
+
+    async def scenario():
+        results = queued(batcher, *values, **submit)
+        await settled(batcher)
+        return results
+    return batcher, on_loop(scenario)
+
+
+@pytest.mark.parametrize("cost", [0.0, None, 1.0], ids=["on-the-loop", "first-batch", "slow-model"])
+def test_requests_of_one_loop_turn_share_one_predict_and_each_gets_its_own_answer(cost):
+    batcher, results = answered(FakeScorer(), 1.0, 2.0, 3.0, cost=cost)
     assert batcher.scorer.calls == [("together", 3)]
     assert [r["answer"].body for r in results] == [b"1.0", b"2.0", b"3.0"]
 
 
 def test_a_failed_batch_is_answered_request_by_request():
-    batcher = Batcher(FakeScorer(poison=2.0), BatchSettings(max_rows=32, max_delay_ms=0))
-    results = queued(batcher, 1.0, 2.0, 3.0)
-    batcher._run_once()
+    batcher, results = answered(FakeScorer(poison=2.0), 1.0, 2.0, 3.0)
     assert batcher.scorer.calls == [("together", 3), ("alone", 1), ("alone", 1), ("alone", 1)]
     assert [r["answer"].status for r in results] == [200, 400, 200]
 
@@ -114,49 +138,107 @@ class BuggyScorer(FakeScorer):
 
 def test_an_unexpected_failure_answers_500_and_the_batcher_goes_on():
     batcher = Batcher(BuggyScorer(), BatchSettings(max_rows=32, max_delay_ms=0))
-    results = queued(batcher, 1.0, 2.0)
-    batcher._run_once()
-    assert [r["answer"] for r in results] == [INTERNAL_ERROR, INTERNAL_ERROR]
-    later = queued(batcher, 3.0)
-    batcher._run_once()
+
+    async def scenario():
+        first = queued(batcher, 1.0, 2.0)
+        await settled(batcher)
+        later = queued(batcher, 3.0)
+        await settled(batcher)
+        return first, later
+    first, later = on_loop(scenario)
+    assert [r["answer"] for r in first] == [INTERNAL_ERROR, INTERNAL_ERROR]
     assert later[0]["answer"].body == b"3.0"
 
 
-def test_a_batch_stops_at_max_rows_and_the_rest_waits_for_the_next():
-    batcher = Batcher(FakeScorer(), BatchSettings(max_rows=2, max_delay_ms=0))
-    results = queued(batcher, 1.0, 2.0, 3.0)
-    batcher._run_once()
-    assert "answer" not in results[2]
-    batcher._run_once()
+def test_a_batch_stops_at_max_rows_and_the_rest_forms_the_next():
+    batcher, results = answered(FakeScorer(), 1.0, 2.0, 3.0, max_rows=2)
     assert batcher.scorer.calls == [("together", 2), ("alone", 1)]
     assert results[2]["answer"].body == b"3.0"
 
 
 def test_other_content_types_are_never_merged():
-    batcher = Batcher(FakeScorer(), BatchSettings(max_rows=32, max_delay_ms=0))
-    queued(batcher, 1.0, 2.0, content_type="application/json; charset=utf-8")
-    batcher._run_once()
+    batcher, _ = answered(FakeScorer(), 1.0, 2.0, content_type="application/json; charset=utf-8")
     assert batcher.scorer.calls == [("alone", 1), ("alone", 1)]
 
 
-def test_a_lone_request_does_not_wait_for_the_delay():
+def test_a_lone_request_is_scored_at_once_whatever_the_delay():
     batcher = Batcher(FakeScorer(), BatchSettings(max_rows=32, max_delay_ms=5_000))
-    queued(batcher, 1.0)
-    timer = threading.Timer(10, lambda: batcher.submit(Request(b"{}", None, lambda answer: None)))
-    timer.start()  # unblocks the queue should the batcher wait anyway; it would then take 2 requests
-    try:
-        assert len(batcher._take()) == 1
-    finally:
-        timer.cancel()
+    batcher.cost = 0.0
+
+    async def scenario():
+        results = queued(batcher, 1.0)
+        await asyncio.sleep(0.05)  # far less than the delay
+        return results
+    assert "answer" in on_loop(scenario)[0]
+
+
+def test_requests_arriving_while_a_batch_is_scored_form_the_next_batch():
+    batcher = Batcher(FakeScorer(), BatchSettings(max_rows=32, max_delay_ms=0))
+    batcher.cost = 0.0
+
+    async def scenario():
+        queued(batcher, 1.0)
+        await asyncio.sleep(0)  # the first is being scored: these two arrive meanwhile
+        queued(batcher, 2.0, 3.0)
+        await settled(batcher)
+    on_loop(scenario)
+    assert batcher.scorer.calls == [("alone", 1), ("together", 2)]
+
+
+def test_a_backlog_of_batches_lets_the_loop_answer_between_them():
+    batcher = Batcher(FakeScorer(), BatchSettings(max_rows=1, max_delay_ms=0))
+    batcher.cost = 0.0
+    seen = []
+
+    async def scenario():
+        queued(batcher, 1.0, 2.0, 3.0, 4.0)
+        asyncio.get_running_loop().call_soon(lambda: seen.append(len(batcher.scorer.calls)))
+        await settled(batcher)
+    on_loop(scenario)
+    assert len(batcher.scorer.calls) == 4 and seen[0] < 4
 
 
 def test_the_batch_waits_for_a_request_still_being_received():
     batcher = Batcher(FakeScorer(), BatchSettings(max_rows=32, max_delay_ms=5_000))
-    queued(batcher, 1.0)
-    batcher.receiving += 1  # its body is still arriving
-    late = threading.Timer(0.2, lambda: (queued(batcher, 2.0), setattr(batcher, "receiving", 0)))
-    late.start()
-    assert len(batcher._take()) == 2
+    batcher.cost = 0.0
+
+    async def scenario():
+        batcher.receiving += 1  # a second body is still arriving
+        queued(batcher, 1.0)
+        await asyncio.sleep(0.2)
+        batcher.receiving -= 1
+        queued(batcher, 2.0)
+        await settled(batcher)
+    on_loop(scenario)
+    assert batcher.scorer.calls == [("together", 2)]
+
+
+class SlowScorer(FakeScorer):
+    def together(self, requests: list[Request]):
+        import time
+        time.sleep(0.05)
+        return super().together(requests)
+
+
+def test_a_model_slower_than_the_inline_budget_is_scored_off_the_loop():
+    """/live and /ping answer while a slow model predicts: the loop is free during its batches."""
+    batcher = Batcher(SlowScorer(), BatchSettings(max_rows=32, max_delay_ms=0))
+    ticks = []
+
+    async def ticker():
+        while True:
+            ticks.append(asyncio.get_running_loop().time())
+            await asyncio.sleep(0.005)
+
+    async def scenario():
+        beat = asyncio.ensure_future(ticker())
+        for _ in range(3):
+            queued(batcher, 1.0, 2.0)
+            await settled(batcher)
+        beat.cancel()
+    on_loop(scenario)
+    assert batcher.cost >= INLINE_SECONDS
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.04  # never blocked for a 50 ms batch
 
 
 def call(app, path: str, method: str = "POST") -> list[dict]:
@@ -168,12 +250,8 @@ def call(app, path: str, method: str = "POST") -> list[dict]:
     async def send(message):
         sent.append(message)
 
-    loop = asyncio.new_event_loop()  # a private loop: the Pulumi tests rely on the global one
-    try:
-        loop.run_until_complete(app({"type": "http", "path": path, "method": method,
-                                     "headers": [(b"content-type", b"application/json")]}, receive, send))
-    finally:
-        loop.close()
+    on_loop(lambda: app({"type": "http", "path": path, "method": method,
+                         "headers": [(b"content-type", b"application/json")]}, receive, send))
     return sent
 
 

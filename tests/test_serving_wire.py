@@ -5,7 +5,7 @@ model; status, content type and body must be equal: byte for byte, except MLflow
 requests that each name their own answer, from 16 threads at once: every answer reaches the
 request that asked, and batches really formed.
 
-One module-wide set of six servers (two models x three servers), started in parallel (~40 s).
+One module-wide set of eight servers (two models x four servers), started in parallel (~40 s).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ SERVERS = {  # name: argv after the model path (None: mlflow models serve)
     "mlflow": None,
     "batching": ["--max-batch-size", "1024", "--max-batch-delay-ms", "2"],  # as rendered
     "unbatched": ["--max-batch-size", "1"],
+    "two-workers": ["--max-batch-size", "1024", "--max-batch-delay-ms", "2", "--workers", "2"],  # a 2-core pod
 }
 THREADS = 16
 
@@ -121,7 +122,7 @@ def test_the_corpus_exercises_successes_client_errors_and_server_errors(expected
     assert {200, 400, 415, 500} <= statuses, statuses
 
 
-@pytest.mark.parametrize("server", ["batching", "unbatched"])
+@pytest.mark.parametrize("server", ["batching", "unbatched", "two-workers"])
 @pytest.mark.parametrize("name, model, content_type, body", CORPUS, ids=[entry[0] for entry in CORPUS])
 def test_answers_equal_mlflows(servers, expected, server, name, model, content_type, body):
     ours = post(servers[(model, server)], content_type, body)
@@ -143,13 +144,14 @@ def test_other_paths_answer_as_mlflows(servers, path):
     assert get(servers[("iris", "batching")]) == get(servers[("iris", "mlflow")])
 
 
-def test_concurrent_corpus_answers_reach_the_request_that_asked(servers, expected):
+@pytest.mark.parametrize("server", ["batching", "two-workers"])
+def test_concurrent_corpus_answers_reach_the_request_that_asked(servers, expected, server):
     entries = [entry for entry in CORPUS if entry[0] != "oversized body"] * 3
     random.Random(13).shuffle(entries)
 
     def check(entry):
         name, model, content_type, body = entry
-        ours = post(servers[(model, "batching")], content_type, body)
+        ours = post(servers[(model, server)], content_type, body)
         return name, comparable(ours) == comparable(expected[name])
 
     with ThreadPoolExecutor(THREADS) as pool:

@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from mlflow_serving.batching import BatchSettings
 from mlflow_serving.environment import EnvironmentBuilder, EnvironmentSettings, activate
@@ -26,8 +28,11 @@ BATCH_DELAY_ENV = "MLFLOW_SERVING_MAX_BATCH_DELAY_MS"
 ENV_CACHE_ENV = "MLFLOW_SERVING_ENV_CACHE"
 ENV_TIMEOUT_ENV = "MLFLOW_SERVING_ENV_TIMEOUT"
 PACKAGE_INDEX_ENV = "MLFLOW_SERVING_PACKAGE_INDEX"
+WORKERS_ENV = "MLFLOW_SERVING_WORKERS"
 LIVE_PATH = "/live"
+READY_PATH = "/ping"
 _MODEL_PATH_FILE = "model-path"
+_LOADED_PREFIX = "loaded-"
 
 
 async def _send_json(send, status: int, document: dict) -> None:
@@ -37,13 +42,41 @@ async def _send_json(send, status: int, document: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The pod's worker processes that have loaded the model: one marker file per process in the
+    state dir they share. A pod is ready only when every worker is: the Service sends a connection
+    to any of them."""
+
+    state_dir: Path
+    expected: int
+
+    def loaded(self) -> None:
+        (self.state_dir / f"{_LOADED_PREFIX}{os.getpid()}").touch()
+
+    def still_loading(self) -> int:
+        """Workers that have not loaded the model; a worker restarted by uvicorn counts until it has."""
+        live = sum(_alive(int(marker.name[len(_LOADED_PREFIX):]))
+                   for marker in self.state_dir.glob(_LOADED_PREFIX + "*"))
+        return max(0, self.expected - live)
+
+
 class ModelGate:
     """ASGI app: GET /live is 200 while the process runs; every other request goes to the scoring
     app once the loader has built it, and is answered 503 with the loader's status until then.
-    The loader starts with the server (lifespan startup)."""
+    /ping also waits for the pod's other workers. The loader starts with the server (lifespan startup)."""
 
-    def __init__(self, loader: ModelLoader):
+    def __init__(self, loader: ModelLoader, workers: Optional[Workers] = None):
         self.loader = loader
+        self.workers = workers
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan":
@@ -56,6 +89,12 @@ class ModelGate:
         if app is None:
             await _send_json(send, 503, self.loader.status.body())
             return
+        if scope["type"] == "http" and scope["path"] == READY_PATH and self.workers is not None:
+            loading = self.workers.still_loading()
+            if loading:
+                await _send_json(send, 503, {**self.loader.status.body(), "ready": False,
+                                             "reason": f"{loading} of {self.workers.expected} workers still loading"})
+                return
         await app(scope, receive, send)
 
     async def _lifespan(self, receive, send) -> None:
@@ -104,7 +143,7 @@ def scoring_app(local_path: str, batching: BatchSettings = BatchSettings(max_row
     if batching.max_rows <= 1:
         return app
     observe = metrics.observe_batch if metrics else (lambda requests, rows: None)
-    batcher = Batcher(Scorer(model), batching, observe).start()
+    batcher = Batcher(Scorer(model), batching, observe)
     return BatchingApp(app, batcher, MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())
 
 
@@ -131,7 +170,12 @@ def batch_settings(environ=os.environ) -> BatchSettings:
 def create_app():
     state_dir = Path(os.environ[STATE_DIR_ENV])
     metrics, batching, environment = ServingMetrics(), batch_settings(), environment_settings()
+    workers = Workers(state_dir, int(os.environ.get(WORKERS_ENV, "1")))
+
+    def build(path: str):
+        app = scoring_app(path, batching, metrics)
+        workers.loaded()
+        return app
     loader = ModelLoader(os.environ[MODEL_URI_ENV], fetch=lambda uri: download_once(uri, state_dir),
-                         prepare=lambda path: restore_environment(path, environment),
-                         build=lambda path: scoring_app(path, batching, metrics))
-    return PrometheusMiddleware(ModelGate(loader), metrics)
+                         prepare=lambda path: restore_environment(path, environment), build=build)
+    return PrometheusMiddleware(ModelGate(loader, workers), metrics)

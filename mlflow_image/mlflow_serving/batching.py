@@ -6,8 +6,13 @@ both are done once per batch. A request joins a batch only when merging cannot c
 `application/json`, `dataframe_split` or `dataframe_records` alone (plus `params`), the same
 columns, the same Python types in each column and the same params as the others. Everything else,
 and every request of a batch that fails, goes through MLflow's own `invocations` alone, so its
-answer (and error) is MLflow's. One worker thread parses, predicts and serializes: the event loop
-only moves bytes.
+answer (and error) is MLflow's.
+
+Batches form on the event loop: a request that finds nothing being scored is scored at once, and
+the requests that arrive meanwhile form the next batch. A cheap model is scored on the loop's own
+thread (no hand-off, no second thread contending for the GIL: what made low-load tails long); a
+model whose batches cost more than INLINE_SECONDS is scored on one worker thread, so /live, /ping
+and /metrics keep answering and MLflow's timeout still applies.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ import asyncio
 import inspect
 import json
 import logging
-import queue
-import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from io import StringIO
 from typing import Any, Callable, Optional
@@ -29,6 +34,8 @@ JSON = "application/json"
 SPLIT, RECORDS, PARAMS = "dataframe_split", "dataframe_records", "params"
 # Beyond 2**53 pandas may pick uint64/object for one request and int64 for another.
 _SAFE_INT = 2 ** 53
+# Batches costing less (on average) are scored on the event loop: they delay /ping by no more than this.
+INLINE_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -140,7 +147,7 @@ class Request:
     body: bytes
     content_type: Optional[str]
     done: Callable[[Answer], None]
-    """Called on the worker thread with the answer."""
+    """Called on the event loop's thread with the answer."""
     document: Any = None
     key: Optional[tuple] = None
     rows: int = 1
@@ -199,25 +206,32 @@ class Scorer:
 
 
 class Batcher:
-    """A queue and one worker thread: takes what has arrived (up to `max_rows` rows), waits at most
-    `max_delay_ms` for requests already being received, groups by key, answers each group."""
+    """Pending requests and the event loop's drain: takes what has arrived (up to `max_rows` rows),
+    waits at most `max_delay_ms` for requests whose bodies are being received, groups by key,
+    answers each group. Every method runs on the event loop's thread."""
 
     def __init__(self, scorer: Scorer, settings: BatchSettings,
                  observe: Callable[[int, int], None] = lambda requests, rows: None):
         self.scorer = scorer
         self.settings = settings
         self.observe = observe
-        self.queue: "queue.SimpleQueue[Request]" = queue.SimpleQueue()
+        self.pending: deque[Request] = deque()
         self.receiving = 0
-        """Requests whose body the event loop is still reading (changed on the loop thread only)."""
-        self._carry: Optional[Request] = None
-
-    def start(self) -> "Batcher":
-        threading.Thread(target=self._run, name="batcher", daemon=True).start()
-        return self
+        """Requests whose body is still being read."""
+        self.cost: Optional[float] = None
+        """Seconds per batch, a moving average; None (scored off the loop) until one was measured."""
+        self._draining: Optional[asyncio.Task] = None
+        """The running drain; held so that it is not garbage-collected mid-batch."""
+        self._arrived: Optional[asyncio.Event] = None
+        self._thread: Optional[ThreadPoolExecutor] = None
 
     def submit(self, request: Request) -> None:
-        self.queue.put(request)
+        self.pending.append(self._prepare(request))
+        if self._arrived is not None:
+            self._arrived.set()
+        if self._draining is None:
+            # A task runs after the requests already read in this loop turn: they join the batch.
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
 
     def _prepare(self, request: Request) -> Request:
         if self.scorer.mergeable and request.content_type == JSON:
@@ -231,49 +245,77 @@ class Batcher:
         return request
 
     def _take(self) -> list[Request]:
-        first = self._carry or self._prepare(self.queue.get())
-        self._carry = None
-        taken, rows = [first], first.rows
-        deadline = time.perf_counter() + self.settings.max_delay_ms / 1000
-        while rows < self.settings.max_rows:
-            try:
-                request = self.queue.get_nowait()
-            except queue.Empty:
-                # Wait only for requests the loop is receiving now: alone, no one waits.
-                remaining = deadline - time.perf_counter()
-                if self.receiving <= 0 or remaining <= 0:
-                    break
-                try:
-                    request = self.queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            request = self._prepare(request)
-            if rows + request.rows > self.settings.max_rows:
-                self._carry = request
+        """The next batch from the pending requests; the rest stays pending."""
+        taken, rows = [], 0
+        while self.pending:
+            request = self.pending[0]
+            if taken and rows + request.rows > self.settings.max_rows:
                 break
-            taken.append(request)
+            taken.append(self.pending.popleft())
             rows += request.rows
         return taken
 
-    def _run(self) -> None:
-        while True:
-            self._run_once()
+    def _room(self) -> bool:
+        return sum(request.rows for request in self.pending) < self.settings.max_rows
 
-    def _run_once(self) -> None:
+    async def _gather(self) -> None:
+        """Let in what is already arriving, for at most max_delay_ms: loop turns while each brings
+        new requests (uvloop accepts one connection per turn, so a flood of new connections arrives
+        one per turn), then a wait for bodies still being received. A lone request costs one turn."""
+        deadline = time.perf_counter() + self.settings.max_delay_ms / 1000
+        seen = 0
+        while len(self.pending) > seen and self._room() and time.perf_counter() < deadline:
+            seen = len(self.pending)
+            await asyncio.sleep(0)
+        while self.receiving > 0 and self._room():
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._arrived = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except (asyncio.TimeoutError, TimeoutError):
+                return
+            finally:
+                self._arrived = None
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                await self._gather()
+                batch = self._take()
+                if self.cost is not None and self.cost < INLINE_SECONDS:
+                    answered, cost = self._score(batch)
+                else:
+                    if self._thread is None:
+                        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batcher")
+                    answered, cost = await asyncio.get_running_loop().run_in_executor(self._thread, self._score, batch)
+                self.cost = cost if self.cost is None else 0.8 * self.cost + 0.2 * cost
+                for request, answer in answered:
+                    request.done(answer)
+                # A backlog of several batches does not hold the loop: /ping and reads run between them.
+                await asyncio.sleep(0)
+        finally:
+            self._draining = None
+
+    def _score(self, batch: list[Request]) -> tuple[list[tuple[Request, Answer]], float]:
+        """Each request with its answer, and the seconds this took."""
+        started = time.perf_counter()
         groups: dict[tuple, list[Request]] = {}
-        for request in self._take():
+        for request in batch:
             groups.setdefault(request.key or ("alone", id(request)), []).append(request)
+        answered = []
         for group in groups.values():
             try:
                 answers = self.scorer.together(group) if len(group) > 1 and self.scorer.mergeable else None
                 if answers is None:
                     answers = [self.scorer.alone(request) for request in group]
                 self.observe(len(group), sum(request.rows for request in group))
-            except Exception:  # a bug here must not stop the thread and leave every later request waiting
+            except Exception:  # a bug here must not leave every later request waiting
                 logger.exception("batch of %d requests failed", len(group))
                 answers = [INTERNAL_ERROR] * len(group)
-            for request, answer in zip(group, answers):
-                request.done(answer)
+            answered += zip(group, answers)
+        return answered, time.perf_counter() - started
 
 
 def _header(scope: dict, name: bytes) -> Optional[str]:
@@ -315,16 +357,15 @@ class BatchingApp:
                     break
         finally:
             self.batcher.receiving -= 1
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
 
         def settle(answer: Answer) -> None:
             if not future.done():  # timed out meanwhile
                 future.set_result(answer)
 
-        self.batcher.submit(Request(b"".join(chunks), _header(scope, b"content-type"),
-                                    lambda answer: loop.call_soon_threadsafe(settle, answer)))
+        self.batcher.submit(Request(b"".join(chunks), _header(scope, b"content-type"), settle))
+        timer = asyncio.get_running_loop().call_later(self.timeout, settle, TIMED_OUT)
         try:
-            return await asyncio.wait_for(future, self.timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            return TIMED_OUT
+            return await future
+        finally:
+            timer.cancel()

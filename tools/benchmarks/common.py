@@ -70,6 +70,22 @@ def tree_cpu_seconds(roots: Iterable[int]) -> float:
     return cpu_seconds(pid for root in roots for pid in process_tree(root))
 
 
+def pin(roots: Iterable[int], cores: Optional[set[int]]) -> None:
+    """Every thread of every process under `roots` onto `cores` (None: all of them). Per thread:
+    an affinity set by pid binds only the main thread, and threads inherit their creator's."""
+    cores = cores or set(range(os.cpu_count() or 1))
+    for pid in (pid for root in roots for pid in process_tree(root)):
+        try:
+            threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        except OSError:  # ended meanwhile
+            continue
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cores)
+            except OSError:
+                pass
+
+
 def tree_memory(root: int) -> dict:
     """RSS and PSS (MiB) summed over a process tree, and its process count. RSS counts pages
     shared between forked workers once per process; PSS splits them (closer to what a cgroup

@@ -79,17 +79,20 @@ async def _point(url: str, body: bytes, concurrency: int, duration: float, warmu
                     if sum(statuses.values()) >= max_requests:
                         window["end"] = answered
                         window["cpu1"] = tree_cpu_seconds(pids)
+                        window["own1"] = time.process_time()
                         done.set()
 
         async def monitor() -> None:
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
             window["cpu0"] = tree_cpu_seconds(pids)
+            window["own0"] = time.process_time()
             window["start"] = time.perf_counter()
             try:
                 await asyncio.wait_for(done.wait(), timeout=max(0.0, stop_at - time.perf_counter()))
             except asyncio.TimeoutError:
                 window["end"] = time.perf_counter()
                 window["cpu1"] = tree_cpu_seconds(pids)
+                window["own1"] = time.process_time()
                 done.set()
 
         await asyncio.gather(monitor(), *(user() for _ in range(concurrency)))
@@ -102,6 +105,8 @@ async def _point(url: str, body: bytes, concurrency: int, duration: float, warmu
         "requests": answered, "ok": len(latencies), "statuses": statuses, "seconds": round(elapsed, 3),
         "rps": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
         "server_cpu_s": round(cpu, 3),
+        # the load generator's own CPU over the window: its share of the cores it shares
+        "loadgen_cpu_s": round(window["own1"] - window["own0"], 3),
         # requests answered per second of server CPU: throughput per fully used core
         "rps_per_core": round(len(latencies) / cpu, 1) if cpu > 0 else None,
         **latency_summary(latencies), **extra,

@@ -20,11 +20,12 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "tools" / "benchmarks" / "results"
-CONFIG_ORDER = ("project-w1", "project-unbatched", "models-serve-w1", "models-serve-w2", "mlserver-batching", "mlserver",
-                "mlserver-invocations")
-COLORS = {"project-w1": "tab:blue", "project-unbatched": "tab:cyan", "models-serve-w1": "tab:orange",
-          "models-serve-w2": "tab:red", "mlserver-batching": "tab:green", "mlserver": "tab:olive",
-          "mlserver-invocations": "tab:purple",
+CONFIG_ORDER = ("project-w1", "project-w2", "project-unbatched", "models-serve-w1", "models-serve-w2",
+                "mlserver-inproc-batching", "mlserver-inproc", "mlserver-pool-batching", "mlserver-pool",
+                "mlserver-pool2-batching")
+COLORS = {"project-w1": "tab:blue", "project-w2": "navy", "project-unbatched": "tab:cyan", "models-serve-w1": "tab:orange",
+          "models-serve-w2": "tab:red", "mlserver-inproc-batching": "tab:green", "mlserver-inproc": "tab:olive",
+          "mlserver-pool-batching": "tab:purple", "mlserver-pool": "tab:pink", "mlserver-pool2-batching": "tab:brown",
           "tracking": "tab:blue", "tracking-ttl0": "tab:red", "tracking-w2": "tab:purple",
           "tracking-w1-std": "tab:green", "tracking-w2-std": "tab:olive"}
 
@@ -57,9 +58,20 @@ def ordered_configs(serving: dict) -> list[str]:
     return [n for n in CONFIG_ORDER if n in names] + [n for n in names if n not in CONFIG_ORDER]
 
 
-def pick(serving: dict, config: str, rows: int, concurrency: int) -> Optional[dict]:
+def pick(serving: dict, config: str, rows: int, concurrency: int, cores: int = 1) -> Optional[dict]:
     return next((r for r in serving["results"] if r["config"] == config and r["payload_rows"] == rows
-                 and r["concurrency"] == concurrency), None)
+                 and r["concurrency"] == concurrency and r["cores"] == cores), None)
+
+
+def panels(serving: dict) -> list[tuple[int, int, list[str]]]:
+    """(cores, payload rows, configs measured there), one-core payloads first."""
+    found = sorted({(r["cores"], r["payload_rows"]) for r in serving["results"]})
+    return [(cores, rows, [name for name in ordered_configs(serving) if pick(serving, name, rows, 1, cores)])
+            for cores, rows in found]
+
+
+def panel_title(cores: int, rows: int) -> str:
+    return f"{rows}-row payload, {cores} core{'s' if cores > 1 else ''}"
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -68,15 +80,14 @@ def plot_serving(serving: dict, out_dir: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows_list = sorted({r["payload_rows"] for r in serving["results"]})
     concurrency = sorted({r["concurrency"] for r in serving["results"]})
-    configs = ordered_configs(serving)
+    layout = panels(serving)
     written = []
 
-    fig, axes = plt.subplots(1, len(rows_list), figsize=(6 * len(rows_list), 4.5), squeeze=False)
-    for ax, rows in zip(axes[0], rows_list):
+    fig, axes = plt.subplots(1, len(layout), figsize=(6 * len(layout), 4.5), squeeze=False)
+    for ax, (cores, rows, configs) in zip(axes[0], layout):
         for config in configs:
-            values = [pick(serving, config, rows, c)["rps"] for c in concurrency]
+            values = [pick(serving, config, rows, c, cores)["rps"] for c in concurrency]
             ax.plot(concurrency, values, marker="o", label=config, color=COLORS.get(config))
         ceiling = serving["ceiling"][str(rows)]
         ax.axhline(ceiling["predict"]["rps"], color="black", linestyle="--", linewidth=1,
@@ -87,10 +98,10 @@ def plot_serving(serving: dict, out_dir: Path) -> list[str]:
         ax.set_xticks(concurrency, [str(c) for c in concurrency])
         ax.set_xlabel("concurrent keep-alive connections")
         ax.set_ylabel("requests / s")
-        ax.set_title(f"Throughput, {rows}-row payload")
+        ax.set_title(f"Throughput, {panel_title(cores, rows)}")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out_dir / "serving_throughput.png", dpi=110)
     plt.close(fig)
@@ -98,11 +109,11 @@ def plot_serving(serving: dict, out_dir: Path) -> list[str]:
 
     from matplotlib.ticker import ScalarFormatter
 
-    fig, axes = plt.subplots(2, len(rows_list), figsize=(6 * len(rows_list), 8), squeeze=False)
+    fig, axes = plt.subplots(2, len(layout), figsize=(6 * len(layout), 8), squeeze=False)
     for row_index, (key, label) in enumerate((("p50_ms", "p50"), ("p99_ms", "p99"))):
-        for ax, rows in zip(axes[row_index], rows_list):
+        for ax, (cores, rows, configs) in zip(axes[row_index], layout):
             for config in configs:
-                points = [pick(serving, config, rows, c) for c in concurrency]
+                points = [pick(serving, config, rows, c, cores) for c in concurrency]
                 ax.plot(concurrency, [p[key] for p in points], marker="o", color=COLORS.get(config), label=config)
             ax.axhline(25, color="black", linewidth=0.8, linestyle=":", label="25 ms")
             ax.set_xscale("log", base=2)
@@ -111,9 +122,9 @@ def plot_serving(serving: dict, out_dir: Path) -> list[str]:
             ax.set_xticks(concurrency, [str(c) for c in concurrency])
             ax.set_xlabel("concurrent keep-alive connections")
             ax.set_ylabel(f"{label} latency, ms (log)")
-            ax.set_title(f"{label} latency, {rows}-row payload")
+            ax.set_title(f"{label} latency, {panel_title(cores, rows)}")
             ax.grid(alpha=0.3, which="both")
-    axes[0][0].legend(fontsize=7, loc="upper left")
+            ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(out_dir / "serving_latency.png", dpi=110)
     plt.close(fig)
@@ -174,27 +185,29 @@ def plot_tracking(tracking: dict, out_dir: Path) -> list[str]:
 # --- markdown ---------------------------------------------------------------------------------
 def serving_section(s: dict, image_prefix: str) -> str:
     configs = ordered_configs(s)
-    rows_list = sorted({r["payload_rows"] for r in s["results"]})
+    rows_list = sorted({r["payload_rows"] for r in s["results"] if r["cores"] == 1})
     concurrency = sorted({r["concurrency"] for r in s["results"]})
     out = []
-    out.append(table(["config", "role", "command (cluster form)", "memory RSS / PSS MiB"], [
-        [f"`{name}`", s["configs"][name]["role"] or "", f"`{s['configs'][name]['command']}`" +
-         (f"<br>{s['configs'][name]['notes']}" if s["configs"][name]["notes"] else ""),
+    out.append(table(["config", "role", "cores", "command (cluster form)", "memory RSS / PSS MiB"], [
+        [f"`{name}`", s["configs"][name]["role"] or "", ", ".join(map(str, s["configs"][name]["cores"])),
+         f"`{s['configs'][name]['command']}`" + (f"<br>{s['configs'][name]['notes']}" if s["configs"][name]["notes"] else ""),
          f"{s['configs'][name]['memory_after']['rss_mib']:.0f} / {s['configs'][name]['memory_after']['pss_mib']:.0f}"]
         for name in configs]))
     if s.get("skipped"):
         out.append("\nSkipped: " + "; ".join(s["skipped"]))
     out.append(f"\n![throughput]({image_prefix}serving_throughput.png)\n\n![latency]({image_prefix}serving_latency.png)\n")
-    for rows in rows_list:
+    for cores, rows, names in panels(s):
+        two = cores > 1
         header = ["config"] + [f"c={c} rps" for c in concurrency] + [f"c={c} p50/p99 ms" for c in concurrency] + \
-                 [f"c={c} rps/core" for c in concurrency]
+                 [f"c={c} rps/core" for c in concurrency] + ([f"c={c} load generator cores" for c in concurrency] if two else [])
         body = []
-        for name in configs:
-            points = [pick(s, name, rows, c) for c in concurrency]
+        for name in names:
+            points = [pick(s, name, rows, c, cores) for c in concurrency]
             body.append([f"`{name}`"] + [fmt(p["rps"], 0) for p in points] +
                         [f"{fmt(p['p50_ms'])} / {fmt(p['p99_ms'])}" for p in points] +
-                        [fmt(p["rps_per_core"], 0) for p in points])
-        out.append(f"**{rows}-row payload**\n\n" + table(header, body) + "\n")
+                        [fmt(p["rps_per_core"], 0) for p in points] +
+                        ([fmt(p["loadgen_cpu_per_s"], 2) for p in points] if two else []))
+        out.append(f"**{panel_title(cores, rows)}**\n\n" + table(header, body) + "\n")
     errors = sum(r["errors"] for r in s["results"])
     out.append(f"Non-200 answers over all points: {errors}.\n")
 
@@ -206,17 +219,31 @@ def serving_section(s: dict, image_prefix: str) -> str:
                        fmt(ceiling[str(rows)]["invocations"]["rps"], 0),
                        fmt(ceiling[str(rows)]["invocations"]["p50_ms"], 2)] for rows in rows_list]) + "\n")
     summary = s["by_payload_and_concurrency"]
-    out.append("**Ratios** (a = `project-w1`, b = `models-serve-w1`, MLServer = `mlserver-batching`; per core = "
-               "answers per CPU-second of the server's process tree):\n")
+    out.append("**Ratios on one core** (a = `project-w1`, b = `models-serve-w1`, best MLServer = the fastest MLServer "
+               "configuration at that point; per core = answers per CPU-second of the server's process tree):\n")
     body = []
     for rows in rows_list:
         for c in concurrency:
             r = summary[str(rows)][str(c)]
             body.append([rows, c, fmt(r["a_over_b_rps"], 2), fmt(r["a_over_b_rps_per_core"], 2),
-                         fmt(r["a_over_mlserver_batching_rps"], 2), fmt(r["a_over_mlserver_batching_rps_per_core"], 2),
+                         f"`{r['best_mlserver']}`" if r.get("best_mlserver") else "–",
+                         fmt(r.get("a_over_best_mlserver_rps"), 2), fmt(r.get("a_over_best_mlserver_rps_per_core"), 2),
                          fmt(r["a_over_unbatched_rps"], 2), fmt(r["a_over_ceiling_per_core"], 2)])
-    out.append(table(["rows", "c", "(a)/(b) rps", "(a)/(b) per core", "(a)/MLServer rps", "(a)/MLServer per core",
-                      "(a)/batching off rps", "(a)/(c) per core"], body))
+    out.append(table(["rows", "c", "(a)/(b) rps", "(a)/(b) per core", "best MLServer", "(a)/best MLServer rps",
+                      "(a)/best MLServer per core", "(a)/batching off rps", "(a)/(c) per core"], body))
+    if s.get("two_cores"):
+        out.append("\n**Two cores against one** (a2 = `project-w2` on two cores, a = `project-w1` on one; best MLServer "
+                   "on two cores; cores = CPU-seconds per second):\n")
+        body = []
+        for rows, per_c in s["two_cores"].items():
+            for c, r in per_c.items():
+                body.append([rows, c, fmt(r["a2_over_a_rps"], 2), fmt(r["a2_over_a_rps_per_core"], 2),
+                             f"`{r['best_mlserver']}`" if r.get("best_mlserver") else "–",
+                             fmt(r.get("a2_over_best_mlserver_rps"), 2), fmt(r.get("a2_over_b2_rps"), 2),
+                             fmt(r["a2_server_cores"], 2), fmt(r["loadgen_cores"], 2)])
+        out.append(table(["rows", "c", "(a2)/(a) rps", "(a2)/(a) per core", "best MLServer, 2 cores",
+                          "(a2)/best MLServer rps", "(a2)/`models-serve-w2` rps", "(a2) server cores",
+                          "load generator cores"], body))
     out.append("\n**Batches formed by (a)** (requests / rows per predict, from its /metrics, warm-up included):\n")
     out.append(table(["rows"] + [f"c={c}" for c in concurrency], [
         [rows] + [f"{fmt(pick(s, 'project-w1', rows, c).get('requests_per_predict'), 2)} / "
@@ -264,8 +291,11 @@ def goals_table(s: Optional[dict], t: Optional[dict]) -> str:
     rows = []
     if s:
         g = s["goals"]
+        for key in sorted((k for k in g if k.startswith("a_over_best_mlserver_at_c")), key=lambda k: int(k.rsplit("c", 1)[1])):
+            c = key.rsplit("c", 1)[1]
+            rows.append([f"serving: (a) ≥ {g[key]['need']}× the fastest MLServer configuration, c={c}, 1-row, one core",
+                         fmt(g[key]["value"], 2, "×") + f" (`{g[key]['peer']}`)", fmt(g[key]["met"])])
         for key, what, unit in (
-                ("a_at_least_1_3x_mlserver_batching_at_c16", "(a) ≥ 1.3× MLServer with adaptive batching, c=16, 1-row", "×"),
                 ("a_at_least_3x_b_at_c16", "(a) ≥ 3× (b) `mlflow models serve --workers 1`, c=16, 1-row", "×"),
                 ("a_p99_at_most_15ms_at_c4", "(a) p99 ≤ 15 ms at c=4, 1-row", " ms"),
                 ("a_p99_at_most_25ms_at_c16", "(a) p99 ≤ 25 ms at c=16, 1-row", " ms"),
@@ -343,7 +373,8 @@ def coldstart_section(data: dict) -> str:
 
 def serving_method(s: dict) -> str:
     m = s["method"]
-    return (f"Method: {m['client']}; {m['payload']}; {m['rounds']} rounds of\n{m['seconds_per_point_per_round']} s per "
+    return (f"Method: {m['client']}; {m['payload']}; {m['cores']}; {m['rounds']} rounds of\n"
+            f"{m['seconds_per_point_per_round']} s per "
             f"point after {m['warmup_s']} s warm-up,\n{m['order']}; {m['rps']}. rps/core = {m['rps_per_core']}.\n"
             f"(c) = {m['ceiling']}.")
 
