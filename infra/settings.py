@@ -427,7 +427,7 @@ class TeamSettings(Section):
 
 
 class AccessSettings(Section):
-    teams: dict[str, TeamSettings] = Field({}, description="Teams by name (lowercase letters, digits, hyphens): members and what they may do in MLflow, applied by the access Job on every `up`; what the settings no longer grant is removed. People and service accounts are who IAP says they are (`edge.iap`).")
+    teams: dict[str, TeamSettings] = Field({}, description="Teams by name (lowercase letters, digits, hyphens), each `{members: [user:EMAIL | serviceAccount:EMAIL | domain:DOMAIN], experiments: {NAME_PREFIX: PERMISSION}, models: {NAME_PREFIX: PERMISSION}}` with PERMISSION one of READ, EDIT, MANAGE, NO_PERMISSIONS; applied by the access Job on every `up` and every 10 minutes, and what the settings no longer grant is removed (README, Access). Needs `edge.iap`: people and service accounts are who IAP says they are.")
 
     @field_validator("teams", mode="before")
     @classmethod
