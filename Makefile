@@ -78,9 +78,10 @@ plan-check: install
 reference: install
 	$(PY) -m tools.offline.reference --write
 
-## make local: the platform on this machine (Postgres, GCS emulator, tracking, serving); Ctrl-C stops it.
+## make local [STACK=prod]: the platform on this machine (Postgres, GCS emulator, tracking, serving); Ctrl-C stops it.
+## STACK=prod runs prod's manifests: tracking behind a stand-in for IAP, where people sign in by e-mail.
 local: install runtime images
-	$(PY) -m tools.local
+	$(PY) -m tools.local --stack $(STACK)
 
 ## make bench [BENCH_ARGS=--quick]: serving, tracking and program-time benchmarks side by side on
 ## the local platform, with MLServer beside the serving pod (~10 min); results in tools/benchmarks/results/,

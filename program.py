@@ -21,7 +21,8 @@ from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, Ap
 from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
-from k8s.serving import ModelServing, ModelServingArgs
+from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
+from k8s.serving import SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import TrackingServer, TrackingServerArgs
 
 # The platform component's name in the stack `__main__.py` declares.
@@ -87,6 +88,8 @@ def build_platform(settings: Settings, opts: pulumi.ResourceOptions) -> dict[str
     tracking = build_tracking(settings, foundation, clusters, data)
     build_observability(settings, foundation, data)
     serving = build_serving(settings, foundation, clusters, tracking) if settings.serving.model_name else None
+    if settings.access.teams:
+        build_access(settings, foundation, clusters, tracking)
     return stack_outputs(settings, foundation, clusters, data, tracking, serving)
 
 
@@ -238,9 +241,19 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         security_policy_name=edge.security_policy_name if edge else None,
         ssl_policy_name=edge.ssl_policy_name if edge else None,
         iap=settings.edge.iap,
+        iap_backend_service_id=settings.edge.iap_backend_service_id,
+        machine_users=(SERVING_USERNAME,) if settings.serving.model_name else (),
+        domain_roles=domain_roles(settings.access),
         internal_lb_ip=foundation.network.internal_addresses.get("tracking"),
         serving_pod_cidr=settings.network.serving_pods_cidr if settings.clusters.separate_serving else None,
     ), foundation.after_apis)
+
+
+def build_access(settings: Settings, foundation: Foundation, clusters: Clusters, tracking: TrackingServer) -> TeamAccess:
+    return TeamAccess("mlflow-access", TeamAccessArgs(
+        provider=clusters.platform.provider, tracking=tracking.endpoint, image=foundation.images.tracking_image,
+        image_version=image_version(settings.tracking.image), project_number=foundation.app_secrets.project_number,
+        workload_pool=clusters.platform.workload_pool, settings=settings.access), foundation.after_apis)
 
 
 def build_observability(settings: Settings, foundation: Foundation, data: Data) -> Monitoring:

@@ -346,6 +346,7 @@ class EdgeSettings(Section):
     armor_requests_per_minute: int = Field(600, ge=10, le=100_000, description="Requests per minute one client IP may make before 429.")
     iap: bool = Field(False, description="Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client, which admits only identities of the project's organization (needs `ingressHost`; GKE 1.29.4+).")
     iap_oauth_client_id: Unset = Field(None, description="OAuth client id that programs (the mlflow-iap-auth plugin) get IAP tokens for: allowed as IAP's programmatic client; its secret is never needed.")
+    iap_backend_service_id: Annotated[Optional[str], _matching(re.compile(r"^\d+$"), "must be the numeric id of the Ingress's backend service")] = Field(None, description="Numeric id of the backend service the GKE Ingress made for tracking (IAP console: Get JWT audience code): pins the audience the tracking server accepts in IAP's assertions to it; empty accepts any backend service of this project.")
     iap_members: Annotated[tuple[str, ...], BeforeValidator(_json_list)] = Field((), description="Who may pass IAP (`user:`, `group:`, `serviceAccount:` or `domain:` members of the project's organization: IAP's Google-managed OAuth client admits no one else, so `allUsers`, `allAuthenticatedUsers` and consumer accounts such as `user:…@gmail.com` are refused); needed with `iap`.")
 
     @field_validator("iap_members")
@@ -372,6 +373,72 @@ class EdgeSettings(Section):
             errors.append(problem("iap", True, f"needs {ref('iapMembers')}: IAP refuses everyone not granted access"))
         _refuse(errors)
         return self
+
+
+# --- access: teams and what they may do in MLflow ---------------------------------------------------
+# MLflow's permissions a team rule may grant; NO_PERMISSIONS becomes MLflow's explicit DENY, which wins over any
+# other grant the team's members hold on the resource.
+TEAM_PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+TeamPermission = Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"]
+_TEAM_NAME = re.compile(r"^[a-z][a-z0-9-]{0,38}[a-z0-9]$")
+# Whom IAP's assertion names (its `email`): a person, a service account, or everyone of a domain. Groups are
+# refused: the assertion carries no group membership, so MLflow could not tell who is in one.
+_TEAM_MEMBER = re.compile(r"^(?:(?:user|serviceAccount):[^@\s:]+@|domain:)(?:[a-z0-9-]+\.)+[a-z]{2,63}$")
+_TEAM_MEMBER_FORMS = "user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (lowercase; IAP's assertion names no group)"
+
+
+def _team_member(value: str) -> str:
+    if not _TEAM_MEMBER.match(value):
+        raise ValueError(f"{value!r} is not a team member; allowed: {_TEAM_MEMBER_FORMS}")
+    return value
+
+
+def _json_object(value: Any) -> Any:
+    if isinstance(value, str):  # `pulumi config set` without --path stores a structured value as JSON text
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError('must be a JSON object, e.g. {"fraud-": "EDIT"}') from None
+    return value
+
+
+PrefixRules = Annotated[dict[str, TeamPermission], BeforeValidator(_json_object)]
+
+
+def overlapping_prefixes(prefixes: list[str]) -> list[tuple[str, str]]:
+    """(shorter, longer) pairs where one prefix starts the other: a name matching both would get two answers."""
+    ordered = sorted(prefixes)
+    return [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1:] if b.startswith(a)]
+
+
+class TeamSettings(Section):
+    members: Annotated[tuple[Annotated[str, AfterValidator(_team_member)], ...], BeforeValidator(_json_list)] = Field(
+        (), description=f"Who is in the team: {_TEAM_MEMBER_FORMS}.")
+    experiments: PrefixRules = Field({}, description="Experiment name prefix -> permission (READ, EDIT, MANAGE or NO_PERMISSIONS) on every experiment whose name starts with it.")
+    models: PrefixRules = Field({}, description="Registered model name prefix -> permission (READ, EDIT, MANAGE or NO_PERMISSIONS) on every registered model whose name starts with it.")
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> "TeamSettings":
+        _refuse([problem(f"{key}.{longer}", rules[longer], f"overlaps the rule for prefix {shorter!r} "
+                         f"({rules[shorter]}): a name starting with {longer!r} matches both; keep one")
+                 for key, rules in (("experiments", self.experiments), ("models", self.models))
+                 for shorter, longer in overlapping_prefixes(list(rules))])
+        return self
+
+
+class AccessSettings(Section):
+    teams: dict[str, TeamSettings] = Field({}, description="Teams by name (lowercase letters, digits, hyphens), each `{members: [user:EMAIL | serviceAccount:EMAIL | domain:DOMAIN], experiments: {NAME_PREFIX: PERMISSION}, models: {NAME_PREFIX: PERMISSION}}` with PERMISSION one of READ, EDIT, MANAGE, NO_PERMISSIONS; applied by the access Job on every `up` and every 10 minutes, and what the settings no longer grant is removed (README, Access). Needs `edge.iap`: people and service accounts are who IAP says they are.")
+
+    @field_validator("teams", mode="before")
+    @classmethod
+    def _team_names(cls, value: Any) -> Any:
+        value = _json_object(value)
+        if isinstance(value, dict):
+            bad = [name for name in value if not _TEAM_NAME.match(name)]
+            if bad:
+                raise ValueError(f"team names {bad} must be 2-40 lowercase letters, digits and hyphens, "
+                                 "starting with a letter")
+        return value
 
 
 # --- observability ---------------------------------------------------------------------------------
@@ -457,6 +524,7 @@ class Settings(Section):
     tracking: TrackingSettings = Field(TrackingSettings(), description="The tracking server.")
     serving: ServingSettings = Field(ServingSettings(), description="Model serving.")
     edge: EdgeSettings = Field(EdgeSettings(), description="Public exposure of tracking: Ingress, Cloud Armor, IAP.")
+    access: AccessSettings = Field(AccessSettings(), description="Teams and their permissions in MLflow.")
     monitoring: MonitoringSettings = Field(MonitoringSettings(), description="Alert policies.")
 
     @field_validator("project")
@@ -493,6 +561,9 @@ class Settings(Section):
         ranges = self.network.ranges(self.clusters.separate_serving)
         errors += [problem(f"network.{a}", ranges[a], f"overlaps {ref(f'network.{b}')} ({ranges[b]}); ranges must be disjoint")
                    for a, b in cloud_rules.overlapping_ranges(ranges)]
+        if self.access.teams and not self.edge.iap:
+            errors.append(problem("access.teams", sorted(self.access.teams), f"needs {ref('edge.iap')}=true: team "
+                                  "members are who IAP's assertion says they are, and without it they cannot sign in"))
         if self.environment == "prod":
             errors += self._prod_problems()
         _refuse(errors)

@@ -43,6 +43,11 @@ AUTH_CONFIG_DIR = "/etc/mlflow-auth"
 AUTH_CONFIG_FILE = "basic_auth.ini"
 AUTH_CONFIG_MAP = "mlflow-auth-config"
 PROMETHEUS_DIR = "/tmp/prometheus"
+BASIC_AUTH_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
+# mlflow_image/mlflow_iap_auth: people and service accounts are who IAP's signed assertion names.
+IAP_AUTH_FUNCTION = "mlflow_iap_auth:authenticate_request"
+# IAP's public keys, a JSON map of key id to PEM (https://cloud.google.com/iap/docs/signed-headers-howto).
+GOOGLE_IAP_KEYS_URL = "https://www.gstatic.com/iap/verify/public_key"
 # Secret keys, referenced by the pods; their values are never in a manifest.
 # Env vars the tracking server reads from its Secret Manager files (mlflow_fileenv).
 FILE_ENV = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_SECRET_KEY}
@@ -105,15 +110,15 @@ def ini_value(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_uri: str) -> str:
+def auth_config_ini(default_permission: str, cache_ttl_seconds: int, database_uri: str, iap: bool = False) -> str:
     """The basic-auth app's config: no credential in it (a ConfigMap); the admin password comes
-    from MLFLOW_AUTH_ADMIN_PASSWORD."""
+    from MLFLOW_AUTH_ADMIN_PASSWORD. Behind IAP, the identity hook decides who a request is."""
     return "\n".join([
         "[mlflow]",
         f"default_permission = {default_permission}",
         f"database_uri = {ini_value(database_uri)}",
         f"admin_username = {ADMIN_USERNAME}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        f"authorization_function = {IAP_AUTH_FUNCTION if iap else BASIC_AUTH_FUNCTION}",
         f"auth_cache_ttl_seconds = {cache_ttl_seconds}",
         "",
     ])
@@ -148,6 +153,21 @@ def tracking_env(job_execution: bool, backend_uri: Any) -> list[dict]:
         {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "true" if job_execution else "false"},
         {"name": "MLFLOW_TRACKING_DIR", "value": "/tmp/mlruns"},
     ]
+
+
+def iap_env(*, keys_url: str, project_number: Any, backend_service_id: Optional[str],
+            machine_users: tuple[str, ...], domain_roles: tuple[tuple[str, str], ...] = ()) -> list[dict]:
+    """What mlflow_iap_auth trusts: the keys, the audience (this project's backend services, or the one
+    whose id is known), who may still use a password without IAP (the break-glass admin and the
+    in-cluster machine users), and the team roles a new user of a domain joins at first sign-in."""
+    env = [{"name": "MLFLOW_IAP_KEYS_URL", "value": keys_url},
+           {"name": "MLFLOW_IAP_PROJECT_NUMBER", "value": project_number},
+           {"name": "MLFLOW_IAP_BASIC_AUTH_USERS", "value": ",".join((ADMIN_USERNAME, *machine_users))}]
+    if backend_service_id:
+        env.append({"name": "MLFLOW_IAP_BACKEND_SERVICE_ID", "value": backend_service_id})
+    if domain_roles:
+        env.append({"name": "MLFLOW_IAP_DOMAIN_ROLES", "value": ",".join(f"{d}={r}" for d, r in domain_roles)})
+    return env
 
 
 def auth_config_volume(config_map_name: Any) -> dict:
@@ -332,7 +352,14 @@ class TrackingServerArgs:
     ssl_policy_name: Optional[pulumi.Input[str]] = None
     """SSL policy of the Ingress's HTTPS proxy (its FrontendConfig)."""
     iap: bool = False
-    """Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client."""
+    """Identity-Aware Proxy on the Ingress, with IAP's Google-managed OAuth client; the server then
+    takes people's identity from IAP's signed assertion."""
+    iap_backend_service_id: Optional[str] = None
+    """The Ingress backend service's numeric id, once known: pins the assertions' audience to it."""
+    machine_users: tuple[str, ...] = ()
+    """Basic-auth users of in-cluster workloads (the serving user), still allowed a password behind IAP."""
+    domain_roles: tuple[tuple[str, str], ...] = ()
+    """(domain, team role): a new user of the domain joins the role at first sign-in."""
     internal_lb_ip: Optional[pulumi.Input[str]] = None
     """Reserved internal address (the Address resource's output): exposes tracking to the VPC
     through an internal load balancer."""
@@ -402,7 +429,8 @@ class TrackingServer(pulumi.ComponentResource):
             f"{name}-auth-config",
             metadata={"name": AUTH_CONFIG_MAP, "namespace": ns_name, "labels": names.labels},
             data=auth_uri.apply(lambda uri: {
-                AUTH_CONFIG_FILE: auth_config_ini(auth.auth_default_permission, auth.auth_cache_ttl_seconds, uri)}),
+                AUTH_CONFIG_FILE: auth_config_ini(auth.auth_default_permission, auth.auth_cache_ttl_seconds, uri,
+                                                  iap=args.iap)}),
             opts=k8s_opts,
         )
         migration = self._migration(name, args, ns_name, identity, backend_uri, auth_uri,
@@ -417,7 +445,8 @@ class TrackingServer(pulumi.ComponentResource):
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=names.metadata(ns_name),
-            # The auth config is read only at start: a change must roll the pods.
+            # The auth config is read only at start: a change must roll the pods (IAP on or off changes the
+            # container's env, which rolls them too).
             spec=deployment_spec(names, pod, {
                 "mlflow.org/auth-settings": f"{auth.auth_default_permission},ttl={auth.auth_cache_ttl_seconds}"},
                 replicas=auth.replicas),
@@ -468,8 +497,12 @@ class TrackingServer(pulumi.ComponentResource):
         server_args = pulumi.Output.all(args.bucket_name, args.internal_lb_ip).apply(
             lambda values: tracking_args(bucket=values[0], namespace=args.namespace, workers=args.settings.workers,
                                          ingress_host=args.ingress_host, internal_ip=values[1]))
-        return tracking_container(image=args.image, args=server_args,
-                                  env=tracking_env(args.settings.job_execution, backend_uri),
+        env = tracking_env(args.settings.job_execution, backend_uri)
+        if args.iap:
+            env += iap_env(keys_url=GOOGLE_IAP_KEYS_URL, project_number=args.project_number,
+                           backend_service_id=args.iap_backend_service_id, machine_users=args.machine_users,
+                           domain_roles=args.domain_roles)
+        return tracking_container(image=args.image, args=server_args, env=env,
                                   cpu=args.settings.cpu, memory=args.settings.memory)
 
     def _migration(self, name: str, args: TrackingServerArgs, ns_name: pulumi.Output[str],

@@ -65,7 +65,7 @@ def test_iap_enables_its_api_and_grants_each_member_passage(run_stack_with):
 
 
 def test_iap_api_is_not_enabled_without_iap(stack_runs):
-    services = {r.inputs["service"] for r in stack_runs["prod"].of_type("gcp:projects/service:Service")}
+    services = {r.inputs["service"] for r in stack_runs["dev"].of_type("gcp:projects/service:Service")}
     assert "iap.googleapis.com" not in services
 
 

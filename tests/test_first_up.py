@@ -169,7 +169,8 @@ def test_committed_plan_records_each_resources_dependencies(stack, stack_runs):
 
     document = {entry["name"]: entry for entry in resources_document(stack_runs[stack])}
     assert "mlflow-artifacts-bucket" in document["mlflow-identity-bucket-0"]["dependsOn"]
-    assert f"mlflow-apis (all {len(REQUIRED_APIS)})" in document["mlflow-net-vpc"]["dependsOn"]
+    apis = len(REQUIRED_APIS) + (1 if stack == "prod" else 0)  # prod also enables IAP's API
+    assert f"mlflow-apis (all {apis})" in document["mlflow-net-vpc"]["dependsOn"]
     assert {"mlflow-identity-cloudsql-client", "mlflow-identity-wi-binding"} <= set(document["mlflow-migrate"]["dependsOn"])
 
 

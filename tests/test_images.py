@@ -98,7 +98,8 @@ def test_the_guard_names_the_packages_the_old_dockerignore_filtered_out(tmp_path
     (context / ".dockerignore").write_text(OLD_MLFLOW_DOCKERIGNORE)
     assert unbuildable_sources(context, context / "Dockerfile") == {
         package: "filtered out by .dockerignore"
-        for package in ("mlflow_dbwait", "mlflow_dbgrant", "mlflow_fileenv", "mlflow_serving_user")}
+        for package in ("mlflow_dbwait", "mlflow_dbgrant", "mlflow_fileenv", "mlflow_serving_user", "mlflow_iap_auth",
+                        "mlflow_access")}
 
 
 def test_the_guard_names_a_source_missing_from_the_context(tmp_path):

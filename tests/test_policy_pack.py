@@ -333,3 +333,14 @@ def test_pack_runs_in_the_project_virtualenv_which_holds_its_pins():
                  for line in (ROOT / name).read_text().splitlines()}
     pins = [line.strip() for line in (pack_dir / "requirements.txt").read_text().splitlines() if line.strip()]
     assert pins and all(pin in installed for pin in pins), pins
+
+
+def test_a_prod_stack_without_iap_is_refused_for_authenticating_people_by_password(run_stack_with, runs):
+    without_iap = stack_resources(run_stack_with("prod", {"edge.iap": "false", "access.teams": "{}"}))
+    found = rules.check_prod_people_identity(without_iap)
+    assert len(found) == 1 and "mlflow-auth-config: prod's tracking server authenticates people with basic-auth" in found[0]
+    assert "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" in found[0]
+    assert rules.check_prod_people_identity(stack_resources(runs["prod"])) == []
+    # dev may keep basic auth: nothing in it is labelled env=prod
+    assert rules.check_prod_people_identity(stack_resources(runs["dev"])) == []
+    assert [f for _, f in rules.auth_functions(stack_resources(runs["dev"]))] == [rules.BASIC_AUTH_FUNCTION]

@@ -83,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
             second = platform.train_model(flavor="lightgbm", move_alias=False)
             endpoints = platform.endpoints()
             (workdir / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
+            people = (f"\n  people    {platform.people_url}   (stand-in for IAP: sign in with an e-mail; "
+                      "MLflow permissions by team)" if platform.people_url else "")
             print(f"""
 MLflow platform ({args.stack} manifests) up in {time.monotonic() - started:.0f}s
-  tracking  {platform.tracking_url}   (basic auth; /health is open)
+  tracking  {platform.tracking_url}   (basic auth; /health is open){people}
   serving   {platform.serving_url}/invocations   ({endpoints['model_uri']})
   admin     user {platform.admin_username!r}, password in {platform.admin_password_file}
   endpoints {workdir / 'endpoints.json'}

@@ -26,6 +26,9 @@ one made):
    (after the rules above, so it expands to the local values).
 8. `--package-index URL` (the cluster's Artifact Registry) becomes `--package-index ""`: model
    environments are restored from the package index this machine reaches (pypi.org).
+9. Google's IAP key URL in an env value becomes the key URL of the local stand-in for IAP
+   (tools/local/iap.py), when the platform runs one: the server trusts the stand-in's key as it
+   trusts Google's.
 
 The process environment is the image's (PATH, HOME=/tmp, PYTHONPATH, ...) with the manifest env
 over it, plus the explicit `extra_env` of a workload (the tracking server's STORAGE_EMULATOR_HOST:
@@ -44,6 +47,7 @@ from typing import Mapping, Optional
 import yaml
 
 from k8s.secret_files import CSI_DRIVER, SPC_PROVIDER
+from k8s.tracking import GOOGLE_IAP_KEYS_URL
 from tools.local.container import Bind, container_argv
 from tools.local.images import ImageRoot
 
@@ -86,6 +90,8 @@ class LocalSite:
     """Env the cluster gets from elsewhere (e.g. Workload Identity for GCS): explicit per workload."""
     pod_security: Mapping[str, object] = field(default_factory=dict)
     """The pod's securityContext (runAsUser, runAsGroup, fsGroup)."""
+    iap_keys_url: Optional[str] = None
+    """Key URL of the local stand-in for IAP, if one runs."""
 
 
 @dataclass(frozen=True)
@@ -207,7 +213,9 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
     mounts = _mounts(container, volumes, site)
 
     def rewrite_value(value: str, where: str = "") -> str:
-        """Rules 2 and 3, on any env or secret value."""
+        """Rules 2, 3 and 9, on any env or secret value."""
+        if site.iap_keys_url and value == GOOGLE_IAP_KEYS_URL:
+            return site.iap_keys_url
         if site.proxy_address and site.postgres_address and site.proxy_address in value:
             value = value.replace(site.proxy_address, site.postgres_address)
             if where:
@@ -215,7 +223,7 @@ def localize_container(container: dict, volumes: list[dict], site: LocalSite) ->
         return _URL_HOST.sub(
             lambda m: m["scheme"] + site.services.get(m["hostport"], m["hostport"]), value)
 
-    # --- env (rules 1-3) -----------------------------------------------------------------
+    # --- env (rules 1-3, 9) -----------------------------------------------------------------
     env: dict[str, str] = {}
     secret_names: set[str] = set()
     for entry in container.get("env", []):

@@ -39,6 +39,7 @@ from k8s.secret_files import SPC_KIND
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME, postgres_uri
 from tools.local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
+from tools.local.iap import StandInIap, backend_audience
 from tools.local.lifecycle import SURGE_FIRST, rollout_order, termination
 from tools.local.container import prepare as prepare_mount_points
 from tools.local.images import ImageRoot, ImageStore, built_here, source_for
@@ -171,6 +172,7 @@ class LocalPlatform:
         self.database_users = m.database_users()
         self.tracking_db_user = flag_value(run_to_completion_containers(self.grants_job)[-1]["args"], "--grantee")
         self.serving_user_job = m.one("Job", component="serving-setup")
+        self.access_job = m.optional("Job", component="access")
         self.tracking_container = container(self.tracking_deployment, "mlflow")
         self.exporter_container = container(self.tracking_deployment, "metrics-exporter")
         self.serving_container = container(self.serving_deployment, "serving")
@@ -199,6 +201,7 @@ class LocalPlatform:
             [self._backend("tracking", self.tracking_container), self._backend("serving", self.serving_container),
              self._backend("tracking_metrics", self.exporter_container)],
             self.workdir / "balancer", self.workdir / "logs" / "haproxy.log", lambda text: text)
+        self.iap = self._stand_in_iap()
         self.pod_generation = {"tracking": 0, "serving": 0}
         self.retiring: list[threading.Thread] = []  # old pods going through preStop, SIGTERM, grace
         self.retired: list[ManagedProcess] = []
@@ -224,9 +227,22 @@ class LocalPlatform:
         return Backend(name, free_port(), probe.get("httpGet", {}).get("path", "/"), int(probe.get("periodSeconds", 10)),
                        int(probe.get("failureThreshold", 3)))
 
+    def _stand_in_iap(self) -> Optional[StandInIap]:
+        """A stand-in for IAP in front of tracking's balancer, where the stack puts tracking behind IAP."""
+        env = {e["name"]: e.get("value") for e in self.tracking_container.get("env", [])}
+        if "MLFLOW_IAP_KEYS_URL" not in env:
+            return None
+        return StandInIap(self.balancer.backends["tracking"].listen_port, backend_audience(
+            env["MLFLOW_IAP_PROJECT_NUMBER"], env.get("MLFLOW_IAP_BACKEND_SERVICE_ID")))
+
     @property
     def tracking_url(self) -> str:
         return self.balancer.url("tracking")
+
+    @property
+    def people_url(self) -> Optional[str]:
+        """Where people sign in, through the stand-in for IAP; None where the stack has no IAP."""
+        return self.iap.url if self.iap else None
 
     @property
     def serving_url(self) -> str:
@@ -284,7 +300,7 @@ class LocalPlatform:
 
     def endpoints(self) -> dict:
         return {
-            "tracking_url": self.tracking_url, "serving_url": self.serving_url,
+            "tracking_url": self.tracking_url, "serving_url": self.serving_url, "people_url": self.people_url,
             "admin_username": self.admin_username, "admin_password_file": str(self.admin_password_file),
             "serving_username": self.serving_username,
             "serving_password_file": str(self.serving_password_file),
@@ -336,6 +352,9 @@ class LocalPlatform:
         self.progress(f"gcs emulator: bucket {self.bucket} on {self.emulator_url}")
         self.balancer.start()
         self.progress(f"load balancer: haproxy, tracking {self.tracking_url}, serving {self.serving_url}")
+        if self.iap:
+            self.iap.start()
+            self.progress(f"stand-in for IAP: people sign in at {self.iap.url}")
 
     def start_services(self) -> None:
         """Migration Job, tracking, serving user (then demo model and serving), on the data there."""
@@ -344,6 +363,9 @@ class LocalPlatform:
         self.start_tracking()
         self.progress(f"tracking: {self.tracking_url}")
         self.ensure_serving_user()
+        if self.access_job:
+            self.apply_team_access()
+            self.progress("access job: teams applied")
         if self.demo_model:
             self.demo_run = self.train_model(variant="base")
             self.progress(f"demo model: {self.model_name} version {self.demo_run['version']} @{self.model_alias}")
@@ -361,6 +383,8 @@ class LocalPlatform:
                     process.stop()
                 except Exception as err:  # keep stopping the others
                     errors.append(err)
+        if self.iap:
+            self.iap.stop()
         try:
             self.postgres.stop()
         except Exception as err:
@@ -477,6 +501,7 @@ class LocalPlatform:
             service_port=self._workload_port(workload),
             extra_env=extra_env or {},
             pod_security=pod_spec(workload).get("securityContext") or {},
+            iap_keys_url=self.iap.keys_url if self.iap else None,
         )
 
     def localized(self, workload: dict, container_spec: dict, name: str, listen_port: Optional[int] = None,
@@ -558,6 +583,10 @@ class LocalPlatform:
         """The grants Job, then the migration Job's containers, in order (tracking schema, then auth
         schema), as Pulumi orders them."""
         return self.grant_database_privileges() + self._run_job(self.migration_job, "migrate")
+
+    def apply_team_access(self) -> list[JobResult]:
+        """The access Job: the stack's teams and their permissions (also what its schedule reruns)."""
+        return self._run_job(self.access_job, "access")
 
     def ensure_serving_user(self) -> list[JobResult]:
         """The serving-user Job: creates/updates the read-only user and its READ grants."""

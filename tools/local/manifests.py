@@ -49,6 +49,11 @@ class Manifests:
     def all(self, kind: str) -> Iterator[dict]:
         return (obj for obj in self.objects if obj.get("kind") == kind)
 
+    def optional(self, kind: str, *, component: str) -> Optional[dict]:
+        """The one object of `kind` of `component`, or None where the stack declares none."""
+        found = [obj for obj in self.all(kind) if obj["metadata"].get("labels", {}).get(COMPONENT_LABEL) == component]
+        return self.one(kind, component=component) if found else None
+
     def one(self, kind: str, *, name: Optional[str] = None, namespace: Optional[str] = None,
             component: Optional[str] = None) -> dict:
         """Exactly one object of `kind` matching every given filter."""

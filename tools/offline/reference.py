@@ -38,6 +38,8 @@ def _pulumi_type(annotation) -> dict:
         return {"type": "integer"}
     if origin is tuple:
         return {"type": "array", "items": {"type": "string"}}
+    if origin is dict:  # only inside a component's key (access.teams), so only in docs/configuration.md
+        return {"type": "object"}
     return {"type": "string"}
 
 

@@ -389,6 +389,30 @@ def check_prod_stateful_protected(resources: Iterable[StackResource]) -> list[st
             for r in resources if r.type in STATEFUL_TYPES and not r.protect]
 
 
+CONFIG_MAP_TYPE = "kubernetes:core/v1:ConfigMap"
+# MLflow's auth config: its `authorization_function` is where a tracking server learns who a person is.
+AUTH_FUNCTION = re.compile(r"(?m)^\s*authorization_function\s*=\s*(\S+)")
+BASIC_AUTH_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
+
+
+def auth_functions(resources: Iterable[StackResource]) -> list[tuple[str, str]]:
+    """(urn, authorization function) of every MLflow auth config a ConfigMap of the stack holds."""
+    return [(r.urn, match[1]) for r in resources if r.type == CONFIG_MAP_TYPE
+            for text in (get(r.props, "data") or {}).values() if isinstance(text, str)
+            for match in [AUTH_FUNCTION.search(text)] if match]
+
+
+def check_prod_people_identity(resources: Iterable[StackResource]) -> list[str]:
+    """In a prod stack, a person is who an identity source says (IAP's signed assertion), not the holder of a
+    password: an MLflow auth config that still authenticates by basic auth alone is refused."""
+    resources = list(resources)
+    if not any(is_prod(r.type, r.props) for r in resources):
+        return []
+    return [f"{urn}: prod's tracking server authenticates people with basic-auth passwords "
+            f"(authorization_function = {function}); turn on mlflow-platform:edge.iap so people sign in with "
+            "their Google identity" for urn, function in auth_functions(resources) if function == BASIC_AUTH_FUNCTION]
+
+
 # (policy name, description, rule): the pack registers exactly these, in this order.
 POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("no-service-account-keys",
@@ -449,4 +473,8 @@ STACK_POLICIES: list[tuple[str, str, Callable[[Iterable[StackResource]], list[st
      "databases, bucket, KMS key ring and keys, Secret Manager secrets and versions): `pulumi destroy` fails "
      "before it deletes anything.",
      check_prod_stateful_protected),
+    ("prod-people-sign-in-with-an-identity",
+     "In a stack labelled env=prod, the tracking server takes people's identity from an identity source "
+     "(IAP's signed assertion), never from shared or hand-made basic-auth passwords.",
+     check_prod_people_identity),
 ]

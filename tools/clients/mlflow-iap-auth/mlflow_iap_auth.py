@@ -5,7 +5,10 @@ basic auth), so both credentials travel together:
 
     pip install ./tools/clients/mlflow-iap-auth
     export MLFLOW_TRACKING_AUTH=iap MLFLOW_IAP_CLIENT_ID=<IAP programmatic client id (edge.iapOauthClientId)>
-    export MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...
+    export MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=...   # only if the server checks passwords
+
+The platform's tracking server behind IAP takes the caller from IAP's signed assertion (the service
+account's e-mail is the MLflow user), so there it needs no MLflow password.
 
 The ID token is for a service account listed in `edge.iapMembers`: the one of Application Default
 Credentials where that is a service account (CI, workloads), or, for a person logged in with

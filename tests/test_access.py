@@ -1,0 +1,118 @@
+"""Team access as code: the settings refuse what cannot be applied, by full key, before any resource; the
+access Job's decisions (mlflow_image/mlflow_access) grant exactly what the rules say and take back the rest;
+the prod stack declares the Job and its schedule with the teams in the plan and no secret beside them.
+The decisions run against a real server in tests/test_iap_local.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from infra.config import ConfigError, settings_from_values
+from k8s.access import ROLE_PREFIX, SCHEDULE, domain_roles, job_name
+
+sys.path.insert(0, "mlflow_image")
+import mlflow_access  # noqa: E402
+from mlflow_access import EXPERIMENT, MODEL, Held, Team, permission_changes, stale_roles  # noqa: E402
+
+IAP_ON = {"gcp:project": "my-proj-123", "mlflow-platform:environment": "dev",
+          "mlflow-platform:edge": {"ingressHost": "mlflow.example.com", "iap": True, "iapMembers": ["domain:example.com"]}}
+
+
+def refusal(teams: dict, **values) -> str:
+    with pytest.raises(ConfigError) as err:
+        settings_from_values({**IAP_ON, "mlflow-platform:access": {"teams": teams}, **values})
+    return str(err.value)
+
+
+@pytest.mark.parametrize("team, expected", [
+    ({"members": ["user:ada@example.com"], "experiments": {"fraud-": "WRITE"}},
+     "mlflow-platform:access.teams.fraud.experiments.fraud- = 'WRITE': Input should be 'READ', 'EDIT', 'MANAGE' or "
+     "'NO_PERMISSIONS'"),
+    ({"members": ["user:ada@example.com"], "models": {"fraud-": "EDIT", "fraud-prod": "READ"}},
+     "mlflow-platform:access.teams.fraud.models.fraud-prod = 'READ': overlaps the rule for prefix 'fraud-' (EDIT)"),
+    ({"members": ["group:ml@example.com"]},
+     "mlflow-platform:access.teams.fraud.members.0 = 'group:ml@example.com': 'group:ml@example.com' is not a team "
+     "member; allowed: user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN"),
+    ({"members": ["ada@example.com"]}, "mlflow-platform:access.teams.fraud.members.0 = 'ada@example.com'"),
+    ({"members": ["user:ada@example.com"], "owners": ["x"]}, "mlflow-platform:access.teams.fraud.owners: unknown setting"),
+])
+def test_bad_team_settings_are_refused_by_full_key(team, expected):
+    assert expected in refusal({"fraud": team})
+
+
+def test_team_names_and_iap_are_required():
+    assert "team names ['Fraud_Team'] must be 2-40 lowercase letters" in refusal({"Fraud_Team": {}})
+    without_iap = {**IAP_ON, "mlflow-platform:edge": {}}
+    with pytest.raises(ConfigError, match=r"mlflow-platform:access.teams = \['fraud'\]: needs mlflow-platform:edge.iap=true"):
+        settings_from_values({**without_iap, "mlflow-platform:access": {"teams": {"fraud": {}}}})
+
+
+def test_rules_of_different_teams_may_cover_the_same_names():
+    settings = settings_from_values({**IAP_ON, "mlflow-platform:access": {"teams": {
+        "fraud": {"experiments": {"fraud-": "EDIT"}}, "audit": {"experiments": {"fraud-": "READ"}}}}})
+    assert set(settings.access.teams) == {"fraud", "audit"}
+
+
+# --- what the access Job decides -------------------------------------------------------------------
+FRAUD = Team.from_settings("fraud", {"members": ["user:Ada@example.com", "domain:risk.example.com"],
+                                     "experiments": {"fraud-": "EDIT", "shared": "NO_PERMISSIONS"},
+                                     "models": {"fraud-": "MANAGE"}})
+
+
+def test_rules_resolve_to_the_experiments_and_models_that_exist():
+    experiments = {"1": "fraud-a", "2": "risk-a", "3": "shared-x", "4": "fraud"}
+    assert FRAUD.grants(experiments, ["fraud-model", "risk-model"]) == {
+        (EXPERIMENT, "1"): "EDIT", (EXPERIMENT, "3"): "DENY", (MODEL, "fraud-model"): "MANAGE"}
+
+
+def test_members_are_named_identities_and_every_user_of_a_domain():
+    assert FRAUD.users(["bob@risk.example.com", "eve@example.com", "mallory@evil-risk.example.com.attacker.io"]) == {
+        "ada@example.com", "bob@risk.example.com"}
+    assert FRAUD.role == "team-fraud"
+
+
+def test_only_the_difference_is_applied_and_what_is_no_longer_granted_is_taken_back():
+    held = [Held(10, (EXPERIMENT, "1"), "READ"), Held(11, (EXPERIMENT, "9"), "EDIT"), Held(12, (MODEL, "m"), "MANAGE")]
+    changes = permission_changes(held, {(EXPERIMENT, "1"): "EDIT", (MODEL, "m"): "MANAGE", (EXPERIMENT, "2"): "READ"})
+    assert changes.add == {(EXPERIMENT, "2"): "READ"}
+    assert changes.update == {10: "EDIT"}
+    assert changes.remove == [11]
+    assert not permission_changes(held, {h.grant: h.permission for h in held})
+
+
+def test_roles_of_teams_no_longer_declared_are_deleted_and_other_roles_are_left_alone():
+    assert stale_roles(["team-fraud", "team-old", "__user_3__", "analysts"], [FRAUD]) == ["team-old"]
+
+
+# --- the plan -------------------------------------------------------------------------------------
+def test_prod_declares_the_access_job_and_its_schedule_with_the_teams_and_no_secret(stack_runs):
+    run = stack_runs["prod"]
+    job = run.named("mlflow-access-job")
+    [cron] = run.of_type("kubernetes:batch/v1:CronJob")
+    env = {e["name"]: e.get("value") for e in job.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert set(json.loads(env["ACCESS_TEAMS"])) == {"fraud", "risk"}
+    assert env["MLFLOW_TRACKING_PASSWORD_FILE"].startswith("/etc/") and "MLFLOW_TRACKING_PASSWORD" not in env
+    assert cron.inputs["spec"]["schedule"] == SCHEDULE
+    assert cron.inputs["spec"]["jobTemplate"]["spec"]["template"] == job.inputs["spec"]["template"]
+
+
+def test_a_change_of_teams_or_image_is_a_new_job():
+    assert len({job_name("{}", "v1"), job_name('{"a": {}}', "v1"), job_name("{}", "v2")}) == 3
+
+
+def test_a_stack_without_teams_declares_no_access_job(stack_runs):
+    assert not stack_runs["dev"].of_type("kubernetes:batch/v1:CronJob")
+
+
+def test_a_domain_member_joins_the_team_role_the_access_job_makes_at_first_sign_in(stack_runs):
+    settings = settings_from_values({**IAP_ON, "mlflow-platform:access": {"teams": {
+        "risk": {"members": ["domain:risk.example.com", "user:ada@example.com"]}}}})
+    assert domain_roles(settings.access) == (("risk.example.com", "team-risk"),)
+    assert ROLE_PREFIX == mlflow_access.ROLE_PREFIX  # the server and the Job name the same roles
+    tracking = stack_runs["prod"].named("mlflow-deployment")
+    env = {e["name"]: e.get("value") for c in tracking.inputs["spec"]["template"]["spec"]["containers"]
+           for e in c.get("env", [])}
+    assert env["MLFLOW_IAP_DOMAIN_ROLES"] == "risk.example.com=team-risk"
