@@ -180,7 +180,21 @@ def test_make_plan_warns_about_an_open_dev_control_plane(capsys):
     assert main(["--stack", "dev", "--stack", "prod", "--check"]) == 0
     err = capsys.readouterr().err
     assert "warning: stack 'dev': the control plane's public IP endpoint accepts connections from any address" in err
-    assert "stack 'prod'" not in err
+    assert "stack 'prod': the control plane" not in err
+
+
+def test_make_plan_warns_until_the_iap_audience_is_pinned_to_one_backend_service():
+    from infra.config import settings_from_values
+    from tools.offline.plan import warnings
+    from tools.offline.stack import read_stack_config
+
+    values = read_stack_config("prod")[0]
+    unpinned = " ".join(warnings(settings_from_values(values)))
+    assert "any other IAP-protected app in it mints assertions this server accepts" in unpinned
+    assert "gcloud compute backend-services describe" in unpinned
+    edge = {**json.loads(values["mlflow-platform:edge"]), "iapBackendServiceId": "4242"}
+    pinned = settings_from_values({**values, "mlflow-platform:edge": json.dumps(edge)})
+    assert not any("IAP" in warning for warning in warnings(pinned))
 
 
 def test_secrets_stay_masked_in_the_dependency_plan(stack_runs):

@@ -58,6 +58,12 @@ def warnings(settings: Settings) -> list[str]:
         found.append("the control plane's public IP endpoint accepts connections from any address "
                      "(authenticated); set mlflow-platform:clusters.masterAuthorizedCidrs to the ranges you deploy "
                      "from, or mlflow-platform:clusters.controlPlaneEndpoint to dns")
+    if settings.edge.iap and not settings.edge.iap_backend_service_id:
+        found.append("the tracking server accepts IAP assertions made for any backend service of the project, so "
+                     "any other IAP-protected app in it mints assertions this server accepts; after the first "
+                     "`pulumi up`, pin mlflow-platform:edge.iapBackendServiceId to the id "
+                     "`gcloud compute backend-services describe NAME --global --format='value(id)'` prints for the "
+                     "backend the Ingress made (README, Access)")
     return found
 
 
