@@ -76,6 +76,56 @@ def test_keys_are_refetched_hourly_or_for_an_unseen_key_id_at_most_once_a_minute
     assert len(fetched) == 3
 
 
+class FlakyKeys:
+    """A key endpoint that answers KEYS, or fails while `down`; counts the fetches."""
+
+    def __init__(self):
+        self.down, self.fetches = False, 0
+
+    def __call__(self, url: str):
+        self.fetches += 1
+        if self.down:
+            raise OSError("connection refused")
+        return KEYS
+
+
+def test_a_failing_key_endpoint_keeps_the_last_keys_for_a_day_and_backs_off_between_tries():
+    endpoint, now = FlakyKeys(), [0.0]
+    cache = KeyCache("https://keys", fetch=endpoint, clock=lambda: now[0])
+    token = IAP_KEY.sign("ada@example.com")
+    assert cache.keys_for(token) == KEYS
+    endpoint.down = True
+    now[0] = 3600
+    for _ in range(20):  # many requests while it is down: one fetch, then a wait
+        assert cache.keys_for(token) == KEYS
+    assert endpoint.fetches == 2
+    now[0] = 3600 + 4
+    cache.keys_for(token)
+    assert endpoint.fetches == 2  # the first wait (5 s) is not over
+    now[0] = 3600 + 5
+    cache.keys_for(token)
+    now[0] = 3600 + 5 + 9
+    cache.keys_for(token)
+    assert endpoint.fetches == 3  # the second wait is 10 s
+    now[0] = 24 * 3600
+    with pytest.raises(hook.KeysUnavailable, match="connection refused"):
+        cache.keys_for(token)
+    endpoint.down = False
+    now[0] = 24 * 3600 + 300
+    assert cache.keys_for(token) == KEYS
+
+
+@pytest.mark.parametrize("answer", [OSError("timed out"), {}, ["not", "a", "map"]], ids=["down", "empty", "not-a-map"])
+def test_without_any_usable_keys_the_cache_says_so(answer):
+    def fetch(url):
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with pytest.raises(hook.KeysUnavailable):
+        KeyCache("https://keys", fetch=fetch, clock=lambda: 0.0).keys_for(IAP_KEY.sign("ada@example.com"))
+
+
 # --- the hook inside a Flask request --------------------------------------------------------------
 @pytest.fixture
 def server(monkeypatch):
@@ -126,6 +176,16 @@ def test_without_an_assertion_only_the_listed_machine_users_may_use_a_password(s
     person = _outcome(app, _basic("ada@example.com", "right"))
     assert person.status_code == 401 and b"sign in through Identity-Aware Proxy" in person.data
     assert _outcome(app, {}).status_code == 401
+
+
+def test_an_assertion_that_cannot_be_checked_for_want_of_keys_is_503_not_500(server, monkeypatch):
+    app, created = server
+    down = FlakyKeys()
+    down.down = True
+    monkeypatch.setitem(hook._state, "keys", KeyCache("https://keys", fetch=down))
+    outcome = _outcome(app, {hook.ASSERTION_HEADER: IAP_KEY.sign("ada@example.com")})
+    assert outcome.status_code == 503 and b"no usable IAP keys" in outcome.data
+    assert created == []
 
 
 def test_settings_come_from_the_environment_and_refuse_a_missing_key_url():

@@ -5,7 +5,7 @@ assertion (`x-goog-iap-jwt-assertion`) is the person or service account IAP let 
 signature is checked against the keys at MLFLOW_IAP_KEYS_URL (Google's, or `make local`'s stand-in),
 then the issuer, the expiry and the audience; its e-mail becomes the MLflow user, created on first
 sign-in with a random password nobody knows. A request with an assertion that fails any check is
-refused with 401; it never falls back to a password.
+refused with 401; it never falls back to a password. Without any usable key to check it: 503.
 
 A request without an assertion did not come through IAP (IAP strips client-sent `x-goog-*` headers
 and adds its own): only the basic-auth users named in MLFLOW_IAP_BASIC_AUTH_USERS (the break-glass
@@ -16,6 +16,7 @@ https://cloud.google.com/iap/docs/signed-headers-howto
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -41,6 +42,10 @@ _BACKEND_AUDIENCE = re.compile(r"^/projects/(?P<number>\d+)/global/backendServic
 KEYS_REFRESH_SECONDS = 3600
 # A token naming a key id the cache lacks triggers a refetch, at most this often (IAP rotates keys).
 UNKNOWN_KEY_REFETCH_SECONDS = 60
+# Google's key endpoint failing: the last good keys stay trusted this long (IAP rotates keys far less often).
+STALE_KEYS_MAX_SECONDS = 24 * 3600
+FETCH_BACKOFF_SECONDS = (5, 300)  # after a failed fetch: first wait, doubling up to the second
+FETCH_TIMEOUT_SECONDS = 5  # requests wait on the lock meanwhile
 
 KEYS_URL_ENV = "MLFLOW_IAP_KEYS_URL"
 PROJECT_NUMBER_ENV = "MLFLOW_IAP_PROJECT_NUMBER"
@@ -49,6 +54,7 @@ BASIC_AUTH_USERS_ENV = "MLFLOW_IAP_BASIC_AUTH_USERS"
 # `DOMAIN=ROLE,...`: the team roles (made by the access Job) a new user of DOMAIN joins at first sign-in.
 DOMAIN_ROLES_ENV = "MLFLOW_IAP_DOMAIN_ROLES"
 ROLE_WORKSPACE = "default"
+_log = logging.getLogger(__name__)
 
 
 class AssertionRefused(Exception):
@@ -94,15 +100,24 @@ def verify_assertion(token: str, keys: Mapping[str, str], audience: Audience) ->
     return email.lower()
 
 
+class KeysUnavailable(Exception):
+    """No trusted keys to check assertions with: answered 503, the request may be retried."""
+
+
 class KeyCache:
     """IAP's public keys (JSON: kid → PEM), fetched at most every KEYS_REFRESH_SECONDS, or sooner when a
-    token names a key id not yet seen (rotation), at most every UNKNOWN_KEY_REFETCH_SECONDS."""
+    token names a key id not yet seen (rotation), at most every UNKNOWN_KEY_REFETCH_SECONDS.
+
+    A failed fetch keeps the last good keys for up to STALE_KEYS_MAX_SECONDS (a blip of Google's key
+    endpoint refuses no one), and the next attempt waits FETCH_BACKOFF_SECONDS, doubling: one request at
+    a time fetches, under the lock, the others use what is there. Without usable keys: KeysUnavailable."""
 
     def __init__(self, url: str, fetch: Optional[Callable[[str], Mapping[str, str]]] = None,
                  clock: Callable[[], float] = time.monotonic):
         self._url, self._fetch, self._clock = url, fetch or _fetch_keys, clock
         self._keys: Mapping[str, str] = {}
         self._fetched_at: Optional[float] = None
+        self._failures, self._retry_at, self._error = 0, float("-inf"), ""
         self._lock = threading.Lock()
 
     def keys_for(self, token: str) -> Mapping[str, str]:
@@ -113,13 +128,38 @@ class KeyCache:
         with self._lock:
             now = self._clock()
             age = None if self._fetched_at is None else now - self._fetched_at
-            if age is None or age >= KEYS_REFRESH_SECONDS or (kid not in self._keys and age >= UNKNOWN_KEY_REFETCH_SECONDS):
-                self._keys, self._fetched_at = dict(self._fetch(self._url)), now
+            wanted = age is None or age >= KEYS_REFRESH_SECONDS or (
+                kid not in self._keys and age >= UNKNOWN_KEY_REFETCH_SECONDS)
+            if wanted and now >= self._retry_at:
+                self._refresh(now)
+                age = None if self._fetched_at is None else now - self._fetched_at
+            if age is None or age >= STALE_KEYS_MAX_SECONDS:
+                raise KeysUnavailable(f"no usable IAP keys from {self._url}: {self._error}")
             return self._keys
+
+    def _refresh(self, now: float) -> None:
+        try:
+            keys = _valid_keys(self._fetch(self._url))
+        except (OSError, ValueError) as err:  # URLError and a bad body (JSONDecodeError) included
+            self._failures += 1
+            first, most = FETCH_BACKOFF_SECONDS
+            self._retry_at = now + min(most, first * 2 ** (self._failures - 1))
+            self._error = f"{type(err).__name__}: {err}"
+            _log.warning("fetching IAP keys from %s failed (%s); %d keys kept, next try in %d s",
+                         self._url, self._error, len(self._keys), self._retry_at - now)
+            return
+        self._keys, self._fetched_at, self._failures, self._retry_at = keys, now, 0, float("-inf")
+
+
+def _valid_keys(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not value or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("the key endpoint did not answer a JSON object of key id to PEM")
+    return dict(value)
 
 
 def _fetch_keys(url: str) -> Mapping[str, str]:
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - a configured https/http URL
+    with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_SECONDS) as response:  # noqa: S310 - a configured https/http URL
         return json.load(response)
 
 
@@ -157,11 +197,11 @@ def _settings_and_keys() -> tuple[Settings, KeyCache]:
     return _state["settings"], _state["keys"]
 
 
-def _refused(text: str):
+def _refused(text: str, status: int = 401):
     from flask import make_response
 
     response = make_response(f"Not signed in: {text}\n")
-    response.status_code = 401
+    response.status_code = status
     return response
 
 
@@ -213,6 +253,8 @@ def authenticate_request():
             username = verify_assertion(token, keys.keys_for(token), settings.audience)
         except AssertionRefused as err:
             outcome = _refused(str(err))
+        except KeysUnavailable as err:
+            outcome = _refused(f"{err}; try again shortly", status=503)
         else:
             _ensure_user(username, settings.roles_for(username))
             outcome = Authorization("basic", {"username": username, "password": ""})
