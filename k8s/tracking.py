@@ -159,10 +159,12 @@ def iap_env(*, keys_url: str, project_number: Any, backend_service_id: Optional[
             machine_users: tuple[str, ...], domain_roles: tuple[tuple[str, str], ...] = ()) -> list[dict]:
     """What mlflow_iap_auth trusts: the keys, the audience (this project's backend services, or the one
     whose id is known), who may still use a password without IAP (the break-glass admin and the
-    in-cluster machine users), and the team roles a new user of a domain joins at first sign-in."""
+    in-cluster machine users, never through Google's load balancers), and the team roles a new user of a
+    domain joins at first sign-in."""
     env = [{"name": "MLFLOW_IAP_KEYS_URL", "value": keys_url},
            {"name": "MLFLOW_IAP_PROJECT_NUMBER", "value": project_number},
-           {"name": "MLFLOW_IAP_BASIC_AUTH_USERS", "value": ",".join((ADMIN_USERNAME, *machine_users))}]
+           {"name": "MLFLOW_IAP_BASIC_AUTH_USERS", "value": ",".join((ADMIN_USERNAME, *machine_users))},
+           {"name": "MLFLOW_IAP_LOAD_BALANCER_RANGES", "value": ",".join(GOOGLE_LB_RANGES)}]
     if backend_service_id:
         env.append({"name": "MLFLOW_IAP_BACKEND_SERVICE_ID", "value": backend_service_id})
     if domain_roles:

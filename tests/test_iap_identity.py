@@ -12,6 +12,7 @@ sys.path.insert(0, "mlflow_image")
 import mlflow_iap_auth as hook  # noqa: E402
 from mlflow_iap_auth import AssertionRefused, Audience, KeyCache, verify_assertion  # noqa: E402
 
+from infra.cloud_rules import GOOGLE_LB_RANGES  # noqa: E402
 from tests.iap_tokens import AUDIENCE, PROJECT_NUMBER, SigningKey  # noqa: E402
 
 IAP_KEY = SigningKey.new("iap-1")
@@ -132,7 +133,10 @@ def server(monkeypatch):
     """The hook's settings and keys, MLflow's user store and its basic-auth check replaced by records."""
     settings = hook.Settings(keys_url="https://keys", audience=THIS_PROJECT,
                              basic_auth_users=frozenset({"admin", "mlflow-serving"}),
-                             domain_roles=(("example.com", "team-all"), ("risk.example.com", "team-risk")))
+                             domain_roles=(("example.com", "team-all"), ("risk.example.com", "team-risk")),
+                             load_balancer_ranges=hook.Settings.from_env({
+                                 hook.KEYS_URL_ENV: "k", hook.PROJECT_NUMBER_ENV: "1",
+                                 hook.LOAD_BALANCER_RANGES_ENV: ",".join(GOOGLE_LB_RANGES)}).load_balancer_ranges)
     monkeypatch.setattr(hook, "_state", {"settings": settings, "keys": KeyCache("https://keys", fetch=lambda url: KEYS)})
     created: list[str] = []
     monkeypatch.setattr(hook, "_ensure_user", lambda user, roles: created.append((user, roles)))
@@ -141,8 +145,9 @@ def server(monkeypatch):
     return flask.Flask("t"), created
 
 
-def _outcome(app: flask.Flask, headers: dict):
-    with app.test_request_context("/api/2.0/mlflow/experiments/search", headers=headers):
+def _outcome(app: flask.Flask, headers: dict, peer: str = "10.8.0.7"):
+    with app.test_request_context("/api/2.0/mlflow/experiments/search", headers=headers,
+                                  environ_base={"REMOTE_ADDR": peer}):
         first = hook.authenticate_request()
         assert hook.authenticate_request() is first  # one verdict per request
         return first
@@ -186,6 +191,24 @@ def test_an_assertion_that_cannot_be_checked_for_want_of_keys_is_503_not_500(ser
     outcome = _outcome(app, {hook.ASSERTION_HEADER: IAP_KEY.sign("ada@example.com")})
     assert outcome.status_code == 503 and b"no usable IAP keys" in outcome.data
     assert created == []
+
+
+@pytest.mark.parametrize("peer", ["130.211.0.9", "35.191.12.4"], ids=["google-front-end", "health-checker-range"])
+def test_no_password_is_taken_from_googles_load_balancers_so_iap_switched_off_exposes_none(server, peer):
+    app, _ = server
+    outcome = _outcome(app, _basic("admin", "right"), peer=peer)
+    assert outcome.status_code == 401 and b"kubectl port-forward" in outcome.data
+    assert _outcome(app, _basic("mlflow-serving", "right"), peer=peer).status_code == 401
+    assert _outcome(app, _basic("admin", "right"), peer="127.0.0.1").username == "admin"  # port-forward
+    assert _outcome(app, _basic("mlflow-serving", "right"), peer="10.8.3.4").username == "mlflow-serving"
+    assert _outcome(app, {hook.ASSERTION_HEADER: IAP_KEY.sign("ada@example.com")}, peer=peer).username == "ada@example.com"
+
+
+def test_the_tracking_server_is_told_googles_load_balancer_ranges(stack_runs):
+    tracking = stack_runs["prod"].named("mlflow-deployment")
+    env = {e["name"]: e.get("value") for c in tracking.inputs["spec"]["template"]["spec"]["containers"]
+           for e in c.get("env", [])}
+    assert env[hook.LOAD_BALANCER_RANGES_ENV].split(",") == list(GOOGLE_LB_RANGES)
 
 
 def test_settings_come_from_the_environment_and_refuse_a_missing_key_url():

@@ -10,11 +10,14 @@ refused with 401; it never falls back to a password. Without any usable key to c
 A request without an assertion did not come through IAP (IAP strips client-sent `x-goog-*` headers
 and adds its own): only the basic-auth users named in MLFLOW_IAP_BASIC_AUTH_USERS (the break-glass
 admin and the in-cluster machine users) may then log in with their password; anyone else gets 401.
+Not from Google's load balancers though (MLFLOW_IAP_LOAD_BALANCER_RANGES): a password request from the
+Ingress means IAP was switched off in front of it, and the public path must not take passwords.
 https://cloud.google.com/iap/docs/signed-headers-howto
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -53,6 +56,8 @@ BACKEND_SERVICE_ENV = "MLFLOW_IAP_BACKEND_SERVICE_ID"
 BASIC_AUTH_USERS_ENV = "MLFLOW_IAP_BASIC_AUTH_USERS"
 # `DOMAIN=ROLE,...`: the team roles (made by the access Job) a new user of DOMAIN joins at first sign-in.
 DOMAIN_ROLES_ENV = "MLFLOW_IAP_DOMAIN_ROLES"
+# CIDRs, comma-separated: the peers of requests that came through Google's load balancers (the Ingress).
+LOAD_BALANCER_RANGES_ENV = "MLFLOW_IAP_LOAD_BALANCER_RANGES"
 ROLE_WORKSPACE = "default"
 _log = logging.getLogger(__name__)
 
@@ -169,6 +174,14 @@ class Settings:
     audience: Audience
     basic_auth_users: frozenset[str]
     domain_roles: tuple[tuple[str, str], ...] = ()
+    load_balancer_ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def through_load_balancer(self, peer: Optional[str]) -> bool:
+        try:
+            address = ipaddress.ip_address(peer or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.load_balancer_ranges)
 
     def roles_for(self, email: str) -> list[str]:
         """The team roles a new user joins: those of the domain of their e-mail."""
@@ -184,7 +197,9 @@ class Settings:
                    audience=Audience(env[PROJECT_NUMBER_ENV], env.get(BACKEND_SERVICE_ENV) or None),
                    basic_auth_users=frozenset(user for user in env.get(BASIC_AUTH_USERS_ENV, "").split(",") if user),
                    domain_roles=tuple(tuple(pair.split("=", 1)) for pair in env.get(DOMAIN_ROLES_ENV, "").split(",")
-                                      if "=" in pair))
+                                      if "=" in pair),
+                   load_balancer_ranges=tuple(ipaddress.ip_network(cidr) for cidr
+                                              in env.get(LOAD_BALANCER_RANGES_ENV, "").split(",") if cidr))
 
 
 _state: dict = {}
@@ -259,7 +274,11 @@ def authenticate_request():
             _ensure_user(username, settings.roles_for(username))
             outcome = Authorization("basic", {"username": username, "password": ""})
     elif request.authorization is not None and request.authorization.username in settings.basic_auth_users:
-        outcome = _basic_auth()
+        if settings.through_load_balancer(request.remote_addr):
+            outcome = _refused("no password is accepted through the load balancer without IAP; "
+                               "break-glass is `kubectl port-forward`")
+        else:
+            outcome = _basic_auth()
     else:
         outcome = _refused("sign in through Identity-Aware Proxy")
     g.mlflow_iap_outcome = outcome
