@@ -88,7 +88,8 @@ def build_platform(settings: Settings, opts: pulumi.ResourceOptions) -> dict[str
     tracking = build_tracking(settings, foundation, clusters, data)
     build_observability(settings, foundation, data)
     serving = build_serving(settings, foundation, clusters, tracking) if settings.serving.model_name else None
-    if settings.access.teams:
+    # With IAP, even without teams: the Job then deletes the roles of the last teams removed.
+    if settings.edge.iap:
         build_access(settings, foundation, clusters, tracking)
     return stack_outputs(settings, foundation, clusters, data, tracking, serving)
 

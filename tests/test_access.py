@@ -15,7 +15,7 @@ from k8s.access import ROLE_PREFIX, SCHEDULE, domain_roles, job_name
 
 sys.path.insert(0, "mlflow_image")
 import mlflow_access  # noqa: E402
-from mlflow_access import EXPERIMENT, MODEL, Held, Team, permission_changes, stale_roles  # noqa: E402
+from mlflow_access import EXPERIMENT, MODEL, Held, Team, permission_changes, stale_roles, teams_from_settings  # noqa: E402
 
 IAP_ON = {"gcp:project": "my-proj-123", "mlflow-platform:environment": "dev",
           "mlflow-platform:edge": {"ingressHost": "mlflow.example.com", "iap": True, "iapMembers": ["domain:example.com"]}}
@@ -103,8 +103,16 @@ def test_a_change_of_teams_or_image_is_a_new_job():
     assert len({job_name("{}", "v1"), job_name('{"a": {}}', "v1"), job_name("{}", "v2")}) == 3
 
 
-def test_a_stack_without_teams_declares_no_access_job(stack_runs):
+def test_a_stack_without_iap_declares_no_access_job(stack_runs):
     assert not stack_runs["dev"].of_type("kubernetes:batch/v1:CronJob")
+
+
+def test_removing_the_last_team_still_runs_the_job_that_deletes_its_role(run_stack_with):
+    run = run_stack_with("prod", {"access.teams": "{}"})
+    job = run.named("mlflow-access-job")
+    env = {e["name"]: e.get("value") for e in job.inputs["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["ACCESS_TEAMS"]) == {}
+    assert stale_roles(["team-fraud", "team-risk", "analysts"], teams_from_settings({})) == ["team-fraud", "team-risk"]
 
 
 def test_a_domain_member_joins_the_team_role_the_access_job_makes_at_first_sign_in(stack_runs):
