@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,6 +86,60 @@ def test_only_the_difference_is_applied_and_what_is_no_longer_granted_is_taken_b
 
 def test_roles_of_teams_no_longer_declared_are_deleted_and_other_roles_are_left_alone():
     assert stale_roles(["team-fraud", "team-old", "__user_3__", "analysts"], [FRAUD]) == ["team-old"]
+
+
+class OverlappedAuth:
+    """The basic-auth client as a run sees it when an overlapping run (the Job beside the CronJob) made every
+    change a moment before: its listings are older than the writes, and each write finds it done."""
+
+    def __init__(self, error: str = "", code: int = 0):
+        from mlflow.protos import databricks_pb2
+
+        self.role = SimpleNamespace(id=7, name="team-fraud")
+        self.codes = {"already": databricks_pb2.RESOURCE_ALREADY_EXISTS, "gone": databricks_pb2.RESOURCE_DOES_NOT_EXIST}
+        self.failing, self.code = error, code
+
+    def _done(self, kind: str, method: str):
+        from mlflow.exceptions import MlflowException
+
+        raise MlflowException(f"{method}: {kind}", error_code=self.code if method == self.failing else self.codes[kind])
+
+    def list_roles(self, workspace):
+        return [self.role]
+
+    def list_role_permissions(self, role_id):  # experiment 1 left the prefix; model fraud-m was READ
+        return [SimpleNamespace(id=1, resource_type=EXPERIMENT, resource_pattern="1", permission="EDIT"),
+                SimpleNamespace(id=2, resource_type=MODEL, resource_pattern="fraud-m", permission="READ")]
+
+    def list_role_users(self, role_id):  # bob left the team; user 99 signed in after the run listed users
+        return [SimpleNamespace(user_id=3), SimpleNamespace(user_id=99)]
+
+    def __getattr__(self, method):
+        kind = "already" if method in {"create_role", "add_role_permission", "assign_role", "create_user"} else "gone"
+        return lambda *args: self._done(kind, method)
+
+
+USERS = {"ada@example.com": 1, "bob@example.com": 3}
+
+
+def test_a_run_overlapping_another_converges_on_writes_the_other_made_first():
+    from mlflow_access.__main__ import apply_team, delete_stale_roles, ensure_users
+
+    auth = OverlappedAuth()
+    summary = apply_team(auth, FRAUD, {}, USERS, {"1": "other", "2": "fraud-x"}, ["fraud-m"])
+    assert summary == "team-fraud: +1 ~1 -1 permissions, 1 users"
+    ensure_users(auth, {"carol@example.com"}, USERS)
+    assert delete_stale_roles(auth, {"team-old": SimpleNamespace(id=8)}, [FRAUD]) == ["team-old"]
+
+
+def test_any_other_failure_of_a_write_still_fails_the_run():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+    from mlflow_access.__main__ import apply_team
+
+    with pytest.raises(MlflowException, match="add_role_permission"):
+        apply_team(OverlappedAuth("add_role_permission", databricks_pb2.PERMISSION_DENIED), FRAUD, {}, USERS,
+                   {"2": "fraud-x"}, [])
 
 
 # --- the plan -------------------------------------------------------------------------------------
