@@ -393,6 +393,20 @@ def _team_member(value: str) -> str:
     return value
 
 
+def iap_admits(member: str, iap_members: tuple[str, ...]) -> bool:
+    """Whether `edge.iapMembers` lets a team member through IAP, as far as the names tell: the member itself,
+    any group (who is in it cannot be known here) or, for a user or a domain, its domain or a parent of it.
+    Never a `domain:` for a service account: service accounts are not members of the Workspace domain
+    (https://cloud.google.com/iam/docs/service-account-overview)."""
+    if member in iap_members or any(granted.startswith("group:") for granted in iap_members):
+        return True
+    kind, _, name = member.partition(":")
+    if kind == "serviceAccount":
+        return False
+    labels = name.rsplit("@", 1)[-1].split(".")
+    return any(f"domain:{'.'.join(labels[i:])}" in iap_members for i in range(len(labels) - 1))
+
+
 def _json_object(value: Any) -> Any:
     if isinstance(value, str):  # `pulumi config set` without --path stores a structured value as JSON text
         try:
@@ -564,6 +578,11 @@ class Settings(Section):
         if self.access.teams and not self.edge.iap:
             errors.append(problem("access.teams", sorted(self.access.teams), f"needs {ref('edge.iap')}=true: team "
                                   "members are who IAP's assertion says they are, and without it they cannot sign in"))
+        errors += [problem(f"access.teams.{name}.members", member, f"is not let through by {ref('edge.iapMembers')} "
+                           f"{list(self.edge.iap_members)}: add it there (a domain: admits that domain's users, "
+                           "not service accounts)")
+                   for name, team in sorted(self.access.teams.items()) for member in team.members
+                   if self.edge.iap and not iap_admits(member, self.edge.iap_members)]
         if self.environment == "prod":
             errors += self._prod_problems()
         _refuse(errors)

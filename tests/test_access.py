@@ -51,6 +51,30 @@ def test_team_names_and_iap_are_required():
         settings_from_values({**without_iap, "mlflow-platform:access": {"teams": {"fraud": {}}}})
 
 
+CI = "serviceAccount:ci@my-proj-123.iam.gserviceaccount.com"
+
+
+def test_a_team_member_iap_does_not_let_through_is_refused_by_key():
+    # IAP_ON admits domain:example.com: its people, not a service account (not a member of the Workspace domain)
+    found = refusal({"fraud": {"members": ["user:ada@example.com", CI, "user:eve@other.org"]}})
+    assert (f"mlflow-platform:access.teams.fraud.members = '{CI}': is not let through by "
+            "mlflow-platform:edge.iapMembers ['domain:example.com']") in found
+    assert "'user:eve@other.org': is not let through" in found
+    assert "ada@example.com" not in found
+
+
+@pytest.mark.parametrize("iap_members, member", [
+    ([CI], CI),
+    (["domain:example.com"], "domain:risk.example.com"),
+    (["domain:example.com"], "user:bob@risk.example.com"),
+    (["group:ml@example.com"], CI),  # who is in a group cannot be known from its name
+])
+def test_a_team_member_iap_lets_through_is_accepted(iap_members, member):
+    edge = {**IAP_ON["mlflow-platform:edge"], "iapMembers": iap_members}
+    settings_from_values({**IAP_ON, "mlflow-platform:edge": edge,
+                          "mlflow-platform:access": {"teams": {"fraud": {"members": [member]}}}})
+
+
 def test_rules_of_different_teams_may_cover_the_same_names():
     settings = settings_from_values({**IAP_ON, "mlflow-platform:access": {"teams": {
         "fraud": {"experiments": {"fraud-": "EDIT"}}, "audit": {"experiments": {"fraud-": "READ"}}}}})
