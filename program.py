@@ -23,7 +23,7 @@ from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
 from k8s.serving import SERVING_USERNAME, ModelServing, ModelServingArgs
-from k8s.tracking import TrackingServer, TrackingServerArgs
+from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
 
 # The platform component's name in the stack `__main__.py` declares.
 PLATFORM_NAME = "platform"
@@ -243,7 +243,7 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         ssl_policy_name=edge.ssl_policy_name if edge else None,
         iap=settings.edge.iap,
         iap_backend_service_id=settings.edge.iap_backend_service_id,
-        machine_users=(SERVING_USERNAME,) if settings.serving.model_name else (),
+        machine_users=((SERVING_USERNAME,) if settings.serving.model_name else ()) + (LOAD_TEST_USERNAME,),
         domain_roles=domain_roles(settings.access),
         internal_lb_ip=foundation.network.internal_addresses.get("tracking"),
         serving_pod_cidr=settings.network.serving_pods_cidr if settings.clusters.separate_serving else None,

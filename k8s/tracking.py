@@ -39,6 +39,9 @@ DATABASE_ROLES = ("roles/cloudsql.client", "roles/cloudsql.instanceUser")
 BACKEND_CONFIG_NAME = "mlflow-tracking"
 FRONTEND_CONFIG_NAME = "mlflow-tracking"
 ADMIN_USERNAME = "admin"
+# The load-test project's own user (loadtest/ensure_user.py makes it, as the admin): it runs in the cluster,
+# without IAP, so behind IAP it too may log in by password.
+LOAD_TEST_USERNAME = "mlflow-loadtest"
 AUTH_CONFIG_DIR = "/etc/mlflow-auth"
 AUTH_CONFIG_FILE = "basic_auth.ini"
 AUTH_CONFIG_MAP = "mlflow-auth-config"
@@ -359,7 +362,8 @@ class TrackingServerArgs:
     iap_backend_service_id: Optional[str] = None
     """The Ingress backend service's numeric id, once known: pins the assertions' audience to it."""
     machine_users: tuple[str, ...] = ()
-    """Basic-auth users of in-cluster workloads (the serving user), still allowed a password behind IAP."""
+    """Basic-auth users of in-cluster workloads (the serving user, the load test's), still allowed a password
+    behind IAP."""
     domain_roles: tuple[tuple[str, str], ...] = ()
     """(domain, team role): a new user of the domain joins the role at first sign-in."""
     internal_lb_ip: Optional[pulumi.Input[str]] = None

@@ -204,11 +204,15 @@ def test_no_password_is_taken_from_googles_load_balancers_so_iap_switched_off_ex
     assert _outcome(app, {hook.ASSERTION_HEADER: IAP_KEY.sign("ada@example.com")}, peer=peer).username == "ada@example.com"
 
 
-def test_the_tracking_server_is_told_googles_load_balancer_ranges(stack_runs):
+def test_the_tracking_server_is_told_googles_load_balancer_ranges_and_the_in_cluster_password_users(stack_runs):
+    from loadtest.stack.templates import USERNAME as LOAD_TEST_USER
+
     tracking = stack_runs["prod"].named("mlflow-deployment")
     env = {e["name"]: e.get("value") for c in tracking.inputs["spec"]["template"]["spec"]["containers"]
            for e in c.get("env", [])}
     assert env[hook.LOAD_BALANCER_RANGES_ENV].split(",") == list(GOOGLE_LB_RANGES)
+    # the load test runs in the cluster, without IAP: a load test of an IAP stack logs in by password
+    assert env[hook.BASIC_AUTH_USERS_ENV].split(",") == ["admin", "mlflow-serving", LOAD_TEST_USER]
 
 
 def test_settings_come_from_the_environment_and_refuse_a_missing_key_url():

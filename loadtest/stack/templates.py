@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from k8s.pods import container_security_context, pod_security_context, resources, tmp_mount, tmp_volume
 from k8s.secret_files import SECRETS_DIR
+from k8s.tracking import LOAD_TEST_USERNAME
 from loadtest.commands import MASTER_PORT, master_flags, result_flags, worker_flags
 
 # The pool's nodes: labelled for Locust's nodeSelector, tainted so nothing else lands there.
@@ -21,7 +22,7 @@ POOL_LABEL = "loadtest"
 POOL_TAINT = {"key": "mlflow.org/pool", "value": "loadtest", "effect": "NO_SCHEDULE"}
 NAMESPACE = "mlflow-loadtest"
 INSTANCE = "mlflow-loadtest"
-USERNAME = "mlflow-loadtest"  # the load test's own MLflow user (loadtest/ensure_user.py)
+USERNAME = LOAD_TEST_USERNAME  # the load test's own MLflow user (loadtest/ensure_user.py)
 PASSWORD_FILE = "loadtest-password"
 ADMIN_PASSWORD_FILE = "admin-password"
 SERVICES = ("serving", "tracking")

@@ -6,7 +6,7 @@ of their clusters (`platform_kubeconfig`, `serving_kubeconfig`), the Secret Mana
 `app_secrets`, the admin `tracking_admin_username`. Rollouts go through the Kubernetes API
 (`tools.ops.rollout.ClusterRoller`), the rehearsal is a Job beside serving (`tools.ops.verify`),
 secrets are Secret Manager's (`tools.ops.secret_manager`, Application Default Credentials). The
-tracking server is reached at --tracking-uri or MLFLOW_TRACKING_URI (a port-forward, or the ingress).
+tracking server is reached at --tracking-uri or MLFLOW_TRACKING_URI (a port-forward; the ingress only without IAP, which takes no password).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ In order, stopping at the first failure:
 
 Targets (tools.ops.targets): `local` reads WORKDIR/endpoints.json of a running `make local`
 (tools/ops/local.py). `cluster` (tools/ops/gke.py) talks to the tracking URL given by --tracking-uri
-or MLFLOW_TRACKING_URI (a port-forward, or the ingress), as MLFLOW_TRACKING_USERNAME/PASSWORD or else
+or MLFLOW_TRACKING_URI (a port-forward; the ingress only without IAP: behind IAP it takes no password), as MLFLOW_TRACKING_USERNAME/PASSWORD or else
 the stack's admin outputs, and to the serving Deployment named by the stack output
 `serving_deployment`, through `serving_kubeconfig` (the outputs are read with Pulumi's Automation
 API, which needs the Pulumi CLI).
