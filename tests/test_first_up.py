@@ -157,7 +157,7 @@ def test_iap_grants_are_named_by_member_so_editing_the_list_keeps_the_others(run
     members = ["group:a@example.com", "user:b@example.com"]
     names = {}
     for listed in (members, members[1:]):
-        run = run_stack_with("prod", {"edge.iap": "true", "edge.iapMembers": json.dumps(listed)})
+        run = run_stack_with("prod", {"edge.iap": "true", "edge.iapMembers": json.dumps(listed), "access.teams": "{}"})
         names[len(listed)] = {g.inputs["member"]: g.name for g in run.of_type("gcp:iap/webIamMember:WebIamMember")}
     assert names[1]["user:b@example.com"] == names[2]["user:b@example.com"]
 
