@@ -465,6 +465,9 @@ class MonitoringSettings(Section):
 
 
 # --- model serving ---------------------------------------------------------------------------------
+MAX_SERVING_WORKERS = 8
+
+
 class ServingSettings(Section):
     model_name: Annotated[Optional[str], _matching(
         _MODEL_NAME, "must be 1-128 chars of letters, digits, '_', '.', '-'")] = Field(None, description="Registered model to serve; empty creates no serving Deployment.")
@@ -474,7 +477,7 @@ class ServingSettings(Section):
     min_replicas: int = Field(1, ge=1, le=100, description="HPA minimum serving replicas.")
     max_replicas: int = Field(2, ge=1, le=100, description="HPA maximum serving replicas.")
     target_cpu_percent: int = Field(70, ge=10, le=95, description="HPA target CPU utilisation, percent.")
-    workers: Optional[int] = Field(None, ge=1, le=8, description="Server processes per serving pod, each batching on its own core; empty: one per whole core of the pod's CPU limit (twice `cpu`), at least one. Every process loads the model: memory grows with them.")
+    workers: Optional[int] = Field(None, ge=1, le=MAX_SERVING_WORKERS, description="Server processes per serving pod, each batching on its own core; empty: one per whole core of the pod's CPU limit (twice `cpu`), at least one. Every process loads the model: memory grows with them.")
     max_batch_size: int = Field(1024, ge=1, le=10_000, description="Rows one predict answers at most when concurrent requests are batched; 1 turns batching off.")
     max_batch_delay_ms: int = Field(2, ge=0, le=100, description="How long a batch waits for requests already arriving, ms.")
     cpu: Cpu = Field("250m", description="CPU request of the serving container.")
@@ -510,8 +513,8 @@ class ServingSettings(Section):
 
     @property
     def server_workers(self) -> int:
-        """Server processes per pod: as set, or one per core of the CPU limit."""
-        return self.workers or self.cores
+        """Server processes per pod: as set, or one per core of the CPU limit, at most the setting's bound."""
+        return self.workers or min(self.cores, MAX_SERVING_WORKERS)
 
 
 # --- the stack -------------------------------------------------------------------------------------

@@ -98,11 +98,17 @@ SERVING_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": SERVING_PASSWORD}
 SETUP_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "SERVING_PASSWORD": SERVING_PASSWORD}
 
 
+# Each worker scores on one core: BLAS and OpenMP (scikit-learn, XGBoost) would otherwise start a
+# thread per node CPU in every worker and be throttled against the pod's CPU limit.
+ONE_THREAD = [{"name": name, "value": "1"} for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")]
+
+
 def serving_env(tracking_url: Any) -> list[dict]:
     return [
         {"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
         {"name": "MLFLOW_TRACKING_USERNAME", "value": SERVING_USERNAME},
         *file_env(SERVING_FILE_ENV),
+        *ONE_THREAD,
     ]
 
 

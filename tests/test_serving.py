@@ -165,6 +165,14 @@ def test_the_serving_pod_runs_one_batching_worker_per_core_of_its_cpu_limit(stac
 def test_explicit_serving_workers_are_kept_within_the_limit(run_stack_with):
     assert workers(run_stack_with("prod", {"serving.workers": "1"})) == 1
     assert workers(run_stack_with("dev", {"serving.cpu": "1500m"})) == 3
+    assert workers(run_stack_with("dev", {"serving.cpu": "5"})) == 8  # the setting's own bound
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_each_serving_worker_runs_its_libraries_on_one_thread(stack_runs, stack):
+    """A BLAS or OpenMP thread per node CPU in every worker would be throttled against the pod's limit."""
+    env = {e["name"]: e.get("value") for e in container(serving_deployment(stack_runs[stack]), "serving")["env"]}
+    assert {env[name] for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")} == {"1"}
 
 
 def test_hpa_bounds_follow_config(run_stack_with):

@@ -80,19 +80,34 @@ def test_once_loaded_requests_reach_the_scoring_app_unchanged():
     assert get(ModelGate(loader), "/live")[0] == 200
 
 
-def test_a_pod_is_ready_only_when_every_worker_has_loaded_the_model(tmp_path):
-    """The Service sends a connection to any worker: one still loading would answer it 503."""
+def test_a_pod_is_ready_only_when_no_worker_accepts_without_a_model(tmp_path):
+    """The Service hands a connection to any worker: one accepting while it loads would answer it 503."""
     loader = waiting_loader()
     loader.app = scoring_app
-    workers = Workers(tmp_path, expected=2)
-    gate = ModelGate(loader, workers)
-    workers.loaded()  # this process
-    (tmp_path / "loaded-4194304").touch()  # a worker that died (beyond pid_max): uvicorn starts another
+    gate = ModelGate(loader, Workers(tmp_path))
+    parent_started = (Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    sibling = tmp_path / f"accepting-unloaded-{os.getppid()}-{parent_started}"
+    sibling.touch()  # another worker of the pod, alive, still loading
+    (tmp_path / f"accepting-unloaded-{os.getpid()}-1").touch()  # a process that reused a dead worker's pid
+    (tmp_path / "accepting-unloaded-4194304-1").touch()  # a worker that died (no such pid)
     status, body = get(gate, "/ping")
-    assert status == 503 and json.loads(body)["reason"] == "1 of 2 workers still loading"
+    assert status == 503 and json.loads(body)["reason"] == "1 other worker(s) of this pod still loading the model"
     assert get(gate, "/invocations", "POST")[0] == 200  # a loaded worker serves meanwhile
-    (tmp_path / f"loaded-{os.getppid()}").touch()  # the other worker, alive
+    sibling.unlink()  # it has loaded
     assert get(gate, "/ping") == (200, b"scored /ping")
+
+
+def test_a_restarted_worker_loads_before_it_accepts_and_the_first_ones_accept_at_once(tmp_path):
+    workers = Workers(tmp_path)
+    first = waiting_loader()
+    first.start = lambda: None  # loads in the background
+    run(ModelGate(first, workers), {"type": "lifespan"}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    assert workers.unloaded_accepting() == 1  # accepting, /live answers, the pod not ready
+    workers.loaded()
+    (tmp_path / "model-path").write_text("/models/1")  # the download is recorded
+    restarted = ModelLoader(URI, fetch=lambda uri: "/models/1", build=lambda path: scoring_app)
+    run(ModelGate(restarted, workers), {"type": "lifespan"}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    assert restarted.app is scoring_app and workers.unloaded_accepting() == 0
 
 
 def test_server_startup_starts_the_loader_and_shutdown_completes():

@@ -15,7 +15,6 @@ from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 
 from mlflow_serving.app import (
     BATCH_DELAY_ENV, BATCH_ROWS_ENV, ENV_CACHE_ENV, ENV_TIMEOUT_ENV, MODEL_URI_ENV, PACKAGE_INDEX_ENV, STATE_DIR_ENV,
-    WORKERS_ENV,
 )
 
 
@@ -42,7 +41,6 @@ def main(argv: list[str] | None = None) -> None:
     # Workers are separate processes: they learn the model and their shared download dir from here.
     os.environ[MODEL_URI_ENV] = args.model_uri
     os.environ[STATE_DIR_ENV] = tempfile.mkdtemp(prefix="mlflow-serving-")
-    os.environ[WORKERS_ENV] = str(args.workers)
     os.environ[MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.name] = str(args.timeout)
     os.environ[BATCH_ROWS_ENV] = str(args.max_batch_size)
     os.environ[BATCH_DELAY_ENV] = str(args.max_batch_delay_ms)

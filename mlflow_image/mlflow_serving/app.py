@@ -7,6 +7,7 @@ so /live answers meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -28,11 +29,10 @@ BATCH_DELAY_ENV = "MLFLOW_SERVING_MAX_BATCH_DELAY_MS"
 ENV_CACHE_ENV = "MLFLOW_SERVING_ENV_CACHE"
 ENV_TIMEOUT_ENV = "MLFLOW_SERVING_ENV_TIMEOUT"
 PACKAGE_INDEX_ENV = "MLFLOW_SERVING_PACKAGE_INDEX"
-WORKERS_ENV = "MLFLOW_SERVING_WORKERS"
 LIVE_PATH = "/live"
 READY_PATH = "/ping"
 _MODEL_PATH_FILE = "model-path"
-_LOADED_PREFIX = "loaded-"
+_UNLOADED_PREFIX = "accepting-unloaded-"
 
 
 async def _send_json(send, status: int, document: dict) -> None:
@@ -42,37 +42,52 @@ async def _send_json(send, status: int, document: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> Optional[str]:
+    """When process `pid` started (clock ticks since boot), None when there is no such process: with
+    the pid it names one process, even after the pid is reused."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 @dataclass(frozen=True)
 class Workers:
-    """The pod's worker processes that have loaded the model: one marker file per process in the
-    state dir they share. A pod is ready only when every worker is: the Service sends a connection
-    to any of them."""
+    """The pod's worker processes that accept connections before their model is loaded: one marker
+    file each in the state dir they share. The Service hands a connection to any worker, so the pod is
+    ready only when none is marked. Only the first workers of a pod accept early (to answer /live
+    while the model downloads); a worker that uvicorn restarts loads the model before it accepts, and
+    the others serve meanwhile."""
 
     state_dir: Path
-    expected: int
+
+    def _marker(self) -> Path:
+        return self.state_dir / f"{_UNLOADED_PREFIX}{os.getpid()}-{_started(os.getpid())}"
+
+    def model_recorded(self) -> bool:
+        """True once a worker of this pod has downloaded the model."""
+        return (self.state_dir / _MODEL_PATH_FILE).exists()
+
+    def accepting_unloaded(self) -> None:
+        self._marker().touch()
 
     def loaded(self) -> None:
-        (self.state_dir / f"{_LOADED_PREFIX}{os.getpid()}").touch()
+        self._marker().unlink(missing_ok=True)
 
-    def still_loading(self) -> int:
-        """Workers that have not loaded the model; a worker restarted by uvicorn counts until it has."""
-        live = sum(_alive(int(marker.name[len(_LOADED_PREFIX):]))
-                   for marker in self.state_dir.glob(_LOADED_PREFIX + "*"))
-        return max(0, self.expected - live)
+    def unloaded_accepting(self) -> int:
+        """Live workers accepting connections without a model."""
+        count = 0
+        for marker in self.state_dir.glob(_UNLOADED_PREFIX + "*"):
+            pid, started = marker.name[len(_UNLOADED_PREFIX):].split("-", 1)
+            count += _started(int(pid)) == started
+        return count
 
 
 class ModelGate:
     """ASGI app: GET /live is 200 while the process runs; every other request goes to the scoring
-    app once the loader has built it, and is answered 503 with the loader's status until then.
-    /ping also waits for the pod's other workers. The loader starts with the server (lifespan startup)."""
+    app once the loader has built it, and is answered 503 with the loader's status until then;
+    /ping also until no other worker of the pod accepts connections without a model. The loader
+    starts with the server (lifespan startup)."""
 
     def __init__(self, loader: ModelLoader, workers: Optional[Workers] = None):
         self.loader = loader
@@ -90,18 +105,28 @@ class ModelGate:
             await _send_json(send, 503, self.loader.status.body())
             return
         if scope["type"] == "http" and scope["path"] == READY_PATH and self.workers is not None:
-            loading = self.workers.still_loading()
-            if loading:
+            unloaded = self.workers.unloaded_accepting()
+            if unloaded:
                 await _send_json(send, 503, {**self.loader.status.body(), "ready": False,
-                                             "reason": f"{loading} of {self.workers.expected} workers still loading"})
+                                             "reason": f"{unloaded} other worker(s) of this pod still loading the model"})
                 return
         await app(scope, receive, send)
+
+    async def _start_loading(self) -> None:
+        if self.workers is not None and self.workers.model_recorded():
+            # A restarted worker: load before accepting, while the other workers serve.
+            await asyncio.get_running_loop().run_in_executor(None, self.loader.run)
+            if self.loader.app is not None:
+                return
+        if self.workers is not None:
+            self.workers.accepting_unloaded()
+        self.loader.start()
 
     async def _lifespan(self, receive, send) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
-                self.loader.start()
+                await self._start_loading()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
@@ -170,7 +195,7 @@ def batch_settings(environ=os.environ) -> BatchSettings:
 def create_app():
     state_dir = Path(os.environ[STATE_DIR_ENV])
     metrics, batching, environment = ServingMetrics(), batch_settings(), environment_settings()
-    workers = Workers(state_dir, int(os.environ.get(WORKERS_ENV, "1")))
+    workers = Workers(state_dir)
 
     def build(path: str):
         app = scoring_app(path, batching, metrics)

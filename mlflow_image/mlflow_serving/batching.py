@@ -34,8 +34,11 @@ JSON = "application/json"
 SPLIT, RECORDS, PARAMS = "dataframe_split", "dataframe_records", "params"
 # Beyond 2**53 pandas may pick uint64/object for one request and int64 for another.
 _SAFE_INT = 2 ** 53
-# Batches costing less (on average) are scored on the event loop: they delay /ping by no more than this.
+# A batch expected to cost less is scored on the event loop: it delays /ping by no more than this.
 INLINE_SECONDS = 0.02
+# Requests waiting beyond this many batches' rows are refused at once: the pod is overloaded, and a
+# queue without a bound would only grow until the memory limit kills the pod.
+BACKLOG_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ def _media(mimetype: str) -> bytes:
 
 INTERNAL_ERROR = Answer(500, b"Internal Server Error", _media("text/plain"))
 TIMED_OUT = Answer(504, b"Request processing time exceeded limit", _media(JSON))
+OVERLOADED = Answer(503, b'{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "the server is overloaded: retry"}',
+                    _media(JSON))
 
 
 def _column_types(rows: list) -> Optional[tuple]:
@@ -151,6 +156,8 @@ class Request:
     document: Any = None
     key: Optional[tuple] = None
     rows: int = 1
+    abandoned: bool = False
+    """Answered already (timed out) or its client is gone: not scored."""
 
 
 class Scorer:
@@ -208,7 +215,8 @@ class Scorer:
 class Batcher:
     """Pending requests and the event loop's drain: takes what has arrived (up to `max_rows` rows),
     waits at most `max_delay_ms` for requests whose bodies are being received, groups by key,
-    answers each group. Every method runs on the event loop's thread."""
+    answers each group. Every method runs on the event loop's thread, except the scoring of a batch
+    expected to cost more than INLINE_SECONDS, which runs on one worker thread."""
 
     def __init__(self, scorer: Scorer, settings: BatchSettings,
                  observe: Callable[[int, int], None] = lambda requests, rows: None):
@@ -216,22 +224,29 @@ class Batcher:
         self.settings = settings
         self.observe = observe
         self.pending: deque[Request] = deque()
+        self.pending_rows = 0
         self.receiving = 0
         """Requests whose body is still being read."""
-        self.cost: Optional[float] = None
-        """Seconds per batch, a moving average; None (scored off the loop) until one was measured."""
+        self.call_cost: Optional[float] = None
+        """Seconds per scoring call (one merged group, or one request alone), a moving average; None
+        (scored off the loop) until one was measured."""
         self._draining: Optional[asyncio.Task] = None
         """The running drain; held so that it is not garbage-collected mid-batch."""
         self._arrived: Optional[asyncio.Event] = None
         self._thread: Optional[ThreadPoolExecutor] = None
 
-    def submit(self, request: Request) -> None:
+    def submit(self, request: Request) -> bool:
+        """Queue `request`; False (not queued) when the backlog is full."""
+        if self.pending_rows >= BACKLOG_BATCHES * self.settings.max_rows:
+            return False
         self.pending.append(self._prepare(request))
+        self.pending_rows += request.rows
         if self._arrived is not None:
             self._arrived.set()
         if self._draining is None:
             # A task runs after the requests already read in this loop turn: they join the batch.
             self._draining = asyncio.get_running_loop().create_task(self._drain())
+        return True
 
     def _prepare(self, request: Request) -> Request:
         if self.scorer.mergeable and request.content_type == JSON:
@@ -245,18 +260,21 @@ class Batcher:
         return request
 
     def _take(self) -> list[Request]:
-        """The next batch from the pending requests; the rest stays pending."""
+        """The next batch from the pending requests, abandoned ones dropped; the rest stays pending."""
         taken, rows = [], 0
         while self.pending:
             request = self.pending[0]
             if taken and rows + request.rows > self.settings.max_rows:
                 break
-            taken.append(self.pending.popleft())
-            rows += request.rows
+            self.pending.popleft()
+            self.pending_rows -= request.rows
+            if not request.abandoned:
+                taken.append(request)
+                rows += request.rows
         return taken
 
     def _room(self) -> bool:
-        return sum(request.rows for request in self.pending) < self.settings.max_rows
+        return self.pending_rows < self.settings.max_rows
 
     async def _gather(self) -> None:
         """Let in what is already arriving, for at most max_delay_ms: loop turns while each brings
@@ -279,33 +297,47 @@ class Batcher:
             finally:
                 self._arrived = None
 
-    async def _drain(self) -> None:
-        try:
-            while self.pending:
-                await self._gather()
-                batch = self._take()
-                if self.cost is not None and self.cost < INLINE_SECONDS:
-                    answered, cost = self._score(batch)
-                else:
-                    if self._thread is None:
-                        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batcher")
-                    answered, cost = await asyncio.get_running_loop().run_in_executor(self._thread, self._score, batch)
-                self.cost = cost if self.cost is None else 0.8 * self.cost + 0.2 * cost
-                for request, answer in answered:
-                    request.done(answer)
-                # A backlog of several batches does not hold the loop: /ping and reads run between them.
-                await asyncio.sleep(0)
-        finally:
-            self._draining = None
-
-    def _score(self, batch: list[Request]) -> tuple[list[tuple[Request, Answer]], float]:
-        """Each request with its answer, and the seconds this took."""
-        started = time.perf_counter()
+    def _groups(self, batch: list[Request]) -> list[list[Request]]:
+        """Requests of one key together (one predict), every other request on its own."""
         groups: dict[tuple, list[Request]] = {}
         for request in batch:
             groups.setdefault(request.key or ("alone", id(request)), []).append(request)
-        answered = []
-        for group in groups.values():
+        return list(groups.values())
+
+    def _calls(self, groups: list[list[Request]]) -> int:
+        """Scoring calls the groups take: one per merged group, one per request answered alone."""
+        return sum(1 if len(group) > 1 and self.scorer.mergeable else len(group) for group in groups)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                await self._gather()
+                groups = self._groups(self._take())
+                if not groups:
+                    continue
+                calls = self._calls(groups)
+                if self.call_cost is not None and self.call_cost * calls < INLINE_SECONDS:
+                    seconds = self._score(groups, lambda request, answer: request.done(answer))
+                else:
+                    if self._thread is None:
+                        self._thread = ThreadPoolExecutor(1, thread_name_prefix="batcher")
+                    # Each group's answers leave as soon as it is scored.
+                    deliver = lambda request, answer: loop.call_soon_threadsafe(request.done, answer)  # noqa: E731
+                    seconds = await loop.run_in_executor(self._thread, self._score, groups, deliver)
+                cost = seconds / calls
+                self.call_cost = cost if self.call_cost is None else 0.8 * self.call_cost + 0.2 * cost
+                # A backlog of several batches does not hold the loop: /ping and reads run between them.
+                await asyncio.sleep(0)
+        except Exception:  # the requests taken are answered by their timer; later ones start a new drain
+            logger.exception("the batcher failed")
+        finally:
+            self._draining = None
+
+    def _score(self, groups: list[list[Request]], deliver: Callable[[Request, Answer], None]) -> float:
+        """Scores each group and delivers its answers; the seconds this took."""
+        started = time.perf_counter()
+        for group in groups:
             try:
                 answers = self.scorer.together(group) if len(group) > 1 and self.scorer.mergeable else None
                 if answers is None:
@@ -314,8 +346,9 @@ class Batcher:
             except Exception:  # a bug here must not leave every later request waiting
                 logger.exception("batch of %d requests failed", len(group))
                 answers = [INTERNAL_ERROR] * len(group)
-            answered += zip(group, answers)
-        return answered, time.perf_counter() - started
+            for request, answer in zip(group, answers):
+                deliver(request, answer)
+        return time.perf_counter() - started
 
 
 def _header(scope: dict, name: bytes) -> Optional[str]:
@@ -339,19 +372,22 @@ class BatchingApp:
             await self.mlflow_app(scope, receive, send)
             return
         answer = await self._answer(scope, receive)
+        if answer is None:
+            return
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [(b"content-length", str(len(answer.body)).encode()),
                                 (b"content-type", answer.content_type)]})
         await send({"type": "http.response.body", "body": answer.body})
 
-    async def _answer(self, scope, receive) -> Answer:
+    async def _answer(self, scope, receive) -> Optional[Answer]:
+        """The answer, or None when the client left before its request arrived whole."""
         chunks = []
         self.batcher.receiving += 1
         try:
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    break
+                    return None
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False):
                     break
@@ -363,9 +399,12 @@ class BatchingApp:
             if not future.done():  # timed out meanwhile
                 future.set_result(answer)
 
-        self.batcher.submit(Request(b"".join(chunks), _header(scope, b"content-type"), settle))
+        request = Request(b"".join(chunks), _header(scope, b"content-type"), settle)
+        if not self.batcher.submit(request):
+            return OVERLOADED
         timer = asyncio.get_running_loop().call_later(self.timeout, settle, TIMED_OUT)
         try:
             return await future
         finally:
             timer.cancel()
+            request.abandoned = True  # answered, timed out or cancelled: never scored from here on

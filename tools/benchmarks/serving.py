@@ -36,7 +36,7 @@ A2 = "project-w2"
 UNBATCHED = "project-unbatched"
 B2 = "models-serve-w2"
 MLSERVER_1 = tuple(mlserver.ONE_CORE)
-# On two cores MLServer's fastest may still be in-process: that server is measured again, unpinned.
+# On two cores MLServer's fastest may still be in-process: that server is measured again, on both cores.
 MLSERVER_2 = (*mlserver.TWO_CORES, "mlserver-inproc-batching")
 ROLES = {A: "a", B: "b", UNBATCHED: "variant", A2: "a on 2 cores", B2: "peer on 2 cores",
          **{name: "peer" for name in MLSERVER_1}, **{name: "peer on 2 cores" for name in mlserver.TWO_CORES}}

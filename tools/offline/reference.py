@@ -32,6 +32,9 @@ PROJECT_HEADER = {
 
 def _pulumi_type(annotation) -> dict:
     origin = typing.get_origin(annotation)
+    if origin is typing.Union and type(None) in typing.get_args(annotation):  # Optional[X]: X, or empty
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+        origin = typing.get_origin(annotation)
     if annotation is bool:
         return {"type": "boolean"}
     if annotation is int:
