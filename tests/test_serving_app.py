@@ -110,6 +110,20 @@ def test_a_restarted_worker_loads_before_it_accepts_and_the_first_ones_accept_at
     assert restarted.app is scoring_app and workers.unloaded_accepting() == 0
 
 
+def test_a_restarted_worker_whose_model_fails_to_load_tries_once_and_says_why(tmp_path):
+    (tmp_path / "model-path").write_text("/models/1")
+    workers = Workers(tmp_path)
+
+    def broken(path):
+        raise ValueError("not a model")
+    loader = ModelLoader(URI, fetch=lambda uri: "/models/1", build=broken)
+    loader.start = lambda: pytest.fail("a second attempt in the background")
+    run(ModelGate(loader, workers), {"type": "lifespan"}, [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    assert loader.status.state == "failed" and workers.unloaded_accepting() == 1
+    status, body = get(ModelGate(loader, workers), "/invocations", "POST")
+    assert status == 503 and "not a model" in json.loads(body)["reason"]
+
+
 def test_server_startup_starts_the_loader_and_shutdown_completes():
     loader = waiting_loader()
     started = []

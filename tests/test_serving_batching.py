@@ -350,6 +350,36 @@ def test_a_request_not_answered_within_mlflows_timeout_gets_mlflows_504():
     assert (sent[0]["status"], sent[1]["body"]) == (504, TIMED_OUT.body)
 
 
+class KeepsRequests(NeverAnswers):
+    def __init__(self):
+        self.requests = []
+
+    def submit(self, request: Request) -> bool:
+        self.requests.append(request)
+        return True
+
+
+def test_a_request_answered_by_its_timeout_is_marked_so_that_it_is_never_scored():
+    batcher = KeepsRequests()
+    sent = call(BatchingApp(None, batcher, timeout=0.05), "/invocations")
+    assert sent[0]["status"] == 504 and batcher.requests[0].abandoned
+
+
+def test_a_client_gone_before_its_body_arrived_is_neither_queued_nor_answered():
+    batcher = KeepsRequests()
+    sent = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    on_loop(lambda: BatchingApp(None, batcher, timeout=1)(
+        {"type": "http", "path": "/invocations", "method": "POST", "headers": []}, receive, send))
+    assert sent == [] and batcher.requests == []
+
+
 def test_every_other_request_goes_to_mlflows_app():
     async def mlflow_app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})

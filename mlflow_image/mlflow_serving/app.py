@@ -116,7 +116,9 @@ class ModelGate:
         if self.workers is not None and self.workers.model_recorded():
             # A restarted worker: load before accepting, while the other workers serve.
             await asyncio.get_running_loop().run_in_executor(None, self.loader.run)
-            if self.loader.app is not None:
+            if self.loader.app is not None or self.loader.status.state == "failed":
+                if self.loader.app is None:  # accepting, to answer 503 with the reason
+                    self.workers.accepting_unloaded()
                 return
         if self.workers is not None:
             self.workers.accepting_unloaded()

@@ -157,7 +157,7 @@ class Request:
     key: Optional[tuple] = None
     rows: int = 1
     abandoned: bool = False
-    """Answered already (timed out) or its client is gone: not scored."""
+    """Answered already (by its timeout): not scored."""
 
 
 class Scorer:
@@ -329,10 +329,12 @@ class Batcher:
                 self.call_cost = cost if self.call_cost is None else 0.8 * self.call_cost + 0.2 * cost
                 # A backlog of several batches does not hold the loop: /ping and reads run between them.
                 await asyncio.sleep(0)
-        except Exception:  # the requests taken are answered by their timer; later ones start a new drain
+        except Exception:  # the requests taken are answered by their timer
             logger.exception("the batcher failed")
         finally:
             self._draining = None
+            if self.pending:  # those still waiting get a new drain, not a timeout
+                self._draining = asyncio.get_running_loop().create_task(self._drain())
 
     def _score(self, groups: list[list[Request]], deliver: Callable[[Request, Answer], None]) -> float:
         """Scores each group and delivers its answers; the seconds this took."""
