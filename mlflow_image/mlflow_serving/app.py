@@ -114,12 +114,12 @@ class ModelGate:
 
     async def _start_loading(self) -> None:
         if self.workers is not None and self.workers.model_recorded():
-            # A restarted worker: load before accepting, while the other workers serve.
+            # A restarted worker: load before accepting, while the other workers serve. The download is
+            # recorded, so this ends loaded or failed; failed, it accepts to answer 503 with the reason.
             await asyncio.get_running_loop().run_in_executor(None, self.loader.run)
-            if self.loader.app is not None or self.loader.status.state == "failed":
-                if self.loader.app is None:  # accepting, to answer 503 with the reason
-                    self.workers.accepting_unloaded()
-                return
+            if self.loader.app is None:
+                self.workers.accepting_unloaded()
+            return
         if self.workers is not None:
             self.workers.accepting_unloaded()
         self.loader.start()

@@ -244,9 +244,12 @@ class Batcher:
         if self._arrived is not None:
             self._arrived.set()
         if self._draining is None:
-            # A task runs after the requests already read in this loop turn: they join the batch.
-            self._draining = asyncio.get_running_loop().create_task(self._drain())
+            self._start_drain()
         return True
+
+    def _start_drain(self) -> None:
+        # A task runs after the requests already read in this loop turn: they join the batch.
+        self._draining = asyncio.get_running_loop().create_task(self._drain())
 
     def _prepare(self, request: Request) -> Request:
         if self.scorer.mergeable and request.content_type == JSON:
@@ -304,9 +307,13 @@ class Batcher:
             groups.setdefault(request.key or ("alone", id(request)), []).append(request)
         return list(groups.values())
 
+    def _merged(self, group: list[Request]) -> bool:
+        """Whether `group` is tried as one predict (else each request is answered alone)."""
+        return len(group) > 1 and self.scorer.mergeable
+
     def _calls(self, groups: list[list[Request]]) -> int:
         """Scoring calls the groups take: one per merged group, one per request answered alone."""
-        return sum(1 if len(group) > 1 and self.scorer.mergeable else len(group) for group in groups)
+        return sum(1 if self._merged(group) else len(group) for group in groups)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -334,14 +341,14 @@ class Batcher:
         finally:
             self._draining = None
             if self.pending:  # those still waiting get a new drain, not a timeout
-                self._draining = asyncio.get_running_loop().create_task(self._drain())
+                self._start_drain()
 
     def _score(self, groups: list[list[Request]], deliver: Callable[[Request, Answer], None]) -> float:
         """Scores each group and delivers its answers; the seconds this took."""
         started = time.perf_counter()
         for group in groups:
             try:
-                answers = self.scorer.together(group) if len(group) > 1 and self.scorer.mergeable else None
+                answers = self.scorer.together(group) if self._merged(group) else None
                 if answers is None:
                     answers = [self.scorer.alone(request) for request in group]
                 self.observe(len(group), sum(request.rows for request in group))
