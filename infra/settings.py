@@ -126,6 +126,11 @@ def cpu_millis(quantity: str) -> int:
     return int(match[1]) if match[1] else int(float(match[2]) * 1000)
 
 
+def cpu_limit_millis(request: str) -> int:
+    """A container's CPU limit for its CPU request."""
+    return CPU_BURST * cpu_millis(request)
+
+
 def _memory(value: str) -> str:
     if not re.fullmatch(r"[1-9]\d*(Mi|Gi)", value):
         raise ValueError("must be a positive Kubernetes memory quantity in Mi or Gi, e.g. 512Mi or 2Gi")
@@ -501,7 +506,7 @@ class ServingSettings(Section):
         if self.workers is not None and self.workers > self.cores:
             errors.append(problem("workers", self.workers, (
                 f"must be <= {self.cores}, the whole cores of the pod's CPU limit ({CPU_BURST} × {ref('cpu')} = "
-                f"{CPU_BURST * cpu_millis(self.cpu)}m): a worker without a core of its own only adds memory; "
+                f"{cpu_limit_millis(self.cpu)}m): a worker without a core of its own only adds memory; "
                 f"raise {ref('cpu')} or leave {ref('workers')} unset")))
         _refuse(errors)
         return self
@@ -509,7 +514,7 @@ class ServingSettings(Section):
     @property
     def cores(self) -> int:
         """Whole cores of the serving container's CPU limit, at least one."""
-        return max(1, CPU_BURST * cpu_millis(self.cpu) // 1000)
+        return max(1, cpu_limit_millis(self.cpu) // 1000)
 
     @property
     def server_workers(self) -> int:

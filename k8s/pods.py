@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.settings import CPU_BURST, cpu_millis
+from infra.settings import cpu_limit_millis
 
 APP_UID = 10001  # the numeric user of mlflow_image/Dockerfile
 PROXY_UID = 65532  # distroless "nonroot" of the Cloud SQL Auth Proxy image
@@ -40,11 +40,11 @@ def pod_security_context(run_as_user: int = APP_UID) -> dict:
     }
 
 
-def resources(cpu: str, memory: str, cpu_burst: int = CPU_BURST) -> dict:
-    """Requests as given; memory limit = request (no OOM surprises), CPU may burst to `cpu_burst`×."""
+def resources(cpu: str, memory: str) -> dict:
+    """Requests as given; memory limit = request (no OOM surprises), CPU may burst (cpu_limit_millis)."""
     return {
         "requests": {"cpu": cpu, "memory": memory},
-        "limits": {"cpu": f"{cpu_millis(cpu) * cpu_burst}m", "memory": memory},
+        "limits": {"cpu": f"{cpu_limit_millis(cpu)}m", "memory": memory},
     }
 
 

@@ -2,8 +2,9 @@
 
 import pytest
 
+from infra.settings import cpu_millis
 from k8s.pods import (
-    container_security_context, cpu_millis, http_probe, pod_security_context, resources, sql_proxy_sidecar,
+    container_security_context, http_probe, pod_security_context, resources, sql_proxy_sidecar,
 )
 
 PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.14.2@sha256:" + "a" * 64
