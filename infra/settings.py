@@ -473,6 +473,30 @@ class MonitoringSettings(Section):
 MAX_SERVING_WORKERS = 8
 
 
+ColumnNames = Annotated[tuple[Annotated[str, Field(min_length=1)], ...], BeforeValidator(_json_list)]
+
+
+class RedactSettings(Section):
+    drop: ColumnNames = Field((), description="Input columns never logged: absent from every payload entry.")
+    hash: ColumnNames = Field((), description="Input columns logged as `h:` + HMAC-SHA256 (hex, 128 bits) of the value with the stack's key (Secret Manager secret `payload-hash-key`): joinable and countable, not readable.")
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "RedactSettings":
+        errors = [problem(key, list(names), "names a column twice") for key, names in (("drop", self.drop),
+                  ("hash", self.hash)) if len(set(names)) != len(names)]
+        both = sorted(set(self.drop) & set(self.hash))
+        if both:
+            errors.append(problem("hash", both, f"also in {ref('drop')}: a column is either dropped or hashed"))
+        _refuse(errors)
+        return self
+
+
+class PayloadLogSettings(Section):
+    sample_rate: float = Field(0.0, ge=0, le=1, description="Share of `/invocations` requests logged with their inputs (redacted) and outputs, sampled in the pod; 0 logs none and costs nothing on the request path.")
+    redact: RedactSettings = Field(RedactSettings(), description="Input columns redacted in the pod before an entry is written.")
+    retention_days: int = Field(30, ge=1, le=3650, description="Days the BigQuery dataset keeps each day's partition of payload entries (partition expiry).")
+
+
 class ServingSettings(Section):
     model_name: Annotated[Optional[str], _matching(
         _MODEL_NAME, "must be 1-128 chars of letters, digits, '_', '.', '-'")] = Field(None, description="Registered model to serve; empty creates no serving Deployment.")
@@ -490,6 +514,7 @@ class ServingSettings(Section):
     env_timeout_seconds: int = Field(300, ge=30, le=1800, description="Time limit of restoring a model's recorded environment in a serving pod, seconds.")
     env_cache_gi: int = Field(4, ge=1, le=100, description="Size limit of each serving pod's volume of restored model environments, GiB.")
     private_python_repository: bool = Field(False, description="Also declare a standard Artifact Registry Python repository for private packages, read by serving before PyPI.")
+    payload_log: PayloadLogSettings = Field(PayloadLogSettings(), description="Request logging: a sample of `/invocations` with redacted inputs, routed by a Cloud Logging sink to a BigQuery dataset (README, Payload log).")
 
     @field_validator("model_alias")
     @classmethod

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, "mlflow_image")
-from mlflow_serving.app import ModelGate, Workers, download_once  # noqa: E402
+from mlflow_serving.app import (  # noqa: E402
+    ModelGate, Workers, download_once, parse_model_uri, recorded_version, resolve_alias,
+)
 from mlflow_serving.loader import ModelLoader, Status  # noqa: E402
 
 URI = "models:/iris@champion"
@@ -152,11 +154,20 @@ def fake_download(monkeypatch):
     return calls
 
 
-def test_workers_of_a_pod_share_one_complete_download(tmp_path, fake_download):
+def test_workers_of_a_pod_share_one_complete_download_of_the_version_behind_the_alias(tmp_path, fake_download):
+    versions = iter(["3", "3", "4"])  # the alias moves after the download: the pod keeps what it fetched
+    resolve = lambda uri: (f"models:/iris/{next(versions)}", "3")  # noqa: E731
     with pytest.raises(OSError, match="mid-download"):
-        download_once(URI, tmp_path)
+        download_once(URI, tmp_path, resolve)
     assert [p.name for p in tmp_path.iterdir()] == ["lock"]  # the partial copy is gone
-    first = download_once(URI, tmp_path)
+    first = download_once(URI, tmp_path, resolve)
     assert (Path(first) / "MLmodel").exists() and Path(first).parent == tmp_path
-    assert download_once(URI, tmp_path) == first  # another worker: the same copy, no download
-    assert fake_download == [URI, URI]
+    assert download_once(URI, tmp_path, resolve) == first  # another worker: the same copy, no download
+    assert fake_download == ["models:/iris/3", "models:/iris/3"]
+    assert recorded_version(tmp_path) == "3"  # what its payload log entries name
+
+
+def test_the_version_is_looked_up_only_for_a_registry_alias():
+    assert parse_model_uri(URI) == ("iris", "champion")
+    assert resolve_alias("runs:/abc/model") == ("runs:/abc/model", "")
+    assert parse_model_uri("/models/iris") == ("", "")

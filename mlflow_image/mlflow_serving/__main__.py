@@ -7,6 +7,7 @@ says whether the process runs."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 
@@ -14,8 +15,23 @@ import uvicorn
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 
 from mlflow_serving.app import (
-    BATCH_DELAY_ENV, BATCH_ROWS_ENV, ENV_CACHE_ENV, ENV_TIMEOUT_ENV, MODEL_URI_ENV, PACKAGE_INDEX_ENV, STATE_DIR_ENV,
+    BATCH_DELAY_ENV, BATCH_ROWS_ENV, ENV_CACHE_ENV, ENV_TIMEOUT_ENV, MODEL_URI_ENV, PACKAGE_INDEX_ENV,
+    PAYLOAD_DROP_ENV, PAYLOAD_HASH_ENV, PAYLOAD_RATE_ENV, STATE_DIR_ENV, TRACK_ENV,
 )
+
+
+def _columns(text: str) -> list[str]:
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a JSON list of column names")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,6 +52,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds the build of a model's environment may take")
     parser.add_argument("--package-index", default="",
                         help="package index of the environment builds (default: uv's, pypi.org)")
+    parser.add_argument("--track", default="",
+                        help="what the payload log calls this Deployment's traffic (default: the alias)")
+    parser.add_argument("--payload-sample-rate", type=_rate, default=0.0,
+                        help="share of /invocations logged on stdout (mlflow_serving/payload_log.py); 0: none")
+    parser.add_argument("--payload-drop", type=_columns, default=[], help="JSON list: input columns never logged")
+    parser.add_argument("--payload-hash", type=_columns, default=[],
+                        help="JSON list: input columns logged as HMAC-SHA256 with the key in $MLFLOW_SERVING_PAYLOAD_KEY")
     args = parser.parse_args(argv)
 
     # Workers are separate processes: they learn the model and their shared download dir from here.
@@ -47,6 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[ENV_CACHE_ENV] = args.env_cache or tempfile.mkdtemp(prefix="mlflow-envs-")
     os.environ[ENV_TIMEOUT_ENV] = str(args.env_timeout)
     os.environ[PACKAGE_INDEX_ENV] = args.package_index
+    os.environ[TRACK_ENV] = args.track
+    os.environ[PAYLOAD_RATE_ENV] = str(args.payload_sample_rate)
+    os.environ[PAYLOAD_DROP_ENV] = json.dumps(args.payload_drop)
+    os.environ[PAYLOAD_HASH_ENV] = json.dumps(args.payload_hash)
     if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Several workers: metrics are aggregated through files, one set per worker.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")

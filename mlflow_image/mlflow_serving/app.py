@@ -15,12 +15,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from mlflow_serving.batching import BatchSettings
 from mlflow_serving.environment import EnvironmentBuilder, EnvironmentSettings, activate
 from mlflow_serving.loader import ModelLoader
 from mlflow_serving.metrics import PrometheusMiddleware, ServingMetrics
+from mlflow_serving.payload_log import LineWriter, PayloadLog, PayloadLogApp, Redaction, Served
 
 MODEL_URI_ENV = "MLFLOW_SERVING_MODEL_URI"
 STATE_DIR_ENV = "MLFLOW_SERVING_STATE_DIR"
@@ -29,9 +30,16 @@ BATCH_DELAY_ENV = "MLFLOW_SERVING_MAX_BATCH_DELAY_MS"
 ENV_CACHE_ENV = "MLFLOW_SERVING_ENV_CACHE"
 ENV_TIMEOUT_ENV = "MLFLOW_SERVING_ENV_TIMEOUT"
 PACKAGE_INDEX_ENV = "MLFLOW_SERVING_PACKAGE_INDEX"
+TRACK_ENV = "MLFLOW_SERVING_TRACK"
+PAYLOAD_RATE_ENV = "MLFLOW_SERVING_PAYLOAD_SAMPLE_RATE"
+PAYLOAD_DROP_ENV = "MLFLOW_SERVING_PAYLOAD_DROP"
+PAYLOAD_HASH_ENV = "MLFLOW_SERVING_PAYLOAD_HASH"
+# The HMAC key of hashed columns, set from the mounted Secret Manager file (mlflow_fileenv).
+PAYLOAD_KEY_ENV = "MLFLOW_SERVING_PAYLOAD_KEY"
 LIVE_PATH = "/live"
 READY_PATH = "/ping"
 _MODEL_PATH_FILE = "model-path"
+_MODEL_VERSION_FILE = "model-version"
 _UNLOADED_PREFIX = "accepting-unloaded-"
 
 
@@ -135,9 +143,28 @@ class ModelGate:
                 return
 
 
-def download_once(model_uri: str, state_dir: Path) -> str:
+def parse_model_uri(model_uri: str) -> tuple[str, str]:
+    """(NAME, ALIAS) of models:/NAME@ALIAS; ("", "") for any other URI."""
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    return (name, alias) if model_uri.startswith("models:/") and alias else ("", "")
+
+
+def resolve_alias(model_uri: str) -> tuple[str, str]:
+    """(URI of the version behind the alias, its version): one lookup, so the version downloaded is the
+    version the payload log names even if the alias moves meanwhile. Other URIs as they are, no version."""
+    name, alias = parse_model_uri(model_uri)
+    if not name:
+        return model_uri, ""
+    from mlflow import MlflowClient
+
+    version = MlflowClient().get_model_version_by_alias(name, alias).version
+    return f"models:/{name}/{version}", str(version)
+
+
+def download_once(model_uri: str, state_dir: Path,
+                  resolve: Callable[[str], tuple[str, str]] = resolve_alias) -> str:
     """The model's local path. With several workers the first one downloads (under a lock) and
-    records where; the others load that same copy, so a pod never serves two versions."""
+    records where and which version; the others load that same copy, so a pod never serves two versions."""
     with open(state_dir / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         record = state_dir / _MODEL_PATH_FILE
@@ -145,14 +172,22 @@ def download_once(model_uri: str, state_dir: Path) -> str:
             return record.read_text()
         from mlflow.artifacts import download_artifacts
 
+        uri, version = resolve(model_uri)
         target = tempfile.mkdtemp(prefix="model-", dir=state_dir)
         try:
-            path = download_artifacts(artifact_uri=model_uri, dst_path=target)
+            path = download_artifacts(artifact_uri=uri, dst_path=target)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
             raise
+        (state_dir / _MODEL_VERSION_FILE).write_text(version)
         record.write_text(path)
         return path
+
+
+def recorded_version(state_dir: Path) -> str:
+    """The registry version download_once fetched ("" when the URI named none)."""
+    path = state_dir / _MODEL_VERSION_FILE
+    return path.read_text() if path.exists() else ""
 
 
 def scoring_app(local_path: str, batching: BatchSettings = BatchSettings(max_rows=1),
@@ -194,15 +229,45 @@ def batch_settings(environ=os.environ) -> BatchSettings:
                          max_delay_ms=float(environ.get(BATCH_DELAY_ENV, "0")))
 
 
+@dataclass(frozen=True)
+class PayloadSettings:
+    rate: float
+    redaction: Redaction
+    track: str
+
+
+def payload_settings(environ=os.environ) -> PayloadSettings:
+    """Refuses (RedactionError) hashing without a key: the worker fails at start, never logs unredacted."""
+    redaction = Redaction(drop=frozenset(json.loads(environ.get(PAYLOAD_DROP_ENV) or "[]")),
+                          hash=frozenset(json.loads(environ.get(PAYLOAD_HASH_ENV) or "[]")),
+                          key=environ.get(PAYLOAD_KEY_ENV, "").encode())
+    return PayloadSettings(rate=float(environ.get(PAYLOAD_RATE_ENV) or "0"), redaction=redaction,
+                           track=environ.get(TRACK_ENV, ""))
+
+
+def with_payload_log(app, settings: PayloadSettings, model_uri: str, version: str, state_dir: Path,
+                     metrics: ServingMetrics):
+    """`app` with its sampled /invocations logged; `app` itself when the rate is 0 (nothing on the hot path)."""
+    if settings.rate <= 0:
+        return app
+    name, alias = parse_model_uri(model_uri)
+    served = Served(model=name or model_uri, version=version, alias=alias, track=settings.track or alias)
+    log = PayloadLog(served, settings.redaction, LineWriter(1, state_dir / "payload-log.lock"),
+                     dropped=metrics.payload_dropped.inc)
+    return PayloadLogApp(app, log, settings.rate)
+
+
 def create_app():
     state_dir = Path(os.environ[STATE_DIR_ENV])
     metrics, batching, environment = ServingMetrics(), batch_settings(), environment_settings()
+    payload, model = payload_settings(), os.environ[MODEL_URI_ENV]
     workers = Workers(state_dir)
 
     def build(path: str):
-        app = scoring_app(path, batching, metrics)
+        app = with_payload_log(scoring_app(path, batching, metrics), payload, model, recorded_version(state_dir),
+                               state_dir, metrics)
         workers.loaded()
         return app
-    loader = ModelLoader(os.environ[MODEL_URI_ENV], fetch=lambda uri: download_once(uri, state_dir),
+    loader = ModelLoader(model, fetch=lambda uri: download_once(uri, state_dir),
                          prepare=lambda path: restore_environment(path, environment), build=build)
     return PrometheusMiddleware(ModelGate(loader, workers), metrics)

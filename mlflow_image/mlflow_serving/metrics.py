@@ -28,6 +28,9 @@ class ServingMetrics:
                                         buckets=BATCH_BUCKETS, registry=self.registry)
         self.batch_rows = Histogram("mlflow_serving_batch_rows", "Input rows of one predict.",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.payload_dropped = Counter("mlflow_serving_payload_log_dropped",
+                                       "Sampled requests not logged: the payload log's queue was full.",
+                                       registry=self.registry)
 
     def observe_batch(self, requests: int, rows: int) -> None:
         self.batch_requests.observe(requests)

@@ -39,6 +39,8 @@ def _pulumi_type(annotation) -> dict:
         return {"type": "boolean"}
     if annotation is int:
         return {"type": "integer"}
+    if annotation is float:
+        return {"type": "number"}
     if origin is tuple:
         return {"type": "array", "items": {"type": "string"}}
     if origin is dict:  # only inside a component's key (access.teams), so only in docs/configuration.md

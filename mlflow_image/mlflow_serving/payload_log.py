@@ -1,0 +1,388 @@
+"""Payload log: for a sample of POST /invocations, one JSON line on stdout per request, which GKE's
+logging agent turns into a structured Cloud Logging entry (jsonPayload) and a sink routes to BigQuery.
+
+    {"message": "mlflow.serving.payload", "severity": "INFO",
+     "logging.googleapis.com/labels": {"mlflow_model": NAME, "mlflow_version": "3", "mlflow_track": "champion"},
+     "payload": {"model", "version", "alias", "track", "requestId", "status", "latencyMs",
+                 "inputs": {"columns": [...], "data": [[...], ...]} | null, "withheld": why inputs are null,
+                 "outputs": [...] | null, "error": MLflow's error code (never its message)}}
+
+Redaction happens here, in the pod: dropped columns are absent, hashed ones are "h:" + HMAC-SHA256 of the
+value's canonical JSON with the per-stack key (hex, truncated). Inputs without column names (tensors)
+cannot be redacted by name: with redaction on, they are withheld. An error's message is never logged (it
+may quote an input); nor are outputs that quote a redacted text value.
+
+The middleware samples and captures on the event loop; parsing, redaction, encoding and the write happen
+on one writer thread behind a bounded queue (full: the entry is dropped and counted, the request is not
+slowed). Worker processes of a pod share stdout: each line is written whole under a file lock.
+The drift job and the tests read entries back with `read_entries`.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import hmac
+import io
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+logger = logging.getLogger("mlflow_serving")
+
+PAYLOAD_LOG_MESSAGE = "mlflow.serving.payload"
+LABELS_KEY = "logging.googleapis.com/labels"
+HASH_PREFIX = "h:"
+HASH_HEX_CHARS = 32  # 128 bits of the HMAC: no collisions at any realistic cardinality
+# Cloud Logging refuses entries over 256 KB; beyond this the rows are withheld, the rest still logged.
+MAX_LINE_BYTES = 250_000
+QUEUE_ENTRIES = 1024
+# A redacted text this short (a digit, "no") is not searched for in the outputs: it would match anything.
+MIN_SEARCHED_CHARS = 4
+_REQUEST_ID_HEADER = b"x-request-id"
+_SPLIT, _RECORDS, _INSTANCES, _INPUTS = "dataframe_split", "dataframe_records", "instances", "inputs"
+
+
+class RedactionError(ValueError):
+    """The payload log is configured to hash columns but has no key."""
+
+
+@dataclass(frozen=True)
+class Redaction:
+    drop: frozenset[str] = frozenset()
+    hash: frozenset[str] = frozenset()
+    key: bytes = b""
+    """HMAC key (the per-stack Secret Manager secret); needed when `hash` names columns."""
+
+    def __post_init__(self) -> None:
+        both = self.drop & self.hash
+        if both:
+            raise RedactionError(f"columns both dropped and hashed: {sorted(both)}")
+        if self.hash and not self.key:
+            raise RedactionError(f"hashing columns {sorted(self.hash)} needs the payload key; none was given")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.drop or self.hash)
+
+    def digest(self, value: Any) -> str:
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+        return HASH_PREFIX + hmac.new(self.key, canonical.encode(), hashlib.sha256).hexdigest()[:HASH_HEX_CHARS]
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    data: list[list]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What the entry says about the model behind the answers."""
+
+    model: str
+    version: str
+    alias: str
+    track: str
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One sampled request as the middleware captured it, before parsing (done on the writer thread)."""
+
+    request_id: str
+    body: bytes
+    content_type: Optional[str]
+    status: int
+    response: bytes
+    latency_ms: float
+
+
+# --- parsing the request into a table -----------------------------------------------------------------
+def _number(text: str) -> Any:
+    """A CSV cell as pandas' reader would type it: int, float, or the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _records(records: list) -> Table:
+    columns: dict[str, None] = {}
+    for record in records:
+        columns.update(dict.fromkeys(record))
+    names = list(columns)
+    return Table(names, [[record.get(name) for name in names] for record in records])
+
+
+def _tensor(value: Any) -> Optional[Table]:
+    """`instances` / `inputs`: records, or named columns; None when unnamed (a plain tensor)."""
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        return _records(value)
+    if isinstance(value, dict) and value:
+        columns = list(value)
+        values = list(value.values())
+        if all(isinstance(v, list) for v in values) and len({len(v) for v in values}) == 1:
+            return Table(columns, [list(row) for row in zip(*values)])
+        return Table(columns, [values])
+    return None
+
+
+def parse_table(body: bytes, content_type: Optional[str]) -> tuple[Optional[Table], str]:
+    """(the request's rows by column, "") or (None, why not): the formats MLflow's /invocations takes."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "body is not UTF-8"
+    if media == "text/csv":
+        rows = list(csv.reader(io.StringIO(text)))
+        if not rows:
+            return None, "empty CSV"
+        return Table(rows[0], [[_number(cell) for cell in row] for row in rows[1:]]), ""
+    if media != "application/json":
+        return None, f"unsupported content type {media or 'none'}"
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None, "body is not JSON"
+    if not isinstance(document, dict):
+        return None, "JSON body is not an object"
+    if _SPLIT in document and isinstance(document[_SPLIT], dict):
+        split = document[_SPLIT]
+        data = split.get("data")
+        if isinstance(split.get("columns"), list) and isinstance(data, list):
+            return Table([str(c) for c in split["columns"]], [row if isinstance(row, list) else [row] for row in data]), ""
+        return None, "dataframe_split without columns"
+    if _RECORDS in document and isinstance(document[_RECORDS], list) and all(
+            isinstance(r, dict) for r in document[_RECORDS]):
+        return _records(document[_RECORDS]), ""
+    for key in (_INSTANCES, _INPUTS):
+        if key in document:
+            table = _tensor(document[key])
+            return (table, "") if table is not None else (None, f"{key} without column names")
+    return None, "no dataframe_split, dataframe_records, instances or inputs"
+
+
+def _unnamed(body: bytes, content_type: Optional[str]) -> Optional[Table]:
+    """An unnamed tensor as positional columns "0", "1", …: logged only when nothing is redacted."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    value = document.get(_INSTANCES, document.get(_INPUTS)) if isinstance(document, dict) else None
+    if not isinstance(value, list) or not value:
+        return None
+    rows = [row if isinstance(row, list) else [row] for row in value]
+    return Table([str(i) for i in range(max(len(row) for row in rows))], rows)
+
+
+def redact(table: Table, redaction: Redaction) -> tuple[Table, list[str]]:
+    """The table without dropped columns and with hashed ones replaced; the redacted text values (to
+    check that nothing else in the entry quotes them)."""
+    keep = [i for i, name in enumerate(table.columns) if name not in redaction.drop]
+    hashed = {i for i in keep if table.columns[i] in redaction.hash}
+    secrets = [str(row[i]) for row in table.data for i, name in enumerate(table.columns)
+               if i < len(row) and (name in redaction.drop or name in redaction.hash)]
+    data = [[redaction.digest(row[i]) if i in hashed else row[i] for i in keep if i < len(row)] for row in table.data]
+    return Table([table.columns[i] for i in keep], data), secrets
+
+
+def _outputs(status: int, response: bytes) -> tuple[Any, Optional[str]]:
+    """(predictions, None) for an answer; (None, MLflow's error code) for an error."""
+    try:
+        document = json.loads(response)
+    except ValueError:
+        document = None
+    if status >= 400:
+        code = document.get("error_code") if isinstance(document, dict) else None
+        return None, str(code) if code else f"HTTP {status}"
+    if isinstance(document, dict) and "predictions" in document:
+        return document["predictions"], None
+    return document, None
+
+
+def entry_line(exchange: Exchange, served: Served, redaction: Redaction) -> str:
+    """The JSON line for one exchange, redacted."""
+    table, withheld = parse_table(exchange.body, exchange.content_type)
+    secrets: list[str] = []
+    if table is not None:
+        table, secrets = redact(table, redaction)
+    elif not redaction.active:
+        table = _unnamed(exchange.body, exchange.content_type)
+        withheld = "" if table is not None else withheld
+    outputs, error = _outputs(exchange.status, exchange.response)
+    quoted = [s for s in secrets if len(s) >= MIN_SEARCHED_CHARS]
+    if quoted and outputs is not None:
+        text = json.dumps(outputs, default=str)
+        if any(json.dumps(s)[1:-1] in text for s in quoted):
+            outputs, withheld = None, "outputs quote a redacted value"
+    payload = {"model": served.model, "version": served.version, "alias": served.alias, "track": served.track,
+               "requestId": exchange.request_id, "status": exchange.status,
+               "latencyMs": round(exchange.latency_ms, 3),
+               "inputs": None if table is None else {"columns": table.columns, "data": table.data},
+               "outputs": outputs}
+    if withheld:
+        payload["withheld"] = withheld
+    if error:
+        payload["error"] = error
+    line = _line(served, payload)
+    if len(line) > MAX_LINE_BYTES:
+        payload.update(inputs=None, outputs=None, withheld=f"entry over {MAX_LINE_BYTES} bytes")
+        line = _line(served, payload)
+    return line
+
+
+def _line(served: Served, payload: dict) -> str:
+    entry = {"message": PAYLOAD_LOG_MESSAGE, "severity": "ERROR" if payload["status"] >= 500 else "INFO",
+             LABELS_KEY: {"mlflow_model": served.model, "mlflow_version": served.version,
+                          "mlflow_track": served.track},
+             "payload": payload}
+    return json.dumps(entry, separators=(",", ":"), default=str) + "\n"
+
+
+# --- reading entries back (the drift job, the tests) --------------------------------------------------
+@dataclass(frozen=True)
+class PayloadEntry:
+    model: str
+    version: str
+    alias: str
+    track: str
+    request_id: str
+    status: int
+    latency_ms: float
+    columns: Optional[list[str]]
+    data: Optional[list[list]]
+    outputs: Any
+    error: Optional[str] = None
+    withheld: Optional[str] = None
+
+
+def read_entries(lines: Iterable[str]) -> list[PayloadEntry]:
+    """The payload entries among `lines` (JSON lines: the pods' stdout, or jsonPayload rows); others skipped."""
+    entries = []
+    for line in lines:
+        try:
+            document = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(document, dict) or document.get("message") != PAYLOAD_LOG_MESSAGE:
+            continue
+        payload = document["payload"]
+        inputs = payload.get("inputs") or {}
+        entries.append(PayloadEntry(
+            model=payload["model"], version=str(payload["version"]), alias=payload["alias"], track=payload["track"],
+            request_id=payload["requestId"], status=int(payload["status"]), latency_ms=float(payload["latencyMs"]),
+            columns=inputs.get("columns"), data=inputs.get("data"), outputs=payload.get("outputs"),
+            error=payload.get("error"), withheld=payload.get("withheld")))
+    return entries
+
+
+# --- writing ------------------------------------------------------------------------------------------
+class LineWriter:
+    """Whole lines to one file descriptor, under an advisory lock shared by the pod's worker processes:
+    pipe writes above PIPE_BUF (4 KiB) may otherwise interleave with another worker's."""
+
+    def __init__(self, fd: int, lock_path: Path):
+        self.fd = fd
+        self.lock_path = lock_path
+
+    def __call__(self, line: str) -> None:
+        data = memoryview(line.encode())
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            while data:
+                data = data[os.write(self.fd, data):]
+
+
+@dataclass
+class PayloadLog:
+    """Builds and writes the entries on a thread of its own, so the event loop only enqueues."""
+
+    served: Served
+    redaction: Redaction
+    write: Callable[[str], None]
+    dropped: Callable[[], None] = lambda: None
+    """Called for each entry lost to a full queue."""
+    queue: "queue.Queue[Exchange]" = field(default_factory=lambda: queue.Queue(QUEUE_ENTRIES))
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._run, name="payload-log", daemon=True).start()
+
+    def submit(self, exchange: Exchange) -> None:
+        try:
+            self.queue.put_nowait(exchange)
+        except queue.Full:
+            self.dropped()
+
+    def _run(self) -> None:
+        while True:
+            exchange = self.queue.get()
+            try:
+                self.write(entry_line(exchange, self.served, self.redaction))
+            except Exception:  # one bad entry must not stop the log
+                logger.exception("payload log entry %s not written", exchange.request_id)
+            finally:
+                self.queue.task_done()
+
+
+def _request_id(scope: dict) -> str:
+    for key, value in scope["headers"]:
+        if key.lower() == _REQUEST_ID_HEADER:
+            return value.decode("latin-1")[:64]
+    return uuid.uuid4().hex
+
+
+class PayloadLogApp:
+    """ASGI: a sample (`rate`) of POST /invocations captured (body in, status and body out) and handed to
+    `log`; everything else passes through untouched. The answer is the wrapped app's own, so with
+    batching each request's entry holds its own slice of the merged predict."""
+
+    def __init__(self, app, log: PayloadLog, rate: float, sample: Callable[[], float] = random.random):
+        self.app = app
+        self.log = log
+        self.rate = rate
+        self.sample = sample
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] != "http" or scope["path"] != "/invocations" or scope["method"] != "POST"
+                or self.sample() >= self.rate):
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        chunks: list[bytes] = []
+        answer: list[bytes] = []
+        status = 500  # what the client gets if the app raises before answering
+
+        async def capture_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+            return message
+
+        async def capture_send(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                answer.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, capture_receive, capture_send)
+        finally:
+            content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-type"),
+                                None)
+            self.log.submit(Exchange(_request_id(scope), b"".join(chunks), content_type, status, b"".join(answer),
+                                     (time.perf_counter() - started) * 1000))
