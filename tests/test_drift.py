@@ -1,0 +1,162 @@
+"""The drift job's arithmetic and bookkeeping (mlflow_image/mlflow_drift) without MLflow: profiles, PSI,
+which columns are scored, what is recorded and printed (a fake registry client)."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, "mlflow_image")
+from mlflow_drift import reference  # noqa: E402
+from mlflow_drift.profile import OTHER, drift_scores, dumps, loads, profile_column, profile_columns, psi, quantile_edges  # noqa: E402
+from mlflow_drift.score import JobSettings, metric_key, run_job, served_columns  # noqa: E402
+from mlflow_drift.sources import window_query  # noqa: E402
+from mlflow_serving.payload_log import Redaction, Served, Table, _line, redact  # noqa: E402
+
+pytestmark = pytest.mark.unit
+RNG = random.Random(7)
+
+
+def training(n=3000, shift=0.0, colors="rgb"):
+    return {"x": [RNG.gauss(shift, 1) for _ in range(n)], "y": [RNG.uniform(0, 10) for _ in range(n)],
+            "color": [RNG.choice(colors) for _ in range(n)]}
+
+
+def test_numeric_bins_hold_a_tenth_of_the_training_data_each():
+    profile = profile_column([float(i) for i in range(1000)])
+    assert profile.kind == "numeric" and len(profile.edges) == 9
+    assert all(share == pytest.approx(0.1, abs=0.002) for share in profile.shares)
+    assert quantile_edges([3.0] * 50) == (3.0,)  # ties collapse: a constant column has two bins
+
+
+def test_categorical_values_unseen_in_training_land_in_the_other_bucket():
+    profile = profile_column(["a", "b", "a", True])
+    assert profile.kind == "categorical" and profile.categories[0] == "a"
+    assert profile.shares_of(["zzz"])[-1] == 1.0
+    assert profile.bin_of(True) == profile.categories.index("true")
+    assert OTHER not in profile.categories
+
+
+def test_psi_is_zero_for_the_same_shares_and_finite_for_an_empty_bin():
+    assert psi([0.5, 0.5], [0.5, 0.5]) == 0
+    assert 0 < psi([0.5, 0.5, 0.0], [0.4, 0.4, 0.2]) < 10
+    with pytest.raises(ValueError):
+        psi([0.5, 0.5], [1.0])
+
+
+def test_only_the_shifted_column_scores_above_the_conventional_threshold():
+    reference_profile = profile_columns(training())
+    same = drift_scores(reference_profile, training(800))
+    assert max(same.values()) < 0.1, same
+    shifted = drift_scores(reference_profile, training(800, shift=1.0))
+    assert [column for column, score in shifted.items() if score > 0.2] == ["x"], shifted
+    recolored = drift_scores(reference_profile, training(800, colors="rgbk"))
+    assert [column for column, score in recolored.items() if score > 0.2] == ["color"], recolored
+
+
+def test_a_stored_profile_reads_back_and_another_format_is_refused():
+    profiles = profile_columns(training(500))
+    assert loads(dumps(profiles)).keys() == profiles.keys()
+    with pytest.raises(ValueError, match="format"):
+        loads(json.dumps({"format": 99, "columns": {}}))
+
+
+SERVED = Served("fraud", "3", "champion", "champion")
+
+
+def entry(rows, columns=("x", "y", "color", "ssn"), status=200, redaction=Redaction(drop=frozenset({"ssn"}))):
+    table, _ = redact(Table(list(columns), [list(row) for row in rows]), redaction)
+    return _line(SERVED, {"model": "fraud", "version": "3", "alias": "champion", "track": "champion",
+                          "requestId": "r", "status": status, "latencyMs": 1.0,
+                          "inputs": {"columns": table.columns, "data": table.data}, "outputs": [0]})
+
+
+def test_redacted_and_refused_requests_are_not_read():
+    hashed = Redaction(drop=frozenset({"ssn"}), hash=frozenset({"color"}), key=b"k")
+    lines = [entry([(1.0, 2.0, "r", "123-45")], redaction=hashed), entry([(9.0, 9.0, "g", "1")], status=400),
+             "not json", json.dumps({"message": "other"})]
+    columns = served_columns(lines, frozenset({"ssn", "color"}))
+    assert columns == {("fraud", "3"): {"x": [1.0], "y": [2.0]}}
+
+
+class FakeClient:
+    """The registry and tracking calls the job makes, in memory."""
+
+    def __init__(self, tags=None):
+        self.tags = dict(tags or {})
+        self.runs: dict[str, dict] = {}
+
+    def get_model_version(self, model, version):
+        return SimpleNamespace(tags=self.tags, run_id=None)
+
+    def set_model_version_tag(self, model, version, key, value):
+        self.tags[key] = value
+
+    def get_experiment_by_name(self, name):
+        return None
+
+    def create_experiment(self, name):
+        return "1"
+
+    def create_run(self, experiment_id, run_name, tags):
+        run_id = f"run{len(self.runs)}"
+        self.runs[run_id] = {"params": {}, "metrics": {}, "tags": dict(tags), "name": run_name}
+        return SimpleNamespace(info=SimpleNamespace(run_id=run_id))
+
+    def log_param(self, run_id, key, value):
+        self.runs[run_id]["params"][key] = value
+
+    def log_metric(self, run_id, key, value):
+        self.runs[run_id]["metrics"][key] = value
+
+    def set_tag(self, run_id, key, value):
+        self.runs[run_id]["tags"][key] = value
+
+    def set_terminated(self, run_id):
+        self.runs[run_id]["ended"] = True
+
+
+def traffic(n, shift=0.0):
+    data = training(n, shift=shift)
+    return [entry([(data["x"][i], data["y"][i], data["color"][i], "secret")]) for i in range(n)]
+
+
+SETTINGS = JobSettings(window_hours=24, threshold=0.2, min_rows=100, redacted=frozenset({"ssn"}))
+
+
+def test_the_job_records_a_run_and_prints_a_score_line_per_column():
+    client = FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))})
+    out = io.StringIO()
+    [result] = run_job(client, traffic(600, shift=1.5), SETTINGS, out)
+    assert result.over(0.2) == ["x"]
+    [run] = client.runs.values()
+    assert run["params"]["version"] == "3" and run["params"]["window_hours"] == 24
+    assert set(run["metrics"]) == {"psi.x", "psi.y", "psi.color", "psi.max"}
+    assert run["tags"]["drift.over_threshold"] == "x"
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert {line["column"]: line["severity"] for line in lines} == {"x": "WARNING", "y": "INFO", "color": "INFO"}
+
+
+def test_too_few_rows_or_no_reference_scores_nothing_and_says_why():
+    out = io.StringIO()
+    [few] = run_job(FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))}), traffic(5), SETTINGS, out)
+    assert few.skipped and "fewer than 100" in few.skipped
+    [unknown] = run_job(FakeClient(), traffic(200), SETTINGS, out)
+    assert "make drift-reference MODEL=fraud VERSION=3" in unknown.skipped
+
+
+def test_metric_names_are_ones_mlflow_accepts():
+    assert metric_key("petal width (cm)") == "psi.petal width _cm_"
+
+
+def test_the_bigquery_window_is_a_parameterised_query_on_the_sinks_table():
+    request = window_query("proj.mlflow_payloads_dev", 24)
+    assert "`proj.mlflow_payloads_dev.stdout`" in request["query"] and "@hours" in request["query"]
+    assert request["useLegacySql"] is False
+    assert {p["name"]: p["parameterValue"]["value"] for p in request["queryParameters"]} == {
+        "hours": "24", "message": "mlflow.serving.payload"}
