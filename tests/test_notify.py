@@ -3,7 +3,6 @@ registry events turned into notification lines, and the receiver refusing what i
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import threading
@@ -63,12 +62,10 @@ def test_registry_events_become_notifications():
 
 
 @pytest.fixture
-def receiver(monkeypatch):
-    out = io.StringIO()
-    monkeypatch.setattr(sys, "stdout", out)
+def receiver():
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler(SECRET))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", out
+    yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
 
 
@@ -80,12 +77,12 @@ def post(url: str, body: bytes, headers: dict) -> int:
         return err.code
 
 
-def test_the_receiver_notifies_only_for_signed_deliveries(receiver):
-    url, out = receiver
+def test_the_receiver_notifies_only_for_signed_deliveries(receiver, capsys):
+    url = receiver
     body = json.dumps({"entity": "model_version", "action": "created",
                        "data": {"name": "fraud", "version": "5"}}).encode()
     assert post(url, body, delivery(body, secret="forged")) == 401
     assert post(url, body, delivery(body)) == 200
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line.get("kind") for line in lines] == [None, VERSION_REGISTERED]
     assert lines[0]["severity"] == "WARNING"
