@@ -17,7 +17,9 @@ from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels, gcp_name
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
 from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, PackageSourceArgs
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, AppSecrets, AppSecretsArgs
+from infra.secrets import (
+    ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET, AppSecrets, AppSecretsArgs,
+)
 from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
@@ -235,6 +237,7 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         auth_database=data.database.auth_database,
         admin_password=foundation.app_secrets.refs[ADMIN_PASSWORD],
         flask_secret_key=foundation.app_secrets.refs[FLASK_SECRET_KEY],
+        webhook_encryption_key=foundation.app_secrets.refs[WEBHOOK_ENCRYPTION_KEY],
         project_number=foundation.app_secrets.project_number,
         settings=settings.tracking,
         ingress_host=settings.edge.ingress_host,

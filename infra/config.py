@@ -48,7 +48,7 @@ FLAT_KEYS = {
     "authCacheTtlSeconds": "tracking.authCacheTtlSeconds",
     **{key: f"edge.{key}" for key in (
         "ingressHost", "cloudArmor", "armorRequestsPerMinute", "iap", "iapOauthClientId", "iapMembers")},
-    "alertsEnabled": "monitoring.alertsEnabled", "alertEmail": "monitoring.alertEmail",
+    "alertsEnabled": "monitoring.alertsEnabled", "alertEmail": "monitoring.notify.emails",
     "alertServingP99Ms": "monitoring.servingP99Ms", "alertServingErrorPercent": "monitoring.servingErrorPercent",
     "alertDbStoragePercent": "monitoring.dbStoragePercent",
     **{key: f"serving.{key}" for key in ("modelName", "modelAlias", "rolloutToken", "privatePythonRepository")},

@@ -27,6 +27,14 @@ class BucketGrant:
 
 
 @dataclass(frozen=True)
+class DatasetGrant:
+    dataset: pulumi.Input[str]
+    """BigQuery dataset id (in the identity's project)."""
+    role: str
+    """Role granted on that dataset only."""
+
+
+@dataclass(frozen=True)
 class WorkloadIdentityArgs:
     project: pulumi.Input[str]
     """GCP project of the service account."""
@@ -46,6 +54,8 @@ class WorkloadIdentityArgs:
     """Project-level roles, only for roles GCP offers no narrower resource for."""
     bucket_grants: tuple[BucketGrant, ...] = field(default_factory=tuple)
     """Roles granted on individual buckets."""
+    dataset_grants: tuple[DatasetGrant, ...] = field(default_factory=tuple)
+    """Roles granted on individual BigQuery datasets."""
 
     def __post_init__(self) -> None:
         if not 6 <= len(self.account_id) <= 30:
@@ -85,6 +95,13 @@ class WorkloadIdentity(pulumi.ComponentResource):
                 f"{name}-bucket-{index}", bucket=grant.bucket, role=grant.role, member=member, opts=child,
             )
             for index, grant in enumerate(args.bucket_grants)
+        ]
+        grants += [
+            gcp.bigquery.DatasetIamMember(
+                f"{name}-dataset-{index}", project=args.project, dataset_id=grant.dataset, role=grant.role,
+                member=member, opts=child,
+            )
+            for index, grant in enumerate(args.dataset_grants)
         ]
         grants.append(gcp.serviceaccount.IAMMember(
             f"{name}-wi-binding",

@@ -17,6 +17,31 @@ from infra.naming import child_options
 from infra.settings import MonitoringSettings
 
 DASHBOARD_TEMPLATE = Path(__file__).resolve().parent / "dashboard.json"
+# The log lines the pods print for notifications and drift scores (mlflow_image/mlflow_notify, mlflow_drift).
+NOTIFY_MESSAGE = "mlflow.notify"
+DRIFT_SCORE_MESSAGE = "mlflow.drift.score"
+# A log-match policy must limit its notifications (notificationRateLimit, required for LogMatch conditions:
+# Monitoring API, AlertStrategy); five minutes is the shortest period log-based alerting accepts. Events of
+# one policy closer together than that reach people as one notification; the console lists each incident.
+NOTIFY_RATE_LIMIT = "300s"
+NOTIFY_AUTO_CLOSE = "1800s"
+# Bucket bounds of the PSI distribution: the conventional 0.1 and 0.2 and the stack's threshold, so a score
+# in the bucket above the threshold never reads, interpolated, as one below it.
+PSI_BOUNDS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def notify_filter() -> str:
+    """Every notification line, from any pod or from `make promote` (which writes to the project's log)."""
+    return f'jsonPayload.message="{NOTIFY_MESSAGE}"'
+
+
+def drift_score_filter(namespace: str) -> str:
+    return (f'resource.type="k8s_container" AND resource.labels.namespace_name="{namespace}" AND '
+            f'jsonPayload.message="{DRIFT_SCORE_MESSAGE}"')
+
+
+def psi_bounds(threshold: float) -> list[float]:
+    return sorted(set(PSI_BOUNDS) | {threshold})
 
 
 def render_dashboard(*, environment: str, tracking_namespace: str, serving_namespace: str, bucket: str,
@@ -81,10 +106,15 @@ class MonitoringArgs:
     """User labels of alert policies and channels."""
     settings: MonitoringSettings
     """Whether alerts notify, whom, and their thresholds."""
+    metric_prefix: str = "mlflow"
+    """Prefix of the log-based metric's name (the stack's name prefix)."""
+    drift: bool = False
+    """Whether the drift job runs (serving with its payload log): its metric and alert policy."""
 
 
 class Monitoring(pulumi.ComponentResource):
-    """One dashboard and four alert policies, optionally mailing one address."""
+    """One dashboard, the alert policies (workloads, database, notifications, drift) and an e-mail channel per
+    address of `monitoring.notify.emails`, on every policy."""
 
     dashboard_id: pulumi.Output[str]
 
@@ -100,12 +130,11 @@ class Monitoring(pulumi.ComponentResource):
                 serving_min_replicas=args.serving_min_replicas, serving_max_replicas=args.serving_max_replicas)),
             opts=child,
         )
-        channels = []
-        if args.settings.alert_email:
-            channel = gcp.monitoring.NotificationChannel(
-                f"{name}-email", project=args.project, type="email", display_name=f"MLflow {args.environment} on-call",
-                labels={"email_address": args.settings.alert_email}, user_labels=args.labels, opts=child)
-            channels.append(channel.id)
+        channels = [gcp.monitoring.NotificationChannel(
+            f"{name}-email-{index}", project=args.project, type="email",
+            display_name=f"MLflow {args.environment}: {address}", labels={"email_address": address},
+            user_labels=args.labels, opts=child).id
+            for index, address in enumerate(args.settings.notify.emails)]
         alert = functools.partial(self._alert, name, args, channels, child)
         for key, title, query, duration, runbook in promql_alerts(args):
             alert(key, title, "ERROR" if args.environment == "prod" else "WARNING",
@@ -128,11 +157,66 @@ class Monitoring(pulumi.ComponentResource):
                   )),
               "Storage grows automatically, but check what fills it (runs? logged metrics?) and the "
               "growth rate; see README, Operating it.")
+        alert("notifications", "platform event", "WARNING",
+              gcp.monitoring.AlertPolicyConditionArgs(
+                  display_name="a notification line",
+                  condition_matched_log=gcp.monitoring.AlertPolicyConditionConditionMatchedLogArgs(
+                      filter=notify_filter(),
+                      label_extractors={key: f"EXTRACT(jsonPayload.{key})" for key in ("kind", "text", "model")})),
+              "A platform event: a version registered, an alias moved, a promotion refused or rolled back. "
+              "The labels say which (`kind`, `text`); see README, Notifications.",
+              gcp.monitoring.AlertPolicyAlertStrategyArgs(
+                  notification_rate_limit=gcp.monitoring.AlertPolicyAlertStrategyNotificationRateLimitArgs(
+                      period=NOTIFY_RATE_LIMIT),
+                  auto_close=NOTIFY_AUTO_CLOSE))
+        if args.drift:
+            self._drift(name, args, alert, child)
         self.dashboard_id = dashboard.id
         self.register_outputs({"dashboard_id": self.dashboard_id})
 
+    @staticmethod
+    def _drift(name: str, args: MonitoringArgs, alert: Any, child: pulumi.ResourceOptions) -> None:
+        """The drift job's scores as a log-based metric (one distribution per model, version and column) and
+        the policy that fires when one crosses `monitoring.drift.psiThreshold`. A log-based metric needs no
+        role for the job: it only prints its scores."""
+        threshold = args.settings.drift.psi_threshold
+        metric = gcp.logging.Metric(
+            f"{name}-drift-psi",
+            project=args.project,
+            name=f"{args.metric_prefix}-drift-psi",
+            description="PSI of each served column against the model version's training profile (the drift job).",
+            filter=drift_score_filter(args.tracking_namespace),
+            value_extractor="EXTRACT(jsonPayload.psi)",
+            label_extractors={key: f"EXTRACT(jsonPayload.{key})" for key in ("model", "version", "column")},
+            metric_descriptor=gcp.logging.MetricMetricDescriptorArgs(
+                metric_kind="DELTA", value_type="DISTRIBUTION", unit="1",
+                labels=[gcp.logging.MetricMetricDescriptorLabelArgs(key=key, value_type="STRING")
+                        for key in ("model", "version", "column")]),
+            bucket_options=gcp.logging.MetricBucketOptionsArgs(
+                explicit_buckets=gcp.logging.MetricBucketOptionsExplicitBucketsArgs(bounds=psi_bounds(threshold))),
+            opts=child)
+        alert("drift", f"served data drifted (PSI above {threshold:g})", "WARNING",
+              gcp.monitoring.AlertPolicyConditionArgs(
+                  display_name="a column's PSI above the threshold",
+                  condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                      filter=metric.name.apply(lambda metric_name: (
+                          f'resource.type = "k8s_container" AND '
+                          f'metric.type = "logging.googleapis.com/user/{metric_name}"')),
+                      comparison="COMPARISON_GT",
+                      threshold_value=threshold,
+                      duration="0s",
+                      aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                          alignment_period="3600s", per_series_aligner="ALIGN_PERCENTILE_99",
+                          group_by_fields=["metric.label.model", "metric.label.version", "metric.label.column"],
+                          cross_series_reducer="REDUCE_MAX")],
+                  )),
+              "A column served to a model version no longer looks like its training data. The drift job's runs "
+              "in the MLflow experiment `platform-monitoring` show which column and since when; retrain on recent "
+              "data, or fix the client sending it. See README, Drift.")
+
     def _alert(self, name: str, args: MonitoringArgs, channels: list, child: pulumi.ResourceOptions, key: str,
-               title: str, severity: str, condition: gcp.monitoring.AlertPolicyConditionArgs, runbook: str) -> None:
+               title: str, severity: str, condition: gcp.monitoring.AlertPolicyConditionArgs, runbook: str,
+               strategy: Optional[gcp.monitoring.AlertPolicyAlertStrategyArgs] = None) -> None:
         gcp.monitoring.AlertPolicy(
             f"{name}-{key}",
             project=args.project,
@@ -143,6 +227,7 @@ class Monitoring(pulumi.ComponentResource):
             conditions=[condition],
             documentation=gcp.monitoring.AlertPolicyDocumentationArgs(content=runbook, mime_type="text/markdown"),
             notification_channels=channels,
+            alert_strategy=strategy,
             user_labels=args.labels,
             opts=child,
         )

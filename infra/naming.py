@@ -26,7 +26,7 @@ def gcp_name(prefix: str, *parts: str) -> str:
 
 
 # Workloads with their own GCP service account: the role part of its id.
-SERVICE_ACCOUNT_ROLES = ("tracking", "dbadmin", "serving")
+SERVICE_ACCOUNT_ROLES = ("tracking", "dbadmin", "serving", "drift")
 
 
 def service_account_id(prefix: str, role: str, environment: str) -> str:

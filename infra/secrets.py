@@ -21,8 +21,21 @@ ACCESSOR = "roles/secretmanager.secretAccessor"
 ADMIN_PASSWORD = "admin-password"
 FLASK_SECRET_KEY = "flask-secret-key"
 SERVING_PASSWORD = "serving-password"
+# MLflow's registry webhooks: the HMAC secret the receiver checks deliveries with (mlflow_notify), and the
+# key tracking encrypts stored webhook secrets with (MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY: without one, each
+# server process makes its own, and a webhook stored by one cannot be read by another).
+WEBHOOK_SECRET = "webhook-secret"
+WEBHOOK_ENCRYPTION_KEY = "webhook-encryption-key"
 # Logical name (also the file name in the pods) -> length of its generated value.
-SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32}
+SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32, WEBHOOK_SECRET: 64,
+                  WEBHOOK_ENCRYPTION_KEY: 43}
+# Fernet keys are 32 bytes in URL-safe base64: 43 letters and digits (256 bits) and one "=" of padding.
+FERNET_KEYS = frozenset({WEBHOOK_ENCRYPTION_KEY})
+
+
+def secret_value(name: str, generated: pulumi.Input[str]) -> pulumi.Input[str]:
+    """The first value of a secret from its generated characters, in the form its reader needs."""
+    return pulumi.Output.from_input(generated).apply(lambda text: text + "=") if name in FERNET_KEYS else generated
 # What a SecretProviderClass names: the newest version, so a rollout picks up a rotation.
 LATEST = "latest"
 
@@ -106,7 +119,7 @@ class AppSecrets(pulumi.ComponentResource):
             gcp.secretmanager.SecretVersion(
                 f"{name}-{logical}-initial",
                 secret=secret.id,
-                secret_data=value.result,
+                secret_data=secret_value(logical, value.result),
                 # `make rotate-secret` disables this version once a newer one serves; Pulumi keeps it so.
                 opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=["enabled"])),
             )

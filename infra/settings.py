@@ -461,9 +461,37 @@ class AccessSettings(Section):
 
 
 # --- observability ---------------------------------------------------------------------------------
+_CRON_FIELD = r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*"
+
+
+def _cron(value: str) -> str:
+    if not re.fullmatch(rf"{_CRON_FIELD}( {_CRON_FIELD}){{4}}", value):
+        raise ValueError("must be a five-field cron schedule of numbers, ranges, lists, steps and *, e.g. 0 * * * *")
+    return value
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.match(value):
+        raise ValueError("must be an e-mail address, e.g. oncall@example.com")
+    return value
+
+
+class DriftSettings(Section):
+    schedule: Annotated[str, AfterValidator(_cron)] = Field("0 * * * *", description="When the drift job runs (cron, in the cluster's time zone, UTC).")
+    window_hours: int = Field(24, ge=1, le=744, description="Hours of logged requests each run scores.")
+    psi_threshold: float = Field(0.2, gt=0, le=10, description="PSI above which a column has drifted: the drift alert fires (0.1: moderate, 0.2: significant, the usual conventions).")
+    min_rows: int = Field(100, ge=10, le=1_000_000, description="A version with fewer logged rows in the window is not scored (PSI of a few rows is noise).")
+
+
+class NotifySettings(Section):
+    emails: Annotated[tuple[Annotated[str, AfterValidator(_email)], ...], BeforeValidator(_json_list)] = Field(
+        (), description="Addresses notified of every alert, registry event, refused promotion, rollback and drift; one e-mail channel each.")
+
+
 class MonitoringSettings(Section):
     alerts_enabled: bool = Field(True, description="Alert policies evaluate and notify (dev may turn them off).")
-    alert_email: Annotated[Optional[str], _matching(_EMAIL, "must be an e-mail address, e.g. oncall@example.com")] = Field(None, description="E-mail address notified by every alert; empty: none.")
+    notify: NotifySettings = Field(NotifySettings(), description="Who is notified, and how.")
+    drift: DriftSettings = Field(DriftSettings(), description="The drift job (with serving and its payload log).")
     serving_p99_ms: int = Field(250, ge=10, le=60_000, description="Alert when serving p99 latency exceeds this, ms.")
     serving_error_percent: int = Field(5, ge=1, le=100, description="Alert when serving 5xx exceed this share, percent.")
     db_storage_percent: int = Field(85, ge=50, le=99, description="Alert when Cloud SQL storage exceeds this, percent.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -21,7 +21,7 @@ from infra.settings import AccessSettings
 from k8s.pods import container_security_context, resources, tmp_mount, tmp_volume
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.tracking import TrackingEndpoint
-from k8s.workload import run_once_job_spec
+from k8s.workload import cron_job_spec, run_once_job_spec
 
 KSA_NAME = "mlflow-access"
 ROLE_PREFIX = "team-"  # each team is the MLflow role ROLE_PREFIX + name (mlflow_access.ROLE_PREFIX)
@@ -65,12 +65,6 @@ def access_container(*, image: Any, tracking_url: Any, admin_username: str, team
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), secrets_mount()],
     }
-
-
-def cron_job_spec(job_spec: Mapping[str, Any]) -> dict:
-    """The same pod on SCHEDULE; one run at a time, a missed run is simply the next one."""
-    return {"schedule": SCHEDULE, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,
-            "successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 3, "jobTemplate": {"spec": dict(job_spec)}}
 
 
 @dataclass(frozen=True)
@@ -119,5 +113,5 @@ class TeamAccess(pulumi.ComponentResource):
         k8s.batch.v1.CronJob(
             f"{name}-schedule",
             metadata={"name": KSA_NAME, "namespace": tracking.namespace, "labels": labels},
-            spec=cron_job_spec(spec), opts=pulumi.ResourceOptions.merge(k8s_opts, after))
+            spec=cron_job_spec(SCHEDULE, spec), opts=pulumi.ResourceOptions.merge(k8s_opts, after))
         self.register_outputs({})

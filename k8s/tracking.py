@@ -14,7 +14,7 @@ from infra.cloud_rules import GOOGLE_LB_RANGES, MANAGED_COLLECTOR_NAMESPACES
 from infra.database import DATABASE_ADMIN_ROLE, iam_database_user
 from infra.identity import BucketGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import child_options, job_wait, k8s_labels
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SecretRef
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, WEBHOOK_ENCRYPTION_KEY, SecretRef
 from infra.settings import TrackingSettings
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE, workload_namespace
@@ -53,7 +53,12 @@ IAP_AUTH_FUNCTION = "mlflow_iap_auth:authenticate_request"
 GOOGLE_IAP_KEYS_URL = "https://www.gstatic.com/iap/verify/public_key"
 # Secret keys, referenced by the pods; their values are never in a manifest.
 # Env vars the tracking server reads from its Secret Manager files (mlflow_fileenv).
-FILE_ENV = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_SECRET_KEY}
+FILE_ENV = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_FLASK_SERVER_SECRET_KEY": FLASK_SECRET_KEY,
+            "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": WEBHOOK_ENCRYPTION_KEY}
+# MLflow delivers registry webhooks only over https to public addresses unless told otherwise
+# (mlflow/utils/validation.py, webhooks/ssrf.py in 3.17); the platform's receiver is a ClusterIP Service
+# over plain HTTP, its deliveries signed. Only admins may create webhooks, so no one else can aim one inward.
+WEBHOOK_ENV = {"MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https", "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true"}
 METRICS_PORT = 9102
 # How long the migration Job waits for its first database connection: IAM changes usually apply
 # within 2 minutes, sometimes 7 or more. The Job's activeDeadlineSeconds still bounds the whole Job.
@@ -155,6 +160,7 @@ def tracking_env(job_execution: bool, backend_uri: Any) -> list[dict]:
         {"name": "MLFLOW_AUTH_CONFIG_PATH", "value": f"{AUTH_CONFIG_DIR}/{AUTH_CONFIG_FILE}"},
         {"name": "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "value": "true" if job_execution else "false"},
         {"name": "MLFLOW_TRACKING_DIR", "value": "/tmp/mlruns"},
+        *({"name": name, "value": value} for name, value in WEBHOOK_ENV.items()),
     ]
 
 
@@ -340,6 +346,8 @@ class TrackingServerArgs:
     """Secret Manager secret of the admin password (mounted, read by the server at start)."""
     flask_secret_key: SecretRef
     """Secret Manager secret of the Flask secret key shared by all replicas."""
+    webhook_encryption_key: SecretRef
+    """Secret Manager secret of the key stored webhook secrets are encrypted with, shared by all replicas."""
     project_number: pulumi.Input[str]
     """Project number: the Workload Identity principal the Secret Manager add-on authenticates as."""
     settings: TrackingSettings
@@ -396,6 +404,8 @@ class TrackingEndpoint:
     """Secret Manager secret of the admin's password."""
     ready: pulumi.Resource
     """The Deployment: whatever needs a serving tracking waits for it."""
+    selector: dict
+    """Labels of the tracking pods (a NetworkPolicy admitting them names these)."""
 
     @property
     def client_url(self) -> pulumi.Output[str]:
@@ -423,7 +433,7 @@ class TrackingServer(pulumi.ComponentResource):
         identity, db_user = self._identity(name, args, ns_name, opts)
         grants = self._database_grants(name, args, ns_name, db_user, k8s_opts, opts)
         provider_class, secret_grants = secret_files(
-            f"{name}-tracking", (args.admin_password, args.flask_secret_key), SERVICE_NAME, ns_name, names.labels,
+            f"{name}-tracking", (args.admin_password, args.flask_secret_key, args.webhook_encryption_key), SERVICE_NAME, ns_name, names.labels,
             k8s_opts, readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
                                pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
             gcp_opts=child_options(self, opts))
@@ -462,10 +472,10 @@ class TrackingServer(pulumi.ComponentResource):
         )
         service = self._exposure(name, args, names, ns_name, deployment, k8s_opts)
         self._policies(name, args, names, ns_name, k8s_opts)
-        self._publish(args, ns_name, service, deployment)
+        self._publish(args, names, ns_name, service, deployment)
 
-    def _publish(self, args: TrackingServerArgs, ns_name: pulumi.Output[str], service: k8s.core.v1.Service,
-                 deployment: k8s.apps.v1.Deployment) -> None:
+    def _publish(self, args: TrackingServerArgs, names: WorkloadNames, ns_name: pulumi.Output[str],
+                 service: k8s.core.v1.Service, deployment: k8s.apps.v1.Deployment) -> None:
         self.namespace = ns_name
         self.service_name = service.metadata["name"]
         self.in_cluster_url = pulumi.Output.all(service.metadata["name"], ns_name).apply(
@@ -476,7 +486,8 @@ class TrackingServer(pulumi.ComponentResource):
             in_cluster_url=self.in_cluster_url,
             internal_url=(pulumi.Output.concat("http://", args.internal_lb_ip, f":{TRACKING_PORT}")
                           if args.internal_lb_ip is not None else None),
-            namespace=ns_name, admin_username=ADMIN_USERNAME, admin_password=args.admin_password, ready=deployment)
+            namespace=ns_name, admin_username=ADMIN_USERNAME, admin_password=args.admin_password, ready=deployment,
+            selector=names.selector)
         self.register_outputs({
             "namespace": self.namespace,
             "service_name": self.service_name,

@@ -5,7 +5,7 @@ wiring helper both components call the same way."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -80,6 +80,12 @@ def run_once_job_spec(labels: dict, deadline_seconds: int, service_account: Any,
     spec = {"backoffLimit": backoff_limit, "activeDeadlineSeconds": deadline_seconds,
             "template": {"metadata": {"labels": labels}, "spec": {**pod, "containers": containers, "volumes": volumes}}}
     return {**spec, "podFailurePolicy": pod_failure_policy} if pod_failure_policy is not None else spec
+
+
+def cron_job_spec(schedule: str, job_spec: Mapping[str, Any]) -> dict:
+    """A Job's pod on `schedule`; one run at a time, a missed run is simply the next one."""
+    return {"schedule": schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,
+            "successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 3, "jobTemplate": {"spec": dict(job_spec)}}
 
 
 def fail_job_on_exit(container: str, *exit_codes: int) -> dict:

@@ -1,0 +1,148 @@
+"""Notifications of registry events: the receiver of MLflow's webhooks and the Job that declares the webhook.
+
+The receiver (`python -m mlflow_notify serve`, in the serving image) answers only the tracking pods
+(NetworkPolicy) and believes only deliveries signed with the webhook secret; each event becomes a log line
+that the notifications alert policy (infra/monitoring.py) sends to the stack's channels. The register Job
+creates or updates the webhook as the admin on every change of its URL or image, so it is declared, not
+made by hand. Neither needs a GCP role: the receiver only reads its secret and writes to stdout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from infra.naming import child_options, job_wait, k8s_labels
+from infra.secrets import ADMIN_PASSWORD, WEBHOOK_SECRET, SecretRef
+from k8s.pods import container_security_context, http_probe, resources, tmp_mount, tmp_volume
+from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
+from k8s.tracking import TrackingEndpoint
+from k8s.workload import (
+    WorkloadNames, cluster_ip_service_spec, deployment_spec, in_cluster_url, ingress_policy_spec, run_once_job_spec,
+    tcp_ports, workload_pod,
+)
+
+COMPONENT = "notify"
+SERVICE_NAME = "mlflow-notify"
+REGISTER_KSA = "mlflow-notify-register"
+PORT = 8080
+MODULE = "mlflow_notify"  # in the serving image
+WEBHOOK_PATH = "/webhook"  # mlflow_notify.__main__.WEBHOOK_PATH
+RECEIVER_ENV = {"MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
+REGISTER_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
+DEADLINE_SECONDS = 300
+
+
+def webhook_url(namespace: str) -> str:
+    return in_cluster_url(SERVICE_NAME, namespace, PORT) + WEBHOOK_PATH
+
+
+def receiver_container(image: Any) -> dict:
+    command, args = with_file_env(["python"], ["-m", MODULE, "serve", "--port", str(PORT)], RECEIVER_ENV)
+    return {
+        "name": "receiver", "image": image, "command": command, "args": args,
+        "env": file_env(RECEIVER_ENV),
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "readinessProbe": http_probe("/live", "http", period=10),
+        "livenessProbe": http_probe("/live", "http", period=20),
+        "resources": resources("50m", "128Mi"),
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount(), secrets_mount()],
+    }
+
+
+def register_container(*, image: Any, tracking_url: Any, admin_username: str, url: Any) -> dict:
+    command, args = with_file_env(["python"], url.apply(lambda value: ["-m", MODULE, "register", "--url", value]),
+                                  REGISTER_ENV)
+    return {
+        "name": "register-webhook", "image": image, "command": command, "args": args,
+        "env": [{"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
+                {"name": "MLFLOW_TRACKING_USERNAME", "value": admin_username}, *file_env(REGISTER_ENV)],
+        "resources": resources("100m", "256Mi"),
+        "securityContext": container_security_context(),
+        "volumeMounts": [tmp_mount(), secrets_mount()],
+    }
+
+
+def register_job_name(url: str, image_version: str) -> str:
+    return f"mlflow-notify-register-{hashlib.sha256(f'{url}|{image_version}'.encode()).hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class NotificationsArgs:
+    provider: k8s.Provider
+    """Provider of the platform cluster (the receiver sits beside tracking, which delivers the webhooks)."""
+    tracking: TrackingEndpoint
+    image: pulumi.Input[str]
+    """The serving image (it holds mlflow_notify)."""
+    image_version: str
+    """Content hash of the image sources: a new image registers the webhook again."""
+    webhook_secret: SecretRef
+    project_number: pulumi.Input[str]
+    workload_pool: pulumi.Input[str]
+
+
+class Notifications(pulumi.ComponentResource):
+    """The webhook receiver (Deployment, Service, NetworkPolicy) and the Job that registers the webhook."""
+
+    def __init__(self, name: str, args: NotificationsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("mlflow:notify:Notifications", name, None, opts)
+        tracking = args.tracking
+        names = WorkloadNames(name, COMPONENT, SERVICE_NAME)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        gcp_opts = child_options(self, opts)
+        ksa = k8s.core.v1.ServiceAccount(
+            f"{name}-ksa", metadata=names.metadata(tracking.namespace), automount_service_account_token=False,
+            opts=k8s_opts)
+        provider_class, grants = secret_files(
+            f"{name}-receiver", (args.webhook_secret,), SERVICE_NAME, tracking.namespace, names.labels, k8s_opts,
+            readers=(principal(args.project_number, args.workload_pool, tracking.namespace, ksa.metadata["name"]),),
+            gcp_opts=gcp_opts)
+        pod = workload_pod(service_account=ksa.metadata["name"], grace_seconds=10,
+                           containers=[receiver_container(args.image)],
+                           volumes=[tmp_volume("16Mi"), secrets_volume(provider_class)])
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment", metadata=names.metadata(tracking.namespace), spec=deployment_spec(names, pod, {}, 1),
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=grants)))
+        service = k8s.core.v1.Service(
+            f"{name}-service", metadata=names.metadata(tracking.namespace),
+            spec=cluster_ip_service_spec(names.selector, PORT), opts=k8s_opts)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-policy", metadata=names.metadata(tracking.namespace),
+            spec=ingress_policy_spec(names.selector, [{"from": [{"podSelector": {"matchLabels": tracking.selector}}],
+                                                       "ports": tcp_ports(PORT)}]),
+            opts=k8s_opts)
+        url = tracking.namespace.apply(webhook_url)
+        self._register(name, args, url, [deployment, service], k8s_opts, gcp_opts)
+        self.register_outputs({})
+
+    @staticmethod
+    def _register(name: str, args: NotificationsArgs, url: pulumi.Output[str], after: list,
+                  k8s_opts: pulumi.ResourceOptions, gcp_opts: pulumi.ResourceOptions) -> None:
+        tracking = args.tracking
+        labels = k8s_labels(name, "notify-register")
+        ksa = k8s.core.v1.ServiceAccount(
+            f"{name}-register-ksa", metadata={"name": REGISTER_KSA, "namespace": tracking.namespace, "labels": labels},
+            automount_service_account_token=False, opts=k8s_opts)
+        provider_class, grants = secret_files(
+            f"{name}-register", (tracking.admin_password, args.webhook_secret), REGISTER_KSA, tracking.namespace,
+            labels, k8s_opts,
+            readers=(principal(args.project_number, args.workload_pool, tracking.namespace, ksa.metadata["name"]),),
+            gcp_opts=gcp_opts)
+        spec = run_once_job_spec(
+            labels, DEADLINE_SECONDS, ksa.metadata["name"],
+            containers=[register_container(image=args.image, tracking_url=tracking.in_cluster_url,
+                                           admin_username=tracking.admin_username, url=url)],
+            volumes=[tmp_volume("64Mi"), secrets_volume(provider_class)], backoff_limit=6)
+        k8s.batch.v1.Job(
+            f"{name}-register",
+            metadata={"name": url.apply(lambda value: register_job_name(value, args.image_version)),
+                      "namespace": tracking.namespace, "labels": labels},
+            spec=spec,
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+                depends_on=[tracking.ready, *after, *grants], delete_before_replace=True,
+                custom_timeouts=job_wait(DEADLINE_SECONDS))))
