@@ -24,6 +24,7 @@ from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
+from k8s.notify import Notifications, NotificationsArgs
 from k8s.serving import SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
 
@@ -89,6 +90,7 @@ def build_platform(settings: Settings, opts: pulumi.ResourceOptions) -> dict[str
     data = build_data(settings, foundation)
     tracking = build_tracking(settings, foundation, clusters, data)
     build_observability(settings, foundation, data)
+    build_notifications(settings, foundation, clusters, tracking)
     serving = build_serving(settings, foundation, clusters, tracking) if settings.serving.model_name else None
     # With IAP, even without teams: the Job then deletes the roles of the last teams removed.
     if settings.edge.iap:
@@ -258,6 +260,16 @@ def build_access(settings: Settings, foundation: Foundation, clusters: Clusters,
         provider=clusters.platform.provider, tracking=tracking.endpoint, image=foundation.images.tracking_image,
         image_version=image_version(settings.tracking.image), project_number=foundation.app_secrets.project_number,
         workload_pool=clusters.platform.workload_pool, settings=settings.access), foundation.after_apis)
+
+
+def build_notifications(settings: Settings, foundation: Foundation, clusters: Clusters,
+                        tracking: TrackingServer) -> Notifications:
+    return Notifications("mlflow-notify", NotificationsArgs(
+        provider=clusters.platform.provider, tracking=tracking.endpoint, image=foundation.images.serving_image,
+        image_version=image_version(settings.serving.image),
+        webhook_secret=foundation.app_secrets.refs[WEBHOOK_SECRET],
+        project_number=foundation.app_secrets.project_number,
+        workload_pool=clusters.platform.workload_pool), foundation.after_apis)
 
 
 def build_observability(settings: Settings, foundation: Foundation, data: Data) -> Monitoring:

@@ -33,9 +33,13 @@ SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32
 FERNET_KEYS = frozenset({WEBHOOK_ENCRYPTION_KEY})
 
 
+def formatted(name: str, generated: str) -> str:
+    """A secret's value from its generated characters, in the form its reader needs."""
+    return generated + "=" if name in FERNET_KEYS else generated
+
+
 def secret_value(name: str, generated: pulumi.Input[str]) -> pulumi.Input[str]:
-    """The first value of a secret from its generated characters, in the form its reader needs."""
-    return pulumi.Output.from_input(generated).apply(lambda text: text + "=") if name in FERNET_KEYS else generated
+    return pulumi.Output.from_input(generated).apply(lambda text: formatted(name, text))
 # What a SecretProviderClass names: the newest version, so a rollout picks up a rotation.
 LATEST = "latest"
 

@@ -18,7 +18,7 @@ import pulumi_kubernetes as k8s
 
 from infra.naming import child_options, job_wait, k8s_labels
 from infra.secrets import ADMIN_PASSWORD, WEBHOOK_SECRET, SecretRef
-from k8s.pods import container_security_context, http_probe, resources, tmp_mount, tmp_volume
+from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.tracking import TrackingEndpoint
 from k8s.workload import (
@@ -35,6 +35,9 @@ WEBHOOK_PATH = "/webhook"  # mlflow_notify.__main__.WEBHOOK_PATH
 RECEIVER_ENV = {"MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
 REGISTER_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
 DEADLINE_SECONDS = 300
+# Out of the Service before SIGTERM (MLflow retries a refused delivery); the grace period outlasts the drain.
+DRAIN_SECONDS = 5
+GRACE_SECONDS = 15
 
 
 def webhook_url(namespace: str) -> str:
@@ -47,8 +50,10 @@ def receiver_container(image: Any) -> dict:
         "name": "receiver", "image": image, "command": command, "args": args,
         "env": file_env(RECEIVER_ENV),
         "ports": [{"name": "http", "containerPort": PORT}],
+        "startupProbe": http_probe("/live", "http", period=2, failures=30),
         "readinessProbe": http_probe("/live", "http", period=10),
         "livenessProbe": http_probe("/live", "http", period=20),
+        "lifecycle": drain_on_stop(DRAIN_SECONDS),
         "resources": resources("50m", "128Mi"),
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), secrets_mount()],
@@ -102,7 +107,7 @@ class Notifications(pulumi.ComponentResource):
             f"{name}-receiver", (args.webhook_secret,), SERVICE_NAME, tracking.namespace, names.labels, k8s_opts,
             readers=(principal(args.project_number, args.workload_pool, tracking.namespace, ksa.metadata["name"]),),
             gcp_opts=gcp_opts)
-        pod = workload_pod(service_account=ksa.metadata["name"], grace_seconds=10,
+        pod = workload_pod(service_account=ksa.metadata["name"], grace_seconds=GRACE_SECONDS,
                            containers=[receiver_container(args.image)],
                            volumes=[tmp_volume("16Mi"), secrets_volume(provider_class)])
         deployment = k8s.apps.v1.Deployment(

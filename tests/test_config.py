@@ -324,7 +324,7 @@ def test_a_prefix_that_makes_the_bucket_name_too_long_is_refused_naming_the_pref
 def test_service_account_ids_carry_the_prefix_and_the_environment():
     settings = settings_from_values(with_paths(VALID, {"namePrefix": "team2"}))
     assert settings.service_account_ids == {"tracking": "team2-tracking-dev", "dbadmin": "team2-dbadmin-dev",
-                                            "serving": "team2-serving-dev"}
+                                            "serving": "team2-serving-dev", "drift": "team2-drift-dev"}
 
 
 @pytest.mark.parametrize("field, what_goes", [

@@ -117,7 +117,8 @@ def test_tracking_auth_config_is_the_clusters_with_the_local_database(offline):
     ini_path = offline.workdir / "pods" / "tracking" / "auth-config" / "basic_auth.ini"
     logging_config = offline.workdir / "pods" / "tracking" / "logging" / "logging.json"
     secrets = offline.workdir / "pods" / "tracking" / "app-secrets"
-    assert set(command.files) == {ini_path, logging_config, secrets / "admin-password", secrets / "flask-secret-key"}
+    assert set(command.files) == {ini_path, logging_config, secrets / "admin-password", secrets / "flask-secret-key",
+                                  secrets / "webhook-encryption-key"}
     assert command.files[secrets / "admin-password"] == (offline.admin_password, 0o600)
     assert command.files[secrets / "flask-secret-key"] == (offline.credentials.flask_secret_key, 0o600)
     text, mode = command.files[ini_path]

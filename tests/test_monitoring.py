@@ -122,7 +122,7 @@ def test_prod_alerts_are_on_and_mail_the_on_call(stack_runs):
     run = stack_runs["prod"]
     policies = alerts(run)
     assert set(policies) == {f"mlflow-monitoring-{k}" for k in ("serving-latency", "serving-errors",
-                                                                 "tracking-down", "db-storage")}
+                                                                 "tracking-down", "db-storage", "notifications")}
     channel = run.of_type("gcp:monitoring/notificationChannel:NotificationChannel")[0]
     assert channel.inputs["labels"] == {"email_address": "mlflow-oncall@example.com"}
     for name, policy in policies.items():
@@ -133,8 +133,25 @@ def test_prod_alerts_are_on_and_mail_the_on_call(stack_runs):
 
 def test_dev_alerts_are_declared_but_off(stack_runs):
     policies = alerts(stack_runs["dev"])
-    assert len(policies) == 4 and not any(p["enabled"] for p in policies.values())
+    assert len(policies) == 5 and not any(p["enabled"] for p in policies.values())
     assert stack_runs["dev"].of_type("gcp:monitoring/notificationChannel:NotificationChannel") == []
+
+
+def test_every_address_gets_a_channel_on_every_policy(run_stack_with):
+    run = run_stack_with("dev", {"monitoring.notify.emails": ["a@example.com", "b@example.com"]})
+    channels = run.of_type("gcp:monitoring/notificationChannel:NotificationChannel")
+    assert sorted(c.inputs["labels"]["email_address"] for c in channels) == ["a@example.com", "b@example.com"]
+    for name, policy in alerts(run).items():
+        assert sorted(policy["notificationChannels"]) == sorted(f"{c.name}-id" for c in channels), name
+
+
+def test_platform_events_notify_through_a_rate_limited_log_match(stack_runs):
+    policy = alerts(stack_runs["prod"])["mlflow-monitoring-notifications"]
+    condition = policy["conditions"][0]["conditionMatchedLog"]
+    assert condition["filter"] == 'jsonPayload.message="mlflow.notify"'
+    assert condition["labelExtractors"]["kind"] == "EXTRACT(jsonPayload.kind)"
+    # required for a log-match condition; five minutes is the shortest GCP accepts
+    assert policy["alertStrategy"]["notificationRateLimit"]["period"] == "300s"
 
 
 def test_thresholds_follow_config(run_stack_with):

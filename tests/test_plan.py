@@ -75,4 +75,5 @@ def test_plan_writes_the_rendered_files(capsys, plan_dir):
     assert code == 0 and "Wrote plan/dev/" in out
     assert (plan_dir / "dev" / "resources.yaml").exists()
     names = sorted(p.name.split("-", 1)[1] for p in (plan_dir / "dev" / "k8s").glob("*-deployment-*"))
-    assert names == ["deployment-mlflow-mlflow-tracking.yaml", "deployment-mlflow-serving-mlflow-serving.yaml"]
+    assert names == ["deployment-mlflow-mlflow-notify.yaml", "deployment-mlflow-mlflow-tracking.yaml",
+                     "deployment-mlflow-serving-mlflow-serving.yaml"]

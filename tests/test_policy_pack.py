@@ -80,6 +80,19 @@ def first(run: StackRun, type_token: str):
     return run.of_type(type_token)[0]
 
 
+def has_path(inputs: dict, path: str) -> bool:
+    """Whether `a.b.0.c` leads somewhere in `inputs` (the first resource a breakage applies to)."""
+    node: Any = inputs
+    for part in filter(None, path.split(".")):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
 def mutated(inputs: dict, path: str, value: Any) -> dict:
     """A copy of `inputs` with `a.b.0.c` set to value (deleted when value is DELETE)."""
     inputs = copy.deepcopy(inputs)
@@ -166,7 +179,7 @@ BREAKAGES = [
 @pytest.mark.parametrize("rule,stack,type_token,path,value,message", BREAKAGES,
                          ids=[f"{rule}:{stack}:{t.rsplit(':', 1)[1]}.{path}" for rule, stack, t, path, *_ in BREAKAGES])
 def test_each_rule_catches_its_problem(runs, rule, stack, type_token, path, value, message):
-    record = first(runs[stack], type_token)
+    record = next(r for r in runs[stack].of_type(type_token) if has_path(r.inputs, path.rpartition(".")[0]))
     assert RULES[rule](record.type, record.inputs) == []
     found = RULES[rule](record.type, mutated(record.inputs, path, value))
     assert any(message in violation for violation in found), found

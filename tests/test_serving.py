@@ -67,7 +67,8 @@ def serving_deployment(run):
 def test_serving_is_absent_without_a_model(run_stack_with):
     run = run_stack_with("dev", {"serving.modelName": ""})
     assert not [r for r in run.resources if r.type.startswith("mlflow:serving")]
-    assert len(run.of_type("kubernetes:apps/v1:Deployment")) == 1
+    assert {r.name for r in run.of_type("kubernetes:apps/v1:Deployment")} == {
+        "mlflow-deployment", "mlflow-notify-deployment"}
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])

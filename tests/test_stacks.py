@@ -130,8 +130,8 @@ def test_prod_plan_protects_exactly_its_stateful_resources(stack_runs):
     run = stack_runs["prod"]
     stateful = sorted(r.name for r in run.resources if r.type in STATEFUL_TYPES)
     # two clusters, the instance and its two databases, the bucket, the ring and two keys,
-    # three secrets and their first versions
-    assert len(stateful) == 15
+    # five secrets and their first versions
+    assert len(stateful) == 19
     assert protected_in_plan(run) == stateful
 
 
@@ -223,7 +223,7 @@ def test_every_kubernetes_object_has_the_recommended_labels(stack_runs, stack):
 def test_dev_plan_lists_the_workloads(stack_runs):
     run = stack_runs["dev"]
     names = {r.inputs["metadata"]["name"] for r in run.of_type("kubernetes:apps/v1:Deployment")}
-    assert names == {"mlflow-tracking", "mlflow-serving"}
+    assert names == {"mlflow-tracking", "mlflow-serving", "mlflow-notify"}
     for token, minimum in (("kubernetes:batch/v1:Job", 2), ("kubernetes:core/v1:Service", 2),
                            ("kubernetes:core/v1:ServiceAccount", 3),
                            ("kubernetes:secrets-store.csi.x-k8s.io/v1:SecretProviderClass", 3),

@@ -217,8 +217,12 @@ def test_server_env_and_args_follow_config(stack_runs, stack):
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/admin-password"
     assert "MLFLOW_FLASK_SERVER_SECRET_KEY" not in env and "MLFLOW_AUTH_ADMIN_PASSWORD" not in env
     assert app["command"] == ["python"]
-    assert app["args"][:6] == ["-m", "mlflow_fileenv", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
-                               "--", "mlflow"]
+    assert app["args"][:7] == ["-m", "mlflow_fileenv", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                               "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "--", "mlflow"]
+    # every replica decrypts the webhooks any of them stored, and delivers to the in-cluster receiver
+    assert env["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY_FILE"]["value"] == "/etc/mlflow-secrets/webhook-encryption-key"
+    assert env["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"]["value"] == "true"
+    assert "http" in env["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"]["value"].split(",")
     assert env["MLFLOW_AUTH_CONFIG_PATH"]["value"].endswith(AUTH_CONFIG_FILE)
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"]["value"] == "false"
     bucket = run.named("mlflow-artifacts-bucket").inputs["name"]

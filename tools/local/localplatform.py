@@ -34,7 +34,9 @@ from urllib.parse import quote
 import yaml
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
+from infra.secrets import (
+    ADMIN_PASSWORD, FLASK_SECRET_KEY, SECRET_LENGTHS, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET, formatted,
+)
 from k8s.secret_files import SPC_KIND
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME, postgres_uri
@@ -85,14 +87,18 @@ class Credentials:
     flask_secret_key: str
     serving_password: str
     postgres_superuser_password: str
+    webhook_secret: str
+    webhook_encryption_key: str
 
     @classmethod
     def generate(cls) -> "Credentials":
-        return cls(generate_password(), generate_password(64), generate_password(), generate_password())
+        return cls(generate_password(), generate_password(64), generate_password(), generate_password(),
+                   *(formatted(name, generate_password(SECRET_LENGTHS[name]))
+                     for name in (WEBHOOK_SECRET, WEBHOOK_ENCRYPTION_KEY)))
 
     def values(self) -> list[str]:
         return [self.admin_password, self.flask_secret_key, self.serving_password,
-                self.postgres_superuser_password]
+                self.postgres_superuser_password, self.webhook_secret, self.webhook_encryption_key]
 
 
 def provider_class_secrets(manifests: Manifests) -> dict[str, str]:
@@ -189,7 +195,9 @@ class LocalPlatform:
         shutil.rmtree(self.secret_manager.root, ignore_errors=True)
         initial = {ADMIN_PASSWORD: self.credentials.admin_password,
                    FLASK_SECRET_KEY: self.credentials.flask_secret_key,
-                   SERVING_PASSWORD: self.credentials.serving_password}
+                   SERVING_PASSWORD: self.credentials.serving_password,
+                   WEBHOOK_SECRET: self.credentials.webhook_secret,
+                   WEBHOOK_ENCRYPTION_KEY: self.credentials.webhook_encryption_key}
         for name, secret in self.secret_ids.items():
             self.secret_manager.add_version(secret, initial[name])
         refuse_secrets(m)
