@@ -173,6 +173,9 @@ BREAKAGES = [
     ("prod-deletion-protection", "prod", rules.SQL_TYPE, "deletionProtection", DELETE,
      "deletionProtection must be true"),
     ("prod-deletion-protection", "prod", rules.BUCKET_TYPE, "forceDestroy", True, "forceDestroy must be false"),
+    # a broken copy of the drift job's identity: its dataset role granted on the project
+    ("no-project-wide-data-roles", "dev", "gcp:projects/iAMMember:IAMMember", "role", "roles/bigquery.dataViewer",
+     "granted on the whole project"),
 ]
 
 
@@ -357,3 +360,13 @@ def test_a_prod_stack_without_iap_is_refused_for_authenticating_people_by_passwo
     # dev may keep basic auth: nothing in it is labelled env=prod
     assert rules.check_prod_people_identity(stack_resources(runs["dev"])) == []
     assert [f for _, f in rules.auth_functions(stack_resources(runs["dev"]))] == [rules.BASIC_AUTH_FUNCTION]
+
+
+def test_an_alert_policy_that_notifies_nobody_is_refused_where_channels_exist(runs):
+    resources = stack_resources(runs["prod"])
+    assert rules.check_alert_policies_notify(resources) == []
+    muted = [r._replace(props={**r.props, "notificationChannels": []}) if r.urn.endswith("mlflow-monitoring-notifications") else r for r in resources]
+    found = rules.check_alert_policies_notify(muted)
+    assert len(found) == 1 and "mlflow-monitoring-notifications" in found[0] and "names none" in found[0], found
+    # a stack with no channel (dev) has nothing to notify
+    assert rules.check_alert_policies_notify(stack_resources(runs["dev"])) == []

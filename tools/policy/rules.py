@@ -389,6 +389,36 @@ def check_prod_stateful_protected(resources: Iterable[StackResource]) -> list[st
             for r in resources if r.type in STATEFUL_TYPES and not r.protect]
 
 
+PROJECT_IAM_TYPES = frozenset({"gcp:projects/iAMMember:IAMMember", "gcp:projects/iAMBinding:IAMBinding"})
+# Roles that read or write data: granted on the dataset or bucket that holds it, never on the project, where
+# they would reach every dataset and bucket (the payload log's redacted requests among others' data).
+DATA_ROLE = re.compile(r"^roles/(bigquery\.(dataViewer|dataEditor|dataOwner|admin)|"
+                       r"storage\.(objectViewer|objectUser|objectCreator|objectAdmin|admin)|"
+                       r"logging\.(viewer|privateLogViewer|admin))$")
+
+
+def check_no_project_wide_data_roles(resource_type: str, props: dict) -> list[str]:
+    role = get(props, "role")
+    if resource_type in PROJECT_IAM_TYPES and isinstance(role, str) and DATA_ROLE.match(role):
+        return [f"{role} is granted on the whole project: grant it on the dataset or bucket the workload reads "
+                "(e.g. gcp.bigquery.DatasetIamMember)"]
+    return []
+
+
+ALERT_POLICY_TYPE = "gcp:monitoring/alertPolicy:AlertPolicy"
+CHANNEL_TYPE = "gcp:monitoring/notificationChannel:NotificationChannel"
+
+
+def check_alert_policies_notify(resources: Iterable[StackResource]) -> list[str]:
+    """In a stack that declares notification channels (`monitoring.notify`), no alert policy notifies nobody:
+    a policy without channels fires unseen."""
+    resources = list(resources)
+    if not any(r.type == CHANNEL_TYPE for r in resources):
+        return []
+    return [f"{r.urn}: the stack declares notification channels, yet this alert policy names none"
+            for r in resources if r.type == ALERT_POLICY_TYPE and not get(r.props, "notificationChannels")]
+
+
 CONFIG_MAP_TYPE = "kubernetes:core/v1:ConfigMap"
 # MLflow's auth config: its `authorization_function` is where a tracking server learns who a person is.
 AUTH_FUNCTION = re.compile(r"(?m)^\s*authorization_function\s*=\s*(\S+)")
@@ -464,6 +494,10 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
      "Resources labelled env=prod are protected against deletion: cluster and Cloud SQL deletion "
      "protection on, bucket forceDestroy off.",
      check_prod_deletion_protection),
+    ("no-project-wide-data-roles",
+     "Roles that read or write data (BigQuery data, Cloud Storage objects, private logs) are granted on the "
+     "dataset or bucket, never on the project: the drift job reads the payload dataset and nothing else.",
+     check_no_project_wide_data_roles),
 ]
 
 # (policy name, description, stack rule): registered after POLICIES.
@@ -477,4 +511,8 @@ STACK_POLICIES: list[tuple[str, str, Callable[[Iterable[StackResource]], list[st
      "In a stack labelled env=prod, the tracking server takes people's identity from an identity source "
      "(IAP's signed assertion), never from shared or hand-made basic-auth passwords.",
      check_prod_people_identity),
+    ("alert-policies-notify",
+     "In a stack that declares notification channels, every alert policy (serving, tracking, database, drift, "
+     "platform events) notifies at least one of them.",
+     check_alert_policies_notify),
 ]
