@@ -20,6 +20,7 @@ from k8s.serving import ROLLOUT_ANNOTATION, SERVICE_NAME, SERVING_USERNAME
 from tools.ops.interfaces import (
     PromotionTarget, RolloutError, RotationTarget, TargetError, Tracking,
 )
+from tools.ops.notify import cloud_logging_notify
 from tools.ops.rollout import DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, apps_api, load_api_client
 from tools.ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
 from tools.ops.stack import StackOutputError, StackOutputs
@@ -72,7 +73,7 @@ class GkeTarget:
                 f"it with `pulumi config set --path serving.rolloutToken <token above> -s {self.stack}` so the next "
                 "`pulumi up` keeps it")
         return PromotionTarget(Tracking(self.tracking_uri, username, password, SERVING_USERNAME), roller, verifier,
-                               (note,))
+                               cloud_logging_notify(lambda: outputs.get("project")), (note,))
 
     def rotation(self, timeout: Optional[float]) -> RotationTarget:
         try:

@@ -92,6 +92,8 @@ class PromotionTarget:
     tracking: Tracking
     roller: Roller
     verifier: Verifier
+    notify: Callable[[dict], None]
+    """Sends one notification line (tools/ops/notify.py): a refused promotion, a rollback."""
     notes: tuple[str, ...] = ()
     """Printed once promoted (the cluster: how to keep the new rollout token in the stack)."""
 

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD
 from tools.local.localplatform import LocalPlatform, provider_class_secrets, write_private_file
 from tools.local.manifests import Manifests, container
+from tools.local.notifications import RecordingSink
 from tools.local.processes import LocalPlatformError
 from tools.local.rollout import RolloutRequestError, request_rollout
 from tools.local.secretmanager import LocalSecretManager
@@ -140,7 +141,7 @@ class LocalTarget:
                             e["serving_username"])
         runner = AdminRunner(tracking.uri, tracking.username, tracking.password)
         return PromotionTarget(tracking, LocalSignalRoller(self.workdir, timeout or DEFAULT_TIMEOUT),
-                               local_verifier(runner, self.workdir, e["serving_url"]))
+                               local_verifier(runner, self.workdir, e["serving_url"]), RecordingSink(self.workdir).record)
 
     def rotation(self, timeout: Optional[float]) -> RotationTarget:
         store = LocalSecretManager(Path(self.endpoints["secret_manager_dir"]))

@@ -48,7 +48,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tools.ops import targets
-from tools.ops.interfaces import RehearsalFailed, Roller, RolloutError, TargetError, Verifier
+from tools.ops.interfaces import PromotionTarget, RehearsalFailed, Roller, RolloutError, TargetError, Verifier
+from tools.ops.notify import promotion_notice
 from tools.ops.runtime import AdminRunner
 from tools.venvs import VenvError
 
@@ -339,6 +340,14 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+def report(target: PromotionTarget, entry: dict) -> None:
+    """Notify people; a notification that cannot be sent is said, and changes no outcome."""
+    try:
+        target.notify(entry)
+    except (TargetError, OSError) as err:
+        print(f"promote: warning: the notification was not sent ({err})", file=sys.stderr, flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
@@ -355,11 +364,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               alias=args.alias, requirements=args.requirements, **checks)
     except (PromotionError, TargetError) as err:
         print(f"promote: error: {err}", file=sys.stderr, flush=True)
+        if isinstance(err, PromotionError):
+            report(target, promotion_notice(args.model, args.alias, args.version or "", reason=str(err),
+                                            rolled_back=isinstance(err, RolloutFailed)))
         return getattr(err, "exit_code", EXIT_ERROR)
     except MlflowException as err:
         print(f"promote: error: tracking answered {err.error_code}: {err.message}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     log(f"{outcome.model}@{outcome.alias} = version {outcome.version} (was {outcome.previous or 'unset'}), served")
+    if args.rollback:
+        report(target, promotion_notice(outcome.model, outcome.alias, outcome.version, rolled_back=True,
+                                        reason=f"from version {outcome.previous} by `make rollback`"))
     for note in target.notes:
         log(note)
     return 0
