@@ -1,5 +1,5 @@
-"""Application secrets in Secret Manager: the tracking admin password, the Flask secret key and the
-serving user's password. Pods mount them as files through GKE's Secret Manager add-on; each secret
+"""Application secrets in Secret Manager: the tracking admin password, the Flask secret key, the
+serving user's password and the key serving hashes redacted payload columns with. Pods mount them as files through GKE's Secret Manager add-on; each secret
 is readable only by the workload identities of the pods that mount it.
 
 The first version of each comes from a RandomPassword, so its value lives in Pulumi state (encrypted)
@@ -21,8 +21,10 @@ ACCESSOR = "roles/secretmanager.secretAccessor"
 ADMIN_PASSWORD = "admin-password"
 FLASK_SECRET_KEY = "flask-secret-key"
 SERVING_PASSWORD = "serving-password"
+# HMAC-SHA256 key of the payload log's hashed columns (mlflow_serving/payload_log.py): read by serving only.
+PAYLOAD_HASH_KEY = "payload-hash-key"
 # Logical name (also the file name in the pods) -> length of its generated value.
-SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32}
+SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32, PAYLOAD_HASH_KEY: 64}
 # What a SecretProviderClass names: the newest version, so a rollout picks up a rotation.
 LATEST = "latest"
 

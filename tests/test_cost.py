@@ -55,10 +55,10 @@ def test_load_balancers_are_priced_only_where_declared(stack_runs):
 def test_secret_manager_prices_every_secret_location_version_and_access(stack_runs, stack, accesses):
     item = line(stack_runs[stack], "Secret Manager")
     prices = load_prices()["secret_manager"]
-    expected = 3 * prices["versions_kept"] * prices["version_per_location_month"] + accesses / 10_000 * prices[
+    expected = 4 * prices["versions_kept"] * prices["version_per_location_month"] + accesses / 10_000 * prices[
         "access_per_10k"]
     assert (item.monthly_min, item.monthly_max) == (pytest.approx(expected), pytest.approx(expected))
-    assert item.detail.startswith("3 secret(s) in 3 replica(s) in all, × up to 5 versions"), item.detail
+    assert item.detail.startswith("4 secret(s) in 4 replica(s) in all, × up to 5 versions"), item.detail
 
 
 def test_unit_prices_follow_the_table():

@@ -34,7 +34,7 @@ from urllib.parse import quote
 import yaml
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SERVING_PASSWORD
 from k8s.secret_files import SPC_KIND
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME, postgres_uri
@@ -85,14 +85,16 @@ class Credentials:
     flask_secret_key: str
     serving_password: str
     postgres_superuser_password: str
+    payload_hash_key: str
 
     @classmethod
     def generate(cls) -> "Credentials":
-        return cls(generate_password(), generate_password(64), generate_password(), generate_password())
+        return cls(generate_password(), generate_password(64), generate_password(), generate_password(),
+                   generate_password(64))
 
     def values(self) -> list[str]:
         return [self.admin_password, self.flask_secret_key, self.serving_password,
-                self.postgres_superuser_password]
+                self.postgres_superuser_password, self.payload_hash_key]
 
 
 def provider_class_secrets(manifests: Manifests) -> dict[str, str]:
@@ -189,7 +191,8 @@ class LocalPlatform:
         shutil.rmtree(self.secret_manager.root, ignore_errors=True)
         initial = {ADMIN_PASSWORD: self.credentials.admin_password,
                    FLASK_SECRET_KEY: self.credentials.flask_secret_key,
-                   SERVING_PASSWORD: self.credentials.serving_password}
+                   SERVING_PASSWORD: self.credentials.serving_password,
+                   PAYLOAD_HASH_KEY: self.credentials.payload_hash_key}
         for name, secret in self.secret_ids.items():
             self.secret_manager.add_version(secret, initial[name])
         refuse_secrets(m)
