@@ -49,6 +49,7 @@ from tools.local.manifests import (
     served_model, service_addresses, sql_proxy_address, workload_containers,
 )
 from tools.local.postgres import LocalPostgres
+from tools.local.payloads import PAYLOADS_FILE, PayloadRecorder
 from tools.local.secretmanager import LocalSecretManager, parse_version_name
 from tools.local.processes import (
     LocalPlatformError, ManagedProcess, Redactor, free_port, http, http_ok, log_tail, run_to_completion,
@@ -210,6 +211,8 @@ class LocalPlatform:
         self.retired: list[ManagedProcess] = []
         self.logs_dir = self.workdir / "logs"
         self.secrets_dir = self.workdir / "secrets"
+        # The sink's stand-in: the serving pods' payload entries, as BigQuery would receive them.
+        self.payloads = PayloadRecorder(self.logs_dir / "serving.log", self.workdir / PAYLOADS_FILE)
         self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
                                       self.credentials.postgres_superuser_password, self.logs_dir / "postgres.log",
                                       self.redact)
@@ -341,6 +344,7 @@ class LocalPlatform:
         self.logs_dir.mkdir(exist_ok=True)
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
         self.write_password_files()
+        self.payloads.start()
 
         # Built (or found built) before any clock starts: a pod's start-up is not an image build.
         for image in sorted({spec["image"] for _, spec in workload_containers(self.manifests)}):
@@ -388,6 +392,7 @@ class LocalPlatform:
                     errors.append(err)
         if self.iap:
             self.iap.stop()
+        self.payloads.stop()
         try:
             self.postgres.stop()
         except Exception as err:
