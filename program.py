@@ -16,16 +16,19 @@ from infra.kms import EncryptionKeys, EncryptionKeysArgs
 from infra.monitoring import Monitoring, MonitoringArgs
 from infra.naming import gcp_labels, gcp_name
 from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, NetworkArgs
+from infra.payload_store import PayloadStore, PayloadStoreArgs, dataset_id
 from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, PackageSourceArgs
 from infra.secrets import (
-    ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET, AppSecrets, AppSecretsArgs,
+    ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET, AppSecrets,
+    AppSecretsArgs,
 )
 from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
+from k8s.drift import DriftJob, DriftJobArgs
 from k8s.notify import Notifications, NotificationsArgs
-from k8s.serving import SERVING_USERNAME, ModelServing, ModelServingArgs
+from k8s.serving import CONTAINER_NAME, SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
 
 # The platform component's name in the stack `__main__.py` declares.
@@ -65,6 +68,7 @@ class Data:
 class Serving:
     packages: PackageSource
     serving: ModelServing
+    payloads: PayloadStore
 
 
 class MlflowPlatform(pulumi.ComponentResource):
@@ -283,6 +287,8 @@ def build_observability(settings: Settings, foundation: Foundation, data: Data) 
         serving_max_replicas=settings.serving.max_replicas,
         labels=foundation.labels,
         settings=settings.monitoring,
+        metric_prefix=settings.name_prefix,
+        drift=bool(settings.serving.model_name) and settings.serving.payload_log.sample_rate > 0,
     ), foundation.after_apis)
 
 
@@ -302,12 +308,44 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
         setup_image=foundation.images.tracking_image,
         tracking=tracking.endpoint,
         serving_password=foundation.app_secrets.refs[SERVING_PASSWORD],
+        payload_hash_key=foundation.app_secrets.refs[PAYLOAD_HASH_KEY],
         project_number=foundation.app_secrets.project_number,
         tracking_workload_pool=clusters.platform.workload_pool,
         settings=settings.serving,
         package_index=packages.index,
     ), foundation.after_apis)
-    return Serving(packages=packages, serving=serving)
+    keys = foundation.keys
+    payloads = PayloadStore(f"{settings.name_prefix}-payloads", PayloadStoreArgs(
+        project=settings.project,
+        location=settings.region,
+        dataset_id=dataset_id(settings.name_prefix, settings.environment),
+        sink_name=gcp_name(settings.name_prefix, "payloads"),
+        cluster_name=clusters.serving.cluster_name,
+        namespace=SERVING_NAMESPACE,
+        container=CONTAINER_NAME,
+        retention_days=settings.serving.payload_log.retention_days,
+        labels=foundation.labels,
+        # As the artifact bucket: what dev may lose with the stack, prod keeps (its destroy then fails).
+        delete_contents_on_destroy=settings.storage.force_destroy,
+        protect=settings.protect,
+        encryption_key_id=keys.data_key_id,
+        encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
+    ), foundation.after_apis)
+    if settings.serving.payload_log.sample_rate > 0:
+        build_drift(settings, foundation, clusters, tracking, payloads)
+    return Serving(packages=packages, serving=serving, payloads=payloads)
+
+
+def build_drift(settings: Settings, foundation: Foundation, clusters: Clusters, tracking: TrackingServer,
+                payloads: PayloadStore) -> DriftJob:
+    """The drift job reads what the payload log samples; with no sample there is nothing to score."""
+    redact = settings.serving.payload_log.redact
+    return DriftJob("mlflow-drift", DriftJobArgs(
+        provider=clusters.platform.provider, tracking=tracking.endpoint, project=settings.project,
+        account_id=settings.service_account_ids["drift"], workload_pool=clusters.platform.workload_pool,
+        project_number=foundation.app_secrets.project_number, image=foundation.images.serving_image,
+        dataset=payloads.dataset, redacted=tuple(sorted({*redact.drop, *redact.hash})),
+        settings=settings.monitoring.drift), foundation.after_apis)
 
 
 def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters, data: Data,
@@ -351,4 +389,7 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         if serving.packages.private_repository_url is not None:
             outputs["private_python_repository_url"] = serving.packages.private_repository_url
         outputs["serving_model_uri"] = serving.serving.model_uri
+        # Where the payload log lands (the drift job reads the table).
+        outputs["payload_log_dataset"] = serving.payloads.dataset
+        outputs["payload_log_table"] = serving.payloads.table
     return outputs

@@ -12,6 +12,8 @@ from infra.naming import child_options
 
 REQUIRED_APIS = (
     "artifactregistry.googleapis.com",
+    # The payload log's dataset (infra/payload_store.py): the sink cannot write to a dataset without it.
+    "bigquery.googleapis.com",
     "cloudkms.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "compute.googleapis.com",

@@ -207,6 +207,15 @@ NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
     # (dots allow more, but none are used), starting and ending with a letter or digit.
     "gcp:storage/bucket:Bucket": ("name", 63, r"[a-z0-9][-a-z0-9_]{1,61}[a-z0-9]",
                                   "3-63 lowercase letters, digits, '-' and '_'"),
+    # BigQuery datasets.insert: a dataset id has letters, digits and underscores, at most 1,024 characters.
+    "gcp:bigquery/dataset:Dataset": ("datasetId", 1024, r"\w+", "1-1024 letters, digits and '_'"),
+    # Logging LogSink.name and LogExclusion.name: at most 100 letters, digits, '_', '-' and '.'.
+    "gcp:logging/projectSink:ProjectSink": ("name", 100, r"[A-Za-z0-9_.-]+", "1-100 letters, digits, '_', '-', '.'"),
+    "gcp:logging/projectExclusion:ProjectExclusion": ("name", 100, r"[A-Za-z0-9_.-]+",
+                                                      "1-100 letters, digits, '_', '-', '.'"),
+    # Logging LogMetric.name: at most 100 characters of letters, digits and _-.,+!*',()%/ (no leading slash).
+    "gcp:logging/metric:Metric": ("name", 100, r"[A-Za-z0-9_.,+!*'()%-][A-Za-z0-9_.,+!*'()%/-]*",
+                                  "1-100 letters, digits and _-.,+!*',()%/, not starting with '/'"),
 }.items()}
 
 

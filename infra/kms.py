@@ -45,7 +45,8 @@ class EncryptionKeysArgs:
     rotation_days: int = 90
     """A new primary key version this often; older versions still decrypt."""
     data_key: bool = False
-    """Also a key for Cloud SQL and the artifact bucket (CMEK), usable only by their service agents."""
+    """Also a key for Cloud SQL, the artifact bucket and the payload dataset (CMEK), usable only by their
+    service agents."""
     protect: bool = True
     """Pulumi refuses to delete or replace the key ring and keys (`protect`): `pulumi destroy` then fails in its
     preview, before it deletes anything."""
@@ -99,11 +100,14 @@ class EncryptionKeys(pulumi.ComponentResource):
             sql_agent = gcp.projects.ServiceIdentity(
                 f"{name}-sql-agent", project=args.project, service="sqladmin.googleapis.com", opts=child)
             storage_agent = gcp.storage.get_project_service_account_output(project=args.project, opts=after_apis)
+            # BigQuery's encryption agent; the lookup also makes it exist (bigquery.get_default_service_account).
+            bigquery_agent = gcp.bigquery.get_default_service_account_output(project=args.project, opts=after_apis)
             grants |= {
                 f"data-{agent}": gcp.kms.CryptoKeyIAMMember(
                     f"{name}-data-{agent}", crypto_key_id=data_key.id, role=ENCRYPTER_DECRYPTER,
                     member=pulumi.Output.concat("serviceAccount:", email), opts=child)
-                for agent, email in (("sql", sql_agent.email), ("storage", storage_agent.email_address))
+                for agent, email in (("sql", sql_agent.email), ("storage", storage_agent.email_address),
+                                     ("bigquery", bigquery_agent.email))
             }
         # Triggers name every grant (so the wait depends on each): a grant made anew is waited for anew.
         self.grants_propagated = pulumiverse_time.Sleep(

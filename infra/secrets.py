@@ -1,5 +1,5 @@
-"""Application secrets in Secret Manager: the tracking admin password, the Flask secret key and the
-serving user's password. Pods mount them as files through GKE's Secret Manager add-on; each secret
+"""Application secrets in Secret Manager: the tracking admin password, the Flask secret key, the
+serving user's password and the key serving hashes redacted payload columns with. Pods mount them as files through GKE's Secret Manager add-on; each secret
 is readable only by the workload identities of the pods that mount it.
 
 The first version of each comes from a RandomPassword, so its value lives in Pulumi state (encrypted)
@@ -21,14 +21,16 @@ ACCESSOR = "roles/secretmanager.secretAccessor"
 ADMIN_PASSWORD = "admin-password"
 FLASK_SECRET_KEY = "flask-secret-key"
 SERVING_PASSWORD = "serving-password"
+# HMAC-SHA256 key of the payload log's hashed columns (mlflow_serving/payload_log.py): read by serving only.
+PAYLOAD_HASH_KEY = "payload-hash-key"
 # MLflow's registry webhooks: the HMAC secret the receiver checks deliveries with (mlflow_notify), and the
 # key tracking encrypts stored webhook secrets with (MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY: without one, each
 # server process makes its own, and a webhook stored by one cannot be read by another).
 WEBHOOK_SECRET = "webhook-secret"
 WEBHOOK_ENCRYPTION_KEY = "webhook-encryption-key"
 # Logical name (also the file name in the pods) -> length of its generated value.
-SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32, WEBHOOK_SECRET: 64,
-                  WEBHOOK_ENCRYPTION_KEY: 43}
+SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32, PAYLOAD_HASH_KEY: 64,
+                  WEBHOOK_SECRET: 64, WEBHOOK_ENCRYPTION_KEY: 43}
 # Fernet keys are 32 bytes in URL-safe base64: 43 letters and digits (256 bits) and one "=" of padding.
 FERNET_KEYS = frozenset({WEBHOOK_ENCRYPTION_KEY})
 
@@ -40,6 +42,8 @@ def formatted(name: str, generated: str) -> str:
 
 def secret_value(name: str, generated: pulumi.Input[str]) -> pulumi.Input[str]:
     return pulumi.Output.from_input(generated).apply(lambda text: formatted(name, text))
+
+
 # What a SecretProviderClass names: the newest version, so a rollout picks up a rotation.
 LATEST = "latest"
 

@@ -64,8 +64,8 @@ class DriftJobArgs:
     project_number: pulumi.Input[str]
     image: pulumi.Input[str]
     """The serving image (it holds mlflow_drift)."""
-    dataset: pulumi.Input[str]
-    """The payload log's BigQuery dataset id (its output: the grant waits for it)."""
+    dataset: pulumi.Output[str]
+    """The payload log's BigQuery dataset, PROJECT.DATASET (its output: the grant waits for it)."""
     redacted: tuple[str, ...]
     """Columns the pods redact (dropped or hashed): never scored."""
     settings: DriftSettings
@@ -81,7 +81,8 @@ class DriftJob(pulumi.ComponentResource):
         identity = WorkloadIdentity(f"{name}-identity", WorkloadIdentityArgs(
             project=args.project, account_id=args.account_id, workload_pool=args.workload_pool,
             namespace=tracking.namespace, ksa_name=KSA_NAME, provider=args.provider, labels=labels,
-            project_roles=PROJECT_ROLES, dataset_grants=(DatasetGrant(args.dataset, DATASET_ROLE),)),
+            project_roles=PROJECT_ROLES,
+            dataset_grants=(DatasetGrant(args.dataset.apply(lambda name: name.split(".", 1)[1]), DATASET_ROLE),)),
             child_options(self, opts))
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
         provider_class, grants = secret_files(
@@ -89,7 +90,7 @@ class DriftJob(pulumi.ComponentResource):
             readers=(principal(args.project_number, args.workload_pool, tracking.namespace, identity.ksa_name),
                      pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
             gcp_opts=child_options(self, opts))
-        source = pulumi.Output.concat("bigquery://", args.project, ".", args.dataset)
+        source = pulumi.Output.concat("bigquery://", args.dataset)
         spec = run_once_job_spec(
             labels, DEADLINE_SECONDS, identity.ksa_name,
             containers=[drift_container(image=args.image, tracking_url=tracking.in_cluster_url,

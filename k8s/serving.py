@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -13,8 +14,8 @@ import pulumi_kubernetes as k8s
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import child_options, job_wait, k8s_labels
 from infra.registry import PACKAGE_READER_ROLE, PackageIndex
-from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD, SecretRef
-from infra.settings import ServingSettings
+from infra.secrets import ADMIN_PASSWORD, PAYLOAD_HASH_KEY, SERVING_PASSWORD, SecretRef
+from infra.settings import PayloadLogSettings, ServingSettings
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
@@ -27,6 +28,7 @@ from k8s.workload import (
 
 SERVING_PORT = 8080
 COMPONENT = "serving"
+CONTAINER_NAME = "serving"
 SERVICE_NAME = "mlflow-serving"
 KSA_NAME = "mlflow-serving"
 SETUP_KSA_NAME = "mlflow-serving-setup"
@@ -56,11 +58,22 @@ def model_uri(model_name: str, alias: str) -> str:
     return f"models:/{model_name}@{alias}"
 
 
+def payload_log_args(settings: PayloadLogSettings) -> list[str]:
+    """The payload log's sample rate and redaction (mlflow_serving/payload_log.py); none when it is off."""
+    if settings.sample_rate <= 0:
+        return []
+    return ["--payload-sample-rate", str(settings.sample_rate),
+            *(["--payload-drop", json.dumps(list(settings.redact.drop))] if settings.redact.drop else []),
+            *(["--payload-hash", json.dumps(list(settings.redact.hash))] if settings.redact.hash else [])]
+
+
 def serving_args(model_name: str, alias: str, workers: int = 1, max_batch_size: int = 1,
-                 max_batch_delay_ms: int = 0, env_timeout_seconds: int = 300, package_index: Any = "") -> list:
+                 max_batch_delay_ms: int = 0, env_timeout_seconds: int = 300, package_index: Any = "",
+                 payload_log: PayloadLogSettings = PayloadLogSettings()) -> list:
     """`mlflow models serve` as packaged in the serving image (mlflow_serving): the same answers,
     plus Prometheus metrics at /metrics, concurrent /invocations batched into one predict when
-    max_batch_size > 1, and the model's recorded environment restored from `package_index`."""
+    max_batch_size > 1, the model's recorded environment restored from `package_index`, and a
+    sample of requests logged (redacted) on stdout."""
     return [
         "-m", "mlflow_serving",
         "--model-uri", model_uri(model_name, alias),
@@ -72,6 +85,7 @@ def serving_args(model_name: str, alias: str, workers: int = 1, max_batch_size: 
         "--env-cache", ENV_CACHE_PATH,
         "--env-timeout", str(env_timeout_seconds),
         *(["--package-index", package_index] if package_index else []),
+        *payload_log_args(payload_log),
         "--log-config", LOGGING_PATH,
     ]
 
@@ -93,8 +107,10 @@ def deployment_annotations() -> dict[str, str]:
     return {SKIP_AWAIT_ANNOTATION: "true"}
 
 
+# Where the serving image's payload log reads its HMAC key (mlflow_serving/payload_log.py).
+PAYLOAD_KEY_ENV = "MLFLOW_SERVING_PAYLOAD_KEY"
 # Env vars read from the Secret Manager files (mlflow_fileenv): env var -> file name.
-SERVING_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": SERVING_PASSWORD}
+SERVING_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": SERVING_PASSWORD, PAYLOAD_KEY_ENV: PAYLOAD_HASH_KEY}
 SETUP_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "SERVING_PASSWORD": SERVING_PASSWORD}
 
 
@@ -114,12 +130,14 @@ def serving_env(tracking_url: Any) -> list[dict]:
 
 def serving_container(*, image: Any, model_name: str, alias: str, workers: int, env: list[dict], cpu: str,
                       memory: str, max_batch_size: int = 1, max_batch_delay_ms: int = 0,
-                      env_timeout_seconds: int = 300, package_index: Any = "") -> dict:
+                      env_timeout_seconds: int = 300, package_index: Any = "",
+                      payload_log: PayloadLogSettings = PayloadLogSettings()) -> dict:
     command, args = with_file_env(["python"], serving_args(model_name, alias, workers, max_batch_size,
-                                                           max_batch_delay_ms, env_timeout_seconds, package_index),
+                                                           max_batch_delay_ms, env_timeout_seconds, package_index,
+                                                           payload_log),
                                   SERVING_FILE_ENV)
     return {
-        "name": "serving",
+        "name": CONTAINER_NAME,
         "image": image,
         "command": command,
         "args": args,
@@ -198,6 +216,8 @@ class ModelServingArgs:
     """Where tracking is, its admin, and when it serves (the serving-user Job waits for it)."""
     serving_password: SecretRef
     """Secret Manager secret of the serving user's password."""
+    payload_hash_key: SecretRef
+    """Secret Manager secret of the payload log's HMAC key (hashed columns); only the serving pods read it."""
     project_number: pulumi.Input[str]
     """Project number: the Workload Identity principals the Secret Manager add-on authenticates as."""
     tracking_workload_pool: pulumi.Input[str]
@@ -240,7 +260,7 @@ class ModelServing(pulumi.ComponentResource):
             labels=names.labels,
         ), child_options(self, opts))
         serving_class, serving_grants = secret_files(
-            name, (args.serving_password,), SERVICE_NAME, ns_name, names.labels, k8s_opts,
+            name, (args.serving_password, args.payload_hash_key), SERVICE_NAME, ns_name, names.labels, k8s_opts,
             readers=(principal(args.project_number, args.workload_pool, ns_name, identity.ksa_name),
                      pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
             gcp_opts=child_options(self, opts))
@@ -280,7 +300,7 @@ class ModelServing(pulumi.ComponentResource):
             env=serving_env(args.tracking.client_url), cpu=serving.cpu, memory=serving.memory,
             max_batch_size=serving.max_batch_size, max_batch_delay_ms=serving.max_batch_delay_ms,
             env_timeout_seconds=serving.env_timeout_seconds,
-            package_index=args.package_index.url if args.package_index else "")
+            package_index=args.package_index.url if args.package_index else "", payload_log=serving.payload_log)
 
     def _setup_job(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions]) -> k8s.batch.v1.Job:
         """The Job that creates the serving user runs beside tracking as the admin: its own KSA, without

@@ -30,7 +30,9 @@ def children_of(run, component_name: str) -> list:
 
 
 def pod_spec(record) -> dict:
-    return record.inputs["spec"]["template"]["spec"]
+    """The pod template of a Deployment or Job, or of a CronJob's Jobs."""
+    spec = record.inputs["spec"]
+    return (spec["jobTemplate"]["spec"] if "jobTemplate" in spec else spec)["template"]["spec"]
 
 
 def containers(record) -> list[dict]:

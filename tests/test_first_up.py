@@ -243,7 +243,7 @@ UNNAMED_TYPES = frozenset({
     "gcp:secretmanager/secretVersion:SecretVersion", "gcp:servicenetworking/connection:Connection",
     "gcp:monitoring/alertPolicy:AlertPolicy", "gcp:monitoring/dashboard:Dashboard",
     "gcp:monitoring/notificationChannel:NotificationChannel", "gcp:iap/webIamMember:WebIamMember",
-    "gcp:iap/settings:Settings",
+    "gcp:iap/settings:Settings", "gcp:bigquery/datasetIamMember:DatasetIamMember",
 })
 
 

@@ -105,7 +105,8 @@ def test_prod_encrypts_database_and_artifacts_with_the_data_key(stack_runs):
                if g.inputs["cryptoKeyId"] == data_key_id}
     sql_agent = f"serviceAccount:service-{OFFLINE_PROJECT_NUMBER}@gcp-sa-cloud-sql.iam.gserviceaccount.com"
     storage_agent = f"serviceAccount:service-{OFFLINE_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"
-    assert set(members) == {sql_agent, storage_agent}
+    bigquery_agent = f"serviceAccount:bq-{OFFLINE_PROJECT_NUMBER}@bigquery-encryption.iam.gserviceaccount.com"
+    assert set(members) == {sql_agent, storage_agent, bigquery_agent}
 
 
 def test_dev_keeps_google_managed_keys_for_data(stack_runs):

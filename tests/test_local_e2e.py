@@ -146,8 +146,10 @@ def test_serving_container_changes_only_cluster_specifics(offline):
     check_env(spec, command.env, {"MLFLOW_TRACKING_URI": p.tracking_url})  # the Service: the local load balancer
     assert command.env["PYTHONPATH"] == "/opt/mlflow-extras"  # the image's
     password_file = p.workdir / "pods" / "serving" / "app-secrets" / "serving-password"
-    assert set(command.files) == {p.workdir / "pods" / "serving" / "logging" / "logging.json", password_file}
+    key_file = p.workdir / "pods" / "serving" / "app-secrets" / "payload-hash-key"
+    assert set(command.files) == {p.workdir / "pods" / "serving" / "logging" / "logging.json", password_file, key_file}
     assert command.files[password_file] == (p.serving_password, 0o600)
+    assert command.files[key_file] == (p.secret_value("payload-hash-key"), 0o600)  # from the Secret Manager stand-in
     assert Bind(p.workdir / "pods" / "serving" / ENV_VOLUME, ENV_CACHE_PATH, writable=True) in command.binds
 
 

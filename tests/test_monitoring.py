@@ -122,7 +122,8 @@ def test_prod_alerts_are_on_and_mail_the_on_call(stack_runs):
     run = stack_runs["prod"]
     policies = alerts(run)
     assert set(policies) == {f"mlflow-monitoring-{k}" for k in ("serving-latency", "serving-errors",
-                                                                 "tracking-down", "db-storage", "notifications")}
+                                                                 "tracking-down", "db-storage", "notifications",
+                                                                 "drift")}
     channel = run.of_type("gcp:monitoring/notificationChannel:NotificationChannel")[0]
     assert channel.inputs["labels"] == {"email_address": "mlflow-oncall@example.com"}
     for name, policy in policies.items():
@@ -133,7 +134,7 @@ def test_prod_alerts_are_on_and_mail_the_on_call(stack_runs):
 
 def test_dev_alerts_are_declared_but_off(stack_runs):
     policies = alerts(stack_runs["dev"])
-    assert len(policies) == 5 and not any(p["enabled"] for p in policies.values())
+    assert len(policies) == 6 and not any(p["enabled"] for p in policies.values())
     assert stack_runs["dev"].of_type("gcp:monitoring/notificationChannel:NotificationChannel") == []
 
 

@@ -213,7 +213,7 @@ def test_sampling_logs_the_share_asked_and_a_rate_of_zero_adds_nothing_to_the_pa
     on_loop(scenario)
     log.queue.join()
     assert len(lines) == 50  # the draws below 0.1: two of every four
-    off = PayloadSettings(rate=0.0, redaction=REDACTION, track="")
+    off = PayloadSettings(rate=0.0, redaction=REDACTION)
     assert with_payload_log(echo, off, "models:/iris@champion", "3", tmp_path, ServingMetrics()) is echo
 
 

@@ -50,6 +50,7 @@ def test_rules_meet_the_resources_they_guard(runs, stack):
             for r in runs[stack].resources if r.type in rules.PROD_PROTECTION}
     assert envs == {stack}
     assert rules.STATEFUL_TYPES <= types
+    assert {rules.DATASET_TYPE, rules.SINK_TYPE} <= types
 
 
 def stack_resources(run: StackRun) -> list[rules.StackResource]:
@@ -173,6 +174,18 @@ BREAKAGES = [
     ("prod-deletion-protection", "prod", rules.SQL_TYPE, "deletionProtection", DELETE,
      "deletionProtection must be true"),
     ("prod-deletion-protection", "prod", rules.BUCKET_TYPE, "forceDestroy", True, "forceDestroy must be false"),
+    ("prod-deletion-protection", "prod", rules.DATASET_TYPE, "deleteContentsOnDestroy", True,
+     "deleteContentsOnDestroy must be false"),
+    ("prod-encryption-keys", "prod", rules.DATASET_TYPE, "defaultEncryptionConfiguration", DELETE,
+     "defaultEncryptionConfiguration.kmsKeyName must be set"),
+    ("bigquery-dataset-private-and-expiring", "dev", rules.DATASET_TYPE, "defaultPartitionExpirationMs", DELETE,
+     "must expire its partitions"),
+    ("bigquery-dataset-private-and-expiring", "prod", rules.DATASET_TYPE, "accesses",
+     [{"role": "READER", "specialGroup": "allAuthenticatedUsers"}], "must not be public"),
+    ("bigquery-dataset-private-and-expiring", "dev", rules.DATASET_TYPE, "accesses",
+     [{"role": "READER", "iamMember": "allUsers"}], "must not be public"),
+    ("iam-no-public-members-or-basic-roles", "prod", "gcp:bigquery/datasetIamMember:DatasetIamMember", "member",
+     "allUsers", "member 'allUsers'"),
     # a broken copy of the drift job's identity: its dataset role granted on the project
     ("no-project-wide-data-roles", "dev", "gcp:projects/iAMMember:IAMMember", "role", "roles/bigquery.dataViewer",
      "granted on the whole project"),
@@ -186,6 +199,20 @@ def test_each_rule_catches_its_problem(runs, rule, stack, type_token, path, valu
     assert RULES[rule](record.type, record.inputs) == []
     found = RULES[rule](record.type, mutated(record.inputs, path, value))
     assert any(message in violation for violation in found), found
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pytest.mark.parametrize("path, value, message", [
+    ("destination", "bigquery.googleapis.com/projects/someone-else/datasets/theirs", "is not a BigQuery dataset of this stack"),
+    ("destination", "storage.googleapis.com/an-unmanaged-bucket", "is not a BigQuery dataset of this stack"),
+    ("bigqueryOptions", DELETE, "usePartitionedTables must be true"),
+])
+def test_a_sink_writing_elsewhere_than_its_own_partitioned_dataset_is_refused(runs, stack, path, value, message):
+    resources = stack_resources(runs[stack])
+    sink = next(r for r in resources if r.type == rules.SINK_TYPE)
+    found = rules.check_sinks_write_to_own_datasets(
+        [r._replace(props=mutated(r.props, path, value)) if r is sink else r for r in resources])
+    assert len(found) == 1 and message in found[0]
 
 
 AUTHORITATIVE = ["gcp:secretmanager/secretIamBinding:SecretIamBinding", "gcp:secretmanager/secretIamPolicy:SecretIamPolicy",

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SERVING_PASSWORD
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SERVING_PASSWORD
 from tools.local.processes import http
 from tools.local.secretmanager import LocalSecretManager
 from tools.ops.interfaces import RolloutError, generate_password
@@ -21,7 +21,8 @@ from tools.ops.rotate_secret import ROTATIONS, RotationError, parse_args, rotate
 from tools.ops.secret_manager import CloudSecretManager, SecretManagerError
 from tools.venvs import Venv
 
-SECRETS = {ADMIN_PASSWORD: "admin-id", FLASK_SECRET_KEY: "flask-id", SERVING_PASSWORD: "serving-id"}
+SECRETS = {ADMIN_PASSWORD: "admin-id", FLASK_SECRET_KEY: "flask-id", SERVING_PASSWORD: "serving-id",
+           PAYLOAD_HASH_KEY: "payload-key-id"}
 
 
 class Recorder:

@@ -21,7 +21,7 @@ STACKS = ["dev", "prod"]
 SECRET = "gcp:secretmanager/secret:Secret"
 IAM_MEMBER = "gcp:secretmanager/secretIamMember:SecretIamMember"
 SPC = "kubernetes:secrets-store.csi.x-k8s.io/v1:SecretProviderClass"
-WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job")
+WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job", "kubernetes:batch/v1:CronJob")
 
 
 def test_principal_is_the_ksa_under_workload_identity_federation():

@@ -55,7 +55,8 @@ def test_hpa_scales_on_cpu_within_bounds():
 def test_args_refuse_settings_without_a_model():
     with pytest.raises(ValueError, match="needs a registered model to serve"):
         ModelServingArgs(provider=None, tracking_provider=None, project="p", workload_pool="w", account_id="a",
-                         image="i", setup_image="i", tracking=None, serving_password=None, project_number="1",
+                         image="i", setup_image="i", tracking=None, serving_password=None, payload_hash_key=None,
+                         project_number="1",
                          tracking_workload_pool="w", settings=ServingSettings())
 
 
@@ -227,7 +228,9 @@ def test_serving_password_is_mounted_from_secret_manager_not_a_kubernetes_secret
     env = env_of(app)
     assert env["MLFLOW_TRACKING_USERNAME"]["value"] == "mlflow-serving"
     assert env["MLFLOW_TRACKING_PASSWORD_FILE"]["value"] == "/etc/mlflow-secrets/serving-password"
-    assert app["args"][:5] == ["-m", "mlflow_fileenv", "MLFLOW_TRACKING_PASSWORD", "--", "python"]
+    assert env["MLFLOW_SERVING_PAYLOAD_KEY_FILE"]["value"] == "/etc/mlflow-secrets/payload-hash-key"
+    assert app["args"][:6] == ["-m", "mlflow_fileenv", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_SERVING_PAYLOAD_KEY", "--",
+                               "python"]
 
 
 def test_serving_identity_has_no_gcp_roles(stack_runs):

@@ -21,7 +21,7 @@ from mlflow_serving.batching import BatchSettings
 from mlflow_serving.environment import EnvironmentBuilder, EnvironmentSettings, activate
 from mlflow_serving.loader import ModelLoader
 from mlflow_serving.metrics import PrometheusMiddleware, ServingMetrics
-from mlflow_serving.payload_log import LineWriter, PayloadLog, PayloadLogApp, Redaction, Served
+from mlflow_serving.payload_log import PAYLOAD_KEY_ENV, LineWriter, PayloadLog, PayloadLogApp, Redaction, Served
 
 MODEL_URI_ENV = "MLFLOW_SERVING_MODEL_URI"
 STATE_DIR_ENV = "MLFLOW_SERVING_STATE_DIR"
@@ -30,12 +30,9 @@ BATCH_DELAY_ENV = "MLFLOW_SERVING_MAX_BATCH_DELAY_MS"
 ENV_CACHE_ENV = "MLFLOW_SERVING_ENV_CACHE"
 ENV_TIMEOUT_ENV = "MLFLOW_SERVING_ENV_TIMEOUT"
 PACKAGE_INDEX_ENV = "MLFLOW_SERVING_PACKAGE_INDEX"
-TRACK_ENV = "MLFLOW_SERVING_TRACK"
 PAYLOAD_RATE_ENV = "MLFLOW_SERVING_PAYLOAD_SAMPLE_RATE"
 PAYLOAD_DROP_ENV = "MLFLOW_SERVING_PAYLOAD_DROP"
 PAYLOAD_HASH_ENV = "MLFLOW_SERVING_PAYLOAD_HASH"
-# The HMAC key of hashed columns, set from the mounted Secret Manager file (mlflow_fileenv).
-PAYLOAD_KEY_ENV = "MLFLOW_SERVING_PAYLOAD_KEY"
 LIVE_PATH = "/live"
 READY_PATH = "/ping"
 _MODEL_PATH_FILE = "model-path"
@@ -233,7 +230,6 @@ def batch_settings(environ=os.environ) -> BatchSettings:
 class PayloadSettings:
     rate: float
     redaction: Redaction
-    track: str
 
 
 def payload_settings(environ=os.environ) -> PayloadSettings:
@@ -241,8 +237,7 @@ def payload_settings(environ=os.environ) -> PayloadSettings:
     redaction = Redaction(drop=frozenset(json.loads(environ.get(PAYLOAD_DROP_ENV) or "[]")),
                           hash=frozenset(json.loads(environ.get(PAYLOAD_HASH_ENV) or "[]")),
                           key=environ.get(PAYLOAD_KEY_ENV, "").encode())
-    return PayloadSettings(rate=float(environ.get(PAYLOAD_RATE_ENV) or "0"), redaction=redaction,
-                           track=environ.get(TRACK_ENV, ""))
+    return PayloadSettings(rate=float(environ.get(PAYLOAD_RATE_ENV) or "0"), redaction=redaction)
 
 
 def with_payload_log(app, settings: PayloadSettings, model_uri: str, version: str, state_dir: Path,
@@ -251,7 +246,8 @@ def with_payload_log(app, settings: PayloadSettings, model_uri: str, version: st
     if settings.rate <= 0:
         return app
     name, alias = parse_model_uri(model_uri)
-    served = Served(model=name or model_uri, version=version, alias=alias, track=settings.track or alias)
+    # One Deployment serves one alias: its track is the alias (a canary's challenger would be another).
+    served = Served(model=name or model_uri, version=version, alias=alias, track=alias)
     log = PayloadLog(served, settings.redaction, LineWriter(1, state_dir / "payload-log.lock"),
                      dropped=metrics.payload_dropped.inc)
     return PayloadLogApp(app, log, settings.rate)

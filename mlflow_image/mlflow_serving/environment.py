@@ -37,6 +37,8 @@ from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from mlflow_serving.payload_log import PAYLOAD_KEY_ENV
+
 logger = logging.getLogger("mlflow_serving")
 
 # The scoring server is the image's MLflow; a model's own pin on it does not replace it.
@@ -245,8 +247,9 @@ class EnvironmentBuilder:
             shutil.rmtree(work, ignore_errors=True)
 
     def _uv(self, args: list[str], cwd: Path, deadline: float, step: str) -> None:
-        # Not the registry credentials: uv needs none of them.
-        env = {name: value for name, value in os.environ.items() if not name.startswith("MLFLOW_TRACKING_")}
+        # Not the registry credentials nor the payload log's key: uv needs none of them.
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith("MLFLOW_TRACKING_") and name != PAYLOAD_KEY_ENV}
         env |= {"UV_CACHE_DIR": str(self.settings.cache_dir / "uv-cache"), "UV_NO_PROGRESS": "1",
                "UV_PYTHON": sys.executable, "UV_NO_CONFIG": "1",
                # The image's CA store, as pip and requests use it (also trusts a site's TLS proxy).

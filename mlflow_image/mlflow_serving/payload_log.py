@@ -41,6 +41,8 @@ logger = logging.getLogger("mlflow_serving")
 
 PAYLOAD_LOG_MESSAGE = "mlflow.serving.payload"
 LABELS_KEY = "logging.googleapis.com/labels"
+# The HMAC key of hashed columns, set from the mounted Secret Manager file (mlflow_fileenv).
+PAYLOAD_KEY_ENV = "MLFLOW_SERVING_PAYLOAD_KEY"
 HASH_PREFIX = "h:"
 HASH_HEX_CHARS = 32  # 128 bits of the HMAC: no collisions at any realistic cardinality
 # Cloud Logging refuses entries over 256 KB; beyond this the rows are withheld, the rest still logged.

@@ -35,7 +35,8 @@ import yaml
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from infra.secrets import (
-    ADMIN_PASSWORD, FLASK_SECRET_KEY, SECRET_LENGTHS, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET, formatted,
+    ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY,
+    WEBHOOK_SECRET, formatted,
 )
 from k8s.secret_files import SPC_KIND
 from k8s.serving import SERVING_USERNAME
@@ -51,6 +52,7 @@ from tools.local.manifests import (
     served_model, service_addresses, sql_proxy_address, workload_containers,
 )
 from tools.local.postgres import LocalPostgres
+from tools.local.payloads import PAYLOADS_FILE, PayloadRecorder
 from tools.local.secretmanager import LocalSecretManager, parse_version_name
 from tools.local.processes import (
     LocalPlatformError, ManagedProcess, Redactor, free_port, http, http_ok, log_tail, run_to_completion,
@@ -87,18 +89,21 @@ class Credentials:
     flask_secret_key: str
     serving_password: str
     postgres_superuser_password: str
+    payload_hash_key: str
     webhook_secret: str
     webhook_encryption_key: str
 
     @classmethod
     def generate(cls) -> "Credentials":
         return cls(generate_password(), generate_password(64), generate_password(), generate_password(),
+                   generate_password(64),
                    *(formatted(name, generate_password(SECRET_LENGTHS[name]))
                      for name in (WEBHOOK_SECRET, WEBHOOK_ENCRYPTION_KEY)))
 
     def values(self) -> list[str]:
         return [self.admin_password, self.flask_secret_key, self.serving_password,
-                self.postgres_superuser_password, self.webhook_secret, self.webhook_encryption_key]
+                self.postgres_superuser_password, self.payload_hash_key, self.webhook_secret,
+                self.webhook_encryption_key]
 
 
 def provider_class_secrets(manifests: Manifests) -> dict[str, str]:
@@ -196,6 +201,7 @@ class LocalPlatform:
         initial = {ADMIN_PASSWORD: self.credentials.admin_password,
                    FLASK_SECRET_KEY: self.credentials.flask_secret_key,
                    SERVING_PASSWORD: self.credentials.serving_password,
+                   PAYLOAD_HASH_KEY: self.credentials.payload_hash_key,
                    WEBHOOK_SECRET: self.credentials.webhook_secret,
                    WEBHOOK_ENCRYPTION_KEY: self.credentials.webhook_encryption_key}
         for name, secret in self.secret_ids.items():
@@ -215,6 +221,8 @@ class LocalPlatform:
         self.retired: list[ManagedProcess] = []
         self.logs_dir = self.workdir / "logs"
         self.secrets_dir = self.workdir / "secrets"
+        # The sink's stand-in: the serving pods' payload entries, as BigQuery would receive them.
+        self.payloads = PayloadRecorder(self.logs_dir / "serving.log", self.workdir / PAYLOADS_FILE)
         self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
                                       self.credentials.postgres_superuser_password, self.logs_dir / "postgres.log",
                                       self.redact)
@@ -346,6 +354,7 @@ class LocalPlatform:
         self.logs_dir.mkdir(exist_ok=True)
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
         self.write_password_files()
+        self.payloads.start()
 
         # Built (or found built) before any clock starts: a pod's start-up is not an image build.
         for image in sorted({spec["image"] for _, spec in workload_containers(self.manifests)}):
@@ -393,6 +402,7 @@ class LocalPlatform:
                     errors.append(err)
         if self.iap:
             self.iap.stop()
+        self.payloads.stop()
         try:
             self.postgres.stop()
         except Exception as err:

@@ -19,6 +19,10 @@ from tools.offline.stack import ROOT, StackRun
 PRICES_FILE = ROOT / "tools" / "pricing" / "prices.yaml"
 MEMORY_PER_VCPU = {"standard": 4, "highmem": 8, "highcpu": 1}
 ZONES_PER_REGION = 3
+KIB_PER_GIB = 1024 ** 2
+DAYS_PER_MONTH = 30
+MS_PER_DAY = 86_400_000
+SAMPLE_RATE_ARG = "--payload-sample-rate"
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,47 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
         items.append(LineItem("Python packages", f"{kinds}, {usage['packages_gb']} GB; pods download in-region, "
                               "no transfer cost",
                               packages, packages))
+    items += payload_log_items(run, prices, usage)
+    return items
+
+
+def payload_sample_rate(run: StackRun) -> float:
+    """The serving container's payload sample rate as rendered (0 when it logs nothing)."""
+    for deployment in run.of_type("kubernetes:apps/v1:Deployment"):
+        for container in deployment.inputs["spec"]["template"]["spec"]["containers"]:
+            args = container.get("args") or []
+            if SAMPLE_RATE_ARG in args:
+                return float(args[args.index(SAMPLE_RATE_ARG) + 1])
+    return 0.0
+
+
+def payload_log_items(run: StackRun, prices: dict, usage: dict) -> list[LineItem]:
+    """BigQuery storage (steady state: retention days of entries) and streaming of the sampled requests; Cloud
+    Logging only if the _Default sink keeps them too."""
+    datasets = [d for d in run.of_type("gcp:bigquery/dataset:Dataset") if "payloads" in d.inputs["datasetId"]]
+    if not datasets:
+        return []
+    rate = payload_sample_rate(run)
+    retention_days = datasets[0].inputs["defaultPartitionExpirationMs"] / MS_PER_DAY
+    entries = usage["serving_requests"] * rate
+    monthly_gib = entries * usage["payload_entry_kb"] / KIB_PER_GIB
+    bigquery = prices["bigquery"]
+    stored_gib = monthly_gib * retention_days / DAYS_PER_MONTH
+    storage = max(0.0, stored_gib - bigquery["free_storage_gib_month"]) * bigquery["active_storage_per_gib_month"]
+    streamed_gib = entries * max(usage["payload_entry_kb"], bigquery["streaming_min_row_kb"]) / KIB_PER_GIB
+    streaming = streamed_gib * bigquery["streaming_per_gib"]
+    assumption = (f"{usage['serving_requests']:,} requests/month × sample rate {rate:g} × "
+                  f"{usage['payload_entry_kb']} KB = {monthly_gib:.1f} GiB/month")
+    items = [LineItem("Payload log: BigQuery", f"{assumption}; kept {retention_days:g} days (~{stored_gib:.1f} GiB "
+                      f"stored, first {bigquery['free_storage_gib_month']} GiB free) + streaming inserts",
+                      storage + streaming, storage + streaming)]
+    logging = monthly_gib * prices["logging"]["storage_per_gib"]
+    if run.of_type("gcp:logging/projectExclusion:ProjectExclusion"):
+        items.append(LineItem("Payload log: Cloud Logging", f"excluded from the _Default bucket, routed free "
+                              f"(kept there too, they would cost ${logging:,.2f})", 0.0, 0.0))
+    else:
+        items.append(LineItem("Payload log: Cloud Logging", f"{monthly_gib:.1f} GiB/month into the _Default bucket",
+                              logging, logging))
     return items
 
 

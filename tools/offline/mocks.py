@@ -86,6 +86,9 @@ class PlatformMocks(pulumi.runtime.Mocks):
             agent = {"sqladmin.googleapis.com": "gcp-sa-cloud-sql",
                      "container.googleapis.com": "container-engine-robot"}[state["service"]]
             state.update(email=f"service-{OFFLINE_PROJECT_NUMBER}@{agent}.iam.gserviceaccount.com")
+        elif typ == "gcp:logging/projectSink:ProjectSink":
+            # unique_writer_identity: the project's Logging service agent, as the API answers it
+            state.update(writerIdentity=f"serviceAccount:service-{OFFLINE_PROJECT_NUMBER}@gcp-sa-logging.iam.gserviceaccount.com")
         elif typ == "gcp:storage/bucket:Bucket":
             state.update(name=name, url=f"gs://{name}")
         elif typ == "gcp:compute/network:Network":
@@ -125,6 +128,9 @@ class PlatformMocks(pulumi.runtime.Mocks):
             return {"number": OFFLINE_PROJECT_NUMBER, "projectId": args.args.get("projectId", self.project)}, []
         if args.token == "gcp:storage/getProjectServiceAccount:getProjectServiceAccount":
             return {"emailAddress": f"service-{OFFLINE_PROJECT_NUMBER}@gs-project-accounts.iam.gserviceaccount.com"}, []
+        if args.token == "gcp:bigquery/getDefaultServiceAccount:getDefaultServiceAccount":
+            email = f"bq-{OFFLINE_PROJECT_NUMBER}@bigquery-encryption.iam.gserviceaccount.com"
+            return {"email": email, "member": f"serviceAccount:{email}"}, []
         return {}, []
 
 

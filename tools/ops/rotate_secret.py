@@ -1,6 +1,6 @@
 """Rotate one application secret and roll the pods that use it.
 
-    python -m tools.ops.rotate_secret --name admin-password|flask-secret-key|serving-password
+    python -m tools.ops.rotate_secret --name admin-password|flask-secret-key|serving-password|payload-hash-key
         [--target local|cluster] [--stack dev] [--workdir .local] [--tracking-uri URL] [--timeout S]
 
 In order, so that no login breaks and no request fails:
@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, SECRET_LENGTHS, SERVING_PASSWORD
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME
 from tools.ops import targets
@@ -66,6 +66,8 @@ ROTATIONS = {
     ADMIN_PASSWORD: Rotation(ADMIN_USERNAME, ("tracking",)),
     FLASK_SECRET_KEY: Rotation(None, ("tracking",)),
     SERVING_PASSWORD: Rotation(SERVING_USERNAME, ("serving",)),
+    # Hashes logged before and after a rotation no longer match: rotate to unlink old entries on purpose.
+    PAYLOAD_HASH_KEY: Rotation(None, ("serving",)),
 }
 
 

@@ -43,6 +43,7 @@ NODE_POOL_TYPE = "gcp:container/nodePool:NodePool"
 STATEFUL_TYPES = frozenset({
     CLUSTER_TYPE, SQL_TYPE, "gcp:sql/database:Database", BUCKET_TYPE, "gcp:kms/keyRing:KeyRing",
     "gcp:kms/cryptoKey:CryptoKey", "gcp:secretmanager/secret:Secret", "gcp:secretmanager/secretVersion:SecretVersion",
+    "gcp:bigquery/dataset:Dataset",
 })
 # Member grants carry `member`; the Binding variants carry `members` and would otherwise be a way around.
 IAM_TYPES = frozenset({
@@ -51,7 +52,14 @@ IAM_TYPES = frozenset({
     "gcp:projects/iAMBinding:IAMBinding", "gcp:storage/bucketIAMBinding:BucketIAMBinding",
     "gcp:serviceaccount/iAMBinding:IAMBinding", "gcp:artifactregistry/repositoryIamBinding:RepositoryIamBinding",
     "gcp:iap/webIamMember:WebIamMember", "gcp:iap/webIamBinding:WebIamBinding",
+    "gcp:bigquery/datasetIamMember:DatasetIamMember", "gcp:bigquery/datasetIamBinding:DatasetIamBinding",
 })
+DATASET_TYPE = "gcp:bigquery/dataset:Dataset"
+DATASET_ACCESS_TYPE = "gcp:bigquery/datasetAccess:DatasetAccess"
+SINK_TYPE = "gcp:logging/projectSink:ProjectSink"
+BIGQUERY_DESTINATION = re.compile(r"^bigquery\.googleapis\.com/projects/(?P<project>[^/]+)/datasets/(?P<dataset>\w+)$")
+# BigQuery's public grants: an IAM-style member, or the legacy access entry's special group.
+PUBLIC_DATASET_GROUPS = frozenset({"allAuthenticatedUsers"})
 PUBLIC_MEMBERS = frozenset({"allUsers", "allAuthenticatedUsers"})
 BASIC_ROLES = frozenset({"roles/owner", "roles/editor", "roles/viewer"})
 K8S_SECRET_TYPE = "kubernetes:core/v1:Secret"
@@ -84,6 +92,8 @@ PROD_PROTECTION: dict[str, tuple[str, dict[str, bool]]] = {
     # Provider-side and API-side protection are two different switches; prod needs both.
     SQL_TYPE: ("settings.userLabels.env", {"deletionProtection": True, "settings.deletionProtectionEnabled": True}),
     BUCKET_TYPE: ("labels.env", {"forceDestroy": False}),
+    # The payload log: a prod `destroy` fails while the dataset holds entries, it never deletes them.
+    "gcp:bigquery/dataset:Dataset": ("labels.env", {"deleteContentsOnDestroy": False}),
 }
 
 
@@ -173,6 +183,25 @@ def check_iam_no_public_or_basic_roles(resource_type: str, props: dict) -> list[
     return violations
 
 
+def _public_access(entry: Any) -> bool:
+    return get(entry, "iamMember") in PUBLIC_MEMBERS or get(entry, "specialGroup") in PUBLIC_DATASET_GROUPS
+
+
+def check_dataset_private_and_expiring(resource_type: str, props: dict) -> list[str]:
+    """A BigQuery dataset (the payload log's: requests people sent) is never public and forgets by itself."""
+    if resource_type == DATASET_ACCESS_TYPE:
+        return ["BigQuery dataset access granted to the public is forbidden"] if _public_access(props) else []
+    if resource_type != DATASET_TYPE:
+        return []
+    violations = [f"BigQuery dataset {get(props, 'datasetId')!r} must not be public: access entry {plain(entry)!r}"
+                  for entry in get(props, "accesses") or [] if _public_access(entry)]
+    expiry = get(props, "defaultPartitionExpirationMs")
+    if expiry is not UNKNOWN and not (isinstance(expiry, (int, float)) and expiry > 0):
+        violations.append(f"BigQuery dataset {get(props, 'datasetId')!r} must expire its partitions: "
+                          f"defaultPartitionExpirationMs must be set (is {expiry!r})")
+    return violations
+
+
 # Authoritative IAM: a Binding sets a role's whole member list and a Policy a resource's whole policy, so
 # applying or destroying one removes grants this stack never made (the platform's, another stack's, a human's).
 AUTHORITATIVE_IAM = re.compile(r":[A-Za-z]*I[Aa][Mm](Binding|Policy)$")
@@ -230,6 +259,7 @@ PROD_ENCRYPTION: dict[str, str] = {
     CLUSTER_TYPE: "databaseEncryption.keyName",
     SQL_TYPE: "encryptionKeyName",
     BUCKET_TYPE: "encryption.defaultKmsKeyName",
+    "gcp:bigquery/dataset:Dataset": "defaultEncryptionConfiguration.kmsKeyName",
 }
 
 
@@ -443,6 +473,25 @@ def check_prod_people_identity(resources: Iterable[StackResource]) -> list[str]:
             "their Google identity" for urn, function in auth_functions(resources) if function == BASIC_AUTH_FUNCTION]
 
 
+def check_sinks_write_to_own_datasets(resources: Iterable[StackResource]) -> list[str]:
+    """Every Logging sink of the stack writes to a BigQuery dataset the stack declares, into partitioned
+    tables (which the dataset's partition expiry then empties): never a store the stack does not govern."""
+    resources = list(resources)
+    datasets = {(get(r.props, "project"), get(r.props, "datasetId")) for r in resources if r.type == DATASET_TYPE}
+    violations = []
+    for sink in (r for r in resources if r.type == SINK_TYPE):
+        destination = get(sink.props, "destination")
+        if destination is UNKNOWN:
+            continue
+        match = BIGQUERY_DESTINATION.match(destination or "")
+        if not match or (match["project"], match["dataset"]) not in datasets:
+            violations.append(f"{sink.urn}: sink destination {destination!r} is not a BigQuery dataset of this stack")
+        if get(sink.props, "bigqueryOptions.usePartitionedTables") is not True:
+            violations.append(f"{sink.urn}: bigqueryOptions.usePartitionedTables must be true, or the dataset's "
+                              "partition expiry never applies (a table per day instead)")
+    return violations
+
+
 # (policy name, description, rule): the pack registers exactly these, in this order.
 POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("no-service-account-keys",
@@ -484,15 +533,19 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
      check_workload_hardening),
     ("prod-encryption-keys",
      "Resources labelled env=prod are encrypted with Cloud KMS keys: cluster Secrets (application layer), "
-     "Cloud SQL and the artifact bucket (CMEK).",
+     "Cloud SQL, the artifact bucket and the payload dataset (CMEK).",
      check_prod_encryption_keys),
     ("kubernetes-secrets-hold-no-credentials",
      "No Kubernetes Secret carries a password or key (by key name or value shape): application secrets live "
      "in Secret Manager and are mounted by GKE's Secret Manager add-on.",
      check_kubernetes_secrets_hold_no_credentials),
+    ("bigquery-dataset-private-and-expiring",
+     "BigQuery datasets are never granted to allUsers or allAuthenticatedUsers and expire their partitions "
+     "(defaultPartitionExpirationMs): the payload log keeps requests only as long as settings say.",
+     check_dataset_private_and_expiring),
     ("prod-deletion-protection",
      "Resources labelled env=prod are protected against deletion: cluster and Cloud SQL deletion "
-     "protection on, bucket forceDestroy off.",
+     "protection on, bucket forceDestroy off, payload dataset deleteContentsOnDestroy off.",
      check_prod_deletion_protection),
     ("no-project-wide-data-roles",
      "Roles that read or write data (BigQuery data, Cloud Storage objects, private logs) are granted on the "
@@ -511,6 +564,9 @@ STACK_POLICIES: list[tuple[str, str, Callable[[Iterable[StackResource]], list[st
      "In a stack labelled env=prod, the tracking server takes people's identity from an identity source "
      "(IAP's signed assertion), never from shared or hand-made basic-auth passwords.",
      check_prod_people_identity),
+    ("logging-sinks-write-to-own-datasets",
+     "Every Cloud Logging sink writes into partitioned tables of a BigQuery dataset the stack declares.",
+     check_sinks_write_to_own_datasets),
     ("alert-policies-notify",
      "In a stack that declares notification channels, every alert policy (serving, tracking, database, drift, "
      "platform events) notifies at least one of them.",
