@@ -13,7 +13,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 DURATION ?= 60
 USERS ?= 16
 
-.PHONY: install runtime tools-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote rollback rotate-secret clean
+.PHONY: install runtime tools-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote rollback drift-reference rotate-secret clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +105,10 @@ promote: install runtime
 ## make rollback MODEL=iris-classifier ALIAS=champion [TARGET=local|cluster] [STACK=dev]
 rollback: install runtime
 	$(PY) -m tools.ops.promote --model '$(MODEL)' --alias '$(ALIAS)' --rollback --target $(TARGET) --stack $(STACK)
+
+## make drift-reference MODEL=iris-classifier VERSION=3 DATA=train.csv|train.parquet [TARGET=local|cluster] [STACK=dev]
+drift-reference: install runtime
+	$(PY) -m tools.ops.drift_reference --model '$(MODEL)' --version '$(VERSION)' --data '$(DATA)' --target $(TARGET) --stack $(STACK)
 
 ## make rotate-secret NAME=admin-password|flask-secret-key|serving-password [TARGET=local|cluster] [STACK=dev]
 rotate-secret: install runtime
