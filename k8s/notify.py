@@ -35,6 +35,7 @@ WEBHOOK_PATH = "/webhook"  # mlflow_notify.__main__.WEBHOOK_PATH
 RECEIVER_ENV = {"MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
 REGISTER_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
 DEADLINE_SECONDS = 300
+URL_ENV = "MLFLOW_NOTIFY_WEBHOOK_URL"
 # Out of the Service before SIGTERM (MLflow retries a refused delivery); the grace period outlasts the drain.
 DRAIN_SECONDS = 5
 GRACE_SECONDS = 15
@@ -61,12 +62,13 @@ def receiver_container(image: Any) -> dict:
 
 
 def register_container(*, image: Any, tracking_url: Any, admin_username: str, url: Any) -> dict:
-    command, args = with_file_env(["python"], url.apply(lambda value: ["-m", MODULE, "register", "--url", value]),
-                                  REGISTER_ENV)
+    # The URL in env, expanded into the args by the kubelet: a Service URL in env is what `make local` maps.
+    command, args = with_file_env(["python"], ["-m", MODULE, "register", "--url", f"$({URL_ENV})"], REGISTER_ENV)
     return {
         "name": "register-webhook", "image": image, "command": command, "args": args,
         "env": [{"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
-                {"name": "MLFLOW_TRACKING_USERNAME", "value": admin_username}, *file_env(REGISTER_ENV)],
+                {"name": "MLFLOW_TRACKING_USERNAME", "value": admin_username}, {"name": URL_ENV, "value": url},
+                *file_env(REGISTER_ENV)],
         "resources": resources("100m", "256Mi"),
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), secrets_mount()],

@@ -52,6 +52,7 @@ from tools.local.manifests import (
     served_model, service_addresses, sql_proxy_address, workload_containers,
 )
 from tools.local.postgres import LocalPostgres
+from tools.local.notifications import RecordingSink, notification
 from tools.local.payloads import PAYLOADS_FILE, PayloadRecorder
 from tools.local.secretmanager import LocalSecretManager, parse_version_name
 from tools.local.processes import (
@@ -184,6 +185,11 @@ class LocalPlatform:
         self.tracking_db_user = flag_value(run_to_completion_containers(self.grants_job)[-1]["args"], "--grantee")
         self.serving_user_job = m.one("Job", component="serving-setup")
         self.access_job = m.optional("Job", component="access")
+        # Notifications and drift (k8s/notify.py, k8s/drift.py): the receiver of MLflow's webhooks, the Job that
+        # registers the webhook, and the drift job's schedule (run here on demand: `run_drift_job`).
+        self.notify_deployment = m.optional("Deployment", component="notify")
+        self.notify_register_job = m.optional("Job", component="notify-register")
+        self.drift_schedule = m.optional("CronJob", component="drift")
         self.tracking_container = container(self.tracking_deployment, "mlflow")
         self.exporter_container = container(self.tracking_deployment, "metrics-exporter")
         self.serving_container = container(self.serving_deployment, "serving")
@@ -223,6 +229,12 @@ class LocalPlatform:
         self.secrets_dir = self.workdir / "secrets"
         # The sink's stand-in: the serving pods' payload entries, as BigQuery would receive them.
         self.payloads = PayloadRecorder(self.logs_dir / "serving.log", self.workdir / PAYLOADS_FILE)
+        # The channels' stand-in: the receiver's notification lines as they come, the drift job's after each run.
+        self.sink = RecordingSink(self.workdir)
+        self.notify_port = free_port()
+        self.notify: Optional[ManagedProcess] = None
+        self.received_events = PayloadRecorder(self.logs_dir / "notify.log", self.sink.path,
+                                               keep=lambda line: notification(line.decode(errors="replace")) is not None)
         self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
                                       self.credentials.postgres_superuser_password, self.logs_dir / "postgres.log",
                                       self.redact)
@@ -355,6 +367,7 @@ class LocalPlatform:
         self.secrets_dir.mkdir(mode=0o700, exist_ok=True)
         self.write_password_files()
         self.payloads.start()
+        self.received_events.start()
 
         # Built (or found built) before any clock starts: a pod's start-up is not an image build.
         for image in sorted({spec["image"] for _, spec in workload_containers(self.manifests)}):
@@ -379,6 +392,9 @@ class LocalPlatform:
         self.progress("migration job: done")
         self.start_tracking()
         self.progress(f"tracking: {self.tracking_url}")
+        if self.notify_deployment:
+            self.start_notifications()
+            self.progress("notifications: webhook receiver and its registration")
         self.ensure_serving_user()
         if self.access_job:
             self.apply_team_access()
@@ -393,8 +409,8 @@ class LocalPlatform:
     def stop(self) -> None:
         """Stop everything started, newest first; every process group is gone afterwards."""
         errors = []
-        for process in (self.serving, self.tracking_metrics, self.tracking, *self.retired, self.balancer.process,
-                        self.emulator):
+        for process in (self.serving, self.notify, self.tracking_metrics, self.tracking, *self.retired,
+                        self.balancer.process, self.emulator):
             if process is not None:
                 try:
                     process.stop()
@@ -403,6 +419,7 @@ class LocalPlatform:
         if self.iap:
             self.iap.stop()
         self.payloads.stop()
+        self.received_events.stop()
         try:
             self.postgres.stop()
         except Exception as err:
@@ -475,14 +492,16 @@ class LocalPlatform:
             return self.balancer.backends["tracking"].listen_port
         if workload is self.serving_deployment:
             return self.balancer.backends["serving"].listen_port
+        if workload is not None and workload is self.notify_deployment:
+            return self.notify_port  # one receiver: its Service is the pod
         return None
 
     def _services(self) -> dict[str, str]:
         """Every DNS form of every Service, with its port -> 127.0.0.1:balancer port of what it selects."""
         mapping = {}
         for service in self.manifests.all("Service"):
-            for workload in (self.tracking_deployment, self.serving_deployment):
-                if selects(service, workload):
+            for workload in (self.tracking_deployment, self.serving_deployment, self.notify_deployment):
+                if workload is not None and selects(service, workload):
                     for port in service["spec"]["ports"]:
                         for host in service_addresses(service):
                             mapping[f"{host}:{port['port']}"] = f"127.0.0.1:{self._workload_port(workload)}"
@@ -569,15 +588,19 @@ class LocalPlatform:
         return self.localized(self.serving_deployment, self.serving_container, self.pod_name("serving"),
                               self.serving_port)
 
-    def _run_job(self, job: dict, job_name: str, replace: Optional[dict[str, str]] = None) -> list[JobResult]:
+    def _run_job(self, job: dict, job_name: str, replace: Optional[dict[str, str]] = None,
+                 extra_env: Optional[dict] = None, stage: Callable[[Path], None] = lambda pod_dir: None
+                 ) -> list[JobResult]:
         """The Job's containers in order; `replace` swaps whole words of their args (e.g. a database
-        name), not of the launcher around them."""
+        name), not of the launcher around them; `stage` puts files in the new pod's directory."""
         results = []
-        for spec, command in self.job_commands(job, job_name):
+        for spec in run_to_completion_containers(job):
+            command = self.localized(job, spec, job_name, extra_env=extra_env)
             if replace:
                 executable, *args = command.container_argv
                 command = relaunched(command, [executable, *(replace.get(part, part) for part in args)])
             self.prepare_pod(job, command, job_name)
+            stage(self.workdir / "pods" / job_name)
             log_path = self.logs_dir / f"{job_name}-{spec['name']}.log"
             self.started_containers.add((job["metadata"]["name"], spec["name"]))
             completed = run_to_completion(f"{job_name}/{spec['name']}", command.argv, env=command.env,
@@ -605,6 +628,30 @@ class LocalPlatform:
     def apply_team_access(self) -> list[JobResult]:
         """The access Job: the stack's teams and their permissions (also what its schedule reruns)."""
         return self._run_job(self.access_job, "access")
+
+    def start_notifications(self) -> None:
+        """The webhook receiver, then the Job registering the webhook with tracking (as `pulumi up` orders them)."""
+        spec = pod_spec(self.notify_deployment)["containers"][0]
+        command = self.localized(self.notify_deployment, spec, "notify", self.notify_port)
+        self._start_server(self.notify_deployment, spec, command, "notify", self.notify_port)
+        self._run_job(self.notify_register_job, "notify-register")
+
+    def run_drift_job(self) -> Path:
+        """One run of the drift CronJob's pod over WORKDIR/payloads.jsonl (the local sink's table: one file is
+        one window) in place of BigQuery; its notifications go to the recording sink. Returns its log."""
+        job = {"kind": "Job", "metadata": self.drift_schedule["metadata"],
+               "spec": self.drift_schedule["spec"]["jobTemplate"]["spec"]}
+        source = flag_value(run_to_completion_containers(job)[0]["args"], "--source")
+
+        def stage(pod_dir: Path) -> None:
+            staged = pod_dir / "tmp" / PAYLOADS_FILE
+            shutil.copyfile(self.workdir / PAYLOADS_FILE, staged)
+            staged.chmod(0o644)
+
+        [result] = self._run_job(job, "drift", replace={source: f"/tmp/{PAYLOADS_FILE}"},
+                                 extra_env={EMULATOR_HOST_ENV: self.emulator_url}, stage=stage)
+        self.sink.scan(result.log_path.read_text(encoding="utf-8", errors="replace").splitlines())
+        return result.log_path
 
     def ensure_serving_user(self) -> list[JobResult]:
         """The serving-user Job: creates/updates the read-only user and its READ grants."""

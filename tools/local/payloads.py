@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Callable
 
 from infra.payload_store import PAYLOAD_LOG_MESSAGE
 
@@ -24,11 +25,13 @@ def is_payload_entry(line: bytes) -> bool:
 
 
 class PayloadRecorder:
-    """Follows `source` (append-only: every serving pod, old and new, writes there) from where it last read."""
+    """Follows `source` (append-only: every serving pod, old and new, writes there) from where it last read,
+    copying the lines `keep` accepts (the payload entries; the recording sink passes its own)."""
 
-    def __init__(self, source: Path, target: Path):
+    def __init__(self, source: Path, target: Path, keep: Callable[[bytes], bool] = is_payload_entry):
         self.source = source
         self.target = target
+        self.keep = keep
         self._offset = 0
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -45,7 +48,7 @@ class PayloadRecorder:
                 return 0
             whole = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
             self._offset += len(whole)
-            entries = [line for line in whole.splitlines(keepends=True) if is_payload_entry(line)]
+            entries = [line for line in whole.splitlines(keepends=True) if self.keep(line)]
             if entries:
                 with open(self.target, "ab") as out:
                     out.writelines(entries)

@@ -5,6 +5,8 @@ stays where it is, for `make promote` to move).
 Env: MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (a user who may write).
 Variants: `base` (logistic regression) and `shifted` (the same, trained on labels shifted by one:
 every prediction differs from `base`, so a test can tell which version is served).
+`--dataset-source gs://BUCKET/NAME.csv` stores the training features there and logs them as the run's
+dataset (the drift job's reference).
 Flavors: `sklearn` (in the serving image) and `lightgbm` (not in it: serving restores it from the
 model's recorded requirements). This client gets LightGBM the way a serving pod does, with
 mlflow_serving.environment (on PYTHONPATH). `--extra-requirement` adds a line to the recorded
@@ -59,6 +61,16 @@ def log_model(flavor: str, model, **kwargs):
     return mlflow.sklearn.log_model(model, **kwargs)
 
 
+def store_csv(text: str, uri: str) -> None:
+    """The training data at gs://BUCKET/NAME (the GCS emulator: STORAGE_EMULATOR_HOST, no credentials)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    client.bucket(bucket).blob(name).upload_from_string(text, content_type="text/csv")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model-name", required=True)
@@ -67,6 +79,8 @@ def main() -> None:
     parser.add_argument("--variant", choices=("base", "shifted"), default="base")
     parser.add_argument("--flavor", choices=("sklearn", "lightgbm"), default="sklearn")
     parser.add_argument("--extra-requirement", action="append", default=[])
+    parser.add_argument("--dataset-source", help="log the training data as this run's input (mlflow.log_input), "
+                                                 "at this URI (a copy of the iris features the caller stored)")
     args = parser.parse_args()
 
     iris = load_iris(as_frame=True)
@@ -83,6 +97,10 @@ def main() -> None:
         mlflow.log_metrics({"train_accuracy": float(accuracy_score(labels, predictions)),
                             "n_samples": float(len(features))})
         mlflow.log_text(f"iris classifier, variant {args.variant}\n", "notes/README.txt")
+        if args.dataset_source:
+            store_csv(features.to_csv(index=False), args.dataset_source)
+            mlflow.log_input(mlflow.data.from_pandas(features, source=args.dataset_source, name="iris"),
+                             context="training")
         info = log_model(
             args.flavor, model, name="model", registered_model_name=args.model_name,
             signature=infer_signature(features, predictions), input_example=features.head(N_EXAMPLE),

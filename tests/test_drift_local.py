@@ -1,0 +1,141 @@
+"""Drift and notifications end to end on `make local`, from the rendered dev plan with redaction on: a
+version trained on a logged dataset is served; traffic drawn from the training data scores no column over
+the threshold, the same traffic with one column shifted scores that column and only it; the MLflow run of
+the drift job has the scores and none for a redacted column; the recording sink received a notification of
+each kind the platform sends here (version registered, alias moved, promotion refused, drift)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tools.local.localplatform import EMULATOR_HOST_ENV
+from tools.local.testing import scratch_platform
+from tools.offline.plan import write_plan
+from tools.offline.render import render
+from tools.offline.stack import run_stack
+from tools.ops import promote
+
+pytestmark = pytest.mark.slow
+
+REDACTION = {"serving.payloadLog.redact.drop": '["email"]', "serving.payloadLog.redact.hash": '["customer"]'}
+SHIFTED = "petal length (cm)"
+SHIFT = 2.5
+REQUESTS = 300
+THRESHOLD = 0.2
+SETTLE_SECONDS = 3.0
+DATASET = "datasets/iris.csv"
+
+
+@pytest.fixture(scope="module")
+def redacting_plan(tmp_path_factory):
+    plan = tmp_path_factory.mktemp("drift-plan")
+    write_plan(render(run_stack("dev", overrides=REDACTION)), plan / "dev")
+    return plan
+
+
+def settle(platform) -> None:
+    """Until the pod's payload writer and the local sink's recorder have written everything."""
+    seen, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < SETTLE_SECONDS:
+        count = len(platform.payloads.target.read_text().splitlines()) + platform.payloads.record()
+        if count != seen:
+            seen, quiet_since = count, time.monotonic()
+        time.sleep(0.3)
+
+
+def send(platform, training: list[dict], shift: float, seed: int) -> None:
+    rng = random.Random(seed)
+    columns = [*training[0], "email", "customer"]
+
+    def ask(i: int) -> int:
+        row = dict(rng.choice(training))
+        row = {name: float(value) + rng.gauss(0, 0.02) + (shift if name == SHIFTED else 0.0)
+               for name, value in row.items()}
+        body = {"dataframe_split": {"columns": columns,
+                                    "data": [[*row.values(), f"p{i}@example.com", f"c-{i}"]]}}
+        request = urllib.request.Request(f"{platform.serving_url}/invocations", data=json.dumps(body).encode(),
+                                         method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(ask, range(REQUESTS))) == {200}
+    settle(platform)
+
+
+def drift_scores(log_path) -> dict[str, float]:
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    return {line["column"]: line["psi"] for line in lines if line.get("message") == "mlflow.drift.score"}
+
+
+@pytest.fixture(scope="module")
+def rehearsal(request, redacting_plan):
+    with scratch_platform(request, "mlflow-drift-", plan_dir=redacting_plan) as platform:
+        platform.start()
+        trained = platform.run_client(
+            "train", "--model-name", platform.model_name, "--alias", platform.model_alias,
+            "--dataset-source", f"gs://{platform.bucket}/{DATASET}",
+            extra_env={EMULATOR_HOST_ENV: platform.emulator_url}).json()
+        platform.restart_serving()  # as `make promote` would: the pods load the version the alias moved to
+        training = list(csv.DictReader(io.StringIO(platform.read_object(DATASET).decode())))
+        send(platform, training, 0.0, seed=1)
+        calm = drift_scores(platform.run_drift_job())
+        platform.payloads.target.write_text("")  # the next window
+        send(platform, training, SHIFT, seed=2)
+        shifted = drift_scores(platform.run_drift_job())
+        (platform.workdir / "endpoints.json").write_text(json.dumps(platform.endpoints()))
+        refused = promote.main(["--model", platform.model_name, "--version", trained["version"], "--alias",
+                                platform.model_alias, "--require", "train_accuracy>=2", "--target", "local",
+                                "--workdir", str(platform.workdir)])
+        time.sleep(2 * SETTLE_SECONDS)  # the receiver's lines reach the sink's follower
+        platform.received_events.record()
+        yield {"platform": platform, "version": trained["version"], "calm": calm, "shifted": shifted,
+               "refused": refused, "received": platform.sink.received()}
+
+
+def test_traffic_like_the_training_data_drifts_nowhere(rehearsal):
+    assert set(rehearsal["calm"]) == {"sepal length (cm)", "sepal width (cm)", "petal length (cm)",
+                                      "petal width (cm)"}, rehearsal["calm"]
+    assert max(rehearsal["calm"].values()) < THRESHOLD, rehearsal["calm"]
+
+
+def test_the_shifted_column_and_only_it_is_found(rehearsal):
+    over = sorted(column for column, score in rehearsal["shifted"].items() if score > THRESHOLD)
+    assert over == [SHIFTED], rehearsal["shifted"]
+
+
+def test_the_scores_are_an_mlflow_run_without_the_redacted_columns(rehearsal):
+    from mlflow import MlflowClient
+
+    platform = rehearsal["platform"]
+    os.environ.update(MLFLOW_TRACKING_USERNAME=platform.admin_username,
+                      MLFLOW_TRACKING_PASSWORD=platform.admin_password)
+    client = MlflowClient(platform.tracking_url)
+    experiment = client.get_experiment_by_name("platform-monitoring")
+    [latest, _] = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    assert latest.data.params["version"] == rehearsal["version"]
+    assert latest.data.params["redacted_columns"] == "customer,email"
+    assert latest.data.tags["drift.over_threshold"] == SHIFTED
+    assert latest.data.metrics[f"psi.{SHIFTED}".replace("(", "_").replace(")", "_")] > THRESHOLD
+    assert not [key for key in latest.data.metrics if "email" in key or "customer" in key]
+    # the reference came from the logged dataset, stored on the version
+    assert "drift.reference" in client.get_model_version(platform.model_name, rehearsal["version"]).tags
+
+
+def test_each_kind_of_notification_reached_the_sink(rehearsal):
+    assert rehearsal["refused"] == promote.EXIT_GATE
+    kinds = {entry["kind"] for entry in rehearsal["received"]}
+    assert {"version_registered", "alias_moved", "promotion_refused", "drift"} <= kinds, rehearsal["received"]
+    drifted = [entry for entry in rehearsal["received"] if entry["kind"] == "drift"]
+    assert {entry["column"] for entry in drifted} == {SHIFTED}
+    registered = [entry for entry in rehearsal["received"] if entry["kind"] == "version_registered"]
+    assert rehearsal["version"] in {entry["version"] for entry in registered}
