@@ -17,6 +17,7 @@ from mlflow_serving.batching import (  # noqa: E402
     Answer, Batcher, BatchingApp, BatchSettings, Request, merged_document, rows_of,
 )
 from mlflow_serving.metrics import ServingMetrics  # noqa: E402
+from tests.test_serving_batching import on_loop  # noqa: E402
 from mlflow_serving.payload_log import (  # noqa: E402
     HASH_PREFIX, PAYLOAD_LOG_MESSAGE, Exchange, LineWriter, PayloadLog, PayloadLogApp, Redaction, RedactionError,
     Served, entry_line, read_entries,
@@ -157,15 +158,6 @@ async def post(app, body: bytes) -> tuple[int, bytes]:
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
-def on_loop(scenario):
-    """A private loop: the Pulumi tests rely on the global one."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(scenario())
-    finally:
-        loop.close()
-
-
 def test_each_request_of_a_merged_batch_is_logged_once_with_its_own_inputs_and_outputs():
     lines: list[str] = []
     scorer = MergingScorer()
@@ -238,3 +230,27 @@ def test_the_line_writer_writes_whole_lines_to_its_descriptor(tmp_path):
     finally:
         os.close(fd)
     assert target.read_text() == long_line + "second\n"
+
+
+def test_a_client_gone_before_its_request_arrived_is_not_logged_and_an_app_error_is_logged_as_500():
+    lines: list[str] = []
+    log = PayloadLog(SERVED, REDACTION, lines.append)
+
+    async def left(scope, receive, send):
+        assert (await receive())["type"] == "http.disconnect"  # BatchingApp then answers nothing
+
+    async def broken(scope, receive, send):
+        await receive()
+        raise RuntimeError("a bug")
+
+    async def scenario():
+        async def gone():
+            return {"type": "http.disconnect"}
+        scope = {"type": "http", "path": "/invocations", "method": "POST", "headers": []}
+        await PayloadLogApp(left, log, rate=1.0)(scope, gone, None)
+        with pytest.raises(RuntimeError):
+            await post(PayloadLogApp(broken, log, rate=1.0), json.dumps(FORMATS["dataframe_split"]).encode())
+    on_loop(scenario)
+    log.queue.join()
+    [entry] = read_entries(lines)
+    assert (entry.status, entry.error, entry.columns) == (500, "HTTP 500", ["customer", "x"])

@@ -365,7 +365,7 @@ class PayloadLogApp:
         started = time.perf_counter()
         chunks: list[bytes] = []
         answer: list[bytes] = []
-        status = 500  # what the client gets if the app raises before answering
+        status: Optional[int] = None
 
         async def capture_receive():
             message = await receive()
@@ -383,8 +383,12 @@ class PayloadLogApp:
 
         try:
             await self.app(scope, capture_receive, capture_send)
+        except Exception:
+            status = status or 500  # what the server answers for an app that raises
+            raise
         finally:
-            content_type = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"content-type"),
-                                None)
-            self.log.submit(Exchange(_request_id(scope), b"".join(chunks), content_type, status, b"".join(answer),
-                                     (time.perf_counter() - started) * 1000))
+            if status is not None:  # else the client left before its request arrived: nothing was answered
+                content_type = next((v.decode("latin-1") for k, v in scope["headers"]
+                                     if k.lower() == b"content-type"), None)
+                self.log.submit(Exchange(_request_id(scope), b"".join(chunks), content_type, status,
+                                         b"".join(answer), (time.perf_counter() - started) * 1000))
