@@ -222,7 +222,7 @@ class LocalPlatform:
              self._backend("tracking_metrics", self.exporter_container)],
             self.workdir / "balancer", self.workdir / "logs" / "haproxy.log", lambda text: text)
         self.iap = self._stand_in_iap()
-        self.pod_generation = {"tracking": 0, "serving": 0}
+        self.pod_generation = {"tracking": 0, "serving": 0, "notify": 0}
         self.retiring: list[threading.Thread] = []  # old pods going through preStop, SIGTERM, grace
         self.retired: list[ManagedProcess] = []
         self.logs_dir = self.workdir / "logs"
