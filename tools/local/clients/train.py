@@ -113,6 +113,8 @@ def main() -> None:
         "version": version, "model_name": args.model_name, "alias": args.alias, "variant": args.variant,
         "flavor": args.flavor, "params": {k: str(v) for k, v in params.items()},
         "example_predictions": [int(p) for p in predictions[:N_EXAMPLE]],
+        # what the model was trained on, for a caller drawing traffic like it (independent of the stored copy)
+        **({"training_rows": features.to_dict(orient="records")} if args.dataset_source else {}),
     }))
 
 
