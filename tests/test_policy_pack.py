@@ -14,6 +14,7 @@ import yaml
 from pulumi_policy.deserialize import deserialize_properties
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
+from tests.helpers import dig
 from tools.offline.mocks import secret
 from tools.offline.stack import ROOT, StackRun
 from tools.policy import rules
@@ -81,17 +82,12 @@ def first(run: StackRun, type_token: str):
     return run.of_type(type_token)[0]
 
 
+_ABSENT = object()
+
+
 def has_path(inputs: dict, path: str) -> bool:
     """Whether `a.b.0.c` leads somewhere in `inputs` (the first resource a breakage applies to)."""
-    node: Any = inputs
-    for part in filter(None, path.split(".")):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            return False
-    return True
+    return not path or dig(inputs, path, _ABSENT) is not _ABSENT
 
 
 def mutated(inputs: dict, path: str, value: Any) -> dict:
