@@ -53,7 +53,7 @@ def test_both_stacks_render_the_split_with_the_champion_at_100(stack_runs, stack
     # The address the Gateway names is the one the stack exports, a reserved internal one of the node subnet.
     address = run.named("mlflow-net-serving-gateway-ip")
     assert gateway.inputs["spec"]["addresses"] == [{"type": "NamedAddress", "value": address.state["name"]}]
-    assert address.inputs["addressType"] == "INTERNAL"
+    assert address.inputs["addressType"] == "INTERNAL" and address.urn in gateway.dependencies
     assert run.outputs["serving_gateway_address"] == address.state["address"]
 
 
