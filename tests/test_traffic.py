@@ -65,6 +65,8 @@ def test_the_gateway_waits_for_its_proxy_only_subnet_and_firewall_so_a_destroy_r
     assert (subnet.inputs["purpose"], subnet.inputs["role"]) == ("REGIONAL_MANAGED_PROXY", "ACTIVE")
     [firewall] = run.of_type("gcp:compute/firewall:Firewall")
     assert {subnet.urn, firewall.urn} <= set(gateway.dependencies)
+    # and after the champion Deployment: on a first `up`, minutes after GKE began installing the Gateway API
+    assert run.named("mlflow-serving-deployment").urn in gateway.dependencies
     assert gateway.urn in run.named("mlflow-serving-route").dependencies
 
 
