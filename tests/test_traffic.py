@@ -94,6 +94,14 @@ def test_the_serving_cluster_serves_the_standard_gateway_api(stack_runs, stack):
     assert set(channels.values()) <= {None}
 
 
+def test_with_a_serving_cluster_the_split_lives_there(stack_runs):
+    run = stack_runs["prod"]
+    serving_provider = run.named("mlflow-serving-deployment").provider
+    assert "mlflow-serving" in serving_provider
+    for name in ("mlflow-serving-gateway", "mlflow-serving-route", "mlflow-serving-health-check"):
+        assert run.named(name).provider == serving_provider, name
+
+
 def test_the_proxy_only_subnet_is_disjoint_from_every_other_range(stack_runs):
     run = stack_runs["prod"]
     proxy = ipaddress.IPv4Network(run.named("mlflow-net-proxy-only").inputs["ipCidrRange"])
