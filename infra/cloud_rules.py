@@ -49,6 +49,12 @@ CONTROL_PLANE_PREFIX = 28
 # https://cloud.google.com/vpc/docs/configure-private-services-access#allocating-range: the
 # allocated range must be a /24 or larger.
 PRIVATE_SERVICES_MAX_PREFIX = 24
+# https://cloud.google.com/load-balancing/docs/proxy-only-subnets: a proxy-only subnet is a /26 or larger
+# (a /23 recommended); one per region and VPC carries every Envoy-based load balancer there.
+PROXY_ONLY_MAX_PREFIX = 26
+# https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges: where Google's health
+# check probes come from, for Application Load Balancers among others.
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
 
 
 def overlapping_ranges(ranges: dict[str, str]) -> list[tuple[str, str]]:
