@@ -18,6 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from pydantic import ValidationError
+
+from infra.settings import CanarySettings
 from tools.ops.interfaces import TrackMetrics, TrackStats, TrafficRouter
 
 MAX_WINDOWS = 5
@@ -38,7 +41,7 @@ class Thresholds:
     max_p99_ratio: float
 
     @classmethod
-    def from_settings(cls, canary) -> "Thresholds":
+    def from_settings(cls, canary: CanarySettings) -> "Thresholds":
         return cls(tuple(canary.steps), float(canary.window_seconds), canary.min_requests,
                    canary.max_error_rate_increase, canary.max_p99_ratio)
 
@@ -48,14 +51,13 @@ class Thresholds:
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
-    """`10,50,100`: strictly increasing percentages, each 1..100, the last 100 (as serving.canary.steps)."""
+    """`10,50,100`, checked as serving.canary.steps is."""
     try:
-        steps = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"STEPS={text!r}: expected comma-separated whole percentages, e.g. 10,50,100") from None
-    if any(not 1 <= step <= 100 for step in steps) or list(steps) != sorted(set(steps)) or steps[-1] != 100:
-        raise ValueError(f"STEPS={text!r}: each step 1..100, strictly increasing, the last 100")
-    return steps
+        return CanarySettings(steps=[int(part) for part in text.split(",")]).steps
+    except (ValueError, ValidationError) as err:
+        detail = err.errors()[0]["msg"].removeprefix("Value error, ") if isinstance(err, ValidationError) else \
+            "expected comma-separated whole percentages, e.g. 10,50,100"
+        raise ValueError(f"STEPS={text!r}: {detail}") from None
 
 
 @dataclass(frozen=True)
