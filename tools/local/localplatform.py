@@ -328,7 +328,8 @@ class LocalPlatform:
         (the split, each track's pods), the challenger's own Service and alias."""
         return {"challenger_url": self.balancer.url("challenger"), "challenger_alias": self.challenger_alias,
                 "balancer_socket": str(self.balancer.socket_path), "split_map": str(self.balancer.split_map),
-                "track_backends": {CHAMPION: "serving", CHALLENGER: "challenger"}}
+                "track_backends": {CHAMPION: "serving", CHALLENGER: "challenger"},
+                "declared_split": list(self.declared_split)}
 
     @property
     def challenger_alias(self) -> Optional[str]:

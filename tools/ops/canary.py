@@ -20,8 +20,10 @@ from typing import Callable, Optional, Sequence
 
 from pydantic import ValidationError
 
+from infra.config import ConfigError, settings_from_values
 from infra.settings import CanarySettings
-from tools.ops.interfaces import TrackMetrics, TrackStats, TrafficRouter
+from tools.offline.stack import read_stack_config
+from tools.ops.interfaces import TargetError, TrackMetrics, TrackStats, TrafficRouter
 
 MAX_WINDOWS = 5
 # Below this a p99 difference is scheduling noise, never a regression worth a rollback.
@@ -48,6 +50,14 @@ class Thresholds:
     def with_steps(self, steps: Sequence[int]) -> "Thresholds":
         return Thresholds(tuple(steps), self.window_seconds, self.min_requests, self.max_error_rate_increase,
                           self.max_p99_ratio)
+
+
+def canary_thresholds(stack: str) -> Thresholds:
+    """`serving.canary` of Pulumi.<stack>.yaml (what the stack's `pulumi up` was given)."""
+    try:
+        return Thresholds.from_settings(settings_from_values(read_stack_config(stack)[0]).serving.canary)
+    except (OSError, ConfigError) as err:
+        raise TargetError(f"reading stack {stack}'s serving.canary: {err}") from None
 
 
 def parse_steps(text: str) -> tuple[int, ...]:

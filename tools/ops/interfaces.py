@@ -10,7 +10,10 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from tools.ops.canary import Thresholds
 
 
 # --- rollout -----------------------------------------------------------------------------------
@@ -94,13 +97,16 @@ class TrafficRouter(Protocol):
 class ChallengerTarget:
     """The challenger track of a platform that declares one (`serving.challenger`)."""
 
+    model: str
+    """The served model (serving.modelName)."""
+    champion_alias: str
     alias: str
     roller: Roller
     """Rolls the challenger's pods onto what its alias points to now."""
     router: TrafficRouter
     metrics: TrackMetrics
-    thresholds: object
-    """tools.ops.canary.Thresholds of the stack's `serving.canary`."""
+    thresholds: "Thresholds"
+    """The stack's `serving.canary`."""
     declared: tuple[int, bool]
     """(weight, mirror) the settings declare: where a finished canary leaves the route."""
     notes: Callable[[int, bool], tuple[str, ...]] = lambda weight, mirror: ()
