@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 
 import pytest
@@ -79,7 +80,7 @@ def canary(platform, version: str, thresholds: Thresholds, log: list[tuple[float
 def test_a_good_version_reaches_100_percent_with_no_failed_request(platform, tmp_path):
     first = predict(platform)
     v2 = platform.train_model(variant="shifted", move_alias=False)["version"]
-    run, _ = load("canary-good", platform.serving_url, USERS, tmp_path)
+    run, _ = load("serving", platform.serving_url, USERS, tmp_path)
     locust = LocustProcesses(run).start()
     log: list[tuple[float, str]] = []
     try:
@@ -103,7 +104,7 @@ def test_a_version_failing_on_part_of_its_inputs_is_rolled_back_at_its_first_ste
     champion = registry.get_registered_model(platform.model_name).aliases[platform.model_alias]
     answer = predict(platform)
     bad = platform.train_model(variant="faulty", move_alias=False)["version"]
-    run, _ = load("canary-bad", platform.serving_url, USERS, tmp_path)
+    run, _ = load("serving", platform.serving_url, USERS, tmp_path)
     locust = LocustProcesses(run).start()
     log: list[tuple[float, str]] = []
     try:
@@ -144,6 +145,5 @@ def _requests_between(run, begin: float, end: float) -> int:
 
 def _challenger_failure_rate(breach: str) -> float:
     """The challenger's own 5xx share, from the numbers the breach prints."""
-    numbers = breach.split("challenger ", 2)[-1]
-    requests, errors = float(numbers.split(" requests")[0]), float(numbers.split(", ")[1].split(" 5xx")[0])
-    return errors / requests
+    numbers = re.search(r"challenger (\d+) requests, (\d+) 5xx", breach)
+    return int(numbers[2]) / int(numbers[1])
