@@ -18,10 +18,13 @@ import json
 import math
 import re
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from loadtest.locust_run import LocustProcesses, wait_for_first_requests
+from loadtest.locust_run import LoadRun, LocustProcesses, wait_for_first_requests
 from loadtest.payloads import PROBE_ROW, dataframe_split
 from loadtest.results import endpoints, history, started_at
 from tests.test_under_load import failures_before, load
@@ -77,21 +80,33 @@ def canary(platform, version: str, thresholds: Thresholds, log: list[tuple[float
                           log=lambda line: log.append((time.time(), line)))
 
 
-def test_a_good_version_reaches_100_percent_with_no_failed_request(platform, tmp_path):
-    first = predict(platform)
-    v2 = platform.train_model(variant="shifted", move_alias=False)["version"]
-    run, _ = load("serving", platform.serving_url, USERS, tmp_path)
+@contextmanager
+def steady_load(platform, out_dir: Path) -> Iterator[LoadRun]:
+    """Locust on serving (USERS closed-loop users, the mix of loadtest/serving_locust.py) while the block runs."""
+    run, _ = load("serving", platform.serving_url, USERS, out_dir)
     locust = LocustProcesses(run).start()
-    log: list[tuple[float, str]] = []
     try:
         wait_for_first_requests(run)
         time.sleep(2)
-        outcome = canary(platform, v2, THRESHOLDS, log)
-        time.sleep(2)
+        yield run
     finally:
         locust.finish()
+
+
+def totals(run: LoadRun) -> tuple[int, int]:
+    """(requests, failed requests) of the whole run."""
     stats = endpoints(run.json_path)
-    requests, failed = sum(e.requests for e in stats), sum(e.failures for e in stats)
+    return sum(e.requests for e in stats), sum(e.failures for e in stats)
+
+
+def test_a_good_version_reaches_100_percent_with_no_failed_request(platform, tmp_path):
+    first = predict(platform)
+    v2 = platform.train_model(variant="shifted", move_alias=False)["version"]
+    log: list[tuple[float, str]] = []
+    with steady_load(platform, tmp_path) as run:
+        outcome = canary(platform, v2, THRESHOLDS, log)
+        time.sleep(2)
+    requests, failed = totals(run)
     print(f"\ngood canary: {requests} requests, {failed} failed\n" + "\n".join(line for _, line in log))
     assert outcome.version == v2 and outcome.previous == platform.demo_run["version"]
     assert [line.split(" passed")[0] for _, line in log if " passed:" in line] == ["step 10%", "step 50%", "step 100%"]
@@ -104,20 +119,13 @@ def test_a_version_failing_on_part_of_its_inputs_is_rolled_back_at_its_first_ste
     champion = registry.get_registered_model(platform.model_name).aliases[platform.model_alias]
     answer = predict(platform)
     bad = platform.train_model(variant="faulty", move_alias=False)["version"]
-    run, _ = load("serving", platform.serving_url, USERS, tmp_path)
-    locust = LocustProcesses(run).start()
     log: list[tuple[float, str]] = []
-    try:
-        wait_for_first_requests(run)
-        time.sleep(2)
+    with steady_load(platform, tmp_path) as run:
         with pytest.raises(CanaryRolledBack) as caught:
             canary(platform, bad, THRESHOLDS.with_steps((10, 100)), log)
         aborted = time.time()
         time.sleep(5)  # the champion alone: nothing may fail any more
-    finally:
-        locust.finish()
-    stats = endpoints(run.json_path)
-    requests, failed = sum(e.requests for e in stats), sum(e.failures for e in stats)
+    requests, failed = totals(run)
     step_started = next(t for t, line in log if line == "local split: challenger 10%")
     sent_during_step = _requests_between(run, step_started, aborted)
     breach = str(caught.value)

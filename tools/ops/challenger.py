@@ -24,10 +24,8 @@ from mlflow.exceptions import MlflowException
 from tools.ops import targets
 from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError
 from tools.ops.promote import (
-    NO_CHALLENGER, EXIT_ERROR, PromotionError, Registry, RuntimeGranter, _model, _ready_version, registry_client,
-    serve_as_challenger,
+    EXIT_ERROR, NO_CHALLENGER, PromotionError, Registry, as_admin, ready_version, registered_model, serve_as_challenger,
 )
-from tools.ops.runtime import AdminRunner
 
 
 def _weight(text: str) -> int:
@@ -48,14 +46,14 @@ def _on_off(text: str) -> bool:
 
 def check_version(registry: Registry, challenger: ChallengerTarget, model: str, version: str) -> None:
     """The served model, with its champion alias, and a READY version; PromotionError otherwise."""
-    registered = _model(registry, model)
+    registered = registered_model(registry, model)
     if model != challenger.model:
         raise PromotionError(f"model {model!r} is not the served one: the challenger serves {challenger.model!r} "
                              "(serving.modelName)")
     if challenger.champion_alias not in registered.aliases:
         raise PromotionError(f"model {model!r} has no {challenger.champion_alias!r} alias: promote a champion "
                              "first (`make promote`), a challenger is compared with it")
-    _ready_version(registry, model, version)
+    ready_version(registry, model, version)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -83,11 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if challenger is None:
             raise PromotionError(NO_CHALLENGER)
         if args.version is not None:
-            tracking = target.tracking
-            registry = registry_client(tracking.uri, tracking.username, tracking.password)
+            registry, granter = as_admin(target.tracking)
             check_version(registry, challenger, args.model, str(args.version))
-            granter = RuntimeGranter(AdminRunner(tracking.uri, tracking.username, tracking.password),
-                                     tracking.serving_user)
             log(serve_as_challenger(registry, granter, challenger, str(args.version), log))
             return 0
         if args.abort:

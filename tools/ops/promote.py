@@ -59,7 +59,9 @@ from mlflow.exceptions import MlflowException
 
 from tools.ops import targets
 from tools.ops.canary import CanaryBreach, Thresholds, parse_steps, run_steps
-from tools.ops.interfaces import ChallengerTarget, RehearsalFailed, Roller, RolloutError, TargetError, Verifier
+from tools.ops.interfaces import (
+    ChallengerTarget, RehearsalFailed, Roller, RolloutError, TargetError, Tracking, Verifier,
+)
 from tools.ops.runtime import AdminRunner
 from tools.venvs import VenvError
 
@@ -170,6 +172,13 @@ class RuntimeGranter:
         return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
 
 
+def as_admin(tracking: Tracking) -> tuple[MlflowClient, RuntimeGranter]:
+    """The registry as tracking's admin, and the granter of READ to the serving user."""
+    registry = registry_client(tracking.uri, tracking.username, tracking.password)
+    return registry, RuntimeGranter(AdminRunner(tracking.uri, tracking.username, tracking.password),
+                                    tracking.serving_user)
+
+
 # --- promotion -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
@@ -180,7 +189,7 @@ class Outcome:
     rollout: str
 
 
-def _model(registry: Registry, name: str):
+def registered_model(registry: Registry, name: str):
     try:
         return registry.get_registered_model(name)
     except MlflowException as err:
@@ -189,7 +198,7 @@ def _model(registry: Registry, name: str):
         raise PromotionError(f"reading registered model {name!r}: {err}") from None
 
 
-def _ready_version(registry: Registry, name: str, version: str):
+def ready_version(registry: Registry, name: str, version: str):
     try:
         mv = registry.get_model_version(name, version)
     except MlflowException as err:
@@ -293,8 +302,8 @@ def promote(registry: Registry, granter: Granter, roller: Roller, *, model: str,
             requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print,
             verifier: Optional[Verifier] = None, request: Optional[dict] = None) -> Outcome:
     version = str(version)
-    registered = _model(registry, model)
-    mv = _ready_version(registry, model, version)
+    registered = registered_model(registry, model)
+    mv = ready_version(registry, model, version)
     for line in check_gates(registry, mv, requirements):
         log(f"gate passed: {line}")
     probe = _rehearse(verifier, model, version, request, log)
@@ -311,7 +320,7 @@ def promote(registry: Registry, granter: Granter, roller: Roller, *, model: str,
 def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str, alias: str,
              log: Callable[[str], None] = print, verifier: Optional[Verifier] = None,
              request: Optional[dict] = None) -> Outcome:
-    registered = _model(registry, model)
+    registered = registered_model(registry, model)
     current = registered.aliases.get(alias)
     if current is None:
         raise PromotionError(f"model {model!r} has no alias {alias!r}: nothing to roll back")
@@ -319,7 +328,7 @@ def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str
     if not target:
         raise PromotionError(f"no previous version recorded for {model}@{alias} (tag {previous_tag(alias)}): "
                              "only an alias moved by tools.ops.promote can be rolled back")
-    _ready_version(registry, model, target)
+    ready_version(registry, model, target)
     probe = _rehearse(verifier, model, target, request, log)
     rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=target, record=current, log=log,
                       probe=probe)
@@ -330,7 +339,7 @@ def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str
 def serve_as_challenger(registry: Registry, granter: Granter, challenger: ChallengerTarget, version: str,
                         log: Callable[[str], None]) -> str:
     """Move the challenger's alias to `version` and roll its pods (put back if they do not get ready)."""
-    return _switch(registry, granter, challenger.roller, model=_model(registry, challenger.model),
+    return _switch(registry, granter, challenger.roller, model=registered_model(registry, challenger.model),
                    alias=challenger.alias, target=version, record=None, log=log)
 
 
@@ -348,7 +357,7 @@ def promote_canary(registry: Registry, granter: Granter, roller: Roller, challen
     if challenger is None:
         raise PromotionError(f"STRATEGY=canary: {NO_CHALLENGER}")
     version = str(version)
-    registered = _model(registry, model)
+    registered = registered_model(registry, model)
     if model != challenger.model or alias != challenger.champion_alias:
         raise PromotionError(f"STRATEGY=canary promotes the served model's champion, {challenger.model}@"
                              f"{challenger.champion_alias}, not {model}@{alias}")
@@ -358,7 +367,7 @@ def promote_canary(registry: Registry, granter: Granter, roller: Roller, challen
                              "champion's; promote the first version with STRATEGY=rolling")
     if previous == version:
         raise PromotionError(f"{model}@{alias} already points to version {version}: nothing to compare")
-    mv = _ready_version(registry, model, version)
+    mv = ready_version(registry, model, version)
     for line in check_gates(registry, mv, requirements):
         log(f"gate passed: {line}")
     probe = _rehearse(verifier, model, version, request, log)
@@ -437,9 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
     try:
         target = targets.platform(args).promotion(args.timeout)
-        tracking = target.tracking
-        registry = registry_client(tracking.uri, tracking.username, tracking.password)
-        granter = RuntimeGranter(AdminRunner(tracking.uri, tracking.username, tracking.password), tracking.serving_user)
+        registry, granter = as_admin(target.tracking)
         checks = {"verifier": target.verifier, "request": args.request_body, "log": log}
         if args.rollback:
             outcome = rollback(registry, granter, target.roller, model=args.model, alias=args.alias, **checks)
