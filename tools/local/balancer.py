@@ -30,6 +30,7 @@ SLOTS = 4  # pods one Service may have at once locally: 1 replica + maxSurge, wi
 # than this fails requests, which is what the rehearsals check.
 ENDPOINT_PROPAGATION_SECONDS = 2.0
 SPLIT_MAP = "split.map"
+MAINTENANCE_FLAGS = 0x3  # srv_admin_state bits of `show servers state`: a server nothing is routed to
 MIRROR_LUA = Path(__file__).resolve().parent / "mirror.lua"
 MIRRORED_PATH = "/invocations"  # what is copied: scoring requests, not probes
 
@@ -85,7 +86,8 @@ def ready_servers(socket_path: Path, backend: str) -> list[tuple[str, int]]:
     for line in lines:
         if line and not line.startswith("#") and len(values := line.split()) >= len(header):
             row = dict(zip(header, values))
-            if row["srv_admin_state"] == "0":  # no maintenance flag: a pod the balancer may route to
+            # Not put in maintenance (0x1 forced, 0x2 inherited); 0x4 only records the template's `disabled`.
+            if int(row["srv_admin_state"]) & MAINTENANCE_FLAGS == 0:
                 found.append((row["srv_addr"], int(row["srv_port"])))
     return found
 
