@@ -151,8 +151,8 @@ def test_a_good_canary_moves_the_alias_routes_back_and_retires_the_challenger():
     assert registry.models["m"]["aliases"] == {"champion": "2", "challenger": "2"}
     assert router.routes == [(50, False), (100, False), (0, False)]  # back to the declared route
     assert [c for c in champion.calls if c[0] == "roll"] == [("roll", "2")]
-    # Served as challenger, then retired onto the champion's version (it had no version before).
-    assert [c for c in challenger.calls if c[0] == "roll"] == [("roll", "2"), ("roll", "2")]
+    # Served as challenger; it had no version before, so it keeps the new champion's, unrolled.
+    assert [c for c in challenger.calls if c[0] == "roll"] == [("roll", "2")]
 
 
 def test_a_breach_leaves_the_alias_and_puts_the_challenger_back():

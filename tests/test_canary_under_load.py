@@ -123,10 +123,10 @@ def test_a_version_failing_on_part_of_its_inputs_is_rolled_back_at_its_first_ste
     with steady_load(platform, tmp_path) as run:
         with pytest.raises(CanaryRolledBack) as caught:
             canary(platform, bad, THRESHOLDS.with_steps((10, 100)), log)
-        aborted = time.time()
         time.sleep(5)  # the champion alone: nothing may fail any more
     requests, failed = totals(run)
     step_started = next(t for t, line in log if line == "local split: challenger 10%")
+    aborted = next(t for t, line in log if line.startswith("local split: all traffic to the champion"))
     sent_during_step = _requests_between(run, step_started, aborted)
     breach = str(caught.value)
     challenger_rate = _challenger_failure_rate(breach)

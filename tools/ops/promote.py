@@ -347,7 +347,10 @@ def retire_challenger(registry: Registry, granter: Granter, challenger: Challeng
                       champion: str, log: Callable[[str], None]) -> str:
     """The challenger's alias back to `before`, or to the champion's version if it had none (a
     challenger serving the champion's version is harmless), and its pods rolled onto it."""
-    return serve_as_challenger(registry, granter, challenger, before or champion, log)
+    target = before or champion
+    if registered_model(registry, challenger.model).aliases.get(challenger.alias) == target:
+        return f"{challenger.model}@{challenger.alias} stays on version {target}"
+    return serve_as_challenger(registry, granter, challenger, target, log)
 
 
 def promote_canary(registry: Registry, granter: Granter, roller: Roller, challenger: Optional[ChallengerTarget], *,
