@@ -185,6 +185,7 @@ NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
     "gcp:compute/router:Router": _COMPUTE,
     "gcp:compute/routerNat:RouterNat": _COMPUTE,
     "gcp:compute/address:Address": _COMPUTE,
+    "gcp:compute/firewall:Firewall": _COMPUTE,
     "gcp:compute/globalAddress:GlobalAddress": _COMPUTE,
     "gcp:compute/sSLPolicy:SSLPolicy": _COMPUTE,
     "gcp:compute/securityPolicy:SecurityPolicy": _COMPUTE,

@@ -138,6 +138,15 @@ def _memory(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+def _at_least(max_prefix: int, what: str) -> AfterValidator:
+    """A CIDR setting of `max_prefix` or a shorter prefix (a larger range), as GCP requires of `what`."""
+    def check(value: str) -> str:
+        if ipaddress.IPv4Network(value).prefixlen > max_prefix:
+            raise ValueError(f"{what} needs a /{max_prefix} or larger range (prefix length 8-{max_prefix})")
+        return value
+    return AfterValidator(check)
 Unset = Annotated[Optional[str], AfterValidator(lambda value: value or None)]  # "" as the stack file's "not set"
 CidrList = Annotated[tuple[str, ...], BeforeValidator(_json_list)]
 ImageByDigest = Annotated[Optional[str], _matching(_IMAGE_BY_DIGEST, _BY_DIGEST)]
@@ -162,8 +171,8 @@ class NetworkSettings(Section):
     serving_services_cidr: Cidr = Field("10.12.16.0/20", description="Secondary range for services of the serving cluster.")
     master_cidr: Cidr = Field("172.16.0.0/28", description="Control-plane range of the platform cluster (/28).")
     serving_master_cidr: Cidr = Field("172.16.0.16/28", description="Control-plane range of the serving cluster (/28).")
-    private_services_cidr: Cidr = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
-    proxy_only_cidr: Cidr = Field("10.129.0.0/23", description="Proxy-only subnet of the region (/26 or larger): the source of the serving Gateway's internal load balancer proxies; declared with a served model.")
+    private_services_cidr: Annotated[Cidr, _at_least(cloud_rules.PRIVATE_SERVICES_MAX_PREFIX, "private services access")] = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
+    proxy_only_cidr: Annotated[Cidr, _at_least(cloud_rules.PROXY_ONLY_MAX_PREFIX, "a proxy-only subnet")] = Field("10.129.0.0/23", description="Proxy-only subnet of the region (/26 or larger, /23 recommended): the source of the serving Gateway's internal load balancer proxies; declared with a served model.")
     tracking_internal_ip: Unset = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
 
     @field_validator("master_cidr", "serving_master_cidr")
@@ -171,22 +180,6 @@ class NetworkSettings(Section):
     def _master_size(cls, value: str) -> str:
         if ipaddress.IPv4Network(value).prefixlen != cloud_rules.CONTROL_PLANE_PREFIX:
             raise ValueError(f"GKE control-plane ranges must be exactly /{cloud_rules.CONTROL_PLANE_PREFIX}")
-        return value
-
-    @field_validator("private_services_cidr")
-    @classmethod
-    def _psa_size(cls, value: str) -> str:
-        if ipaddress.IPv4Network(value).prefixlen > cloud_rules.PRIVATE_SERVICES_MAX_PREFIX:
-            raise ValueError(f"private services access needs a /{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX} "
-                             f"or larger range (prefix length 8-{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX})")
-        return value
-
-    @field_validator("proxy_only_cidr")
-    @classmethod
-    def _proxy_only_size(cls, value: str) -> str:
-        if ipaddress.IPv4Network(value).prefixlen > cloud_rules.PROXY_ONLY_MAX_PREFIX:
-            raise ValueError(f"a proxy-only subnet is a /{cloud_rules.PROXY_ONLY_MAX_PREFIX} or larger range "
-                             f"(prefix length 8-{cloud_rules.PROXY_ONLY_MAX_PREFIX}; /23 recommended)")
         return value
 
     @model_validator(mode="after")
