@@ -16,7 +16,7 @@ from tests.test_promote import MemoryRegistry, Recorder
 from tools.local.balancer import Backend, find_haproxy, haproxy_config, split_commands
 from tools.ops import challenger as challenger_cli
 from tools.ops.canary import MAX_WINDOWS, CanaryBreach, Thresholds, judge, parse_steps, run_steps
-from tools.ops.interfaces import ChallengerTarget, TrackStats
+from tools.ops.interfaces import ChallengerTarget, RolloutError, TrackStats
 from tools.ops.promote import EXIT_CANARY, CanaryRolledBack, PromotionError, promote_canary
 from tools.ops.scrape import Counts, parse, quantile
 from tools.ops.traffic import PrometheusMetrics, route_rules, scalar, track_queries
@@ -238,20 +238,28 @@ def test_the_split_commands_refuse_a_weight_outside_0_to_100():
 
 
 # --- the HTTPRoute and Managed Prometheus --------------------------------------------------------
-RULES = [{"backendRefs": [{"name": "mlflow-serving", "port": 8080, "weight": 100},
-                          {"name": "mlflow-serving-challenger", "port": 8080, "weight": 0}]}]
+SPEC = {"parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "mlflow-serving"}],
+        "rules": [{"backendRefs": [{"group": "", "kind": "Service", "name": "mlflow-serving", "port": 8080, "weight": 100},
+                                   {"group": "", "kind": "Service", "name": "mlflow-serving-challenger", "port": 8080,
+                                    "weight": 0}]}]}
 
 
 def test_the_route_patch_weights_both_services_and_mirrors_to_the_challenger():
-    split = route_rules(RULES, "mlflow-serving", 30, False)
-    assert [ref["weight"] for ref in split[0]["backendRefs"]] == [70, 30]
-    assert split[0]["filters"] == []
-    mirrored = route_rules(split, "mlflow-serving", 0, True)
+    split = route_rules(SPEC, "mlflow-serving", 30, False)
+    assert [(ref["name"], ref["weight"]) for ref in split[0]["backendRefs"]] == [
+        ("mlflow-serving", 70), ("mlflow-serving-challenger", 30)]
+    assert "filters" not in split[0]
+    mirrored = route_rules({**SPEC, "rules": split}, "mlflow-serving", 0, True)
     assert [ref["weight"] for ref in mirrored[0]["backendRefs"]] == [100, 0]
-    assert mirrored[0]["filters"] == [{"type": "RequestMirror", "requestMirror": {
-        "backendRef": {"name": "mlflow-serving-challenger", "port": 8080}}}]
-    assert route_rules(mirrored, "mlflow-serving", 0, False)[0]["filters"] == []
-    assert RULES[0]["backendRefs"][0]["weight"] == 100  # the route read is not changed in place
+    assert mirrored[0]["filters"] == [{"type": "RequestMirror", "requestMirror": {"backendRef": {
+        "group": "", "kind": "Service", "name": "mlflow-serving-challenger", "port": 8080}}}]
+    assert "filters" not in route_rules({**SPEC, "rules": mirrored}, "mlflow-serving", 0, False)[0]
+
+
+def test_a_route_without_a_challenger_is_not_patched():
+    alone = {**SPEC, "rules": [{"backendRefs": SPEC["rules"][0]["backendRefs"][:1]}]}
+    with pytest.raises(RolloutError, match="was it declared with serving.challenger"):
+        route_rules(alone, "mlflow-serving", 30, False)
 
 
 def test_promql_selects_the_track_and_the_scoring_path_over_the_window():

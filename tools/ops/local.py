@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD
 from tools.local.localplatform import LocalPlatform, provider_class_secrets, write_private_file
-from tools.local.manifests import Manifests, container
+from tools.local.manifests import Manifests, container, serving_tracks
 from tools.local.balancer import ready_servers, runtime_command, split_commands
 from tools.local.processes import LocalPlatformError, http
 from tools.local.rollout import RolloutRequestError, request_rollout
@@ -182,7 +182,7 @@ class LocalVerifier:
 
 def local_verifier(runner: AdminRunner, workdir: Path, serving_url: str) -> LocalVerifier:
     """The rehearsal as the serving container of the rendered dev manifests (what `make local` runs)."""
-    args = container(Manifests.load("dev").one("Deployment", component="serving"), "serving")["args"]
+    args = container(serving_tracks(Manifests.load("dev"))[0], "serving")["args"]
     timeout = env_timeout(args) + REHEARSAL_SLACK_SECONDS
 
     def run(rehearsal: list[str]) -> str:

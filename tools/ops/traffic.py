@@ -2,8 +2,8 @@
 filter, patched on the live route (as a promotion patches the rollout annotation), and each track's
 numbers from Managed Service for Prometheus.
 
-The route (k8s/serving.py) sends `weight` to the challenger's Service and the rest to the champion's
-(`backendRefs`), and copies requests to the challenger with a `RequestMirror` filter. The numbers are
+The route's rules are rewritten by the program's own builder (k8s.traffic.route_spec): `weight` to the
+challenger's Service and the rest to the champion's, or a `RequestMirror` filter to the challenger. The numbers are
 PromQL over the pods' own metrics (mlflow_image/mlflow_serving/metrics.py), told apart by the
 `track` target label the PodMonitoring copies from the pods' TRACK_LABEL, through the Prometheus
 HTTP API of Cloud Monitoring (`GET https://monitoring.googleapis.com/v1/projects/PROJECT/location/
@@ -12,42 +12,36 @@ global/prometheus/api/v1/query`, Application Default Credentials with the monito
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Any, Callable, Optional
 
-from k8s.serving import CHALLENGER, CHAMPION
+from k8s.serving import CHALLENGER, CHAMPION, TRACK_METRIC_LABEL
+from k8s.traffic import GATEWAY_GROUP, Backend, route_spec
 from tools.ops.interfaces import RolloutError, TrackStats
 from tools.ops.scrape import LATENCY, REQUESTS, SCORING_PATH
 
-GATEWAY_GROUP, GATEWAY_VERSION, HTTPROUTES = "gateway.networking.k8s.io", "v1", "httproutes"
+GATEWAY_VERSION, HTTPROUTES = "v1", "httproutes"
 FIELD_MANAGER = "mlflow-ops"
 PROMETHEUS_API = "https://monitoring.googleapis.com/v1/projects/{project}/location/global/prometheus/api/v1/query"
 MONITORING_READ = "https://www.googleapis.com/auth/monitoring.read"
-TRACK_METRIC_LABEL = "track"
 
 
-def route_rules(rules: list[dict], champion_service: str, weight: int, mirror: bool) -> list[dict]:
-    """The route's rules with the challenger (every backendRef that is not the champion's Service) at
-    `weight`, the champion at 100 - weight, and a RequestMirror filter to the challenger iff `mirror`."""
+def route_rules(spec: dict, champion_service: str, weight: int, mirror: bool) -> list[dict]:
+    """The rules of the live route's `spec` as k8s.traffic.route_spec writes them for `weight` and
+    `mirror` (what `pulumi up` would write for those settings): the champion is `champion_service`,
+    the challenger the route's other backendRef."""
     if not 0 <= weight <= 100:
         raise ValueError(f"weight={weight}: allowed 0..100")
-    rules = copy.deepcopy(rules)
-    for rule in rules:
-        refs = rule.get("backendRefs", [])
-        challengers = [ref for ref in refs if ref["name"] != champion_service]
-        if not challengers or len(refs) == len(challengers):
-            raise RolloutError(f"the serving HTTPRoute's rule does not name the champion Service {champion_service!r} "
-                               "and a challenger Service: was it declared with serving.challenger?")
-        for ref in refs:
-            ref["weight"] = weight if ref in challengers else 100 - weight
-        filters = [f for f in rule.get("filters", []) if f.get("type") != "RequestMirror"]
-        if mirror:
-            target = {key: challengers[0][key] for key in ("name", "namespace", "port") if key in challengers[0]}
-            filters.append({"type": "RequestMirror", "requestMirror": {"backendRef": target}})
-        rule["filters"] = filters
-    return rules
+    refs = [ref for rule in spec.get("rules", []) for ref in rule.get("backendRefs", [])]
+    champions = [ref for ref in refs if ref["name"] == champion_service]
+    challengers = [ref for ref in refs if ref["name"] != champion_service]
+    if len(champions) != 1 or len(challengers) != 1:
+        raise RolloutError(f"the serving HTTPRoute does not route to the champion Service {champion_service!r} and "
+                           "one challenger Service: was it declared with serving.challenger?")
+    gateway = spec["parentRefs"][0]["name"]
+    backend = lambda ref: Backend(ref["name"], ref["port"])  # noqa: E731
+    return route_spec(gateway, backend(champions[0]), backend(challengers[0]), weight, mirror)["rules"]
 
 
 class HttpRouteRouter:
@@ -69,8 +63,7 @@ class HttpRouteRouter:
         self._call("get_namespaced_custom_object")
 
     def route(self, weight: int, mirror: bool) -> str:
-        rules = route_rules(self._call("get_namespaced_custom_object")["spec"]["rules"], self.champion_service,
-                            weight, mirror)
+        rules = route_rules(self._call("get_namespaced_custom_object")["spec"], self.champion_service, weight, mirror)
         # A merge patch replaces the whole list: the rules are written as read, with new weights.
         self._call("patch_namespaced_custom_object", {"spec": {"rules": rules}}, field_manager=FIELD_MANAGER)
         return (f"httproute/{self.name} -n {self.namespace}: challenger "
