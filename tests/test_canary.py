@@ -313,3 +313,30 @@ def test_p99_is_interpolated_in_its_bucket_as_histogram_quantile_does():
     assert quantile(0.99, ((0.01, 50.0), (0.1, 100.0), (math.inf, 100.0))) == pytest.approx(0.01 + 0.09 * 49 / 50)
     assert quantile(0.99, ((0.01, 0.0), (math.inf, 10.0))) == 0.01  # in +Inf: the highest finite bound
     assert quantile(0.99, ()) is None
+
+
+# --- how tools/ops finds a running `make local`'s challenger ---------------------------------------
+def test_endpoints_of_make_local_name_the_tracks_or_no_challenger():
+    from tools.ops.local import HaproxyRouter, PodMetrics, local_challenger
+
+    base = {"model_uri": "models:/iris-classifier@champion", "serving_url": "http://127.0.0.1:1"}
+    assert local_challenger(base, Recorder(), THRESHOLDS) is None
+    found = local_challenger({**base, "challenger_url": "http://127.0.0.1:2", "challenger_alias": "challenger",
+                              "balancer_socket": "/w/balancer/haproxy.sock", "split_map": "/w/balancer/split.map",
+                              "track_backends": {"champion": "serving", "challenger": "challenger"},
+                              "declared_split": [20, 0]}, Recorder(), THRESHOLDS)
+    assert (found.model, found.champion_alias, found.alias, found.declared) == (
+        "iris-classifier", "champion", "challenger", (20, False))
+    assert isinstance(found.router, HaproxyRouter) and found.router.split_map == Path("/w/balancer/split.map")
+    assert isinstance(found.metrics, PodMetrics) and found.metrics.backends["challenger"] == "challenger"
+
+
+def test_day2_commands_on_a_stack_without_challenger_name_the_setting(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from tools.ops import targets
+
+    monkeypatch.setattr(targets, "platform", lambda args: SimpleNamespace(
+        promotion=lambda timeout: SimpleNamespace(challenger=None)))
+    assert challenger_cli.main(["--weight", "20"]) == 1
+    assert "no challenger track (setting serving.challenger)" in capsys.readouterr().err

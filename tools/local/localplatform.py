@@ -12,6 +12,9 @@ through a Service in the cluster: `tracking_url` and `serving_url` are the balan
 (`roll_tracking`, `restart_serving`) replaces the pod as the Deployment's strategy declares and
 stops the old one as the kubelet would: out of the balancer after the endpoint propagation delay,
 its containers' preStop hooks, SIGTERM, SIGKILL at the end of the grace period (tools/local/lifecycle.py).
+Where the plan declares a challenger track, its pod runs beside serving's behind a backend of its
+own, and serving's frontend splits to it (or mirrors to it) as the rendered HTTPRoute declares;
+`restart_challenger` rolls it, and tools/ops changes the split through the balancer's runtime API.
 
 Every process runs in its own process group with its output in workdir/logs/ (secrets never
 reach the console); leaving the `with` block stops them all. Clients and the GCS emulator run in the
