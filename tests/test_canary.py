@@ -6,8 +6,10 @@ arithmetic, and the day-2 commands' refusals."""
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -340,3 +342,82 @@ def test_day2_commands_on_a_stack_without_challenger_name_the_setting(monkeypatc
         promotion=lambda timeout: SimpleNamespace(challenger=None)))
     assert challenger_cli.main(["--weight", "20"]) == 1
     assert "no challenger track (setting serving.challenger)" in capsys.readouterr().err
+
+
+# --- the local mirror, on a real HAProxy (a process: slow) ----------------------------------------
+class Stub:
+    """An HTTP server answering /ping 200 and POSTs with `status` and its own name; records the bodies."""
+
+    def __init__(self, name: str, status: int):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stub = self
+        self.bodies: list[bytes] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length") or 0)
+                stub.bodies.append(self.rfile.read(length) if length else self._chunked())
+                self.send_response(status)
+                self.send_header("content-length", str(len(name)))
+                self.end_headers()
+                self.wfile.write(name.encode())
+
+            def _chunked(self) -> bytes:
+                body = b""
+                while (size := int(self.rfile.readline().strip() or b"0", 16)):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return body
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+def test_a_mirrored_copy_never_reaches_the_client_and_a_failing_mirror_never_fails_it(tmp_path):
+    from tools.local.balancer import LocalBalancer
+    from tools.local.processes import free_port, http
+
+    champion, challenger = Stub("champion", 200), Stub("challenger", 500)
+    balancer = LocalBalancer([Backend("serving", free_port(), "/ping", 1, 1, split_to="challenger"),
+                              Backend("challenger", free_port(), "/ping", 1, 1)], tmp_path, tmp_path / "haproxy.log",
+                             lambda text: text)
+    balancer.start()
+    try:
+        balancer.add("serving", champion.port)
+        balancer.add("challenger", challenger.port)
+        balancer.split(0, True)
+
+        def send(n: int) -> set:
+            return {(r.status, r.body) for r in (http("POST", f"{balancer.url('serving')}/invocations",
+                                                      json_body={"i": i}) for i in range(n))}
+
+        assert send(20) == {(200, b"champion")}
+        deadline = time.time() + 5
+        while len(challenger.bodies) < 20 and time.time() < deadline:
+            time.sleep(0.05)
+        assert sorted(json.loads(body)["i"] for body in challenger.bodies) == list(range(20))
+        balancer.split(100, False)  # split, not mirrored: the challenger's own answers now
+        assert send(5) == {(500, b"challenger")}
+        balancer.split(0, True)
+        challenger.stop()  # the mirror's target is gone: clients see nothing of it
+        assert send(20) == {(200, b"champion")}
+    finally:
+        balancer.stop()
+        champion.stop()
