@@ -293,7 +293,9 @@ class ModelServing(pulumi.ComponentResource):
             names.name, Backend(SERVICE_NAME, SERVING_PORT),
             Backend(track_names(name, CHALLENGER).name, SERVING_PORT) if challenger else None,
             challenger.weight if challenger else 0, challenger.mirror if challenger else False),
-            gateway_after=args.gateway_after,
+            # GKE installs the Gateway API's CRDs a while after the cluster is up; after the champion Deployment
+            # (which waits for tracking and the serving user), a first `up` is minutes past that.
+            gateway_after=(*args.gateway_after, champion_deployment),
             backends=(champion_service, *([challenger_track[1]] if challenger_track else [])), opts=k8s_opts)
         self.namespace = ns_name
         self.service_url = pulumi.Output.all(champion_service.metadata["name"], ns_name).apply(
@@ -323,8 +325,9 @@ class ModelServing(pulumi.ComponentResource):
         )
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
         service = self._scaling_and_exposure(names.instance, args, names, ns_name, deployment, k8s_opts)
+        # After the Deployment, like the Gateway: GKE's Gateway controller brings this kind too.
         health_check_policy(f"{names.instance}-health-check", names.metadata(ns_name), names.name, READY_PATH,
-                            pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[service])))
+                            pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[service, deployment])))
         return deployment, service
 
     def _container(self, args: ModelServingArgs, alias: str) -> dict:

@@ -53,7 +53,7 @@ def test_both_stacks_render_the_split_with_the_champion_at_100(stack_runs, stack
     # The address the Gateway names is the one the stack exports, a reserved internal one of the node subnet.
     address = run.named("mlflow-net-serving-gateway-ip")
     assert gateway.inputs["spec"]["addresses"] == [{"type": "NamedAddress", "value": address.state["name"]}]
-    assert address.inputs["addressType"] == "INTERNAL"
+    assert address.inputs["addressType"] == "INTERNAL" and address.urn in gateway.dependencies
     assert run.outputs["serving_gateway_address"] == address.state["address"]
 
 
@@ -65,6 +65,8 @@ def test_the_gateway_waits_for_its_proxy_only_subnet_and_firewall_so_a_destroy_r
     assert (subnet.inputs["purpose"], subnet.inputs["role"]) == ("REGIONAL_MANAGED_PROXY", "ACTIVE")
     [firewall] = run.of_type("gcp:compute/firewall:Firewall")
     assert {subnet.urn, firewall.urn} <= set(gateway.dependencies)
+    # and after the champion Deployment: on a first `up`, minutes after GKE began installing the Gateway API
+    assert run.named("mlflow-serving-deployment").urn in gateway.dependencies
     assert gateway.urn in run.named("mlflow-serving-route").dependencies
 
 
@@ -90,6 +92,14 @@ def test_the_serving_cluster_serves_the_standard_gateway_api(stack_runs, stack):
     serving_cluster = "mlflow-serving-cluster" if stack == "prod" else "mlflow-platform-cluster"
     assert channels.pop(serving_cluster) == "CHANNEL_STANDARD"
     assert set(channels.values()) <= {None}
+
+
+def test_with_a_serving_cluster_the_split_lives_there(stack_runs):
+    run = stack_runs["prod"]
+    serving_provider = run.named("mlflow-serving-deployment").provider
+    assert "mlflow-serving" in serving_provider
+    for name in ("mlflow-serving-gateway", "mlflow-serving-route", "mlflow-serving-health-check"):
+        assert run.named(name).provider == serving_provider, name
 
 
 def test_the_proxy_only_subnet_is_disjoint_from_every_other_range(stack_runs):
