@@ -381,10 +381,13 @@ def promote_canary(registry: Registry, granter: Granter, roller: Roller, challen
     except (CanaryBreach, RolloutError) as err:
         if isinstance(err, RolloutError):
             log(challenger.router.abort())
-        retired = retire_challenger(registry, granter, challenger, challenger_before, previous, log)
+        try:
+            retired = retire_challenger(registry, granter, challenger, challenger_before, previous, log)
+        except PromotionError as failure:  # the breach is what the operator must read first
+            retired = f"not retired: {failure}"
         for note in challenger.notes(0, False):
             log(note)
-        what = "rolled back at" if isinstance(err, CanaryBreach) else "stopped: its numbers could not be read:"
+        what = "rolled back at" if isinstance(err, CanaryBreach) else "stopped:"
         raise CanaryRolledBack(f"canary of {model} version {version} {what} {err}; {model}@{alias} is still version "
                                f"{previous}, all traffic on it; challenger retired: {retired}") from None
     try:
