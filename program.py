@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 import pulumi
 
+from infra.cloud_rules import HEALTH_CHECK_RANGES
 from infra.apis import IAP_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
 from infra.cluster import GkeCluster, GkeClusterArgs
 from infra.database import Database, DatabaseArgs
@@ -23,7 +24,7 @@ from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
-from k8s.serving import CONTAINER_NAME, SERVING_USERNAME, ModelServing, ModelServingArgs
+from k8s.serving import CONTAINER_NAME, SERVING_PORT, SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
 
 # The platform component's name in the stack `__main__.py` declares.
@@ -133,7 +134,13 @@ def build_network(settings: Settings, labels: dict[str, str], opts: pulumi.Resou
         labels=labels,
         internal_ips=(("tracking", network.tracking_lb_address),) if separate_serving else (),
         global_ingress_address=bool(settings.edge.ingress_host),
+        proxy_only_cidr=network.proxy_only_cidr if settings.serving.model_name else None,
     ), opts)
+
+
+def load_balancer_ranges(settings: Settings) -> tuple[str, ...]:
+    """Where the serving Gateway's load balancer reaches the pods from: its proxies, Google's health checks."""
+    return (settings.network.proxy_only_cidr, *HEALTH_CHECK_RANGES)
 
 
 @dataclass(frozen=True)
@@ -164,6 +171,7 @@ def build_clusters(settings: Settings, foundation: Foundation) -> Clusters:
 
 def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShape,
                   peerings_before: tuple[pulumi.Resource, ...]) -> GkeCluster:
+    gateway = bool(settings.serving.model_name) and (shape.role == "serving" or not settings.clusters.separate_serving)
     return GkeCluster(f"{settings.name_prefix}-{shape.role}", GkeClusterArgs(
         project=settings.project,
         location=settings.cluster_location,
@@ -182,6 +190,10 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
         secrets_key_id=foundation.keys.secrets_key_id,
         secrets_key_ready=(foundation.keys.grants_propagated,),
         peerings_before=peerings_before,
+        # The serving Gateway lives on the cluster serving runs on.
+        gateway_api=gateway,
+        load_balancer_ranges=load_balancer_ranges(settings) if gateway else (),
+        load_balancer_port=SERVING_PORT if gateway else 0,
     ), foundation.after_apis)
 
 
@@ -294,6 +306,9 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
         tracking_workload_pool=clusters.platform.workload_pool,
         settings=settings.serving,
         package_index=packages.index,
+        gateway_address_name=foundation.network.gateway_address_name,
+        load_balancer_ranges=load_balancer_ranges(settings),
+        gateway_after=(foundation.network.proxy_only_subnet, clusters.serving.load_balancer_firewall),
     ), foundation.after_apis)
     keys = foundation.keys
     payloads = PayloadStore(f"{settings.name_prefix}-payloads", PayloadStoreArgs(
@@ -359,4 +374,9 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         # Where the payload log lands (the drift job reads the table).
         outputs["payload_log_dataset"] = serving.payloads.dataset
         outputs["payload_log_table"] = serving.payloads.table
+        # The split: callers inside the VPC send requests to http://ADDRESS/invocations.
+        outputs["serving_route"] = serving.serving.route_ref
+        outputs["serving_gateway_address"] = foundation.network.gateway_address
+        if serving.serving.challenger_deployment_ref is not None:
+            outputs["serving_challenger_deployment"] = serving.serving.challenger_deployment_ref
     return outputs

@@ -49,6 +49,12 @@ CONTROL_PLANE_PREFIX = 28
 # https://cloud.google.com/vpc/docs/configure-private-services-access#allocating-range: the
 # allocated range must be a /24 or larger.
 PRIVATE_SERVICES_MAX_PREFIX = 24
+# https://cloud.google.com/load-balancing/docs/proxy-only-subnets: a proxy-only subnet is a /26 or larger
+# (a /23 recommended); one per region and VPC carries every Envoy-based load balancer there.
+PROXY_ONLY_MAX_PREFIX = 26
+# https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges: where Google's health
+# check probes come from, for Application Load Balancers among others.
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
 
 
 def overlapping_ranges(ranges: dict[str, str]) -> list[tuple[str, str]]:
@@ -179,6 +185,7 @@ NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
     "gcp:compute/router:Router": _COMPUTE,
     "gcp:compute/routerNat:RouterNat": _COMPUTE,
     "gcp:compute/address:Address": _COMPUTE,
+    "gcp:compute/firewall:Firewall": _COMPUTE,
     "gcp:compute/globalAddress:GlobalAddress": _COMPUTE,
     "gcp:compute/sSLPolicy:SSLPolicy": _COMPUTE,
     "gcp:compute/securityPolicy:SecurityPolicy": _COMPUTE,

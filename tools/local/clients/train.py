@@ -4,7 +4,9 @@ stays where it is, for `make promote` to move).
 
 Env: MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (a user who may write).
 Variants: `base` (logistic regression) and `shifted` (the same, trained on labels shifted by one:
-every prediction differs from `base`, so a test can tell which version is served).
+every prediction differs from `base`, so a test can tell which version is served), and `faulty` (`base`
+as a pyfunc that answers 500 for rows whose petal length is at least FAULTY_PETAL_LENGTH: a version
+failing on part of its inputs, for the canary rehearsals).
 Flavors: `sklearn` (in the serving image) and `lightgbm` (not in it: serving restores it from the
 model's recorded requirements). This client gets LightGBM the way a serving pod does, with
 mlflow_serving.environment (on PYTHONPATH). `--extra-requirement` adds a line to the recorded
@@ -26,6 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 N_EXAMPLE = 5
+FAULTY_PETAL_LENGTH = 5.0
 LIGHTGBM_REQUIREMENT = "lightgbm==4.6.0"
 
 
@@ -53,7 +56,24 @@ def fit(flavor: str, features, labels, params: dict):
     return LogisticRegression(max_iter=params["max_iter"], C=params["C"]).fit(features, labels)
 
 
-def log_model(flavor: str, model, **kwargs):
+class Faulty(mlflow.pyfunc.PythonModel):
+    """Raises an internal error (HTTP 500 from MLflow's scoring) for a request with a long petal."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, context, model_input, params=None):
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+        if (model_input["petal length (cm)"] >= FAULTY_PETAL_LENGTH).any():
+            raise MlflowException("faulty variant: a long petal", error_code=INTERNAL_ERROR)
+        return self.model.predict(model_input)
+
+
+def log_model(flavor: str, model, variant: str, **kwargs):
+    if variant == "faulty":
+        return mlflow.pyfunc.log_model(python_model=Faulty(model), **kwargs)
     if flavor == "lightgbm":
         return mlflow.lightgbm.log_model(model, **kwargs)
     return mlflow.sklearn.log_model(model, **kwargs)
@@ -64,7 +84,7 @@ def main() -> None:
     parser.add_argument("--model-name", required=True)
     parser.add_argument("--alias", help="move this alias to the new version")
     parser.add_argument("--experiment", default="iris-demo")
-    parser.add_argument("--variant", choices=("base", "shifted"), default="base")
+    parser.add_argument("--variant", choices=("base", "shifted", "faulty"), default="base")
     parser.add_argument("--flavor", choices=("sklearn", "lightgbm"), default="sklearn")
     parser.add_argument("--extra-requirement", action="append", default=[])
     args = parser.parse_args()
@@ -84,7 +104,7 @@ def main() -> None:
                             "n_samples": float(len(features))})
         mlflow.log_text(f"iris classifier, variant {args.variant}\n", "notes/README.txt")
         info = log_model(
-            args.flavor, model, name="model", registered_model_name=args.model_name,
+            args.flavor, model, args.variant, name="model", registered_model_name=args.model_name,
             signature=infer_signature(features, predictions), input_example=features.head(N_EXAMPLE),
             extra_pip_requirements=args.extra_requirement or None)
     version = str(info.registered_model_version)
