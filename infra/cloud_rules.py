@@ -216,10 +216,13 @@ NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
                                   "3-63 lowercase letters, digits, '-' and '_'"),
     # BigQuery datasets.insert: a dataset id has letters, digits and underscores, at most 1,024 characters.
     "gcp:bigquery/dataset:Dataset": ("datasetId", 1024, r"\w+", "1-1024 letters, digits and '_'"),
-    # Logging LogSink.name and LogExclusion.name: at most 100 letters, digits, '_', '-' and '.'.
-    "gcp:logging/projectSink:ProjectSink": ("name", 100, r"[A-Za-z0-9_.-]+", "1-100 letters, digits, '_', '-', '.'"),
-    "gcp:logging/projectExclusion:ProjectExclusion": ("name", 100, r"[A-Za-z0-9_.-]+",
-                                                      "1-100 letters, digits, '_', '-', '.'"),
+    # Logging API LogSink.name: "limited to 100 characters", letters, digits, '_', '-', '.', the first a
+    # letter or digit; LogExclusion.name alike.
+    "gcp:logging/projectSink:ProjectSink": ("name", 100, r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                                            "1-100 letters, digits, '_', '-', '.', starting with a letter or digit"),
+    "gcp:logging/projectExclusion:ProjectExclusion": ("name", 100, r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                                                      "1-100 letters, digits, '_', '-', '.', starting with a letter "
+                                                      "or digit"),
 }.items()}
 
 
