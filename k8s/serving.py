@@ -21,7 +21,7 @@ from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
 from k8s.tracking import TrackingEndpoint
-from k8s.traffic import Backend, health_check_policy, route_spec, traffic_split
+from k8s.traffic import Backend, gateway_api_gate, health_check_policy, route_spec, traffic_split
 from k8s.workload import (
     WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, in_cluster_url, ingress_policy_spec,
     pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
@@ -285,17 +285,17 @@ class ModelServing(pulumi.ComponentResource):
         # One serving user reads the model whatever its alias: both tracks wait for the same grants.
         track_opts = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup, *serving_grants]))
         challenger = args.settings.challenger
+        gate = gateway_api_gate(name, ns_name, k8s_labels(name, "gateway-api-gate"), args.image, k8s_opts)
         champion_deployment, champion_service = self._track(
-            track_names(name, CHAMPION), args.settings.model_alias, args, identity.ksa_name, volumes, ns_name, track_opts)
+            track_names(name, CHAMPION), args.settings.model_alias, args, identity.ksa_name, volumes, ns_name,
+            track_opts, gate)
         challenger_track = self._track(track_names(name, CHALLENGER), challenger.alias, args, identity.ksa_name,
-                                       volumes, ns_name, track_opts) if challenger else None
+                                       volumes, ns_name, track_opts, gate) if challenger else None
         route = traffic_split(name, names.metadata(ns_name), args.gateway_address_name, route_spec(
             names.name, Backend(SERVICE_NAME, SERVING_PORT),
             Backend(track_names(name, CHALLENGER).name, SERVING_PORT) if challenger else None,
             challenger.weight if challenger else 0, challenger.mirror if challenger else False),
-            # GKE installs the Gateway API's CRDs a while after the cluster is up; after the champion Deployment
-            # (which waits for tracking and the serving user), a first `up` is minutes past that.
-            gateway_after=(*args.gateway_after, champion_deployment),
+            gateway_after=(*args.gateway_after, gate),
             backends=(champion_service, *([challenger_track[1]] if challenger_track else [])), opts=k8s_opts)
         self.namespace = ns_name
         self.service_url = pulumi.Output.all(champion_service.metadata["name"], ns_name).apply(
@@ -310,9 +310,10 @@ class ModelServing(pulumi.ComponentResource):
                                "route_ref": self.route_ref})
 
     def _track(self, names: WorkloadNames, alias: str, args: ModelServingArgs, service_account: pulumi.Output[str],
-               volumes: list[dict], ns_name: pulumi.Output[str], opts: pulumi.ResourceOptions
-               ) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
-        """One track: its Deployment serving `alias`, autoscaled and budgeted alike, its Service and health check."""
+               volumes: list[dict], ns_name: pulumi.Output[str], opts: pulumi.ResourceOptions,
+               gate: k8s.batch.v1.Job) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
+        """One track: its Deployment serving `alias`, autoscaled and budgeted alike, its Service and its
+        health check (after `gate`, the Job that waits for the HealthCheckPolicy CRD)."""
         deployment = k8s.apps.v1.Deployment(
             f"{names.instance}-deployment",
             metadata=names.metadata(ns_name, deployment_annotations()),
@@ -325,9 +326,8 @@ class ModelServing(pulumi.ComponentResource):
         )
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
         service = self._scaling_and_exposure(names.instance, args, names, ns_name, deployment, k8s_opts)
-        # After the Deployment, like the Gateway: GKE's Gateway controller brings this kind too.
         health_check_policy(f"{names.instance}-health-check", names.metadata(ns_name), names.name, READY_PATH,
-                            pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[service, deployment])))
+                            pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[service, gate])))
         return deployment, service
 
     def _container(self, args: ModelServingArgs, alias: str) -> dict:
