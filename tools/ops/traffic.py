@@ -80,7 +80,8 @@ def track_queries(track: str, namespace: str, seconds: int) -> dict[str, str]:
     window = f"[{seconds}s]"
     return {
         "requests": f"sum(increase({REQUESTS}_total{{{selector}}}{window}))",
-        "errors": f'sum(increase({REQUESTS}_total{{{selector},status=~"5.."}}{window}))',
+        # every status >= 400 (ERROR_STATUS_MIN): 4xx and 5xx
+        "errors": f'sum(increase({REQUESTS}_total{{{selector},status=~"[45].."}}{window}))',
         "p99": f"histogram_quantile(0.99, sum by (le) (increase({LATENCY}_bucket{{{selector}}}{window})))",
     }
 
