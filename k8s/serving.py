@@ -52,9 +52,10 @@ SETUP_DEADLINE_SECONDS = 600
 # (an OOM kill does not rebuild); a new pod rebuilds in seconds from the regional package cache.
 ENV_VOLUME = "model-envs"
 ENV_CACHE_PATH = "/var/cache/mlflow-envs"
-# Shutdown of a serving pod: clients reach it through a ClusterIP Service, whose kube-proxy rules
-# drop a deleted pod ~1-2 s after the API server, more on a busy control plane: 10 s covers it.
-DRAIN_SECONDS = 10
+# Shutdown of a serving pod: the Gateway's internal Application Load Balancer detaches a NEG endpoint
+# within ~10 s of the pod's deletion (as tracking's Ingress does), in-cluster callers' kube-proxy rules
+# within ~1-2 s; 15 s covers both.
+DRAIN_SECONDS = 15
 # drain + 20 s for predictions in flight (milliseconds each; large batches take longer).
 GRACE_SECONDS = DRAIN_SECONDS + 20
 
