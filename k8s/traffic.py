@@ -55,6 +55,11 @@ def gateway_spec(address_name: Any) -> dict:
     }
 
 
+def gateway_url(address: str) -> str:
+    """What callers in the VPC send requests to: the Gateway, where the tracks share the traffic."""
+    return f"http://{address}:{GATEWAY_PORT}"
+
+
 def backend_ref(backend: Backend, weight: Optional[int] = None) -> dict:
     ref = {"group": "", "kind": "Service", "name": backend.service, "port": backend.port}
     return ref if weight is None else {**ref, "weight": weight}

@@ -55,6 +55,9 @@ def test_both_stacks_render_the_split_with_the_champion_at_100(stack_runs, stack
     assert gateway.inputs["spec"]["addresses"] == [{"type": "NamedAddress", "value": address.state["name"]}]
     assert address.inputs["addressType"] == "INTERNAL" and address.urn in gateway.dependencies
     assert run.outputs["serving_gateway_address"] == address.state["address"]
+    # callers (the load rig too) get the Gateway's URL; the champion's Service would bypass the split
+    assert run.outputs["serving_url"] == f"http://{address.state['address']}:80"
+    assert "serving_in_cluster_url" not in run.outputs
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
