@@ -4,6 +4,7 @@ stacks declare them with and without a challenger."""
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 import pytest
 
@@ -11,6 +12,9 @@ from infra.cloud_rules import HEALTH_CHECK_RANGES
 from k8s.serving import CHALLENGER, CHAMPION, READY_PATH, SERVING_PORT, TRACK_LABEL, TRACK_METRIC_LABEL
 from k8s.traffic import GATE_MODULE, GATEWAY_CRDS, INTERNAL_GATEWAY_CLASS, Backend, route_spec
 from tests.helpers import container, plain, pod_spec
+
+sys.path.insert(0, "mlflow_image")
+import mlflow_crdwait.__main__ as crdwait  # noqa: E402
 
 CHAMPION_SVC, CHALLENGER_SVC = Backend("champ", 8080), Backend("chall", 8080)
 WITH_CHALLENGER = {"serving.challenger.weight": 10}
@@ -82,7 +86,9 @@ def test_the_gateway_api_kinds_wait_for_the_gate_job_that_waits_for_their_crds(s
                                  "healthcheckpolicies.networking.gke.io"}
     timeout = float(args[args.index("--timeout") + 1])
     assert timeout < gate.inputs["spec"]["activeDeadlineSeconds"]  # it fails with its message, not a kill
-    assert gate.inputs["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    # its token only in its container, read where mlflow_crdwait looks
+    [mount] = container(gate, "wait-for-crds")["volumeMounts"]
+    assert mount["mountPath"] == crdwait.ACCOUNT and mount["readOnly"] is True
     gate_kinds = {r.inputs.get("kind") for r in run.resources if gate.urn in r.dependencies}
     assert {"Gateway", "HealthCheckPolicy"} <= gate_kinds
     # the route comes after the Gateway, hence after the gate
