@@ -510,7 +510,7 @@ def _steps(value: tuple[int, ...]) -> tuple[int, ...]:
 class CanarySettings(Section):
     steps: Annotated[tuple[int, ...], BeforeValidator(_json_list), AfterValidator(_steps)] = Field(
         (10, 50, 100), description="Challenger weights `make promote STRATEGY=canary` goes through, percent; strictly increasing, the last 100.")
-    window_seconds: int = Field(60, ge=10, le=3600, description="Observation window of each canary step, seconds.")
+    window_seconds: int = Field(60, ge=10, le=3600, description="Observation window of each canary step, seconds; at least 60 on GKE (two Managed Prometheus scrapes), shorter only on make local.")
     min_requests: int = Field(100, ge=1, le=1_000_000, description="Challenger requests a step needs in its window; with fewer it waits (up to 5 windows), then fails as not enough traffic.")
     max_error_rate_increase: float = Field(1.0, ge=0, le=100, description="Breach when the challenger's share of errors (answers >= 400: a model raising answers 400) exceeds the champion's by more than this, percentage points.")
     max_p99_ratio: float = Field(1.5, ge=1, le=100, description="Breach when the challenger's p99 latency exceeds this many times the champion's (and 10 ms).")

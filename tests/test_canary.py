@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from infra.settings import CanarySettings
 from tests.test_promote import MemoryRegistry, Recorder
 from tools.local.balancer import Backend, find_haproxy, haproxy_config, split_commands
 from tools.ops import challenger as challenger_cli
 from tools.ops.canary import MAX_WINDOWS, CanaryBreach, Thresholds, judge, parse_steps, run_steps
-from tools.ops.interfaces import ChallengerTarget, RolloutError, TrackStats
+from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError, TrackStats
 from tools.ops.promote import EXIT_CANARY, CanaryRolledBack, PromotionError, promote_canary
 from tools.ops.scrape import Counts, parse, quantile
-from tools.ops.traffic import PrometheusMetrics, route_rules, scalar, track_queries
+from tools.ops.traffic import PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
 
 THRESHOLDS = Thresholds(steps=(10, 50, 100), window_seconds=60, min_requests=100, max_error_rate_increase=1.0,
                         max_p99_ratio=1.5)
@@ -425,3 +426,15 @@ def test_a_mirrored_copy_never_reaches_the_client_and_a_failing_mirror_never_fai
     finally:
         balancer.stop()
         champion.stop()
+
+
+# --- windows on GKE --------------------------------------------------------------------------------
+def test_gke_refuses_a_window_shorter_than_two_managed_prometheus_scrapes_by_name():
+    with pytest.raises(TargetError, match=r"serving.canary.windowSeconds is 30 in stack prod: on GKE it must be at "
+                                          r"least 60 s, two Managed Prometheus scrapes \(PodMonitoring interval 30s\)"):
+        prometheus_thresholds(CanarySettings(window_seconds=30), "prod")
+    assert prometheus_thresholds(CanarySettings(window_seconds=60), "prod").window_seconds == 60
+
+
+def test_short_windows_stay_possible_locally():
+    assert Thresholds.from_settings(CanarySettings(window_seconds=10)).window_seconds == 10
