@@ -172,7 +172,7 @@ class NetworkSettings(Section):
     master_cidr: Cidr = Field("172.16.0.0/28", description="Control-plane range of the platform cluster (/28).")
     serving_master_cidr: Cidr = Field("172.16.0.16/28", description="Control-plane range of the serving cluster (/28).")
     private_services_cidr: Annotated[Cidr, _at_least(cloud_rules.PRIVATE_SERVICES_MAX_PREFIX, "private services access")] = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
-    proxy_only_cidr: Annotated[Cidr, _at_least(cloud_rules.PROXY_ONLY_MAX_PREFIX, "a proxy-only subnet")] = Field("10.129.0.0/23", description="Proxy-only subnet of the region (/26 or larger, /23 recommended): the source of the serving Gateway's internal load balancer proxies; declared with a served model.")
+    proxy_only_cidr: Annotated[Cidr, _at_least(cloud_rules.PROXY_ONLY_MAX_PREFIX, "a proxy-only subnet")] = Field("10.129.0.0/23", description="Proxy-only subnet of the region (/26 or larger, /23 recommended): the source of the serving Gateway's internal load balancer proxies; declared with a served model. Cannot change after the first up (one ACTIVE proxy-only subnet per region and VPC, in use by the Gateway).")
     tracking_internal_ip: Unset = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
 
     @field_validator("master_cidr", "serving_master_cidr")
