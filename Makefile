@@ -13,7 +13,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 DURATION ?= 60
 USERS ?= 16
 
-.PHONY: install runtime tools-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote rollback drift-reference rotate-secret clean
+.PHONY: install runtime tools-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote challenger challenger-weight challenger-mirror challenger-abort rollback drift-reference rotate-secret clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -98,9 +98,26 @@ loadtest: install
 	$(PY) -m loadtest.run --target $(TARGET) --stack $(STACK) --seconds $(DURATION) --users $(USERS)
 
 ## make promote MODEL=iris-classifier VERSION=3 ALIAS=champion [REQUIRE='accuracy>=0.9'] [REQUEST=req.json] [TARGET=local|cluster] [STACK=dev]
+##   [STRATEGY=rolling|canary] [STEPS=10,50,100]: canary goes through the challenger track (serving.challenger)
+STRATEGY ?= rolling
 promote: install runtime
 	$(PY) -m tools.ops.promote --model '$(MODEL)' --version '$(VERSION)' --alias '$(ALIAS)' \
-		$(foreach r,$(REQUIRE),--require '$(r)') $(if $(REQUEST),--request '$(REQUEST)') --target $(TARGET) --stack $(STACK)
+		$(foreach r,$(REQUIRE),--require '$(r)') $(if $(REQUEST),--request '$(REQUEST)') --target $(TARGET) --stack $(STACK) \
+		--strategy '$(STRATEGY)' $(if $(STEPS),--steps '$(STEPS)')
+
+## make challenger MODEL=iris-classifier VERSION=4: serve VERSION on the challenger track [TARGET=local|cluster] [STACK=dev]
+## make challenger-weight WEIGHT=0..100 | challenger-mirror MIRROR=on|off | challenger-abort: its share of the traffic
+challenger: install runtime
+	$(PY) -m tools.ops.challenger --model '$(MODEL)' --version '$(VERSION)' --target $(TARGET) --stack $(STACK)
+
+challenger-weight: install
+	$(PY) -m tools.ops.challenger --weight '$(WEIGHT)' --target $(TARGET) --stack $(STACK)
+
+challenger-mirror: install
+	$(PY) -m tools.ops.challenger --mirror '$(MIRROR)' --target $(TARGET) --stack $(STACK)
+
+challenger-abort: install
+	$(PY) -m tools.ops.challenger --abort --target $(TARGET) --stack $(STACK)
 
 ## make rollback MODEL=iris-classifier ALIAS=champion [TARGET=local|cluster] [STACK=dev]
 rollback: install runtime

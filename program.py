@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 import pulumi
 
+from infra.cloud_rules import HEALTH_CHECK_RANGES
 from infra.apis import IAP_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
 from infra.cluster import GkeCluster, GkeClusterArgs
 from infra.database import Database, DatabaseArgs
@@ -28,8 +29,9 @@ from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
 from k8s.drift import DriftJob, DriftJobArgs
 from k8s.notify import Notifications, NotificationsArgs
-from k8s.serving import CONTAINER_NAME, SERVING_USERNAME, ModelServing, ModelServingArgs
+from k8s.serving import CONTAINER_NAME, SERVING_PORT, SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
+from k8s.traffic import gateway_url
 
 # The platform component's name in the stack `__main__.py` declares.
 PLATFORM_NAME = "platform"
@@ -139,7 +141,13 @@ def build_network(settings: Settings, labels: dict[str, str], opts: pulumi.Resou
         labels=labels,
         internal_ips=(("tracking", network.tracking_lb_address),) if separate_serving else (),
         global_ingress_address=bool(settings.edge.ingress_host),
+        proxy_only_cidr=network.proxy_only_cidr if settings.serving.model_name else None,
     ), opts)
+
+
+def load_balancer_ranges(settings: Settings) -> tuple[str, ...]:
+    """Where the serving Gateway's load balancer reaches the pods from: its proxies, Google's health checks."""
+    return (settings.network.proxy_only_cidr, *HEALTH_CHECK_RANGES)
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,7 @@ def build_clusters(settings: Settings, foundation: Foundation) -> Clusters:
 
 def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShape,
                   peerings_before: tuple[pulumi.Resource, ...]) -> GkeCluster:
+    gateway = bool(settings.serving.model_name) and (shape.role == "serving" or not settings.clusters.separate_serving)
     return GkeCluster(f"{settings.name_prefix}-{shape.role}", GkeClusterArgs(
         project=settings.project,
         location=settings.cluster_location,
@@ -188,6 +197,10 @@ def build_cluster(settings: Settings, foundation: Foundation, shape: ClusterShap
         secrets_key_id=foundation.keys.secrets_key_id,
         secrets_key_ready=(foundation.keys.grants_propagated,),
         peerings_before=peerings_before,
+        # The serving Gateway lives on the cluster serving runs on.
+        gateway_api=gateway,
+        load_balancer_ranges=load_balancer_ranges(settings) if gateway else (),
+        load_balancer_port=SERVING_PORT if gateway else 0,
     ), foundation.after_apis)
 
 
@@ -313,6 +326,9 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
         tracking_workload_pool=clusters.platform.workload_pool,
         settings=settings.serving,
         package_index=packages.index,
+        gateway_address_name=foundation.network.gateway_address_name,
+        load_balancer_ranges=load_balancer_ranges(settings),
+        gateway_after=(foundation.network.proxy_only_subnet, clusters.serving.load_balancer_firewall),
     ), foundation.after_apis)
     keys = foundation.keys
     payloads = PayloadStore(f"{settings.name_prefix}-payloads", PayloadStoreArgs(
@@ -383,7 +399,6 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
     if tracking.endpoint.internal_url is not None:
         outputs["tracking_internal_url"] = tracking.endpoint.internal_url
     if serving is not None:
-        outputs["serving_in_cluster_url"] = serving.serving.service_url
         outputs["serving_deployment"] = serving.serving.deployment_ref
         outputs["package_index_url"] = serving.packages.index_url
         if serving.packages.private_repository_url is not None:
@@ -392,4 +407,11 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         # Where the payload log lands (the drift job reads the table).
         outputs["payload_log_dataset"] = serving.payloads.dataset
         outputs["payload_log_table"] = serving.payloads.table
+        # The split: callers inside the VPC (and the load rig) send requests to serving_url/invocations;
+        # the champion's Service would bypass the split and the mirror.
+        outputs["serving_route"] = serving.serving.route_ref
+        outputs["serving_gateway_address"] = foundation.network.gateway_address
+        outputs["serving_url"] = foundation.network.gateway_address.apply(gateway_url)
+        if serving.serving.challenger_deployment_ref is not None:
+            outputs["serving_challenger_deployment"] = serving.serving.challenger_deployment_ref
     return outputs

@@ -12,7 +12,7 @@ from infra.naming import child_options
 
 REQUIRED_APIS = (
     "artifactregistry.googleapis.com",
-    # The payload log's dataset (infra/payload_store.py): the sink cannot write to a dataset without it.
+    # The payload log's dataset (infra/payload_store.py) is created, and written by its sink, through it.
     "bigquery.googleapis.com",
     "cloudkms.googleapis.com",
     "cloudresourcemanager.googleapis.com",

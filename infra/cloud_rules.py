@@ -49,6 +49,12 @@ CONTROL_PLANE_PREFIX = 28
 # https://cloud.google.com/vpc/docs/configure-private-services-access#allocating-range: the
 # allocated range must be a /24 or larger.
 PRIVATE_SERVICES_MAX_PREFIX = 24
+# https://cloud.google.com/load-balancing/docs/proxy-only-subnets: a proxy-only subnet is a /26 or larger
+# (a /23 recommended); one per region and VPC carries every Envoy-based load balancer there.
+PROXY_ONLY_MAX_PREFIX = 26
+# https://cloud.google.com/load-balancing/docs/health-check-concepts#ip-ranges: where Google's health
+# check probes come from, for Application Load Balancers among others.
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
 
 
 def overlapping_ranges(ranges: dict[str, str]) -> list[tuple[str, str]]:
@@ -179,6 +185,7 @@ NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
     "gcp:compute/router:Router": _COMPUTE,
     "gcp:compute/routerNat:RouterNat": _COMPUTE,
     "gcp:compute/address:Address": _COMPUTE,
+    "gcp:compute/firewall:Firewall": _COMPUTE,
     "gcp:compute/globalAddress:GlobalAddress": _COMPUTE,
     "gcp:compute/sSLPolicy:SSLPolicy": _COMPUTE,
     "gcp:compute/securityPolicy:SecurityPolicy": _COMPUTE,
@@ -209,10 +216,13 @@ NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
                                   "3-63 lowercase letters, digits, '-' and '_'"),
     # BigQuery datasets.insert: a dataset id has letters, digits and underscores, at most 1,024 characters.
     "gcp:bigquery/dataset:Dataset": ("datasetId", 1024, r"\w+", "1-1024 letters, digits and '_'"),
-    # Logging LogSink.name and LogExclusion.name: at most 100 letters, digits, '_', '-' and '.'.
-    "gcp:logging/projectSink:ProjectSink": ("name", 100, r"[A-Za-z0-9_.-]+", "1-100 letters, digits, '_', '-', '.'"),
-    "gcp:logging/projectExclusion:ProjectExclusion": ("name", 100, r"[A-Za-z0-9_.-]+",
-                                                      "1-100 letters, digits, '_', '-', '.'"),
+    # Logging API LogSink.name: "limited to 100 characters", letters, digits, '_', '-', '.', the first a
+    # letter or digit; LogExclusion.name alike.
+    "gcp:logging/projectSink:ProjectSink": ("name", 100, r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                                            "1-100 letters, digits, '_', '-', '.', starting with a letter or digit"),
+    "gcp:logging/projectExclusion:ProjectExclusion": ("name", 100, r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                                                      "1-100 letters, digits, '_', '-', '.', starting with a letter "
+                                                      "or digit"),
     # Logging LogMetric.name: at most 100 characters of letters, digits and _-.,+!*',()%/ (no leading slash).
     "gcp:logging/metric:Metric": ("name", 100, r"[A-Za-z0-9_.,+!*'()%-][A-Za-z0-9_.,+!*'()%/-]*",
                                   "1-100 letters, digits and _-.,+!*',()%/, not starting with '/'"),

@@ -22,6 +22,9 @@ NODE_SA_REPOSITORY_ROLE = "roles/artifactregistry.reader"
 # standard disk counts against DISKS_TOTAL_GB instead: balanced and SSD disks have their own quota
 # (https://cloud.google.com/kubernetes-engine/docs/how-to/custom-boot-disks); E2 boots from pd-standard.
 DEFAULT_POOL_MACHINE_TYPE = "e2-medium"
+# GKE's Gateway controller supports only the standard channel of the Gateway API CRDs
+# (https://cloud.google.com/kubernetes-engine/docs/how-to/deploying-gateways, Restrictions).
+GATEWAY_API_CHANNEL = "CHANNEL_STANDARD"
 DEFAULT_POOL_DISK_TYPE = "pd-standard"
 
 
@@ -66,10 +69,20 @@ class GkeClusterArgs:
     `master_cidr` peers its control plane's network with the VPC, and GCP refuses a peering while another
     is in progress on the same network ("There is a peering operation in progress on the local or peer
     network", hashicorp/terraform-provider-google#3026; sassoftware/viya4-iac-gcp#231)."""
+    gateway_api: bool = False
+    """Serve the Gateway API's standard channel: the serving Gateway's cluster needs it (GKE's controller
+    then runs the `gke-l7-*` GatewayClasses; it also needs the HttpLoadBalancing add-on, on by default)."""
+    load_balancer_ranges: tuple[str, ...] = ()
+    """With `gateway_api`: where the Gateway's proxies and health checks come from (proxy-only subnet, Google's
+    probe ranges), admitted by a firewall rule to `load_balancer_port` of the pods on this cluster's nodes."""
+    load_balancer_port: int = 0
     vulnerability_mode: str = "VULNERABILITY_DISABLED"
     """Workload vulnerability scanning; GKE Standard offers no basic tier any more."""
 
     def __post_init__(self) -> None:
+        if self.gateway_api and not (self.load_balancer_ranges and self.load_balancer_port):
+            raise ValueError("GkeClusterArgs.gateway_api: the Gateway's load balancer needs load_balancer_ranges "
+                             "and load_balancer_port to reach the pods")
         if self.vulnerability_mode not in SUPPORTED_VULNERABILITY_MODES:
             raise ValueError(f"GkeClusterArgs.vulnerability_mode={self.vulnerability_mode!r}: "
                              f"allowed {', '.join(SUPPORTED_VULNERABILITY_MODES)}")
@@ -87,6 +100,8 @@ class GkeCluster(pulumi.ComponentResource):
     provider: k8s.Provider
     control_plane: gcp.container.Cluster
     """The cluster itself: once it exists, so does its control plane's peering with the VPC."""
+    load_balancer_firewall: Optional[gcp.compute.Firewall]
+    """With `gateway_api`: the rule admitting the Gateway's load balancer to the pods."""
 
     def __init__(self, name: str, args: GkeClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:cluster:GkeCluster", name, None, opts)
@@ -119,6 +134,8 @@ class GkeCluster(pulumi.ComponentResource):
             # No auto-rotation: MLflow reads them once at start, so a new version takes a rollout
             # (`make rotate-secret`), and re-reading every 2 minutes would only bill access operations.
             secret_manager_config=gcp.container.ClusterSecretManagerConfigArgs(enabled=True),
+            gateway_api_config=gcp.container.ClusterGatewayApiConfigArgs(
+                channel=GATEWAY_API_CHANNEL) if args.gateway_api else None,
             database_encryption=gcp.container.ClusterDatabaseEncryptionArgs(
                 state="ENCRYPTED", key_name=args.secrets_key_id) if args.secrets_key_id is not None else None,
             resource_labels=args.labels,
@@ -129,6 +146,7 @@ class GkeCluster(pulumi.ComponentResource):
                                ignore_changes=["nodeConfig"], protect=args.protect),
         )
         self.control_plane = cluster
+        self.load_balancer_firewall = self._load_balancer_firewall(name, args, node_sa, child)
         pool = gcp.container.NodePool(
             f"{name}-pool",
             project=args.project,
@@ -144,6 +162,19 @@ class GkeCluster(pulumi.ComponentResource):
             opts=child,
         )
         self._publish(name, args, cluster, node_sa, pool, opts)
+
+    def _load_balancer_firewall(self, name: str, args: GkeClusterArgs, node_sa: gcp.serviceaccount.Account,
+                                child: pulumi.ResourceOptions) -> Optional[gcp.compute.Firewall]:
+        """VPC firewall rules apply to a node's alias ranges, where the pods live: the rule targets the nodes
+        by their service account. The implied deny-ingress rule drops the proxies' traffic without it
+        (https://cloud.google.com/load-balancing/docs/l7-internal#firewall_rules)."""
+        if not args.gateway_api:
+            return None
+        return gcp.compute.Firewall(
+            f"{name}-allow-load-balancer", project=args.project, network=args.network_id, direction="INGRESS",
+            source_ranges=list(args.load_balancer_ranges), target_service_accounts=[node_sa.email],
+            allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=[str(args.load_balancer_port)])],
+            log_config=gcp.compute.FirewallLogConfigArgs(metadata="EXCLUDE_ALL_METADATA"), opts=child)
 
     def _node_account(self, name: str, args: GkeClusterArgs, child: pulumi.ResourceOptions
                       ) -> tuple[gcp.serviceaccount.Account, list[pulumi.Resource]]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from typing import Any, Iterator, Union
+import typing
+from typing import Any, Iterator, Optional, Union
 
 import pulumi
 from pulumi.runtime import config as pulumi_config
@@ -72,15 +73,23 @@ def full_key(path: str) -> str:
     return path if ":" in path else f"{PROJECT_NAMESPACE}:{path}"
 
 
+def _section_model(annotation: Any) -> Optional[type[BaseModel]]:
+    """The settings group a field holds, itself or optional (`serving.challenger`); None for a plain setting."""
+    if typing.get_origin(annotation) is Union and type(None) in typing.get_args(annotation):
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return _section_model(annotation) is not None
 
 
 def _leaves(model: type[BaseModel], prefix: str) -> Iterator[tuple[str, FieldInfo]]:
     for field in model.model_fields.values():
         path = prefix + field.alias
-        if _section(field.annotation):
-            yield from _leaves(field.annotation, path + ".")
+        section = _section_model(field.annotation)
+        if section is not None:
+            yield from _leaves(section, path + ".")
         else:
             yield path, field
 
@@ -106,7 +115,7 @@ def _field_at(path: list[str]) -> FieldInfo:
     model: type[BaseModel] = Settings
     for part in path:
         field = next(f for f in model.model_fields.values() if f.alias == part)
-        model = field.annotation
+        model = _section_model(field.annotation) or field.annotation
     return field
 
 

@@ -68,16 +68,18 @@ def without_zero_numbers(node: Any) -> Any:
     return node
 
 
+# Serving alerts are per track (the `track` label PodMonitoring copies from the pods): a challenger failing
+# its share of traffic alerts on its own instead of being diluted by the champion's successes.
 def serving_p99_query(namespace: str, threshold_ms: int) -> str:
-    return (f'histogram_quantile(0.99, sum by (le) (rate(mlflow_serving_request_duration_seconds_bucket'
+    return (f'histogram_quantile(0.99, sum by (track, le) (rate(mlflow_serving_request_duration_seconds_bucket'
             f'{{namespace="{namespace}",path="/invocations"}}[5m]))) > {threshold_ms / 1000:g}')
 
 
 def serving_error_ratio_query(namespace: str, percent: int) -> str:
     """Failed predictions only: a pod waiting for its model answers the readiness probe's /ping with 503."""
     selector = f'namespace="{namespace}",path="/invocations"'
-    return (f'sum(rate(mlflow_serving_requests_total{{{selector},status=~"5.."}}[5m])) / '
-            f'sum(rate(mlflow_serving_requests_total{{{selector}}}[5m])) > {percent / 100:g}')
+    return (f'sum by (track) (rate(mlflow_serving_requests_total{{{selector},status=~"5.."}}[5m])) / '
+            f'sum by (track) (rate(mlflow_serving_requests_total{{{selector}}}[5m])) > {percent / 100:g}')
 
 
 def tracking_down_query(namespace: str) -> str:
@@ -238,12 +240,13 @@ def promql_alerts(args: MonitoringArgs) -> list[tuple[str, str, str, str, str]]:
     return [
         ("serving-latency", f"serving p99 latency above {args.settings.serving_p99_ms} ms",
          serving_p99_query(args.serving_namespace, args.settings.serving_p99_ms), "300s",
-         "Serving is slow. Check the replicas chart (at the HPA maximum? raise `serving.maxReplicas`) "
+         "Serving is slow (the incident names the track). Check the replicas chart (at the HPA maximum? raise `serving.maxReplicas`) "
          "and CPU throttling; see README, Operating it."),
         ("serving-errors", f"serving 5xx above {args.settings.serving_error_percent}%",
          serving_error_ratio_query(args.serving_namespace, args.settings.serving_error_percent), "300s",
-         "Serving fails requests. `kubectl -n mlflow-serving logs deploy/mlflow-serving`; a bad model "
-         "version? Roll back the alias; see README, Operating it."),
+         "Serving fails requests (the incident names the track). `kubectl -n mlflow-serving logs "
+         "deploy/mlflow-serving` (or `deploy/mlflow-serving-challenger`); a bad model version? Roll back the "
+         "alias, or send the challenger no traffic; see README, Operating it."),
         ("tracking-down", "tracking server unavailable", tracking_down_query(args.tracking_namespace),
          "180s", "No tracking pod answers. Check the Deployment, the cloud-sql-proxy sidecar logs and "
          "Cloud SQL; see README, Operating it."),

@@ -1,4 +1,5 @@
-"""VPC, subnet with GKE secondary ranges, Cloud NAT, and private services access for Cloud SQL."""
+"""VPC, subnet with GKE secondary ranges, Cloud NAT, private services access for Cloud SQL, and the serving
+Gateway's proxy-only subnet and address."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class NetworkArgs:
     """(role, address) pairs reserved in the subnet for internal load balancers."""
     global_ingress_address: bool = False
     """Reserve a global external address for an HTTPS Ingress."""
+    proxy_only_cidr: Optional[str] = None
+    """Range of the region's proxy-only subnet, and an internal address for the serving Gateway; None: neither."""
 
 
 class Network(pulumi.ComponentResource):
@@ -45,6 +48,10 @@ class Network(pulumi.ComponentResource):
     ingress_ip: Optional[pulumi.Output[str]]
     internal_addresses: dict[str, pulumi.Output[str]]
     """Reserved internal addresses by role: consumers take these, so they wait for the reservation."""
+    proxy_only_subnet: Optional[gcp.compute.Subnetwork]
+    """Where the region's Envoy-based load balancers (the serving Gateway's) take their proxies' addresses."""
+    gateway_address_name: Optional[pulumi.Output[str]]
+    gateway_address: Optional[pulumi.Output[str]]
     private_services_connection: gcp.servicenetworking.Connection
     """Cloud SQL private IP needs this peering to exist first."""
 
@@ -78,6 +85,7 @@ class Network(pulumi.ComponentResource):
         self._nat(name, args, network, child)
         connection = self._private_services(name, args, network, child)
         self._addresses(name, args, subnet, child)
+        self._gateway_network(name, args, network, subnet, child)
         self.network_id = network.id
         self.network_self_link = network.self_link
         self.subnet_self_link = subnet.self_link
@@ -91,6 +99,7 @@ class Network(pulumi.ComponentResource):
             "ingress_address_name": self.ingress_address_name,
             "ingress_ip": self.ingress_ip,
             "internal_addresses": self.internal_addresses,
+            "gateway_address": self.gateway_address,
         })
 
     def _nat(self, name: str, args: NetworkArgs, network: gcp.compute.Network, child: pulumi.ResourceOptions) -> None:
@@ -157,3 +166,26 @@ class Network(pulumi.ComponentResource):
             )
             self.ingress_address_name = ingress_address.name
             self.ingress_ip = ingress_address.address
+
+    def _gateway_network(self, name: str, args: NetworkArgs, network: gcp.compute.Network,
+                         subnet: gcp.compute.Subnetwork, child: pulumi.ResourceOptions) -> None:
+        """The proxy-only subnet of a regional internal Application Load Balancer and the address it listens
+        on (https://cloud.google.com/load-balancing/docs/proxy-only-subnets): one ACTIVE proxy-only subnet per
+        region and VPC. GCP refuses to delete it while a load balancer uses it: the Gateway depends on it, so
+        a destroy removes the Gateway (and GKE its load balancer) first."""
+        self.proxy_only_subnet = None
+        self.gateway_address_name = None
+        self.gateway_address = None
+        if args.proxy_only_cidr is None:
+            return
+        self.proxy_only_subnet = gcp.compute.Subnetwork(
+            f"{name}-proxy-only", project=args.project, region=args.region, network=network.id,
+            ip_cidr_range=args.proxy_only_cidr, purpose="REGIONAL_MANAGED_PROXY", role="ACTIVE", opts=child)
+        # GCP picks a free address of the node subnet; the Gateway names it (NamedAddress), so callers keep it
+        # across Gateway replacements.
+        address = gcp.compute.Address(
+            f"{name}-serving-gateway-ip", project=args.project, region=args.region, subnetwork=subnet.id,
+            address_type="INTERNAL", labels=args.labels, opts=child)
+        self.gateway_address_name = address.name
+        self.gateway_address = address.address
+

@@ -138,6 +138,15 @@ def _memory(value: str) -> str:
 
 
 Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+def _at_least(max_prefix: int, what: str) -> AfterValidator:
+    """A CIDR setting of `max_prefix` or a shorter prefix (a larger range), as GCP requires of `what`."""
+    def check(value: str) -> str:
+        if ipaddress.IPv4Network(value).prefixlen > max_prefix:
+            raise ValueError(f"{what} needs a /{max_prefix} or larger range (prefix length 8-{max_prefix})")
+        return value
+    return AfterValidator(check)
 Unset = Annotated[Optional[str], AfterValidator(lambda value: value or None)]  # "" as the stack file's "not set"
 CidrList = Annotated[tuple[str, ...], BeforeValidator(_json_list)]
 ImageByDigest = Annotated[Optional[str], _matching(_IMAGE_BY_DIGEST, _BY_DIGEST)]
@@ -162,7 +171,8 @@ class NetworkSettings(Section):
     serving_services_cidr: Cidr = Field("10.12.16.0/20", description="Secondary range for services of the serving cluster.")
     master_cidr: Cidr = Field("172.16.0.0/28", description="Control-plane range of the platform cluster (/28).")
     serving_master_cidr: Cidr = Field("172.16.0.16/28", description="Control-plane range of the serving cluster (/28).")
-    private_services_cidr: Cidr = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
+    private_services_cidr: Annotated[Cidr, _at_least(cloud_rules.PRIVATE_SERVICES_MAX_PREFIX, "private services access")] = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
+    proxy_only_cidr: Annotated[Cidr, _at_least(cloud_rules.PROXY_ONLY_MAX_PREFIX, "a proxy-only subnet")] = Field("10.129.0.0/23", description="Proxy-only subnet of the region (/26 or larger, /23 recommended): the source of the serving Gateway's internal load balancer proxies; declared with a served model. Cannot change after the first up (one ACTIVE proxy-only subnet per region and VPC, in use by the Gateway).")
     tracking_internal_ip: Unset = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
 
     @field_validator("master_cidr", "serving_master_cidr")
@@ -172,14 +182,6 @@ class NetworkSettings(Section):
             raise ValueError(f"GKE control-plane ranges must be exactly /{cloud_rules.CONTROL_PLANE_PREFIX}")
         return value
 
-    @field_validator("private_services_cidr")
-    @classmethod
-    def _psa_size(cls, value: str) -> str:
-        if ipaddress.IPv4Network(value).prefixlen > cloud_rules.PRIVATE_SERVICES_MAX_PREFIX:
-            raise ValueError(f"private services access needs a /{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX} "
-                             f"or larger range (prefix length 8-{cloud_rules.PRIVATE_SERVICES_MAX_PREFIX})")
-        return value
-
     @model_validator(mode="after")
     def _internal_ip_in_subnet(self) -> "NetworkSettings":
         if self.tracking_internal_ip:
@@ -187,11 +189,13 @@ class NetworkSettings(Section):
             _refuse([problem("trackingInternalIp", self.tracking_internal_ip, found)] if found else [])
         return self
 
-    def ranges(self, serving_cluster: bool) -> dict[str, str]:
+    def ranges(self, serving_cluster: bool, serving_gateway: bool) -> dict[str, str]:
         """The ranges in use, by key: they share one routing domain, so they must be disjoint."""
         names = ["subnet_cidr", "pods_cidr", "services_cidr", "master_cidr", "private_services_cidr"]
         if serving_cluster:
             names += ["serving_pods_cidr", "serving_services_cidr", "serving_master_cidr"]
+        if serving_gateway:
+            names.append("proxy_only_cidr")
         return {to_camel(name): getattr(self, name) for name in names}
 
     @property
@@ -525,10 +529,49 @@ class PayloadLogSettings(Section):
     retention_days: int = Field(30, ge=1, le=3650, description="Days the BigQuery dataset keeps each day's partition of payload entries (partition expiry).")
 
 
+def _alias(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,254}", value) or re.fullmatch(r"v\d+", value, re.I):
+        raise ValueError("must be letters, digits, '_' or '-', not starting with a digit and not of the form vN")
+    return value
+
+
+Alias = Annotated[str, AfterValidator(_alias)]
+
+
+class ChallengerSettings(Section):
+    alias: Alias = Field("challenger", description="Registry alias the challenger Deployment serves (`models:/NAME@ALIAS`); must differ from `modelAlias`.")
+    weight: int = Field(0, ge=0, le=100, description="Share of requests the challenger answers, percent; the champion answers the rest.")
+    mirror: bool = Field(False, description="The challenger gets a copy of every request and its answers are discarded (needs `weight` 0).")
+
+    @model_validator(mode="after")
+    def _split_or_mirror(self) -> "ChallengerSettings":
+        if self.mirror and self.weight:
+            _refuse([problem("weight", self.weight, f"must be 0 when {ref('mirror')}=true: a request is either "
+                             "split or mirrored, never both")])
+        return self
+
+
+def _steps(value: tuple[int, ...]) -> tuple[int, ...]:
+    allowed = "must be strictly increasing percentages, each 1-100, the last 100, e.g. [10, 50, 100]"
+    if not value or value[-1] != 100 or any(not 1 <= step <= 100 for step in value) or \
+            any(later <= earlier for earlier, later in zip(value, value[1:])):
+        raise ValueError(allowed)
+    return value
+
+
+class CanarySettings(Section):
+    steps: Annotated[tuple[int, ...], BeforeValidator(_json_list), AfterValidator(_steps)] = Field(
+        (10, 50, 100), description="Challenger weights `make promote STRATEGY=canary` goes through, percent; strictly increasing, the last 100.")
+    window_seconds: int = Field(60, ge=10, le=3600, description="Observation window of each canary step, seconds; at least 60 on GKE (two Managed Prometheus scrapes), shorter only on make local.")
+    min_requests: int = Field(100, ge=1, le=1_000_000, description="Challenger requests a step needs in its window; with fewer it waits (up to 5 windows), then fails as not enough traffic.")
+    max_error_rate_increase: float = Field(1.0, ge=0, le=100, description="Breach when the challenger's share of errors (answers >= 400: a model raising answers 400) exceeds the champion's by more than this, percentage points.")
+    max_p99_ratio: float = Field(1.5, ge=1, le=100, description="Breach when the challenger's p99 latency exceeds this many times the champion's (and 10 ms).")
+
+
 class ServingSettings(Section):
     model_name: Annotated[Optional[str], _matching(
         _MODEL_NAME, "must be 1-128 chars of letters, digits, '_', '.', '-'")] = Field(None, description="Registered model to serve; empty creates no serving Deployment.")
-    model_alias: str = Field("champion", description="Registry alias served (`models:/NAME@ALIAS`).")
+    model_alias: Alias = Field("champion", description="Registry alias served (`models:/NAME@ALIAS`): the champion track.")
     rollout_token: str = Field("", description="Change to roll the serving pods without changing the alias.")
     image: ImageByDigest = Field(None, description="Prebuilt serving image by digest (`repo@sha256:…`); empty builds it.")
     min_replicas: int = Field(1, ge=1, le=100, description="HPA minimum serving replicas.")
@@ -542,20 +585,18 @@ class ServingSettings(Section):
     env_timeout_seconds: int = Field(300, ge=30, le=1800, description="Time limit of restoring a model's recorded environment in a serving pod, seconds.")
     env_cache_gi: int = Field(4, ge=1, le=100, description="Size limit of each serving pod's volume of restored model environments, GiB.")
     private_python_repository: bool = Field(False, description="Also declare a standard Artifact Registry Python repository for private packages, read by serving before PyPI.")
+    challenger: Optional[ChallengerSettings] = Field(None, description="A second track: its own Deployment serving another alias beside the champion, given `weight` percent of the requests through the serving Gateway (or a mirrored copy); empty: none.")
+    canary: CanarySettings = Field(CanarySettings(), description="Steps and thresholds of `make promote STRATEGY=canary`.")
     payload_log: PayloadLogSettings = Field(PayloadLogSettings(), description="Request logging: a sample of `/invocations` with redacted inputs, routed by a Cloud Logging sink to a BigQuery dataset (README, Payload log).")
-
-    @field_validator("model_alias")
-    @classmethod
-    def _alias(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]{0,254}", value) or re.fullmatch(r"v\d+", value, re.I):
-            raise ValueError("must be letters, digits, '_' or '-', not starting with a digit and not of the form vN")
-        return value
 
     @model_validator(mode="after")
     def _replicas(self) -> "ServingSettings":
         errors = []
         if self.min_replicas > self.max_replicas:
             errors.append(problem("minReplicas", self.min_replicas, f"must be <= {ref('maxReplicas')} ({self.max_replicas})"))
+        if self.challenger and self.challenger.alias == self.model_alias:
+            errors.append(problem("challenger.alias", self.challenger.alias, f"must differ from {ref('modelAlias')}: "
+                                  "the two tracks serve different aliases"))
         if self.workers is not None and self.workers > self.cores:
             errors.append(problem("workers", self.workers, (
                 f"must be <= {self.cores}, the whole cores of the pod's CPU limit ({CPU_BURST} × {ref('cpu')} = "
@@ -633,7 +674,7 @@ class Settings(Section):
         named.append(("gcp:storage/bucket:Bucket", self.bucket_name))
         errors += [problem("namePrefix", self.name_prefix, found)
                    for found in (cloud_rules.name_problem(*pair) for pair in named) if found]
-        ranges = self.network.ranges(self.clusters.separate_serving)
+        ranges = self.network.ranges(self.clusters.separate_serving, bool(self.serving.model_name))
         errors += [problem(f"network.{a}", ranges[a], f"overlaps {ref(f'network.{b}')} ({ranges[b]}); ranges must be disjoint")
                    for a, b in cloud_rules.overlapping_ranges(ranges)]
         if self.access.teams and not self.edge.iap:

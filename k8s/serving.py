@@ -1,4 +1,5 @@
-"""Model serving: `mlflow models serve` of the registry alias, a read-only user, autoscaling."""
+"""Model serving: `mlflow models serve` of the registry alias, a read-only user, autoscaling; with a
+challenger, a second track serving another alias, and the internal Gateway splitting traffic between them."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
 from k8s.tracking import TrackingEndpoint
+from k8s.traffic import Backend, gateway_api_gate, health_check_policy, route_spec, traffic_split
 from k8s.workload import (
-    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, in_cluster_url, ingress_policy_spec,
+    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, ingress_policy_spec,
     pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
 )
 
@@ -30,6 +32,12 @@ SERVING_PORT = 8080
 COMPONENT = "serving"
 CONTAINER_NAME = "serving"
 SERVICE_NAME = "mlflow-serving"
+# The two tracks of a served model: pod templates and Services carry TRACK_LABEL, and Managed Prometheus
+# copies it onto every series of their pods as TRACK_METRIC_LABEL (tools/ops and tools/local import these).
+TRACK_LABEL = "mlflow.org/track"
+TRACK_METRIC_LABEL = "track"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 KSA_NAME = "mlflow-serving"
 SETUP_KSA_NAME = "mlflow-serving-setup"
 SERVING_USERNAME = "mlflow-serving"
@@ -46,9 +54,10 @@ SETUP_DEADLINE_SECONDS = 600
 # (an OOM kill does not rebuild); a new pod rebuilds in seconds from the regional package cache.
 ENV_VOLUME = "model-envs"
 ENV_CACHE_PATH = "/var/cache/mlflow-envs"
-# Shutdown of a serving pod: clients reach it through a ClusterIP Service, whose kube-proxy rules
-# drop a deleted pod ~1-2 s after the API server, more on a busy control plane: 10 s covers it.
-DRAIN_SECONDS = 10
+# Shutdown of a serving pod: the Gateway's internal Application Load Balancer detaches a NEG endpoint
+# within ~10 s of the pod's deletion (as tracking's Ingress does), in-cluster callers' kube-proxy rules
+# within ~1-2 s; 15 s covers both.
+DRAIN_SECONDS = 15
 # drain + 20 s for predictions in flight (milliseconds each; large batches take longer).
 GRACE_SECONDS = DRAIN_SECONDS + 20
 
@@ -58,18 +67,19 @@ def model_uri(model_name: str, alias: str) -> str:
     return f"models:/{model_name}@{alias}"
 
 
-def payload_log_args(settings: PayloadLogSettings) -> list[str]:
-    """The payload log's sample rate and redaction (mlflow_serving/payload_log.py); none when it is off."""
+def payload_log_args(settings: PayloadLogSettings, track: str = CHAMPION) -> list[str]:
+    """The payload log's sample rate, redaction and the track its entries name (mlflow_serving/payload_log.py);
+    none when it is off."""
     if settings.sample_rate <= 0:
         return []
-    return ["--payload-sample-rate", str(settings.sample_rate),
+    return ["--payload-sample-rate", str(settings.sample_rate), "--track", track,
             *(["--payload-drop", json.dumps(list(settings.redact.drop))] if settings.redact.drop else []),
             *(["--payload-hash", json.dumps(list(settings.redact.hash))] if settings.redact.hash else [])]
 
 
 def serving_args(model_name: str, alias: str, workers: int = 1, max_batch_size: int = 1,
                  max_batch_delay_ms: int = 0, env_timeout_seconds: int = 300, package_index: Any = "",
-                 payload_log: PayloadLogSettings = PayloadLogSettings()) -> list:
+                 payload_log: PayloadLogSettings = PayloadLogSettings(), track: str = CHAMPION) -> list:
     """`mlflow models serve` as packaged in the serving image (mlflow_serving): the same answers,
     plus Prometheus metrics at /metrics, concurrent /invocations batched into one predict when
     max_batch_size > 1, the model's recorded environment restored from `package_index`, and a
@@ -85,7 +95,7 @@ def serving_args(model_name: str, alias: str, workers: int = 1, max_batch_size: 
         "--env-cache", ENV_CACHE_PATH,
         "--env-timeout", str(env_timeout_seconds),
         *(["--package-index", package_index] if package_index else []),
-        *payload_log_args(payload_log),
+        *payload_log_args(payload_log, track),
         "--log-config", LOGGING_PATH,
     ]
 
@@ -131,10 +141,10 @@ def serving_env(tracking_url: Any) -> list[dict]:
 def serving_container(*, image: Any, model_name: str, alias: str, workers: int, env: list[dict], cpu: str,
                       memory: str, max_batch_size: int = 1, max_batch_delay_ms: int = 0,
                       env_timeout_seconds: int = 300, package_index: Any = "",
-                      payload_log: PayloadLogSettings = PayloadLogSettings()) -> dict:
+                      payload_log: PayloadLogSettings = PayloadLogSettings(), track: str = CHAMPION) -> dict:
     command, args = with_file_env(["python"], serving_args(model_name, alias, workers, max_batch_size,
                                                            max_batch_delay_ms, env_timeout_seconds, package_index,
-                                                           payload_log),
+                                                           payload_log, track),
                                   SERVING_FILE_ENV)
     return {
         "name": CONTAINER_NAME,
@@ -183,6 +193,13 @@ def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model
     }
 
 
+def track_names(instance: str, track: str) -> WorkloadNames:
+    """A track's objects: the champion keeps the names serving always had; the challenger's add
+    `-challenger`, its instance too, so no champion selector matches a challenger pod."""
+    suffix = "" if track == CHAMPION else f"-{CHALLENGER}"
+    return WorkloadNames(instance + suffix, COMPONENT, SERVICE_NAME + suffix, extra_labels={TRACK_LABEL: track})
+
+
 def hpa_spec(deployment_name: str, min_replicas: int, max_replicas: int, target_cpu_percent: int) -> dict:
     return {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment_name},
@@ -226,22 +243,34 @@ class ModelServingArgs:
     """The model and alias served, replicas and autoscaling, batching, resources, environment restores."""
     namespace: str = SERVING_NAMESPACE
     """Namespace of the serving Deployment."""
+    gateway_address_name: pulumi.Input[str] = ""
+    """Name of the reserved internal address the serving Gateway listens on."""
+    load_balancer_ranges: tuple[str, ...] = ()
+    """Where the Gateway's proxies and health checks come from: the proxy-only subnet, Google's probe ranges."""
+    gateway_after: tuple[pulumi.Resource, ...] = ()
+    """What the Gateway needs first and must outlive on a destroy: its proxy-only subnet, the firewall rule."""
     package_index: Optional[PackageIndex] = None
     """Where the pods restore model environments from (they may read only that repository); None: pypi.org."""
 
     def __post_init__(self) -> None:
         if not self.settings.model_name:
             raise ValueError("ModelServingArgs.settings.model_name: serving needs a registered model to serve")
+        if not self.load_balancer_ranges:
+            raise ValueError("ModelServingArgs.load_balancer_ranges: the Gateway's proxies and health checks "
+                             "need a way to the serving pods")
 
 
 class ModelServing(pulumi.ComponentResource):
     """Serves `models:/NAME@ALIAS` with a read-only identity, autoscaled and disruption-budgeted."""
 
     namespace: pulumi.Output[str]
-    service_url: pulumi.Output[str]
     model_uri: pulumi.Output[str]
     deployment_ref: pulumi.Output[str]
-    """NAMESPACE/NAME of the serving Deployment."""
+    """NAMESPACE/NAME of the serving Deployment (the champion track)."""
+    challenger_deployment_ref: Optional[pulumi.Output[str]]
+    """NAMESPACE/NAME of the challenger Deployment; None without a challenger."""
+    route_ref: pulumi.Output[str]
+    """NAMESPACE/NAME of the HTTPRoute that weights the tracks."""
 
     def __init__(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:serving:ModelServing", name, None, opts)
@@ -272,35 +301,62 @@ class ModelServing(pulumi.ComponentResource):
                 repository=args.package_index.repository_id, role=PACKAGE_READER_ROLE,
                 member=identity.gcp_service_account_email.apply(lambda email: f"serviceAccount:{email}"),
                 opts=child_options(self, opts))
-        pod = workload_pod(
-            service_account=identity.ksa_name, grace_seconds=GRACE_SECONDS, containers=[self._container(args)],
-            volumes=[tmp_volume("4Gi"), secrets_volume(serving_class), logging_volume(namespace.logging_config_map),
-                     env_volume(args.settings.env_cache_gi)])
+        volumes = [tmp_volume("4Gi"), secrets_volume(serving_class), logging_volume(namespace.logging_config_map),
+                   env_volume(args.settings.env_cache_gi)]
+        # One serving user reads the model whatever its alias: both tracks wait for the same grants.
+        track_opts = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup, *serving_grants]))
+        challenger = args.settings.challenger
+        gate = gateway_api_gate(name, ns_name, k8s_labels(name, "gateway-api-gate"), args.image, k8s_opts)
+        champion_deployment, champion_service = self._track(
+            track_names(name, CHAMPION), args.settings.model_alias, args, identity.ksa_name, volumes, ns_name,
+            track_opts, gate)
+        challenger_track = self._track(track_names(name, CHALLENGER), challenger.alias, args, identity.ksa_name,
+                                       volumes, ns_name, track_opts, gate) if challenger else None
+        route = traffic_split(name, names.metadata(ns_name), args.gateway_address_name, route_spec(
+            names.name, Backend(SERVICE_NAME, SERVING_PORT),
+            Backend(track_names(name, CHALLENGER).name, SERVING_PORT) if challenger else None,
+            challenger.weight if challenger else 0, challenger.mirror if challenger else False),
+            gateway_after=(*args.gateway_after, gate),
+            backends=(champion_service, *([challenger_track[1]] if challenger_track else [])), opts=k8s_opts)
+        self.namespace = ns_name
+        self.model_uri = pulumi.Output.from_input(model_uri(args.settings.model_name, args.settings.model_alias))
+        self.deployment_ref = deployment_ref(champion_deployment)
+        self.challenger_deployment_ref = deployment_ref(challenger_track[0]) if challenger_track else None
+        self.route_ref = pulumi.Output.concat(route.metadata["namespace"], "/", route.metadata["name"])
+        self.register_outputs({"namespace": self.namespace, "model_uri": self.model_uri, "deployment_ref": self.deployment_ref,
+                               "challenger_deployment_ref": self.challenger_deployment_ref,
+                               "route_ref": self.route_ref})
+
+    def _track(self, names: WorkloadNames, alias: str, args: ModelServingArgs, service_account: pulumi.Output[str],
+               volumes: list[dict], ns_name: pulumi.Output[str], opts: pulumi.ResourceOptions,
+               gate: k8s.batch.v1.Job) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
+        """One track: its Deployment serving `alias`, autoscaled and budgeted alike, its Service and its
+        health check (after `gate`, the Job that waits for the HealthCheckPolicy CRD)."""
         deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
+            f"{names.instance}-deployment",
             metadata=names.metadata(ns_name, deployment_annotations()),
             # No `replicas`: the HPA owns the count.
-            spec=deployment_spec(names, pod, rollout_annotations(
-                args.settings.model_name, args.settings.model_alias, args.settings.rollout_token), replicas=None),
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup, *serving_grants])),
+            spec=deployment_spec(names, workload_pod(
+                service_account=service_account, grace_seconds=GRACE_SECONDS,
+                containers=[self._container(args, alias, names.labels[TRACK_LABEL])], volumes=volumes), rollout_annotations(
+                args.settings.model_name, alias, args.settings.rollout_token), replicas=None),
+            opts=opts,
         )
-        service = self._scaling_and_exposure(name, args, names, ns_name, deployment, k8s_opts)
-        self.namespace = ns_name
-        self.service_url = pulumi.Output.all(service.metadata["name"], ns_name).apply(
-            lambda parts: in_cluster_url(parts[0], parts[1], SERVING_PORT))
-        self.model_uri = pulumi.Output.from_input(model_uri(args.settings.model_name, args.settings.model_alias))
-        self.deployment_ref = deployment_ref(deployment)
-        self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
-                               "model_uri": self.model_uri, "deployment_ref": self.deployment_ref})
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        service = self._scaling_and_exposure(names.instance, args, names, ns_name, deployment, k8s_opts)
+        health_check_policy(f"{names.instance}-health-check", names.metadata(ns_name), names.name, READY_PATH,
+                            pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[service, gate])))
+        return deployment, service
 
-    def _container(self, args: ModelServingArgs) -> dict:
+    def _container(self, args: ModelServingArgs, alias: str, track: str) -> dict:
         serving = args.settings
         return serving_container(
-            image=args.image, model_name=serving.model_name, alias=serving.model_alias, workers=serving.server_workers,
+            image=args.image, model_name=serving.model_name, alias=alias, workers=serving.server_workers,
             env=serving_env(args.tracking.client_url), cpu=serving.cpu, memory=serving.memory,
             max_batch_size=serving.max_batch_size, max_batch_delay_ms=serving.max_batch_delay_ms,
             env_timeout_seconds=serving.env_timeout_seconds,
-            package_index=args.package_index.url if args.package_index else "", payload_log=serving.payload_log)
+            package_index=args.package_index.url if args.package_index else "", payload_log=serving.payload_log,
+            track=track)
 
     def _setup_job(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions]) -> k8s.batch.v1.Job:
         """The Job that creates the serving user runs beside tracking as the admin: its own KSA, without
@@ -338,7 +394,7 @@ class ModelServing(pulumi.ComponentResource):
         """HPA, disruption budget, metrics collection, the Service and who may call it."""
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa", metadata=names.metadata(ns_name),
-            spec=hpa_spec(SERVICE_NAME, args.settings.min_replicas, args.settings.max_replicas,
+            spec=hpa_spec(names.name, args.settings.min_replicas, args.settings.max_replicas,
                           args.settings.target_cpu_percent),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment])),
         )
@@ -350,7 +406,7 @@ class ModelServing(pulumi.ComponentResource):
                 f"{name}-pdb", metadata=names.metadata(ns_name),
                 spec=pdb_spec(names.selector, unhealthyPodEvictionPolicy="AlwaysAllow"), opts=k8s_opts)
         pod_monitoring(f"{name}-pod-monitoring", names.metadata(ns_name),
-                       pod_monitoring_spec(names.selector, ("http",)), k8s_opts)
+                       pod_monitoring_spec(names.selector, ("http",), {TRACK_LABEL: TRACK_METRIC_LABEL}), k8s_opts)
         service = k8s.core.v1.Service(
             f"{name}-service",
             # Pulumi's Service await wants a ready pod within 10 minutes: none is before a model exists.
@@ -360,9 +416,12 @@ class ModelServing(pulumi.ComponentResource):
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=names.metadata(ns_name),
-            # Any pod of this cluster may call the model; nothing from outside it.
-            spec=ingress_policy_spec(names.selector, [{"from": [{"namespaceSelector": {}}],
-                                                       "ports": tcp_ports(SERVING_PORT)}]),
+            # Any pod of this cluster may call the model directly; the Gateway's proxies and health checks
+            # too, so any client in the VPC and the region may call it through the Gateway (serving_url).
+            spec=ingress_policy_spec(names.selector, [
+                {"from": [{"namespaceSelector": {}}], "ports": tcp_ports(SERVING_PORT)},
+                {"from": [{"ipBlock": {"cidr": cidr}} for cidr in args.load_balancer_ranges],
+                 "ports": tcp_ports(SERVING_PORT)}]),
             opts=k8s_opts,
         )
         return service

@@ -4,7 +4,7 @@ wiring helper both components call the same way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 import pulumi
@@ -29,10 +29,12 @@ class WorkloadNames:
     """Role (label app.kubernetes.io/component)."""
     name: str
     """Name of the Deployment, Service, PDB, PodMonitoring and NetworkPolicy."""
+    extra_labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels beside the recommended ones, never in selectors (serving's track)."""
 
     @property
     def labels(self) -> dict[str, str]:
-        return k8s_labels(self.instance, self.component)
+        return {**k8s_labels(self.instance, self.component), **self.extra_labels}
 
     @property
     def selector(self) -> dict[str, str]:
@@ -113,10 +115,14 @@ def pdb_spec(selector: dict, **extra: Any) -> dict:
     return {"maxUnavailable": 1, "selector": {"matchLabels": selector}, **extra}
 
 
-def pod_monitoring_spec(selector: dict, ports: Sequence[str]) -> dict:
-    """Managed Prometheus scrapes /metrics on each named container port."""
-    return {"selector": {"matchLabels": selector},
+def pod_monitoring_spec(selector: dict, ports: Sequence[str], pod_labels: Mapping[str, str] = {}) -> dict:
+    """Managed Prometheus scrapes /metrics on each named container port; `pod_labels` maps pod labels
+    onto every series as the named Prometheus labels."""
+    spec = {"selector": {"matchLabels": selector},
             "endpoints": [{"port": port, "path": "/metrics", "interval": SCRAPE_INTERVAL} for port in ports]}
+    if pod_labels:
+        spec["targetLabels"] = {"fromPod": [{"from": pod, "to": target} for pod, target in pod_labels.items()]}
+    return spec
 
 
 def tcp_ports(*ports: int) -> list[dict]:

@@ -46,6 +46,7 @@ MODULE_SECONDS = {
     "test_local_e2e": 230, "test_upgrade": 200, "test_under_load": 180, "test_benchmarks_smoke": 180,
     "test_promote": 170, "test_model_envs": 150, "test_rotate_secret": 125, "test_backup_restore": 110,
     "test_loadtest_cluster_commands": 90, "test_serving_wire": 65, "test_image_builds": 150,
+    "test_canary_under_load": 400, "test_canary": 5,
 }
 UNKNOWN_SLOW_SECONDS = 60
 # Fixtures that start real processes: a test that uses one is slow.

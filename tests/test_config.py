@@ -93,6 +93,16 @@ BAD_CONFIGS = {
     "notify_email_malformed": ({"monitoring.notify.emails": ["oncall"]}, f"{NS}:monitoring.notify.emails", "e-mail address"),
     "drift_schedule_malformed": ({"monitoring.drift.schedule": "hourly"}, f"{NS}:monitoring.drift.schedule", "cron"),
     "alias_like_version": ({"serving.modelAlias": "v2"}, f"{NS}:serving.modelAlias", "not of the form vN"),
+    "challenger_serves_the_champion_alias": ({"serving.challenger.alias": "champion"}, f"{NS}:serving.challenger.alias", f"must differ from {NS}:serving.modelAlias"),
+    "challenger_alias_like_version": ({"serving.challenger.alias": "v3"}, f"{NS}:serving.challenger.alias", "not of the form vN"),
+    "challenger_weight_above_100": ({"serving.challenger.weight": "101"}, f"{NS}:serving.challenger.weight", "between 0 and 100"),
+    "challenger_split_and_mirrored": ({"serving.challenger.weight": "10", "serving.challenger.mirror": "true"}, f"{NS}:serving.challenger.weight", f"must be 0 when {NS}:serving.challenger.mirror=true"),
+    "canary_steps_not_increasing": ({"serving.canary.steps": [50, 10, 100]}, f"{NS}:serving.canary.steps", "strictly increasing"),
+    "canary_steps_not_ending_at_100": ({"serving.canary.steps": [10, 50]}, f"{NS}:serving.canary.steps", "the last 100"),
+    "canary_window_too_short": ({"serving.canary.windowSeconds": "5"}, f"{NS}:serving.canary.windowSeconds", "between 10 and 3600"),
+    "canary_p99_ratio_below_one": ({"serving.canary.maxP99Ratio": "0.5"}, f"{NS}:serving.canary.maxP99Ratio", "between 1 and 100"),
+    "proxy_only_subnet_too_small": ({"network.proxyOnlyCidr": "10.129.0.0/28"}, f"{NS}:network.proxyOnlyCidr", "/26 or larger"),
+    "proxy_only_subnet_overlaps": ({"serving.modelName": "iris", "network.proxyOnlyCidr": "10.10.0.0/23"}, f"{NS}:network.subnetCidr", f"overlaps {NS}:network.proxyOnlyCidr"),
     "bad_memory_quantity": ({"tracking.memory": "1GB"}, f"{NS}:tracking.memory", "in Mi or Gi"),
     "unknown_setting": ({"minNode": "1"}, f"{NS}:minNode", "unknown setting"),
     "unknown_field_of_a_component": ({"clusters.platform.minNode": "1"}, f"{NS}:clusters.platform.minNode", "unknown setting"),
@@ -226,6 +236,26 @@ def test_serving_cluster_ranges_must_not_overlap_when_enabled():
     settings_from_values(overlapping)  # unused ranges may overlap
     message = refusal(overlapping, {"clusters.separateServing": "true"})
     assert f"{NS}:network.podsCidr" in message and f"{NS}:network.servingPodsCidr" in message
+
+
+def test_the_proxy_only_subnet_range_counts_only_where_a_gateway_is_declared():
+    overlapping = with_paths(VALID, {"network.proxyOnlyCidr": "10.10.0.0/23"})
+    settings_from_values(overlapping)  # no served model, no Gateway, no proxy-only subnet
+    assert f"{NS}:network.proxyOnlyCidr" in refusal(overlapping, {"serving.modelName": "iris"})
+
+
+def test_no_challenger_unless_declared_and_one_field_declares_it_with_the_contract_defaults():
+    assert settings_from_values(with_paths(VALID, {"serving.modelName": "iris"})).serving.challenger is None
+    declared = settings_from_values(with_paths(VALID, {"serving.modelName": "iris", "serving.challenger.mirror": "true"}))
+    assert (declared.serving.challenger.alias, declared.serving.challenger.weight) == ("challenger", 0)
+    canary = declared.serving.canary
+    assert (canary.steps, canary.window_seconds, canary.min_requests, canary.max_error_rate_increase,
+            canary.max_p99_ratio) == ((10, 50, 100), 60, 100, 1.0, 1.5)
+
+
+def test_canary_steps_set_without_path_arrive_as_json_text():
+    steps = settings_from_values(with_paths(VALID, {"serving.canary.steps": "[5, 25, 100]"})).serving.canary.steps
+    assert steps == (5, 25, 100)
 
 
 def test_defaults_are_valid_and_frozen():

@@ -52,6 +52,15 @@ def test_load_balancers_are_priced_only_where_declared(stack_runs):
     assert "2 forwarding rule(s)" in line(stack_runs["prod"], "Load balancers").detail
 
 
+def test_the_serving_gateway_is_priced_where_a_model_is_served(stack_runs, run_stack_with):
+    prices = load_prices()
+    item = line(stack_runs["prod"], "Serving Gateway")
+    proxy = prices["network"]["internal_alb_proxy_instance_per_hour"] * prices["hours_per_month"]
+    assert item.monthly_max - item.monthly_min == pytest.approx(5 * proxy)  # 1-6 proxy instances
+    assert "1 internal Application Load Balancer" in item.detail
+    assert not [i for i in estimate(run_stack_with("dev", {"serving.modelName": ""})) if i.item == "Serving Gateway"]
+
+
 @pytest.mark.parametrize("stack, accesses", [("dev", 2000), ("prod", 20000)])
 def test_secret_manager_prices_every_secret_location_version_and_access(stack_runs, stack, accesses):
     item = line(stack_runs[stack], "Secret Manager")

@@ -21,6 +21,9 @@ EXPECTED_KINDS = {
     ("networking.gke.io/v1beta1", "FrontendConfig"),
     ("monitoring.googleapis.com/v1", "PodMonitoring"),
     ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"),
+    ("gateway.networking.k8s.io/v1", "Gateway"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+    ("networking.gke.io/v1", "HealthCheckPolicy"),
 }
 
 METADATA = {"name": "mlflow-tracking", "namespace": "mlflow", "labels": {"app.kubernetes.io/name": "mlflow"}}
@@ -55,6 +58,26 @@ EXAMPLES = {
             "selector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}},
             "endpoints": [{"port": "http", "interval": "30s", "path": "/metrics"}],
         },
+    },
+    "Gateway": {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": METADATA,
+        "spec": {"gatewayClassName": "gke-l7-rilb", "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+    },
+    "HTTPRoute": {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": METADATA,
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "a", "port": 8080, "weight": 90},
+                                                                            {"name": "b", "port": 8080, "weight": 10}]}]},
+    },
+    "HealthCheckPolicy": {
+        "apiVersion": "networking.gke.io/v1",
+        "kind": "HealthCheckPolicy",
+        "metadata": METADATA,
+        "spec": {"default": {"config": {"type": "HTTP", "httpHealthCheck": {"requestPath": "/ping"}}},
+                 "targetRef": {"group": "", "kind": "Service", "name": "a"}},
     },
 }
 
@@ -153,6 +176,9 @@ def test_typo_in_nested_field_is_rejected_and_named():
         ("ManagedCertificate", ["spec", "domain"], ["a.example.com"]),
         ("PodMonitoring", ["spec", "endpoints", 0, "intervall"], "30s"),
         ("PodMonitoring", ["metadata", "lables"], {}),
+        ("HTTPRoute", ["spec", "rules", 0, "backendRefs", 0, "weigth"], 90),
+        ("Gateway", ["spec", "listeners", 0, "hostName"], "x.example.com"),
+        ("HealthCheckPolicy", ["spec", "default", "config", "httpHealthCheck", "requestPth"], "/ping"),
     ],
 )
 def test_unknown_fields_are_rejected_at_every_level(kind, path, value):
@@ -208,6 +234,15 @@ def test_schema_constraints_are_enforced():
     frontend = example("FrontendConfig")
     frontend["spec"]["redirectToHttps"] = {"responseCodeName": "MOVED_PERMANENTLY_DEFAULT"}
     assert validate_custom_resource(frontend) == ["$.spec.redirectToHttps.enabled: required field is missing"]
+
+
+def test_route_weights_and_health_check_ranges_are_enforced():
+    route = example("HTTPRoute")
+    route["spec"]["rules"][0]["backendRefs"][0]["weight"] = 1_000_001
+    assert [e.split(":")[0] for e in validate_custom_resource(route)] == ["$.spec.rules[0].backendRefs[0].weight"]
+    policy = example("HealthCheckPolicy")
+    policy["spec"]["default"]["checkIntervalSec"] = 0
+    assert [e.split(":")[0] for e in validate_custom_resource(policy)] == ["$.spec.default.checkIntervalSec"]
 
 
 def test_frontend_config_spec_fields():

@@ -27,7 +27,7 @@ def clusters(run):
 # 1. the tracking internal load balancer's address ------------------------------------------------
 def test_internal_lb_address_is_one_gcp_lets_an_address_take(stack_runs):
     run = stack_runs["prod"]
-    [address] = run.of_type("gcp:compute/address:Address")
+    address = run.named("mlflow-net-tracking-ilb-ip")
     subnet = run.named("mlflow-net-subnet").inputs["ipCidrRange"]
     assert ipaddress.IPv4Address(address.inputs["address"]) in ipaddress.IPv4Network(subnet)
     assert address.inputs["address"] not in reserved_addresses(subnet)

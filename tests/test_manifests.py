@@ -12,13 +12,14 @@ import pytest
 import yaml
 
 from tools.offline import plan
+from tools.offline.crd_validate import is_custom_resource, validate_custom_resource
 from tools.offline.render import SECRET_MASK, render
 from tools.offline.stack import ROOT
 from tools import venvs
 
 # The REGULAR/STABLE release channels' default minor when this was written (GKE, Nov 2026).
 KUBERNETES_VERSION = "1.35.0"
-BUILTIN_GROUPS = ("v1", "apps/", "batch/", "autoscaling/", "policy/", "networking.k8s.io/")
+BUILTIN_GROUPS = ("v1", "apps/", "batch/", "autoscaling/", "policy/", "networking.k8s.io/", "rbac.authorization.k8s.io/")
 CHECKOV = venvs.TOOLS.bin("checkov")
 STACKS = ["dev", "prod"]
 
@@ -60,6 +61,40 @@ def test_every_builtin_manifest_is_valid_for_the_cluster_version_strictly(stack)
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
             checked += 1
     assert checked >= 15
+
+
+CHALLENGERS = {"split": {"serving.challenger.weight": 10}, "mirror": {"serving.challenger.mirror": True}}
+
+
+@pytest.fixture(scope="module")
+def challenger_plans() -> dict[tuple[str, str], dict[str, dict]]:
+    """Each stack's rendered manifests with a challenger track, split and mirrored: (stack, mode) -> file -> doc."""
+    from tools.offline.stack import run_stack
+
+    return {(stack, mode): {name: yaml.safe_load(text) for name, text in render(run_stack(stack, overrides=changes)).items()
+                            if name.startswith("k8s/")}
+            for stack in STACKS for mode, changes in CHALLENGERS.items()}
+
+
+@pytest.mark.parametrize("mode", sorted(CHALLENGERS))
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_plan_with_a_challenger_validates_strictly(challenger_plans, tmp_path, stack, mode):
+    documents = challenger_plans[stack, mode]
+    kinds = {}
+    for name, document in documents.items():
+        if document["apiVersion"].startswith(BUILTIN_GROUPS):
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        else:
+            assert is_custom_resource(document) and validate_custom_resource(document) == [], name
+        kinds.setdefault(document["kind"], []).append(document["metadata"]["name"])
+        (tmp_path / name.removeprefix("k8s/")).write_text(yaml.safe_dump(document))
+    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy", "PodMonitoring", "HealthCheckPolicy"):
+        assert "mlflow-serving-challenger" in kinds[kind], kind
+    [route] = [d for d in documents.values() if d["kind"] == "HTTPRoute"]
+    [rule] = route["spec"]["rules"]
+    assert [ref["weight"] for ref in rule["backendRefs"]] == ([90, 10] if mode == "split" else [100, 0])
+    assert ("filters" in rule) == (mode == "mirror")
+    assert checkov("-d", str(tmp_path), "--framework", "kubernetes")["failed"] == []
 
 
 def test_strict_validation_catches_a_misspelt_field():

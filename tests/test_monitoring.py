@@ -109,9 +109,22 @@ def test_serving_errors_count_predictions_not_the_probes_of_pods_waiting_for_a_m
     query = serving_error_ratio_query("mlflow-serving", 5)
     assert query.count('path="/invocations"') == 2
     tile = next(tile for tile in dashboard("prod")["mosaicLayout"]["tiles"]
-                if tile["widget"]["title"] == "Serving: error ratio (5xx)")
+                if tile["widget"]["title"] == "Serving: error ratio (5xx) by track")
     promql = tile["widget"]["xyChart"]["dataSets"][0]["timeSeriesQuery"]["prometheusQuery"]
     assert promql.count('path="/invocations"') == 2
+
+
+def test_serving_charts_and_alerts_show_each_track_on_its_own():
+    """Champion and challenger side by side: every serving chart and alert groups by the `track` label."""
+    tiles = [tile["widget"] for tile in dashboard("prod")["mosaicLayout"]["tiles"]
+             if tile["widget"]["title"].startswith("Serving:")]
+    for widget in tiles:
+        for dataset in widget["xyChart"]["dataSets"]:
+            query = dataset["timeSeriesQuery"]["prometheusQuery"]
+            if "mlflow_serving_requests_in_flight" not in query:
+                assert re.search(r"by \(track\b", query), (widget["title"], query)
+    for query in (serving_p99_query("mlflow-serving", 250), serving_error_ratio_query("mlflow-serving", 5)):
+        assert query.count("by (track") == query.count("sum"), query
 
 
 def alerts(run) -> dict[str, dict]:

@@ -41,6 +41,11 @@ FORMATS = {
 }
 
 
+def collecting(lines: list[str]):
+    """A payload log's write: it writes many lines at once."""
+    return lambda text: lines.extend(text.splitlines(keepends=True))
+
+
 def line_for(body: bytes, content_type: str = JSON_TYPE, status: int = 200, response: bytes = ANSWER,
              redaction: Redaction = REDACTION) -> str:
     return entry_line(Exchange("req-1", body, content_type, status, response, 1.25), SERVED, redaction)
@@ -163,7 +168,7 @@ def test_each_request_of_a_merged_batch_is_logged_once_with_its_own_inputs_and_o
     scorer = MergingScorer()
     batcher = Batcher(scorer, BatchSettings(max_rows=1024, max_delay_ms=5))
     batcher.call_cost = 0.0
-    log = PayloadLog(SERVED, REDACTION, lines.append)
+    log = PayloadLog(SERVED, REDACTION, collecting(lines))
     app = PayloadLogApp(BatchingApp(None, batcher, timeout=5), log, rate=1.0)
     count = 40
 
@@ -195,7 +200,7 @@ def test_sampling_logs_the_share_asked_and_a_rate_of_zero_adds_nothing_to_the_pa
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": ANSWER})
-    log = PayloadLog(SERVED, REDACTION, lines.append)
+    log = PayloadLog(SERVED, REDACTION, collecting(lines))
     app = PayloadLogApp(echo, log, rate=0.1, sample=lambda: next(draws))
     body = json.dumps(FORMATS["dataframe_split"]).encode()
 
@@ -234,7 +239,7 @@ def test_the_line_writer_writes_whole_lines_to_its_descriptor(tmp_path):
 
 def test_a_client_gone_before_its_request_arrived_is_not_logged_and_an_app_error_is_logged_as_500():
     lines: list[str] = []
-    log = PayloadLog(SERVED, REDACTION, lines.append)
+    log = PayloadLog(SERVED, REDACTION, collecting(lines))
 
     async def left(scope, receive, send):
         assert (await receive())["type"] == "http.disconnect"  # BatchingApp then answers nothing

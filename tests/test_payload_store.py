@@ -134,8 +134,19 @@ def test_only_the_serving_pods_read_the_hash_key(stack_runs, stack):
 def test_the_pod_gets_the_rate_and_the_columns_only_when_logging_is_on():
     assert payload_log_args(PayloadLogSettings()) == []
     on = PayloadLogSettings(sample_rate=0.25, redact={"drop": ["email"], "hash": ["customer id"]})
-    assert payload_log_args(on) == ["--payload-sample-rate", "0.25", "--payload-drop", '["email"]',
-                                    "--payload-hash", '["customer id"]']
+    assert payload_log_args(on, "challenger") == ["--payload-sample-rate", "0.25", "--track", "challenger",
+                                                  "--payload-drop", '["email"]', "--payload-hash", '["customer id"]']
+
+
+def test_each_track_names_itself_in_its_entries(run_stack_with):
+    run = run_stack_with("prod", {"serving.challenger.weight": 10})
+    tracks = {}
+    for deployment in run.of_type("kubernetes:apps/v1:Deployment"):
+        for c in deployment.inputs["spec"]["template"]["spec"]["containers"]:
+            if "--track" in c["args"]:
+                alias = c["args"][c["args"].index("--model-uri") + 1].rsplit("@", 1)[1]
+                tracks[c["args"][c["args"].index("--track") + 1]] = alias
+    assert tracks == {"champion": "champion", "challenger": "challenger"}
 
 
 @pytest.mark.parametrize("payload_log, message", [

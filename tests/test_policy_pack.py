@@ -44,7 +44,7 @@ def test_rules_meet_the_resources_they_guard(runs, stack):
     # Zero violations only means something if every guarded kind of resource was actually checked.
     types = {r.type for r in runs[stack].resources}
     guarded = {rules.SQL_TYPE, rules.BUCKET_TYPE, rules.CLUSTER_TYPE, rules.NODE_POOL_TYPE,
-               "kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job"}
+               "kubernetes:apps/v1:Deployment", "kubernetes:batch/v1:Job", rules.GATEWAY_TYPE, rules.HTTP_ROUTE_TYPE}
     assert guarded <= types
     assert types & rules.IAM_TYPES
     envs = {rules.get(r.inputs, rules.PROD_PROTECTION[r.type][0])
@@ -185,6 +185,12 @@ BREAKAGES = [
     # a broken copy of the drift job's identity: its dataset role granted on the project
     ("no-project-wide-data-roles", "dev", "gcp:projects/iAMMember:IAMMember", "role", "roles/bigquery.dataViewer",
      "granted on the whole project"),
+    ("gateway-internal-only", "prod", rules.GATEWAY_TYPE, "spec.gatewayClassName", "gke-l7-global-external-managed",
+     "is not an internal class"),
+    ("http-route-weights-sum-to-100", "dev", rules.HTTP_ROUTE_TYPE, "spec.rules.0.backendRefs.0.weight", 90,
+     "weights must sum to 100"),
+    ("http-route-weights-sum-to-100", "prod", rules.HTTP_ROUTE_TYPE, "spec.rules.0.backendRefs.0.weight", DELETE,
+     "every backend needs a weight"),
 ]
 
 
@@ -209,6 +215,69 @@ def test_a_sink_writing_elsewhere_than_its_own_partitioned_dataset_is_refused(ru
     found = rules.check_sinks_write_to_own_datasets(
         [r._replace(props=mutated(r.props, path, value)) if r is sink else r for r in resources])
     assert len(found) == 1 and message in found[0]
+
+
+def with_resource(resources: list, urn_suffix: str, path: str, value: Any) -> list:
+    """`resources` with the one whose URN ends in `urn_suffix` changed at `path`."""
+    [target] = [r for r in resources if r.urn.endswith(urn_suffix)]
+    return [r._replace(props=mutated(r.props, path, value)) if r is target else r for r in resources]
+
+
+@pytest.fixture(scope="module")
+def with_challenger() -> list[rules.StackResource]:
+    from tools.offline.stack import run_stack
+    return stack_resources(run_stack("prod", overrides={"serving.challenger.weight": 10,
+                                                        "serving.challenger.mirror": False}))
+
+
+def test_a_stack_with_a_challenger_complies_with_every_rule(with_challenger):
+    assert [v for _, _, check in rules.STACK_POLICIES for v in check(with_challenger)] == []
+    assert [v for r in with_challenger for v in violations(r.type, r.props)] == []
+
+
+@pytest.mark.parametrize("path,value,what", [
+    ("spec.rules.0.backendRefs.1.name", "mlflow-serving-canary", "backend Service"),
+    ("spec.parentRefs.0.name", "elsewhere", "parent Gateway"),
+    ("spec.rules.0.filters", [{"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "shadow", "port": 8080}}}],
+     "backend Service"),
+])
+def test_a_route_to_an_undeclared_service_or_gateway_is_refused(with_challenger, path, value, what):
+    broken = with_resource(with_challenger, "mlflow-serving-route", path, value)
+    [found] = rules.check_routes_reference_declared_objects(broken)
+    assert what in found and "is not declared by the stack" in found
+
+
+@pytest.mark.parametrize("path,value,field", [
+    ("spec.template.spec.containers.0.resources.limits.memory", "64Gi", "resources"),
+    ("spec.template.spec.containers.0.readinessProbe", DELETE, "readinessProbe"),
+])
+def test_a_challenger_unlike_its_champion_is_refused(with_challenger, path, value, field):
+    broken = with_resource(with_challenger, "mlflow-serving-challenger-deployment", path, value)
+    [found] = rules.check_challenger_like_champion(broken)
+    assert f"{field} differs from the champion's" in found
+
+
+def test_the_packs_health_check_ranges_are_the_programs():
+    from infra.cloud_rules import HEALTH_CHECK_RANGES
+    assert rules.GOOGLE_HEALTH_CHECK_RANGES == set(HEALTH_CHECK_RANGES)
+
+
+@pytest.mark.parametrize("sources, extra", [
+    (["0.0.0.0/0"], "['0.0.0.0/0']"),
+    (["10.129.0.0/23", "35.191.0.0/16", "130.211.0.0/22", "10.0.0.0/8"], "['10.0.0.0/8']"),
+    (["35.191.0.0/16", "130.211.0.0/22"], "[]"),  # the proxies' subnet missing: the Gateway reaches no pod
+])
+def test_a_load_balancer_firewall_open_wider_or_narrower_is_refused(with_challenger, sources, extra):
+    assert rules.check_firewall_admits_the_load_balancer_only(with_challenger) == []
+    broken = with_resource(with_challenger, "mlflow-serving-allow-load-balancer", "sourceRanges", sources)
+    [found] = rules.check_firewall_admits_the_load_balancer_only(broken)
+    assert "sourceRanges must be exactly the proxy-only subnet" in found and f"extra {extra}" in found
+
+
+def test_a_challenger_without_a_champion_is_refused(with_challenger):
+    alone = [r for r in with_challenger if not r.urn.endswith("::mlflow-serving-deployment")]
+    [found] = rules.check_challenger_like_champion(alone)
+    assert "needs a champion Deployment" in found
 
 
 AUTHORITATIVE = ["gcp:secretmanager/secretIamBinding:SecretIamBinding", "gcp:secretmanager/secretIamPolicy:SecretIamPolicy",

@@ -57,10 +57,10 @@ def test_hyperdisk_pools_count_against_the_hyperdisk_quota(run_stack_with):
 def test_addresses_cloud_nat_and_the_reserved_ones(stack_runs):
     prod = usage(stack_runs["prod"])
     assert prod[REGION]["IN_USE_ADDRESSES"]["maximum"] == 1  # one NAT address serves ~1,000 VMs
-    assert prod[REGION]["INTERNAL_ADDRESSES"]["minimum"] == 1  # tracking's internal load balancer
+    assert prod[REGION]["INTERNAL_ADDRESSES"]["minimum"] == 2  # tracking's internal load balancer, the serving Gateway
     assert prod[GLOBAL]["GLOBAL_INTERNAL_ADDRESSES"]["minimum"] == 1
     assert prod[GLOBAL]["global static external addresses"]["minimum"] == 1  # the Ingress
-    assert "INTERNAL_ADDRESSES" not in usage(stack_runs["dev"])[REGION]
+    assert usage(stack_runs["dev"])[REGION]["INTERNAL_ADDRESSES"]["minimum"] == 1  # the serving Gateway
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])

@@ -13,6 +13,7 @@ import ipaddress
 import pytest
 
 import k8s.tracking
+import program
 from tools.offline.reachability import ClusterPolicies, External, Pod, other_pod, through_load_balancer, workload_pod
 from tools.offline.stack import run_stack
 
@@ -38,6 +39,10 @@ TABLE = [
     ("pod in namespace default", "serving", 8080, "TCP", True, True),
     ("the internet", "tracking", 5000, "TCP", False, False),
     ("the internet", "serving", 8080, "TCP", False, False),
+    # the serving Gateway's internal load balancer: its proxies, and Google's probes of its health checks
+    ("a proxy of the serving Gateway", "serving", 8080, "TCP", True, True),
+    ("Google health checker", "serving", 8080, "TCP", True, True),
+    ("a proxy of the serving Gateway", "tracking", 5000, "TCP", False, False),
     ("serving pod, direct", "migration job", 9801, "TCP", False, False),
     ("collector in gmp-system", "migration job", 9801, "TCP", False, False),
     ("tracking pod", "kube-dns", 53, "UDP", True, True),
@@ -63,6 +68,7 @@ class Endpoints:
         self.serving = workload_pod(run, "serving", range_host(run, serving_range, 20))
         self.migration = workload_pod(run, "migration", range_host(run, "pods", 30))
         self.node = range_host(run, "nodes", 7)
+        self.gateway_proxy = str(ipaddress.IPv4Network(run.named("mlflow-net-proxy-only").inputs["ipCidrRange"])[5])
 
     def destination(self, name: str, source) -> Pod:
         if name == "kube-dns":
@@ -81,6 +87,7 @@ class Endpoints:
         return {
             "Google front end": External(GOOGLE_FRONT_END), "Google health checker": External(GOOGLE_HEALTH_CHECKER),
             "the internet": External(INTERNET), "a node of the subnet": External(self.node),
+            "a proxy of the serving Gateway": External(self.gateway_proxy),
             "serving pod, direct": self.serving, "tracking pod": self.tracking,
             "pod in namespace default": other_pod(near, "default", range_host(self.run, "pods", 50)),
         }[name]
@@ -124,3 +131,9 @@ def test_broken_copy_whose_load_balancer_source_nats_fails_the_table(monkeypatch
     failures = table_failures(run_stack("prod"), "prod")
     assert failures == ["prod: serving pod, through tracking's internal load balancer -> tracking:5000/TCP "
                         "should be allowed"]
+
+
+def test_broken_copy_that_forgets_the_health_checkers_fails_the_table(monkeypatch):
+    monkeypatch.setattr(program, "HEALTH_CHECK_RANGES", ())
+    failures = table_failures(run_stack("dev"), "dev")
+    assert failures == ["dev: Google health checker -> serving:8080/TCP should be allowed"]

@@ -253,7 +253,7 @@ def test_prod_exposes_tracking_to_the_serving_cluster_through_an_internal_lb(sta
     lb = run.named("mlflow-internal-lb")
     assert lb.inputs["metadata"]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
     assert lb.inputs["spec"]["type"] == "LoadBalancer"
-    reserved = run.of_type("gcp:compute/address:Address")[0]
+    reserved = next(r for r in run.of_type("gcp:compute/address:Address") if r.name.endswith("-tracking-ilb-ip"))
     assert lb.inputs["spec"]["loadBalancerIP"] == reserved.inputs["address"]
     assert reserved.inputs["addressType"] == "INTERNAL"
     assert not [r for r in stack_runs["dev"].resources if r.name == "mlflow-internal-lb"]

@@ -16,8 +16,13 @@ from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 
 from mlflow_serving.app import (
     BATCH_DELAY_ENV, BATCH_ROWS_ENV, ENV_CACHE_ENV, ENV_TIMEOUT_ENV, MODEL_URI_ENV, PACKAGE_INDEX_ENV,
-    PAYLOAD_DROP_ENV, PAYLOAD_HASH_ENV, PAYLOAD_RATE_ENV, STATE_DIR_ENV,
+    PAYLOAD_DROP_ENV, PAYLOAD_HASH_ENV, PAYLOAD_RATE_ENV, STATE_DIR_ENV, TRACK_ENV,
 )
+
+# The Gateway's Envoy-based internal load balancer keeps idle connections to a backend for 600 s and
+# needs the backend to keep them open longer, or a request sent as the pod closes an idle connection
+# fails with a 502 (uvicorn's default is 5 s). 620 s is Google's recommendation (as k8s/tracking.py).
+KEEPALIVE_SECONDS = 620
 
 
 def _columns(text: str) -> list[str]:
@@ -52,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds the build of a model's environment may take")
     parser.add_argument("--package-index", default="",
                         help="package index of the environment builds (default: uv's, pypi.org)")
+    parser.add_argument("--track", default="",
+                        help="the serving track (champion, challenger) payload log entries name; default: the alias")
     parser.add_argument("--payload-sample-rate", type=_rate, default=0.0,
                         help="share of /invocations logged on stdout (mlflow_serving/payload_log.py); 0: none")
     parser.add_argument("--payload-drop", type=_columns, default=[], help="JSON list: input columns never logged")
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[ENV_CACHE_ENV] = args.env_cache or tempfile.mkdtemp(prefix="mlflow-envs-")
     os.environ[ENV_TIMEOUT_ENV] = str(args.env_timeout)
     os.environ[PACKAGE_INDEX_ENV] = args.package_index
+    os.environ[TRACK_ENV] = args.track
     os.environ[PAYLOAD_RATE_ENV] = str(args.payload_sample_rate)
     os.environ[PAYLOAD_DROP_ENV] = json.dumps(args.payload_drop)
     os.environ[PAYLOAD_HASH_ENV] = json.dumps(args.payload_hash)
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
     # lifespan "on": the gate starts the model loader at startup, so it must run.
     uvicorn.run("mlflow_serving.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, timeout_keep_alive=30, log_level="info", lifespan="on",
+                workers=args.workers, timeout_keep_alive=KEEPALIVE_SECONDS, log_level="info", lifespan="on",
                 **({"log_config": args.log_config} if args.log_config else {}))
 
 

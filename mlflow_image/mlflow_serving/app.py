@@ -33,6 +33,7 @@ PACKAGE_INDEX_ENV = "MLFLOW_SERVING_PACKAGE_INDEX"
 PAYLOAD_RATE_ENV = "MLFLOW_SERVING_PAYLOAD_SAMPLE_RATE"
 PAYLOAD_DROP_ENV = "MLFLOW_SERVING_PAYLOAD_DROP"
 PAYLOAD_HASH_ENV = "MLFLOW_SERVING_PAYLOAD_HASH"
+TRACK_ENV = "MLFLOW_SERVING_TRACK"
 LIVE_PATH = "/live"
 READY_PATH = "/ping"
 _MODEL_PATH_FILE = "model-path"
@@ -230,6 +231,8 @@ def batch_settings(environ=os.environ) -> BatchSettings:
 class PayloadSettings:
     rate: float
     redaction: Redaction
+    track: str = ""
+    """The Deployment's track (champion, challenger); "" names the alias."""
 
 
 def payload_settings(environ=os.environ) -> PayloadSettings:
@@ -237,7 +240,8 @@ def payload_settings(environ=os.environ) -> PayloadSettings:
     redaction = Redaction(drop=frozenset(json.loads(environ.get(PAYLOAD_DROP_ENV) or "[]")),
                           hash=frozenset(json.loads(environ.get(PAYLOAD_HASH_ENV) or "[]")),
                           key=environ.get(PAYLOAD_KEY_ENV, "").encode())
-    return PayloadSettings(rate=float(environ.get(PAYLOAD_RATE_ENV) or "0"), redaction=redaction)
+    return PayloadSettings(rate=float(environ.get(PAYLOAD_RATE_ENV) or "0"), redaction=redaction,
+                           track=environ.get(TRACK_ENV, ""))
 
 
 def with_payload_log(app, settings: PayloadSettings, model_uri: str, version: str, state_dir: Path,
@@ -246,8 +250,7 @@ def with_payload_log(app, settings: PayloadSettings, model_uri: str, version: st
     if settings.rate <= 0:
         return app
     name, alias = parse_model_uri(model_uri)
-    # One Deployment serves one alias: its track is the alias (a canary's challenger would be another).
-    served = Served(model=name or model_uri, version=version, alias=alias, track=alias)
+    served = Served(model=name or model_uri, version=version, alias=alias, track=settings.track or alias)
     log = PayloadLog(served, settings.redaction, LineWriter(1, state_dir / "payload-log.lock"),
                      dropped=metrics.payload_dropped.inc)
     return PayloadLogApp(app, log, settings.rate)

@@ -85,10 +85,15 @@ def main(argv: list[str] | None = None) -> int:
             (workdir / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
             people = (f"\n  people    {platform.people_url}   (stand-in for IAP: sign in with an e-mail; "
                       "MLflow permissions by team)" if platform.people_url else "")
+            challenger = ""
+            if platform.challenger_alias:
+                weight, mirror = platform.declared_split
+                challenger = (f"\n  challenger {endpoints['challenger_url']}   (@{platform.challenger_alias}: "
+                           f"{'a copy of every request' if mirror else f'{weight}% of serving'}; make challenger-weight ...)")
             print(f"""
 MLflow platform ({args.stack} manifests) up in {time.monotonic() - started:.0f}s
   tracking  {platform.tracking_url}   (basic auth; /health is open){people}
-  serving   {platform.serving_url}/invocations   ({endpoints['model_uri']})
+  serving   {platform.serving_url}/invocations   ({endpoints['model_uri']}){challenger}
   admin     user {platform.admin_username!r}, password in {platform.admin_password_file}
   endpoints {workdir / 'endpoints.json'}
   logs      {platform.logs_dir}/

@@ -12,6 +12,9 @@ through a Service in the cluster: `tracking_url` and `serving_url` are the balan
 (`roll_tracking`, `restart_serving`) replaces the pod as the Deployment's strategy declares and
 stops the old one as the kubelet would: out of the balancer after the endpoint propagation delay,
 its containers' preStop hooks, SIGTERM, SIGKILL at the end of the grace period (tools/local/lifecycle.py).
+Where the plan declares a challenger track, its pod runs beside serving's behind a backend of its
+own, and serving's frontend splits to it (or mirrors to it) as the rendered HTTPRoute declares;
+`restart_challenger` rolls it, and tools/ops changes the split through the balancer's runtime API.
 
 Every process runs in its own process group with its output in workdir/logs/ (secrets never
 reach the console); leaving the `with` block stops them all. Clients and the GCS emulator run in the
@@ -39,7 +42,7 @@ from infra.secrets import (
     WEBHOOK_SECRET, formatted,
 )
 from k8s.secret_files import SPC_KIND
-from k8s.serving import SERVING_USERNAME
+from k8s.serving import CHALLENGER, CHAMPION, SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME, postgres_uri
 from tools.local.balancer import ENDPOINT_PROPAGATION_SECONDS, Backend, LocalBalancer
 from tools.local.iap import StandInIap, backend_audience
@@ -49,7 +52,7 @@ from tools.local.images import ImageRoot, ImageStore, built_here, source_for
 from tools.local.localize import LocalCommand, LocalSite, localize_container, relaunched
 from tools.local.manifests import (
     Manifests, artifacts_bucket, container, flag_value, pod_spec, run_to_completion_containers, selects,
-    served_model, service_addresses, sql_proxy_address, workload_containers,
+    route_split, served_model, service_addresses, serving_tracks, sql_proxy_address, workload_containers,
 )
 from tools.local.postgres import LocalPostgres
 from tools.local.notifications import RecordingSink, notification
@@ -178,7 +181,9 @@ class LocalPlatform:
         self.manifests = Manifests.load(stack, plan_dir)
         m = self.manifests
         self.tracking_deployment = m.one("Deployment", component="tracking")
-        self.serving_deployment = m.one("Deployment", component="serving")
+        # The challenger track (serving.challenger): its own Deployment, behind its own backend, which
+        # serving's backend splits to or mirrors to (tools/local/balancer.py).
+        self.serving_deployment, self.challenger_deployment = serving_tracks(m)
         self.migration_job = m.one("Job", component="migration")
         self.grants_job = m.one("Job", component="database-grants")
         self.database_users = m.database_users()
@@ -194,6 +199,8 @@ class LocalPlatform:
         self.exporter_container = container(self.tracking_deployment, "metrics-exporter")
         self.serving_container = container(self.serving_deployment, "serving")
         self.model_name, self.model_alias = served_model(self.serving_container)
+        self.challenger_container = (container(self.challenger_deployment, self.serving_container["name"])
+                                     if self.challenger_deployment else None)
         self.bucket, self.artifacts_prefix = artifacts_bucket(self.tracking_container)
         self.default_permission, self.auth_cache_ttl = parse_auth_settings(self.tracking_deployment)
 
@@ -216,24 +223,29 @@ class LocalPlatform:
 
         self.postgres_port, self.emulator_port = free_port(), free_port()
         self.tracking_port, self.serving_port = free_port(), free_port()
-        self.tracking_metrics_port = free_port()
+        self.tracking_metrics_port, self.challenger_port = free_port(), free_port()
+        tracks = [self._backend("serving", self.serving_container, split_to="challenger" if self.challenger_container
+                                else None)]
+        if self.challenger_container:
+            tracks.append(self._backend("challenger", self.challenger_container))
         self.balancer = LocalBalancer(
-            [self._backend("tracking", self.tracking_container), self._backend("serving", self.serving_container),
+            [self._backend("tracking", self.tracking_container), *tracks,
              self._backend("tracking_metrics", self.exporter_container)],
             self.workdir / "balancer", self.workdir / "logs" / "haproxy.log", lambda text: text)
         self.iap = self._stand_in_iap()
-        self.pod_generation = {"tracking": 0, "serving": 0, "notify": 0}
+        self.pod_generation = {"tracking": 0, "serving": 0, "challenger": 0, "notify": 0}
         self.retiring: list[threading.Thread] = []  # old pods going through preStop, SIGTERM, grace
         self.retired: list[ManagedProcess] = []
         self.logs_dir = self.workdir / "logs"
         self.secrets_dir = self.workdir / "secrets"
         # The sink's stand-in: the serving pods' payload entries, as BigQuery would receive them.
-        self.payloads = PayloadRecorder(self.logs_dir / "serving.log", self.workdir / PAYLOADS_FILE)
+        self.payloads = PayloadRecorder((self.logs_dir / "serving.log", self.logs_dir / "challenger.log"),
+                                        self.workdir / PAYLOADS_FILE)
         # The channels' stand-in: the receiver's notification lines as they come, the drift job's after each run.
         self.sink = RecordingSink(self.workdir)
         self.notify_port = free_port()
         self.notify: Optional[ManagedProcess] = None
-        self.received_events = PayloadRecorder(self.logs_dir / "notify.log", self.sink.path,
+        self.received_events = PayloadRecorder((self.logs_dir / "notify.log",), self.sink.path,
                                                keep=lambda line: notification(line.decode(errors="replace")) is not None)
         self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
                                       self.credentials.postgres_superuser_password, self.logs_dir / "postgres.log",
@@ -242,6 +254,7 @@ class LocalPlatform:
         self.tracking: Optional[ManagedProcess] = None
         self.tracking_metrics: Optional[ManagedProcess] = None
         self.serving: Optional[ManagedProcess] = None
+        self.challenger: Optional[ManagedProcess] = None
         self.demo_run: Optional[dict] = None
         self._client_runs = 0
         # (workload, container) of every rendered container started in its image so far.
@@ -249,11 +262,11 @@ class LocalPlatform:
 
     # --- endpoints and credentials -------------------------------------------------------
     @staticmethod
-    def _backend(name: str, spec: dict) -> Backend:
+    def _backend(name: str, spec: dict, split_to: Optional[str] = None) -> Backend:
         """A balancer backend checking the container's readiness probe, as endpoints follow readiness."""
         probe = spec.get("readinessProbe") or {}
         return Backend(name, free_port(), probe.get("httpGet", {}).get("path", "/"), int(probe.get("periodSeconds", 10)),
-                       int(probe.get("failureThreshold", 3)))
+                       int(probe.get("failureThreshold", 3)), split_to)
 
     def _stand_in_iap(self) -> Optional[StandInIap]:
         """A stand-in for IAP in front of tracking's balancer, where the stack puts tracking behind IAP."""
@@ -335,11 +348,24 @@ class LocalPlatform:
             "secret_manager_dir": str(self.secret_manager.root),
             "tracking_metrics_url": f"{self.balancer.url('tracking_metrics')}/metrics",
             "serving_metrics_url": f"{self.serving_url}/metrics",
+            **(self.challenger_endpoints() if self.challenger_container else {}),
 
             "model_uri": f"models:/{self.model_name}@{self.model_alias}",
             "gcs_emulator_url": self.emulator_url, "bucket": self.bucket,
             "postgres": f"127.0.0.1:{self.postgres_port}", "logs": str(self.logs_dir),
         }
+
+    def challenger_endpoints(self) -> dict:
+        """How tools/ops reaches the tracks of a running `make local`: the balancer's runtime API
+        (the split, each track's pods), the challenger's own Service and alias."""
+        return {"challenger_url": self.balancer.url("challenger"), "challenger_alias": self.challenger_alias,
+                "balancer_socket": str(self.balancer.socket_path), "split_map": str(self.balancer.split_map),
+                "track_backends": {CHAMPION: "serving", CHALLENGER: "challenger"},
+                "declared_split": list(self.declared_split)}
+
+    @property
+    def challenger_alias(self) -> Optional[str]:
+        return served_model(self.challenger_container)[1] if self.challenger_container else None
 
     # --- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "LocalPlatform":
@@ -405,12 +431,17 @@ class LocalPlatform:
             self.ensure_serving_user()  # as `make promote` would: READ on the model now registered
             self.start_serving()
             self.progress(f"serving: {self.serving_url}")
+        if self.challenger_container:
+            self.start_challenger(ready=False)
+            self.balancer.split(*self.declared_split)
+            self.progress(f"challenger: {self.balancer.url('challenger')} (@{self.challenger_alias}), "
+                          f"weight {self.declared_split[0]}%{', mirrored' if self.declared_split[1] else ''}")
 
     def stop(self) -> None:
         """Stop everything started, newest first; every process group is gone afterwards."""
         errors = []
-        for process in (self.serving, self.notify, self.tracking_metrics, self.tracking, *self.retired,
-                        self.balancer.process, self.emulator):
+        for process in (self.challenger, self.serving, self.notify, self.tracking_metrics, self.tracking,
+                        *self.retired, self.balancer.process, self.emulator):
             if process is not None:
                 try:
                     process.stop()
@@ -428,8 +459,8 @@ class LocalPlatform:
             raise LocalPlatformError("; ".join(str(err) for err in errors))
 
     def processes(self) -> list[ManagedProcess]:
-        return [p for p in (self.postgres.process, self.emulator, self.balancer.process, self.tracking, self.serving)
-                if p is not None]
+        return [p for p in (self.postgres.process, self.emulator, self.balancer.process, self.tracking, self.serving,
+                            self.challenger) if p is not None]
 
     # --- Postgres --------------------------------------------------------------------------
     def bootstrap_databases(self, databases: tuple[str, ...] = (TRACKING_DATABASE, AUTH_DATABASE)) -> None:
@@ -492,6 +523,8 @@ class LocalPlatform:
             return self.balancer.backends["tracking"].listen_port
         if workload is self.serving_deployment:
             return self.balancer.backends["serving"].listen_port
+        if workload is self.challenger_deployment and workload is not None:
+            return self.balancer.backends["challenger"].listen_port
         if workload is not None and workload is self.notify_deployment:
             return self.notify_port  # one receiver: its Service is the pod
         return None
@@ -500,7 +533,8 @@ class LocalPlatform:
         """Every DNS form of every Service, with its port -> 127.0.0.1:balancer port of what it selects."""
         mapping = {}
         for service in self.manifests.all("Service"):
-            for workload in (self.tracking_deployment, self.serving_deployment, self.notify_deployment):
+            for workload in (self.tracking_deployment, self.serving_deployment, self.challenger_deployment,
+                             self.notify_deployment):
                 if workload is not None and selects(service, workload):
                     for port in service["spec"]["ports"]:
                         for host in service_addresses(service):
@@ -570,9 +604,11 @@ class LocalPlatform:
                 os.chown(bind.source, -1, command.fs_group)
         prepare_mount_points(command.rootfs, command.binds)
 
-    def job_commands(self, job: dict, job_name: str) -> list[tuple[dict, LocalCommand]]:
+    def job_commands(self, job: dict, job_name: str, extra_env: Optional[dict] = None
+                     ) -> list[tuple[dict, LocalCommand]]:
         """(rendered container, local command) of each container a Job runs, in order."""
-        return [(spec, self.localized(job, spec, job_name)) for spec in run_to_completion_containers(job)]
+        return [(spec, self.localized(job, spec, job_name, extra_env=extra_env))
+                for spec in run_to_completion_containers(job)]
 
     def pod_name(self, component: str) -> str:
         """Directory name of the current pod: `tracking`, then `tracking-1`, ... after rollouts
@@ -588,14 +624,17 @@ class LocalPlatform:
         return self.localized(self.serving_deployment, self.serving_container, self.pod_name("serving"),
                               self.serving_port)
 
+    def challenger_command(self) -> LocalCommand:
+        return self.localized(self.challenger_deployment, self.challenger_container, self.pod_name("challenger"),
+                              self.challenger_port)
+
     def _run_job(self, job: dict, job_name: str, replace: Optional[dict[str, str]] = None,
                  extra_env: Optional[dict] = None, stage: Callable[[Path], None] = lambda pod_dir: None
                  ) -> list[JobResult]:
         """The Job's containers in order; `replace` swaps whole words of their args (e.g. a database
         name), not of the launcher around them; `stage` puts files in the new pod's directory."""
         results = []
-        for spec in run_to_completion_containers(job):
-            command = self.localized(job, spec, job_name, extra_env=extra_env)
+        for spec, command in self.job_commands(job, job_name, extra_env):
             if replace:
                 executable, *args = command.container_argv
                 command = relaunched(command, [executable, *(replace.get(part, part) for part in args)])
@@ -716,6 +755,21 @@ class LocalPlatform:
                            self.serving_port, ready=ready)
         self.balancer.add("serving", self.serving_port, ready=ready)
 
+    def start_challenger(self, ready: bool = True) -> None:
+        """The challenger's pod (it waits for its alias, as serving does, unless `ready`)."""
+        self._start_server(self.challenger_deployment, self.challenger_container, self.challenger_command(),
+                           "challenger", self.challenger_port, ready=ready)
+        self.balancer.add("challenger", self.challenger_port, ready=ready)
+
+    @property
+    def declared_split(self) -> tuple[int, bool]:
+        """(weight, mirror) of the rendered route: what `make local` starts with."""
+        return route_split(self.manifests, self.challenger_deployment)
+
+    def restart_challenger(self) -> None:
+        """A rollout of the challenger (its alias moved): as restart_serving, for the challenger's pod."""
+        self._roll("challenger")
+
     def restart_serving(self) -> None:
         """A rollout of serving (`make promote`): the new pod loads whatever version the alias
         points to now; see `_roll`. A new pod that never gets ready is stopped and the old one
@@ -728,7 +782,8 @@ class LocalPlatform:
 
     # --- rollouts as the Deployment controller and the kubelet do them ---------------------------
     def _roll(self, component: str) -> None:
-        workload = self.tracking_deployment if component == "tracking" else self.serving_deployment
+        workload = {"tracking": self.tracking_deployment, "serving": self.serving_deployment,
+                    "challenger": self.challenger_deployment}[component]
         old = self._pod(component)
         old_ports = {backend: self._port_of(backend) for backend, _ in old or []}
         surge_first = rollout_order(workload) == SURGE_FIRST
@@ -737,7 +792,8 @@ class LocalPlatform:
         self.pod_generation[component] += 1
         self._new_ports(component)
         try:
-            self.start_tracking() if component == "tracking" else self.start_serving()
+            {"tracking": self.start_tracking, "serving": self.start_serving,
+             "challenger": self.start_challenger}[component]()
         except Exception:
             for backend, process in self._pod(component) or []:
                 if all(process is not previous for _, previous in old or []):
@@ -752,16 +808,17 @@ class LocalPlatform:
 
     def _pod(self, component: str) -> Optional[list[tuple[str, ManagedProcess]]]:
         """(container name, process) of the current pod, with the balancer backend of each."""
-        if component == "serving":
-            return [("serving", self.serving)] if self.serving else None
+        if component in ("serving", "challenger"):
+            process = getattr(self, component)
+            return [(component, process)] if process else None
         if self.tracking is None:
             return None
         return [("tracking", self.tracking)] + ([("tracking_metrics", self.tracking_metrics)]
                                                 if self.tracking_metrics else [])
 
     def _new_ports(self, component: str) -> None:
-        if component == "serving":
-            self.serving_port = free_port()
+        if component in ("serving", "challenger"):
+            setattr(self, f"{component}_port", free_port())
         else:
             self.tracking_port, self.tracking_metrics_port = free_port(), free_port()
 
@@ -779,7 +836,8 @@ class LocalPlatform:
         once the pod has stopped)."""
         plan = termination(workload)
         container_of = {"tracking": self.tracking_container["name"], "tracking_metrics": self.exporter_container["name"],
-                        "serving": self.serving_container["name"]}
+                        "serving": self.serving_container["name"],
+                        "challenger": (self.challenger_container or self.serving_container)["name"]}
         deleted = time.monotonic()
 
         def endpoint_removed() -> None:
@@ -804,7 +862,7 @@ class LocalPlatform:
 
     def _port_of(self, backend: str) -> int:
         return {"tracking": self.tracking_port, "tracking_metrics": self.tracking_metrics_port,
-                "serving": self.serving_port}[backend]
+                "serving": self.serving_port, "challenger": self.challenger_port}[backend]
 
     def wait_retired(self, timeout: float = 120.0) -> None:
         """Until every deleted pod has stopped (their grace periods bound it)."""

@@ -10,6 +10,8 @@ from typing import Iterator, Optional
 
 import yaml
 
+from k8s.serving import CHALLENGER, COMPONENT as SERVING_COMPONENT, TRACK_LABEL
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPONENT_LABEL = "app.kubernetes.io/component"
 SIDECAR_RESTART_POLICY = "Always"  # an init container with restartPolicy Always is a native sidecar
@@ -88,6 +90,37 @@ def container(workload: dict, name: str) -> dict:
         if candidate["name"] == name:
             return candidate
     raise ManifestError(f"{workload['kind']} {workload['metadata']['name']} has no container {name!r}")
+
+
+def serving_tracks(manifests: Manifests) -> tuple[dict, Optional[dict]]:
+    """The champion's serving Deployment and the challenger's (None where the stack declares none),
+    told apart by their pods' track label."""
+    deployments = [d for d in manifests.all("Deployment")
+                   if d["metadata"].get("labels", {}).get(COMPONENT_LABEL) == SERVING_COMPONENT]
+    challengers = [d for d in deployments
+                   if d["spec"]["template"]["metadata"].get("labels", {}).get(TRACK_LABEL) == CHALLENGER]
+    champions = [d for d in deployments if all(d is not c for c in challengers)]
+    if len(champions) != 1 or len(challengers) > 1:
+        raise ManifestError(f"expected one champion and at most one challenger serving Deployment in "
+                            f"{manifests.directory}, found {len(champions)} and {len(challengers)}")
+    return champions[0], (challengers[0] if challengers else None)
+
+
+def route_split(manifests: Manifests, challenger: dict) -> tuple[int, bool]:
+    """(challenger weight percent, mirror) the rendered HTTPRoute declares for the `challenger`
+    Deployment's Service: its backendRef weight over the total, and a RequestMirror filter to it."""
+    services = {s["metadata"]["name"] for s in manifests.all("Service") if selects(s, challenger)}
+    routes = list(manifests.all("HTTPRoute"))
+    if len(routes) != 1:
+        raise ManifestError(f"expected one HTTPRoute in {manifests.directory} beside a challenger, found {len(routes)}")
+    weight, total, mirror = 0, 0, False
+    for rule in routes[0]["spec"].get("rules", []):
+        for ref in rule.get("backendRefs", []):
+            total += ref.get("weight", 1)
+            weight += ref.get("weight", 1) if ref["name"] in services else 0
+        mirror |= any(f.get("type") == "RequestMirror" and f["requestMirror"]["backendRef"]["name"] in services
+                      for f in rule.get("filters", []))
+    return (round(100 * weight / total) if total else 0), mirror
 
 
 def run_to_completion_containers(workload: dict) -> list[dict]:

@@ -1,5 +1,5 @@
 """The local stand-in for the payload log's Cloud Logging sink: every serving pod's payload entries (the
-JSON lines the pods write on stdout, which the local platform keeps in its serving log) appended to
+JSON lines the pods write on stdout, which the local platform keeps in each track's log) appended to
 WORKDIR/payloads.jsonl, the file the drift job reads locally instead of BigQuery. As the sink, it copies
 only entries whose message is the payload log's, and only whole lines."""
 
@@ -25,14 +25,13 @@ def is_payload_entry(line: bytes) -> bool:
 
 
 class PayloadRecorder:
-    """Follows `source` (append-only: every serving pod, old and new, writes there) from where it last read,
-    copying the lines `keep` accepts (the payload entries; the recording sink passes its own)."""
+    """Follows the `sources` (append-only: every pod of a track, old and new, writes to its track's) from where
+    it last read each, copying the lines `keep` accepts (the payload entries; the recording sink passes its own)."""
 
-    def __init__(self, source: Path, target: Path, keep: Callable[[bytes], bool] = is_payload_entry):
-        self.source = source
+    def __init__(self, sources: tuple[Path, ...], target: Path, keep: Callable[[bytes], bool] = is_payload_entry):
         self.target = target
         self.keep = keep
-        self._offset = 0
+        self._offsets = dict.fromkeys(sources, 0)
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -40,15 +39,17 @@ class PayloadRecorder:
     def record(self) -> int:
         """Copies the entries written since the last call; how many."""
         with self._lock:
-            try:
-                with open(self.source, "rb") as log:
-                    log.seek(self._offset)
-                    chunk = log.read()
-            except FileNotFoundError:
-                return 0
-            whole = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
-            self._offset += len(whole)
-            entries = [line for line in whole.splitlines(keepends=True) if self.keep(line)]
+            entries = []
+            for source, offset in self._offsets.items():
+                try:
+                    with open(source, "rb") as log:
+                        log.seek(offset)
+                        chunk = log.read()
+                except FileNotFoundError:
+                    continue
+                whole = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
+                self._offsets[source] = offset + len(whole)
+                entries += [line for line in whole.splitlines(keepends=True) if self.keep(line)]
             if entries:
                 with open(self.target, "ab") as out:
                     out.writelines(entries)

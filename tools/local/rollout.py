@@ -1,5 +1,5 @@
-"""Asking a running `make local` (python -m tools.local) to roll serving (a promotion) or tracking (a
-secret rotation), as `kubectl rollout restart` would.
+"""Asking a running `make local` (python -m tools.local) to roll serving (a promotion), the challenger
+(its alias moved) or tracking (a secret rotation), as `kubectl rollout restart` would.
 
 The protocol, both halves here:
 
@@ -31,7 +31,7 @@ ROLLOUT_SIGNAL = signal.SIGUSR1
 STATUS_FILE = "serving-rollout.json"
 REQUEST_FILE = "rollout-request.json"
 PID_FILE = "local.pid"
-COMPONENTS = ("serving", "tracking")
+COMPONENTS = ("serving", "tracking", "challenger")
 
 
 class RolloutRequestError(RuntimeError):
@@ -133,10 +133,8 @@ class Rollouts:
         progress(f"{component}: rolling (requested by SIGUSR1)")
         error = None
         try:
-            if component == "tracking":
-                platform.roll_tracking()
-            else:
-                platform.restart_serving()
+            {"tracking": platform.roll_tracking, "challenger": platform.restart_challenger}.get(
+                component, platform.restart_serving)()
         except Exception as err:  # reported to the requester; `make local` stays up
             error = str(err).splitlines()[0] if str(err) else type(err).__name__
         self.generation += 1

@@ -149,6 +149,16 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
         items.append(LineItem("Load balancers", f"{balancers} forwarding rule(s) (HTTPS Ingress, internal LB)",
                               lb, lb))
 
+    gateways = run.of_type("kubernetes:gateway.networking.k8s.io/v1:Gateway")
+    if gateways:
+        network, (low, high) = prices["network"], usage["gateway_proxies"]
+        fixed = len(gateways) * network["lb_forwarding_rule_per_hour"] * hours
+        data = 2 * usage["gateway_gb"] * network["lb_data_per_gb"]
+        proxy = network["internal_alb_proxy_instance_per_hour"] * hours
+        items.append(LineItem("Serving Gateway", f"{len(gateways)} internal Application Load Balancer(s): forwarding "
+                              f"rule, {low}-{high} proxy instance(s), {usage['gateway_gb']} GB processed each way",
+                              fixed + low * proxy + data, fixed + high * proxy + data))
+
     keys = run.of_type("gcp:kms/cryptoKey:CryptoKey")
     if keys:
         kms = prices["kms"]

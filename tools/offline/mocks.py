@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from tools.offline.compat import SECRET_SIG, SIG_KEY, MockMonitor
 
 OFFLINE_ENDPOINT = "203.0.113.10"  # TEST-NET-3: never routable
+OFFLINE_INTERNAL_ADDRESS = "10.10.0.100"  # an address of the default node subnet (network.subnetCidr)
 OFFLINE_PROJECT_NUMBER = "123456789012"
 MOCK_ORGANIZATION = "organization"  # Pulumi's own name for the organization of a DIY backend's stacks
 
@@ -97,6 +98,9 @@ class PlatformMocks(pulumi.runtime.Mocks):
             state.update(name=name, selfLink=f"projects/{self.project}/regions/{state.get('region')}/subnetworks/{name}")
         elif typ == "gcp:compute/globalAddress:GlobalAddress" and state.get("addressType") == "EXTERNAL":
             state.update(name=name, address="198.51.100.7")
+        elif typ == "gcp:compute/address:Address" and not state.get("address"):
+            # GCP picks a free address of the subnet; offline, one of the default node subnet's.
+            state.update(name=name, address=OFFLINE_INTERNAL_ADDRESS)
         elif typ == "gcp:secretmanager/secret:Secret":
             # The provider's id, and what a SecretProviderClass's resourceName is built from.
             secret_name = f"projects/{state.get('project', self.project)}/secrets/{state['secretId']}"

@@ -21,11 +21,12 @@ SECRET_MASK = "[secret]"
 # Apply order a human expects when reading the manifests.
 KIND_ORDER = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "ConfigMap", "Job", "Deployment", "Service",
               "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "BackendConfig",
-              "FrontendConfig", "ManagedCertificate", "Ingress", "PodMonitoring")
+              "FrontendConfig", "ManagedCertificate", "Ingress", "Gateway", "HTTPRoute", "HealthCheckPolicy",
+              "PodMonitoring")
 # Resources that only delay what depends on them (infra/kms.py: IAM grants propagating).
 WAIT_TYPES = ("time:index/sleep:Sleep",)
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "type", "data", "stringData",
-                 "automountServiceAccountToken")
+                 "automountServiceAccountToken", "rules", "roleRef", "subjects")  # RBAC: what a role grants, to whom
 
 
 class _Dumper(yaml.SafeDumper):
@@ -119,7 +120,7 @@ def k8s_records(run: StackRun) -> list[ResourceRecord]:
         kind = record.inputs.get("kind", "")
         rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
         meta = record.inputs.get("metadata", {})
-        return rank, _short(record.provider), meta.get("namespace", ""), meta.get("name", record.name)
+        return rank, _short(record.provider), meta.get("namespace", ""), meta.get("name", record.name), kind
 
     return sorted(records, key=order)
 

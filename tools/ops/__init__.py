@@ -1,8 +1,10 @@
-"""Day-2 operations on a running platform: promotion and rollback (`tools.ops.promote`), secret
+"""Day-2 operations on a running platform: promotion and rollback (`tools.ops.promote`; canary
+promotions through `tools.ops.canary`), the challenger track's commands (`tools.ops.challenger`), secret
 rotation (`tools.ops.rotate_secret`), serving-user grants (`tools.ops.grants`) and database backup
 commands (`tools.ops.backup`). See docs/runbook.md.
 
-They act on a platform through the protocols of `tools.ops.interfaces` (rollout, verify, secrets);
+They act on a platform through the protocols of `tools.ops.interfaces` (rollout, verify, secrets, the
+challenger's route and per-track numbers: `tools.ops.traffic` on GKE, HAProxy and `tools.ops.scrape` locally);
 `tools.ops.targets` picks the adapter from --target: `tools.ops.gke` (a stack's GKE clusters, Secret
 Manager) or `tools.ops.local` (a running `make local`, the only ops module that imports tools.local).
 

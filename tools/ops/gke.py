@@ -17,13 +17,16 @@ from typing import Any, Optional
 
 from infra.secrets import ADMIN_PASSWORD
 from k8s.serving import ROLLOUT_ANNOTATION, SERVICE_NAME, SERVING_USERNAME
+from infra.config import ConfigError, settings_from_values
+from tools.offline.stack import read_stack_config
 from tools.ops.interfaces import (
-    PromotionTarget, RolloutError, RotationTarget, TargetError, Tracking,
+    ChallengerTarget, PromotionTarget, RolloutError, RotationTarget, TargetError, Tracking,
 )
 from tools.ops.notify import cloud_logging_notify
-from tools.ops.rollout import DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, apps_api, load_api_client
+from tools.ops.rollout import DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, apps_api, custom_objects_api, load_api_client
 from tools.ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
 from tools.ops.stack import StackOutputError, StackOutputs
+from tools.ops.traffic import HttpRouteRouter, PrometheusMetrics, adc_get, prometheus_thresholds
 from tools.ops.verify import ClusterVerifier
 
 # Where each component's Deployment runs: the stack's kubeconfig output of that cluster.
@@ -67,13 +70,42 @@ class GkeTarget:
                         or CloudSecretManager().access(app_secret(outputs, ADMIN_PASSWORD)))
             roller, api_client = self._roller(outputs, "serving", timeout)
             verifier = ClusterVerifier(api_client, roller.namespace, roller.name, service=SERVICE_NAME)
-        except (RolloutError, StackOutputError, SecretManagerError) as err:
+            challenger = self._challenger(outputs, timeout)
+        except (RolloutError, StackOutputError, SecretManagerError, ConfigError, OSError) as err:
             raise TargetError(str(err)) from None
         note = (f"the Deployment's {ROLLOUT_ANNOTATION} now differs from the stack's serving.rolloutToken: record "
                 f"it with `pulumi config set --path serving.rolloutToken <token above> -s {self.stack}` so the next "
                 "`pulumi up` keeps it")
         return PromotionTarget(Tracking(self.tracking_uri, username, password, SERVING_USERNAME), roller, verifier,
-                               cloud_logging_notify(lambda: outputs.get("project")), (note,))
+                               cloud_logging_notify(lambda: outputs.get("project")), (note,), challenger)
+
+    def _challenger(self, outputs: StackOutputs, timeout: Optional[float]) -> Optional[ChallengerTarget]:
+        """The challenger track where the stack declares one: its Deployment (output
+        `serving_challenger_deployment`), the route (`serving_route`), Managed Prometheus of the project."""
+        if "serving_challenger_deployment" not in outputs.values:
+            return None
+        config = read_stack_config(self.stack)[0]
+        serving = settings_from_values(config).serving
+        thresholds = prometheus_thresholds(serving.canary, self.stack)  # refused before anything is touched
+        namespace, name = outputs.namespaced("serving_challenger_deployment")
+        api_client = load_api_client(outputs.kubeconfig(CLUSTERS["serving"]))
+        roller = ClusterRoller(apps_api(api_client), namespace, name, timeout=timeout or DEFAULT_CLUSTER_TIMEOUT)
+        roller.check()
+        router = HttpRouteRouter(custom_objects_api(api_client), *outputs.namespaced("serving_route"), SERVICE_NAME)
+        router.check()
+        stack = self.stack
+
+        def notes(weight: int, mirror: bool) -> tuple[str, ...]:
+            if (weight, mirror) == (serving.challenger.weight, serving.challenger.mirror):
+                return ()
+            return (f"the HTTPRoute now differs from the stack's serving.challenger: keep it with `pulumi config set "
+                    f"--path serving.challenger.weight {weight} -s {stack}` and `pulumi config set --path "
+                    f"serving.challenger.mirror {str(mirror).lower()} -s {stack}`, or the next `pulumi up` puts it back",)
+
+        return ChallengerTarget(serving.model_name, serving.model_alias, serving.challenger.alias, roller, router,
+                                PrometheusMetrics(config["gcp:project"], namespace, adc_get()),
+                                thresholds,
+                                (serving.challenger.weight, serving.challenger.mirror), notes)
 
     def rotation(self, timeout: Optional[float]) -> RotationTarget:
         try:

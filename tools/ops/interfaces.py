@@ -1,6 +1,6 @@
 """What day-2 operations need of a running platform, as protocols, and what a target hands them.
 
-`make promote`, `make rollback` and `make rotate-secret` act on a platform through these only. Exactly
+`make promote`, `make rollback`, `make rotate-secret` and the challenger's commands act on a platform through these only. Exactly
 two adapters implement them: `tools.ops.gke` (the stack's clusters through the Kubernetes API, Secret
 Manager) and `tools.ops.local` (a running `make local`); `tools.ops.targets` picks one from --target.
 """
@@ -10,7 +10,10 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol
+
+if TYPE_CHECKING:
+    from tools.ops.canary import Thresholds
 
 
 # --- rollout -----------------------------------------------------------------------------------
@@ -55,6 +58,61 @@ class Verifier(Protocol):
         """POST `request` to serving's /invocations; a summary, or RolloutError."""
 
 
+# --- the challenger track ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrackStats:
+    """One track's /invocations answers over a window."""
+
+    requests: float
+    errors: float
+    """Answers with a 5xx status."""
+    p99_seconds: Optional[float]
+    """None when the track answered nothing."""
+
+    @property
+    def error_percent(self) -> float:
+        return 100.0 * self.errors / self.requests if self.requests else 0.0
+
+
+class TrackMetrics(Protocol):
+    """Each track's numbers: `since(mark())` covers the time between the two calls."""
+
+    def mark(self) -> object: ...
+    def since(self, mark: object) -> dict[str, TrackStats]:
+        """{"champion": ..., "challenger": ...}; RolloutError when they cannot be read."""
+
+
+class TrafficRouter(Protocol):
+    """The split of serving's traffic between champion and challenger, changed on the live platform."""
+
+    def route(self, weight: int, mirror: bool) -> str:
+        """The challenger answers `weight`% of requests (0..100), or gets a copy of each with `mirror`
+        (weight 0); a one-line summary."""
+
+    def abort(self) -> str:
+        """All traffic to the champion at once, mirror off; a summary."""
+
+
+@dataclass(frozen=True)
+class ChallengerTarget:
+    """The challenger track of a platform that declares one (`serving.challenger`)."""
+
+    model: str
+    """The served model (serving.modelName)."""
+    champion_alias: str
+    alias: str
+    roller: Roller
+    """Rolls the challenger's pods onto what its alias points to now."""
+    router: TrafficRouter
+    metrics: TrackMetrics
+    thresholds: "Thresholds"
+    """The stack's `serving.canary`."""
+    declared: tuple[int, bool]
+    """(weight, mirror) the settings declare: where a finished canary leaves the route."""
+    notes: Callable[[int, bool], tuple[str, ...]] = lambda weight, mirror: ()
+    """What to print after the route changed (the cluster: how to keep it in the stack)."""
+
+
 # --- secrets -----------------------------------------------------------------------------------
 class SecretStoreError(RuntimeError):
     """A call on the secret store failed; the message holds no secret value."""
@@ -96,6 +154,8 @@ class PromotionTarget:
     """Sends one notification line (tools/ops/notify.py): a refused promotion, a rollback."""
     notes: tuple[str, ...] = ()
     """Printed once promoted (the cluster: how to keep the new rollout token in the stack)."""
+    challenger: Optional[ChallengerTarget] = None
+    """None where the stack declares no challenger track."""
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,18 @@ from typing import Callable, Optional
 
 from infra.secrets import ADMIN_PASSWORD, SERVING_PASSWORD
 from tools.local.localplatform import LocalPlatform, provider_class_secrets, write_private_file
-from tools.local.manifests import Manifests, container
+from tools.local.manifests import Manifests, container, serving_tracks
+from tools.local.balancer import ready_servers, runtime_command, split_commands
 from tools.local.notifications import RecordingSink
-from tools.local.processes import LocalPlatformError
+from tools.local.processes import LocalPlatformError, http
 from tools.local.rollout import RolloutRequestError, request_rollout
 from tools.local.secretmanager import LocalSecretManager
+from tools.ops.canary import Thresholds, canary_thresholds
 from tools.ops.interfaces import (
-    PromotionTarget, Rehearsed, RolloutError, RotationTarget, TargetError, Tracking,
+    ChallengerTarget, PromotionTarget, Rehearsed, Roller, RolloutError, RotationTarget, TargetError, TrackStats,
+    Tracking,
 )
+from tools.ops.scrape import Counts, parse, stats
 from tools.ops.runtime import AdminRunner
 from tools.ops.verify import REHEARSAL_SLACK_SECONDS, check_answer, env_timeout, post_json, rehearsal_args, rehearsal_result
 from tools.venvs import VenvError
@@ -33,35 +37,37 @@ DEFAULT_TIMEOUT = 300.0
 
 # --- rollout -----------------------------------------------------------------------------------
 class PlatformRoller:
-    """A LocalPlatform this process owns: serving rolls with `restart_serving()` (Roller), tracking
-    with `roll_tracking()` (Restarter)."""
+    """A LocalPlatform this process owns: `serving` (or the `challenger`) rolls as a Roller, any
+    component restarts as a Restarter."""
 
-    def __init__(self, platform: LocalPlatform):
-        self.platform = platform
+    def __init__(self, platform: LocalPlatform, serving: str = "serving"):
+        self.platform, self.serving = platform, serving
 
     def restart(self, component: str) -> str:
+        roll = {"tracking": self.platform.roll_tracking, "challenger": self.platform.restart_challenger}
         try:
-            self.platform.roll_tracking() if component == "tracking" else self.platform.restart_serving()
+            roll.get(component, self.platform.restart_serving)()
         except LocalPlatformError as err:
             raise RolloutError(f"local {component} did not become ready: {str(err).splitlines()[0]}") from None
         if component == "tracking":
             return f"local tracking rolled, ready on {self.platform.tracking_url}"
-        return f"local serving restarted (pid {self.platform.serving.pid}), ready on {self.platform.serving_url}"
+        return f"local {component} restarted (pid {getattr(self.platform, component).pid})"
 
     def roll(self, model: str, alias: str, version: str) -> str:
-        return self.restart("serving")
+        return self.restart(self.serving)
 
     def restore(self) -> str:
-        return self.restart("serving")
+        return self.restart(self.serving)
 
 
 class LocalSignalRoller:
-    """A running `make local` (python -m tools.local) using `workdir`: rolls serving (Roller) or any
-    component (Restarter)."""
+    """A running `make local` (python -m tools.local) using `workdir`: rolls `serving` or the
+    `challenger` (Roller) or any component (Restarter)."""
 
-    def __init__(self, workdir: Path, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, workdir: Path, timeout: float = DEFAULT_TIMEOUT, serving: str = "serving"):
         self.workdir = Path(workdir)
         self.timeout = timeout
+        self.serving = serving
 
     def _request(self, component: str) -> dict:
         try:
@@ -73,14 +79,80 @@ class LocalSignalRoller:
         return f"`make local` rolled {component} (rollout {self._request(component)['generation']})"
 
     def _roll_serving(self) -> str:
-        status = self._request("serving")
-        return f"`make local` restarted serving (pid {status['serving_pid']}, rollout {status['generation']})"
+        status = self._request(self.serving)
+        return f"`make local` restarted {self.serving} (rollout {status['generation']})"
 
     def roll(self, model: str, alias: str, version: str) -> str:
         return self._roll_serving()
 
     def restore(self) -> str:
         return self._roll_serving()
+
+
+# --- the challenger track ------------------------------------------------------------------------
+class HaproxyRouter:
+    """The split of serving's backend (tools/local/balancer.py), through HAProxy's runtime API."""
+
+    def __init__(self, socket_path: Path, split_map: Path):
+        self.socket_path, self.split_map = Path(socket_path), Path(split_map)
+
+    def route(self, weight: int, mirror: bool) -> str:
+        try:
+            for text in split_commands(self.split_map, weight, mirror):
+                runtime_command(self.socket_path, text)
+        except (OSError, LocalPlatformError) as err:
+            raise RolloutError(f"changing the local split: {err}") from None
+        return f"local split: challenger {'gets a copy of every request' if mirror else f'{weight}%'}"
+
+    def abort(self) -> str:
+        self.route(0, False)
+        return "local split: all traffic to the champion, mirror off"
+
+
+class PodMetrics:
+    """Each track's numbers from the /metrics of its pods in rotation (found through HAProxy's runtime
+    API, as Prometheus discovers pods), counter differences per pod (tools.ops.scrape)."""
+
+    def __init__(self, socket_path: Path, backends: dict[str, str]):
+        self.socket_path, self.backends = Path(socket_path), backends
+
+    def _scrape(self) -> dict[str, dict[tuple[str, int], Counts]]:
+        found = {}
+        try:
+            for track, backend in self.backends.items():
+                pods = {}
+                for address, port in ready_servers(self.socket_path, backend):
+                    response = http("GET", f"http://{address}:{port}/metrics")
+                    if response.status == 200:  # a pod stopping between the two calls is skipped
+                        pods[(address, port)] = parse(response.body.decode())
+                found[track] = pods
+        except (OSError, LocalPlatformError) as err:
+            raise RolloutError(f"reading the tracks' metrics: {err}") from None
+        return found
+
+    def mark(self) -> dict[str, dict[tuple[str, int], Counts]]:
+        return self._scrape()
+
+    def since(self, mark: dict[str, dict[tuple[str, int], Counts]]) -> dict[str, TrackStats]:
+        now = self._scrape()
+        totals = {}
+        for track, pods in now.items():
+            total = Counts()
+            for pod, counts in pods.items():
+                total = total.plus(counts.minus(mark.get(track, {}).get(pod)))
+            totals[track] = stats(total)
+        return totals
+
+
+def local_challenger(endpoints: dict, roller: Roller, thresholds: Thresholds) -> Optional[ChallengerTarget]:
+    """The challenger track of a `make local` whose plan declares one (endpoints.json says how to reach it)."""
+    if "challenger_url" not in endpoints:
+        return None
+    socket_path = Path(endpoints["balancer_socket"])
+    weight, mirror = endpoints["declared_split"]
+    model, champion_alias = endpoints["model_uri"].removeprefix("models:/").split("@")
+    return ChallengerTarget(model, champion_alias, endpoints["challenger_alias"], roller, HaproxyRouter(socket_path, endpoints["split_map"]),
+                            PodMetrics(socket_path, endpoints["track_backends"]), thresholds, (weight, bool(mirror)))
 
 
 def admin_runner(platform: LocalPlatform) -> AdminRunner:
@@ -111,7 +183,7 @@ class LocalVerifier:
 
 def local_verifier(runner: AdminRunner, workdir: Path, serving_url: str) -> LocalVerifier:
     """The rehearsal as the serving container of the rendered dev manifests (what `make local` runs)."""
-    args = container(Manifests.load("dev").one("Deployment", component="serving"), "serving")["args"]
+    args = container(serving_tracks(Manifests.load("dev"))[0], "serving")["args"]
     timeout = env_timeout(args) + REHEARSAL_SLACK_SECONDS
 
     def run(rehearsal: list[str]) -> str:
@@ -140,8 +212,10 @@ class LocalTarget:
         tracking = Tracking(e["tracking_url"], e["admin_username"], Path(e["admin_password_file"]).read_text().strip(),
                             e["serving_username"])
         runner = AdminRunner(tracking.uri, tracking.username, tracking.password)
+        roller = LocalSignalRoller(self.workdir, timeout or DEFAULT_TIMEOUT, serving="challenger")
         return PromotionTarget(tracking, LocalSignalRoller(self.workdir, timeout or DEFAULT_TIMEOUT),
-                               local_verifier(runner, self.workdir, e["serving_url"]), RecordingSink(self.workdir).record)
+                               local_verifier(runner, self.workdir, e["serving_url"]), RecordingSink(self.workdir).record,
+                               challenger=local_challenger(e, roller, canary_thresholds(self.stack)))
 
     def rotation(self, timeout: Optional[float]) -> RotationTarget:
         store = LocalSecretManager(Path(self.endpoints["secret_manager_dir"]))

@@ -29,8 +29,18 @@ the stack's admin outputs, and to the serving Deployment named by the stack outp
 `serving_deployment`, through `serving_kubeconfig` (the outputs are read with Pulumi's Automation
 API, which needs the Pulumi CLI).
 
+With --strategy canary (a stack with `serving.challenger`), steps 1-3 as above, then: the version is
+served by the challenger track (its alias moved, its pods rolled); traffic shifts to it step by step
+(--steps, default `serving.canary.steps`) and each step is judged on both tracks' error rate (answers >= 400) and p99
+(tools.ops.canary); once the last step (100%) passes, steps 4-6 move ALIAS the rolling way, the route
+goes back to what the settings declare and the challenger's alias back to its previous version (or
+the promoted one, if it had none). On a breach all traffic goes back to the champion at once, ALIAS
+is left where it was, the challenger is retired the same way, and the command exits 6 with the
+reason and both tracks' numbers.
+
 Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
-4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed).
+4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed),
+6 the canary breached and was rolled back (ALIAS unchanged).
 """
 
 from __future__ import annotations
@@ -48,7 +58,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tools.ops import targets
-from tools.ops.interfaces import PromotionTarget, RehearsalFailed, Roller, RolloutError, TargetError, Verifier
+from tools.ops.canary import CanaryBreach, Thresholds, parse_steps, run_steps
+from tools.ops.interfaces import (
+    ChallengerTarget, PromotionTarget, RehearsalFailed, Roller, RolloutError, TargetError, Tracking, Verifier,
+)
 from tools.ops.notify import promotion_notice
 from tools.ops.runtime import AdminRunner
 from tools.venvs import VenvError
@@ -56,7 +69,10 @@ from tools.venvs import VenvError
 READY = "READY"
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
-EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT, EXIT_REHEARSAL = 1, 2, 3, 4, 5
+EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT, EXIT_REHEARSAL, EXIT_CANARY = 1, 2, 3, 4, 5, 6
+NO_CHALLENGER = ("this stack declares no challenger track (setting serving.challenger): `pulumi config set --path "
+                 "serving.challenger.alias challenger` and `pulumi up` (locally: render the plan with it, "
+                 "`make plan`, and restart `make local`)")
 GRANT_TIMEOUT = 180.0
 
 
@@ -78,6 +94,10 @@ class RolloutFailed(PromotionError):
 
 class WouldNotServe(PromotionError):
     exit_code = EXIT_REHEARSAL
+
+
+class CanaryRolledBack(PromotionError):
+    exit_code = EXIT_CANARY
 
 
 # --- gates ----------------------------------------------------------------------------------------
@@ -153,6 +173,13 @@ class RuntimeGranter:
         return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
 
 
+def as_admin(tracking: Tracking) -> tuple[MlflowClient, RuntimeGranter]:
+    """The registry as tracking's admin, and the granter of READ to the serving user."""
+    registry = registry_client(tracking.uri, tracking.username, tracking.password)
+    return registry, RuntimeGranter(AdminRunner(tracking.uri, tracking.username, tracking.password),
+                                    tracking.serving_user)
+
+
 # --- promotion -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
@@ -163,7 +190,7 @@ class Outcome:
     rollout: str
 
 
-def _model(registry: Registry, name: str):
+def registered_model(registry: Registry, name: str):
     try:
         return registry.get_registered_model(name)
     except MlflowException as err:
@@ -172,7 +199,7 @@ def _model(registry: Registry, name: str):
         raise PromotionError(f"reading registered model {name!r}: {err}") from None
 
 
-def _ready_version(registry: Registry, name: str, version: str):
+def ready_version(registry: Registry, name: str, version: str):
     try:
         mv = registry.get_model_version(name, version)
     except MlflowException as err:
@@ -276,8 +303,8 @@ def promote(registry: Registry, granter: Granter, roller: Roller, *, model: str,
             requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print,
             verifier: Optional[Verifier] = None, request: Optional[dict] = None) -> Outcome:
     version = str(version)
-    registered = _model(registry, model)
-    mv = _ready_version(registry, model, version)
+    registered = registered_model(registry, model)
+    mv = ready_version(registry, model, version)
     for line in check_gates(registry, mv, requirements):
         log(f"gate passed: {line}")
     probe = _rehearse(verifier, model, version, request, log)
@@ -294,7 +321,7 @@ def promote(registry: Registry, granter: Granter, roller: Roller, *, model: str,
 def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str, alias: str,
              log: Callable[[str], None] = print, verifier: Optional[Verifier] = None,
              request: Optional[dict] = None) -> Outcome:
-    registered = _model(registry, model)
+    registered = registered_model(registry, model)
     current = registered.aliases.get(alias)
     if current is None:
         raise PromotionError(f"model {model!r} has no alias {alias!r}: nothing to roll back")
@@ -302,7 +329,7 @@ def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str
     if not target:
         raise PromotionError(f"no previous version recorded for {model}@{alias} (tag {previous_tag(alias)}): "
                              "only an alias moved by tools.ops.promote can be rolled back")
-    _ready_version(registry, model, target)
+    ready_version(registry, model, target)
     probe = _rehearse(verifier, model, target, request, log)
     rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=target, record=current, log=log,
                       probe=probe)
@@ -310,7 +337,80 @@ def rollback(registry: Registry, granter: Granter, roller: Roller, *, model: str
     return Outcome(model, alias, target, current, rollout)
 
 
+def serve_as_challenger(registry: Registry, granter: Granter, challenger: ChallengerTarget, version: str,
+                        log: Callable[[str], None]) -> str:
+    """Move the challenger's alias to `version` and roll its pods (put back if they do not get ready)."""
+    return _switch(registry, granter, challenger.roller, model=registered_model(registry, challenger.model),
+                   alias=challenger.alias, target=version, record=None, log=log)
+
+
+def retire_challenger(registry: Registry, granter: Granter, challenger: ChallengerTarget, before: Optional[str],
+                      champion: str, log: Callable[[str], None]) -> str:
+    """The challenger's alias back to `before`, or to the champion's version if it had none (a
+    challenger serving the champion's version is harmless), and its pods rolled onto it."""
+    target = before or champion
+    if registered_model(registry, challenger.model).aliases.get(challenger.alias) == target:
+        return f"{challenger.model}@{challenger.alias} stays on version {target}"
+    return serve_as_challenger(registry, granter, challenger, target, log)
+
+
+def promote_canary(registry: Registry, granter: Granter, roller: Roller, challenger: Optional[ChallengerTarget], *,
+                   model: str, version: str, alias: str, thresholds: Thresholds,
+                   requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print,
+                   verifier: Optional[Verifier] = None, request: Optional[dict] = None) -> Outcome:
+    if challenger is None:
+        raise PromotionError(f"STRATEGY=canary: {NO_CHALLENGER}")
+    version = str(version)
+    registered = registered_model(registry, model)
+    if model != challenger.model or alias != challenger.champion_alias:
+        raise PromotionError(f"STRATEGY=canary promotes the served model's champion, {challenger.model}@"
+                             f"{challenger.champion_alias}, not {model}@{alias}")
+    previous = registered.aliases.get(alias)
+    if previous is None:
+        raise PromotionError(f"model {model!r} has no {alias!r} alias: a canary compares the version with the "
+                             "champion's; promote the first version with STRATEGY=rolling")
+    if previous == version:
+        raise PromotionError(f"{model}@{alias} already points to version {version}: nothing to compare")
+    mv = ready_version(registry, model, version)
+    for line in check_gates(registry, mv, requirements):
+        log(f"gate passed: {line}")
+    probe = _rehearse(verifier, model, version, request, log)
+    challenger_before = registered.aliases.get(challenger.alias)
+    log(serve_as_challenger(registry, granter, challenger, version, log))
+    try:
+        run_steps(challenger.router, challenger.metrics, thresholds, log=log)
+    except (CanaryBreach, RolloutError) as err:
+        if isinstance(err, RolloutError):
+            log(challenger.router.abort())
+        try:
+            retired = retire_challenger(registry, granter, challenger, challenger_before, previous, log)
+        except PromotionError as failure:  # the breach is what the operator must read first
+            retired = f"not retired: {failure}"
+        for note in challenger.notes(0, False):
+            log(note)
+        what = "rolled back at" if isinstance(err, CanaryBreach) else "stopped:"
+        raise CanaryRolledBack(f"canary of {model} version {version} {what} {err}; {model}@{alias} is still version "
+                               f"{previous}, all traffic on it; challenger retired: {retired}") from None
+    try:
+        rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=previous,
+                          log=log, probe=probe)
+    except RolloutFailed:
+        log(challenger.router.abort())  # the champion is back on `previous`
+        raise
+    log(rollout)
+    log(challenger.router.route(*challenger.declared))
+    log(retire_challenger(registry, granter, challenger, challenger_before, version, log))
+    return Outcome(model, alias, version, previous, rollout)
+
+
 # --- command line ------------------------------------------------------------------------------------
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        return parse_steps(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.ops.promote", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -320,6 +420,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--require", action="append", default=[], metavar="METRIC_OP_VALUE",
                         help="gate on a metric of the version's run, e.g. 'accuracy>=0.9' (repeatable)")
     parser.add_argument("--rollback", action="store_true", help="point the alias back to its previous version")
+    parser.add_argument("--strategy", choices=("rolling", "canary"), default="rolling",
+                        help="rolling (default): all serving pods at once; canary: through the challenger track")
+    parser.add_argument("--steps", type=_steps, metavar="10,50,100",
+                        help="challenger weights of a canary (default serving.canary.steps)")
     targets.add_arguments(parser)
     parser.add_argument("--request", type=Path, metavar="FILE",
                         help="JSON request to check serving's answers with after the rollout (default: the "
@@ -329,6 +433,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error("give --version N to promote, or --rollback (without --version)")
     if args.rollback and args.require:
         parser.error("--require gates a promotion, not a rollback")
+    if args.strategy != "canary" and args.steps:
+        parser.error("--steps needs --strategy canary")
+    if args.rollback and args.strategy == "canary":
+        parser.error("--rollback moves the alias back the rolling way; a canary rolls itself back")
     try:
         args.requirements = [Requirement.parse(text) for text in args.require]
     except ValueError as err:
@@ -353,12 +461,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
     try:
         target = targets.platform(args).promotion(args.timeout)
-        tracking = target.tracking
-        registry = registry_client(tracking.uri, tracking.username, tracking.password)
-        granter = RuntimeGranter(AdminRunner(tracking.uri, tracking.username, tracking.password), tracking.serving_user)
+        registry, granter = as_admin(target.tracking)
         checks = {"verifier": target.verifier, "request": args.request_body, "log": log}
         if args.rollback:
             outcome = rollback(registry, granter, target.roller, model=args.model, alias=args.alias, **checks)
+        elif args.strategy == "canary":
+            thresholds = target.challenger.thresholds if target.challenger else None
+            if thresholds and args.steps:
+                thresholds = thresholds.with_steps(args.steps)
+            outcome = promote_canary(registry, granter, target.roller, target.challenger, model=args.model,
+                                     version=args.version, alias=args.alias, thresholds=thresholds,
+                                     requirements=args.requirements, **checks)
         else:
             outcome = promote(registry, granter, target.roller, model=args.model, version=args.version,
                               alias=args.alias, requirements=args.requirements, **checks)
@@ -366,7 +479,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"promote: error: {err}", file=sys.stderr, flush=True)
         if isinstance(err, PromotionError):
             report(target, promotion_notice(args.model, args.alias, args.version or "", reason=str(err),
-                                            rolled_back=isinstance(err, RolloutFailed)))
+                                            rolled_back=isinstance(err, (RolloutFailed, CanaryRolledBack))))
         return getattr(err, "exit_code", EXIT_ERROR)
     except MlflowException as err:
         print(f"promote: error: tracking answered {err.error_code}: {err.message}", file=sys.stderr, flush=True)

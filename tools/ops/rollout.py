@@ -84,6 +84,12 @@ def apps_api(api_client):
     return client.AppsV1Api(api_client)
 
 
+def custom_objects_api(api_client):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client)
+
+
 @dataclass
 class ClusterRoller:
     """Patches the rollout token of `namespace/name` through `api` (a kubernetes AppsV1Api)."""

@@ -53,7 +53,10 @@ class StackOutputs:
 
     def deployment(self, component: str) -> tuple[str, str]:
         """(namespace, name) of the tracking or serving Deployment: output `<component>_deployment`."""
-        output = f"{component}_deployment"
+        return self.namespaced(f"{component}_deployment")
+
+    def namespaced(self, output: str) -> tuple[str, str]:
+        """(namespace, name) of an output `NAMESPACE/NAME`."""
         namespace, _, name = str(self.get(output)).partition("/")
         if not namespace or not name:
             raise StackOutputError(f"stack {self.stack} output {output} is not NAMESPACE/NAME")

@@ -390,6 +390,44 @@ def check_kubernetes_secrets_hold_no_credentials(resource_type: str, props: dict
     return violations
 
 
+GATEWAY_TYPE = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+HTTP_ROUTE_TYPE = "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"
+SERVICE_TYPE = "kubernetes:core/v1:Service"
+DEPLOYMENT_TYPE = "kubernetes:apps/v1:Deployment"
+# GKE's GatewayClasses whose load balancer has only an internal address
+# (https://cloud.google.com/kubernetes-engine/docs/how-to/gatewayclass-capabilities); any other class
+# (gke-l7-global-external-managed, gke-l7-regional-external-managed, gke-l7-gxlb, …) faces the internet.
+INTERNAL_GATEWAY_CLASSES = frozenset({"gke-l7-rilb", "gke-l7-rilb-mc", "gke-l7-cross-regional-internal-managed-mc"})
+TRACK_LABEL = "mlflow.org/track"
+
+
+def check_gateway_internal(resource_type: str, props: dict) -> list[str]:
+    """Model serving is reached from inside the VPC only: a Gateway of an external class would publish the
+    model on the internet without IAP or Cloud Armor."""
+    if resource_type != GATEWAY_TYPE:
+        return []
+    gateway_class = get(props, "spec.gatewayClassName")
+    if gateway_class not in INTERNAL_GATEWAY_CLASSES:
+        return [f"spec.gatewayClassName {gateway_class!r} is not an internal class; allowed: "
+                f"{', '.join(sorted(INTERNAL_GATEWAY_CLASSES))}"]
+    return []
+
+
+def check_route_weights(resource_type: str, props: dict) -> list[str]:
+    """Each rule of an HTTPRoute states every backend's weight, whole percents summing to 100: a share is what
+    the settings say, never what an implementation's default weight of 1 makes of it."""
+    if resource_type != HTTP_ROUTE_TYPE:
+        return []
+    violations = []
+    for index, rule in enumerate(get(props, "spec.rules") or []):
+        weights = [get(ref, "weight") for ref in get(rule, "backendRefs") or []]
+        if not weights or any(not isinstance(w, (int, float)) or not 0 <= w <= 100 for w in weights):
+            violations.append(f"spec.rules[{index}].backendRefs: every backend needs a weight of 0-100 (are {weights})")
+        elif sum(weights) != 100:
+            violations.append(f"spec.rules[{index}].backendRefs: weights must sum to 100 (are {weights}, sum {sum(weights)})")
+    return violations
+
+
 def check_prod_deletion_protection(resource_type: str, props: dict) -> list[str]:
     if not is_prod(resource_type, props):
         return []
@@ -492,6 +530,93 @@ def check_sinks_write_to_own_datasets(resources: Iterable[StackResource]) -> lis
     return violations
 
 
+def _named(resources: list[StackResource], resource_type: str) -> set[tuple[Any, Any]]:
+    return {(get(r.props, "metadata.namespace"), get(r.props, "metadata.name")) for r in resources
+            if r.type == resource_type}
+
+
+def check_routes_reference_declared_objects(resources: Iterable[StackResource]) -> list[str]:
+    """An HTTPRoute sends traffic (or mirrored copies) only to Services and through Gateways the stack declares in
+    its namespace: a dangling reference is a backend GKE leaves out, and its share of requests fails."""
+    resources = list(resources)
+    services, gateways = _named(resources, SERVICE_TYPE), _named(resources, GATEWAY_TYPE)
+    violations = []
+    for route in (r for r in resources if r.type == HTTP_ROUTE_TYPE):
+        namespace = get(route.props, "metadata.namespace")
+        refs = [(get(ref, "name"), "backend Service", services, get(ref, "kind", "Service"))
+                for rule in get(route.props, "spec.rules") or []
+                for ref in [*(get(rule, "backendRefs") or []),
+                            *(get(f, "requestMirror.backendRef") for f in get(rule, "filters") or [] if get(f, "requestMirror"))]]
+        refs += [(get(ref, "name"), "parent Gateway", gateways, get(ref, "kind", "Gateway"))
+                 for ref in get(route.props, "spec.parentRefs") or []]
+        for name, what, declared, kind in refs:
+            if kind not in ("Service", "Gateway") or (namespace, name) not in declared:
+                violations.append(f"{route.urn}: {what} {kind}/{name!r} is not declared by the stack in namespace "
+                                  f"{namespace!r}")
+    return violations
+
+
+FIREWALL_TYPE = "gcp:compute/firewall:Firewall"
+SUBNETWORK_TYPE = "gcp:compute/subnetwork:Subnetwork"
+PROXY_ONLY_PURPOSES = frozenset({"REGIONAL_MANAGED_PROXY", "GLOBAL_MANAGED_PROXY"})
+# Google's health-check probers (https://cloud.google.com/load-balancing/docs/health-checks#fw-rule); the pack
+# runs without the program's modules, tests/test_policy_pack.py keeps this equal to infra.cloud_rules'.
+GOOGLE_HEALTH_CHECK_RANGES = frozenset({"35.191.0.0/16", "130.211.0.0/22"})
+
+
+def check_firewall_admits_the_load_balancer_only(resources: Iterable[StackResource]) -> list[str]:
+    """The stack's one ingress firewall rule lets the serving Gateway's load balancer reach the serving pods: its
+    sources are exactly the proxy-only subnet(s) the stack declares and Google's health-check ranges. Anything
+    wider (0.0.0.0/0, the whole VPC) would let other callers past the load balancer and its split."""
+    resources = list(resources)
+    proxies = {get(r.props, "ipCidrRange") for r in resources
+               if r.type == SUBNETWORK_TYPE and get(r.props, "purpose") in PROXY_ONLY_PURPOSES}
+    allowed = proxies | GOOGLE_HEALTH_CHECK_RANGES
+    violations = []
+    for firewall in (r for r in resources if r.type == FIREWALL_TYPE and get(r.props, "direction", "INGRESS") == "INGRESS"):
+        sources = get(firewall.props, "sourceRanges")
+        if sources is UNKNOWN or UNKNOWN in proxies:
+            continue
+        sources = set(plain(sources) or [])
+        if sources != allowed:
+            violations.append(f"{firewall.urn}: sourceRanges must be exactly the proxy-only subnet and Google's "
+                              f"health-check ranges {sorted(allowed)}; extra {sorted(sources - allowed)}, "
+                              f"missing {sorted(allowed - sources)}")
+    return violations
+
+
+def track(deployment: StackResource) -> Any:
+    """The serving track of a Deployment's pods (its label's key has dots, which `get` splits on)."""
+    labels = get(deployment.props, "spec.template.metadata.labels")
+    return plain(labels.get(TRACK_LABEL)) if isinstance(labels, Mapping) else None
+
+
+def _serving_container(deployment: StackResource) -> dict:
+    containers = get(deployment.props, "spec.template.spec.containers") or []
+    return next((c for c in containers if "http" in [get(p, "name") for p in get(c, "ports") or []]), {})
+
+
+def check_challenger_like_champion(resources: Iterable[StackResource]) -> list[str]:
+    """A challenger Deployment takes part of the champion's traffic: it gets the same resources and probes, so
+    its numbers differ by its model alone and a canary compares like with like."""
+    resources = list(resources)
+    deployments = [r for r in resources if r.type == DEPLOYMENT_TYPE]
+    violations = []
+    for challenger in (d for d in deployments if track(d) == "challenger"):
+        namespace = get(challenger.props, "metadata.namespace")
+        champion = next((d for d in deployments if track(d) == "champion"
+                         and get(d.props, "metadata.namespace") == namespace), None)
+        if champion is None:
+            violations.append(f"{challenger.urn}: a challenger needs a champion Deployment in namespace {namespace!r}")
+            continue
+        ours, theirs = _serving_container(challenger), _serving_container(champion)
+        violations += [f"{challenger.urn}: {field} differs from the champion's ({get(theirs, field)!r} vs "
+                       f"{get(ours, field)!r})"
+                       for field in ("resources", "readinessProbe", "livenessProbe", "startupProbe", "lifecycle")
+                       if get(ours, field) != get(theirs, field)]
+    return violations
+
+
 # (policy name, description, rule): the pack registers exactly these, in this order.
 POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
     ("no-service-account-keys",
@@ -551,6 +676,13 @@ POLICIES: list[tuple[str, str, Callable[[str, dict], list[str]]]] = [
      "Roles that read or write data (BigQuery data, Cloud Storage objects, private logs) are granted on the "
      "dataset or bucket, never on the project: the drift job reads the payload dataset and nothing else.",
      check_no_project_wide_data_roles),
+    ("gateway-internal-only",
+     "Gateways are of an internal GatewayClass (gke-l7-rilb): model serving is reached from inside the VPC, "
+     "never from the internet.",
+     check_gateway_internal),
+    ("http-route-weights-sum-to-100",
+     "Every rule of an HTTPRoute weights each backend explicitly, 0-100, summing to 100.",
+     check_route_weights),
 ]
 
 # (policy name, description, stack rule): registered after POLICIES.
@@ -571,4 +703,16 @@ STACK_POLICIES: list[tuple[str, str, Callable[[Iterable[StackResource]], list[st
      "In a stack that declares notification channels, every alert policy (serving, tracking, database, drift, "
      "platform events) notifies at least one of them.",
      check_alert_policies_notify),
+    ("http-routes-reference-declared-objects",
+     "An HTTPRoute's backends, mirror targets and parent Gateways are Services and Gateways the stack declares "
+     "in the route's namespace.",
+     check_routes_reference_declared_objects),
+    ("challenger-like-champion",
+     "A challenger Deployment (label mlflow.org/track=challenger) has a champion in its namespace and the same "
+     "resources, probes and drain as it.",
+     check_challenger_like_champion),
+    ("firewall-admits-the-load-balancer-only",
+     "The ingress firewall rule admitting the serving Gateway's load balancer has exactly the proxy-only subnet "
+     "and Google's health-check ranges as sources (never 0.0.0.0/0).",
+     check_firewall_admits_the_load_balancer_only),
 ]

@@ -4,7 +4,9 @@ stays where it is, for `make promote` to move).
 
 Env: MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (a user who may write).
 Variants: `base` (logistic regression) and `shifted` (the same, trained on labels shifted by one:
-every prediction differs from `base`, so a test can tell which version is served).
+every prediction differs from `base`, so a test can tell which version is served), and `faulty` (`base`
+as a pyfunc raising ValueError, which MLflow's scoring answers 400, for rows whose petal length is at least FAULTY_PETAL_LENGTH: a version
+failing on part of its inputs, for the canary rehearsals).
 `--dataset-source gs://BUCKET/NAME.csv` stores the training features there and logs them as the run's
 dataset (the drift job's reference).
 Flavors: `sklearn` (in the serving image) and `lightgbm` (not in it: serving restores it from the
@@ -28,6 +30,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score
 
 N_EXAMPLE = 5
+FAULTY_PETAL_LENGTH = 5.0
 LIGHTGBM_REQUIREMENT = "lightgbm==4.6.0"
 
 
@@ -55,7 +58,22 @@ def fit(flavor: str, features, labels, params: dict):
     return LogisticRegression(max_iter=params["max_iter"], C=params["C"]).fit(features, labels)
 
 
-def log_model(flavor: str, model, **kwargs):
+class Faulty(mlflow.pyfunc.PythonModel):
+    """Raises a plain exception for a request with a long petal, as a model failing on some inputs does
+    (MLflow's scoring answers it HTTP 400)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, context, model_input, params=None):
+        if (model_input["petal length (cm)"] >= FAULTY_PETAL_LENGTH).any():
+            raise ValueError("faulty variant: a long petal")
+        return self.model.predict(model_input)
+
+
+def log_model(flavor: str, model, variant: str, **kwargs):
+    if variant == "faulty":
+        return mlflow.pyfunc.log_model(python_model=Faulty(model), **kwargs)
     if flavor == "lightgbm":
         return mlflow.lightgbm.log_model(model, **kwargs)
     return mlflow.sklearn.log_model(model, **kwargs)
@@ -76,7 +94,7 @@ def main() -> None:
     parser.add_argument("--model-name", required=True)
     parser.add_argument("--alias", help="move this alias to the new version")
     parser.add_argument("--experiment", default="iris-demo")
-    parser.add_argument("--variant", choices=("base", "shifted"), default="base")
+    parser.add_argument("--variant", choices=("base", "shifted", "faulty"), default="base")
     parser.add_argument("--flavor", choices=("sklearn", "lightgbm"), default="sklearn")
     parser.add_argument("--extra-requirement", action="append", default=[])
     parser.add_argument("--dataset-source", help="log the training data as this run's input (mlflow.log_input), "
@@ -102,7 +120,7 @@ def main() -> None:
             mlflow.log_input(mlflow.data.from_pandas(features, source=args.dataset_source, name="iris"),
                              context="training")
         info = log_model(
-            args.flavor, model, name="model", registered_model_name=args.model_name,
+            args.flavor, model, args.variant, name="model", registered_model_name=args.model_name,
             signature=infer_signature(features, predictions), input_example=features.head(N_EXAMPLE),
             extra_pip_requirements=args.extra_requirement or None)
     version = str(info.registered_model_version)
