@@ -17,9 +17,10 @@ import pytest
 from tests.test_promote import MemoryRegistry, Recorder
 from tools.local.balancer import Backend, find_haproxy, haproxy_config, split_commands
 from tools.ops import challenger as challenger_cli
-from tools.ops.canary import MAX_WINDOWS, CanaryBreach, Thresholds, judge, parse_steps, run_steps
+from tools.ops.canary import MAX_WINDOWS, AbortFailed, CanaryBreach, Thresholds, judge, parse_steps, run_steps
 from tools.ops.interfaces import ChallengerTarget, RolloutError, TrackStats
-from tools.ops.promote import EXIT_CANARY, CanaryRolledBack, PromotionError, promote_canary
+from tools.ops.promote import EXIT_CANARY, EXIT_PARTLY, CanaryRolledBack, PartlyDone, PromotionError, RolloutFailed, \
+    promote_canary
 from tools.ops.scrape import Counts, parse, quantile
 from tools.ops.traffic import PrometheusMetrics, route_rules, scalar, track_queries
 
@@ -60,15 +61,23 @@ def test_too_few_requests_on_the_last_window_fail_as_not_enough_traffic():
 
 
 class FakeRouter:
-    def __init__(self):
-        self.routes: list[tuple[int, bool]] = []
+    """Records the routes; `fail` makes every change after the first `fail` ones raise RolloutError."""
+
+    def __init__(self, fail: int | None = None):
+        self.routes: list[tuple] = []
+        self.fail = fail
+
+    def _record(self, change):
+        if self.fail is not None and len(self.routes) >= self.fail:
+            raise RolloutError("Kubernetes API patch of httproute/mlflow-serving failed: HTTP 403")
+        self.routes.append(change)
 
     def route(self, weight, mirror):
-        self.routes.append((weight, mirror))
+        self._record((weight, mirror))
         return f"route {weight} {mirror}"
 
     def abort(self):
-        self.routes.append(("abort",))
+        self._record(("abort",))
         return "abort"
 
 
@@ -127,6 +136,27 @@ def test_a_challenger_without_traffic_fails_after_the_last_window():
     assert router.routes[-1] == ("abort",)
 
 
+def interrupted(seconds):
+    raise KeyboardInterrupt
+
+
+def test_an_interrupt_mid_step_sends_all_traffic_back_before_it_stops():
+    router = FakeRouter()
+    with pytest.raises(KeyboardInterrupt):
+        run_steps(router, FakeMetrics([]), THRESHOLDS, log=lambda _: None, sleep=interrupted)
+    assert router.routes == [(10, False), ("abort",)]
+
+
+def test_an_abort_that_fails_says_the_challenger_may_still_get_traffic():
+    router = FakeRouter(fail=1)
+    metrics = FakeMetrics([(GOOD, stats(500, 150))])
+    with pytest.raises(AbortFailed) as caught:
+        run_steps(router, metrics, THRESHOLDS, log=lambda _: None, sleep=lambda _: None)
+    assert str(caught.value).startswith("step 10%: 5xx rate +")
+    assert "sending all traffic back to the champion failed too: Kubernetes API patch" in str(caught.value)
+    assert "run `make challenger-abort`" in str(caught.value)
+
+
 @pytest.mark.parametrize("text", ["10,5,100", "10,50", "0,100", "ten,100", "10,10,100"])
 def test_steps_are_refused_as_the_setting_refuses_them(text):
     with pytest.raises(ValueError, match=f"STEPS='{text}'"):
@@ -169,6 +199,45 @@ def test_a_breach_leaves_the_alias_and_puts_the_challenger_back():
     assert registry.models["m"]["aliases"] == {"champion": "1", "challenger": "1"}
     assert router.routes == [(50, False), ("abort",)]
     assert not [c for c in champion.calls if c[0] == "roll"]  # the champion's pods were never touched
+
+
+def test_an_interrupted_canary_exits_7_with_traffic_on_the_unchanged_champion():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [])
+    target.metrics.since = lambda mark: interrupted(0)
+    with pytest.raises(PartlyDone) as caught:
+        canary(registry, champion, target)
+    assert caught.value.exit_code == EXIT_PARTLY == 7
+    assert router.routes == [(50, False), ("abort",)]
+    assert registry.models["m"]["aliases"] == {"champion": "1", "challenger": "2"}
+    assert "m@champion is still version 1; m@challenger still serves version 2, without traffic" in str(caught.value)
+
+
+def test_a_failed_abort_after_a_breach_is_no_traceback_and_says_what_changed():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [(GOOD, stats(400, 120))])
+    router.fail = 1
+    with pytest.raises(PartlyDone, match=r"stopped: step 50%.*failed too.*m@champion is still version 1; "
+                                         r"m@challenger serves version 2"):
+        canary(registry, champion, target)
+
+
+def test_a_champion_rollout_that_fails_after_the_steps_sends_traffic_back_and_restores_the_alias():
+    registry, champion, challenger = MemoryRegistry(), Recorder(fail_roll=True), Recorder()
+    target, router = challenger_target(challenger, [(GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    with pytest.raises(RolloutFailed, match="m@champion moved back to 1"):
+        canary(registry, champion, target)
+    assert router.routes[-1] == ("abort",)
+    assert registry.models["m"]["aliases"]["champion"] == "1"
+
+
+def test_a_route_that_cannot_go_back_after_the_promotion_says_the_alias_moved():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [(GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    router.fail = 2
+    with pytest.raises(PartlyDone, match=r"m@champion = version 2, promoted and served; but putting the route back"):
+        canary(registry, champion, target)
+    assert registry.models["m"]["aliases"]["champion"] == "2"
 
 
 @pytest.mark.parametrize("change, message", [

@@ -113,10 +113,30 @@ class CanaryBreach(RuntimeError):
         self.step = step
 
 
+class AbortFailed(RuntimeError):
+    """The canary stopped and the route could not be sent back to the champion: the challenger may
+    still get traffic."""
+
+
 def run_steps(router: TrafficRouter, metrics: TrackMetrics, thresholds: Thresholds, *,
               log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> list[str]:
-    """Every step in order; a summary of each passed step. On a breach the router sends all traffic to
-    the champion before CanaryBreach is raised."""
+    """Every step in order; a summary of each passed step. Whatever stops the steps (a breach, an
+    unreadable route or metrics, Ctrl-C, SIGTERM made an interrupt) first sends all traffic to the
+    champion and is then re-raised; if that fails, AbortFailed (from the stop)."""
+    try:
+        return _run_steps(router, metrics, thresholds, log, sleep)
+    except BaseException as stop:
+        try:
+            log(router.abort())
+        except Exception as failed:
+            raise AbortFailed(f"{stop or type(stop).__name__}; sending all traffic back to the champion failed "
+                              f"too: {failed}; the challenger may still get traffic: run `make challenger-abort`"
+                              ) from stop
+        raise
+
+
+def _run_steps(router: TrafficRouter, metrics: TrackMetrics, thresholds: Thresholds, log: Callable[[str], None],
+               sleep: Callable[[float], None]) -> list[str]:
     baseline: Optional[TrackStats] = None
     passed = []
     for step in thresholds.steps:
@@ -133,7 +153,6 @@ def run_steps(router: TrafficRouter, metrics: TrackMetrics, thresholds: Threshol
                 log(f"step {step}%: waiting another window ({verdict.reason})")
                 continue
             if verdict.outcome == "breach":
-                log(router.abort())
                 raise CanaryBreach(step, verdict.reason)
             passed.append(f"step {step}%: {verdict.reason}")
             log(f"step {step}% passed: {verdict.reason}")
