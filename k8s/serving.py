@@ -23,7 +23,7 @@ from k8s.pods import container_security_context, drain_on_stop, http_probe, reso
 from k8s.tracking import TrackingEndpoint
 from k8s.traffic import Backend, gateway_api_gate, health_check_policy, route_spec, traffic_split
 from k8s.workload import (
-    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, in_cluster_url, ingress_policy_spec,
+    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, ingress_policy_spec,
     pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
 )
 
@@ -52,9 +52,10 @@ SETUP_DEADLINE_SECONDS = 600
 # (an OOM kill does not rebuild); a new pod rebuilds in seconds from the regional package cache.
 ENV_VOLUME = "model-envs"
 ENV_CACHE_PATH = "/var/cache/mlflow-envs"
-# Shutdown of a serving pod: clients reach it through a ClusterIP Service, whose kube-proxy rules
-# drop a deleted pod ~1-2 s after the API server, more on a busy control plane: 10 s covers it.
-DRAIN_SECONDS = 10
+# Shutdown of a serving pod: the Gateway's internal Application Load Balancer detaches a NEG endpoint
+# within ~10 s of the pod's deletion (as tracking's Ingress does), in-cluster callers' kube-proxy rules
+# within ~1-2 s; 15 s covers both.
+DRAIN_SECONDS = 15
 # drain + 20 s for predictions in flight (milliseconds each; large batches take longer).
 GRACE_SECONDS = DRAIN_SECONDS + 20
 
@@ -242,7 +243,6 @@ class ModelServing(pulumi.ComponentResource):
     """Serves `models:/NAME@ALIAS` with a read-only identity, autoscaled and disruption-budgeted."""
 
     namespace: pulumi.Output[str]
-    service_url: pulumi.Output[str]
     model_uri: pulumi.Output[str]
     deployment_ref: pulumi.Output[str]
     """NAMESPACE/NAME of the serving Deployment (the champion track)."""
@@ -298,14 +298,11 @@ class ModelServing(pulumi.ComponentResource):
             gateway_after=(*args.gateway_after, gate),
             backends=(champion_service, *([challenger_track[1]] if challenger_track else [])), opts=k8s_opts)
         self.namespace = ns_name
-        self.service_url = pulumi.Output.all(champion_service.metadata["name"], ns_name).apply(
-            lambda parts: in_cluster_url(parts[0], parts[1], SERVING_PORT))
         self.model_uri = pulumi.Output.from_input(model_uri(args.settings.model_name, args.settings.model_alias))
         self.deployment_ref = deployment_ref(champion_deployment)
         self.challenger_deployment_ref = deployment_ref(challenger_track[0]) if challenger_track else None
         self.route_ref = pulumi.Output.concat(route.metadata["namespace"], "/", route.metadata["name"])
-        self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
-                               "model_uri": self.model_uri, "deployment_ref": self.deployment_ref,
+        self.register_outputs({"namespace": self.namespace, "model_uri": self.model_uri, "deployment_ref": self.deployment_ref,
                                "challenger_deployment_ref": self.challenger_deployment_ref,
                                "route_ref": self.route_ref})
 

@@ -59,6 +59,11 @@ def gateway_spec(address_name: Any) -> dict:
     }
 
 
+def gateway_url(address: str) -> str:
+    """What callers in the VPC send requests to: the Gateway, where the tracks share the traffic."""
+    return f"http://{address}:{GATEWAY_PORT}"
+
+
 def backend_ref(backend: Backend, weight: Optional[int] = None) -> dict:
     ref = {"group": "", "kind": "Service", "name": backend.service, "port": backend.port}
     return ref if weight is None else {**ref, "weight": weight}
@@ -92,20 +97,31 @@ def crd_reader_rules(crds: Sequence[str] = GATEWAY_CRDS) -> list[dict]:
              "resourceNames": list(crds), "verbs": ["get"]}]
 
 
+# Where the gate's container finds its API token and the cluster's CA (mlflow_crdwait reads them there).
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+API_TOKEN_VOLUME = "api-token"
+
+
+def api_token_volume() -> dict:
+    """The service account's token for the API server and the cluster's CA, mounted into the one container
+    that needs them (the pod keeps automountServiceAccountToken off, as every pod here)."""
+    return {"name": API_TOKEN_VOLUME, "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
+
+
 def gate_container(image: Any, crds: Sequence[str] = GATEWAY_CRDS) -> dict:
     """Polls the CRDs for their Established condition; gives up a minute before the Job's deadline,
     so the failure is its message, not a killed pod."""
     return {"name": "wait-for-crds", "image": image, "command": ["python"],
             "args": ["-m", GATE_MODULE, "--timeout", str(GATE_DEADLINE_SECONDS - 60), *crds],
-            "resources": resources("50m", "64Mi"), "securityContext": container_security_context()}
+            "resources": resources("50m", "64Mi"), "securityContext": container_security_context(),
+            "volumeMounts": [{"name": API_TOKEN_VOLUME, "mountPath": API_TOKEN_PATH, "readOnly": True}]}
 
 
 def gate_job_spec(labels: dict, service_account: Any, image: Any) -> dict:
-    """The gate runs once; its pod alone mounts its service account's token (it calls the API server)."""
-    spec = run_once_job_spec(labels, GATE_DEADLINE_SECONDS, service_account, containers=[gate_container(image)],
-                             volumes=[], backoff_limit=2)
-    pod = spec["template"]["spec"]
-    return {**spec, "template": {**spec["template"], "spec": {**pod, "automountServiceAccountToken": True}}}
+    return run_once_job_spec(labels, GATE_DEADLINE_SECONDS, service_account, containers=[gate_container(image)],
+                             volumes=[api_token_volume()], backoff_limit=2)
 
 
 # --- wiring ---------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ on a breach.
 Each step sets the challenger's share, then observes both tracks from the step's start, one window
 (`serving.canary.windowSeconds`) at a time, until the challenger has answered `minRequests` (at most
 MAX_WINDOWS windows: then it fails as "not enough traffic"). A step breaches when the challenger's
-error rate exceeds the champion's by more than `maxErrorRateIncrease` points with 95% confidence (a
-one-sided two-proportion test: the lower bound of the difference is above the threshold, so chance
-alone rolls back a version as good as the champion in under 5% of steps), or its p99 exceeds
-`maxP99Ratio` × the champion's and P99_FLOOR_SECONDS. The first step begins with a warm-up window
-whose errors are judged but whose p99 is not (new pods answer their first requests slowly). At 100% the champion answers nothing: it is
+error rate (answers >= 400: a model raising answers 400, see tools.ops.scrape) exceeds the champion's
+by more than `maxErrorRateIncrease` points with 95% confidence (a one-sided two-proportion test: the
+lower bound of the difference is above the threshold, so chance alone rolls back a version as good as
+the champion in under 5% of steps), or its p99 exceeds `maxP99Ratio` × the champion's and
+P99_FLOOR_SECONDS. The first step begins with a warm-up window whose errors are judged but whose p99
+is not (new pods answer their first requests slowly). At 100% the champion answers nothing: it is
 judged against the champion's numbers of the last step where the champion had traffic.
 The numbers come from a TrackMetrics (tools.ops.interfaces): the pods' /metrics locally, Managed
 Prometheus on GKE.
@@ -57,7 +58,7 @@ class Thresholds:
     window_seconds: float
     min_requests: int
     max_error_rate_increase: float
-    """Percentage points of 5xx the challenger may add to the champion's rate."""
+    """Percentage points of errors (answers >= 400) the challenger may add to the champion's rate."""
     max_p99_ratio: float
 
     @classmethod
@@ -96,7 +97,7 @@ class Verdict:
 
 def describe(track: str, stats: TrackStats) -> str:
     p99 = "n/a" if stats.p99_seconds is None else f"{stats.p99_seconds * 1000:.1f} ms"
-    return (f"{track} {stats.requests:.0f} requests, {stats.errors:.0f} 5xx ({stats.error_percent:.2f}%), "
+    return (f"{track} {stats.requests:.0f} requests, {stats.errors:.0f} errors ({stats.error_percent:.2f}%), "
             f"p99 {p99}")
 
 
