@@ -24,7 +24,7 @@ from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError, Tr
 from tools.ops.promote import EXIT_CANARY, EXIT_PARTLY, CanaryRolledBack, PartlyDone, PromotionError, RolloutFailed, \
     promote_canary
 from tools.ops.scrape import Counts, parse, quantile
-from tools.ops.traffic import PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
+from tools.ops.traffic import HttpRouteRouter, PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
 
 THRESHOLDS = Thresholds(steps=(10, 50, 100), window_seconds=60, min_requests=100, max_error_rate_increase=1.0,
                         max_p99_ratio=1.5)
@@ -359,6 +359,38 @@ def test_a_route_without_a_challenger_is_not_patched():
     alone = {**SPEC, "rules": [{"backendRefs": SPEC["rules"][0]["backendRefs"][:1]}]}
     with pytest.raises(RolloutError, match="was it declared with serving.challenger"):
         route_rules(alone, "mlflow-serving", 30, False)
+
+
+def live_route(generation, observed):
+    conditions = [{"type": kind, "status": "True", "observedGeneration": observed} for kind in ("Accepted", "ResolvedRefs")]
+    return {"metadata": {"generation": generation}, "spec": SPEC,
+            "status": {"parents": [{"parentRef": {"name": "mlflow-serving"}, "conditions": conditions}]}}
+
+
+class FakeRoutes:
+    """A CustomObjectsApi whose Gateway controller reports a patched generation after `lag` reads."""
+
+    def __init__(self, lag):
+        self.lag, self.reads, self.generation = lag, 0, 1
+
+    def get_namespaced_custom_object(self, *args):
+        self.reads += 1
+        return live_route(self.generation, self.generation if self.reads > self.lag else self.generation - 1)
+
+    def patch_namespaced_custom_object(self, *args, field_manager):
+        self.generation, self.reads = self.generation + 1, 0
+        return live_route(self.generation, self.generation - 1)
+
+
+def test_a_route_change_returns_once_the_gateway_reports_the_new_generation():
+    api, clock = FakeRoutes(lag=2), [0.0]
+    router = HttpRouteRouter(api, "mlflow-serving", "mlflow-serving", "mlflow-serving", timeout=60,
+                             sleep=lambda s: clock.__setitem__(0, clock[0] + s), clock=lambda: clock[0])
+    assert router.route(30, False).endswith("challenger 30% (programmed after 15 s)")
+    assert api.reads == 3
+    api.lag = 100
+    with pytest.raises(RolloutError, match="generation 3 not Accepted with ResolvedRefs by the Gateway within 60 s"):
+        router.route(50, False)
 
 
 def test_promql_selects_the_track_and_the_scoring_path_over_the_window():
