@@ -293,6 +293,9 @@ def test_a_stack_without_a_challenger_is_refused_naming_the_setting():
     (["--weight", "-1"], "WEIGHT='-1': a whole percentage 0..100"),
     (["--mirror", "yes"], "MIRROR='yes': on or off"),
     (["--version", "2"], "--version and --model go together"),
+    (["--model", "m", "--version", ""], "--version and --model go together (make challenger MODEL=NAME VERSION=N)"),
+    (["--model", "", "--version", "2"], "--version and --model go together"),
+    (["--model", "m", "--weight", "5"], "--version and --model go together"),
 ])
 def test_day2_commands_refuse_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -314,6 +317,15 @@ def test_setting_the_challenger_refuses_an_unknown_model_or_version_or_a_model_w
     target, _ = challenger_target(Recorder(), [])
     with pytest.raises(PromotionError, match=message):
         challenger_cli.check_version(registry, target, model, version)
+
+
+def test_traffic_goes_to_the_challenger_only_once_its_alias_is_set():
+    registry = MemoryRegistry()
+    target, _ = challenger_target(Recorder(), [])
+    with pytest.raises(PromotionError, match="model 'm' has no 'challenger' alias: the challenger serves nothing yet"):
+        challenger_cli.check_served(registry, target)
+    registry.models["m"]["aliases"]["challenger"] = "2"
+    challenger_cli.check_served(registry, target)
 
 
 # --- the local split: HAProxy's own check of the configuration --------------------------------

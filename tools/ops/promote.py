@@ -453,6 +453,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="JSON request to check serving's answers with after the rollout (default: the "
                              "version's serving input example)")
     args = parser.parse_args(argv)
+    if not args.model.strip() or not args.alias.strip():
+        parser.error("--model and --alias name a registered model and its alias (make promote MODEL=NAME ALIAS=champion)")
     if args.rollback == bool(args.version):
         parser.error("give --version N to promote, or --rollback (without --version)")
     if args.rollback and args.require:
