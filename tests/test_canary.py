@@ -6,12 +6,14 @@ arithmetic, and the day-2 commands' refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,7 +26,10 @@ from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError, Tr
 from tools.ops.promote import EXIT_CANARY, EXIT_PARTLY, CanaryRolledBack, PartlyDone, PromotionError, RolloutFailed, \
     promote_canary
 from tools.ops.scrape import Counts, parse, quantile
-from tools.ops.traffic import HttpRouteRouter, PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
+from tools.ops.lease import Lease, LeaseHeld
+from tools.ops.rollout import ReplicaHold
+from tools.ops.local import HaproxyRouter
+from tools.ops.traffic import LEASE_ANNOTATION, HttpRouteRouter, PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
 
 THRESHOLDS = Thresholds(steps=(10, 50, 100), window_seconds=60, min_requests=100, max_error_rate_increase=1.0,
                         max_p99_ratio=1.5)
@@ -46,6 +51,7 @@ def stats(requests=1000, errors=0, p99=0.020) -> TrackStats:
     (stats(200, 0, 0.0301), "breach", "p99 1.50 × the champion's, more than serving.canary.maxP99Ratio (1.5)"),
     (stats(200, 0, 0.030), "pass", "p99 30.0 ms"),
     (stats(99, 50, 0.5), "wait", "99 of 100 requests so far"),
+    (stats(99.6, 0, 0.02), "wait", "99.6 of 100 requests so far"),  # increase() extrapolates
 ])
 def test_a_step_is_judged_on_the_error_rate_increase_and_the_p99_ratio(challenger, outcome, words):
     verdict = judge(stats(1000, 2, 0.020), challenger, THRESHOLDS, last_window=False)
@@ -85,6 +91,17 @@ class FakeRouter:
     def abort(self):
         self._record(("abort",))
         return "abort"
+
+    held: Lease | None = None
+    leases: int = 0
+
+    def acquire(self, lease):
+        if self.held:
+            raise self.held.refusal("test", "release it")
+        self.held, self.leases = lease, self.leases + 1
+
+    def release(self):
+        self.held = None
 
 
 class FakeMetrics:
@@ -317,6 +334,93 @@ def test_setting_the_challenger_refuses_an_unknown_model_or_version_or_a_model_w
     target, _ = challenger_target(Recorder(), [])
     with pytest.raises(PromotionError, match=message):
         challenger_cli.check_version(registry, target, model, version)
+
+
+def test_a_second_canary_is_refused_while_the_split_is_held_and_a_finished_one_releases_it():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [WARM_UP, (GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    router.held = Lease("alice@laptop pid 7: promote", "2026-12-07T20:00:00+00:00")
+    with pytest.raises(LeaseHeld, match="held by alice@laptop pid 7: promote since 2026-12-07T20:00:00"):
+        canary(registry, champion, target)
+    assert not registry.writes and not router.routes
+    router.held = None
+    canary(registry, champion, target)
+    assert router.leases == 1 and router.held is None
+
+
+def test_the_local_lease_is_one_file_created_exclusively(tmp_path):
+    first, second = (HaproxyRouter(tmp_path / "haproxy.sock", tmp_path / "split.map") for _ in range(2))
+    first.acquire(Lease("alice@laptop pid 7: promote", "since"))
+    with pytest.raises(LeaseHeld, match=f"held by alice@laptop pid 7: promote .*delete {tmp_path}/split.lease"):
+        second.acquire(Lease.mine())
+    second.release()  # not its lease: nothing happens
+    assert (tmp_path / "split.lease").exists()
+    first.release()
+    second.acquire(Lease.mine())
+
+
+class LeasedRoutes:
+    """A CustomObjectsApi holding one route; `conflict` answers the precondition's 409 once."""
+
+    def __init__(self, annotations=None, conflict=False):
+        self.route = {"metadata": {"resourceVersion": "41", "annotations": dict(annotations or {})}, "spec": SPEC}
+        self.conflict, self.patches = conflict, []
+
+    def get_namespaced_custom_object(self, *args):
+        return self.route
+
+    def patch_namespaced_custom_object(self, *args, field_manager):
+        body = args[-1]
+        if self.conflict:
+            self.conflict = False
+            raise type("ApiException", (Exception,), {"status": 409, "reason": "Conflict"})()
+        self.patches.append(body)
+        return self.route
+
+
+def test_the_cluster_lease_is_an_annotation_written_with_the_read_resource_version():
+    api = LeasedRoutes()
+    router = HttpRouteRouter(api, "mlflow-serving", "mlflow-serving", "mlflow-serving")
+    router.acquire(Lease("bob@ci pid 3: promote", "since"))
+    assert api.patches[0]["metadata"]["resourceVersion"] == "41"
+    assert json.loads(api.patches[0]["metadata"]["annotations"][LEASE_ANNOTATION])["holder"] == "bob@ci pid 3: promote"
+    router.release()
+    assert api.patches[1] == {"metadata": {"annotations": {LEASE_ANNOTATION: None}}}
+    held = LeasedRoutes({LEASE_ANNOTATION: Lease("bob@ci pid 3: promote", "since").text()})
+    with pytest.raises(LeaseHeld, match=f"held by bob@ci pid 3: promote since since .*kubectl annotate httproute "
+                                        f"mlflow-serving -n mlflow-serving {LEASE_ANNOTATION}-"):
+        HttpRouteRouter(held, "mlflow-serving", "mlflow-serving", "mlflow-serving").acquire(Lease.mine())
+    with pytest.raises(LeaseHeld, match="another command changed httproute/mlflow-serving"):
+        HttpRouteRouter(LeasedRoutes(conflict=True), "mlflow-serving", "mlflow-serving", "mlflow-serving").acquire(
+            Lease.mine())
+
+
+class FakeHpa:
+    """An AutoscalingV2Api with one HPA (minReplicas 2, maxReplicas 10) currently at `current` replicas."""
+
+    def __init__(self, current):
+        self.spec = SimpleNamespace(min_replicas=2, max_replicas=10)
+        self.current, self.patches = current, []
+
+    def read_namespaced_horizontal_pod_autoscaler(self, name, namespace):
+        return SimpleNamespace(spec=self.spec, status=SimpleNamespace(current_replicas=self.current))
+
+    def patch_namespaced_horizontal_pod_autoscaler(self, name, namespace, body, field_manager):
+        self.patches.append(body["spec"]["minReplicas"])
+        self.spec.min_replicas = body["spec"]["minReplicas"]
+
+
+def test_the_champion_keeps_its_replicas_during_a_canary_and_its_autoscaler_gets_its_minimum_back():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [(GOOD, stats(400, 120))])
+    api = FakeHpa(current=6)
+    target = dataclasses.replace(target, champion_replicas=ReplicaHold(api, "mlflow-serving", "mlflow-serving"))
+    with pytest.raises(CanaryRolledBack):
+        canary(registry, champion, target)
+    assert api.patches == [6, 2]  # held at its 6 replicas while the challenger had traffic, then back to 2
+    capped = FakeHpa(current=40)
+    ReplicaHold(capped, "mlflow-serving", "mlflow-serving").hold()
+    assert capped.patches == [10]
 
 
 def test_traffic_goes_to_the_challenger_only_once_its_alias_is_set():

@@ -95,9 +95,14 @@ class Verdict:
     reason: str
 
 
+def count(value: float) -> str:
+    """A count as read: Managed Prometheus' increase() extrapolates to fractions (99.6 is under 100)."""
+    return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+
+
 def describe(track: str, stats: TrackStats) -> str:
     p99 = "n/a" if stats.p99_seconds is None else f"{stats.p99_seconds * 1000:.1f} ms"
-    return (f"{track} {stats.requests:.0f} requests, {stats.errors:.0f} errors ({stats.error_percent:.2f}%), "
+    return (f"{track} {count(stats.requests)} requests, {count(stats.errors)} errors ({stats.error_percent:.2f}%), "
             f"p99 {p99}")
 
 
@@ -109,10 +114,10 @@ def judge(champion: TrackStats, challenger: TrackStats, thresholds: Thresholds, 
     numbers = f"{describe(CHALLENGER, challenger)}; {describe(CHAMPION, champion)}"
     if challenger.requests < thresholds.min_requests:
         if last_window:
-            return Verdict("breach", f"not enough traffic: the challenger answered {challenger.requests:.0f} requests "
+            return Verdict("breach", f"not enough traffic: the challenger answered {count(challenger.requests)} requests "
                                      f"in {MAX_WINDOWS} windows, fewer than serving.canary.minRequests "
                                      f"({thresholds.min_requests}); {numbers}")
-        return Verdict("wait", f"{challenger.requests:.0f} of {thresholds.min_requests} requests so far")
+        return Verdict("wait", f"{count(challenger.requests)} of {thresholds.min_requests} requests so far")
     increase = challenger.error_percent - champion.error_percent
     bound = error_increase_bound(champion, challenger)
     if bound > thresholds.max_error_rate_increase:

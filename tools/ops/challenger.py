@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from tools.ops import targets
 from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError
+from tools.ops.lease import holding
 from tools.ops.promote import (
     EXIT_ERROR, NO_CHALLENGER, PromotionError, Registry, as_admin, ready_version, registered_model, serve_as_challenger,
 )
@@ -89,19 +90,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         challenger = target.challenger
         if challenger is None:
             raise PromotionError(NO_CHALLENGER)
-        if args.version is not None:
-            registry, granter = as_admin(target.tracking)
-            check_version(registry, challenger, args.model, str(args.version))
-            log(serve_as_challenger(registry, granter, challenger, str(args.version), log))
-            return 0
-        if args.weight or args.mirror:
-            check_served(as_admin(target.tracking)[0], challenger)
-        if args.abort:
+        if args.abort:  # needs no lease: stopping a stuck or running canary always works
             log(challenger.router.abort())
             route = (0, False)
+        elif args.version is not None:
+            registry, granter = as_admin(target.tracking)
+            check_version(registry, challenger, args.model, str(args.version))
+            with holding(challenger.router, log):
+                log(serve_as_challenger(registry, granter, challenger, str(args.version), log))
+            return 0
         else:
+            if args.weight or args.mirror:
+                check_served(as_admin(target.tracking)[0], challenger)
             route = (args.weight, False) if args.weight is not None else (0, args.mirror)
-            log(challenger.router.route(*route))
+            with holding(challenger.router, log):
+                log(challenger.router.route(*route))
     except (PromotionError, TargetError, RolloutError) as err:
         print(f"challenger: error: {err}", file=sys.stderr, flush=True)
         return getattr(err, "exit_code", EXIT_ERROR)

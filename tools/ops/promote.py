@@ -53,9 +53,10 @@ import os
 import re
 import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -65,6 +66,7 @@ from tools.ops.canary import AbortFailed, CanaryBreach, Thresholds, parse_steps,
 from tools.ops.interfaces import (
     ChallengerTarget, RehearsalFailed, Roller, RolloutError, TargetError, Tracking, Verifier,
 )
+from tools.ops.lease import holding
 from tools.ops.runtime import AdminRunner
 from tools.venvs import VenvError
 
@@ -361,6 +363,24 @@ def retire_challenger(registry: Registry, granter: Granter, challenger: Challeng
     return serve_as_challenger(registry, granter, challenger, target, log)
 
 
+@contextmanager
+def champion_replicas_held(challenger: ChallengerTarget, log: Callable[[str], None]) -> Iterator[None]:
+    """The champion keeps its replicas for the block (ChallengerTarget.champion_replicas), so the traffic
+    an abort or the end of the canary sends back finds them; a failed release is said, never raised."""
+    hold = challenger.champion_replicas
+    if hold is None:
+        yield
+        return
+    log(hold.hold())
+    try:
+        yield
+    finally:
+        try:
+            log(hold.release())
+        except RolloutError as err:
+            log(f"the champion's autoscaler keeps the held minimum: {err}; `pulumi up` sets it back")
+
+
 def promote_canary(registry: Registry, granter: Granter, roller: Roller, challenger: Optional[ChallengerTarget], *,
                    model: str, version: str, alias: str, thresholds: Thresholds,
                    requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print,
@@ -383,47 +403,49 @@ def promote_canary(registry: Registry, granter: Granter, roller: Roller, challen
         log(f"gate passed: {line}")
     probe = _rehearse(verifier, model, version, request, log)
     challenger_before = registered.aliases.get(challenger.alias)
-    log(serve_as_challenger(registry, granter, challenger, version, log))
-    unchanged = f"{model}@{alias} is still version {previous}"
-    retire_with = f"`make challenger MODEL={model} VERSION={challenger_before or previous}` retires the challenger"
-    try:
-        run_steps(challenger.router, challenger.metrics, thresholds, log=log)
-    except AbortFailed as err:
-        raise PartlyDone(f"canary of {model} version {version} stopped: {err}; {unchanged}; {model}@"
-                         f"{challenger.alias} serves version {version}; then {retire_with}") from None
-    except KeyboardInterrupt:
-        raise PartlyDone(f"canary of {model} version {version} interrupted: all traffic back on the champion, "
-                         f"{unchanged}; {model}@{challenger.alias} still serves version {version}, without traffic: "
-                         f"{retire_with}") from None
-    except (CanaryBreach, RolloutError) as err:
+    with holding(challenger.router, log), champion_replicas_held(challenger, log):
+        log(serve_as_challenger(registry, granter, challenger, version, log))
+        unchanged = f"{model}@{alias} is still version {previous}"
+        retire_with = f"`make challenger MODEL={model} VERSION={challenger_before or previous}` retires the challenger"
         try:
-            retired = retire_challenger(registry, granter, challenger, challenger_before, previous, log)
-        except PromotionError as failure:  # the breach is what the operator must read first
-            retired = f"not retired: {failure}; {retire_with}"
-        for note in challenger.notes(0, False):
-            log(note)
-        what = "rolled back at" if isinstance(err, CanaryBreach) else "stopped:"
-        raise CanaryRolledBack(f"canary of {model} version {version} {what} {err}; {unchanged}, all traffic on it; "
-                               f"challenger retired: {retired}") from None
-    try:
-        rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=previous,
-                          log=log, probe=probe)
-    except RolloutFailed as err:
+            run_steps(challenger.router, challenger.metrics, thresholds, log=log)
+        except AbortFailed as err:
+            raise PartlyDone(f"canary of {model} version {version} stopped: {err}; {unchanged}; {model}@"
+                             f"{challenger.alias} serves version {version}; then {retire_with}") from None
+        except KeyboardInterrupt:
+            raise PartlyDone(f"canary of {model} version {version} interrupted: all traffic back on the champion, "
+                             f"{unchanged}; {model}@{challenger.alias} still serves version {version}, without "
+                             f"traffic: {retire_with}") from None
+        except (CanaryBreach, RolloutError) as err:
+            try:
+                retired = retire_challenger(registry, granter, challenger, challenger_before, previous, log)
+            except PromotionError as failure:  # the breach is what the operator must read first
+                retired = f"not retired: {failure}; {retire_with}"
+            for note in challenger.notes(0, False):
+                log(note)
+            what = "rolled back at" if isinstance(err, CanaryBreach) else "stopped:"
+            raise CanaryRolledBack(f"canary of {model} version {version} {what} {err}; {unchanged}, all traffic on it; "
+                                   f"challenger retired: {retired}") from None
         try:
-            log(challenger.router.abort())  # the champion is back on `previous`
-        except RolloutError as failed:
-            raise PartlyDone(f"{err}; sending all traffic back to the champion failed too: {failed}: run "
-                             f"`make challenger-abort`, then {retire_with}") from None
-        raise
-    log(rollout)
-    try:
-        log(challenger.router.route(*challenger.declared))
-        log(retire_challenger(registry, granter, challenger, challenger_before, version, log))
-    except (RolloutError, PromotionError, MlflowException) as err:
-        raise PartlyDone(f"{model}@{alias} = version {version}, promoted and served; but putting the route back to "
-                         f"serving.challenger's weight {challenger.declared[0]} and retiring the challenger failed: "
-                         f"{err}; `make challenger-weight WEIGHT={challenger.declared[0]}`, then "
-                         f"`make challenger MODEL={model} VERSION={challenger_before or version}`") from None
+            rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=previous,
+                              log=log, probe=probe)
+        except RolloutFailed as err:
+            try:
+                log(challenger.router.abort())  # the champion is back on `previous`
+            except RolloutError as failed:
+                raise PartlyDone(f"{err}; sending all traffic back to the champion failed too: {failed}: run "
+                                 f"`make challenger-abort`, then {retire_with}") from None
+            raise
+        log(rollout)
+        try:
+            log(challenger.router.route(*challenger.declared))
+            log(retire_challenger(registry, granter, challenger, challenger_before, version, log))
+        except (RolloutError, PromotionError, MlflowException) as err:
+            raise PartlyDone(f"{model}@{alias} = version {version}, promoted and served; but putting the route back "
+                             f"to serving.challenger's weight {challenger.declared[0]} and retiring the challenger "
+                             "failed: "
+                             f"{err}; `make challenger-weight WEIGHT={challenger.declared[0]}`, then "
+                             f"`make challenger MODEL={model} VERSION={challenger_before or version}`") from None
     return Outcome(model, alias, version, previous, rollout)
 
 

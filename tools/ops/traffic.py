@@ -22,6 +22,7 @@ from k8s.traffic import GATEWAY_GROUP, Backend, route_spec
 from k8s.workload import SCRAPE_INTERVAL
 from tools.ops.canary import Thresholds
 from tools.ops.interfaces import RolloutError, TargetError, TrackStats
+from tools.ops.lease import Lease, LeaseHeld
 from tools.ops.scrape import LATENCY, REQUESTS, SCORING_PATH
 
 GATEWAY_VERSION, HTTPROUTES = "v1", "httproutes"
@@ -30,6 +31,7 @@ GATEWAY_VERSION, HTTPROUTES = "v1", "httproutes"
 ROUTE_CONDITIONS = ("Accepted", "ResolvedRefs")
 ROUTE_PROGRAMMED_TIMEOUT, ROUTE_POLL_SECONDS = 300.0, 5.0
 FIELD_MANAGER = "mlflow-ops"
+LEASE_ANNOTATION = "mlflow.org/split-lease"
 PROMETHEUS_API = "https://monitoring.googleapis.com/v1/projects/{project}/location/global/prometheus/api/v1/query"
 MONITORING_READ = "https://www.googleapis.com/auth/monitoring.read"
 # Managed Prometheus samples each pod once per PodMonitoring interval: over a window shorter than two
@@ -72,6 +74,7 @@ class HttpRouteRouter:
                  clock: Callable[[], float] = time.monotonic):
         self.api, self.namespace, self.name, self.champion_service = api, namespace, name, champion_service
         self.timeout, self.sleep, self.clock = timeout, sleep, clock
+        self.held = False
 
     def _call(self, method: str, *args, **kwargs):
         try:
@@ -109,6 +112,32 @@ class HttpRouteRouter:
     def abort(self) -> str:
         self.route(0, False)
         return f"httproute/{self.name} -n {self.namespace}: all traffic to the champion, mirror off"
+
+    def acquire(self, lease: Lease) -> None:
+        route = self._call("get_namespaced_custom_object")
+        where = f"annotation {LEASE_ANNOTATION} of httproute/{self.name} -n {self.namespace}"
+        release = f"`kubectl annotate httproute {self.name} -n {self.namespace} {LEASE_ANNOTATION}-`"
+        held = route["metadata"].get("annotations", {}).get(LEASE_ANNOTATION)
+        if held:
+            raise Lease.parse(held).refusal(where, release)
+        # The resourceVersion read above is a precondition: a command writing the route meanwhile wins.
+        body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"],
+                             "annotations": {LEASE_ANNOTATION: lease.text()}}}
+        try:
+            self.api.patch_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, self.namespace, HTTPROUTES,
+                                                    self.name, body, field_manager=FIELD_MANAGER)
+        except Exception as err:
+            if getattr(err, "status", None) == 409:
+                raise LeaseHeld(f"another command changed httproute/{self.name} -n {self.namespace} while this one "
+                                "took its lease: try again once it is done") from None
+            raise RolloutError(f"taking the {where}: {getattr(err, 'reason', None) or err}") from None
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self._call("patch_namespaced_custom_object", {"metadata": {"annotations": {LEASE_ANNOTATION: None}}},
+                       field_manager=FIELD_MANAGER)
+            self.held = False
 
 
 def track_queries(track: str, namespace: str, seconds: int) -> dict[str, str]:
