@@ -34,8 +34,8 @@ class Lease:
 
     @classmethod
     def mine(cls) -> "Lease":
-        command = " ".join(os.path.basename(arg) for arg in sys.argv[:1]) + " " + " ".join(sys.argv[1:])
-        return cls(f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}: {command.strip()}",
+        command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+        return cls(f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}: {command}",
                    datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def text(self) -> str:
