@@ -395,8 +395,8 @@ class ModelServing(pulumi.ComponentResource):
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=names.metadata(ns_name),
-            # Any pod of this cluster may call the model, and the Gateway's proxies and health checks;
-            # nothing else from outside the cluster.
+            # Any pod of this cluster may call the model directly; the Gateway's proxies and health checks
+            # too, so any client in the VPC and the region may call it through the Gateway (serving_url).
             spec=ingress_policy_spec(names.selector, [
                 {"from": [{"namespaceSelector": {}}], "ports": tcp_ports(SERVING_PORT)},
                 {"from": [{"ipBlock": {"cidr": cidr}} for cidr in args.load_balancer_ranges],
