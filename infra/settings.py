@@ -552,8 +552,9 @@ class ChallengerSettings(Section):
 
 
 def _steps(value: tuple[int, ...]) -> tuple[int, ...]:
-    allowed = "must be strictly increasing percentages, each 1-100, the last 100, e.g. [10, 50, 100]"
-    if not value or value[-1] != 100 or any(not 1 <= step <= 100 for step in value) or \
+    allowed = ("must be strictly increasing percentages, each 1-100, the last 100 and at least one below it (the "
+               "champion's numbers with traffic are the baseline), e.g. [10, 50, 100]")
+    if len(value) < 2 or value[-1] != 100 or any(not 1 <= step <= 100 for step in value) or \
             any(later <= earlier for earlier, later in zip(value, value[1:])):
         raise ValueError(allowed)
     return value
@@ -561,7 +562,7 @@ def _steps(value: tuple[int, ...]) -> tuple[int, ...]:
 
 class CanarySettings(Section):
     steps: Annotated[tuple[int, ...], BeforeValidator(_json_list), AfterValidator(_steps)] = Field(
-        (10, 50, 100), description="Challenger weights `make promote STRATEGY=canary` goes through, percent; strictly increasing, the last 100.")
+        (10, 50, 100), description="Challenger weights `make promote STRATEGY=canary` goes through, percent; strictly increasing, the last 100, at least one below it.")
     window_seconds: int = Field(60, ge=10, le=3600, description="Observation window of each canary step, seconds; at least 60 on GKE (two Managed Prometheus scrapes), shorter only on make local.")
     min_requests: int = Field(100, ge=1, le=1_000_000, description="Challenger requests a step needs in its window; with fewer it waits (up to 5 windows), then fails as not enough traffic.")
     max_error_rate_increase: float = Field(1.0, ge=0, le=100, description="Breach when the challenger's share of errors (answers >= 400: a model raising answers 400) exceeds the champion's by more than this, percentage points.")

@@ -22,7 +22,7 @@ from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
 from k8s.tracking import TrackingEndpoint
-from k8s.traffic import Backend, gateway_api_gate, health_check_policy, route_spec, traffic_split
+from k8s.traffic import PATCH_FORCE, Backend, gateway_api_gate, health_check_policy, route_spec, traffic_split
 from k8s.workload import (
     WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, ingress_policy_spec,
     pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
@@ -392,8 +392,9 @@ class ModelServing(pulumi.ComponentResource):
                               ns_name: pulumi.Output[str], deployment: k8s.apps.v1.Deployment,
                               k8s_opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
         """HPA, disruption budget, metrics collection, the Service and who may call it."""
+        # A canary holds the champion's minReplicas (field manager mlflow-promote): the next `up` takes it back.
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa", metadata=names.metadata(ns_name),
+            f"{name}-hpa", metadata=names.metadata(ns_name, PATCH_FORCE),
             spec=hpa_spec(names.name, args.settings.min_replicas, args.settings.max_replicas,
                           args.settings.target_cpu_percent),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[deployment])),

@@ -32,6 +32,10 @@ GATEWAY_CRDS = ("gateways.gateway.networking.k8s.io", "httproutes.gateway.networ
                 "healthcheckpolicies.networking.gke.io")
 GATE_MODULE = "mlflow_crdwait"  # in the serving image (mlflow_image/)
 GATE_DEADLINE_SECONDS = 900
+# `make promote STRATEGY=canary` and `make challenger-weight` patch the live route's weights (field manager
+# mlflow-ops); without this pulumi-kubernetes' server-side apply refuses the next `up` that changes the
+# route as a field-manager conflict instead of taking the rules back.
+PATCH_FORCE = {"pulumi.com/patchForce": "true"}
 # Probes every 5 s; two failures take a backend out, one success puts it back.
 HEALTH_CHECK = {"checkIntervalSec": 5, "timeoutSec": 5, "healthyThreshold": 1, "unhealthyThreshold": 2}
 
@@ -158,6 +162,7 @@ def traffic_split(name: str, metadata: dict, address_name: pulumi.Input[str], ro
         f"{name}-gateway", api_version=GATEWAY_API, kind="Gateway", metadata=metadata,
         spec=gateway_spec(address_name),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(gateway_after))))
+    route_metadata = {**metadata, "annotations": {**metadata.get("annotations", {}), **PATCH_FORCE}}
     return k8s.apiextensions.CustomResource(
-        f"{name}-route", api_version=GATEWAY_API, kind="HTTPRoute", metadata=metadata, spec=route,
+        f"{name}-route", api_version=GATEWAY_API, kind="HTTPRoute", metadata=route_metadata, spec=route,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[gateway, *backends])))

@@ -6,11 +6,14 @@ arithmetic, and the day-2 commands' refusals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import random
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,15 +21,20 @@ from infra.settings import CanarySettings
 from tests.test_promote import MemoryRegistry, Recorder
 from tools.local.balancer import Backend, find_haproxy, haproxy_config, split_commands
 from tools.ops import challenger as challenger_cli
-from tools.ops.canary import MAX_WINDOWS, CanaryBreach, Thresholds, judge, parse_steps, run_steps
+from tools.ops.canary import MAX_WINDOWS, AbortFailed, CanaryBreach, Thresholds, judge, parse_steps, run_steps
 from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError, TrackStats
-from tools.ops.promote import EXIT_CANARY, CanaryRolledBack, PromotionError, promote_canary
+from tools.ops.promote import EXIT_CANARY, EXIT_PARTLY, CanaryRolledBack, PartlyDone, PromotionError, RolloutFailed, \
+    promote_canary
 from tools.ops.scrape import Counts, parse, quantile
-from tools.ops.traffic import PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
+from tools.ops.lease import Lease, LeaseHeld
+from tools.ops.rollout import ReplicaHold
+from tools.ops.local import HaproxyRouter
+from tools.ops.traffic import LEASE_ANNOTATION, HttpRouteRouter, PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
 
 THRESHOLDS = Thresholds(steps=(10, 50, 100), window_seconds=60, min_requests=100, max_error_rate_increase=1.0,
                         max_p99_ratio=1.5)
 GOOD = TrackStats(1000, 2, 0.020)
+WARM_UP = (GOOD, TrackStats(200, 0, 0.020))
 
 
 def stats(requests=1000, errors=0, p99=0.020) -> TrackStats:
@@ -36,10 +44,14 @@ def stats(requests=1000, errors=0, p99=0.020) -> TrackStats:
 # --- verdicts ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("challenger, outcome, words", [
     (stats(200, 2, 0.021), "pass", "challenger 200 requests, 2 errors (1.00%)"),
-    (stats(200, 3, 0.021), "breach", "error rate +1.30 points over the champion's, more than serving.canary.maxErrorRateIncrease (1)"),
+    # +1.3 points, but 3 errors in 200 requests is within chance of the champion's 0.2% + 1 point.
+    (stats(200, 3, 0.021), "pass", "challenger 200 requests, 3 errors (1.50%)"),
+    (stats(200, 20, 0.021), "breach", "error rate +9.80 points over the champion's, at least 6.30 with 95% confidence, "
+                                      "more than serving.canary.maxErrorRateIncrease (1)"),
     (stats(200, 0, 0.0301), "breach", "p99 1.50 × the champion's, more than serving.canary.maxP99Ratio (1.5)"),
     (stats(200, 0, 0.030), "pass", "p99 30.0 ms"),
     (stats(99, 50, 0.5), "wait", "99 of 100 requests so far"),
+    (stats(99.6, 0, 0.02), "wait", "99.6 of 100 requests so far"),  # increase() extrapolates
 ])
 def test_a_step_is_judged_on_the_error_rate_increase_and_the_p99_ratio(challenger, outcome, words):
     verdict = judge(stats(1000, 2, 0.020), challenger, THRESHOLDS, last_window=False)
@@ -61,16 +73,35 @@ def test_too_few_requests_on_the_last_window_fail_as_not_enough_traffic():
 
 
 class FakeRouter:
-    def __init__(self):
-        self.routes: list[tuple[int, bool]] = []
+    """Records the routes; `fail` makes every change after the first `fail` ones raise RolloutError."""
+
+    def __init__(self, fail: int | None = None):
+        self.routes: list[tuple] = []
+        self.fail = fail
+
+    def _record(self, change):
+        if self.fail is not None and len(self.routes) >= self.fail:
+            raise RolloutError("Kubernetes API patch of httproute/mlflow-serving failed: HTTP 403")
+        self.routes.append(change)
 
     def route(self, weight, mirror):
-        self.routes.append((weight, mirror))
+        self._record((weight, mirror))
         return f"route {weight} {mirror}"
 
     def abort(self):
-        self.routes.append(("abort",))
+        self._record(("abort",))
         return "abort"
+
+    held: Lease | None = None
+    leases: int = 0
+
+    def acquire(self, lease):
+        if self.held:
+            raise self.held.refusal("test", "release it")
+        self.held, self.leases = lease, self.leases + 1
+
+    def release(self):
+        self.held = None
 
 
 class FakeMetrics:
@@ -91,27 +122,49 @@ class FakeMetrics:
 
 def test_steps_go_in_order_and_a_step_waits_for_enough_requests():
     router = FakeRouter()
-    metrics = FakeMetrics([(GOOD, stats(50)), (GOOD, stats(150)), (GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    metrics = FakeMetrics([WARM_UP, (GOOD, stats(50)), (GOOD, stats(150)), (GOOD, GOOD), (stats(0, 0, None), GOOD)])
     sleeps = []
     passed = run_steps(router, metrics, THRESHOLDS, log=lambda _: None, sleep=sleeps.append)
     assert router.routes == [(10, False), (50, False), (100, False)]
-    assert sleeps == [60.0] * 4  # step 10% needed two windows
+    assert sleeps == [60.0] * 5  # the warm-up, and step 10% needed two windows
     assert [line.split(":")[0] for line in passed] == ["step 10%", "step 50%", "step 100%"]
-    assert metrics.marks == 3  # one mark per step: a wait extends the step's window
+    assert metrics.marks == 4  # the warm-up's, then one per step: a wait extends the step's window
+
+
+def test_the_warm_up_window_judges_errors_but_not_the_cold_pods_p99():
+    cold = (GOOD, stats(200, 0, 0.500))
+    run_steps(FakeRouter(), FakeMetrics([cold, (GOOD, GOOD), (GOOD, GOOD), (stats(0, 0, None), GOOD)]), THRESHOLDS,
+              log=lambda _: None, sleep=lambda _: None)
+    with pytest.raises(CanaryBreach, match="step 10%: warm-up window: error rate"):
+        run_steps(FakeRouter(), FakeMetrics([(GOOD, stats(200, 60))]), THRESHOLDS, log=lambda _: None,
+                  sleep=lambda _: None)
+
+
+def test_a_version_as_good_as_the_champion_is_rarely_rolled_back_by_chance():
+    """Both tracks fail 1% of requests; the challenger is judged on minRequests (100). A raw difference
+    rolled back about one step in six; the confidence bound, fewer than one in twenty. A version
+    failing 30% is still caught every time at that count."""
+    rng = random.Random(24)
+    draw = lambda n, p: stats(n, sum(rng.random() < p for _ in range(n)))  # noqa: E731
+    false_rollbacks = sum(judge(draw(1000, 0.01), draw(100, 0.01), THRESHOLDS, False).outcome == "breach"
+                          for _ in range(2000))
+    assert false_rollbacks / 2000 < 0.05
+    assert all(judge(draw(1000, 0.01), draw(100, 0.30), THRESHOLDS, False).outcome == "breach" for _ in range(200))
 
 
 def test_at_100_percent_the_challenger_is_compared_with_the_champion_of_the_last_step():
     """The champion answers nothing at 100%: its numbers of the 50% step are the baseline."""
     router = FakeRouter()
     slow_champion_at_50 = stats(1000, 0, 0.100)
-    metrics = FakeMetrics([(GOOD, GOOD), (slow_champion_at_50, stats(p99=0.120)), (stats(0, 0, None), stats(p99=0.140))])
+    metrics = FakeMetrics([WARM_UP, (GOOD, GOOD), (slow_champion_at_50, stats(p99=0.120)),
+                           (stats(0, 0, None), stats(p99=0.140))])
     run_steps(router, metrics, THRESHOLDS, log=lambda _: None, sleep=lambda _: None)
     assert router.routes[-1] == (100, False)
 
 
 def test_a_breach_sends_all_traffic_back_at_once_and_says_why_with_the_numbers():
     router = FakeRouter()
-    metrics = FakeMetrics([(GOOD, GOOD), (stats(500, 0), stats(500, 150))])
+    metrics = FakeMetrics([WARM_UP, (GOOD, GOOD), (stats(500, 0), stats(500, 150))])
     with pytest.raises(CanaryBreach) as caught:
         run_steps(router, metrics, THRESHOLDS, log=lambda _: None, sleep=lambda _: None)
     assert router.routes == [(10, False), (50, False), ("abort",)]
@@ -122,13 +175,34 @@ def test_a_breach_sends_all_traffic_back_at_once_and_says_why_with_the_numbers()
 
 def test_a_challenger_without_traffic_fails_after_the_last_window():
     router = FakeRouter()
-    metrics = FakeMetrics([(GOOD, stats(10))] * MAX_WINDOWS)
+    metrics = FakeMetrics([(GOOD, stats(10))] * (MAX_WINDOWS + 1))
     with pytest.raises(CanaryBreach, match="not enough traffic"):
         run_steps(router, metrics, THRESHOLDS, log=lambda _: None, sleep=lambda _: None)
     assert router.routes[-1] == ("abort",)
 
 
-@pytest.mark.parametrize("text", ["10,5,100", "10,50", "0,100", "ten,100", "10,10,100"])
+def interrupted(seconds):
+    raise KeyboardInterrupt
+
+
+def test_an_interrupt_mid_step_sends_all_traffic_back_before_it_stops():
+    router = FakeRouter()
+    with pytest.raises(KeyboardInterrupt):
+        run_steps(router, FakeMetrics([]), THRESHOLDS, log=lambda _: None, sleep=interrupted)
+    assert router.routes == [(10, False), ("abort",)]
+
+
+def test_an_abort_that_fails_says_the_challenger_may_still_get_traffic():
+    router = FakeRouter(fail=1)
+    metrics = FakeMetrics([(GOOD, stats(500, 150))])
+    with pytest.raises(AbortFailed) as caught:
+        run_steps(router, metrics, THRESHOLDS, log=lambda _: None, sleep=lambda _: None)
+    assert str(caught.value).startswith("step 10%: warm-up window: error rate +")
+    assert "sending all traffic back to the champion failed too: Kubernetes API patch" in str(caught.value)
+    assert "run `make challenger-abort`" in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["10,5,100", "10,50", "0,100", "ten,100", "10,10,100", "100"])
 def test_steps_are_refused_as_the_setting_refuses_them(text):
     with pytest.raises(ValueError, match=f"STEPS='{text}'"):
         parse_steps(text)
@@ -148,7 +222,7 @@ def canary(registry, champion_roller, target, version="2"):
 
 def test_a_good_canary_moves_the_alias_routes_back_and_retires_the_challenger():
     registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
-    target, router = challenger_target(challenger, [(GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    target, router = challenger_target(challenger, [WARM_UP, (GOOD, GOOD), (stats(0, 0, None), GOOD)])
     outcome = canary(registry, champion, target)
     assert (outcome.version, outcome.previous) == ("2", "1")
     assert registry.models["m"]["aliases"] == {"champion": "2", "challenger": "2"}
@@ -170,6 +244,45 @@ def test_a_breach_leaves_the_alias_and_puts_the_challenger_back():
     assert registry.models["m"]["aliases"] == {"champion": "1", "challenger": "1"}
     assert router.routes == [(50, False), ("abort",)]
     assert not [c for c in champion.calls if c[0] == "roll"]  # the champion's pods were never touched
+
+
+def test_an_interrupted_canary_exits_7_with_traffic_on_the_unchanged_champion():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [])
+    target.metrics.since = lambda mark: interrupted(0)
+    with pytest.raises(PartlyDone) as caught:
+        canary(registry, champion, target)
+    assert caught.value.exit_code == EXIT_PARTLY == 7
+    assert router.routes == [(50, False), ("abort",)]
+    assert registry.models["m"]["aliases"] == {"champion": "1", "challenger": "2"}
+    assert "m@champion is still version 1; m@challenger still serves version 2, without traffic" in str(caught.value)
+
+
+def test_a_failed_abort_after_a_breach_is_no_traceback_and_says_what_changed():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [(GOOD, stats(400, 120))])
+    router.fail = 1
+    with pytest.raises(PartlyDone, match=r"stopped: step 50%.*failed too.*m@champion is still version 1; "
+                                         r"m@challenger serves version 2"):
+        canary(registry, champion, target)
+
+
+def test_a_champion_rollout_that_fails_after_the_steps_sends_traffic_back_and_restores_the_alias():
+    registry, champion, challenger = MemoryRegistry(), Recorder(fail_roll=True), Recorder()
+    target, router = challenger_target(challenger, [WARM_UP, (GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    with pytest.raises(RolloutFailed, match="m@champion moved back to 1"):
+        canary(registry, champion, target)
+    assert router.routes[-1] == ("abort",)
+    assert registry.models["m"]["aliases"]["champion"] == "1"
+
+
+def test_a_route_that_cannot_go_back_after_the_promotion_says_the_alias_moved():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [WARM_UP, (GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    router.fail = 2
+    with pytest.raises(PartlyDone, match=r"m@champion = version 2, promoted and served; but putting the route back"):
+        canary(registry, champion, target)
+    assert registry.models["m"]["aliases"]["champion"] == "2"
 
 
 @pytest.mark.parametrize("change, message", [
@@ -197,6 +310,9 @@ def test_a_stack_without_a_challenger_is_refused_naming_the_setting():
     (["--weight", "-1"], "WEIGHT='-1': a whole percentage 0..100"),
     (["--mirror", "yes"], "MIRROR='yes': on or off"),
     (["--version", "2"], "--version and --model go together"),
+    (["--model", "m", "--version", ""], "--version and --model go together (make challenger MODEL=NAME VERSION=N)"),
+    (["--model", "", "--version", "2"], "--version and --model go together"),
+    (["--model", "m", "--weight", "5"], "--version and --model go together"),
 ])
 def test_day2_commands_refuse_bad_input(argv, message, capsys):
     with pytest.raises(SystemExit) as exited:
@@ -218,6 +334,102 @@ def test_setting_the_challenger_refuses_an_unknown_model_or_version_or_a_model_w
     target, _ = challenger_target(Recorder(), [])
     with pytest.raises(PromotionError, match=message):
         challenger_cli.check_version(registry, target, model, version)
+
+
+def test_a_second_canary_is_refused_while_the_split_is_held_and_a_finished_one_releases_it():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [WARM_UP, (GOOD, GOOD), (stats(0, 0, None), GOOD)])
+    router.held = Lease("alice@laptop pid 7: promote", "2026-12-07T20:00:00+00:00")
+    with pytest.raises(LeaseHeld, match="held by alice@laptop pid 7: promote since 2026-12-07T20:00:00"):
+        canary(registry, champion, target)
+    assert not registry.writes and not router.routes
+    router.held = None
+    canary(registry, champion, target)
+    assert router.leases == 1 and router.held is None
+
+
+def test_the_local_lease_is_one_file_created_exclusively(tmp_path):
+    first, second = (HaproxyRouter(tmp_path / "haproxy.sock", tmp_path / "split.map") for _ in range(2))
+    first.acquire(Lease("alice@laptop pid 7: promote", "since"))
+    with pytest.raises(LeaseHeld, match=f"held by alice@laptop pid 7: promote .*delete {tmp_path}/split.lease"):
+        second.acquire(Lease.mine())
+    second.release()  # not its lease: nothing happens
+    assert (tmp_path / "split.lease").exists()
+    first.release()
+    second.acquire(Lease.mine())
+
+
+class LeasedRoutes:
+    """A CustomObjectsApi holding one route; `conflict` answers the precondition's 409 once."""
+
+    def __init__(self, annotations=None, conflict=False):
+        self.route = {"metadata": {"resourceVersion": "41", "annotations": dict(annotations or {})}, "spec": SPEC}
+        self.conflict, self.patches = conflict, []
+
+    def get_namespaced_custom_object(self, *args):
+        return self.route
+
+    def patch_namespaced_custom_object(self, *args, field_manager):
+        body = args[-1]
+        if self.conflict:
+            self.conflict = False
+            raise type("ApiException", (Exception,), {"status": 409, "reason": "Conflict"})()
+        self.patches.append(body)
+        return self.route
+
+
+def test_the_cluster_lease_is_an_annotation_written_with_the_read_resource_version():
+    api = LeasedRoutes()
+    router = HttpRouteRouter(api, "mlflow-serving", "mlflow-serving", "mlflow-serving")
+    router.acquire(Lease("bob@ci pid 3: promote", "since"))
+    assert api.patches[0]["metadata"]["resourceVersion"] == "41"
+    assert json.loads(api.patches[0]["metadata"]["annotations"][LEASE_ANNOTATION])["holder"] == "bob@ci pid 3: promote"
+    router.release()
+    assert api.patches[1] == {"metadata": {"annotations": {LEASE_ANNOTATION: None}}}
+    held = LeasedRoutes({LEASE_ANNOTATION: Lease("bob@ci pid 3: promote", "since").text()})
+    with pytest.raises(LeaseHeld, match=f"held by bob@ci pid 3: promote since since .*kubectl annotate httproute "
+                                        f"mlflow-serving -n mlflow-serving {LEASE_ANNOTATION}-"):
+        HttpRouteRouter(held, "mlflow-serving", "mlflow-serving", "mlflow-serving").acquire(Lease.mine())
+    with pytest.raises(LeaseHeld, match="another command changed httproute/mlflow-serving"):
+        HttpRouteRouter(LeasedRoutes(conflict=True), "mlflow-serving", "mlflow-serving", "mlflow-serving").acquire(
+            Lease.mine())
+
+
+class FakeHpa:
+    """An AutoscalingV2Api with one HPA (minReplicas 2, maxReplicas 10) currently at `current` replicas."""
+
+    def __init__(self, current):
+        self.spec = SimpleNamespace(min_replicas=2, max_replicas=10)
+        self.current, self.patches = current, []
+
+    def read_namespaced_horizontal_pod_autoscaler(self, name, namespace):
+        return SimpleNamespace(spec=self.spec, status=SimpleNamespace(current_replicas=self.current))
+
+    def patch_namespaced_horizontal_pod_autoscaler(self, name, namespace, body, field_manager):
+        self.patches.append(body["spec"]["minReplicas"])
+        self.spec.min_replicas = body["spec"]["minReplicas"]
+
+
+def test_the_champion_keeps_its_replicas_during_a_canary_and_its_autoscaler_gets_its_minimum_back():
+    registry, champion, challenger = MemoryRegistry(), Recorder(), Recorder()
+    target, router = challenger_target(challenger, [(GOOD, stats(400, 120))])
+    api = FakeHpa(current=6)
+    target = dataclasses.replace(target, champion_replicas=ReplicaHold(api, "mlflow-serving", "mlflow-serving"))
+    with pytest.raises(CanaryRolledBack):
+        canary(registry, champion, target)
+    assert api.patches == [6, 2]  # held at its 6 replicas while the challenger had traffic, then back to 2
+    capped = FakeHpa(current=40)
+    ReplicaHold(capped, "mlflow-serving", "mlflow-serving").hold()
+    assert capped.patches == [10]
+
+
+def test_traffic_goes_to_the_challenger_only_once_its_alias_is_set():
+    registry = MemoryRegistry()
+    target, _ = challenger_target(Recorder(), [])
+    with pytest.raises(PromotionError, match="model 'm' has no 'challenger' alias: the challenger serves nothing yet"):
+        challenger_cli.check_served(registry, target)
+    registry.models["m"]["aliases"]["challenger"] = "2"
+    challenger_cli.check_served(registry, target)
 
 
 # --- the local split: HAProxy's own check of the configuration --------------------------------
@@ -263,6 +475,38 @@ def test_a_route_without_a_challenger_is_not_patched():
     alone = {**SPEC, "rules": [{"backendRefs": SPEC["rules"][0]["backendRefs"][:1]}]}
     with pytest.raises(RolloutError, match="was it declared with serving.challenger"):
         route_rules(alone, "mlflow-serving", 30, False)
+
+
+def live_route(generation, observed):
+    conditions = [{"type": kind, "status": "True", "observedGeneration": observed} for kind in ("Accepted", "ResolvedRefs")]
+    return {"metadata": {"generation": generation}, "spec": SPEC,
+            "status": {"parents": [{"parentRef": {"name": "mlflow-serving"}, "conditions": conditions}]}}
+
+
+class FakeRoutes:
+    """A CustomObjectsApi whose Gateway controller reports a patched generation after `lag` reads."""
+
+    def __init__(self, lag):
+        self.lag, self.reads, self.generation = lag, 0, 1
+
+    def get_namespaced_custom_object(self, *args):
+        self.reads += 1
+        return live_route(self.generation, self.generation if self.reads > self.lag else self.generation - 1)
+
+    def patch_namespaced_custom_object(self, *args, field_manager):
+        self.generation, self.reads = self.generation + 1, 0
+        return live_route(self.generation, self.generation - 1)
+
+
+def test_a_route_change_returns_once_the_gateway_reports_the_new_generation():
+    api, clock = FakeRoutes(lag=2), [0.0]
+    router = HttpRouteRouter(api, "mlflow-serving", "mlflow-serving", "mlflow-serving", timeout=60,
+                             sleep=lambda s: clock.__setitem__(0, clock[0] + s), clock=lambda: clock[0])
+    assert router.route(30, False).endswith("challenger 30% (programmed after 15 s)")
+    assert api.reads == 3
+    api.lag = 100
+    with pytest.raises(RolloutError, match="generation 3 not Accepted with ResolvedRefs by the Gateway within 60 s"):
+        router.route(50, False)
 
 
 def test_promql_selects_the_track_and_the_scoring_path_over_the_window():

@@ -92,6 +92,11 @@ def test_a_plan_with_a_challenger_validates_strictly(challenger_plans, tmp_path,
         assert "mlflow-serving-challenger" in kinds[kind], kind
     [route] = [d for d in documents.values() if d["kind"] == "HTTPRoute"]
     [rule] = route["spec"]["rules"]
+    # Ops patches the weights: Pulumi's next apply must take them back, not fail on the conflict.
+    assert route["metadata"]["annotations"]["pulumi.com/patchForce"] == "true"
+    # A canary holds the champion's minReplicas the same way.
+    [hpa] = [d for d in documents.values() if d["kind"] == "HorizontalPodAutoscaler" and d["metadata"]["name"] == "mlflow-serving"]
+    assert hpa["metadata"]["annotations"]["pulumi.com/patchForce"] == "true"
     assert [ref["weight"] for ref in rule["backendRefs"]] == ([90, 10] if mode == "split" else [100, 0])
     assert ("filters" in rule) == (mode == "mirror")
     assert checkov("-d", str(tmp_path), "--framework", "kubernetes")["failed"] == []

@@ -236,6 +236,8 @@ def test_rollback_refusals(alias, tags, message):
     (["--model", "m", "--alias", "a", "--rollback", "--require", "x>1"], "--require gates a promotion"),
     (["--model", "m", "--alias", "a", "--version", "1", "--require", "x=>1"], "expected METRIC OP NUMBER"),
     (["--model", "m", "--alias", "a", "--version", "1", "--target", "moon"], "invalid choice: 'moon'"),
+    (["--model", "", "--alias", "a", "--version", "1"], "--model and --alias name a registered model"),
+    (["--model", "m", "--alias", "a", "--version", ""], "give --version N to promote, or --rollback"),
 ])
 def test_command_line_refusals(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -5,8 +5,12 @@ on a breach.
 Each step sets the challenger's share, then observes both tracks from the step's start, one window
 (`serving.canary.windowSeconds`) at a time, until the challenger has answered `minRequests` (at most
 MAX_WINDOWS windows: then it fails as "not enough traffic"). A step breaches when the challenger's
-error rate (answers >= 400: a model raising answers 400, see tools.ops.scrape) exceeds the champion's by more than `maxErrorRateIncrease` points, or its p99 exceeds
-`maxP99Ratio` × the champion's and P99_FLOOR_SECONDS. At 100% the champion answers nothing: it is
+error rate (answers >= 400: a model raising answers 400, see tools.ops.scrape) exceeds the champion's
+by more than `maxErrorRateIncrease` points with 95% confidence (a one-sided two-proportion test: the
+lower bound of the difference is above the threshold, so chance alone rolls back a version as good as
+the champion in under 5% of steps), or its p99 exceeds `maxP99Ratio` × the champion's and
+P99_FLOOR_SECONDS. The first step begins with a warm-up window whose errors are judged but whose p99
+is not (new pods answer their first requests slowly). At 100% the champion answers nothing: it is
 judged against the champion's numbers of the last step where the champion had traffic.
 The numbers come from a TrackMetrics (tools.ops.interfaces): the pods' /metrics locally, Managed
 Prometheus on GKE.
@@ -14,6 +18,7 @@ Prometheus on GKE.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -29,6 +34,20 @@ MAX_WINDOWS = 5
 # Below this a p99 difference is scheduling noise, never a regression worth a rollback.
 P99_FLOOR_SECONDS = 0.010
 CHAMPION, CHALLENGER = "champion", "challenger"
+Z_95 = 1.645  # one-sided 95% quantile of the normal distribution
+
+
+def error_increase_bound(champion: TrackStats, challenger: TrackStats) -> float:
+    """Lower 95% confidence bound of the challenger's error rate minus the champion's, in points (Wald,
+    unpooled: each track's rate with its own variance)."""
+    def rate_and_variance(stats: TrackStats) -> tuple[float, float]:
+        if stats.requests <= 0:
+            return 0.0, 0.0
+        rate = min(stats.errors / stats.requests, 1.0)
+        return rate, rate * (1 - rate) / stats.requests
+
+    (champion_rate, champion_var), (challenger_rate, challenger_var) = map(rate_and_variance, (champion, challenger))
+    return 100 * (challenger_rate - champion_rate - Z_95 * math.sqrt(champion_var + challenger_var))
 
 
 @dataclass(frozen=True)
@@ -76,29 +95,36 @@ class Verdict:
     reason: str
 
 
+def count(value: float) -> str:
+    """A count as read: Managed Prometheus' increase() extrapolates to fractions (99.6 is under 100)."""
+    return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
+
+
 def describe(track: str, stats: TrackStats) -> str:
     p99 = "n/a" if stats.p99_seconds is None else f"{stats.p99_seconds * 1000:.1f} ms"
-    return (f"{track} {stats.requests:.0f} requests, {stats.errors:.0f} errors ({stats.error_percent:.2f}%), "
+    return (f"{track} {count(stats.requests)} requests, {count(stats.errors)} errors ({stats.error_percent:.2f}%), "
             f"p99 {p99}")
 
 
-def judge(champion: TrackStats, challenger: TrackStats, thresholds: Thresholds, last_window: bool) -> Verdict:
+def judge(champion: TrackStats, challenger: TrackStats, thresholds: Thresholds, last_window: bool,
+          latency: bool = True) -> Verdict:
     """One step's verdict on the numbers since the step began (`champion`: the baseline to compare
     with). Errors are judged as soon as the challenger has min_requests; before, a wait (or, on the
-    last window, a failure)."""
+    last window, a failure). Without `latency` the p99s are not compared (a warm-up)."""
     numbers = f"{describe(CHALLENGER, challenger)}; {describe(CHAMPION, champion)}"
     if challenger.requests < thresholds.min_requests:
         if last_window:
-            return Verdict("breach", f"not enough traffic: the challenger answered {challenger.requests:.0f} requests "
+            return Verdict("breach", f"not enough traffic: the challenger answered {count(challenger.requests)} requests "
                                      f"in {MAX_WINDOWS} windows, fewer than serving.canary.minRequests "
                                      f"({thresholds.min_requests}); {numbers}")
-        return Verdict("wait", f"{challenger.requests:.0f} of {thresholds.min_requests} requests so far")
+        return Verdict("wait", f"{count(challenger.requests)} of {thresholds.min_requests} requests so far")
     increase = challenger.error_percent - champion.error_percent
-    if increase > thresholds.max_error_rate_increase:
-        return Verdict("breach", f"error rate {increase:+.2f} points over the champion's, more than "
-                                 f"serving.canary.maxErrorRateIncrease ({thresholds.max_error_rate_increase:g}); "
-                                 f"{numbers}")
-    if (challenger.p99_seconds is not None and champion.p99_seconds is not None
+    bound = error_increase_bound(champion, challenger)
+    if bound > thresholds.max_error_rate_increase:
+        return Verdict("breach", f"error rate {increase:+.2f} points over the champion's, at least {bound:.2f} with "
+                                 "95% confidence, more than serving.canary.maxErrorRateIncrease "
+                                 f"({thresholds.max_error_rate_increase:g}); {numbers}")
+    if (latency and challenger.p99_seconds is not None and champion.p99_seconds is not None
             and challenger.p99_seconds > max(thresholds.max_p99_ratio * champion.p99_seconds, P99_FLOOR_SECONDS)):
         return Verdict("breach", f"p99 {challenger.p99_seconds / champion.p99_seconds:.2f} × the champion's, more "
                                  f"than serving.canary.maxP99Ratio ({thresholds.max_p99_ratio:g}); {numbers}")
@@ -113,14 +139,49 @@ class CanaryBreach(RuntimeError):
         self.step = step
 
 
+class AbortFailed(RuntimeError):
+    """The canary stopped and the route could not be sent back to the champion: the challenger may
+    still get traffic."""
+
+
 def run_steps(router: TrafficRouter, metrics: TrackMetrics, thresholds: Thresholds, *,
               log: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep) -> list[str]:
-    """Every step in order; a summary of each passed step. On a breach the router sends all traffic to
-    the champion before CanaryBreach is raised."""
+    """Every step in order; a summary of each passed step. Whatever stops the steps (a breach, an
+    unreadable route or metrics, Ctrl-C, SIGTERM made an interrupt) first sends all traffic to the
+    champion and is then re-raised; if that fails, AbortFailed (from the stop)."""
+    try:
+        return _run_steps(router, metrics, thresholds, log, sleep)
+    except BaseException as stop:
+        try:
+            log(router.abort())
+        except Exception as failed:
+            raise AbortFailed(f"{stop or type(stop).__name__}; sending all traffic back to the champion failed "
+                              f"too: {failed}; the challenger may still get traffic: run `make challenger-abort`"
+                              ) from stop
+        raise
+
+
+def _warm_up(step: int, metrics: TrackMetrics, thresholds: Thresholds, log: Callable[[str], None],
+             sleep: Callable[[float], None]) -> None:
+    """One window of the first step whose errors count and whose p99 does not: the challenger's pods
+    answer their first requests cold, the champion's warm."""
+    mark = metrics.mark()
+    sleep(thresholds.window_seconds)
+    stats = metrics.since(mark)
+    verdict = judge(stats[CHAMPION], stats[CHALLENGER], thresholds, last_window=False, latency=False)
+    if verdict.outcome == "breach":
+        raise CanaryBreach(step, f"warm-up window: {verdict.reason}")
+    log(f"step {step}%: warm-up window done, p99 not judged ({verdict.reason})")
+
+
+def _run_steps(router: TrafficRouter, metrics: TrackMetrics, thresholds: Thresholds, log: Callable[[str], None],
+               sleep: Callable[[float], None]) -> list[str]:
     baseline: Optional[TrackStats] = None
     passed = []
-    for step in thresholds.steps:
+    for index, step in enumerate(thresholds.steps):
         log(router.route(step, mirror=False))
+        if index == 0:
+            _warm_up(step, metrics, thresholds, log, sleep)
         mark = metrics.mark()
         for window in range(1, MAX_WINDOWS + 1):
             sleep(thresholds.window_seconds)
@@ -133,7 +194,6 @@ def run_steps(router: TrafficRouter, metrics: TrackMetrics, thresholds: Threshol
                 log(f"step {step}%: waiting another window ({verdict.reason})")
                 continue
             if verdict.outcome == "breach":
-                log(router.abort())
                 raise CanaryBreach(step, verdict.reason)
             passed.append(f"step {step}%: {verdict.reason}")
             log(f"step {step}% passed: {verdict.reason}")

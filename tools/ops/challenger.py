@@ -7,7 +7,7 @@
         [--target local|cluster] [--stack dev] [--workdir .local] [--tracking-uri URL] [--timeout S]
 
 Setting the version checks that the model is the served one, that it has its champion alias, and
-that the version exists and is READY, then grants the serving user READ, moves the challenger's
+that the version exists and is READY; a weight above 0 or mirror on, that the challenger's alias is set; then grants the serving user READ, moves the challenger's
 alias and rolls the challenger's pods (put back if they do not get ready). The others change the
 live route only (the cluster: the HTTPRoute, with the `pulumi config set --path` command that
 keeps the change in the stack). Exit codes: 0 done, 1 error (nothing changed), 2 usage.
@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 
 from tools.ops import targets
 from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError
+from tools.ops.lease import holding
 from tools.ops.promote import (
     EXIT_ERROR, NO_CHALLENGER, PromotionError, Registry, as_admin, ready_version, registered_model, serve_as_challenger,
 )
@@ -56,6 +57,13 @@ def check_version(registry: Registry, challenger: ChallengerTarget, model: str, 
     ready_version(registry, model, version)
 
 
+def check_served(registry: Registry, challenger: ChallengerTarget) -> None:
+    """Traffic may go to the challenger only once its alias names a version; PromotionError otherwise."""
+    if challenger.alias not in registered_model(registry, challenger.model).aliases:
+        raise PromotionError(f"model {challenger.model!r} has no {challenger.alias!r} alias: the challenger serves "
+                             f"nothing yet; `make challenger MODEL={challenger.model} VERSION=N` first")
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.ops.challenger", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,8 +75,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--model", help="registered model (with --version)")
     targets.add_arguments(parser)
     args = parser.parse_args(argv)
-    if (args.version is None) != (args.model is None):
-        parser.error("--version and --model go together")
+    # make passes both, empty when unset
+    if args.version is not None and not (args.version.strip() and (args.model or "").strip()) or \
+            args.version is None and args.model is not None:
+        parser.error("--version and --model go together (make challenger MODEL=NAME VERSION=N)")
     return args
 
 
@@ -80,17 +90,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         challenger = target.challenger
         if challenger is None:
             raise PromotionError(NO_CHALLENGER)
-        if args.version is not None:
-            registry, granter = as_admin(target.tracking)
-            check_version(registry, challenger, args.model, str(args.version))
-            log(serve_as_challenger(registry, granter, challenger, str(args.version), log))
-            return 0
-        if args.abort:
+        if args.abort:  # needs no lease: stopping a stuck or running canary always works
             log(challenger.router.abort())
             route = (0, False)
+        elif args.version is not None:
+            registry, granter = as_admin(target.tracking)
+            check_version(registry, challenger, args.model, str(args.version))
+            with holding(challenger.router, log):
+                log(serve_as_challenger(registry, granter, challenger, str(args.version), log))
+            return 0
         else:
+            if args.weight or args.mirror:
+                check_served(as_admin(target.tracking)[0], challenger)
             route = (args.weight, False) if args.weight is not None else (0, args.mirror)
-            log(challenger.router.route(*route))
+            with holding(challenger.router, log):
+                log(challenger.router.route(*route))
     except (PromotionError, TargetError, RolloutError) as err:
         print(f"challenger: error: {err}", file=sys.stderr, flush=True)
         return getattr(err, "exit_code", EXIT_ERROR)

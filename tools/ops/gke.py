@@ -23,7 +23,9 @@ from tools.ops.interfaces import (
     ChallengerTarget, PromotionTarget, RolloutError, RotationTarget, TargetError, Tracking,
 )
 from tools.ops.notify import cloud_logging_notify
-from tools.ops.rollout import DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, apps_api, custom_objects_api, load_api_client
+from tools.ops.rollout import (
+    DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, ReplicaHold, apps_api, autoscaling_api, custom_objects_api, load_api_client,
+)
 from tools.ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
 from tools.ops.stack import StackOutputError, StackOutputs
 from tools.ops.traffic import HttpRouteRouter, PrometheusMetrics, adc_get, prometheus_thresholds
@@ -85,6 +87,9 @@ class GkeTarget:
         if "serving_challenger_deployment" not in outputs.values:
             return None
         config = read_stack_config(self.stack)[0]
+        if not config.get("gcp:project"):
+            raise ConfigError(f"stack {self.stack} sets no gcp:project, the project of its Managed Prometheus: "
+                              f"`pulumi config set gcp:project PROJECT -s {self.stack}`")
         serving = settings_from_values(config).serving
         thresholds = prometheus_thresholds(serving.canary, self.stack)  # refused before anything is touched
         namespace, name = outputs.namespaced("serving_challenger_deployment")
@@ -100,12 +105,14 @@ class GkeTarget:
                 return ()
             return (f"the HTTPRoute now differs from the stack's serving.challenger: keep it with `pulumi config set "
                     f"--path serving.challenger.weight {weight} -s {stack}` and `pulumi config set --path "
-                    f"serving.challenger.mirror {str(mirror).lower()} -s {stack}`, or the next `pulumi up` puts it back",)
+                    f"serving.challenger.mirror {str(mirror).lower()} -s {stack}`; the next `pulumi up` that changes the "
+                    "route writes the settings' weights back",)
 
         return ChallengerTarget(serving.model_name, serving.model_alias, serving.challenger.alias, roller, router,
                                 PrometheusMetrics(config["gcp:project"], namespace, adc_get()),
                                 thresholds,
-                                (serving.challenger.weight, serving.challenger.mirror), notes)
+                                (serving.challenger.weight, serving.challenger.mirror), notes,
+                                ReplicaHold(autoscaling_api(api_client), *outputs.deployment("serving")))
 
     def rotation(self, timeout: Optional[float]) -> RotationTarget:
         try:

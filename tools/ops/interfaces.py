@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 if TYPE_CHECKING:
     from tools.ops.canary import Thresholds
+    from tools.ops.lease import Lease
 
 
 # --- rollout -----------------------------------------------------------------------------------
@@ -82,6 +83,14 @@ class TrackMetrics(Protocol):
         """{"champion": ..., "challenger": ...}; RolloutError when they cannot be read."""
 
 
+class ReplicaHold(Protocol):
+    def hold(self) -> str:
+        """Keep the champion's current replicas until `release`; a summary."""
+
+    def release(self) -> str:
+        """Give the autoscaler back its own minimum (nothing if not held); a summary."""
+
+
 class TrafficRouter(Protocol):
     """The split of serving's traffic between champion and challenger, changed on the live platform."""
 
@@ -91,6 +100,12 @@ class TrafficRouter(Protocol):
 
     def abort(self) -> str:
         """All traffic to the champion at once, mirror off; a summary."""
+
+    def acquire(self, lease: "Lease") -> None:
+        """Hold the split for `lease` (tools.ops.lease); LeaseHeld naming the holder if another holds it."""
+
+    def release(self) -> None:
+        """Give the split back (nothing if not held)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +126,8 @@ class ChallengerTarget:
     """(weight, mirror) the settings declare: where a finished canary leaves the route."""
     notes: Callable[[int, bool], tuple[str, ...]] = lambda weight, mirror: ()
     """What to print after the route changed (the cluster: how to keep it in the stack)."""
+    champion_replicas: Optional["ReplicaHold"] = None
+    """Holds the champion's replicas during a canary (the cluster's HPA); None where nothing scales it."""
 
 
 # --- secrets -----------------------------------------------------------------------------------

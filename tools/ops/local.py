@@ -11,6 +11,7 @@ packages) with the serving container's settings from the rendered dev manifests.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -27,6 +28,7 @@ from tools.ops.interfaces import (
     ChallengerTarget, PromotionTarget, Rehearsed, Roller, RolloutError, RotationTarget, TargetError, TrackStats,
     Tracking,
 )
+from tools.ops.lease import Lease
 from tools.ops.scrape import Counts, parse, stats
 from tools.ops.runtime import AdminRunner
 from tools.ops.verify import REHEARSAL_SLACK_SECONDS, check_answer, env_timeout, post_json, rehearsal_args, rehearsal_result
@@ -95,6 +97,7 @@ class HaproxyRouter:
 
     def __init__(self, socket_path: Path, split_map: Path):
         self.socket_path, self.split_map = Path(socket_path), Path(split_map)
+        self.held = False
 
     def route(self, weight: int, mirror: bool) -> str:
         try:
@@ -107,6 +110,25 @@ class HaproxyRouter:
     def abort(self) -> str:
         self.route(0, False)
         return "local split: all traffic to the champion, mirror off"
+
+    @property
+    def lease_path(self) -> Path:
+        return self.split_map.with_name("split.lease")
+
+    def acquire(self, lease: Lease) -> None:
+        try:
+            fd = os.open(self.lease_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # exclusive: one wins
+        except FileExistsError:
+            raise Lease.parse(self.lease_path.read_text()).refusal(str(self.lease_path),
+                                                                   f"delete {self.lease_path}") from None
+        with os.fdopen(fd, "w") as out:
+            out.write(lease.text())
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.lease_path.unlink(missing_ok=True)
+            self.held = False
 
 
 class PodMetrics:

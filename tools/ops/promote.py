@@ -36,11 +36,13 @@ served by the challenger track (its alias moved, its pods rolled); traffic shift
 goes back to what the settings declare and the challenger's alias back to its previous version (or
 the promoted one, if it had none). On a breach all traffic goes back to the champion at once, ALIAS
 is left where it was, the challenger is retired the same way, and the command exits 6 with the
-reason and both tracks' numbers.
+reason and both tracks' numbers. Ctrl-C or SIGTERM during the steps also sends all traffic back to the
+champion first, then exits 7 with the challenger's alias still on the version (no traffic).
 
 Exit codes: 0 promoted, 1 error (nothing changed), 2 usage, 3 gate failed (nothing changed),
 4 rollout failed (alias and tag restored), 5 the version would not serve (nothing changed),
-6 the canary breached and was rolled back (ALIAS unchanged).
+6 the canary breached and was rolled back (ALIAS unchanged), 7 stopped part-way (interrupted by
+Ctrl-C or SIGTERM, or a change after another failed): the message says what changed and what to run.
 """
 
 from __future__ import annotations
@@ -49,27 +51,30 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tools.ops import targets
-from tools.ops.canary import CanaryBreach, Thresholds, parse_steps, run_steps
+from tools.ops.canary import AbortFailed, CanaryBreach, Thresholds, parse_steps, run_steps
 from tools.ops.interfaces import (
     ChallengerTarget, PromotionTarget, RehearsalFailed, Roller, RolloutError, TargetError, Tracking, Verifier,
 )
 from tools.ops.notify import promotion_notice
+from tools.ops.lease import holding
 from tools.ops.runtime import AdminRunner
 from tools.venvs import VenvError
 
 READY = "READY"
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 PREVIOUS_TAG = "mlflow.promote.previous.{alias}"
-EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT, EXIT_REHEARSAL, EXIT_CANARY = 1, 2, 3, 4, 5, 6
+EXIT_ERROR, EXIT_USAGE, EXIT_GATE, EXIT_ROLLOUT, EXIT_REHEARSAL, EXIT_CANARY, EXIT_PARTLY = 1, 2, 3, 4, 5, 6, 7
 NO_CHALLENGER = ("this stack declares no challenger track (setting serving.challenger): `pulumi config set --path "
                  "serving.challenger.alias challenger` and `pulumi up` (locally: render the plan with it, "
                  "`make plan`, and restart `make local`)")
@@ -98,6 +103,11 @@ class WouldNotServe(PromotionError):
 
 class CanaryRolledBack(PromotionError):
     exit_code = EXIT_CANARY
+
+
+class PartlyDone(PromotionError):
+    """Stopped part-way (interrupted, or a step after a change failed): the message says what changed."""
+    exit_code = EXIT_PARTLY
 
 
 # --- gates ----------------------------------------------------------------------------------------
@@ -354,6 +364,24 @@ def retire_challenger(registry: Registry, granter: Granter, challenger: Challeng
     return serve_as_challenger(registry, granter, challenger, target, log)
 
 
+@contextmanager
+def champion_replicas_held(challenger: ChallengerTarget, log: Callable[[str], None]) -> Iterator[None]:
+    """The champion keeps its replicas for the block (ChallengerTarget.champion_replicas), so the traffic
+    an abort or the end of the canary sends back finds them; a failed release is said, never raised."""
+    hold = challenger.champion_replicas
+    if hold is None:
+        yield
+        return
+    log(hold.hold())
+    try:
+        yield
+    finally:
+        try:
+            log(hold.release())
+        except RolloutError as err:
+            log(f"the champion's autoscaler keeps the held minimum: {err}; `pulumi up` sets it back")
+
+
 def promote_canary(registry: Registry, granter: Granter, roller: Roller, challenger: Optional[ChallengerTarget], *,
                    model: str, version: str, alias: str, thresholds: Thresholds,
                    requirements: Sequence[Requirement] = (), log: Callable[[str], None] = print,
@@ -376,30 +404,49 @@ def promote_canary(registry: Registry, granter: Granter, roller: Roller, challen
         log(f"gate passed: {line}")
     probe = _rehearse(verifier, model, version, request, log)
     challenger_before = registered.aliases.get(challenger.alias)
-    log(serve_as_challenger(registry, granter, challenger, version, log))
-    try:
-        run_steps(challenger.router, challenger.metrics, thresholds, log=log)
-    except (CanaryBreach, RolloutError) as err:
-        if isinstance(err, RolloutError):
-            log(challenger.router.abort())
+    with holding(challenger.router, log), champion_replicas_held(challenger, log):
+        log(serve_as_challenger(registry, granter, challenger, version, log))
+        unchanged = f"{model}@{alias} is still version {previous}"
+        retire_with = f"`make challenger MODEL={model} VERSION={challenger_before or previous}` retires the challenger"
         try:
-            retired = retire_challenger(registry, granter, challenger, challenger_before, previous, log)
-        except PromotionError as failure:  # the breach is what the operator must read first
-            retired = f"not retired: {failure}"
-        for note in challenger.notes(0, False):
-            log(note)
-        what = "rolled back at" if isinstance(err, CanaryBreach) else "stopped:"
-        raise CanaryRolledBack(f"canary of {model} version {version} {what} {err}; {model}@{alias} is still version "
-                               f"{previous}, all traffic on it; challenger retired: {retired}") from None
-    try:
-        rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=previous,
-                          log=log, probe=probe)
-    except RolloutFailed:
-        log(challenger.router.abort())  # the champion is back on `previous`
-        raise
-    log(rollout)
-    log(challenger.router.route(*challenger.declared))
-    log(retire_challenger(registry, granter, challenger, challenger_before, version, log))
+            run_steps(challenger.router, challenger.metrics, thresholds, log=log)
+        except AbortFailed as err:
+            raise PartlyDone(f"canary of {model} version {version} stopped: {err}; {unchanged}; {model}@"
+                             f"{challenger.alias} serves version {version}; then {retire_with}") from None
+        except KeyboardInterrupt:
+            raise PartlyDone(f"canary of {model} version {version} interrupted: all traffic back on the champion, "
+                             f"{unchanged}; {model}@{challenger.alias} still serves version {version}, without "
+                             f"traffic: {retire_with}") from None
+        except (CanaryBreach, RolloutError) as err:
+            try:
+                retired = retire_challenger(registry, granter, challenger, challenger_before, previous, log)
+            except PromotionError as failure:  # the breach is what the operator must read first
+                retired = f"not retired: {failure}; {retire_with}"
+            for note in challenger.notes(0, False):
+                log(note)
+            what = "rolled back at" if isinstance(err, CanaryBreach) else "stopped:"
+            raise CanaryRolledBack(f"canary of {model} version {version} {what} {err}; {unchanged}, all traffic on it; "
+                                   f"challenger retired: {retired}") from None
+        try:
+            rollout = _switch(registry, granter, roller, model=registered, alias=alias, target=version, record=previous,
+                              log=log, probe=probe)
+        except RolloutFailed as err:
+            try:
+                log(challenger.router.abort())  # the champion is back on `previous`
+            except RolloutError as failed:
+                raise PartlyDone(f"{err}; sending all traffic back to the champion failed too: {failed}: run "
+                                 f"`make challenger-abort`, then {retire_with}") from None
+            raise
+        log(rollout)
+        try:
+            log(challenger.router.route(*challenger.declared))
+            log(retire_challenger(registry, granter, challenger, challenger_before, version, log))
+        except (RolloutError, PromotionError, MlflowException) as err:
+            raise PartlyDone(f"{model}@{alias} = version {version}, promoted and served; but putting the route back "
+                             f"to serving.challenger's weight {challenger.declared[0]} and retiring the challenger "
+                             "failed: "
+                             f"{err}; `make challenger-weight WEIGHT={challenger.declared[0]}`, then "
+                             f"`make challenger MODEL={model} VERSION={challenger_before or version}`") from None
     return Outcome(model, alias, version, previous, rollout)
 
 
@@ -429,6 +476,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         help="JSON request to check serving's answers with after the rollout (default: the "
                              "version's serving input example)")
     args = parser.parse_args(argv)
+    if not args.model.strip() or not args.alias.strip():
+        parser.error("--model and --alias name a registered model and its alias (make promote MODEL=NAME ALIAS=champion)")
     if args.rollback == bool(args.version):
         parser.error("give --version N to promote, or --rollback (without --version)")
     if args.rollback and args.require:
@@ -456,9 +505,16 @@ def report(target: PromotionTarget, entry: dict) -> None:
         print(f"promote: warning: the notification was not sent ({err})", file=sys.stderr, flush=True)
 
 
+def interrupt(signum, frame) -> None:
+    """SIGTERM (a closed terminal, a CI job cancelled) stops a promotion as Ctrl-C does: a canary puts
+    all traffic back on the champion before it exits."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     log = lambda message: print(f"promote: {message}", flush=True)  # noqa: E731
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         target = targets.platform(args).promotion(args.timeout)
         registry, granter = as_admin(target.tracking)
@@ -475,7 +531,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             outcome = promote(registry, granter, target.roller, model=args.model, version=args.version,
                               alias=args.alias, requirements=args.requirements, **checks)
-    except (PromotionError, TargetError) as err:
+    except (PromotionError, TargetError, RolloutError) as err:
         print(f"promote: error: {err}", file=sys.stderr, flush=True)
         if isinstance(err, PromotionError):
             report(target, promotion_notice(args.model, args.alias, args.version or "", reason=str(err),

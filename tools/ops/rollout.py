@@ -84,6 +84,50 @@ def apps_api(api_client):
     return client.AppsV1Api(api_client)
 
 
+def autoscaling_api(api_client):
+    from kubernetes import client
+
+    return client.AutoscalingV2Api(api_client)
+
+
+class ReplicaHold:
+    """Holds the champion's HorizontalPodAutoscaler `minReplicas` at its current replicas during a canary:
+    while the challenger takes most of the traffic the HPA would scale the champion down (after its
+    5-minute stabilization), and an abort sends all traffic back in one patch. `release()` restores it."""
+
+    def __init__(self, api, namespace: str, name: str):
+        self.api, self.namespace, self.name = api, namespace, name
+        self.before: Optional[int] = None
+
+    def _patch(self, replicas: int) -> None:
+        try:
+            self.api.patch_namespaced_horizontal_pod_autoscaler(self.name, self.namespace,
+                                                                {"spec": {"minReplicas": replicas}},
+                                                                field_manager=FIELD_MANAGER)
+        except Exception as err:
+            raise RolloutError(f"patching hpa/{self.name} -n {self.namespace}: {getattr(err, 'reason', None) or err}"
+                               ) from None
+
+    def hold(self) -> str:
+        try:
+            hpa = self.api.read_namespaced_horizontal_pod_autoscaler(self.name, self.namespace)
+        except Exception as err:
+            raise RolloutError(f"reading hpa/{self.name} -n {self.namespace}: {getattr(err, 'reason', None) or err}"
+                               ) from None
+        before = hpa.spec.min_replicas or 1
+        held = min(max(before, hpa.status.current_replicas or 0), hpa.spec.max_replicas)
+        self._patch(held)
+        self.before = before
+        return f"hpa/{self.name} -n {self.namespace}: minReplicas {before} -> {held} until the canary ends"
+
+    def release(self) -> str:
+        if self.before is None:
+            return ""
+        self._patch(self.before)
+        before, self.before = self.before, None
+        return f"hpa/{self.name} -n {self.namespace}: minReplicas back to {before}"
+
+
 def custom_objects_api(api_client):
     from kubernetes import client
 

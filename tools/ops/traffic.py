@@ -22,10 +22,16 @@ from k8s.traffic import GATEWAY_GROUP, Backend, route_spec
 from k8s.workload import SCRAPE_INTERVAL
 from tools.ops.canary import Thresholds
 from tools.ops.interfaces import RolloutError, TargetError, TrackStats
+from tools.ops.lease import Lease, LeaseHeld
 from tools.ops.scrape import LATENCY, REQUESTS, SCORING_PATH
 
 GATEWAY_VERSION, HTTPROUTES = "v1", "httproutes"
+# GKE's Gateway controller programs the load balancer some time after the patch returns; a step's window
+# starts once it reports the new generation of the route Accepted with its backends resolved.
+ROUTE_CONDITIONS = ("Accepted", "ResolvedRefs")
+ROUTE_PROGRAMMED_TIMEOUT, ROUTE_POLL_SECONDS = 300.0, 5.0
 FIELD_MANAGER = "mlflow-ops"
+LEASE_ANNOTATION = "mlflow.org/split-lease"
 PROMETHEUS_API = "https://monitoring.googleapis.com/v1/projects/{project}/location/global/prometheus/api/v1/query"
 MONITORING_READ = "https://www.googleapis.com/auth/monitoring.read"
 # Managed Prometheus samples each pod once per PodMonitoring interval: over a window shorter than two
@@ -50,11 +56,25 @@ def route_rules(spec: dict, champion_service: str, weight: int, mirror: bool) ->
     return route_spec(gateway, backend(champions[0]), backend(challengers[0]), weight, mirror)["rules"]
 
 
+def programmed(route: dict) -> bool:
+    """Every parent Gateway reports the route's current generation Accepted and its backends resolved."""
+    generation = route["metadata"].get("generation")
+    parents = route.get("status", {}).get("parents", [])
+    return bool(parents) and all(
+        any(condition["type"] == kind and condition["status"] == "True"
+            and condition.get("observedGeneration") == generation for condition in parent.get("conditions", []))
+        for parent in parents for kind in ROUTE_CONDITIONS)
+
+
 class HttpRouteRouter:
     """The serving HTTPRoute `namespace/name` through `api` (a kubernetes CustomObjectsApi)."""
 
-    def __init__(self, api, namespace: str, name: str, champion_service: str):
+    def __init__(self, api, namespace: str, name: str, champion_service: str, *,
+                 timeout: float = ROUTE_PROGRAMMED_TIMEOUT, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic):
         self.api, self.namespace, self.name, self.champion_service = api, namespace, name, champion_service
+        self.timeout, self.sleep, self.clock = timeout, sleep, clock
+        self.held = False
 
     def _call(self, method: str, *args, **kwargs):
         try:
@@ -71,13 +91,53 @@ class HttpRouteRouter:
     def route(self, weight: int, mirror: bool) -> str:
         rules = route_rules(self._call("get_namespaced_custom_object")["spec"], self.champion_service, weight, mirror)
         # A merge patch replaces the whole list: the rules are written as read, with new weights.
-        self._call("patch_namespaced_custom_object", {"spec": {"rules": rules}}, field_manager=FIELD_MANAGER)
+        patched = self._call("patch_namespaced_custom_object", {"spec": {"rules": rules}}, field_manager=FIELD_MANAGER)
+        waited = self._wait_programmed(patched)
         return (f"httproute/{self.name} -n {self.namespace}: challenger "
-                f"{'gets a copy of every request' if mirror else f'{weight}%'}")
+                f"{'gets a copy of every request' if mirror else f'{weight}%'} (programmed after {waited:.0f} s)")
+
+    def _wait_programmed(self, route: dict) -> float:
+        """Seconds until the Gateway controller reports `route`'s generation programmed; RolloutError after
+        the timeout, with the conditions it reported."""
+        start = self.clock()
+        while not programmed(route):
+            if self.clock() - start >= self.timeout:
+                raise RolloutError(f"httproute/{self.name} -n {self.namespace}: generation "
+                                   f"{route['metadata'].get('generation')} not Accepted with ResolvedRefs by the "
+                                   f"Gateway within {self.timeout:.0f} s: {route.get('status', {}).get('parents', [])}")
+            self.sleep(ROUTE_POLL_SECONDS)
+            route = self._call("get_namespaced_custom_object")
+        return self.clock() - start
 
     def abort(self) -> str:
         self.route(0, False)
         return f"httproute/{self.name} -n {self.namespace}: all traffic to the champion, mirror off"
+
+    def acquire(self, lease: Lease) -> None:
+        route = self._call("get_namespaced_custom_object")
+        where = f"annotation {LEASE_ANNOTATION} of httproute/{self.name} -n {self.namespace}"
+        release = f"`kubectl annotate httproute {self.name} -n {self.namespace} {LEASE_ANNOTATION}-`"
+        held = route["metadata"].get("annotations", {}).get(LEASE_ANNOTATION)
+        if held:
+            raise Lease.parse(held).refusal(where, release)
+        # The resourceVersion read above is a precondition: a command writing the route meanwhile wins.
+        body = {"metadata": {"resourceVersion": route["metadata"]["resourceVersion"],
+                             "annotations": {LEASE_ANNOTATION: lease.text()}}}
+        try:
+            self.api.patch_namespaced_custom_object(GATEWAY_GROUP, GATEWAY_VERSION, self.namespace, HTTPROUTES,
+                                                    self.name, body, field_manager=FIELD_MANAGER)
+        except Exception as err:
+            if getattr(err, "status", None) == 409:
+                raise LeaseHeld(f"another command changed httproute/{self.name} -n {self.namespace} while this one "
+                                "took its lease: try again once it is done") from None
+            raise RolloutError(f"taking the {where}: {getattr(err, 'reason', None) or err}") from None
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self._call("patch_namespaced_custom_object", {"metadata": {"annotations": {LEASE_ANNOTATION: None}}},
+                       field_manager=FIELD_MANAGER)
+            self.held = False
 
 
 def track_queries(track: str, namespace: str, seconds: int) -> dict[str, str]:
