@@ -26,6 +26,7 @@ from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
 from k8s.serving import CONTAINER_NAME, SERVING_PORT, SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
+from k8s.traffic import gateway_url
 
 # The platform component's name in the stack `__main__.py` declares.
 PLATFORM_NAME = "platform"
@@ -365,7 +366,6 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
     if tracking.endpoint.internal_url is not None:
         outputs["tracking_internal_url"] = tracking.endpoint.internal_url
     if serving is not None:
-        outputs["serving_in_cluster_url"] = serving.serving.service_url
         outputs["serving_deployment"] = serving.serving.deployment_ref
         outputs["package_index_url"] = serving.packages.index_url
         if serving.packages.private_repository_url is not None:
@@ -374,9 +374,11 @@ def stack_outputs(settings: Settings, foundation: Foundation, clusters: Clusters
         # Where the payload log lands (the drift job reads the table).
         outputs["payload_log_dataset"] = serving.payloads.dataset
         outputs["payload_log_table"] = serving.payloads.table
-        # The split: callers inside the VPC send requests to http://ADDRESS/invocations.
+        # The split: callers inside the VPC (and the load rig) send requests to serving_url/invocations;
+        # the champion's Service would bypass the split and the mirror.
         outputs["serving_route"] = serving.serving.route_ref
         outputs["serving_gateway_address"] = foundation.network.gateway_address
+        outputs["serving_url"] = foundation.network.gateway_address.apply(gateway_url)
         if serving.serving.challenger_deployment_ref is not None:
             outputs["serving_challenger_deployment"] = serving.serving.challenger_deployment_ref
     return outputs

@@ -172,7 +172,7 @@ class NetworkSettings(Section):
     master_cidr: Cidr = Field("172.16.0.0/28", description="Control-plane range of the platform cluster (/28).")
     serving_master_cidr: Cidr = Field("172.16.0.16/28", description="Control-plane range of the serving cluster (/28).")
     private_services_cidr: Annotated[Cidr, _at_least(cloud_rules.PRIVATE_SERVICES_MAX_PREFIX, "private services access")] = Field("10.64.0.0/16", description="Range reserved for private services access (Cloud SQL), /24 or larger.")
-    proxy_only_cidr: Annotated[Cidr, _at_least(cloud_rules.PROXY_ONLY_MAX_PREFIX, "a proxy-only subnet")] = Field("10.129.0.0/23", description="Proxy-only subnet of the region (/26 or larger, /23 recommended): the source of the serving Gateway's internal load balancer proxies; declared with a served model.")
+    proxy_only_cidr: Annotated[Cidr, _at_least(cloud_rules.PROXY_ONLY_MAX_PREFIX, "a proxy-only subnet")] = Field("10.129.0.0/23", description="Proxy-only subnet of the region (/26 or larger, /23 recommended): the source of the serving Gateway's internal load balancer proxies; declared with a served model. Cannot change after the first up (one ACTIVE proxy-only subnet per region and VPC, in use by the Gateway).")
     tracking_internal_ip: Unset = Field(None, description="Address of tracking's internal load balancer (separate serving cluster); empty takes the subnet's last usable address.")
 
     @field_validator("master_cidr", "serving_master_cidr")
@@ -534,9 +534,9 @@ def _steps(value: tuple[int, ...]) -> tuple[int, ...]:
 class CanarySettings(Section):
     steps: Annotated[tuple[int, ...], BeforeValidator(_json_list), AfterValidator(_steps)] = Field(
         (10, 50, 100), description="Challenger weights `make promote STRATEGY=canary` goes through, percent; strictly increasing, the last 100.")
-    window_seconds: int = Field(60, ge=10, le=3600, description="Observation window of each canary step, seconds.")
+    window_seconds: int = Field(60, ge=10, le=3600, description="Observation window of each canary step, seconds; at least 60 on GKE (two Managed Prometheus scrapes), shorter only on make local.")
     min_requests: int = Field(100, ge=1, le=1_000_000, description="Challenger requests a step needs in its window; with fewer it waits (up to 5 windows), then fails as not enough traffic.")
-    max_error_rate_increase: float = Field(1.0, ge=0, le=100, description="Breach when the challenger's 5xx share exceeds the champion's by more than this, percentage points.")
+    max_error_rate_increase: float = Field(1.0, ge=0, le=100, description="Breach when the challenger's share of errors (answers >= 400: a model raising answers 400) exceeds the champion's by more than this, percentage points.")
     max_p99_ratio: float = Field(1.5, ge=1, le=100, description="Breach when the challenger's p99 latency exceeds this many times the champion's (and 10 ms).")
 
 

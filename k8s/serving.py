@@ -22,9 +22,9 @@ from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
 from k8s.tracking import TrackingEndpoint
-from k8s.traffic import Backend, health_check_policy, route_spec, traffic_split
+from k8s.traffic import Backend, gateway_api_gate, health_check_policy, route_spec, traffic_split
 from k8s.workload import (
-    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, in_cluster_url, ingress_policy_spec,
+    WorkloadNames, cluster_ip_service_spec, deployment_ref, deployment_spec, ingress_policy_spec,
     pdb_spec, pod_monitoring, pod_monitoring_spec, run_once_job_spec, tcp_ports, workload_pod,
 )
 
@@ -54,9 +54,10 @@ SETUP_DEADLINE_SECONDS = 600
 # (an OOM kill does not rebuild); a new pod rebuilds in seconds from the regional package cache.
 ENV_VOLUME = "model-envs"
 ENV_CACHE_PATH = "/var/cache/mlflow-envs"
-# Shutdown of a serving pod: clients reach it through a ClusterIP Service, whose kube-proxy rules
-# drop a deleted pod ~1-2 s after the API server, more on a busy control plane: 10 s covers it.
-DRAIN_SECONDS = 10
+# Shutdown of a serving pod: the Gateway's internal Application Load Balancer detaches a NEG endpoint
+# within ~10 s of the pod's deletion (as tracking's Ingress does), in-cluster callers' kube-proxy rules
+# within ~1-2 s; 15 s covers both.
+DRAIN_SECONDS = 15
 # drain + 20 s for predictions in flight (milliseconds each; large batches take longer).
 GRACE_SECONDS = DRAIN_SECONDS + 20
 
@@ -263,7 +264,6 @@ class ModelServing(pulumi.ComponentResource):
     """Serves `models:/NAME@ALIAS` with a read-only identity, autoscaled and disruption-budgeted."""
 
     namespace: pulumi.Output[str]
-    service_url: pulumi.Output[str]
     model_uri: pulumi.Output[str]
     deployment_ref: pulumi.Output[str]
     """NAMESPACE/NAME of the serving Deployment (the champion track)."""
@@ -306,34 +306,32 @@ class ModelServing(pulumi.ComponentResource):
         # One serving user reads the model whatever its alias: both tracks wait for the same grants.
         track_opts = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[setup, *serving_grants]))
         challenger = args.settings.challenger
+        gate = gateway_api_gate(name, ns_name, k8s_labels(name, "gateway-api-gate"), args.image, k8s_opts)
         champion_deployment, champion_service = self._track(
-            track_names(name, CHAMPION), args.settings.model_alias, args, identity.ksa_name, volumes, ns_name, track_opts)
+            track_names(name, CHAMPION), args.settings.model_alias, args, identity.ksa_name, volumes, ns_name,
+            track_opts, gate)
         challenger_track = self._track(track_names(name, CHALLENGER), challenger.alias, args, identity.ksa_name,
-                                       volumes, ns_name, track_opts) if challenger else None
+                                       volumes, ns_name, track_opts, gate) if challenger else None
         route = traffic_split(name, names.metadata(ns_name), args.gateway_address_name, route_spec(
             names.name, Backend(SERVICE_NAME, SERVING_PORT),
             Backend(track_names(name, CHALLENGER).name, SERVING_PORT) if challenger else None,
             challenger.weight if challenger else 0, challenger.mirror if challenger else False),
-            # GKE installs the Gateway API's CRDs a while after the cluster is up; after the champion Deployment
-            # (which waits for tracking and the serving user), a first `up` is minutes past that.
-            gateway_after=(*args.gateway_after, champion_deployment),
+            gateway_after=(*args.gateway_after, gate),
             backends=(champion_service, *([challenger_track[1]] if challenger_track else [])), opts=k8s_opts)
         self.namespace = ns_name
-        self.service_url = pulumi.Output.all(champion_service.metadata["name"], ns_name).apply(
-            lambda parts: in_cluster_url(parts[0], parts[1], SERVING_PORT))
         self.model_uri = pulumi.Output.from_input(model_uri(args.settings.model_name, args.settings.model_alias))
         self.deployment_ref = deployment_ref(champion_deployment)
         self.challenger_deployment_ref = deployment_ref(challenger_track[0]) if challenger_track else None
         self.route_ref = pulumi.Output.concat(route.metadata["namespace"], "/", route.metadata["name"])
-        self.register_outputs({"namespace": self.namespace, "service_url": self.service_url,
-                               "model_uri": self.model_uri, "deployment_ref": self.deployment_ref,
+        self.register_outputs({"namespace": self.namespace, "model_uri": self.model_uri, "deployment_ref": self.deployment_ref,
                                "challenger_deployment_ref": self.challenger_deployment_ref,
                                "route_ref": self.route_ref})
 
     def _track(self, names: WorkloadNames, alias: str, args: ModelServingArgs, service_account: pulumi.Output[str],
-               volumes: list[dict], ns_name: pulumi.Output[str], opts: pulumi.ResourceOptions
-               ) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
-        """One track: its Deployment serving `alias`, autoscaled and budgeted alike, its Service and health check."""
+               volumes: list[dict], ns_name: pulumi.Output[str], opts: pulumi.ResourceOptions,
+               gate: k8s.batch.v1.Job) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
+        """One track: its Deployment serving `alias`, autoscaled and budgeted alike, its Service and its
+        health check (after `gate`, the Job that waits for the HealthCheckPolicy CRD)."""
         deployment = k8s.apps.v1.Deployment(
             f"{names.instance}-deployment",
             metadata=names.metadata(ns_name, deployment_annotations()),
@@ -346,9 +344,8 @@ class ModelServing(pulumi.ComponentResource):
         )
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
         service = self._scaling_and_exposure(names.instance, args, names, ns_name, deployment, k8s_opts)
-        # After the Deployment, like the Gateway: GKE's Gateway controller brings this kind too.
         health_check_policy(f"{names.instance}-health-check", names.metadata(ns_name), names.name, READY_PATH,
-                            pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[service, deployment])))
+                            pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[service, gate])))
         return deployment, service
 
     def _container(self, args: ModelServingArgs, alias: str, track: str) -> dict:
@@ -419,8 +416,8 @@ class ModelServing(pulumi.ComponentResource):
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol", metadata=names.metadata(ns_name),
-            # Any pod of this cluster may call the model, and the Gateway's proxies and health checks;
-            # nothing else from outside the cluster.
+            # Any pod of this cluster may call the model directly; the Gateway's proxies and health checks
+            # too, so any client in the VPC and the region may call it through the Gateway (serving_url).
             spec=ingress_policy_spec(names.selector, [
                 {"from": [{"namespaceSelector": {}}], "ports": tcp_ports(SERVING_PORT)},
                 {"from": [{"ipBlock": {"cidr": cidr}} for cidr in args.load_balancer_ranges],

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from infra.settings import CanarySettings
 from tests.test_promote import MemoryRegistry, Recorder
 from tools.local.balancer import Backend, find_haproxy, haproxy_config, split_commands
 from tools.ops import challenger as challenger_cli
 from tools.ops.canary import MAX_WINDOWS, CanaryBreach, Thresholds, judge, parse_steps, run_steps
-from tools.ops.interfaces import ChallengerTarget, RolloutError, TrackStats
+from tools.ops.interfaces import ChallengerTarget, RolloutError, TargetError, TrackStats
 from tools.ops.promote import EXIT_CANARY, CanaryRolledBack, PromotionError, promote_canary
 from tools.ops.scrape import Counts, parse, quantile
-from tools.ops.traffic import PrometheusMetrics, route_rules, scalar, track_queries
+from tools.ops.traffic import PrometheusMetrics, prometheus_thresholds, route_rules, scalar, track_queries
 
 THRESHOLDS = Thresholds(steps=(10, 50, 100), window_seconds=60, min_requests=100, max_error_rate_increase=1.0,
                         max_p99_ratio=1.5)
@@ -34,8 +35,8 @@ def stats(requests=1000, errors=0, p99=0.020) -> TrackStats:
 
 # --- verdicts ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("challenger, outcome, words", [
-    (stats(200, 2, 0.021), "pass", "challenger 200 requests, 2 5xx (1.00%)"),
-    (stats(200, 3, 0.021), "breach", "5xx rate +1.30 points over the champion's, more than serving.canary.maxErrorRateIncrease (1)"),
+    (stats(200, 2, 0.021), "pass", "challenger 200 requests, 2 errors (1.00%)"),
+    (stats(200, 3, 0.021), "breach", "error rate +1.30 points over the champion's, more than serving.canary.maxErrorRateIncrease (1)"),
     (stats(200, 0, 0.0301), "breach", "p99 1.50 × the champion's, more than serving.canary.maxP99Ratio (1.5)"),
     (stats(200, 0, 0.030), "pass", "p99 30.0 ms"),
     (stats(99, 50, 0.5), "wait", "99 of 100 requests so far"),
@@ -114,9 +115,9 @@ def test_a_breach_sends_all_traffic_back_at_once_and_says_why_with_the_numbers()
     with pytest.raises(CanaryBreach) as caught:
         run_steps(router, metrics, THRESHOLDS, log=lambda _: None, sleep=lambda _: None)
     assert router.routes == [(10, False), (50, False), ("abort",)]
-    assert str(caught.value).startswith("step 50%: 5xx rate +30.00 points")
-    assert "challenger 500 requests, 150 5xx (30.00%)" in str(caught.value)
-    assert "champion 500 requests, 0 5xx (0.00%)" in str(caught.value)
+    assert str(caught.value).startswith("step 50%: error rate +30.00 points")
+    assert "challenger 500 requests, 150 errors (30.00%)" in str(caught.value)
+    assert "champion 500 requests, 0 errors (0.00%)" in str(caught.value)
 
 
 def test_a_challenger_without_traffic_fails_after_the_last_window():
@@ -165,7 +166,7 @@ def test_a_breach_leaves_the_alias_and_puts_the_challenger_back():
         canary(registry, champion, target)
     assert caught.value.exit_code == EXIT_CANARY == 6
     assert "m@champion is still version 1" in str(caught.value)
-    assert "challenger 400 requests, 120 5xx (30.00%)" in str(caught.value)
+    assert "challenger 400 requests, 120 errors (30.00%)" in str(caught.value)
     assert registry.models["m"]["aliases"] == {"champion": "1", "challenger": "1"}
     assert router.routes == [(50, False), ("abort",)]
     assert not [c for c in champion.calls if c[0] == "roll"]  # the champion's pods were never touched
@@ -266,8 +267,9 @@ def test_a_route_without_a_challenger_is_not_patched():
 
 def test_promql_selects_the_track_and_the_scoring_path_over_the_window():
     queries = track_queries("challenger", "mlflow", 75)
+    # 4xx too: MLflow's scoring answers 400 when the model raises
     assert queries["errors"] == ('sum(increase(mlflow_serving_requests_total{namespace="mlflow",track="challenger",'
-                                 'path="/invocations",status=~"5.."}[75s]))')
+                                 'path="/invocations",status=~"[45].."}[75s]))')
     assert queries["p99"].startswith("histogram_quantile(0.99, sum by (le) (increase("
                                      "mlflow_serving_request_duration_seconds_bucket{")
 
@@ -277,7 +279,7 @@ def test_prometheus_answers_become_track_numbers():
 
     def get(url, params):
         assert url == "https://monitoring.googleapis.com/v1/projects/p1/location/global/prometheus/api/v1/query"
-        kind = "p99" if "histogram_quantile" in params["query"] else "errors" if "5.." in params["query"] else "requests"
+        kind = "p99" if "histogram_quantile" in params["query"] else "errors" if "status=~" in params["query"] else "requests"
         return {"status": "success", "data": {"resultType": "vector", "result": [{"value": [0, answers[kind]]}]}}
 
     clock = iter([100.0, 160.2])
@@ -289,8 +291,10 @@ def test_prometheus_answers_become_track_numbers():
 
 # --- counters read from the pods ---------------------------------------------------------------------
 EXPOSITION = """
-mlflow_serving_requests_total{path="/invocations",method="POST",status="200"} 90.0
-mlflow_serving_requests_total{path="/invocations",method="POST",status="500"} 10.0
+mlflow_serving_requests_total{path="/invocations",method="POST",status="200"} 85.0
+mlflow_serving_requests_total{path="/invocations",method="POST",status="302"} 1.0
+mlflow_serving_requests_total{path="/invocations",method="POST",status="400"} 10.0
+mlflow_serving_requests_total{path="/invocations",method="POST",status="500"} 4.0
 mlflow_serving_requests_total{path="/ping",method="GET",status="200"} 7.0
 mlflow_serving_request_duration_seconds_bucket{path="/invocations",le="0.01"} 50.0
 mlflow_serving_request_duration_seconds_bucket{path="/invocations",le="0.1"} 100.0
@@ -298,14 +302,15 @@ mlflow_serving_request_duration_seconds_bucket{path="/invocations",le="+Inf"} 10
 """
 
 
-def test_counters_of_a_pod_count_scoring_requests_and_5xx_only():
+def test_counters_of_a_pod_count_scoring_requests_and_every_answer_from_400_as_an_error():
+    # a model raising an ordinary exception answers 400 (MLflow's scoring): it must count
     counts = parse(EXPOSITION)
-    assert (counts.requests, counts.errors) == (100.0, 10.0)
+    assert (counts.requests, counts.errors) == (100.0, 14.0)
     assert counts.buckets == ((0.01, 50.0), (0.1, 100.0), (math.inf, 100.0))
 
 
 def test_a_difference_is_per_pod_and_a_restarted_pod_counts_from_zero():
-    before, after = parse(EXPOSITION), Counts(150.0, 10.0, ((0.01, 100.0), (0.1, 150.0), (math.inf, 150.0)))
+    before, after = parse(EXPOSITION), Counts(150.0, 14.0, ((0.01, 100.0), (0.1, 150.0), (math.inf, 150.0)))
     assert after.minus(before) == Counts(50.0, 0.0, ((0.01, 50.0), (0.1, 50.0), (math.inf, 50.0)))
     restarted = Counts(5.0, 0.0, ((0.01, 5.0), (0.1, 5.0), (math.inf, 5.0)))
     assert restarted.minus(before) == restarted
@@ -421,3 +426,15 @@ def test_a_mirrored_copy_never_reaches_the_client_and_a_failing_mirror_never_fai
     finally:
         balancer.stop()
         champion.stop()
+
+
+# --- windows on GKE --------------------------------------------------------------------------------
+def test_gke_refuses_a_window_shorter_than_two_managed_prometheus_scrapes_by_name():
+    with pytest.raises(TargetError, match=r"serving.canary.windowSeconds is 30 in stack prod: on GKE it must be at "
+                                          r"least 60 s, two Managed Prometheus scrapes \(PodMonitoring interval 30s\)"):
+        prometheus_thresholds(CanarySettings(window_seconds=30), "prod")
+    assert prometheus_thresholds(CanarySettings(window_seconds=60), "prod").window_seconds == 60
+
+
+def test_short_windows_stay_possible_locally():
+    assert Thresholds.from_settings(CanarySettings(window_seconds=10)).window_seconds == 10

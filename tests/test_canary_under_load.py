@@ -135,7 +135,7 @@ def test_a_version_failing_on_part_of_its_inputs_is_rolled_back_at_its_first_ste
     print(f"\nbad canary: {requests} requests, {failed} failed; {sent_during_step} sent during the step, "
           f"challenger failure rate {challenger_rate:.1%}: bound {bound:.1f}\n{breach}")
     assert caught.value.exit_code == EXIT_CANARY
-    assert breach.startswith(f"canary of {platform.model_name} version {bad} rolled back at step 10%: 5xx rate")
+    assert breach.startswith(f"canary of {platform.model_name} version {bad} rolled back at step 10%: error rate")
     assert registry.get_registered_model(platform.model_name).aliases[platform.model_alias] == champion
     assert predict(platform) == answer
     assert 0 < failed <= bound, f"{failed} failed requests, bound {bound:.1f} (see {run.out_dir})"
@@ -152,6 +152,6 @@ def _requests_between(run, begin: float, end: float) -> int:
 
 
 def _challenger_failure_rate(breach: str) -> float:
-    """The challenger's own 5xx share, from the numbers the breach prints."""
-    numbers = re.search(r"challenger (\d+) requests, (\d+) 5xx", breach)
+    """The challenger's own error share, from the numbers the breach prints."""
+    numbers = re.search(r"challenger (\d+) requests, (\d+) errors", breach)
     return int(numbers[2]) / int(numbers[1])

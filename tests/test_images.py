@@ -99,7 +99,7 @@ def test_the_guard_names_the_packages_the_old_dockerignore_filtered_out(tmp_path
     assert unbuildable_sources(context, context / "Dockerfile") == {
         package: "filtered out by .dockerignore"
         for package in ("mlflow_dbwait", "mlflow_dbgrant", "mlflow_fileenv", "mlflow_serving_user", "mlflow_iap_auth",
-                        "mlflow_access")}
+                        "mlflow_access", "mlflow_crdwait")}
 
 
 def test_the_guard_names_a_source_missing_from_the_context(tmp_path):

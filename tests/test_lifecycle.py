@@ -3,6 +3,8 @@ local platform reads it (tools/local/lifecycle.py), and the local load balancer'
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,18 @@ def test_tracking_keeps_idle_connections_longer_than_the_google_load_balancer(st
     args = container(Manifests.load(stack).one("Deployment", component="tracking"), "mlflow")["args"]
     uvicorn = args[args.index("--uvicorn-opts") + 1].split()
     assert int(uvicorn[uvicorn.index("--timeout-keep-alive") + 1]) > 600  # the GCLB's backend idle timeout
+
+
+def test_serving_keeps_idle_connections_longer_than_the_gateways_load_balancer(monkeypatch):
+    sys.path.insert(0, "mlflow_image")
+    import mlflow_serving.__main__ as server
+
+    seen = {}
+    monkeypatch.setattr(server.uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(server.tempfile, "mkdtemp", lambda prefix: f"/tmp/{prefix}")
+    monkeypatch.setattr(server.os, "environ", dict(os.environ))  # main() sets its own; gone after the test
+    server.main(["-m", "models:/m@champion"])
+    assert seen["timeout_keep_alive"] > 600  # the internal Application Load Balancer's backend idle timeout
 
 
 def test_builders_use_their_modules_values():

@@ -341,7 +341,7 @@ def test_locust_calls_the_services_as_their_clients_in_the_cluster_do(stack_runs
         elif document["kind"] == "Job":
             env = {e["name"]: e["value"] for e in pod_of(document)["containers"][0]["env"]}
             hosts["setup"] = env["MLFLOW_TRACKING_URI"]
-    serving_url = stack_runs[stack].outputs["serving_in_cluster_url"]
+    serving_url = stack_runs[stack].outputs["serving_url"]
     assert hosts == {master_name("serving"): serving_url, workers_name("serving"): serving_url,
                      master_name("tracking"): tracking_host, workers_name("tracking"): tracking_host,
                      "setup": tracking_host}

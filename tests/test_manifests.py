@@ -19,7 +19,7 @@ from tools import venvs
 
 # The REGULAR/STABLE release channels' default minor when this was written (GKE, Nov 2026).
 KUBERNETES_VERSION = "1.35.0"
-BUILTIN_GROUPS = ("v1", "apps/", "batch/", "autoscaling/", "policy/", "networking.k8s.io/")
+BUILTIN_GROUPS = ("v1", "apps/", "batch/", "autoscaling/", "policy/", "networking.k8s.io/", "rbac.authorization.k8s.io/")
 CHECKOV = venvs.TOOLS.bin("checkov")
 STACKS = ["dev", "prod"]
 

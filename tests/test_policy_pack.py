@@ -245,6 +245,23 @@ def test_a_challenger_unlike_its_champion_is_refused(with_challenger, path, valu
     assert f"{field} differs from the champion's" in found
 
 
+def test_the_packs_health_check_ranges_are_the_programs():
+    from infra.cloud_rules import HEALTH_CHECK_RANGES
+    assert rules.GOOGLE_HEALTH_CHECK_RANGES == set(HEALTH_CHECK_RANGES)
+
+
+@pytest.mark.parametrize("sources, extra", [
+    (["0.0.0.0/0"], "['0.0.0.0/0']"),
+    (["10.129.0.0/23", "35.191.0.0/16", "130.211.0.0/22", "10.0.0.0/8"], "['10.0.0.0/8']"),
+    (["35.191.0.0/16", "130.211.0.0/22"], "[]"),  # the proxies' subnet missing: the Gateway reaches no pod
+])
+def test_a_load_balancer_firewall_open_wider_or_narrower_is_refused(with_challenger, sources, extra):
+    assert rules.check_firewall_admits_the_load_balancer_only(with_challenger) == []
+    broken = with_resource(with_challenger, "mlflow-serving-allow-load-balancer", "sourceRanges", sources)
+    [found] = rules.check_firewall_admits_the_load_balancer_only(broken)
+    assert "sourceRanges must be exactly the proxy-only subnet" in found and f"extra {extra}" in found
+
+
 def test_a_challenger_without_a_champion_is_refused(with_challenger):
     alone = [r for r in with_challenger if not r.urn.endswith("::mlflow-serving-deployment")]
     [found] = rules.check_challenger_like_champion(alone)

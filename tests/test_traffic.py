@@ -4,13 +4,17 @@ stacks declare them with and without a challenger."""
 from __future__ import annotations
 
 import ipaddress
+import sys
 
 import pytest
 
 from infra.cloud_rules import HEALTH_CHECK_RANGES
 from k8s.serving import CHALLENGER, CHAMPION, READY_PATH, SERVING_PORT, TRACK_LABEL, TRACK_METRIC_LABEL
-from k8s.traffic import INTERNAL_GATEWAY_CLASS, Backend, route_spec
+from k8s.traffic import GATE_MODULE, GATEWAY_CRDS, INTERNAL_GATEWAY_CLASS, Backend, route_spec
 from tests.helpers import container, plain, pod_spec
+
+sys.path.insert(0, "mlflow_image")
+import mlflow_crdwait.__main__ as crdwait  # noqa: E402
 
 CHAMPION_SVC, CHALLENGER_SVC = Backend("champ", 8080), Backend("chall", 8080)
 WITH_CHALLENGER = {"serving.challenger.weight": 10}
@@ -55,6 +59,9 @@ def test_both_stacks_render_the_split_with_the_champion_at_100(stack_runs, stack
     assert gateway.inputs["spec"]["addresses"] == [{"type": "NamedAddress", "value": address.state["name"]}]
     assert address.inputs["addressType"] == "INTERNAL" and address.urn in gateway.dependencies
     assert run.outputs["serving_gateway_address"] == address.state["address"]
+    # callers (the load rig too) get the Gateway's URL; the champion's Service would bypass the split
+    assert run.outputs["serving_url"] == f"http://{address.state['address']}:80"
+    assert "serving_in_cluster_url" not in run.outputs
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -65,9 +72,33 @@ def test_the_gateway_waits_for_its_proxy_only_subnet_and_firewall_so_a_destroy_r
     assert (subnet.inputs["purpose"], subnet.inputs["role"]) == ("REGIONAL_MANAGED_PROXY", "ACTIVE")
     [firewall] = run.of_type("gcp:compute/firewall:Firewall")
     assert {subnet.urn, firewall.urn} <= set(gateway.dependencies)
-    # and after the champion Deployment: on a first `up`, minutes after GKE began installing the Gateway API
-    assert run.named("mlflow-serving-deployment").urn in gateway.dependencies
     assert gateway.urn in run.named("mlflow-serving-route").dependencies
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_gateway_api_kinds_wait_for_the_gate_job_that_waits_for_their_crds(stack_runs, stack):
+    # GKE installs these CRDs minutes after the Gateway API setting is on; Pulumi retries an unknown kind ~1 min.
+    run = stack_runs[stack]
+    gate = run.named("mlflow-serving-gate")
+    args = container(gate, "wait-for-crds")["args"]
+    assert args[:2] == ["-m", GATE_MODULE] and set(GATEWAY_CRDS) <= set(args)
+    assert set(GATEWAY_CRDS) == {"gateways.gateway.networking.k8s.io", "httproutes.gateway.networking.k8s.io",
+                                 "healthcheckpolicies.networking.gke.io"}
+    timeout = float(args[args.index("--timeout") + 1])
+    assert timeout < gate.inputs["spec"]["activeDeadlineSeconds"]  # it fails with its message, not a kill
+    # its token only in its container, read where mlflow_crdwait looks
+    [mount] = container(gate, "wait-for-crds")["volumeMounts"]
+    assert mount["mountPath"] == crdwait.ACCOUNT and mount["readOnly"] is True
+    gate_kinds = {r.inputs.get("kind") for r in run.resources if gate.urn in r.dependencies}
+    assert {"Gateway", "HealthCheckPolicy"} <= gate_kinds
+    # the route comes after the Gateway, hence after the gate
+    assert run.named("mlflow-serving-gateway").urn in run.named("mlflow-serving-route").dependencies
+    # RBAC: `get` on those CRDs only
+    [role] = [r for r in run.of_type("kubernetes:rbac.authorization.k8s.io/v1:ClusterRole")
+              if r.name == "mlflow-serving-gate-role"]
+    assert plain(role.inputs["rules"]) == [{"apiGroups": ["apiextensions.k8s.io"],
+                                            "resources": ["customresourcedefinitions"],
+                                            "resourceNames": list(GATEWAY_CRDS), "verbs": ["get"]}]
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])

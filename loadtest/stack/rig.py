@@ -88,7 +88,7 @@ class Platform:
             # Cluster credentials: secret in this stack's state whatever the platform's says.
             serving_kubeconfig=pulumi.Output.secret(out("serving_kubeconfig")),
             platform_kubeconfig=pulumi.Output.secret(out("platform_kubeconfig")),
-            repository_url=out("repository_url"), serving_url=out("serving_in_cluster_url"),
+            repository_url=out("repository_url"), serving_url=out("serving_url"),
             tracking_url=pulumi.Output.all(ref.get_output("tracking_internal_url"),
                                            out("tracking_in_cluster_url")).apply(lambda urls: urls[0] or urls[1]),
             tracking_namespace=out("tracking_deployment").apply(lambda ref_: ref_.partition("/")[0]),

@@ -19,6 +19,11 @@ from mlflow_serving.app import (
     PAYLOAD_DROP_ENV, PAYLOAD_HASH_ENV, PAYLOAD_RATE_ENV, STATE_DIR_ENV, TRACK_ENV,
 )
 
+# The Gateway's Envoy-based internal load balancer keeps idle connections to a backend for 600 s and
+# needs the backend to keep them open longer, or a request sent as the pod closes an idle connection
+# fails with a 502 (uvicorn's default is 5 s). 620 s is Google's recommendation (as k8s/tracking.py).
+KEEPALIVE_SECONDS = 620
+
 
 def _columns(text: str) -> list[str]:
     value = json.loads(text)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="prometheus-")
     # lifespan "on": the gate starts the model loader at startup, so it must run.
     uvicorn.run("mlflow_serving.app:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, timeout_keep_alive=30, log_level="info", lifespan="on",
+                workers=args.workers, timeout_keep_alive=KEEPALIVE_SECONDS, log_level="info", lifespan="on",
                 **({"log_config": args.log_config} if args.log_config else {}))
 
 

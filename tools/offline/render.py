@@ -26,7 +26,7 @@ KIND_ORDER = ("Namespace", "ServiceAccount", "Role", "RoleBinding", "Secret", "C
 # Resources that only delay what depends on them (infra/kms.py: IAM grants propagating).
 WAIT_TYPES = ("time:index/sleep:Sleep",)
 MANIFEST_KEYS = ("apiVersion", "kind", "metadata", "spec", "type", "data", "stringData",
-                 "automountServiceAccountToken")
+                 "automountServiceAccountToken", "rules", "roleRef", "subjects")  # RBAC: what a role grants, to whom
 
 
 class _Dumper(yaml.SafeDumper):

@@ -5,7 +5,7 @@ on a breach.
 Each step sets the challenger's share, then observes both tracks from the step's start, one window
 (`serving.canary.windowSeconds`) at a time, until the challenger has answered `minRequests` (at most
 MAX_WINDOWS windows: then it fails as "not enough traffic"). A step breaches when the challenger's
-5xx rate exceeds the champion's by more than `maxErrorRateIncrease` points, or its p99 exceeds
+error rate (answers >= 400: a model raising answers 400, see tools.ops.scrape) exceeds the champion's by more than `maxErrorRateIncrease` points, or its p99 exceeds
 `maxP99Ratio` × the champion's and P99_FLOOR_SECONDS. At 100% the champion answers nothing: it is
 judged against the champion's numbers of the last step where the champion had traffic.
 The numbers come from a TrackMetrics (tools.ops.interfaces): the pods' /metrics locally, Managed
@@ -39,7 +39,7 @@ class Thresholds:
     window_seconds: float
     min_requests: int
     max_error_rate_increase: float
-    """Percentage points of 5xx the challenger may add to the champion's rate."""
+    """Percentage points of errors (answers >= 400) the challenger may add to the champion's rate."""
     max_p99_ratio: float
 
     @classmethod
@@ -78,7 +78,7 @@ class Verdict:
 
 def describe(track: str, stats: TrackStats) -> str:
     p99 = "n/a" if stats.p99_seconds is None else f"{stats.p99_seconds * 1000:.1f} ms"
-    return (f"{track} {stats.requests:.0f} requests, {stats.errors:.0f} 5xx ({stats.error_percent:.2f}%), "
+    return (f"{track} {stats.requests:.0f} requests, {stats.errors:.0f} errors ({stats.error_percent:.2f}%), "
             f"p99 {p99}")
 
 
@@ -95,7 +95,7 @@ def judge(champion: TrackStats, challenger: TrackStats, thresholds: Thresholds, 
         return Verdict("wait", f"{challenger.requests:.0f} of {thresholds.min_requests} requests so far")
     increase = challenger.error_percent - champion.error_percent
     if increase > thresholds.max_error_rate_increase:
-        return Verdict("breach", f"5xx rate {increase:+.2f} points over the champion's, more than "
+        return Verdict("breach", f"error rate {increase:+.2f} points over the champion's, more than "
                                  f"serving.canary.maxErrorRateIncrease ({thresholds.max_error_rate_increase:g}); "
                                  f"{numbers}")
     if (challenger.p99_seconds is not None and champion.p99_seconds is not None

@@ -19,14 +19,13 @@ from infra.secrets import ADMIN_PASSWORD
 from k8s.serving import ROLLOUT_ANNOTATION, SERVICE_NAME, SERVING_USERNAME
 from infra.config import ConfigError, settings_from_values
 from tools.offline.stack import read_stack_config
-from tools.ops.canary import Thresholds
 from tools.ops.interfaces import (
     ChallengerTarget, PromotionTarget, RolloutError, RotationTarget, TargetError, Tracking,
 )
 from tools.ops.rollout import DEFAULT_CLUSTER_TIMEOUT, ClusterRoller, apps_api, custom_objects_api, load_api_client
 from tools.ops.secret_manager import CloudSecretManager, SecretManagerError, app_secret
 from tools.ops.stack import StackOutputError, StackOutputs
-from tools.ops.traffic import HttpRouteRouter, PrometheusMetrics, adc_get
+from tools.ops.traffic import HttpRouteRouter, PrometheusMetrics, adc_get, prometheus_thresholds
 from tools.ops.verify import ClusterVerifier
 
 # Where each component's Deployment runs: the stack's kubeconfig output of that cluster.
@@ -86,6 +85,7 @@ class GkeTarget:
             return None
         config = read_stack_config(self.stack)[0]
         serving = settings_from_values(config).serving
+        thresholds = prometheus_thresholds(serving.canary, self.stack)  # refused before anything is touched
         namespace, name = outputs.namespaced("serving_challenger_deployment")
         api_client = load_api_client(outputs.kubeconfig(CLUSTERS["serving"]))
         roller = ClusterRoller(apps_api(api_client), namespace, name, timeout=timeout or DEFAULT_CLUSTER_TIMEOUT)
@@ -103,7 +103,7 @@ class GkeTarget:
 
         return ChallengerTarget(serving.model_name, serving.model_alias, serving.challenger.alias, roller, router,
                                 PrometheusMetrics(config["gcp:project"], namespace, adc_get()),
-                                Thresholds.from_settings(serving.canary),
+                                thresholds,
                                 (serving.challenger.weight, serving.challenger.mirror), notes)
 
     def rotation(self, timeout: Optional[float]) -> RotationTarget:

@@ -31,7 +31,7 @@ API, which needs the Pulumi CLI).
 
 With --strategy canary (a stack with `serving.challenger`), steps 1-3 as above, then: the version is
 served by the challenger track (its alias moved, its pods rolled); traffic shifts to it step by step
-(--steps, default `serving.canary.steps`) and each step is judged on both tracks' 5xx rate and p99
+(--steps, default `serving.canary.steps`) and each step is judged on both tracks' error rate (answers >= 400) and p99
 (tools.ops.canary); once the last step (100%) passes, steps 4-6 move ALIAS the rolling way, the route
 goes back to what the settings declare and the challenger's alias back to its previous version (or
 the promoted one, if it had none). On a breach all traffic goes back to the champion at once, ALIAS

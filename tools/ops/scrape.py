@@ -16,6 +16,10 @@ from tools.ops.interfaces import TrackStats
 REQUESTS = "mlflow_serving_requests"
 LATENCY = "mlflow_serving_request_duration_seconds"
 SCORING_PATH = "/invocations"
+# An error is any answer >= 400: MLflow's scoring answers 400 when the model itself raises an ordinary
+# exception, so a version failing on part of its inputs shows as 4xx, not 5xx. The split is random, so
+# callers' own bad requests reach both tracks alike and the comparison of rates stays fair.
+ERROR_STATUS_MIN = 400
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class Counts:
         return Counts(self.requests + other.requests, self.errors + other.errors, tuple(sorted(merged.items())))
 
 
+def is_error(status: str) -> bool:
+    return status.isdigit() and int(status) >= ERROR_STATUS_MIN
+
+
 def parse(exposition: str) -> Counts:
     requests = errors = 0.0
     buckets: dict[float, float] = {}
@@ -51,7 +59,7 @@ def parse(exposition: str) -> Counts:
                 continue
             if sample.name == f"{REQUESTS}_total":
                 requests += sample.value
-                errors += sample.value if sample.labels.get("status", "").startswith("5") else 0.0
+                errors += sample.value if is_error(sample.labels.get("status", "")) else 0.0
             elif sample.name == f"{LATENCY}_bucket":
                 le = float(sample.labels["le"])
                 buckets[le] = buckets.get(le, 0.0) + sample.value

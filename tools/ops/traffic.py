@@ -16,15 +16,21 @@ import math
 import time
 from typing import Any, Callable, Optional
 
+from infra.settings import CanarySettings
 from k8s.serving import CHALLENGER, CHAMPION, TRACK_METRIC_LABEL
 from k8s.traffic import GATEWAY_GROUP, Backend, route_spec
-from tools.ops.interfaces import RolloutError, TrackStats
+from k8s.workload import SCRAPE_INTERVAL
+from tools.ops.canary import Thresholds
+from tools.ops.interfaces import RolloutError, TargetError, TrackStats
 from tools.ops.scrape import LATENCY, REQUESTS, SCORING_PATH
 
 GATEWAY_VERSION, HTTPROUTES = "v1", "httproutes"
 FIELD_MANAGER = "mlflow-ops"
 PROMETHEUS_API = "https://monitoring.googleapis.com/v1/projects/{project}/location/global/prometheus/api/v1/query"
 MONITORING_READ = "https://www.googleapis.com/auth/monitoring.read"
+# Managed Prometheus samples each pod once per PodMonitoring interval: over a window shorter than two
+# scrapes a track's counters may have one sample or none, and `increase` says nothing.
+MIN_WINDOW_SECONDS = 2 * int(SCRAPE_INTERVAL.removesuffix("s"))
 
 
 def route_rules(spec: dict, champion_service: str, weight: int, mirror: bool) -> list[dict]:
@@ -80,7 +86,8 @@ def track_queries(track: str, namespace: str, seconds: int) -> dict[str, str]:
     window = f"[{seconds}s]"
     return {
         "requests": f"sum(increase({REQUESTS}_total{{{selector}}}{window}))",
-        "errors": f'sum(increase({REQUESTS}_total{{{selector},status=~"5.."}}{window}))',
+        # every status >= 400 (ERROR_STATUS_MIN): 4xx and 5xx
+        "errors": f'sum(increase({REQUESTS}_total{{{selector},status=~"[45].."}}{window}))',
         "p99": f"histogram_quantile(0.99, sum by (le) (increase({LATENCY}_bucket{{{selector}}}{window})))",
     }
 
@@ -114,6 +121,17 @@ class PrometheusMetrics:
                       for name, query in track_queries(track, self.namespace, seconds).items()}
             found[track] = TrackStats(values["requests"] or 0.0, values["errors"] or 0.0, values["p99"])
         return found
+
+
+def prometheus_thresholds(canary: CanarySettings, stack: str) -> Thresholds:
+    """serving.canary as the GKE canary judges it: its windows hold at least two scrapes of each pod
+    (shorter ones stay possible locally, where tools/ops reads the pods at the window's ends)."""
+    if canary.window_seconds < MIN_WINDOW_SECONDS:
+        raise TargetError(
+            f"serving.canary.windowSeconds is {canary.window_seconds} in stack {stack}: on GKE it must be at least "
+            f"{MIN_WINDOW_SECONDS} s, two Managed Prometheus scrapes (PodMonitoring interval {SCRAPE_INTERVAL}); "
+            f"a shorter window may hold no sample of a track and judge nothing")
+    return Thresholds.from_settings(canary)
 
 
 def adc_get() -> Callable[[str, dict], dict]:

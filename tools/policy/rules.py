@@ -526,6 +526,35 @@ def check_routes_reference_declared_objects(resources: Iterable[StackResource]) 
     return violations
 
 
+FIREWALL_TYPE = "gcp:compute/firewall:Firewall"
+SUBNETWORK_TYPE = "gcp:compute/subnetwork:Subnetwork"
+PROXY_ONLY_PURPOSES = frozenset({"REGIONAL_MANAGED_PROXY", "GLOBAL_MANAGED_PROXY"})
+# Google's health-check probers (https://cloud.google.com/load-balancing/docs/health-checks#fw-rule); the pack
+# runs without the program's modules, tests/test_policy_pack.py keeps this equal to infra.cloud_rules'.
+GOOGLE_HEALTH_CHECK_RANGES = frozenset({"35.191.0.0/16", "130.211.0.0/22"})
+
+
+def check_firewall_admits_the_load_balancer_only(resources: Iterable[StackResource]) -> list[str]:
+    """The stack's one ingress firewall rule lets the serving Gateway's load balancer reach the serving pods: its
+    sources are exactly the proxy-only subnet(s) the stack declares and Google's health-check ranges. Anything
+    wider (0.0.0.0/0, the whole VPC) would let other callers past the load balancer and its split."""
+    resources = list(resources)
+    proxies = {get(r.props, "ipCidrRange") for r in resources
+               if r.type == SUBNETWORK_TYPE and get(r.props, "purpose") in PROXY_ONLY_PURPOSES}
+    allowed = proxies | GOOGLE_HEALTH_CHECK_RANGES
+    violations = []
+    for firewall in (r for r in resources if r.type == FIREWALL_TYPE and get(r.props, "direction", "INGRESS") == "INGRESS"):
+        sources = get(firewall.props, "sourceRanges")
+        if sources is UNKNOWN or UNKNOWN in proxies:
+            continue
+        sources = set(plain(sources) or [])
+        if sources != allowed:
+            violations.append(f"{firewall.urn}: sourceRanges must be exactly the proxy-only subnet and Google's "
+                              f"health-check ranges {sorted(allowed)}; extra {sorted(sources - allowed)}, "
+                              f"missing {sorted(allowed - sources)}")
+    return violations
+
+
 def track(deployment: StackResource) -> Any:
     """The serving track of a Deployment's pods (its label's key has dots, which `get` splits on)."""
     labels = get(deployment.props, "spec.template.metadata.labels")
@@ -644,4 +673,8 @@ STACK_POLICIES: list[tuple[str, str, Callable[[Iterable[StackResource]], list[st
      "A challenger Deployment (label mlflow.org/track=challenger) has a champion in its namespace and the same "
      "resources, probes and drain as it.",
      check_challenger_like_champion),
+    ("firewall-admits-the-load-balancer-only",
+     "The ingress firewall rule admitting the serving Gateway's load balancer has exactly the proxy-only subnet "
+     "and Google's health-check ranges as sources (never 0.0.0.0/0).",
+     check_firewall_admits_the_load_balancer_only),
 ]

@@ -5,7 +5,7 @@ stays where it is, for `make promote` to move).
 Env: MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (a user who may write).
 Variants: `base` (logistic regression) and `shifted` (the same, trained on labels shifted by one:
 every prediction differs from `base`, so a test can tell which version is served), and `faulty` (`base`
-as a pyfunc that answers 500 for rows whose petal length is at least FAULTY_PETAL_LENGTH: a version
+as a pyfunc raising ValueError, which MLflow's scoring answers 400, for rows whose petal length is at least FAULTY_PETAL_LENGTH: a version
 failing on part of its inputs, for the canary rehearsals).
 Flavors: `sklearn` (in the serving image) and `lightgbm` (not in it: serving restores it from the
 model's recorded requirements). This client gets LightGBM the way a serving pod does, with
@@ -57,17 +57,15 @@ def fit(flavor: str, features, labels, params: dict):
 
 
 class Faulty(mlflow.pyfunc.PythonModel):
-    """Raises an internal error (HTTP 500 from MLflow's scoring) for a request with a long petal."""
+    """Raises a plain exception for a request with a long petal, as a model failing on some inputs does
+    (MLflow's scoring answers it HTTP 400)."""
 
     def __init__(self, model):
         self.model = model
 
     def predict(self, context, model_input, params=None):
-        from mlflow.exceptions import MlflowException
-        from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
-
         if (model_input["petal length (cm)"] >= FAULTY_PETAL_LENGTH).any():
-            raise MlflowException("faulty variant: a long petal", error_code=INTERNAL_ERROR)
+            raise ValueError("faulty variant: a long petal")
         return self.model.predict(model_input)
 
 
