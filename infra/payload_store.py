@@ -6,14 +6,18 @@ Provider and API facts (pulumi-gcp 10.2's own docstrings; the Logging and BigQue
   Logging service agent (`serviceAccount:service-PROJECT_NUMBER@gcp-sa-logging.iam.gserviceaccount.com`), with
   its `serviceAccount:` prefix: it is the member as it is. It gets roles/bigquery.dataEditor on this dataset
   only (the sink creates its tables and streams rows into them), nothing on the project.
-- `use_partitioned_tables`: one table per log (`stdout`), partitioned by day (UTC), instead of a table per day;
+- `use_partitioned_tables`: one table per log (`stderr`), partitioned by day (UTC), instead of a table per day;
   the dataset's `default_partition_expiration_ms` applies to tables created after it is set, so a changed
   retention reaches the existing table only by `bq update --time_partitioning_expiration` (README).
 - `delete_contents_on_destroy` false: `destroy` fails while the dataset has tables; true deletes them.
 - `projects.exclusions.create` "creates a new exclusion in the _Default sink"; sinks act independently, so the
   entries still reach this sink. Logging charges $0.50/GiB for what lands in log buckets (beyond 50 GiB a
-  month) and nothing for routing: excluded, the entries cost only BigQuery, and only people with access to
-  the dataset read them (not everyone with logging.viewer on the project).
+  month) and nothing for routing: excluded, the entries cost only BigQuery, and logging.viewer alone does not
+  read them. The dataset declares no `accesses`, so BigQuery gives it its defaults (projectReaders READER,
+  projectWriters WRITER, projectOwners OWNER): project Viewers and Editors read it. Restricting it means
+  declaring the accesses authoritatively, which would fight the DatasetIamMember grants here (README).
+- The sink's grant needs the sink's writer identity, so the sink exists first: entries routed before the
+  grant propagates (seconds to minutes after the first `up`) are refused and lost.
 - BigQuery encrypts a CMEK dataset with its service agent (`bq-PROJECT_NUMBER@bigquery-encryption…`), granted
   on the key by infra/kms.py.
 """
@@ -31,8 +35,9 @@ from infra.naming import child_options
 PAYLOAD_LOG_MESSAGE = "mlflow.serving.payload"  # mlflow_serving/payload_log.py
 WRITER_ROLE = "roles/bigquery.dataEditor"
 MS_PER_DAY = 86_400_000
-# GKE writes a container's stdout to the log `stdout`: the sink's table in the dataset.
-PAYLOAD_TABLE = "stdout"
+# The pods write payload entries on stderr (nothing else writes there: an entry is never cut by another
+# write); GKE writes a container's stderr to the log `stderr`: the sink's table in the dataset.
+PAYLOAD_TABLE = "stderr"
 
 
 def dataset_id(name_prefix: str, environment: str) -> str:
@@ -47,6 +52,7 @@ def payload_filter(cluster_name: str, namespace: str, container: str) -> str:
         f'resource.labels.cluster_name="{cluster_name}"',
         f'resource.labels.namespace_name="{namespace}"',
         f'resource.labels.container_name="{container}"',
+        f'log_id("{PAYLOAD_TABLE}")',
         f'jsonPayload.message="{PAYLOAD_LOG_MESSAGE}"',
     ])
 
@@ -91,7 +97,7 @@ class PayloadStore(pulumi.ComponentResource):
     dataset: pulumi.Output[str]
     """PROJECT.DATASET."""
     table: pulumi.Output[str]
-    """PROJECT.DATASET.stdout: the table the drift job reads."""
+    """PROJECT.DATASET.stderr: the table the drift job reads."""
 
     def __init__(self, name: str, args: PayloadStoreArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:payload_store:PayloadStore", name, None, opts)

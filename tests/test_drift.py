@@ -16,7 +16,9 @@ from mlflow_drift import reference  # noqa: E402
 from mlflow_drift.profile import OTHER, drift_scores, dumps, loads, profile_column, profile_columns, psi, quantile_edges  # noqa: E402
 from mlflow_drift.score import JobSettings, metric_key, run_job, served_columns  # noqa: E402
 from mlflow_drift.sources import window_query  # noqa: E402
-from mlflow_serving.payload_log import Redaction, Served, Table, _line, redact  # noqa: E402
+from mlflow_serving.payload_log import Exchange, Redaction, Served, entry_line  # noqa: E402
+
+from infra.payload_store import PAYLOAD_TABLE  # noqa: E402
 
 pytestmark = pytest.mark.unit
 RNG = random.Random(7)
@@ -70,10 +72,11 @@ SERVED = Served("fraud", "3", "champion", "champion")
 
 
 def entry(rows, columns=("x", "y", "color", "ssn"), status=200, redaction=Redaction(drop=frozenset({"ssn"}))):
-    table, _ = redact(Table(list(columns), [list(row) for row in rows]), redaction)
-    return _line(SERVED, {"model": "fraud", "version": "3", "alias": "champion", "track": "champion",
-                          "requestId": "r", "status": status, "latencyMs": 1.0,
-                          "inputs": {"columns": table.columns, "data": table.data}, "outputs": [0]})
+    """The line the serving pod writes for one request (mlflow_serving.payload_log's writer)."""
+    body = json.dumps({"dataframe_split": {"columns": list(columns), "data": [list(row) for row in rows]}})
+    answer = {"predictions": [0] * len(rows)} if status < 400 else {"error_code": "BAD_REQUEST"}
+    exchange = Exchange("r", body.encode(), "application/json", status, json.dumps(answer).encode(), 1.0)
+    return entry_line(exchange, SERVED, redaction)
 
 
 def test_redacted_and_refused_requests_are_not_read():
@@ -155,8 +158,9 @@ def test_metric_names_are_ones_mlflow_accepts():
 
 
 def test_the_bigquery_window_is_a_parameterised_query_on_the_sinks_table():
+    # the table the program's sink fills (infra/payload_store.py) is the one the job reads
     request = window_query("proj.mlflow_payloads_dev", 24)
-    assert "`proj.mlflow_payloads_dev.stdout`" in request["query"] and "@hours" in request["query"]
+    assert f"`proj.mlflow_payloads_dev.{PAYLOAD_TABLE}`" in request["query"] and "@hours" in request["query"]
     assert request["useLegacySql"] is False
     assert {p["name"]: p["parameterValue"]["value"] for p in request["queryParameters"]} == {
         "hours": "24", "message": "mlflow.serving.payload"}

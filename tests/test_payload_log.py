@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import sys
+import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,8 +20,9 @@ from mlflow_serving.batching import (  # noqa: E402
 )
 from mlflow_serving.metrics import ServingMetrics  # noqa: E402
 from tests.test_serving_batching import on_loop  # noqa: E402
+from mlflow_serving.app import ModelGate  # noqa: E402
 from mlflow_serving.payload_log import (  # noqa: E402
-    HASH_PREFIX, PAYLOAD_LOG_MESSAGE, Exchange, LineWriter, PayloadLog, PayloadLogApp, Redaction, RedactionError,
+    MAX_LINE_BYTES, HASH_PREFIX, PAYLOAD_LOG_MESSAGE, Exchange, LineWriter, PayloadLog, PayloadLogApp, Redaction, RedactionError,
     Served, entry_line, read_entries,
 )
 
@@ -91,6 +94,9 @@ def test_an_error_is_logged_by_code_never_by_its_message_which_may_quote_an_inpu
     assert CUSTOMER not in line
     [entry] = read_entries([line])
     assert (entry.status, entry.error, entry.outputs) == (400, "BAD_REQUEST", None)
+    [plain] = read_entries([line_for(json.dumps(FORMATS["dataframe_split"]).encode(), status=400, response=error,
+                                     redaction=Redaction())])
+    assert plain.columns == ["email", "customer", "x"] and plain.error == "BAD_REQUEST"
     assert json.loads(line)["severity"] == "INFO"
     assert json.loads(line_for(b"{}", status=500, response=b"Internal Server Error"))["severity"] == "ERROR"
 
@@ -214,14 +220,112 @@ def test_sampling_logs_the_share_asked_and_a_rate_of_zero_adds_nothing_to_the_pa
     assert with_payload_log(echo, off, "models:/iris@champion", "3", tmp_path, ServingMetrics()) is echo
 
 
-def test_a_full_queue_drops_the_entry_and_counts_it_without_waiting():
+def test_a_full_queue_by_bytes_drops_the_entry_and_counts_it_without_waiting():
     dropped: list[int] = []
-    log = PayloadLog(SERVED, REDACTION, lambda line: None, dropped=lambda: dropped.append(1))
-    log.queue.maxsize = 1
-    log.queue.put(Exchange("blocked", b"", None, 200, b"", 0.0))  # the writer is busy with it or waits
-    for _ in range(5):
-        log.submit(Exchange("x", b"", None, 200, b"", 0.0))
-    assert len(dropped) >= 4
+    log = PayloadLog(SERVED, REDACTION, lambda line: None, dropped=lambda: dropped.append(1), capacity=2500)
+    with log._flushing:  # the writer is busy: nothing leaves the queue
+        for _ in range(5):
+            log.submit(Exchange("x", b"b" * 1000, None, 200, b"", 0.0))
+        assert len(dropped) == 3 and log.queued_bytes == 2000
+    log.flush()
+    assert log.queued_bytes == 0
+
+
+def test_a_body_past_the_line_limit_is_not_kept_and_the_entry_says_so():
+    lines: list[str] = []
+    log = PayloadLog(SERVED, REDACTION, collecting(lines))
+    submitted: list[Exchange] = []
+    log.submit = submitted.append
+    rows = [[EMAIL, CUSTOMER, float(i)] for i in range(MAX_LINE_BYTES // 20)]
+    body = json.dumps({"dataframe_split": {"columns": ["email", "customer", "x"], "data": rows}}).encode()
+    on_loop(lambda: post(PayloadLogApp(echo_app(), log, rate=1.0), body))
+    [exchange] = submitted
+    assert exchange.oversized and exchange.size == 0
+    line = entry_line(exchange, SERVED, REDACTION)
+    assert len(line.encode()) < MAX_LINE_BYTES
+    assert read_entries([line])[0].withheld == f"body over {MAX_LINE_BYTES} bytes"
+
+
+def echo_app():
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": ANSWER})
+    return app
+
+
+def test_the_writer_thread_survives_a_failed_write():
+    lines: list[str] = []
+    failures = [OSError("EPIPE")]
+
+    def write(text: str) -> None:
+        if failures:
+            raise failures.pop()
+        lines.append(text)
+    log = PayloadLog(SERVED, REDACTION, write)
+    body = json.dumps(FORMATS["dataframe_split"]).encode()
+    log.submit(Exchange("lost", body, JSON_TYPE, 200, ANSWER, 1.0))
+    log.queue.join()
+    log.submit(Exchange("kept", body, JSON_TYPE, 200, ANSWER, 1.0))
+    deadline = time.monotonic() + 5  # a dead writer thread never writes it
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [e.request_id for e in read_entries("".join(lines).splitlines())] == ["kept"]
+
+
+def test_entries_queued_at_shutdown_are_written_by_the_lifespan_shutdown():
+    lines: list[str] = []
+    log = PayloadLog(SERVED, REDACTION, collecting(lines))
+    loader = SimpleNamespace(app=PayloadLogApp(echo_app(), log, rate=1.0), start=lambda: None)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    async def scenario():
+        with log._flushing:  # the writer's clock has not come round yet
+            log.submit(Exchange("last", b"{}", JSON_TYPE, 200, ANSWER, 1.0))
+        await ModelGate(loader)(({"type": "lifespan"}), receive, send)
+    on_loop(scenario)
+    assert sent[-1]["type"] == "lifespan.shutdown.complete"
+    assert [e.request_id for e in read_entries(lines)] == ["last"]
+
+
+SCALARS = (str, int, float, bool, type(None))
+
+
+@pytest.mark.parametrize("outputs", [[0, 1], [[0.1, 0.9]], {"a": [1, "x"]}, "text", [{"label": "x", "p": 0.3}]])
+def test_every_field_of_an_entry_is_a_scalar_or_text_so_one_bigquery_schema_fits_every_entry(outputs):
+    """Logging's BigQuery sink fixes the table's schema from the first entry and refuses later ones that
+    differ: no list (of lists, of mixed types) and no model-dependent type may be a field."""
+    body = json.dumps({"dataframe_split": {"columns": ["customer", "x", "colour"],
+                                           "data": [[CUSTOMER, 5.1, "red"], [CUSTOMER, 4, None]]}}).encode()
+    document = json.loads(line_for(body, response=json.dumps({"predictions": outputs}).encode()))
+    payload = document.pop("payload")
+    labels = document.pop("logging.googleapis.com/labels")
+    for value in [*document.values(), *payload.values(), *labels.values()]:
+        assert isinstance(value, SCALARS), value
+    assert read_entries([json.dumps({**document, "payload": payload})])[0].outputs == outputs
+
+
+def test_bigquery_rows_with_lowercased_field_names_are_read():
+    """What `SELECT TO_JSON_STRING(jsonPayload)` returns: BigQuery lowercases payload field names."""
+    document = json.loads(line_for(json.dumps(FORMATS["dataframe_split"]).encode()))
+    row = {**document, "payload": {key.lower(): value for key, value in document["payload"].items()}}
+    [entry] = read_entries([json.dumps(row)])
+    assert (entry.request_id, entry.latency_ms, entry.columns) == ("req-1", 1.25, ["customer", "x"])
+
+
+@pytest.mark.parametrize("name", ["\ufeffemail", "Email", " EMAIL ", "\ufeff Customer"])
+def test_column_names_are_redacted_whatever_their_bom_case_or_spaces(name):
+    body = f"{name},x\n{EMAIL},1\n".encode()
+    line = line_for(body, "text/csv")
+    assert EMAIL not in line
 
 
 def test_the_line_writer_writes_whole_lines_to_its_descriptor(tmp_path):
@@ -258,4 +362,5 @@ def test_a_client_gone_before_its_request_arrived_is_not_logged_and_an_app_error
     on_loop(scenario)
     log.queue.join()
     [entry] = read_entries(lines)
-    assert (entry.status, entry.error, entry.columns) == (500, "HTTP 500", ["customer", "x"])
+    assert (entry.status, entry.error, entry.columns) == (500, "HTTP 500", None)
+    assert "withheld" in entry.withheld

@@ -18,8 +18,9 @@ from mlflow_serving.payload_log import PAYLOAD_LOG_MESSAGE
 
 BIGQUERY = "bigquery://"
 API = "https://bigquery.googleapis.com/bigquery/v2/projects"
-# A sink with partitioned tables names each table after the log: container stdout on GKE is `stdout`.
-TABLE = "stdout"
+# A sink with partitioned tables names each table after the log: the pods write entries on stderr, which GKE
+# logs as `stderr` (infra/payload_store.py PAYLOAD_TABLE; a test keeps the two equal).
+TABLE = "stderr"
 PAGE_ROWS = 10_000
 WAIT_MS = 60_000
 

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--track", default="",
                         help="the serving track (champion, challenger) payload log entries name; default: the alias")
     parser.add_argument("--payload-sample-rate", type=_rate, default=0.0,
-                        help="share of /invocations logged on stdout (mlflow_serving/payload_log.py); 0: none")
+                        help="share of /invocations logged on stderr (mlflow_serving/payload_log.py); 0: none")
     parser.add_argument("--payload-drop", type=_columns, default=[], help="JSON list: input columns never logged")
     parser.add_argument("--payload-hash", type=_columns, default=[],
                         help="JSON list: input columns logged as HMAC-SHA256 with the key in $MLFLOW_SERVING_PAYLOAD_KEY")

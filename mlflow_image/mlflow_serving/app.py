@@ -137,6 +137,8 @@ class ModelGate:
                 await self._start_loading()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if isinstance(self.loader.app, PayloadLogApp):  # entries queued on SIGTERM are written
+                    await asyncio.get_running_loop().run_in_executor(None, self.loader.app.log.flush)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -251,7 +253,7 @@ def with_payload_log(app, settings: PayloadSettings, model_uri: str, version: st
         return app
     name, alias = parse_model_uri(model_uri)
     served = Served(model=name or model_uri, version=version, alias=alias, track=settings.track or alias)
-    log = PayloadLog(served, settings.redaction, LineWriter(1, state_dir / "payload-log.lock"),
+    log = PayloadLog(served, settings.redaction, LineWriter(2, state_dir / "payload-log.lock"),
                      dropped=metrics.payload_dropped.inc)
     return PayloadLogApp(app, log, settings.rate)
 

@@ -1,11 +1,11 @@
-"""Payload log: for a sample of POST /invocations, one JSON line on stdout per request, which GKE's
+"""Payload log: for a sample of POST /invocations, one JSON line on stderr per request, which GKE's
 logging agent turns into a structured Cloud Logging entry (jsonPayload) and a sink routes to BigQuery.
 
     {"message": "mlflow.serving.payload", "severity": "INFO",
      "logging.googleapis.com/labels": {"mlflow_model": NAME, "mlflow_version": "3", "mlflow_track": "champion"},
      "payload": {"model", "version", "alias", "track", "requestId", "status", "latencyMs",
-                 "inputs": {"columns": [...], "data": [[...], ...]} | null, "withheld": why inputs are null,
-                 "outputs": [...] | null, "error": MLflow's error code (never its message)}}
+                 "inputs": JSON text of {"columns": [...], "data": [[...], ...]} | null, "withheld": why inputs are null,
+                 "outputs": JSON text of the predictions | null, "error": MLflow's error code (never its message)}}
 
 Redaction happens here, in the pod: dropped columns are absent, hashed ones are "h:" + HMAC-SHA256 of the
 value's canonical JSON with the per-stack key (hex, truncated). Inputs without column names (tensors)
@@ -14,12 +14,15 @@ may quote an input); nor are outputs that quote a redacted text value.
 
 The middleware samples and captures on the event loop; parsing, redaction, encoding and the write happen
 on one writer thread behind a bounded queue (full: the entry is dropped and counted, the request is not
-slowed), every FLUSH_SECONDS. Worker processes of a pod share stdout: lines are written whole under a file lock.
+slowed), every FLUSH_SECONDS, and once more at shutdown. The entries go to stderr, which the pod's Python
+logging (stdout, k8s/logs.py) does not use: an unlocked write there cannot cut into an entry. Worker
+processes of a pod share stderr: lines are written whole under a file lock.
 The drift job and the tests read entries back with `read_entries`.
 """
 
 from __future__ import annotations
 
+import atexit
 import csv
 import fcntl
 import hashlib
@@ -45,9 +48,12 @@ LABELS_KEY = "logging.googleapis.com/labels"
 PAYLOAD_KEY_ENV = "MLFLOW_SERVING_PAYLOAD_KEY"
 HASH_PREFIX = "h:"
 HASH_HEX_CHARS = 32  # 128 bits of the HMAC: no collisions at any realistic cardinality
-# Cloud Logging refuses entries over 256 KB; beyond this the rows are withheld, the rest still logged.
-MAX_LINE_BYTES = 250_000
-QUEUE_ENTRIES = 4096
+# The container runtime splits a line over 16 KiB into partial records (CRI log format) and an entry cut
+# there would not parse as JSON: beyond this the rows are withheld, the rest still logged. Bodies are not
+# kept past it either.
+MAX_LINE_BYTES = 16_000
+# The queue holds at most this many bytes of captured bodies; beyond, entries are dropped and counted.
+QUEUE_BYTES = 16 * 1024 * 1024
 FLUSH_SECONDS = 0.1
 # A redacted text this short (a digit, "no") is not searched for in the outputs: it would match anything.
 MIN_SEARCHED_CHARS = 4
@@ -67,6 +73,8 @@ class Redaction:
     """HMAC key (the per-stack Secret Manager secret); needed when `hash` names columns."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "drop", frozenset(map(column_key, self.drop)))
+        object.__setattr__(self, "hash", frozenset(map(column_key, self.hash)))
         both = self.drop & self.hash
         if both:
             raise RedactionError(f"columns both dropped and hashed: {sorted(both)}")
@@ -108,6 +116,12 @@ class Exchange:
     status: int
     response: bytes
     latency_ms: float
+    oversized: bool = False
+    """A body passed MAX_LINE_BYTES and was not kept."""
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.response)
 
 
 # --- parsing the request into a table -----------------------------------------------------------------
@@ -191,12 +205,19 @@ def _unnamed(body: bytes, content_type: Optional[str]) -> Optional[Table]:
     return Table([str(i) for i in range(max(len(row) for row in rows))], rows)
 
 
+def column_key(name: Any) -> str:
+    """A column name as redaction compares it: without a UTF-8 BOM or surrounding whitespace, casefolded, so
+    "\ufeffSSN " is redacted like "ssn" (pandas strips the BOM; the model sees the column the log must hide)."""
+    return str(name).replace("\ufeff", "").strip().casefold()
+
+
 def redact(table: Table, redaction: Redaction) -> tuple[Table, list[str]]:
     """The table without dropped columns and with hashed ones replaced; the redacted text values (to
     check that nothing else in the entry quotes them)."""
-    keep = [i for i, name in enumerate(table.columns) if name not in redaction.drop]
-    hashed = {i for i in keep if table.columns[i] in redaction.hash}
-    secrets = [str(row[i]) for row in table.data for i, name in enumerate(table.columns)
+    names = [column_key(name) for name in table.columns]
+    keep = [i for i, name in enumerate(names) if name not in redaction.drop]
+    hashed = {i for i in keep if names[i] in redaction.hash}
+    secrets = [str(row[i]) for row in table.data for i, name in enumerate(names)
                if i < len(row) and (name in redaction.drop or name in redaction.hash)]
     data = [[redaction.digest(row[i]) if i in hashed else row[i] for i in keep if i < len(row)] for row in table.data]
     return Table([table.columns[i] for i in keep], data), secrets
@@ -218,9 +239,16 @@ def _outputs(status: int, response: bytes) -> tuple[Any, Optional[str]]:
 
 def entry_line(exchange: Exchange, served: Served, redaction: Redaction) -> str:
     """The JSON line for one exchange, redacted."""
+    if exchange.oversized:
+        return _line(served, {**_about(exchange, served), "inputs": None, "outputs": None,
+                              "withheld": f"body over {MAX_LINE_BYTES} bytes"})
     table, withheld = parse_table(exchange.body, exchange.content_type)
     secrets: list[str] = []
-    if table is not None:
+    if redaction.active and exchange.status >= 400:
+        # A refused request may name a column the model does not know, e.g. a misspelled sensitive one that
+        # redaction by name misses too: with redaction on, a failure's inputs stay in the pod.
+        table, withheld = None, "inputs of a failed request withheld (redaction is on)"
+    elif table is not None:
         table, secrets = redact(table, redaction)
     elif not redaction.active:
         table = _unnamed(exchange.body, exchange.content_type)
@@ -231,20 +259,30 @@ def entry_line(exchange: Exchange, served: Served, redaction: Redaction) -> str:
         text = json.dumps(outputs, default=str)
         if any(json.dumps(s)[1:-1] in text for s in quoted):
             outputs, withheld = None, "outputs quote a redacted value"
-    payload = {"model": served.model, "version": served.version, "alias": served.alias, "track": served.track,
-               "requestId": exchange.request_id, "status": exchange.status,
-               "latencyMs": round(exchange.latency_ms, 3),
-               "inputs": None if table is None else {"columns": table.columns, "data": table.data},
-               "outputs": outputs}
+    payload = {**_about(exchange, served),
+               "inputs": None if table is None else _json({"columns": table.columns, "data": table.data}),
+               "outputs": None if outputs is None else _json(outputs)}
     if withheld:
         payload["withheld"] = withheld
     if error:
         payload["error"] = error
     line = _line(served, payload)
-    if len(line) > MAX_LINE_BYTES:
+    if len(line.encode()) > MAX_LINE_BYTES:
         payload.update(inputs=None, outputs=None, withheld=f"entry over {MAX_LINE_BYTES} bytes")
         line = _line(served, payload)
     return line
+
+
+def _about(exchange: Exchange, served: Served) -> dict:
+    return {"model": served.model, "version": served.version, "alias": served.alias, "track": served.track,
+            "requestId": exchange.request_id, "status": exchange.status, "latencyMs": round(exchange.latency_ms, 3)}
+
+
+def _json(value: Any) -> str:
+    """Inputs and outputs as JSON text: the sink derives the BigQuery table's schema from the first entry and
+    refuses later ones that differ (table_invalid_schema); a list of mixed-type lists, or outputs whose type
+    follows the model, cannot be a column. As text, every entry has the same scalar fields."""
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def _line(served: Served, payload: dict) -> str:
@@ -273,7 +311,8 @@ class PayloadEntry:
 
 
 def read_entries(lines: Iterable[str]) -> list[PayloadEntry]:
-    """The payload entries among `lines` (JSON lines: the pods' stdout, or jsonPayload rows); others skipped."""
+    """The payload entries among `lines` (JSON lines: the pods' stderr, or BigQuery's
+    TO_JSON_STRING(jsonPayload) rows); others skipped."""
     entries = []
     for line in lines:
         try:
@@ -282,12 +321,15 @@ def read_entries(lines: Iterable[str]) -> list[PayloadEntry]:
             continue
         if not isinstance(document, dict) or document.get("message") != PAYLOAD_LOG_MESSAGE:
             continue
-        payload = document["payload"]
-        inputs = payload.get("inputs") or {}
+        # BigQuery lowercases the field names of a structured payload (requestId -> requestid) and keeps them
+        # otherwise: https://cloud.google.com/logging/docs/export/bigquery#field_naming_conventions
+        payload = {key.lower(): value for key, value in document["payload"].items()}
+        inputs = json.loads(payload["inputs"]) if payload.get("inputs") else {}
+        outputs = json.loads(payload["outputs"]) if payload.get("outputs") is not None else None
         entries.append(PayloadEntry(
             model=payload["model"], version=str(payload["version"]), alias=payload["alias"], track=payload["track"],
-            request_id=payload["requestId"], status=int(payload["status"]), latency_ms=float(payload["latencyMs"]),
-            columns=inputs.get("columns"), data=inputs.get("data"), outputs=payload.get("outputs"),
+            request_id=payload["requestid"], status=int(payload["status"]), latency_ms=float(payload["latencyms"]),
+            columns=inputs.get("columns"), data=inputs.get("data"), outputs=outputs,
             error=payload.get("error"), withheld=payload.get("withheld")))
     return entries
 
@@ -319,16 +361,24 @@ class PayloadLog:
     write: Callable[[str], None]
     dropped: Callable[[], None] = lambda: None
     """Called for each entry lost to a full queue."""
-    queue: "queue.Queue[Exchange]" = field(default_factory=lambda: queue.Queue(QUEUE_ENTRIES))
+    capacity: int = QUEUE_BYTES
+    queue: "queue.Queue[Exchange]" = field(default_factory=queue.Queue)
+    queued_bytes: int = 0
+    _counting: threading.Lock = field(default_factory=threading.Lock)
+    _flushing: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         threading.Thread(target=self._run, name="payload-log", daemon=True).start()
+        # A daemon thread dies with the interpreter: what queued since its last write is written at exit.
+        atexit.register(self.flush)
 
     def submit(self, exchange: Exchange) -> None:
-        try:
-            self.queue.put_nowait(exchange)
-        except queue.Full:
-            self.dropped()
+        with self._counting:
+            if self.queued_bytes + exchange.size > self.capacity:
+                self.dropped()
+                return
+            self.queued_bytes += exchange.size
+        self.queue.put_nowait(exchange)
 
     def _run(self) -> None:
         # Woken by a clock, not by each entry: a thread woken per entry contends for the GIL with the event
@@ -336,16 +386,26 @@ class PayloadLog:
         # requests/s woken per entry, 1.4 % woken every FLUSH_SECONDS).
         while True:
             time.sleep(FLUSH_SECONDS)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # a failed write (EPIPE, the lock file) loses its batch, not the log
+                logger.exception("payload log write failed")
 
     def flush(self) -> None:
-        """Writes every entry queued so far, in one write."""
+        """Writes every entry queued so far, in one write; a flush in progress on another thread ends first
+        (at shutdown, its batch is written before the process exits)."""
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         taken: list[Exchange] = []
         while True:
             try:
                 taken.append(self.queue.get_nowait())
             except queue.Empty:
                 break
+        with self._counting:
+            self.queued_bytes -= sum(exchange.size for exchange in taken)
         lines = []
         for exchange in taken:
             try:
@@ -387,11 +447,24 @@ class PayloadLogApp:
         chunks: list[bytes] = []
         answer: list[bytes] = []
         status: Optional[int] = None
+        kept = 0
+        oversized = False
+
+        def keep(into: list[bytes], body: bytes) -> None:
+            """A body past MAX_LINE_BYTES could not be logged: it is not kept (the entry says so)."""
+            nonlocal kept, oversized
+            kept += len(body)
+            if kept > MAX_LINE_BYTES:
+                oversized = True
+                chunks.clear()
+                answer.clear()
+            elif not oversized:
+                into.append(body)
 
         async def capture_receive():
             message = await receive()
             if message["type"] == "http.request":
-                chunks.append(message.get("body", b""))
+                keep(chunks, message.get("body", b""))
             return message
 
         async def capture_send(message):
@@ -399,7 +472,7 @@ class PayloadLogApp:
             if message["type"] == "http.response.start":
                 status = message["status"]
             elif message["type"] == "http.response.body":
-                answer.append(message.get("body", b""))
+                keep(answer, message.get("body", b""))
             await send(message)
 
         try:
@@ -412,4 +485,4 @@ class PayloadLogApp:
                 content_type = next((v.decode("latin-1") for k, v in scope["headers"]
                                      if k.lower() == b"content-type"), None)
                 self.log.submit(Exchange(_request_id(scope), b"".join(chunks), content_type, status,
-                                         b"".join(answer), (time.perf_counter() - started) * 1000))
+                                         b"".join(answer), (time.perf_counter() - started) * 1000, oversized))

@@ -1,5 +1,5 @@
 """The local stand-in for the payload log's Cloud Logging sink: every serving pod's payload entries (the
-JSON lines the pods write on stdout, which the local platform keeps in each track's log) appended to
+JSON lines the pods write on stderr, which the local platform keeps in each track's log) appended to
 WORKDIR/payloads.jsonl, the file the drift job reads locally instead of BigQuery. As the sink, it copies
 only entries whose message is the payload log's, and only whole lines."""
 
