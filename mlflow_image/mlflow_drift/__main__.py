@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from mlflow_drift import reference
 from mlflow_drift.profile import profile_columns
 from mlflow_drift.score import EXPERIMENT, JobSettings, run_job
-from mlflow_drift.sources import authorized_session, read_lines
+from mlflow_drift.sources import authorized_session, read_pages
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     settings = JobSettings(window_hours=args.window_hours, threshold=args.threshold, min_rows=args.min_rows,
                            redacted=frozenset(args.redacted), experiment=args.experiment)
-    run_job(client, read_lines(args.source, args.window_hours, authorized_session), settings)
+    run_job(client, read_pages(args.source, args.window_hours, authorized_session), settings)
     return 0
 
 
