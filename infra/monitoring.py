@@ -137,7 +137,10 @@ class Monitoring(pulumi.ComponentResource):
         channels = [gcp.monitoring.NotificationChannel(
             f"{name}-email-{index}", project=args.project, type="email",
             display_name=f"MLflow {args.environment}: {address}", labels={"email_address": address},
-            user_labels=args.labels, opts=child).id
+            user_labels=args.labels,
+            # the first keeps the single channel of stacks set with `alertEmail`, rather than replacing it
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                aliases=[pulumi.Alias(name=f"{name}-email")] if index == 0 else None))).id
             for index, address in enumerate(args.settings.notify.emails)]
         alert = functools.partial(self._alert, name, args, channels, child)
         for key, title, query, duration, runbook in promql_alerts(args):
