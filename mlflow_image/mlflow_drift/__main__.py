@@ -42,8 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             profiles = reference.ensure(client, args.model, args.version)
             if profiles is None:
-                print(f"{args.model} version {args.version}: its run logged no dataset MLflow can load; "
-                      "give --data FILE", file=sys.stderr)
+                print(f"{args.model} version {args.version}: its run logged no dataset this job can read; "
+                      f"make drift-reference MODEL={args.model} VERSION={args.version} DATA=FILE", file=sys.stderr)
                 return 1
         print(json.dumps({"model": args.model, "version": args.version, "columns": sorted(profiles)}))
         return 0
