@@ -125,6 +125,9 @@ def _migration(key: str, value: Any) -> str:
         return (f"{key}: the cluster load test is a Pulumi project of its own now (loadtest/); "
                 f"remove the key with `pulumi config rm {key}`")
     new = full_key(FLAT_KEYS[short])
+    if (isinstance(_field_at(FLAT_KEYS[short].split(".")).default, tuple) and isinstance(value, str)
+            and not value.lstrip().startswith("[")):
+        value = [value]  # one value then (alertEmail: an address), a list now (monitoring.notify.emails)
     text = value if isinstance(value, str) else json.dumps(value)
     return (f"{key} = {value!r}: settings nest by component now; its place is {new}: run "
             f"`pulumi config rm {key} && pulumi config set --path {new} {shlex.quote(text)}`")

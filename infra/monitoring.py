@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumiverse_time
 
 from infra.naming import child_options
 from infra.settings import MonitoringSettings
@@ -28,6 +29,9 @@ NOTIFY_AUTO_CLOSE = "1800s"
 # Bucket bounds of the PSI distribution: the conventional 0.1 and 0.2 and the stack's threshold, so a score
 # in the bucket above the threshold never reads, interpolated, as one below it.
 PSI_BOUNDS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+# A policy on a log-based metric created moments before it is refused with 404 "Cannot find metric(s)" for up
+# to ten minutes (hashicorp/terraform-provider-google#11102). The wait runs once, beside the cluster's creation.
+METRIC_PROPAGATION = "10m"
 
 
 def notify_filter() -> str:
@@ -135,7 +139,10 @@ class Monitoring(pulumi.ComponentResource):
         channels = [gcp.monitoring.NotificationChannel(
             f"{name}-email-{index}", project=args.project, type="email",
             display_name=f"MLflow {args.environment}: {address}", labels={"email_address": address},
-            user_labels=args.labels, opts=child).id
+            user_labels=args.labels,
+            # the first keeps the single channel of stacks set with `alertEmail`, rather than replacing it
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                aliases=[pulumi.Alias(name=f"{name}-email")] if index == 0 else None))).id
             for index, address in enumerate(args.settings.notify.emails)]
         alert = functools.partial(self._alert, name, args, channels, child)
         for key, title, query, duration, runbook in promql_alerts(args):
@@ -197,6 +204,10 @@ class Monitoring(pulumi.ComponentResource):
             bucket_options=gcp.logging.MetricBucketOptionsArgs(
                 explicit_buckets=gcp.logging.MetricBucketOptionsExplicitBucketsArgs(bounds=psi_bounds(threshold))),
             opts=child)
+        # Triggered by the metric's id only: created with the metric, not again on every `up`.
+        metric_visible = pulumiverse_time.Sleep(
+            f"{name}-drift-psi-visible", create_duration=METRIC_PROPAGATION, triggers={"metric": metric.id},
+            opts=child)
         alert("drift", f"served data drifted (PSI above {threshold:g})", "WARNING",
               gcp.monitoring.AlertPolicyConditionArgs(
                   display_name="a column's PSI above the threshold",
@@ -214,11 +225,12 @@ class Monitoring(pulumi.ComponentResource):
                   )),
               "A column served to a model version no longer looks like its training data. The drift job's runs "
               "in the MLflow experiment `platform-monitoring` show which column and since when; retrain on recent "
-              "data, or fix the client sending it. See README, Drift.")
+              "data, or fix the client sending it. See README, Drift.", after=metric_visible)
 
     def _alert(self, name: str, args: MonitoringArgs, channels: list, child: pulumi.ResourceOptions, key: str,
                title: str, severity: str, condition: gcp.monitoring.AlertPolicyConditionArgs, runbook: str,
-               strategy: Optional[gcp.monitoring.AlertPolicyAlertStrategyArgs] = None) -> None:
+               strategy: Optional[gcp.monitoring.AlertPolicyAlertStrategyArgs] = None,
+               after: Optional[pulumi.Resource] = None) -> None:
         gcp.monitoring.AlertPolicy(
             f"{name}-{key}",
             project=args.project,
@@ -231,7 +243,7 @@ class Monitoring(pulumi.ComponentResource):
             notification_channels=channels,
             alert_strategy=strategy,
             user_labels=args.labels,
-            opts=child,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[after] if after else [])),
         )
 
 

@@ -71,6 +71,8 @@ class SecretRef:
     """The Secret resource's id (projects/PROJECT/secrets/ID): IAM grants name it."""
     version_name: pulumi.Input[str]
     """projects/PROJECT/secrets/ID/versions/latest: what a SecretProviderClass mounts."""
+    first_version: Optional[pulumi.Resource] = None
+    """The program's version: a lookup of the current version waits for it on the first `up`."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class AppSecrets(pulumi.ComponentResource):
             )
             value = random.RandomPassword(f"{name}-{logical}-value", length=length, special=False,
                                           opts=pulumi.ResourceOptions(parent=self))
-            gcp.secretmanager.SecretVersion(
+            first_version = gcp.secretmanager.SecretVersion(
                 f"{name}-{logical}-initial",
                 secret=secret.id,
                 secret_data=secret_value(logical, value.result),
@@ -132,7 +134,7 @@ class AppSecrets(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(ignore_changes=["enabled"])),
             )
             self.refs[logical] = SecretRef(
-                name=logical, secret_id=secret.id,
+                name=logical, secret_id=secret.id, first_version=first_version,
                 version_name=pulumi.Output.concat("projects/", args.project, "/secrets/", secret.secret_id,
                                                   f"/versions/{LATEST}"))
         self.secret_ids = pulumi.Output.from_input({key: ref.secret_id for key, ref in self.refs.items()})

@@ -493,6 +493,19 @@ class NotifySettings(Section):
 
 
 class MonitoringSettings(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _alert_email(cls, data: Any) -> Any:
+        """A stack set before `notify.emails` holds `alertEmail` (one address): it becomes that list."""
+        if isinstance(data, dict) and "alertEmail" in data:
+            data = dict(data)
+            address = data.pop("alertEmail")
+            notify = dict(data.get("notify") or {})
+            if address and "emails" not in notify:
+                notify["emails"] = [address]
+            data["notify"] = notify
+        return data
+
     alerts_enabled: bool = Field(True, description="Alert policies evaluate and notify (dev may turn them off).")
     notify: NotifySettings = Field(NotifySettings(), description="Who is notified, and how.")
     drift: DriftSettings = Field(DriftSettings(), description="The drift job (with serving and its payload log).")

@@ -3,8 +3,9 @@
 The receiver (`python -m mlflow_notify serve`, in the serving image) answers only the tracking pods
 (NetworkPolicy) and believes only deliveries signed with the webhook secret; each event becomes a log line
 that the notifications alert policy (infra/monitoring.py) sends to the stack's channels. The register Job
-creates or updates the webhook as the admin on every change of its URL or image, so it is declared, not
-made by hand. Neither needs a GCP role: the receiver only reads its secret and writes to stdout.
+creates or updates the webhook as the admin on every change of its URL, its image or the webhook secret's
+current version (a version added by hand or by a rotation: the next `up` rolls the receiver and registers the
+secret again), so it is declared, not made by hand. Neither needs a GCP role: the receiver only reads its secret and writes to stdout.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import pulumi
+import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
 from infra.naming import child_options, job_wait, k8s_labels
@@ -75,8 +77,20 @@ def register_container(*, image: Any, tracking_url: Any, admin_username: str, ur
     }
 
 
-def register_job_name(url: str, image_version: str) -> str:
-    return f"mlflow-notify-register-{hashlib.sha256(f'{url}|{image_version}'.encode()).hexdigest()[:10]}"
+# On the receiver's pods: a new version of the webhook secret rolls them (they read it at start).
+SECRET_VERSION_ANNOTATION = "mlflow.org/webhook-secret-version"
+
+
+def register_job_name(url: str, image_version: str, secret_version: str) -> str:
+    digest = hashlib.sha256(f"{url}|{image_version}|{secret_version}".encode()).hexdigest()[:10]
+    return f"mlflow-notify-register-{digest}"
+
+
+def current_version(ref: SecretRef, opts: pulumi.InvokeOutputOptions) -> pulumi.Output[str]:
+    """The number of the secret's newest version (its metadata only: the value is not fetched)."""
+    parts = pulumi.Output.from_input(ref.secret_id).apply(lambda secret_id: secret_id.split("/"))
+    return gcp.secretmanager.get_secret_version_output(
+        project=parts[1], secret=parts[3], fetch_secret_data=False, opts=opts).version
 
 
 @dataclass(frozen=True)
@@ -109,11 +123,13 @@ class Notifications(pulumi.ComponentResource):
             f"{name}-receiver", (args.webhook_secret,), SERVICE_NAME, tracking.namespace, names.labels, k8s_opts,
             readers=(principal(args.project_number, args.workload_pool, tracking.namespace, ksa.metadata["name"]),),
             gcp_opts=gcp_opts)
+        secret_version = current_version(args.webhook_secret, pulumi.InvokeOutputOptions(
+            parent=self, depends_on=[*(gcp_opts.depends_on or []), args.webhook_secret.first_version]))
         pod = workload_pod(service_account=ksa.metadata["name"], grace_seconds=GRACE_SECONDS,
                            containers=[receiver_container(args.image)],
                            volumes=[tmp_volume("16Mi"), secrets_volume(provider_class)])
         deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment", metadata=names.metadata(tracking.namespace), spec=deployment_spec(names, pod, {}, 1),
+            f"{name}-deployment", metadata=names.metadata(tracking.namespace), spec=deployment_spec(names, pod, {SECRET_VERSION_ANNOTATION: secret_version}, 1),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=grants)))
         service = k8s.core.v1.Service(
             f"{name}-service", metadata=names.metadata(tracking.namespace),
@@ -124,11 +140,12 @@ class Notifications(pulumi.ComponentResource):
                                                        "ports": tcp_ports(PORT)}]),
             opts=k8s_opts)
         url = tracking.namespace.apply(webhook_url)
-        self._register(name, args, url, [deployment, service], k8s_opts, gcp_opts)
+        self._register(name, args, url, secret_version, [deployment, service], k8s_opts, gcp_opts)
         self.register_outputs({})
 
     @staticmethod
-    def _register(name: str, args: NotificationsArgs, url: pulumi.Output[str], after: list,
+    def _register(name: str, args: NotificationsArgs, url: pulumi.Output[str], secret_version: pulumi.Output[str],
+                  after: list,
                   k8s_opts: pulumi.ResourceOptions, gcp_opts: pulumi.ResourceOptions) -> None:
         tracking = args.tracking
         labels = k8s_labels(name, "notify-register")
@@ -147,7 +164,8 @@ class Notifications(pulumi.ComponentResource):
             volumes=[tmp_volume("64Mi"), secrets_volume(provider_class)], backoff_limit=6)
         k8s.batch.v1.Job(
             f"{name}-register",
-            metadata={"name": url.apply(lambda value: register_job_name(value, args.image_version)),
+            metadata={"name": pulumi.Output.all(url, secret_version).apply(
+                lambda values: register_job_name(values[0], args.image_version, values[1])),
                       "namespace": tracking.namespace, "labels": labels},
             spec=spec,
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(

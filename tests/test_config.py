@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 
 import pulumi
 import pytest
@@ -377,3 +378,15 @@ def test_the_reference_shows_each_nested_key_with_its_bounds_and_pulumi_yaml_one
     declared = reference.pulumi_config_section()
     assert declared["database"]["default"] == {} and "type" not in declared["database"]  # pulumi/pulumi#11321
     assert "clusters.platform.minNodes" not in declared
+
+
+def test_an_old_single_alert_email_becomes_the_list_of_addresses():
+    # a stack set before notify.emails: its next `up` keeps mailing that address
+    settings = settings_from_values({**VALID, f"{NS}:monitoring": json.dumps({"alertEmail": "oncall@example.com"})})
+    assert settings.monitoring.notify.emails == ("oncall@example.com",)
+    # the flat key's migration command sets a list, which the setting then accepts
+    message = refusal({**VALID, f"{NS}:alertEmail": "oncall@example.com"})
+    path, value = message.split("pulumi config set --path ")[1].rstrip("`").split(" ", 1)
+    assert path == f"{NS}:monitoring.notify.emails"
+    settings = settings_from_values(with_paths(VALID, {path: shlex.split(value)[0]}))
+    assert settings.monitoring.notify.emails == ("oncall@example.com",)

@@ -13,15 +13,25 @@ import pytest
 
 sys.path.insert(0, "mlflow_image")
 from mlflow_drift import reference  # noqa: E402
-from mlflow_drift.profile import OTHER, drift_scores, dumps, loads, profile_column, profile_columns, psi, quantile_edges  # noqa: E402
-from mlflow_drift.score import JobSettings, metric_key, run_job, served_columns  # noqa: E402
-from mlflow_drift.sources import window_query  # noqa: E402
+from mlflow_drift.profile import OTHER, BinCounts, dumps, loads, profile_column, profile_columns, psi, quantile_edges  # noqa: E402
+from mlflow_drift.score import JobSettings, fold, metric_key, run_job  # noqa: E402
+from mlflow_drift.sources import bigquery_lines, window_query  # noqa: E402
 from mlflow_serving.payload_log import Exchange, Redaction, Served, entry_line  # noqa: E402
 
 from infra.payload_store import PAYLOAD_TABLE  # noqa: E402
 
 pytestmark = pytest.mark.unit
 RNG = random.Random(7)
+
+
+def drift_scores(reference_profiles, columns):
+    scores = {}
+    for name, values in columns.items():
+        counts = BinCounts(reference_profiles[name])
+        for value in values:
+            counts.add(value)
+        scores[name] = counts.psi()
+    return scores
 
 
 def training(n=3000, shift=0.0, colors="rgb"):
@@ -83,8 +93,10 @@ def test_redacted_and_refused_requests_are_not_read():
     hashed = Redaction(drop=frozenset({"ssn"}), hash=frozenset({"color"}), key=b"k")
     lines = [entry([(1.0, 2.0, "r", "123-45")], redaction=hashed), entry([(9.0, 9.0, "g", "1")], status=400),
              "not json", json.dumps({"message": "other"})]
-    columns = served_columns(lines, frozenset({"ssn", "color"}))
-    assert columns == {("fraud", "3"): {"x": [1.0], "y": [2.0]}}
+    client = FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))})
+    [(key, window)] = fold(client, [lines], frozenset({"ssn", "color"})).items()
+    assert key == ("fraud", "3") and window.rows == 1
+    assert {name: counts.total for name, counts in window.counts.items()} == {"x": 1, "y": 1}
 
 
 class FakeClient:
@@ -135,7 +147,7 @@ SETTINGS = JobSettings(window_hours=24, threshold=0.2, min_rows=100, redacted=fr
 def test_the_job_records_a_run_and_prints_a_score_line_per_column():
     client = FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))})
     out = io.StringIO()
-    [result] = run_job(client, traffic(600, shift=1.5), SETTINGS, out)
+    [result] = run_job(client, [traffic(600, shift=1.5)], SETTINGS, out)
     assert result.over(0.2) == ["x"]
     [run] = client.runs.values()
     assert run["params"]["version"] == "3" and run["params"]["window_hours"] == 24
@@ -147,9 +159,9 @@ def test_the_job_records_a_run_and_prints_a_score_line_per_column():
 
 def test_too_few_rows_or_no_reference_scores_nothing_and_says_why():
     out = io.StringIO()
-    [few] = run_job(FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))}), traffic(5), SETTINGS, out)
+    [few] = run_job(FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))}), [traffic(5)], SETTINGS, out)
     assert few.skipped and "fewer than 100" in few.skipped
-    [unknown] = run_job(FakeClient(), traffic(200), SETTINGS, out)
+    [unknown] = run_job(FakeClient(), [traffic(200)], SETTINGS, out)
     assert "make drift-reference MODEL=fraud VERSION=3" in unknown.skipped
 
 
@@ -164,3 +176,86 @@ def test_the_bigquery_window_is_a_parameterised_query_on_the_sinks_table():
     assert request["useLegacySql"] is False
     assert {p["name"]: p["parameterValue"]["value"] for p in request["queryParameters"]} == {
         "hours": "24", "message": "mlflow.serving.payload"}
+
+
+class Page(list):
+    """A page of log lines whose lifetime a test can watch (weakref)."""
+
+
+def test_the_window_is_folded_page_by_page_not_held():
+    # a day of a busy model is hundreds of MB of JSON: the job must keep counts, not the pages it has read
+    import gc
+    import weakref
+
+    client = FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))})
+    read: list = []
+
+    def pages():
+        for _ in range(20):
+            gc.collect()
+            assert sum(ref() is not None for ref in read) <= 1, "earlier pages are still held"
+            page = Page(traffic(50, shift=1.5))
+            read.append(weakref.ref(page))
+            yield page
+
+    [result] = run_job(client, pages(), SETTINGS, io.StringIO())
+    assert result.rows == 1000 and result.over(0.2) == ["x"]
+
+
+def test_text_in_a_numeric_column_counts_in_its_own_bin_and_stops_no_scoring():
+    profile = profile_column([float(i) for i in range(100)])
+    counts = BinCounts(profile)
+    for value in [1.0, "abc", 50.0, {"a": 1}, "nan"]:
+        counts.add(value)
+    assert counts.counts[-1] == 3 and counts.total == 5
+    assert counts.psi() > 0.2  # training had no such values: it reads as drift
+    client = FakeClient({reference.REFERENCE_TAG: dumps(profile_columns(training()))})
+    lines = traffic(300) + [entry([("abc", 1.0, "r", "s")])]
+    [result] = run_job(client, [lines], SETTINGS, io.StringIO())
+    assert result.rows == 301 and set(result.scores) == {"x", "y", "color"} and result.over(0.2) == []
+
+
+class FakeSession:
+    """BigQuery's jobs.query and getQueryResults answers, in order; records the requests."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.requests: list = []
+
+    def _answer(self, *request):
+        self.requests.append(request)
+        return SimpleNamespace(status_code=200, json=lambda answer=self.answers.pop(0): answer, text="")
+
+    def post(self, url, json):
+        return self._answer("POST", url, json)
+
+    def get(self, url, params):
+        return self._answer("GET", url, params)
+
+
+def rows(*lines):
+    return [{"f": [{"v": line}]} for line in lines]
+
+
+def test_bigquery_pages_are_read_after_the_job_completes_and_through_every_page_token():
+    job = {"jobId": "j1", "location": "europe-west1"}
+    session = FakeSession([
+        {"jobReference": job, "jobComplete": False},                                   # still running
+        {"jobReference": job, "jobComplete": True, "rows": rows("a", "b"), "pageToken": "p2"},
+        {"jobReference": job, "jobComplete": True, "rows": rows("c"), "pageToken": "p3"},
+        {"jobReference": job, "jobComplete": True, "rows": rows("d")},
+    ])
+    pages = bigquery_lines("proj.mlflow_payloads_dev", 24, session)
+    assert list(pages) == [["a", "b"], ["c"], ["d"]]
+    post, *gets = session.requests
+    assert post[:2] == ("POST", "https://bigquery.googleapis.com/bigquery/v2/projects/proj/queries")
+    assert all(url.endswith("/projects/proj/queries/j1") and params["location"] == "europe-west1"
+               for _, url, params in gets)
+    assert [params.get("pageToken") for _, _, params in gets] == [None, "p2", "p3"]
+
+
+def test_a_bigquery_error_names_its_status():
+    session = FakeSession([])
+    session.post = lambda url, json: SimpleNamespace(status_code=403, text="Access Denied: dataset")
+    with pytest.raises(RuntimeError, match="403: Access Denied"):
+        list(bigquery_lines("proj.ds", 24, session))

@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from infra.monitoring import render_dashboard, serving_error_ratio_query, serving_p99_query
+from infra.monitoring import METRIC_PROPAGATION, render_dashboard, serving_error_ratio_query, serving_p99_query
+from tools.offline.dependencies import waits_for
 from tools.offline.stack import ROOT
 
 # What the exporters of this platform produce (tracking: prometheus-flask-exporter via
@@ -174,3 +175,17 @@ def test_thresholds_follow_config(run_stack_with):
     assert latency["conditionPrometheusQueryLanguage"]["query"].endswith("> 0.1")
     storage = policies["mlflow-monitoring-db-storage"]["conditions"][0]["conditionThreshold"]
     assert storage["thresholdValue"] == 0.7
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_drift_policy_waits_for_its_new_metric_to_be_visible(stack_runs, stack):
+    # GCP refuses a policy on a log-based metric created moments before (terraform-provider-google#11102)
+    run = stack_runs[stack]
+    [metric] = run.of_type("gcp:logging/metric:Metric")
+    [wait] = [w for w in run.of_type("time:index/sleep:Sleep") if w.name == "mlflow-monitoring-drift-psi-visible"]
+    assert wait.inputs["createDuration"] == METRIC_PROPAGATION
+    # triggered by the metric's id alone: waited for once, when the metric is created
+    assert wait.inputs["triggers"] == {"metric": metric.state.get("id", f"{metric.name}-id")}
+    assert metric.urn in wait.dependencies
+    policy = run.named("mlflow-monitoring-drift")
+    assert wait.urn in waits_for(run)[policy.urn]

@@ -11,13 +11,15 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SERVING_PASSWORD
+from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD
 from tools.local.processes import http
 from tools.local.secretmanager import LocalSecretManager
 from tools.ops.interfaces import RolloutError, generate_password
 from tools.ops.local import PlatformRoller
 from tools.ops.rollout import RESTARTED_AT_ANNOTATION, ClusterRoller
-from tools.ops.rotate_secret import ROTATIONS, RotationError, parse_args, rotate, runtime_password_setter
+from tools.ops.rotate_secret import (
+    EXIT_USAGE, NOT_ROTATABLE, ROTATIONS, RotationError, parse_args, rotate, runtime_password_setter,
+)
 from tools.ops.secret_manager import CloudSecretManager, SecretManagerError
 from tools.venvs import Venv
 
@@ -101,6 +103,18 @@ def test_every_application_secret_has_a_rotation_and_a_bad_name_lists_them(capsy
     with pytest.raises(SystemExit):
         parse_args(["--name", "db-password"])
     assert "admin-password" in capsys.readouterr().err
+
+
+def test_the_webhook_secrets_are_refused_with_the_reason_and_what_to_do(capsys):
+    # every application secret is either rotated by this command or refused by it, saying why
+    assert set(ROTATIONS) | set(NOT_ROTATABLE) == set(SECRET_LENGTHS)
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--name", "webhook-encryption-key"])
+    assert refused.value.code == EXIT_USAGE
+    assert "not rotatable: tracking decrypts the stored webhook's secret" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--name", "webhook-secret"])
+    assert "then `pulumi up` rolls the receiver" in capsys.readouterr().err
 
 
 def test_password_setter_without_the_runtime_virtualenv_says_how_to_build_it(tmp_path):

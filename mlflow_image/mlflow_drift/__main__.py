@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 from mlflow_drift import reference
 from mlflow_drift.profile import profile_columns
 from mlflow_drift.score import EXPERIMENT, JobSettings, run_job
-from mlflow_drift.sources import authorized_session, read_lines
+from mlflow_drift.sources import authorized_session, read_pages
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -42,14 +42,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             profiles = reference.ensure(client, args.model, args.version)
             if profiles is None:
-                print(f"{args.model} version {args.version}: its run logged no dataset MLflow can load; "
-                      "give --data FILE", file=sys.stderr)
+                print(f"{args.model} version {args.version}: its run logged no dataset this job can read; "
+                      f"make drift-reference MODEL={args.model} VERSION={args.version} DATA=FILE", file=sys.stderr)
                 return 1
         print(json.dumps({"model": args.model, "version": args.version, "columns": sorted(profiles)}))
         return 0
     settings = JobSettings(window_hours=args.window_hours, threshold=args.threshold, min_rows=args.min_rows,
                            redacted=frozenset(args.redacted), experiment=args.experiment)
-    run_job(client, read_lines(args.source, args.window_hours, authorized_session), settings)
+    run_job(client, read_pages(args.source, args.window_hours, authorized_session), settings)
     return 0
 
 

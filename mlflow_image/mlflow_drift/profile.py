@@ -7,6 +7,10 @@ with the share of training values in each. Categorical columns (text, booleans):
 frequent training values, with an OTHER bucket for the rest, so a value never seen in training lands
 somewhere. PSI sums (a - e) * ln(a / e) over the bins of the expected (training) shares e and the actual
 (served) shares a, each floored at EPSILON so an empty bin costs a large but finite amount.
+
+Served values are counted into the bins as they are read (BinCounts), so a window of any size costs a few
+integers per column. A served value a numeric profile cannot place (text, NaN) counts in one more bin,
+which training never filled: a client sending text in a numeric column shows as drift, and stops nothing.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
 
 BINS = 10
 MAX_CATEGORIES = 20
@@ -35,8 +39,13 @@ class ColumnProfile:
     """Share of the training values in each bin (len(edges) + 1, or len(categories) + 1)."""
 
     def bin_of(self, value: Any) -> int:
+        """The bin of `value`; `width` (one past the last) for a value a numeric profile cannot place."""
         if self.kind == "numeric":
-            return sum(1 for edge in self.edges if float(value) > edge)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return self.width
+            return self.width if math.isnan(number) else sum(1 for edge in self.edges if number > edge)
         text = _category(value)
         return self.categories.index(text) if text in self.categories else len(self.categories)
 
@@ -48,6 +57,27 @@ class ColumnProfile:
         counts = Counter(self.bin_of(value) for value in values if not _missing(value))
         total = sum(counts.values())
         return tuple(counts[i] / total if total else 0.0 for i in range(self.width))
+
+
+@dataclass
+class BinCounts:
+    """One column's served values counted into its profile's bins, plus the unplaceable bin."""
+    profile: ColumnProfile
+    counts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * (self.profile.width + 1)
+
+    def add(self, value: Any) -> None:
+        if not _missing(value):
+            self.counts[self.profile.bin_of(value)] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def psi(self) -> float:
+        return psi(self.profile.shares + (0.0,), [count / self.total for count in self.counts])
 
 
 def _missing(value: Any) -> bool:
@@ -99,17 +129,6 @@ def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = EPS
                                                       for e, a in zip(expected, actual)))
 
 
-def drift_scores(reference: Mapping[str, ColumnProfile], columns: Mapping[str, Sequence[Any]]) -> dict[str, float]:
-    """PSI of each served column that the reference profiles and that has values; other columns are not scored."""
-    scores = {}
-    for name, values in columns.items():
-        profile = reference.get(name)
-        present = [value for value in values if not _missing(value)]
-        if profile is not None and present:
-            scores[name] = psi(profile.shares, profile.shares_of(present))
-    return scores
-
-
 def dumps(profiles: Mapping[str, ColumnProfile]) -> str:
     return json.dumps({"format": FORMAT, "columns": {
         name: {"kind": p.kind, "edges": list(p.edges), "categories": list(p.categories),
@@ -124,12 +143,3 @@ def loads(text: str) -> dict[str, ColumnProfile]:
     return {name: ColumnProfile(column["kind"], tuple(column["edges"]), tuple(column["categories"]),
                                 tuple(column["shares"]))
             for name, column in document["columns"].items()}
-
-
-def columns_of(rows: Iterable[Sequence[Any]], names: Sequence[str]) -> dict[str, list[Any]]:
-    """Row-major data (a dataframe_split's `data`) as columns."""
-    columns: dict[str, list[Any]] = {name: [] for name in names}
-    for row in rows:
-        for name, value in zip(names, row):
-            columns[name].append(value)
-    return columns

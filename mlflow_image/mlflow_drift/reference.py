@@ -3,8 +3,9 @@
 The tag (REFERENCE_TAG, a few hundred bytes per column; MLflow allows 100,000 characters) keeps the
 profile with the version itself: it is visible in the registry UI, goes when the version goes, and needs
 no artifact store write. Its source is the dataset the version's run logged with `mlflow.log_input`
-(context `training` first), when MLflow can load it (`mlflow.data.get_source(...).load()`: a file, gs://,
-http(s) source); otherwise a person supplies the data (`make drift-reference`).
+(context `training` first), when the job can load it (`mlflow.data.get_source(...).load()`): on GCP an
+`mlflow-artifacts:` or reachable http(s) source (the job's identity has no Storage role and no trainer's
+files); otherwise a person supplies the data (`make drift-reference`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def logged_dataset_path(client: Any, model: str, version: str) -> Optional[str]:
             return str(mlflow.data.get_source(dataset_input).load())
         except Exception as err:  # a code or table source: MLflow cannot load it here
             print(f"{model} version {version}: dataset {dataset_input.dataset.name!r} "
-                  f"({dataset_input.dataset.source_type}) not loadable: {err}")
+                  f"({dataset_input.dataset.source_type}) not loadable here: {err}; give the training data with "
+                  f"`make drift-reference MODEL={model} VERSION={version} DATA=FILE`")
     return None
 
 

@@ -1,6 +1,7 @@
 """One run of the drift job: the window's requests per model version, scored against the version's profile.
 
-For each version with at least `min_rows` rows in the window: the PSI of each served column its profile
+The window is read page by page and each page folded into per-column bin counts (VersionWindow), so the
+job's memory does not grow with the traffic. For each version with at least `min_rows` rows in the window: the PSI of each served column its profile
 knows (columns redacted in the pod are never scored: dropped ones are absent, hashed ones are left out by
 name), recorded as an MLflow run in the monitoring experiment (a metric per column, so the runs chart the
 trend), and printed as one log line per column (SCORE_MESSAGE), which a log-based metric exports to Cloud
@@ -12,12 +13,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, TextIO
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence, TextIO
 
 from mlflow_drift import reference
-from mlflow_drift.profile import columns_of, drift_scores
-from mlflow_serving.payload_log import read_entries
+from mlflow_drift.profile import BinCounts, ColumnProfile
+from mlflow_serving.payload_log import PayloadEntry, read_entries
 
 SCORE_MESSAGE = "mlflow.drift.score"
 EXPERIMENT = "platform-monitoring"
@@ -45,18 +46,43 @@ class VersionScores:
         return sorted(column for column, score in self.scores.items() if score > threshold)
 
 
-def served_columns(lines: Sequence[str], redacted: frozenset[str]) -> dict[tuple[str, str], dict[str, list[Any]]]:
-    """(model, version) -> the columns its requests carried, without the redacted ones."""
-    grouped: dict[tuple[str, str], dict[str, list[Any]]] = {}
-    for entry in read_entries(lines):
-        if entry.columns is None or entry.data is None or entry.status >= 400:
-            continue  # inputs withheld, or a request the model refused: not what it was asked to score
-        columns = columns_of(entry.data, entry.columns)
-        target = grouped.setdefault((entry.model, str(entry.version)), {})
-        for name, values in columns.items():
-            if name not in redacted:
-                target.setdefault(name, []).extend(values)
-    return grouped
+@dataclass
+class VersionWindow:
+    """One version's requests in the window, as bin counts of each column its profile knows."""
+    profiles: Optional[dict[str, ColumnProfile]]
+    """None: the version has no reference (its rows are still counted, to say so)."""
+    redacted: frozenset[str]
+    rows: int = 0
+    counts: dict[str, BinCounts] = field(default_factory=dict)
+
+    def add(self, entry: PayloadEntry) -> None:
+        self.rows += len(entry.data)
+        if self.profiles is None:
+            return
+        for index, name in enumerate(entry.columns):
+            profile = self.profiles.get(name)
+            if profile is None or name in self.redacted:
+                continue
+            counts = self.counts.setdefault(name, BinCounts(profile))
+            for row in entry.data:
+                counts.add(row[index] if index < len(row) else None)
+
+    def scores(self) -> dict[str, float]:
+        return {name: counts.psi() for name, counts in self.counts.items() if counts.total}
+
+
+def fold(client: Any, pages: Iterable[Sequence[str]], redacted: frozenset[str]) -> dict[tuple[str, str], VersionWindow]:
+    """(model, version) -> its window, each page of log lines folded in as it arrives."""
+    windows: dict[tuple[str, str], VersionWindow] = {}
+    for page in pages:
+        for entry in read_entries(page):
+            if entry.columns is None or entry.data is None or entry.status >= 400:
+                continue  # inputs withheld, or a request the model refused: not what it was asked to score
+            key = (entry.model, str(entry.version))
+            if key not in windows:
+                windows[key] = VersionWindow(reference.ensure(client, *key), redacted)
+            windows[key].add(entry)
+    return windows
 
 
 def metric_key(column: str) -> str:
@@ -64,16 +90,15 @@ def metric_key(column: str) -> str:
     return "psi." + re.sub(r"[^A-Za-z0-9_\-. /:]", "_", column)
 
 
-def score_version(client: Any, model: str, version: str, columns: Mapping[str, list], settings: JobSettings
-                  ) -> VersionScores:
-    rows = max((len(values) for values in columns.values()), default=0)
-    if rows < settings.min_rows:
-        return VersionScores(model, version, rows, {}, f"{rows} rows in the window, fewer than {settings.min_rows}")
-    profiles = reference.ensure(client, model, version)
-    if profiles is None:
-        return VersionScores(model, version, rows, {}, "no reference profile: its run logged no loadable dataset; "
+def score_version(model: str, version: str, window: VersionWindow, settings: JobSettings) -> VersionScores:
+    if window.rows < settings.min_rows:
+        return VersionScores(model, version, window.rows, {},
+                             f"{window.rows} rows in the window, fewer than {settings.min_rows}")
+    if window.profiles is None:
+        return VersionScores(model, version, window.rows, {},
+                             "no reference profile: its run logged no dataset this job can read; "
                              f"make drift-reference MODEL={model} VERSION={version} DATA=FILE")
-    return VersionScores(model, version, rows, drift_scores(profiles, columns))
+    return VersionScores(model, version, window.rows, window.scores())
 
 
 def record(client: Any, result: VersionScores, settings: JobSettings) -> str:
@@ -103,10 +128,11 @@ def score_lines(result: VersionScores, threshold: float) -> list[dict]:
             for column, score in sorted(result.scores.items())]
 
 
-def run_job(client: Any, lines: Sequence[str], settings: JobSettings, out: TextIO = sys.stdout) -> list[VersionScores]:
+def run_job(client: Any, pages: Iterable[Sequence[str]], settings: JobSettings, out: TextIO = sys.stdout
+            ) -> list[VersionScores]:
     results = []
-    for (model, version), columns in sorted(served_columns(lines, settings.redacted).items()):
-        result = score_version(client, model, version, columns, settings)
+    for (model, version), window in sorted(fold(client, pages, settings.redacted).items()):
+        result = score_version(model, version, window, settings)
         results.append(result)
         if result.skipped:
             out.write(json.dumps({"message": "mlflow.drift.skipped", "severity": "WARNING", "model": model,

@@ -4,7 +4,8 @@
     PATH                         every line of a file (`make local` writes WORKDIR/payloads.jsonl; one file
                                  is one window)
 
-Either way the result is JSON lines of payload entries, which mlflow_serving.payload_log reads.
+Either way the result is pages of JSON lines of payload entries (which mlflow_serving.payload_log reads),
+yielded one at a time so the job never holds the window.
 BigQuery is called through its REST API with the pod's Workload Identity (google-auth, in the image),
 so the image needs no BigQuery client library.
 """
@@ -12,7 +13,8 @@ so the image needs no BigQuery client library.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from itertools import islice
+from typing import Any, Callable, Iterator
 
 from mlflow_serving.payload_log import PAYLOAD_LOG_MESSAGE
 
@@ -37,17 +39,16 @@ def window_query(dataset: str, window_hours: int) -> dict:
                  "parameterValue": {"value": PAYLOAD_LOG_MESSAGE}}]}
 
 
-def bigquery_lines(dataset: str, window_hours: int, session: Any) -> list[str]:
-    """Every row of the window's query, page by page (`session`: google-auth's AuthorizedSession)."""
+def bigquery_lines(dataset: str, window_hours: int, session: Any) -> Iterator[list[str]]:
+    """The rows of the window's query, a page at a time (`session`: google-auth's AuthorizedSession)."""
     project = dataset.split(".", 1)[0]
     answer = _ok(session.post(f"{API}/{project}/queries", json=window_query(dataset, window_hours)))
     job = answer["jobReference"]
-    lines: list[str] = []
     while True:
         if answer.get("jobComplete"):
-            lines += [row["f"][0]["v"] for row in answer.get("rows", [])]
+            yield [row["f"][0]["v"] for row in answer.get("rows", [])]
             if not answer.get("pageToken"):
-                return lines
+                return
         params = {"location": job["location"], "timeoutMs": WAIT_MS, "maxResults": PAGE_ROWS}
         if answer.get("jobComplete"):
             params["pageToken"] = answer["pageToken"]
@@ -60,10 +61,13 @@ def _ok(response: Any) -> dict:
     return response.json()
 
 
-def read_lines(source: str, window_hours: int, session_factory: Callable[[], Any]) -> list[str]:
+def read_pages(source: str, window_hours: int, session_factory: Callable[[], Any]) -> Iterator[list[str]]:
     if source.startswith(BIGQUERY):
-        return bigquery_lines(source[len(BIGQUERY):], window_hours, session_factory())
-    return Path(source).read_text(encoding="utf-8").splitlines()
+        yield from bigquery_lines(source[len(BIGQUERY):], window_hours, session_factory())
+        return
+    with Path(source).open(encoding="utf-8") as lines:
+        while page := [line.rstrip("\n") for line in islice(lines, PAGE_ROWS)]:
+            yield page
 
 
 def authorized_session() -> Any:

@@ -135,6 +135,9 @@ class PlatformMocks(pulumi.runtime.Mocks):
         if args.token == "gcp:bigquery/getDefaultServiceAccount:getDefaultServiceAccount":
             email = f"bq-{OFFLINE_PROJECT_NUMBER}@bigquery-encryption.iam.gserviceaccount.com"
             return {"email": email, "member": f"serviceAccount:{email}"}, []
+        if args.token == "gcp:secretmanager/getSecretVersion:getSecretVersion":
+            # the program's own first version, as on a new stack
+            return {"version": "1", "secret": args.args.get("secret"), "project": args.args.get("project")}, []
         return {}, []
 
 

@@ -36,7 +36,10 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD
+from infra.secrets import (
+    ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY,
+    WEBHOOK_SECRET,
+)
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME
 from tools.ops import targets
@@ -68,6 +71,14 @@ ROTATIONS = {
     SERVING_PASSWORD: Rotation(SERVING_USERNAME, ("serving",)),
     # Hashes logged before and after a rotation no longer match: rotate to unlink old entries on purpose.
     PAYLOAD_HASH_KEY: Rotation(None, ("serving",)),
+}
+
+# Secrets this command refuses, and why.
+NOT_ROTATABLE = {
+    WEBHOOK_ENCRYPTION_KEY: "not rotatable: tracking decrypts the stored webhook's secret with it, and a new key "
+                            "makes every stored webhook unreadable (deliveries and the register Job fail)",
+    WEBHOOK_SECRET: "rotated by `pulumi up`: add a version in Secret Manager, then `pulumi up` rolls the receiver "
+                    "and reruns the register Job, which gives MLflow the new secret",
 }
 
 
@@ -124,10 +135,13 @@ def runtime_password_setter(tracking_uri: str, venv: Optional[Venv] = None) -> S
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.ops.rotate_secret", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", required=True, choices=sorted(ROTATIONS),
+    parser.add_argument("--name", required=True, choices=sorted(ROTATIONS.keys() | NOT_ROTATABLE.keys()),
                         help="the application secret to rotate")
     targets.add_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.name in NOT_ROTATABLE:
+        parser.error(f"--name {args.name}: {NOT_ROTATABLE[args.name]}")
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
