@@ -441,6 +441,8 @@ STAND_IN = textwrap.dedent("""
                 raise RuntimeError("serving: readiness probe /ping answering 200 not within 600s")
         def roll_tracking(self):
             (workdir / "tracking-rolled").touch()
+        def restart_challenger(self):
+            (workdir / "challenger-rolled").touch()
 
     rollouts = Rollouts(workdir)
     rollouts.install()
@@ -480,8 +482,8 @@ def stand_in(tmp_path):
 def test_signal_roller_asks_the_running_make_local_and_waits_for_its_answer(stand_in):
     workdir = stand_in("ok")
     roller = LocalSignalRoller(workdir, timeout=20)
-    assert roller.roll("m", "champion", "2") == "`make local` restarted serving (pid 4242, rollout 1)"
-    assert roller.restore() == "`make local` restarted serving (pid 4242, rollout 2)"
+    assert roller.roll("m", "champion", "2") == "`make local` restarted serving (rollout 1)"
+    assert roller.restore() == "`make local` restarted serving (rollout 2)"
     failing = LocalSignalRoller(stand_in("fail"), timeout=20)
     with pytest.raises(RolloutError, match="rolled serving but it is not ready: serving: readiness probe"):
         failing.roll("m", "champion", "2")
