@@ -110,10 +110,13 @@ def api_token_volume() -> dict:
         {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]}}
 
 
+GATE_CONTAINER = "wait-for-crds"
+
+
 def gate_container(image: Any, crds: Sequence[str] = GATEWAY_CRDS) -> dict:
     """Polls the CRDs for their Established condition; gives up a minute before the Job's deadline,
     so the failure is its message, not a killed pod."""
-    return {"name": "wait-for-crds", "image": image, "command": ["python"],
+    return {"name": GATE_CONTAINER, "image": image, "command": ["python"],
             "args": ["-m", GATE_MODULE, "--timeout", str(GATE_DEADLINE_SECONDS - 60), *crds],
             "resources": resources("50m", "64Mi"), "securityContext": container_security_context(),
             "volumeMounts": [{"name": API_TOKEN_VOLUME, "mountPath": API_TOKEN_PATH, "readOnly": True}]}

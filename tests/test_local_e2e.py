@@ -384,6 +384,8 @@ def rehearse_first_up(local: LocalPlatform) -> FirstUp:
     local.start_storage()
     migration_log = migrate_while_the_database_refuses(local)
     local.start_tracking()
+    if local.notify_deployment:
+        local.start_notifications()
     local.ensure_serving_user()
     local.start_serving(ready=False)  # live; unready until a version is behind the alias
     serving, serving_log = local.serving, local.logs_dir / "serving.log"

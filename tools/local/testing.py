@@ -15,6 +15,7 @@ import signal
 
 import psutil
 
+from k8s.traffic import GATE_CONTAINER
 from tools.local.images import source_for
 from tools.local.localplatform import LocalPlatform
 from tools.local.manifests import Manifests, workload_containers
@@ -25,6 +26,9 @@ from tools.local.processes import LocalPlatformError, descendants, pids_alive
 # Containers whose images the program does not build: Google's Cloud SQL Auth Proxy, replaced by
 # the local Postgres (tools/local/localize.py).
 NOT_BUILT = ("cloud-sql-proxy",)
+# Containers that talk only to the cluster's API server, which `make local` has none of: the gate waiting
+# for GKE's Gateway API CRDs (its module runs in tests/test_crdwait.py).
+CLUSTER_API_ONLY = frozenset({GATE_CONTAINER})
 
 
 def built_image_containers(manifests: Manifests) -> set[tuple[str, str]]:
@@ -32,7 +36,7 @@ def built_image_containers(manifests: Manifests) -> set[tuple[str, str]]:
     a container of any other image must be one of NOT_BUILT."""
     found = set()
     for workload, spec in workload_containers(manifests):
-        if any(name in spec["image"] for name in NOT_BUILT):
+        if any(name in spec["image"] for name in NOT_BUILT) or spec["name"] in CLUSTER_API_ONLY:
             continue
         source_for(spec["image"])  # raises for an image nobody builds
         found.add((workload["metadata"]["name"], spec["name"]))
