@@ -15,13 +15,20 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 from mlflow_notify import EVENTS, emit, event_notice, verified
+from mlflow_notify.chat import PUBSUB_API, SECRET_MANAGER_API, ChatRelay
 
 SECRET_ENV = "MLFLOW_NOTIFY_SECRET"
+# The chat relay (k8s/notify.py sets the first two with `monitoring.notify.chat`; `make local` all four).
+SUBSCRIPTION_ENV = "MLFLOW_NOTIFY_SUBSCRIPTION"
+CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_SECRET"
+PUBSUB_API_ENV = "MLFLOW_NOTIFY_PUBSUB_API"
+SECRET_API_ENV = "MLFLOW_NOTIFY_SECRET_API"
 WEBHOOK_NAME = "mlflow-platform-notify"
 WEBHOOK_PATH = "/webhook"
 MAX_BODY = 1 << 20
@@ -73,6 +80,23 @@ def register(url: str, secret: str) -> str:
     return f"created webhook {WEBHOOK_NAME} ({hook.webhook_id}) -> {url}"
 
 
+def start_chat_relay(environ: Mapping[str, str]) -> Optional[threading.Thread]:
+    """With a subscription and a URL secret named (`monitoring.notify.chat`), the relay runs beside the server."""
+    subscription, url_secret = environ.get(SUBSCRIPTION_ENV), environ.get(CHAT_SECRET_ENV)
+    if not (subscription and url_secret):
+        return None
+    import requests
+
+    from mlflow_drift.sources import authorized_session
+
+    relay = ChatRelay(subscription, url_secret, authorized_session(), requests.post,
+                      pubsub_api=environ.get(PUBSUB_API_ENV, PUBSUB_API),
+                      secret_api=environ.get(SECRET_API_ENV, SECRET_MANAGER_API))
+    thread = threading.Thread(target=relay.run, name="chat-relay", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlflow_notify")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +111,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "register":
         print(register(args.url, secret))
         return 0
+    start_chat_relay(os.environ)
     ThreadingHTTPServer(("0.0.0.0", args.port), handler(secret)).serve_forever()
     return 0
 
