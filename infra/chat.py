@@ -34,6 +34,11 @@ def monitoring_agent(project_number: str) -> str:
     return f"serviceAccount:service-{project_number}@gcp-sa-monitoring-notification.iam.gserviceaccount.com"
 
 
+def topic_path(project: str, topic: gcp.pubsub.Topic) -> pulumi.Output[str]:
+    """projects/P/topics/T: the form a `pubsub` channel's `topic` label takes."""
+    return pulumi.Output.concat("projects/", project, "/topics/", topic.name)
+
+
 @dataclass(frozen=True)
 class ChatChannelArgs:
     project: str
@@ -70,7 +75,7 @@ class ChatChannel(pulumi.ComponentResource):
                                  labels=args.labels, opts=child)
         channel = gcp.monitoring.NotificationChannel(
             f"{name}-channel", project=args.project, type="pubsub",
-            display_name=f"MLflow {args.environment}: chat (Pub/Sub)", labels={"topic": topic.id},
+            display_name=f"MLflow {args.environment}: chat (Pub/Sub)", labels={"topic": topic_path(args.project, topic)},
             user_labels=args.labels, opts=child)
         gcp.pubsub.TopicIAMMember(
             f"{name}-publisher", project=args.project, topic=topic.name, role=PUBLISHER,
