@@ -103,7 +103,11 @@ def build_platform(settings: Settings, opts: pulumi.ResourceOptions) -> dict[str
     # With IAP, even without teams: the Job then deletes the roles of the last teams removed.
     if settings.edge.iap:
         build_access(settings, foundation, clusters, tracking)
-    return stack_outputs(settings, foundation, clusters, data, tracking, serving)
+    outputs = stack_outputs(settings, foundation, clusters, data, tracking, serving)
+    if chat is not None:
+        # The secret, not its value: `make chat-webhook` adds the URL as a version.
+        outputs["chat_webhook_secret"] = pulumi.Output.from_input(chat.url_secret.secret_id)
+    return outputs
 
 
 def build_foundation(settings: Settings, opts: pulumi.ResourceOptions) -> Foundation:
