@@ -46,7 +46,7 @@ DEADLINE_SECONDS = 300
 URL_ENV = "MLFLOW_NOTIFY_WEBHOOK_URL"
 # mlflow_notify.chat's environment: the subscription it pulls, the secret version holding the chat URL.
 SUBSCRIPTION_ENV = "MLFLOW_NOTIFY_SUBSCRIPTION"
-CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_SECRET"
+CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_URL_VERSION"
 # Out of the Service before SIGTERM (MLflow retries a refused delivery); the grace period outlasts the drain.
 DRAIN_SECONDS = 5
 GRACE_SECONDS = 15

@@ -26,7 +26,7 @@ from mlflow_notify.chat import PUBSUB_API, SECRET_MANAGER_API, ChatRelay
 SECRET_ENV = "MLFLOW_NOTIFY_SECRET"
 # The chat relay (k8s/notify.py sets the first two with `monitoring.notify.chat`; `make local` all four).
 SUBSCRIPTION_ENV = "MLFLOW_NOTIFY_SUBSCRIPTION"
-CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_SECRET"
+CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_URL_VERSION"
 PUBSUB_API_ENV = "MLFLOW_NOTIFY_PUBSUB_API"
 SECRET_API_ENV = "MLFLOW_NOTIFY_SECRET_API"
 WEBHOOK_NAME = "mlflow-platform-notify"

@@ -6,7 +6,7 @@
 
 The notification receiver reads the newest version when it next has an alert to post: nothing rolls.
 Older versions are disabled, so the previous URL can no longer be read. Credentials: Application Default
-Credentials with secretVersionAdder and secretVersionManager on the secret (tools/ops/secret_manager.py);
+Credentials with roles/secretmanager.secretVersionManager on the secret (tools/ops/secret_manager.py);
 the secret's name is the stack output `chat_webhook_secret`.
 
 Exit codes: 0 set, 1 error, 2 usage (no URL, or not an https URL).
