@@ -76,9 +76,19 @@ def test_the_manifest_and_the_receiver_name_the_same_variables():
     assert (notify.SUBSCRIPTION_ENV, notify.CHAT_SECRET_ENV) == (receiver.SUBSCRIPTION_ENV, receiver.CHAT_SECRET_ENV)
 
 
-def test_the_relay_starts_only_when_the_manifest_names_both():
+def test_the_relay_starts_only_when_the_manifest_names_both(monkeypatch):
     assert receiver.start_chat_relay({notify.SUBSCRIPTION_ENV: "projects/p/subscriptions/s"}) is None
     assert receiver.start_chat_relay({}) is None
+    started = []
+    monkeypatch.setattr("mlflow_drift.sources.authorized_session", lambda: "google-session")
+    monkeypatch.setattr(receiver.ChatRelay, "run", lambda relay: started.append(relay))
+    thread = receiver.start_chat_relay({notify.SUBSCRIPTION_ENV: "projects/p/subscriptions/s",
+                                        notify.CHAT_SECRET_ENV: "projects/p/secrets/u/versions/latest"})
+    thread.join(5)
+    [relay] = started
+    assert (relay.subscription, relay.url_secret, relay.google) == (
+        "projects/p/subscriptions/s", "projects/p/secrets/u/versions/latest", "google-session")
+    assert thread.daemon  # the relay never keeps a stopping receiver alive
 
 
 def test_pubsub_is_enabled_and_used_only_where_chat_is_on(stack_runs):

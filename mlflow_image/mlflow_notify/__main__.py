@@ -21,14 +21,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Mapping, Optional, Sequence
 
 from mlflow_notify import EVENTS, emit, event_notice, verified
-from mlflow_notify.chat import PUBSUB_API, SECRET_MANAGER_API, ChatRelay
+from mlflow_notify.chat import ChatRelay
 
 SECRET_ENV = "MLFLOW_NOTIFY_SECRET"
-# The chat relay (k8s/notify.py sets the first two with `monitoring.notify.chat`; `make local` all four).
+# The chat relay's subscription and URL secret version (k8s/notify.py sets both with `monitoring.notify.chat`).
 SUBSCRIPTION_ENV = "MLFLOW_NOTIFY_SUBSCRIPTION"
 CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_URL_VERSION"
-PUBSUB_API_ENV = "MLFLOW_NOTIFY_PUBSUB_API"
-SECRET_API_ENV = "MLFLOW_NOTIFY_SECRET_API"
 WEBHOOK_NAME = "mlflow-platform-notify"
 WEBHOOK_PATH = "/webhook"
 MAX_BODY = 1 << 20
@@ -89,9 +87,7 @@ def start_chat_relay(environ: Mapping[str, str]) -> Optional[threading.Thread]:
 
     from mlflow_drift.sources import authorized_session
 
-    relay = ChatRelay(subscription, url_secret, authorized_session(), requests.post,
-                      pubsub_api=environ.get(PUBSUB_API_ENV, PUBSUB_API),
-                      secret_api=environ.get(SECRET_API_ENV, SECRET_MANAGER_API))
+    relay = ChatRelay(subscription, url_secret, authorized_session(), requests.post)
     thread = threading.Thread(target=relay.run, name="chat-relay", daemon=True)
     thread.start()
     return thread
