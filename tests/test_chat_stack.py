@@ -81,7 +81,7 @@ def test_the_relay_starts_only_when_the_manifest_names_both(monkeypatch):
     assert receiver.start_chat_relay({}) is None
     started = []
     monkeypatch.setattr("mlflow_drift.sources.authorized_session", lambda: "google-session")
-    monkeypatch.setattr(receiver.ChatRelay, "run", lambda relay: started.append(relay))
+    monkeypatch.setattr(receiver.ChatRelay, "run", lambda relay, sleep: started.append(relay))
     thread = receiver.start_chat_relay({notify.SUBSCRIPTION_ENV: "projects/p/subscriptions/s",
                                         notify.CHAT_SECRET_ENV: "projects/p/secrets/u/versions/latest"})
     thread.join(5)
@@ -98,3 +98,21 @@ def test_pubsub_is_enabled_and_used_only_where_chat_is_on(stack_runs):
     assert all(not dev.of_type(kind) for kind in CHAT_TYPES)
     env = dev.named("mlflow-notify-deployment").inputs["spec"]["template"]["spec"]["containers"][0]["env"]
     assert notify.SUBSCRIPTION_ENV not in {e["name"] for e in env}
+
+
+def test_without_google_credentials_the_relay_waits_and_logs_instead_of_failing(monkeypatch, capsys):
+    """As on `make local`: the receiver (and the registry webhooks) must keep running."""
+    attempts, relays = [], []
+
+    def no_credentials():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError("no default credentials")
+        return "google-session"
+
+    monkeypatch.setattr("mlflow_drift.sources.authorized_session", no_credentials)
+    monkeypatch.setattr(receiver.ChatRelay, "run", lambda relay, sleep: relays.append(relay))
+    pauses = []
+    receiver.relay_forever("projects/p/subscriptions/s", "projects/p/secrets/u/versions/latest", pauses.append)
+    assert len(attempts) == 3 and len(pauses) == 2 and [r.google for r in relays] == ["google-session"]
+    assert capsys.readouterr().out.count("no Google credentials") == 2
