@@ -40,6 +40,9 @@ def test_the_urls_secret_is_declared_protected_and_without_a_value(stack_runs):
     assert secret.inputs["secretId"] == "mlflow-chat-webhook-url" and secret.protect
     versions = run.of_type("gcp:secretmanager/secretVersion:SecretVersion")
     assert not any("chat" in version.name for version in versions)
+    # what `make chat-webhook` adds a version to; dev, without chat, offers none
+    assert run.outputs["chat_webhook_secret"] == "projects/my-mlflow-prod/secrets/mlflow-chat-webhook-url"
+    assert "chat_webhook_secret" not in stack_runs["dev"].outputs
 
 
 def test_monitoring_publishes_and_the_receiver_pulls_and_reads_the_url_nothing_more(stack_runs):
