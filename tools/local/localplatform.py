@@ -354,6 +354,7 @@ class LocalPlatform:
             "secret_manager_dir": str(self.secret_manager.root),
             "tracking_metrics_url": f"{self.balancer.url('tracking_metrics')}/metrics",
             "serving_metrics_url": f"{self.serving_url}/metrics",
+            "prometheus_url": self.alerting.prometheus_url,
             **(self.challenger_endpoints() if self.challenger_container else {}),
 
             "model_uri": f"models:/{self.model_name}@{self.model_alias}",
