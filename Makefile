@@ -56,7 +56,7 @@ mlserver-venv: $(MLSERVER_VENV)/.installed
 ## whole modules on three processes, longest first (the local ones mostly wait on their processes).
 test:
 	$(MAKE) -j4 install runtime tools-venv images  # side by side: the images wait only for .venv
-	$(PY) -m pytest -n 3 --dist loadfile
+	$(PY) -m pytest -n 3 --dist loadfile --durations=15
 
 ## make test-fast: the tests that start no process (about a minute and a half).
 test-fast: install tools-venv
