@@ -78,7 +78,9 @@ plan-check: install
 reference: install
 	$(PY) -m tools.offline.reference --write
 
-## make local [STACK=prod]: the platform on this machine (Postgres, GCS emulator, tracking, serving); Ctrl-C stops it.
+## make local [STACK=prod]: the platform on this machine (Postgres, GCS emulator, tracking, serving, and
+## Prometheus + Alertmanager evaluating the plan's alert policies: `apt-get install prometheus
+## prometheus-alertmanager`); Ctrl-C stops it.
 ## STACK=prod runs prod's manifests: tracking behind a stand-in for IAP, where people sign in by e-mail.
 local: install runtime images
 	$(PY) -m tools.local --stack $(STACK)

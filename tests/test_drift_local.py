@@ -2,13 +2,16 @@
 version trained on a logged dataset is served; traffic drawn from the training data scores no column over
 the threshold, the same traffic with one column shifted scores that column and only it; the MLflow run of
 the drift job has the scores and none for a redacted column; the recording sink received a notification of
-each kind the platform sends here (version registered, alias moved, promotion refused, drift)."""
+each kind the platform sends here (version registered, alias moved, promotion refused, drift, and an alert:
+tracking-down fires through Prometheus and Alertmanager while the tracking pod is stopped, and resolves once it
+is back). The serving policies' queries select the pods' real series, with their track."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +27,10 @@ from tools.ops import promote
 
 pytestmark = pytest.mark.slow
 
-REDACTION = {"serving.payloadLog.redact.drop": '["email"]', "serving.payloadLog.redact.hash": '["customer"]'}
+REDACTION = {"serving.payloadLog.redact.drop": '["email"]', "serving.payloadLog.redact.hash": '["customer"]',
+             "monitoring.alertsEnabled": "true"}
+ALERT_TIME_SCALE = 0.1  # scrapes every 3 s, rules every 6 s, tracking-down after 18 s
+ALERT_TIMEOUT = 120.0
 SHIFTED = "petal length (cm)"
 SHIFT = 2.5
 REQUESTS = 300
@@ -71,6 +77,31 @@ def send(platform, training: list[dict], shift: float, seed: int) -> None:
     settle(platform)
 
 
+def serving_selections(platform) -> dict[str, list[dict]]:
+    """Each serving policy's query without its threshold, and each series selector in it without its regex
+    matchers, as the local Prometheus answers them: a query that selects nothing would never fire on GCP either."""
+    answers = {}
+    for condition in platform.alerting.conditions:
+        if "mlflow_serving" not in condition.query:
+            continue
+        answers[condition.policy] = platform.alerting.query(re.sub(r"\s*[<>]=?\s*[\d.]+\s*$", "", condition.query))
+        for selector in re.findall(r"[a-zA-Z_:][\w:]*\{[^}]*\}", condition.query):
+            regex_labels = re.findall(r'(\w+)=~"[^"]*"', selector)
+            exact = re.sub(r',?\w+=~"[^"]*"', "", selector)
+            answers[selector] = platform.alerting.query(f"count by (track, {', '.join(['job', *regex_labels])}) ({exact})")
+    return answers
+
+
+def alerts_after(platform, seen: int, status: str) -> list[dict]:
+    deadline = time.monotonic() + ALERT_TIMEOUT
+    while time.monotonic() < deadline:
+        found = [e for e in platform.sink.received()[seen:] if e["kind"] == "alert" and e["status"] == status]
+        if found:
+            return found
+        time.sleep(1)
+    return []
+
+
 def drift_scores(log_path) -> dict[str, float]:
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     return {line["column"]: line["psi"] for line in lines if line.get("message") == "mlflow.drift.score"}
@@ -78,7 +109,8 @@ def drift_scores(log_path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def rehearsal(request, redacting_plan):
-    with scratch_platform(request, "mlflow-drift-", plan_dir=redacting_plan) as platform:
+    with scratch_platform(request, "mlflow-drift-", plan_dir=redacting_plan,
+                          alert_time_scale=ALERT_TIME_SCALE) as platform:
         platform.start()
         trained = platform.run_client(
             "train", "--model-name", platform.model_name, "--alias", platform.model_alias,
@@ -87,6 +119,8 @@ def rehearsal(request, redacting_plan):
         platform.restart_serving()  # as `make promote` would: the pods load the version the alias moved to
         training = trained["training_rows"]  # the data itself, not the stored copy the reference is made from
         send(platform, training, 0.0, seed=1)
+        time.sleep(2 * 30 * ALERT_TIME_SCALE + 1)  # two scrapes of the traffic: a rate needs both
+        selections = serving_selections(platform)
         calm = drift_scores(platform.run_drift_job())
         platform.payloads.target.write_text("")  # the next window
         send(platform, training, SHIFT, seed=2)
@@ -97,8 +131,14 @@ def rehearsal(request, redacting_plan):
                                 "--workdir", str(platform.workdir)])
         time.sleep(2 * SETTLE_SECONDS)  # the receiver's lines reach the sink's follower
         platform.received_events.record()
+        seen = len(platform.sink.received())  # a tracking-down while the platform started is not this one
+        platform.stop_tracking()
+        fired = alerts_after(platform, seen, "firing")
+        platform.start_tracking()
+        resolved = alerts_after(platform, seen, "resolved")
         yield {"platform": platform, "version": trained["version"], "calm": calm, "shifted": shifted,
-               "refused": refused, "received": platform.sink.received()}
+               "refused": refused, "received": platform.sink.received(), "selections": selections,
+               "fired": fired, "resolved": resolved}
 
 
 def test_traffic_like_the_training_data_drifts_nowhere(rehearsal):
@@ -133,8 +173,26 @@ def test_the_scores_are_an_mlflow_run_without_the_redacted_columns(rehearsal):
 def test_each_kind_of_notification_reached_the_sink(rehearsal):
     assert rehearsal["refused"] == promote.EXIT_GATE
     kinds = {entry["kind"] for entry in rehearsal["received"]}
-    assert {"version_registered", "alias_moved", "promotion_refused", "drift"} <= kinds, rehearsal["received"]
+    assert {"version_registered", "alias_moved", "promotion_refused", "drift", "alert"} <= kinds, rehearsal["received"]
     drifted = [entry for entry in rehearsal["received"] if entry["kind"] == "drift"]
     assert {entry["column"] for entry in drifted} == {SHIFTED}
     registered = [entry for entry in rehearsal["received"] if entry["kind"] == "version_registered"]
     assert rehearsal["version"] in {entry["version"] for entry in registered}
+
+
+def test_a_stopped_tracking_pod_fires_tracking_down_and_its_return_resolves_it(rehearsal):
+    assert [(e["alert"], e["labels"]["enabled"]) for e in rehearsal["fired"]] == [("tracking-down", "true")], \
+        rehearsal["received"]
+    assert [e["alert"] for e in rehearsal["resolved"]] == ["tracking-down"], rehearsal["received"]
+
+
+def test_the_serving_queries_select_the_pods_series_with_their_track(rehearsal):
+    selections = rehearsal["selections"]
+    assert {"serving-errors", "serving-latency"} <= set(selections)
+    assert [s["metric"]["track"] for s in selections["serving-latency"]] == ["champion"], selections
+    for selector, series in selections.items():
+        if "{" in selector:
+            assert series and all(s["metric"].get("track") == "champion" and s["metric"]["job"] == "mlflow-serving"
+                                  for s in series), (selector, series)
+    statuses = {s["metric"]["status"] for key, found in selections.items() if "status" in key for s in found}
+    assert statuses and all(re.fullmatch(r"\d{3}", status) for status in statuses), statuses  # "5.." can match

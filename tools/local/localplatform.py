@@ -55,7 +55,8 @@ from tools.local.manifests import (
     route_split, served_model, service_addresses, serving_tracks, sql_proxy_address, workload_containers,
 )
 from tools.local.postgres import LocalPostgres
-from tools.local.notifications import RecordingSink, notification
+from tools.local.notifications import AlertWebhook, RecordingSink, notification
+from tools.local.alerts import LocalAlerting, LocalPod
 from tools.local.payloads import PAYLOADS_FILE, PayloadRecorder
 from tools.local.secretmanager import LocalSecretManager, parse_version_name
 from tools.local.processes import (
@@ -165,7 +166,7 @@ class LocalPlatform:
     def __init__(self, workdir: Path, *, stack: str = "dev", plan_dir: Optional[Path] = None,
                  runtime_venv: Optional[Path] = None, demo_model: bool = True,
                  progress: Optional[Callable[[str], None]] = None,
-                 images: Optional[Callable[[str], ImageRoot]] = None):
+                 images: Optional[Callable[[str], ImageRoot]] = None, alert_time_scale: float = 1.0):
         self.workdir = Path(workdir).resolve()
         self.demo_model = demo_model
         self.progress = progress or (lambda message: None)
@@ -247,6 +248,11 @@ class LocalPlatform:
         self.notify: Optional[ManagedProcess] = None
         self.received_events = PayloadRecorder((self.logs_dir / "notify.log",), self.sink.path,
                                                keep=lambda line: notification(line.decode(errors="replace")) is not None)
+        # Cloud Monitoring's PromQL alert policies: Prometheus scrapes the pods as the PodMonitorings declare,
+        # Alertmanager posts what fires to the sink (`alert_time_scale` < 1 shortens intervals and `for`, for tests).
+        self.alert_webhook = AlertWebhook(self.sink)
+        self.alerting = LocalAlerting(self.workdir / "alerting", self.logs_dir, m, self.alert_webhook.url,
+                                      self.redact, alert_time_scale)
         self.postgres = LocalPostgres(self.workdir / "postgres", self.postgres_port,
                                       self.credentials.postgres_superuser_password, self.logs_dir / "postgres.log",
                                       self.redact)
@@ -348,6 +354,7 @@ class LocalPlatform:
             "secret_manager_dir": str(self.secret_manager.root),
             "tracking_metrics_url": f"{self.balancer.url('tracking_metrics')}/metrics",
             "serving_metrics_url": f"{self.serving_url}/metrics",
+            "prometheus_url": self.alerting.prometheus_url,
             **(self.challenger_endpoints() if self.challenger_container else {}),
 
             "model_uri": f"models:/{self.model_name}@{self.model_alias}",
@@ -411,6 +418,9 @@ class LocalPlatform:
         if self.iap:
             self.iap.start()
             self.progress(f"stand-in for IAP: people sign in at {self.iap.url}")
+        self.alert_webhook.start()
+        self.alerting.start(self.local_pods())
+        self.progress(f"alert policies: Prometheus {self.alerting.prometheus_url}, alerts to {self.sink.path}")
 
     def start_services(self) -> None:
         """Migration Job, tracking, serving user (then demo model and serving), on the data there."""
@@ -441,7 +451,7 @@ class LocalPlatform:
         """Stop everything started, newest first; every process group is gone afterwards."""
         errors = []
         for process in (self.challenger, self.serving, self.notify, self.tracking_metrics, self.tracking,
-                        *self.retired, self.balancer.process, self.emulator):
+                        *self.retired, self.balancer.process, *self.alerting.processes(), self.emulator):
             if process is not None:
                 try:
                     process.stop()
@@ -449,6 +459,7 @@ class LocalPlatform:
                     errors.append(err)
         if self.iap:
             self.iap.stop()
+        self.alert_webhook.stop()
         self.payloads.stop()
         self.received_events.stop()
         try:
@@ -460,7 +471,29 @@ class LocalPlatform:
 
     def processes(self) -> list[ManagedProcess]:
         return [p for p in (self.postgres.process, self.emulator, self.balancer.process, self.tracking, self.serving,
-                            self.challenger) if p is not None]
+                            self.challenger, *self.alerting.processes()) if p is not None]
+
+    def local_pods(self) -> list[LocalPod]:
+        """The running pods as Prometheus finds them: each container's local port (tools/local/alerts.py)."""
+        pods = []
+        for component, workload, containers in (
+                ("tracking", self.tracking_deployment,
+                 {self.tracking_container["name"]: (self.tracking, self.tracking_port),
+                  self.exporter_container["name"]: (self.tracking_metrics, self.tracking_metrics_port)}),
+                ("serving", self.serving_deployment,
+                 {self.serving_container["name"]: (self.serving, self.serving_port)}),
+                ("challenger", self.challenger_deployment,
+                 {self.serving_container["name"]: (self.challenger, self.challenger_port)})):
+            ports = {name: port for name, (process, port) in containers.items() if process and process.running}
+            if ports:
+                name = f"{workload['metadata']['name']}-{self.pod_generation[component]}"
+                pods.append(LocalPod(workload, name, ports))
+        return pods
+
+    def rescrape(self) -> None:
+        """Prometheus's targets follow the pods (a restart moves a pod to new ports), as its discovery does."""
+        if self.alerting.prometheus is not None:
+            self.alerting.update_targets(self.local_pods())
 
     # --- Postgres --------------------------------------------------------------------------
     def bootstrap_databases(self, databases: tuple[str, ...] = (TRACKING_DATABASE, AUTH_DATABASE)) -> None:
@@ -710,6 +743,7 @@ class LocalPlatform:
                                  log_path=self.logs_dir / f"{name}.log", redact=self.redact)
         setattr(self, name, process)
         process.start()
+        self.rescrape()
         self.started_containers.add((workload["metadata"]["name"], spec["name"]))
         started = time.monotonic()
         startup = spec.get("startupProbe") or {}
@@ -743,6 +777,7 @@ class LocalPlatform:
         for process in (self.tracking_metrics, self.tracking):
             if process:
                 process.stop()
+        self.rescrape()
 
     def restart_tracking(self) -> None:
         self.stop_tracking()
@@ -802,6 +837,7 @@ class LocalPlatform:
                     setattr(self, backend, None)  # no pod left behind if there was no old one
             if surge_first and old is not None:
                 self._restore(component, old, old_ports)  # the old pod was never touched
+            self.rescrape()
             raise
         if surge_first and old is not None:
             self._retire(workload, old, old_ports, wait=False)

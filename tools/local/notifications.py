@@ -5,19 +5,28 @@ On GCP a notification is a log line a log-based alert policy matches (infra/moni
 `make promote`), and a drift score above its threshold (the drift policy on the log-based metric). Here the
 same lines, read from the pods' logs and from `make promote`, land in WORKDIR/notifications.jsonl, one JSON
 object with its `kind` per notification.
+
+A serving or tracking alert is a PromQL alert policy firing: locally Prometheus evaluates the plan's policies
+and Alertmanager posts what fires or resolves to the sink's webhook (`AlertWebhook`, tools/local/alerts.py),
+recorded as `{"kind": "alert", "alert": ..., "status": "firing"|"resolved", "labels": {...}}`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterable, Optional
+
+from tools.local.processes import free_port
 
 from infra.monitoring import DRIFT_SCORE_MESSAGE, NOTIFY_MESSAGE
 
 NOTIFICATIONS_FILE = "notifications.jsonl"
 DRIFT = "drift"
+ALERT = "alert"
+WEBHOOK_PATH = "/alerts"
 
 
 def notification(line: str) -> Optional[dict]:
@@ -33,6 +42,14 @@ def notification(line: str) -> Optional[dict]:
     if entry.get("message") == DRIFT_SCORE_MESSAGE and entry.get("psi", 0) > entry.get("threshold", float("inf")):
         return {**entry, "kind": DRIFT}
     return None
+
+
+def alert_notifications(payload: dict) -> list[dict]:
+    """One notification per alert of an Alertmanager webhook payload (version 4)."""
+    return [{"kind": ALERT, "alert": alert["labels"]["alertname"], "status": alert["status"],
+             "labels": alert["labels"], "display_name": alert.get("annotations", {}).get("display_name"),
+             "starts_at": alert.get("startsAt"), "ends_at": alert.get("endsAt")}
+            for alert in payload.get("alerts", [])]
 
 
 class RecordingSink:
@@ -57,3 +74,44 @@ class RecordingSink:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class AlertWebhook:
+    """The sink's HTTP endpoint, in this process: Alertmanager's webhook receiver posts here."""
+
+    def __init__(self, sink: RecordingSink):
+        self.sink = sink
+        self.port = free_port()
+        self._server: Optional[ThreadingHTTPServer] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}"
+
+    def start(self) -> None:
+        sink = self.sink
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != WEBHOOK_PATH:
+                    self.send_response(404)
+                else:
+                    for entry in alert_notifications(json.loads(body)):
+                        sink.record(entry)
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:  # the sink's file is the record
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="alert-webhook", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
