@@ -1,6 +1,7 @@
 """Application secrets in Secret Manager: the tracking admin password, the Flask secret key, the
-serving and drift users' passwords and the key serving hashes redacted payload columns with. Pods mount them as files through GKE's Secret Manager add-on; each secret
-is readable only by the workload identities of the pods that mount it.
+serving and drift users' passwords, the key serving hashes redacted payload columns with and the
+webhook secrets. Pods mount them as files through GKE's Secret Manager add-on; each secret is
+readable only by the workload identities of the pods that mount it.
 
 The first version of each comes from a RandomPassword, so its value lives in Pulumi state (encrypted)
 and Secret Manager only; `make rotate-secret` adds later versions (tools/ops/rotate_secret.py).

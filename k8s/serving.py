@@ -382,10 +382,9 @@ class ModelServing(pulumi.ComponentResource):
         ksa = k8s.core.v1.ServiceAccount(
             f"{name}-setup-ksa", metadata={"name": SETUP_KSA_NAME, "namespace": tracking.namespace, "labels": labels},
             automount_service_account_token=False, opts=tracking_opts)
+        passwords = (tracking.admin_password, args.serving_password, *([args.drift_password] if args.drift_password else []))
         setup_class, setup_grants = secret_files(
-            f"{name}-setup", (tracking.admin_password, args.serving_password,
-                              *([args.drift_password] if args.drift_password else [])), SETUP_KSA_NAME, tracking.namespace,
-            labels, tracking_opts,
+            f"{name}-setup", passwords, SETUP_KSA_NAME, tracking.namespace, labels, tracking_opts,
             readers=(principal(args.project_number, args.tracking_workload_pool, tracking.namespace,
                                ksa.metadata["name"]),),
             gcp_opts=child_options(self, opts))

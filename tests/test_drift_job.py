@@ -103,7 +103,8 @@ def test_the_serving_user_job_creates_the_drift_user_for_the_experiment_the_job_
 
 def basic_auth_users(run) -> list[str]:
     """Who the IAP stack's tracking server still takes a password from (they call it inside the cluster)."""
-    return env_of(container(run.named("mlflow-deployment"), "mlflow"))["MLFLOW_IAP_BASIC_AUTH_USERS"]["value"].split(",")
+    tracking = env_of(container(run.named("mlflow-deployment"), "mlflow"))
+    return tracking["MLFLOW_IAP_BASIC_AUTH_USERS"]["value"].split(",")
 
 
 def test_behind_iap_the_drift_user_still_logs_in_by_password(stack_runs):

@@ -1,6 +1,7 @@
 """Rotate one application secret and roll the pods that use it.
 
-    python -m tools.ops.rotate_secret --name admin-password|flask-secret-key|serving-password|drift-password|payload-hash-key
+    python -m tools.ops.rotate_secret
+        --name admin-password|flask-secret-key|serving-password|drift-password|payload-hash-key
         [--target local|cluster] [--stack dev] [--workdir .local] [--tracking-uri URL] [--timeout S]
 
 In order, so that no login breaks and no request fails:
