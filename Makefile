@@ -13,7 +13,7 @@ PIP_FLAGS := --quiet --disable-pip-version-check
 DURATION ?= 60
 USERS ?= 16
 
-.PHONY: install runtime tools-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote challenger challenger-weight challenger-mirror challenger-abort rollback drift-reference rotate-secret clean
+.PHONY: install runtime tools-venv mlserver-venv images test test-fast plan plan-all plan-check reference local bench loadtest promote challenger challenger-weight challenger-mirror challenger-abort rollback drift-reference rotate-secret chat-webhook clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt loadtest/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +56,7 @@ mlserver-venv: $(MLSERVER_VENV)/.installed
 ## whole modules on three processes, longest first (the local ones mostly wait on their processes).
 test:
 	$(MAKE) -j4 install runtime tools-venv images  # side by side: the images wait only for .venv
-	$(PY) -m pytest -n 3 --dist loadfile
+	$(PY) -m pytest -n 3 --dist loadfile --durations=15
 
 ## make test-fast: the tests that start no process (about a minute and a half).
 test-fast: install tools-venv
@@ -130,6 +130,10 @@ drift-reference: install runtime
 ## make rotate-secret NAME=admin-password|flask-secret-key|serving-password [TARGET=local|cluster] [STACK=dev]
 rotate-secret: install runtime
 	$(PY) -m tools.ops.rotate_secret --name '$(NAME)' --target $(TARGET) --stack $(STACK)
+
+## make chat-webhook [STACK=prod] -- the chat webhook's URL, prompted without echo or piped on stdin (monitoring.notify.chat)
+chat-webhook: install
+	$(PY) -m tools.ops.chat_webhook --stack $(STACK)
 
 clean:
 	rm -rf $(VENV) $(RUNTIME_VENV) $(TOOLS_VENV) $(MLSERVER_VENV) .pytest_cache .local loadtest-results

@@ -8,7 +8,8 @@ from typing import Literal, Optional
 import pulumi
 
 from infra.cloud_rules import HEALTH_CHECK_RANGES
-from infra.apis import IAP_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
+from infra.apis import IAP_API, PUBSUB_API, REQUIRED_APIS, ProjectApis, ProjectApisArgs
+from infra.chat import ChatChannel, ChatChannelArgs
 from infra.cluster import GkeCluster, GkeClusterArgs
 from infra.database import Database, DatabaseArgs
 from infra.edge import EdgePolicy, EdgePolicyArgs
@@ -28,7 +29,7 @@ from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
 from k8s.drift import DRIFT_USERNAME, DriftJob, DriftJobArgs
-from k8s.notify import Notifications, NotificationsArgs
+from k8s.notify import ChatRelay, Notifications, NotificationsArgs
 from k8s.serving import CONTAINER_NAME, SERVING_PORT, SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
 from k8s.traffic import gateway_url
@@ -95,20 +96,26 @@ def build_platform(settings: Settings, opts: pulumi.ResourceOptions) -> dict[str
     clusters = build_clusters(settings, foundation)
     data = build_data(settings, foundation)
     tracking = build_tracking(settings, foundation, clusters, data)
-    build_observability(settings, foundation, data)
-    build_notifications(settings, foundation, clusters, tracking)
+    chat = build_chat(settings, foundation) if settings.monitoring.notify.chat else None
+    build_observability(settings, foundation, data, chat)
+    build_notifications(settings, foundation, clusters, tracking, chat)
     serving = build_serving(settings, foundation, clusters, tracking) if settings.serving.model_name else None
     # With IAP, even without teams: the Job then deletes the roles of the last teams removed.
     if settings.edge.iap:
         build_access(settings, foundation, clusters, tracking)
-    return stack_outputs(settings, foundation, clusters, data, tracking, serving)
+    outputs = stack_outputs(settings, foundation, clusters, data, tracking, serving)
+    if chat is not None:
+        # The secret, not its value: `make chat-webhook` adds the URL as a version.
+        outputs["chat_webhook_secret"] = pulumi.Output.from_input(chat.url_secret.secret_id)
+    return outputs
 
 
 def build_foundation(settings: Settings, opts: pulumi.ResourceOptions) -> Foundation:
     prefix = settings.name_prefix
     labels = gcp_labels(settings.environment)
-    apis = ProjectApis(f"{prefix}-apis", ProjectApisArgs(
-        project=settings.project, services=REQUIRED_APIS + (IAP_API,) if settings.edge.iap else REQUIRED_APIS), opts)
+    services = (REQUIRED_APIS + ((IAP_API,) if settings.edge.iap else ())
+                + ((PUBSUB_API,) if settings.monitoring.notify.chat else ()))
+    apis = ProjectApis(f"{prefix}-apis", ProjectApisArgs(project=settings.project, services=services), opts)
     after_apis = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[apis]))
     network = build_network(settings, labels, after_apis)
     registry = ImageRepository(f"{prefix}-images", ImageRepositoryArgs(
@@ -280,17 +287,26 @@ def build_access(settings: Settings, foundation: Foundation, clusters: Clusters,
         workload_pool=clusters.platform.workload_pool, settings=settings.access), foundation.after_apis)
 
 
+def build_chat(settings: Settings, foundation: Foundation) -> ChatChannel:
+    return ChatChannel(f"{settings.name_prefix}-chat", ChatChannelArgs(
+        project=settings.project, location=settings.region, prefix=settings.name_prefix,
+        environment=settings.environment, labels=foundation.labels,
+        project_number=foundation.app_secrets.project_number, protect=settings.protect), foundation.after_apis)
+
+
 def build_notifications(settings: Settings, foundation: Foundation, clusters: Clusters,
-                        tracking: TrackingServer) -> Notifications:
+                        tracking: TrackingServer, chat: Optional[ChatChannel]) -> Notifications:
     return Notifications("mlflow-notify", NotificationsArgs(
         provider=clusters.platform.provider, tracking=tracking.endpoint, image=foundation.images.serving_image,
         image_version=image_version(settings.serving.image),
         webhook_secret=foundation.app_secrets.refs[WEBHOOK_SECRET],
         project_number=foundation.app_secrets.project_number,
-        workload_pool=clusters.platform.workload_pool), foundation.after_apis)
+        workload_pool=clusters.platform.workload_pool,
+        chat=ChatRelay(chat.subscription, chat.url_secret) if chat else None), foundation.after_apis)
 
 
-def build_observability(settings: Settings, foundation: Foundation, data: Data) -> Monitoring:
+def build_observability(settings: Settings, foundation: Foundation, data: Data,
+                        chat: Optional[ChatChannel]) -> Monitoring:
     return Monitoring(f"{settings.name_prefix}-monitoring", MonitoringArgs(
         project=settings.project,
         environment=settings.environment,
@@ -303,6 +319,7 @@ def build_observability(settings: Settings, foundation: Foundation, data: Data) 
         settings=settings.monitoring,
         metric_prefix=settings.name_prefix,
         drift=has_drift_job(settings),
+        chat_channel=chat.channel_id if chat else None,
     ), foundation.after_apis)
 
 

@@ -29,6 +29,8 @@ REQUIRED_APIS = (
 )
 # Only with `edge.iap: true`: Identity-Aware Proxy on the Ingress.
 IAP_API = "iap.googleapis.com"
+# Only with `monitoring.notify.chat: true`: the alerts' topic and the chat relay's subscription.
+PUBSUB_API = "pubsub.googleapis.com"
 
 
 @dataclass(frozen=True)

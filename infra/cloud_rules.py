@@ -174,6 +174,8 @@ class NameRule:
     """The rule in words, for refusals."""
 
 
+_PUBSUB = r"(?!goog)[A-Za-z][-A-Za-z0-9_.~+%]{2,254}"
+_PUBSUB_ALLOWED = "3-255 letters, digits and -_.~+%, starting with a letter, not with 'goog'"
 NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
     # GKE: "a lowercase letter followed by up to 39 lowercase letters, numbers, or hyphens", not ending
     # with a hyphen; the API refuses longer node pool names with the regex '[a-z](?:[-a-z0-9]{0,38}[a-z0-9])?'
@@ -223,6 +225,10 @@ NAME_RULES: dict[str, NameRule] = {token: NameRule(*rule) for token, rule in {
     "gcp:logging/projectExclusion:ProjectExclusion": ("name", 100, r"[A-Za-z0-9][A-Za-z0-9_.-]*",
                                                       "1-100 letters, digits, '_', '-', '.', starting with a letter "
                                                       "or digit"),
+    # Pub/Sub topic and subscription ids (google.pubsub.v1 Topic.name): a letter, then letters, digits and
+    # -_.~+%, 3-255 characters in all, not starting with "goog".
+    "gcp:pubsub/topic:Topic": ("name", 255, _PUBSUB, _PUBSUB_ALLOWED),
+    "gcp:pubsub/subscription:Subscription": ("name", 255, _PUBSUB, _PUBSUB_ALLOWED),
     # Logging LogMetric.name: at most 100 characters of letters, digits and _-.,+!*',()%/ (no leading slash).
     "gcp:logging/metric:Metric": ("name", 100, r"[A-Za-z0-9_.,+!*'()%-][A-Za-z0-9_.,+!*'()%/-]*",
                                   "1-100 letters, digits and _-.,+!*',()%/, not starting with '/'"),

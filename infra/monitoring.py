@@ -116,11 +116,13 @@ class MonitoringArgs:
     """Prefix of the log-based metric's name (the stack's name prefix)."""
     drift: bool = False
     """Whether the drift job runs (serving with its payload log): its metric and alert policy."""
+    chat_channel: Optional[pulumi.Input[str]] = None
+    """The chat relay's `pubsub` channel (infra/chat.py), notified beside the e-mail channels."""
 
 
 class Monitoring(pulumi.ComponentResource):
     """One dashboard, the alert policies (workloads, database, notifications, drift) and an e-mail channel per
-    address of `monitoring.notify.emails`, on every policy."""
+    address of `monitoring.notify.emails`, on every policy beside the chat channel if any."""
 
     dashboard_id: pulumi.Output[str]
 
@@ -144,6 +146,8 @@ class Monitoring(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
                 aliases=[pulumi.Alias(name=f"{name}-email")] if index == 0 else None))).id
             for index, address in enumerate(args.settings.notify.emails)]
+        if args.chat_channel is not None:
+            channels.append(args.chat_channel)
         alert = functools.partial(self._alert, name, args, channels, child)
         for key, title, query, duration, runbook in promql_alerts(args):
             alert(key, title, "ERROR" if args.environment == "prod" else "WARNING",

@@ -64,6 +64,28 @@ def workload_principal(project_number: str, workload_pool: str, namespace: str, 
             f"workloadIdentityPools/{workload_pool}/subject/ns/{namespace}/sa/{ksa}")
 
 
+def regional_secret(name: str, project: str, location: str, prefix: str, logical: str, labels: dict[str, str],
+                    opts: pulumi.ResourceOptions) -> gcp.secretmanager.Secret:
+    """One secret of the stack, without a version."""
+    return gcp.secretmanager.Secret(
+        name,
+        project=project,
+        secret_id=secret_id(prefix, logical),
+        # One region, the platform's: the values stay where the workloads and the database (which
+        # holds the same passwords' hashes) are; a regional outage takes their readers down anyway.
+        replication=gcp.secretmanager.SecretReplicationArgs(
+            user_managed=gcp.secretmanager.SecretReplicationUserManagedArgs(
+                replicas=[gcp.secretmanager.SecretReplicationUserManagedReplicaArgs(location=location)])),
+        labels={**labels, "secret": logical},
+        opts=opts,
+    )
+
+
+def version_name(project: str, secret: gcp.secretmanager.Secret) -> pulumi.Output[str]:
+    """The secret's newest version: what a SecretProviderClass mounts, so a rollout picks up a rotation."""
+    return pulumi.Output.concat("projects/", project, "/secrets/", secret.secret_id, f"/versions/{LATEST}")
+
+
 @dataclass(frozen=True)
 class SecretRef:
     """One application secret, as its consumers need it."""
@@ -115,18 +137,8 @@ class AppSecrets(pulumi.ComponentResource):
             project_id=args.project, opts=after_apis).number.apply(str)
         self.refs = {}
         for logical, length in SECRET_LENGTHS.items():
-            secret = gcp.secretmanager.Secret(
-                f"{name}-{logical}",
-                project=args.project,
-                secret_id=secret_id(args.prefix, logical),
-                # One region, the platform's: the values stay where the workloads and the database (which
-                # holds the same passwords' hashes) are; a regional outage takes their readers down anyway.
-                replication=gcp.secretmanager.SecretReplicationArgs(
-                    user_managed=gcp.secretmanager.SecretReplicationUserManagedArgs(
-                        replicas=[gcp.secretmanager.SecretReplicationUserManagedReplicaArgs(location=args.location)])),
-                labels={**args.labels, "secret": logical},
-                opts=kept,
-            )
+            secret = regional_secret(f"{name}-{logical}", args.project, args.location, args.prefix, logical,
+                                     args.labels, kept)
             value = random.RandomPassword(f"{name}-{logical}-value", length=length, special=False,
                                           opts=pulumi.ResourceOptions(parent=self))
             first_version = gcp.secretmanager.SecretVersion(
@@ -138,8 +150,7 @@ class AppSecrets(pulumi.ComponentResource):
             )
             self.refs[logical] = SecretRef(
                 name=logical, secret_id=secret.id, first_version=first_version,
-                version_name=pulumi.Output.concat("projects/", args.project, "/secrets/", secret.secret_id,
-                                                  f"/versions/{LATEST}"))
+                version_name=version_name(args.project, secret))
         self.secret_ids = pulumi.Output.from_input({key: ref.secret_id for key, ref in self.refs.items()})
         self.register_outputs({"project_number": self.project_number, "secret_ids": self.secret_ids})
 

@@ -490,6 +490,7 @@ class DriftSettings(Section):
 class NotifySettings(Section):
     emails: Annotated[tuple[Annotated[str, AfterValidator(_email)], ...], BeforeValidator(_json_list)] = Field(
         (), description="Addresses notified of every alert, registry event, refused promotion, rollback and drift; one e-mail channel each.")
+    chat: bool = Field(False, description="Also post every notification to a chat webhook (Google Chat, Slack) whose URL the Secret Manager secret `chat-webhook-url` holds: `make chat-webhook` sets it. Alerts reach a Pub/Sub channel the notification receiver relays; the URL is never in config, state or plans.")
 
 
 class MonitoringSettings(Section):

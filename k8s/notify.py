@@ -6,6 +6,11 @@ that the notifications alert policy (infra/monitoring.py) sends to the stack's c
 creates or updates the webhook as the admin on every change of its URL, its image or the webhook secret's
 current version (a version added by hand or by a rotation: the next `up` rolls the receiver and registers the
 secret again), so it is declared, not made by hand. Neither needs a GCP role: the receiver only reads its secret and writes to stdout.
+
+With `monitoring.notify.chat` the receiver also relays alerts to chat (infra/chat.py): it may pull the alerts'
+subscription and read the URL's secret, nothing else. It reads the URL through Secret Manager's API rather than
+a mounted file: the secret has no version until someone runs `make chat-webhook`, and a mount of it would keep
+the pod, and the registry webhooks, from starting.
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
+from infra.chat import SUBSCRIBER
 from infra.naming import child_options, job_wait, k8s_labels
-from infra.secrets import ADMIN_PASSWORD, WEBHOOK_SECRET, SecretRef
+from infra.secrets import ADMIN_PASSWORD, WEBHOOK_SECRET, SecretRef, grant_readers
 from k8s.pods import container_security_context, drain_on_stop, http_probe, resources, tmp_mount, tmp_volume
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
 from k8s.tracking import TrackingEndpoint
@@ -38,6 +44,9 @@ RECEIVER_ENV = {"MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
 REGISTER_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "MLFLOW_NOTIFY_SECRET": WEBHOOK_SECRET}
 DEADLINE_SECONDS = 300
 URL_ENV = "MLFLOW_NOTIFY_WEBHOOK_URL"
+# mlflow_notify.chat's environment: the subscription it pulls, the secret version holding the chat URL.
+SUBSCRIPTION_ENV = "MLFLOW_NOTIFY_SUBSCRIPTION"
+CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_URL_VERSION"
 # Out of the Service before SIGTERM (MLflow retries a refused delivery); the grace period outlasts the drain.
 DRAIN_SECONDS = 5
 GRACE_SECONDS = 15
@@ -47,11 +56,24 @@ def webhook_url(namespace: str) -> str:
     return in_cluster_url(SERVICE_NAME, namespace, PORT) + WEBHOOK_PATH
 
 
-def receiver_container(image: Any) -> dict:
+@dataclass(frozen=True)
+class ChatRelay:
+    subscription: pulumi.Input[str]
+    """projects/P/subscriptions/S of the alerts' `pubsub` channel."""
+    url_secret: SecretRef
+    """The secret holding the chat webhook's URL."""
+
+
+def chat_env(subscription: Any, url_version: Any) -> list[dict]:
+    """What the relay reads (mlflow_notify.chat): names of Google resources, never the URL itself."""
+    return [{"name": SUBSCRIPTION_ENV, "value": subscription}, {"name": CHAT_SECRET_ENV, "value": url_version}]
+
+
+def receiver_container(image: Any, chat: Optional[ChatRelay] = None) -> dict:
     command, args = with_file_env(["python"], ["-m", MODULE, "serve", "--port", str(PORT)], RECEIVER_ENV)
     return {
         "name": "receiver", "image": image, "command": command, "args": args,
-        "env": file_env(RECEIVER_ENV),
+        "env": file_env(RECEIVER_ENV) + (chat_env(chat.subscription, chat.url_secret.version_name) if chat else []),
         "ports": [{"name": "http", "containerPort": PORT}],
         "startupProbe": http_probe("/live", "http", period=2, failures=30),
         "readinessProbe": http_probe("/live", "http", period=10),
@@ -105,6 +127,8 @@ class NotificationsArgs:
     webhook_secret: SecretRef
     project_number: pulumi.Input[str]
     workload_pool: pulumi.Input[str]
+    chat: Optional[ChatRelay] = None
+    """With `monitoring.notify.chat`: the receiver relays the alerts' subscription to the chat webhook."""
 
 
 class Notifications(pulumi.ComponentResource):
@@ -119,14 +143,16 @@ class Notifications(pulumi.ComponentResource):
         ksa = k8s.core.v1.ServiceAccount(
             f"{name}-ksa", metadata=names.metadata(tracking.namespace), automount_service_account_token=False,
             opts=k8s_opts)
+        reader = principal(args.project_number, args.workload_pool, tracking.namespace, ksa.metadata["name"])
         provider_class, grants = secret_files(
             f"{name}-receiver", (args.webhook_secret,), SERVICE_NAME, tracking.namespace, names.labels, k8s_opts,
-            readers=(principal(args.project_number, args.workload_pool, tracking.namespace, ksa.metadata["name"]),),
-            gcp_opts=gcp_opts)
+            readers=(reader,), gcp_opts=gcp_opts)
+        if args.chat is not None:
+            grants += self._chat_grants(name, args.chat, reader, gcp_opts)
         secret_version = current_version(args.webhook_secret, pulumi.InvokeOutputOptions(
             parent=self, depends_on=[*(gcp_opts.depends_on or []), args.webhook_secret.first_version]))
         pod = workload_pod(service_account=ksa.metadata["name"], grace_seconds=GRACE_SECONDS,
-                           containers=[receiver_container(args.image)],
+                           containers=[receiver_container(args.image, args.chat)],
                            volumes=[tmp_volume("16Mi"), secrets_volume(provider_class)])
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment", metadata=names.metadata(tracking.namespace), spec=deployment_spec(names, pod, {SECRET_VERSION_ANNOTATION: secret_version}, 1),
@@ -142,6 +168,14 @@ class Notifications(pulumi.ComponentResource):
         url = tracking.namespace.apply(webhook_url)
         self._register(name, args, url, secret_version, [deployment, service], k8s_opts, gcp_opts)
         self.register_outputs({})
+
+    @staticmethod
+    def _chat_grants(name: str, chat: ChatRelay, reader: pulumi.Input[str],
+                     gcp_opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        """Pull (and acknowledge) the alerts' subscription, read the URL's secret: each on that resource only."""
+        return [gcp.pubsub.SubscriptionIAMMember(f"{name}-chat-subscriber", subscription=chat.subscription,
+                                                 role=SUBSCRIBER, member=reader, opts=gcp_opts),
+                *grant_readers(f"{name}-chat-secrets", (chat.url_secret,), (reader,), gcp_opts)]
 
     @staticmethod
     def _register(name: str, args: NotificationsArgs, url: pulumi.Output[str], secret_version: pulumi.Output[str],

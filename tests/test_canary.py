@@ -510,10 +510,10 @@ def test_a_route_change_returns_once_the_gateway_reports_the_new_generation():
 
 
 def test_promql_selects_the_track_and_the_scoring_path_over_the_window():
-    queries = track_queries("challenger", "mlflow", 75)
-    # 4xx too: MLflow's scoring answers 400 when the model raises
-    assert queries["errors"] == ('sum(increase(mlflow_serving_requests_total{namespace="mlflow",track="challenger",'
-                                 'path="/invocations",status=~"[45].."}[75s]))')
+    queries = track_queries("challenger", "mlflow-prod-serving", "mlflow", 75)
+    # 4xx too: MLflow's scoring answers 400 when the model raises; this stack's cluster only
+    assert queries["errors"] == ('sum(increase(mlflow_serving_requests_total{cluster="mlflow-prod-serving",'
+                                 'namespace="mlflow",track="challenger",path="/invocations",status=~"[45].."}[75s]))')
     assert queries["p99"].startswith("histogram_quantile(0.99, sum by (le) (increase("
                                      "mlflow_serving_request_duration_seconds_bucket{")
 
@@ -527,7 +527,7 @@ def test_prometheus_answers_become_track_numbers():
         return {"status": "success", "data": {"resultType": "vector", "result": [{"value": [0, answers[kind]]}]}}
 
     clock = iter([100.0, 160.2])
-    metrics = PrometheusMetrics("p1", "mlflow", get, clock=lambda: next(clock))
+    metrics = PrometheusMetrics("p1", "c1", "mlflow", get, clock=lambda: next(clock))
     found = metrics.since(metrics.mark())
     assert found["challenger"] == TrackStats(480.0, 12.0, 0.042)
     assert scalar({"status": "success", "data": {"result": []}}) is None

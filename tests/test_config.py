@@ -92,6 +92,7 @@ BAD_CONFIGS = {
     "alert_p99_too_low": ({"monitoring.servingP99Ms": "1"}, f"{NS}:monitoring.servingP99Ms", "between 10 and 60000"),
     "alert_storage_percent_too_low": ({"monitoring.dbStoragePercent": "20"}, f"{NS}:monitoring.dbStoragePercent", "between 50 and 99"),
     "notify_email_malformed": ({"monitoring.notify.emails": ["oncall"]}, f"{NS}:monitoring.notify.emails", "e-mail address"),
+    "notify_chat_not_a_switch": ({"monitoring.notify.chat": "slack"}, f"{NS}:monitoring.notify.chat", "valid boolean"),
     "drift_schedule_malformed": ({"monitoring.drift.schedule": "hourly"}, f"{NS}:monitoring.drift.schedule", "cron"),
     "alias_like_version": ({"serving.modelAlias": "v2"}, f"{NS}:serving.modelAlias", "not of the form vN"),
     "challenger_serves_the_champion_alias": ({"serving.challenger.alias": "champion"}, f"{NS}:serving.challenger.alias", f"must differ from {NS}:serving.modelAlias"),

@@ -65,7 +65,7 @@ def test_the_serving_gateway_is_priced_where_a_model_is_served(stack_runs, run_s
 def test_secret_manager_prices_every_secret_location_version_and_access(stack_runs, stack, accesses):
     item = line(stack_runs[stack], "Secret Manager")
     prices = load_prices()["secret_manager"]
-    secrets = len(SECRET_LENGTHS)
+    secrets = len(SECRET_LENGTHS) + (1 if stack == "prod" else 0)  # prod's chat webhook URL
     expected = secrets * prices["versions_kept"] * prices["version_per_location_month"] + accesses / 10_000 * prices[
         "access_per_10k"]
     assert (item.monthly_min, item.monthly_max) == (pytest.approx(expected), pytest.approx(expected))
@@ -92,3 +92,9 @@ def test_cost_rows_read_only_the_monthly_table():
     dev = "| Item | Detail | Min | Max |\n|---|---|---:|---:|\n| Nodes: a | x | 1 | 2 |\n| **Total** | | **1** | **2** |\n\n" \
           "| Item | Detail | per hour | idle |\n|---|---|---:|---:|\n| Load | y | 9 | 0 |\n"
     assert cost_rows(dev) == {"Nodes: a": ("1", "2"), "Total": ("1", "2")}
+
+
+def test_the_chat_relays_pubsub_is_priced_and_within_the_free_tier(stack_runs):
+    item = line(stack_runs["prod"], "Pub/Sub (chat relay)")
+    assert (item.monthly_min, item.monthly_max) == (0, 0) and "within the free 10 GiB" in item.detail
+    assert not [i for i in estimate(stack_runs["dev"]) if i.item.startswith("Pub/Sub")]

@@ -169,7 +169,7 @@ def test_committed_plan_records_each_resources_dependencies(stack, stack_runs):
 
     document = {entry["name"]: entry for entry in resources_document(stack_runs[stack])}
     assert "mlflow-artifacts-bucket" in document["mlflow-identity-bucket-0"]["dependsOn"]
-    apis = len(REQUIRED_APIS) + (1 if stack == "prod" else 0)  # prod also enables IAP's API
+    apis = len(REQUIRED_APIS) + (2 if stack == "prod" else 0)  # prod also enables IAP's API and Pub/Sub's (chat)
     assert f"mlflow-apis (all {apis})" in document["mlflow-net-vpc"]["dependsOn"]
     assert {"mlflow-identity-cloudsql-client", "mlflow-identity-wi-binding"} <= set(document["mlflow-migrate"]["dependsOn"])
 
@@ -244,6 +244,7 @@ UNNAMED_TYPES = frozenset({
     "gcp:monitoring/alertPolicy:AlertPolicy", "gcp:monitoring/dashboard:Dashboard",
     "gcp:monitoring/notificationChannel:NotificationChannel", "gcp:iap/webIamMember:WebIamMember",
     "gcp:iap/settings:Settings", "gcp:bigquery/datasetIamMember:DatasetIamMember",
+    "gcp:pubsub/topicIAMMember:TopicIAMMember", "gcp:pubsub/subscriptionIAMMember:SubscriptionIAMMember",
 })
 
 

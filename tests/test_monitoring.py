@@ -138,11 +138,12 @@ def test_prod_alerts_are_on_and_mail_the_on_call(stack_runs):
     assert set(policies) == {f"mlflow-monitoring-{k}" for k in ("serving-latency", "serving-errors",
                                                                  "tracking-down", "db-storage", "notifications",
                                                                  "drift")}
-    channel = run.of_type("gcp:monitoring/notificationChannel:NotificationChannel")[0]
+    channel = run.named("mlflow-monitoring-email-0")
     assert channel.inputs["labels"] == {"email_address": "mlflow-oncall@example.com"}
     for name, policy in policies.items():
-        # the mocks give every resource the id NAME-id
-        assert policy["enabled"] is True and policy["notificationChannels"] == [f"{channel.name}-id"], name
+        # the mocks give every resource the id NAME-id; prod also posts to chat (tests/test_chat_stack.py)
+        assert policy["enabled"] is True and policy["notificationChannels"] == [f"{channel.name}-id",
+                                                                                 "mlflow-chat-channel-id"], name
         assert "README" in policy["documentation"]["content"]
 
 

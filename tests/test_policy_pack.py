@@ -462,3 +462,16 @@ def test_an_alert_policy_that_notifies_nobody_is_refused_where_channels_exist(ru
     assert len(found) == 1 and "mlflow-monitoring-notifications" in found[0] and "names none" in found[0], found
     # a stack with no channel (dev) has nothing to notify
     assert rules.check_alert_policies_notify(stack_resources(runs["dev"])) == []
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("type", "webhook_tokenauth", "keeps its URL in a plain label"),
+    ("type", "webhook_basicauth", "keeps its URL in a plain label"),
+    ("labels.topic", "projects/someone-else/topics/mlflow-alerts", "not a topic of this stack"),
+    ("labels.topic", "mlflow-alerts", "not a topic of this stack"),
+])
+def test_a_channel_with_its_url_in_a_label_or_publishing_elsewhere_is_refused(runs, path, value, message):
+    resources = stack_resources(runs["prod"])
+    assert rules.check_channels_keep_urls_out(resources) == []
+    found = rules.check_channels_keep_urls_out(with_resource(resources, "mlflow-chat-channel", path, value))
+    assert len(found) == 1 and message in found[0] and "mlflow-chat-channel" in found[0], found

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.chat import CHAT_WEBHOOK_URL
 from infra.identity import WORKLOAD_IDENTITY_ANNOTATION
 from infra.secrets import ACCESSOR, SECRET_LENGTHS, AppSecretsArgs, workload_principal
+from k8s.notify import CHAT_SECRET_ENV
 from k8s.secret_files import CSI_DRIVER, SPC_PROVIDER, provider_class_spec, with_file_env
 from tools.offline.mocks import OFFLINE_PROJECT_NUMBER, is_secret
 from tools.offline.stack import ROOT
@@ -51,13 +53,15 @@ def test_a_zone_is_refused_as_the_replica_location():
 def test_each_secret_lives_in_the_stacks_region_with_labels_and_a_generated_first_version(stack_runs, stack):
     run = stack_runs[stack]
     secrets = run.of_type(SECRET)
-    assert sorted(plain(s.inputs["labels"])["secret"] for s in secrets) == sorted(SECRET_LENGTHS)
+    # the chat webhook's URL (prod) is the one secret a person supplies: declared without a version
+    supplied = (CHAT_WEBHOOK_URL,) if stack == "prod" else ()
+    assert sorted(plain(s.inputs["labels"])["secret"] for s in secrets) == sorted((*SECRET_LENGTHS, *supplied))
     region = run.of_type("gcp:sql/databaseInstance:DatabaseInstance")[0].inputs["region"]
     for record in secrets:
         assert record.inputs["replication"] == {"userManaged": {"replicas": [{"location": region}]}}, record.urn
         assert {"app", "env", "managed-by"} <= set(record.inputs["labels"]), record.urn
     versions = run.of_type("gcp:secretmanager/secretVersion:SecretVersion")
-    assert len(versions) == len(secrets)
+    assert len(versions) == len(SECRET_LENGTHS)
     for version in versions:
         assert is_secret(version.inputs["secretData"]), f"{version.urn}: the value must stay a Pulumi secret"
         assert any("RandomPassword" in dep for dep in version.dependencies), version.urn
@@ -75,11 +79,16 @@ def _identities(run, namespace: str, ksa: str) -> set[str]:
 
 
 def expected_readers(run) -> dict[str, set[str]]:
-    """secret id -> the identities of every pod that mounts a SecretProviderClass naming it."""
+    """secret id -> the identities of every pod that mounts a SecretProviderClass naming it, or (the chat
+    relay) reads it through Secret Manager's API as its pod's KSA principal."""
     classes = {(r.inputs["metadata"]["namespace"], r.inputs["metadata"]["name"]): r for r in run.of_type(SPC)}
     readers: dict[str, set[str]] = {}
     for workload in (w for kind in WORKLOADS for w in run.of_type(kind)):
         spec, namespace = pod_spec(workload), workload.inputs["metadata"]["namespace"]
+        for env in (e for c in spec["containers"] for e in c.get("env", []) if e["name"] == CHAT_SECRET_ENV):
+            principal = workload_principal(OFFLINE_PROJECT_NUMBER, f"{run.of_type(SECRET)[0].inputs['project']}"
+                                           ".svc.id.goog", namespace, spec["serviceAccountName"])
+            readers.setdefault(env["value"].split("/")[3], set()).add(principal)
         for volume in spec.get("volumes", []):
             if "csi" not in volume:
                 continue

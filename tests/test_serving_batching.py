@@ -315,13 +315,16 @@ def test_a_model_slower_than_the_inline_budget_is_scored_off_the_loop():
 
     async def scenario():
         beat = asyncio.ensure_future(ticker())
-        for _ in range(3):
+        for _ in range(4):
             queued(batcher, 1.0, 2.0)
             await settled(batcher)
+        ticks.append(asyncio.get_running_loop().time())  # a stall by the last batch counts too
         beat.cancel()
     on_loop(scenario)
     assert batcher.call_cost >= INLINE_SECONDS
-    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.15  # never blocked for a 200 ms batch
+    # A loop blocked by its batches stalls 200 ms once per batch; one such stall is allowed to the
+    # scheduler of a loaded machine.
+    assert sum(b - a >= 0.19 for a, b in zip(ticks, ticks[1:])) <= 1
 
 
 def call(app, path: str, method: str = "POST") -> list[dict]:

@@ -43,6 +43,13 @@ def sample(metrics: ServingMetrics, name: str, **labels) -> float:
     return metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+def test_scoring_error_series_exist_at_zero_before_the_first_request():
+    # increase() over a series first seen at 1 reads 0: a new challenger's first errors would be missed.
+    body = ServingMetrics().exposition().decode()
+    for status in ("200", "400", "500", "503", "504"):
+        assert f'mlflow_serving_requests_total{{method="POST",path="/invocations",status="{status}"}} 0.0' in body
+
+
 def test_requests_are_counted_by_path_method_and_status():
     metrics = ServingMetrics()
     call(PrometheusMiddleware(scoring_app(200), metrics), "/invocations", "POST")

@@ -15,13 +15,18 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from mlflow_notify import EVENTS, emit, event_notice, verified
+from mlflow_notify.chat import IDLE_SECONDS, ChatRelay
 
 SECRET_ENV = "MLFLOW_NOTIFY_SECRET"
+# The chat relay's subscription and URL secret version (k8s/notify.py sets both with `monitoring.notify.chat`).
+SUBSCRIPTION_ENV = "MLFLOW_NOTIFY_SUBSCRIPTION"
+CHAT_SECRET_ENV = "MLFLOW_NOTIFY_CHAT_URL_VERSION"
 WEBHOOK_NAME = "mlflow-platform-notify"
 WEBHOOK_PATH = "/webhook"
 MAX_BODY = 1 << 20
@@ -73,6 +78,34 @@ def register(url: str, secret: str) -> str:
     return f"created webhook {WEBHOOK_NAME} ({hook.webhook_id}) -> {url}"
 
 
+def start_chat_relay(environ: Mapping[str, str]) -> Optional[threading.Thread]:
+    """With a subscription and a URL secret named (`monitoring.notify.chat`), the relay runs beside the server."""
+    subscription, url_secret = environ.get(SUBSCRIPTION_ENV), environ.get(CHAT_SECRET_ENV)
+    if not (subscription and url_secret):
+        return None
+    thread = threading.Thread(target=relay_forever, args=(subscription, url_secret), name="chat-relay", daemon=True)
+    thread.start()
+    return thread
+
+
+def relay_forever(subscription: str, url_secret: str, sleep: Callable[[float], None] = time.sleep) -> None:
+    """The relay, once Google's credentials are found: without them (no Workload Identity, as on `make local`)
+    it logs and waits instead of failing, so the registry webhooks keep being received."""
+    import requests
+
+    from mlflow_drift.sources import authorized_session
+
+    while True:
+        try:
+            google = authorized_session()
+            break
+        except Exception as err:  # noqa: BLE001: google.auth's DefaultCredentialsError and transport errors
+            emit({"message": "mlflow.notify.chat", "severity": "ERROR",
+                  "reason": f"no Google credentials for Pub/Sub and Secret Manager: {type(err).__name__}"})
+            sleep(IDLE_SECONDS)
+    ChatRelay(subscription, url_secret, google, requests.post).run(sleep)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlflow_notify")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "register":
         print(register(args.url, secret))
         return 0
+    start_chat_relay(os.environ)
     ThreadingHTTPServer(("0.0.0.0", args.port), handler(secret)).serve_forever()
     return 0
 

@@ -12,6 +12,10 @@ from prometheus_client import multiprocess
 KNOWN_PATHS = frozenset({"/invocations", "/ping", "/health", "/version", "/live"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# What /invocations answers (scored, model error, unsupported type, failure, overloaded/loading, timed out).
+# Their series exist at 0 from the start: Prometheus' increase() over a series that first appears at 1
+# reads 0, so a new pod's first errors would be missed by the canary's and the alerts' queries.
+SCORING_STATUSES = ("200", "400", "415", "500", "503", "504")
 
 
 class ServingMetrics:
@@ -19,6 +23,8 @@ class ServingMetrics:
         self.registry = registry or CollectorRegistry()
         self.requests = Counter("mlflow_serving_requests", "Scoring-server requests by path, method and status.",
                                 ["path", "method", "status"], registry=self.registry)
+        for status in SCORING_STATUSES:
+            self.requests.labels("/invocations", "POST", status)
         self.latency = Histogram("mlflow_serving_request_duration_seconds", "Time to answer a request.",
                                  ["path"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("mlflow_serving_requests_in_flight", "Requests being answered now.",

@@ -176,6 +176,15 @@ def estimate(run: StackRun, prices: dict | None = None) -> list[LineItem]:
                               f"{sm['versions_kept']} versions + {usage['secret_accesses']:,} accesses (pod starts)",
                               versions + accesses, versions + accesses))
 
+    if run.of_type("gcp:pubsub/topic:Topic"):
+        pubsub = prices["pubsub"]
+        # published once, delivered once (and again for each post the webhook refused)
+        gib = 2 * pubsub["incidents_per_month"] * pubsub["incident_kb"] / KIB_PER_GIB
+        monthly = max(0.0, gib - pubsub["free_gib_month"]) / 1024 * pubsub["throughput_per_tib"]
+        items.append(LineItem("Pub/Sub (chat relay)", f"~{pubsub['incidents_per_month']:,} incidents/month × "
+                              f"{pubsub['incident_kb']} KB, published and pulled: {gib * 1024:.0f} MiB, within "
+                              f"the free {pubsub['free_gib_month']} GiB", monthly, monthly))
+
     storage = prices["storage"]
     stored = usage["bucket_gb"] * storage["standard_per_gb_month"] + usage["registry_gb"] * storage[
         "registry_per_gb_month"]

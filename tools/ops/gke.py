@@ -109,7 +109,8 @@ class GkeTarget:
                     "route writes the settings' weights back",)
 
         return ChallengerTarget(serving.model_name, serving.model_alias, serving.challenger.alias, roller, router,
-                                PrometheusMetrics(config["gcp:project"], namespace, adc_get()),
+                                PrometheusMetrics(config["gcp:project"], outputs.get("serving_cluster_name"), namespace,
+                                                  adc_get()),
                                 thresholds,
                                 (serving.challenger.weight, serving.challenger.mirror), notes,
                                 ReplicaHold(autoscaling_api(api_client), *outputs.deployment("serving")))

@@ -140,9 +140,11 @@ class HttpRouteRouter:
             self.held = False
 
 
-def track_queries(track: str, namespace: str, seconds: int) -> dict[str, str]:
-    """PromQL of one track's /invocations over the last `seconds`."""
-    selector = f'namespace="{namespace}",{TRACK_METRIC_LABEL}="{track}",path="{SCORING_PATH}"'
+def track_queries(track: str, cluster: str, namespace: str, seconds: int) -> dict[str, str]:
+    """PromQL of one track's /invocations over the last `seconds`. Managed Prometheus keeps a project's
+    clusters in one store, each series labelled with its `cluster`: another cluster's namespace of the same
+    name (a second stack in the project) is not this one's."""
+    selector = f'cluster="{cluster}",namespace="{namespace}",{TRACK_METRIC_LABEL}="{track}",path="{SCORING_PATH}"'
     window = f"[{seconds}s]"
     return {
         "requests": f"sum(increase({REQUESTS}_total{{{selector}}}{window}))",
@@ -166,9 +168,10 @@ def scalar(answer: dict) -> Optional[float]:
 class PrometheusMetrics:
     """Each track's numbers from Managed Prometheus; `get(url, params) -> JSON` is an authorized GET."""
 
-    def __init__(self, project: str, namespace: str, get: Callable[[str, dict], dict],
+    def __init__(self, project: str, cluster: str, namespace: str, get: Callable[[str, dict], dict],
                  clock: Callable[[], float] = time.time):
-        self.url, self.namespace, self.get, self.clock = PROMETHEUS_API.format(project=project), namespace, get, clock
+        self.url, self.get, self.clock = PROMETHEUS_API.format(project=project), get, clock
+        self.cluster, self.namespace = cluster, namespace
 
     def mark(self) -> float:
         return self.clock()
@@ -178,7 +181,7 @@ class PrometheusMetrics:
         found = {}
         for track in (CHAMPION, CHALLENGER):
             values = {name: scalar(self.get(self.url, {"query": query}))
-                      for name, query in track_queries(track, self.namespace, seconds).items()}
+                      for name, query in track_queries(track, self.cluster, self.namespace, seconds).items()}
             found[track] = TrackStats(values["requests"] or 0.0, values["errors"] or 0.0, values["p99"])
         return found
 

@@ -487,6 +487,29 @@ def check_alert_policies_notify(resources: Iterable[StackResource]) -> list[str]
             for r in resources if r.type == ALERT_POLICY_TYPE and not get(r.props, "notificationChannels")]
 
 
+TOPIC_TYPE = "gcp:pubsub/topic:Topic"
+TOPIC_PATH = re.compile(r"projects/(?P<project>[^/]+)/topics/(?P<topic>[^/]+)")
+
+
+def check_channels_keep_urls_out(resources: Iterable[StackResource]) -> list[str]:
+    """No `webhook_*` notification channel: its URL is a plain label, in state and plans (only tokens and
+    passwords may be sensitive labels). A `pubsub` channel publishes to a topic the stack declares, the one the
+    chat relay pulls, not to someone else's."""
+    resources = list(resources)
+    topics = {(get(r.props, "project"), get(r.props, "name")) for r in resources if r.type == TOPIC_TYPE}
+    violations = []
+    for channel in (r for r in resources if r.type == CHANNEL_TYPE):
+        kind, topic = get(channel.props, "type"), get(channel.props, "labels.topic")
+        if isinstance(kind, str) and kind.startswith("webhook"):
+            violations.append(f"{channel.urn}: channel type {kind!r} keeps its URL in a plain label; relay through "
+                              "a pubsub channel (monitoring.notify.chat)")
+        if kind == "pubsub" and topic is not UNKNOWN:
+            match = TOPIC_PATH.fullmatch(topic or "")
+            if not match or (match["project"], match["topic"]) not in topics:
+                violations.append(f"{channel.urn}: pubsub channel publishes to {topic!r}, not a topic of this stack")
+    return violations
+
+
 CONFIG_MAP_TYPE = "kubernetes:core/v1:ConfigMap"
 # MLflow's auth config: its `authorization_function` is where a tracking server learns who a person is.
 AUTH_FUNCTION = re.compile(r"(?m)^\s*authorization_function\s*=\s*(\S+)")
@@ -703,6 +726,10 @@ STACK_POLICIES: list[tuple[str, str, Callable[[Iterable[StackResource]], list[st
      "In a stack that declares notification channels, every alert policy (serving, tracking, database, drift, "
      "platform events) notifies at least one of them.",
      check_alert_policies_notify),
+    ("notification-channels-keep-urls-out",
+     "No notification channel of a webhook type (its URL is a plain label, in state and plans); a pubsub "
+     "channel publishes to a topic the stack declares.",
+     check_channels_keep_urls_out),
     ("http-routes-reference-declared-objects",
      "An HTTPRoute's backends, mirror targets and parent Gateways are Services and Gateways the stack declares "
      "in the route's namespace.",
