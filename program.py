@@ -21,14 +21,14 @@ from infra.network import PODS_RANGE_NAME, SERVICES_RANGE_NAME, Network, Network
 from infra.payload_store import PayloadStore, PayloadStoreArgs, dataset_id
 from infra.registry import ImageRepository, ImageRepositoryArgs, PackageSource, PackageSourceArgs
 from infra.secrets import (
-    ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET, AppSecrets,
-    AppSecretsArgs,
+    ADMIN_PASSWORD, DRIFT_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY,
+    WEBHOOK_SECRET, AppSecrets, AppSecretsArgs,
 )
 from infra.settings import NodePoolSettings, Settings
 from infra.storage import ArtifactBucket, ArtifactBucketArgs
 from k8s.namespace import SERVING_NAMESPACE, TRACKING_NAMESPACE
 from k8s.access import TeamAccess, TeamAccessArgs, domain_roles
-from k8s.drift import DriftJob, DriftJobArgs
+from k8s.drift import DRIFT_USERNAME, DriftJob, DriftJobArgs
 from k8s.notify import ChatRelay, Notifications, NotificationsArgs
 from k8s.serving import CONTAINER_NAME, SERVING_PORT, SERVING_USERNAME, ModelServing, ModelServingArgs
 from k8s.tracking import LOAD_TEST_USERNAME, TrackingServer, TrackingServerArgs
@@ -272,7 +272,8 @@ def build_tracking(settings: Settings, foundation: Foundation, clusters: Cluster
         ssl_policy_name=edge.ssl_policy_name if edge else None,
         iap=settings.edge.iap,
         iap_backend_service_id=settings.edge.iap_backend_service_id,
-        machine_users=((SERVING_USERNAME,) if settings.serving.model_name else ()) + (LOAD_TEST_USERNAME,),
+        machine_users=((SERVING_USERNAME,) if settings.serving.model_name else ())
+        + ((DRIFT_USERNAME,) if has_drift_job(settings) else ()) + (LOAD_TEST_USERNAME,),
         domain_roles=domain_roles(settings.access),
         internal_lb_ip=foundation.network.internal_addresses.get("tracking"),
         serving_pod_cidr=settings.network.serving_pods_cidr if settings.clusters.separate_serving else None,
@@ -317,7 +318,7 @@ def build_observability(settings: Settings, foundation: Foundation, data: Data,
         labels=foundation.labels,
         settings=settings.monitoring,
         metric_prefix=settings.name_prefix,
-        drift=bool(settings.serving.model_name) and settings.serving.payload_log.sample_rate > 0,
+        drift=has_drift_job(settings),
         chat_channel=chat.channel_id if chat else None,
     ), foundation.after_apis)
 
@@ -339,6 +340,7 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
         tracking=tracking.endpoint,
         serving_password=foundation.app_secrets.refs[SERVING_PASSWORD],
         payload_hash_key=foundation.app_secrets.refs[PAYLOAD_HASH_KEY],
+        drift_password=foundation.app_secrets.refs[DRIFT_PASSWORD] if has_drift_job(settings) else None,
         project_number=foundation.app_secrets.project_number,
         tracking_workload_pool=clusters.platform.workload_pool,
         settings=settings.serving,
@@ -364,19 +366,25 @@ def build_serving(settings: Settings, foundation: Foundation, clusters: Clusters
         encryption_key_id=keys.data_key_id,
         encryption_key_ready=(keys.grants_propagated,) if keys.data_key_id is not None else (),
     ), foundation.after_apis)
-    if settings.serving.payload_log.sample_rate > 0:
-        build_drift(settings, foundation, clusters, tracking, payloads)
+    if has_drift_job(settings):
+        build_drift(settings, foundation, clusters, tracking, payloads, serving)
     return Serving(packages=packages, serving=serving, payloads=payloads)
 
 
-def build_drift(settings: Settings, foundation: Foundation, clusters: Clusters, tracking: TrackingServer,
-                payloads: PayloadStore) -> DriftJob:
+def has_drift_job(settings: Settings) -> bool:
     """The drift job reads what the payload log samples; with no sample there is nothing to score."""
+    return bool(settings.serving.model_name) and settings.serving.payload_log.sample_rate > 0
+
+
+def build_drift(settings: Settings, foundation: Foundation, clusters: Clusters, tracking: TrackingServer,
+                payloads: PayloadStore, serving: ModelServing) -> DriftJob:
+    """The drift job, as its own MLflow user, which the serving-user Job creates (`serving.users_ready`)."""
     redact = settings.serving.payload_log.redact
     return DriftJob("mlflow-drift", DriftJobArgs(
         provider=clusters.platform.provider, tracking=tracking.endpoint, project=settings.project,
         account_id=settings.service_account_ids["drift"], workload_pool=clusters.platform.workload_pool,
         project_number=foundation.app_secrets.project_number, image=foundation.images.serving_image,
+        password=foundation.app_secrets.refs[DRIFT_PASSWORD], user_ready=serving.users_ready,
         dataset=payloads.dataset, redacted=tuple(sorted({*redact.drop, *redact.hash})),
         settings=settings.monitoring.drift), foundation.after_apis)
 

@@ -1,6 +1,7 @@
 """Application secrets in Secret Manager: the tracking admin password, the Flask secret key, the
-serving user's password and the key serving hashes redacted payload columns with. Pods mount them as files through GKE's Secret Manager add-on; each secret
-is readable only by the workload identities of the pods that mount it.
+serving and drift users' passwords, the key serving hashes redacted payload columns with and the
+webhook secrets. Pods mount them as files through GKE's Secret Manager add-on; each secret is
+readable only by the workload identities of the pods that mount it.
 
 The first version of each comes from a RandomPassword, so its value lives in Pulumi state (encrypted)
 and Secret Manager only; `make rotate-secret` adds later versions (tools/ops/rotate_secret.py).
@@ -21,6 +22,8 @@ ACCESSOR = "roles/secretmanager.secretAccessor"
 ADMIN_PASSWORD = "admin-password"
 FLASK_SECRET_KEY = "flask-secret-key"
 SERVING_PASSWORD = "serving-password"
+# The drift job's MLflow user (k8s/drift.py): read by its pods and the Job that creates the user.
+DRIFT_PASSWORD = "drift-password"
 # HMAC-SHA256 key of the payload log's hashed columns (mlflow_serving/payload_log.py): read by serving only.
 PAYLOAD_HASH_KEY = "payload-hash-key"
 # MLflow's registry webhooks: the HMAC secret the receiver checks deliveries with (mlflow_notify), and the
@@ -30,7 +33,7 @@ WEBHOOK_SECRET = "webhook-secret"
 WEBHOOK_ENCRYPTION_KEY = "webhook-encryption-key"
 # Logical name (also the file name in the pods) -> length of its generated value.
 SECRET_LENGTHS = {ADMIN_PASSWORD: 32, FLASK_SECRET_KEY: 64, SERVING_PASSWORD: 32, PAYLOAD_HASH_KEY: 64,
-                  WEBHOOK_SECRET: 64, WEBHOOK_ENCRYPTION_KEY: 43}
+                  WEBHOOK_SECRET: 64, WEBHOOK_ENCRYPTION_KEY: 43, DRIFT_PASSWORD: 32}
 # Fernet keys are 32 bytes in URL-safe base64: 43 letters and digits (256 bits) and one "=" of padding.
 FERNET_KEYS = frozenset({WEBHOOK_ENCRYPTION_KEY})
 

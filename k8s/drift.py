@@ -3,9 +3,14 @@
 It runs `python -m mlflow_drift score` (in the serving image, beside the payload format it reads) as its own
 identity: a Kubernetes service account bound by Workload Identity to a GCP service account that may read
 the payload dataset and nothing else (BigQuery Data Viewer on that dataset) and run query jobs (BigQuery
-Job User, a project role: jobs have no narrower resource; it grants no data). In MLflow it acts as the admin,
-as the platform's other Jobs do: it stores reference profiles as version tags on any model and logs runs
-to the monitoring experiment. Its scores reach Cloud Monitoring as log lines (infra/monitoring.py).
+Job User, a project role: jobs have no narrower resource; it grants no data). In MLflow it is its own
+user, DRIFT_USERNAME, whose password is the only secret its pods mount: the serving-user Job (k8s/serving.py,
+as the admin; `make promote` again for a promoted version) creates it and grants it EDIT on the served
+model (it stores each version's reference profile as a version tag), READ on the experiments of the
+model's versions (their runs and logged datasets) and EDIT on MONITORING_EXPERIMENT, which that Job creates
+when missing (mlflow_image/mlflow_serving_user). Nothing else: under `tracking.auth.defaultPermission`
+NO_PERMISSIONS it sees no other model or experiment. Its scores reach Cloud Monitoring as log lines
+(infra/monitoring.py).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import pulumi_kubernetes as k8s
 
 from infra.identity import DatasetGrant, WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import child_options, k8s_labels
-from infra.secrets import ADMIN_PASSWORD
+from infra.secrets import DRIFT_PASSWORD, SecretRef
 from infra.settings import DriftSettings
 from k8s.pods import container_security_context, resources, tmp_mount, tmp_volume
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
@@ -26,8 +31,11 @@ from k8s.tracking import TrackingEndpoint
 from k8s.workload import cron_job_spec, run_once_job_spec
 
 KSA_NAME = "mlflow-drift"
+DRIFT_USERNAME = "mlflow-drift"
+# Where the job logs its runs: the serving-user Job creates it and gives the drift user EDIT on it.
+MONITORING_EXPERIMENT = "platform-monitoring"
 MODULE = "mlflow_drift"  # in the serving image
-FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": DRIFT_PASSWORD}
 # Read access to the payload dataset only; query jobs are project-scoped in BigQuery.
 DATASET_ROLE = "roles/bigquery.dataViewer"
 PROJECT_ROLES = ("roles/bigquery.jobUser",)
@@ -36,16 +44,17 @@ DEADLINE_SECONDS = 1800
 
 def drift_args(source: str, settings: DriftSettings, redacted: tuple[str, ...]) -> list[str]:
     args = ["-m", MODULE, "score", "--source", source, "--window-hours", str(settings.window_hours),
-            "--threshold", f"{settings.psi_threshold:g}", "--min-rows", str(settings.min_rows)]
+            "--threshold", f"{settings.psi_threshold:g}", "--min-rows", str(settings.min_rows),
+            "--experiment", MONITORING_EXPERIMENT]
     return args + ["--redacted", *redacted] if redacted else args
 
 
-def drift_container(*, image: Any, tracking_url: Any, admin_username: str, args: Any) -> dict:
+def drift_container(*, image: Any, tracking_url: Any, args: Any) -> dict:
     command, wrapped = with_file_env(["python"], args, FILE_ENV)
     return {
         "name": "drift", "image": image, "command": command, "args": wrapped,
         "env": [{"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
-                {"name": "MLFLOW_TRACKING_USERNAME", "value": admin_username}, *file_env(FILE_ENV)],
+                {"name": "MLFLOW_TRACKING_USERNAME", "value": DRIFT_USERNAME}, *file_env(FILE_ENV)],
         "resources": resources("250m", "1Gi"),
         "securityContext": container_security_context(),
         "volumeMounts": [tmp_mount(), secrets_mount()],
@@ -64,6 +73,10 @@ class DriftJobArgs:
     project_number: pulumi.Input[str]
     image: pulumi.Input[str]
     """The serving image (it holds mlflow_drift)."""
+    password: SecretRef
+    """Secret Manager secret of the drift user's MLflow password."""
+    user_ready: pulumi.Resource
+    """The Job that creates the drift user and its grants (the serving-user Job): the schedule waits for it."""
     dataset: pulumi.Output[str]
     """The payload log's BigQuery dataset, PROJECT.DATASET (its output: the grant waits for it)."""
     redacted: tuple[str, ...]
@@ -72,7 +85,7 @@ class DriftJobArgs:
 
 
 class DriftJob(pulumi.ComponentResource):
-    """The drift job's identity, its admin password file and its schedule."""
+    """The drift job's identity, its own user's password file and its schedule."""
 
     def __init__(self, name: str, args: DriftJobArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:drift:DriftJob", name, None, opts)
@@ -86,7 +99,7 @@ class DriftJob(pulumi.ComponentResource):
             child_options(self, opts))
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
         provider_class, grants = secret_files(
-            f"{name}-drift", (tracking.admin_password,), KSA_NAME, tracking.namespace, labels, k8s_opts,
+            f"{name}-drift", (args.password,), KSA_NAME, tracking.namespace, labels, k8s_opts,
             readers=(principal(args.project_number, args.workload_pool, tracking.namespace, identity.ksa_name),
                      pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
             gcp_opts=child_options(self, opts))
@@ -94,12 +107,11 @@ class DriftJob(pulumi.ComponentResource):
         spec = run_once_job_spec(
             labels, DEADLINE_SECONDS, identity.ksa_name,
             containers=[drift_container(image=args.image, tracking_url=tracking.in_cluster_url,
-                                        admin_username=tracking.admin_username,
                                         args=source.apply(lambda value: drift_args(value, args.settings, args.redacted)))],
             volumes=[tmp_volume("256Mi"), secrets_volume(provider_class)], backoff_limit=2)
         k8s.batch.v1.CronJob(
             f"{name}-schedule", metadata={"name": KSA_NAME, "namespace": tracking.namespace, "labels": labels},
             spec=cron_job_spec(args.settings.schedule, spec),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                depends_on=[tracking.ready, *grants, *identity.grants])))
+                depends_on=[tracking.ready, args.user_ready, *grants, *identity.grants])))
         self.register_outputs({})

@@ -15,8 +15,9 @@ import pulumi_kubernetes as k8s
 from infra.identity import WorkloadIdentity, WorkloadIdentityArgs
 from infra.naming import child_options, job_wait, k8s_labels
 from infra.registry import PACKAGE_READER_ROLE, PackageIndex
-from infra.secrets import ADMIN_PASSWORD, PAYLOAD_HASH_KEY, SERVING_PASSWORD, SecretRef
+from infra.secrets import ADMIN_PASSWORD, DRIFT_PASSWORD, PAYLOAD_HASH_KEY, SERVING_PASSWORD, SecretRef
 from infra.settings import PayloadLogSettings, ServingSettings
+from k8s.drift import DRIFT_USERNAME, MONITORING_EXPERIMENT
 from k8s.logs import LOGGING_PATH, logging_mount, logging_volume
 from k8s.namespace import SERVING_NAMESPACE, workload_namespace
 from k8s.secret_files import file_env, principal, secret_files, secrets_mount, secrets_volume, with_file_env
@@ -122,6 +123,8 @@ PAYLOAD_KEY_ENV = "MLFLOW_SERVING_PAYLOAD_KEY"
 # Env vars read from the Secret Manager files (mlflow_fileenv): env var -> file name.
 SERVING_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": SERVING_PASSWORD, PAYLOAD_KEY_ENV: PAYLOAD_HASH_KEY}
 SETUP_FILE_ENV = {"MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD, "SERVING_PASSWORD": SERVING_PASSWORD}
+# With the drift job, the same Job creates its user too (k8s/drift.py).
+DRIFT_SETUP_FILE_ENV = {**SETUP_FILE_ENV, "DRIFT_PASSWORD": DRIFT_PASSWORD}
 
 
 # Each worker scores on one core: BLAS and OpenMP (scikit-learn, XGBoost) would otherwise start a
@@ -172,9 +175,14 @@ def setup_job_name(model_name: str, alias: str, rollout_token: str) -> str:
     return f"mlflow-serving-user-{digest}"
 
 
-def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model_name: str) -> dict:
-    """The image's serving-user module as the admin, both passwords read from the Job's Secret Manager files."""
-    command, args = with_file_env(["python"], ["-m", SETUP_MODULE], SETUP_FILE_ENV)
+def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model_name: str,
+                    drift: bool = False) -> dict:
+    """The image's serving-user module as the admin, the passwords read from the Job's Secret Manager files;
+    with `drift`, it also creates the drift job's user and grants it what the job needs."""
+    file_env_names = DRIFT_SETUP_FILE_ENV if drift else SETUP_FILE_ENV
+    command, args = with_file_env(["python"], ["-m", SETUP_MODULE], file_env_names)
+    drift_env = [{"name": "DRIFT_USERNAME", "value": DRIFT_USERNAME},
+                 {"name": "MONITORING_EXPERIMENT", "value": MONITORING_EXPERIMENT}] if drift else []
     return {
         "name": "ensure-serving-user",
         "image": image,
@@ -184,8 +192,9 @@ def setup_container(*, image: Any, tracking_url: Any, admin_username: str, model
             {"name": "MLFLOW_TRACKING_URI", "value": tracking_url},
             {"name": "MLFLOW_TRACKING_USERNAME", "value": admin_username},
             {"name": "SERVING_USERNAME", "value": SERVING_USERNAME},
-            *file_env(SETUP_FILE_ENV),
+            *file_env(file_env_names),
             {"name": "MODEL_NAME", "value": model_name},
+            *drift_env,
         ],
         "resources": resources("100m", "256Mi"),
         "securityContext": container_security_context(),
@@ -251,6 +260,9 @@ class ModelServingArgs:
     """What the Gateway needs first and must outlive on a destroy: its proxy-only subnet, the firewall rule."""
     package_index: Optional[PackageIndex] = None
     """Where the pods restore model environments from (they may read only that repository); None: pypi.org."""
+    drift_password: Optional[SecretRef] = None
+    """Secret Manager secret of the drift job's MLflow user, which the serving-user Job then creates and grants
+    too; None without the drift job."""
 
     def __post_init__(self) -> None:
         if not self.settings.model_name:
@@ -271,6 +283,8 @@ class ModelServing(pulumi.ComponentResource):
     """NAMESPACE/NAME of the challenger Deployment; None without a challenger."""
     route_ref: pulumi.Output[str]
     """NAMESPACE/NAME of the HTTPRoute that weights the tracks."""
+    users_ready: pulumi.Resource
+    """The serving-user Job: the machine users exist with their grants once it completed."""
 
     def __init__(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("mlflow:serving:ModelServing", name, None, opts)
@@ -294,6 +308,7 @@ class ModelServing(pulumi.ComponentResource):
                      pulumi.Output.concat("serviceAccount:", identity.gcp_service_account_email)),
             gcp_opts=child_options(self, opts))
         setup = self._setup_job(name, args, opts)
+        self.users_ready = setup
         if args.package_index:
             # Its only GCP role: reading the package index, on that repository alone.
             gcp.artifactregistry.RepositoryIamMember(
@@ -359,22 +374,23 @@ class ModelServing(pulumi.ComponentResource):
             track=track)
 
     def _setup_job(self, name: str, args: ModelServingArgs, opts: Optional[pulumi.ResourceOptions]) -> k8s.batch.v1.Job:
-        """The Job that creates the serving user runs beside tracking as the admin: its own KSA, without
-        a GSA, may read exactly the admin and serving passwords."""
+        """The Job that creates the serving user (and the drift user) runs beside tracking as the admin: its own
+        KSA, without a GSA, may read exactly the admin password and those users' passwords."""
         tracking = args.tracking
         tracking_opts = pulumi.ResourceOptions(parent=self, provider=args.tracking_provider)
         labels = k8s_labels(name, "serving-setup")
         ksa = k8s.core.v1.ServiceAccount(
             f"{name}-setup-ksa", metadata={"name": SETUP_KSA_NAME, "namespace": tracking.namespace, "labels": labels},
             automount_service_account_token=False, opts=tracking_opts)
+        passwords = (tracking.admin_password, args.serving_password, *([args.drift_password] if args.drift_password else []))
         setup_class, setup_grants = secret_files(
-            f"{name}-setup", (tracking.admin_password, args.serving_password), SETUP_KSA_NAME, tracking.namespace,
-            labels, tracking_opts,
+            f"{name}-setup", passwords, SETUP_KSA_NAME, tracking.namespace, labels, tracking_opts,
             readers=(principal(args.project_number, args.tracking_workload_pool, tracking.namespace,
                                ksa.metadata["name"]),),
             gcp_opts=child_options(self, opts))
         container = setup_container(image=args.setup_image, tracking_url=tracking.in_cluster_url,
-                                    admin_username=tracking.admin_username, model_name=args.settings.model_name)
+                                    admin_username=tracking.admin_username, model_name=args.settings.model_name,
+                                    drift=args.drift_password is not None)
         return k8s.batch.v1.Job(
             f"{name}-setup",
             metadata={"name": setup_job_name(args.settings.model_name, args.settings.model_alias,

@@ -259,3 +259,36 @@ def test_a_bigquery_error_names_its_status():
     session.post = lambda url, json: SimpleNamespace(status_code=403, text="Access Denied: dataset")
     with pytest.raises(RuntimeError, match="403: Access Denied"):
         list(bigquery_lines("proj.ds", 24, session))
+
+
+def refusing(response_text="Permission denied"):
+    """A registry client that tracking refuses (403) as MLflow's REST layer reports it."""
+    from mlflow.utils.rest_utils import verify_rest_response
+
+    endpoint = "/api/2.0/mlflow/model-versions/set-tag"
+
+    class Refused(FakeClient):
+        def set_model_version_tag(self, model, version, key, value):
+            verify_rest_response(SimpleNamespace(status_code=403, text=response_text), endpoint)
+
+    return Refused, endpoint
+
+
+def test_a_refused_call_ends_the_job_naming_the_user_and_the_call(tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from mlflow_drift.__main__ import REFUSED_MESSAGE, main
+
+    refused_client, endpoint = refusing()
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda: refused_client())
+    monkeypatch.setattr(reference, "logged_dataset_path", lambda client, model, version: "train.csv")
+    monkeypatch.setattr(reference, "read_table", lambda path: training(300))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "mlflow-drift")
+    source = tmp_path / "payloads.jsonl"
+    source.write_text("\n".join(traffic(200)) + "\n")
+    code = main(["score", "--source", str(source), "--window-hours", "1", "--threshold", "0.2", "--min-rows", "10"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    [line] = [json.loads(text) for text in out.splitlines() if REFUSED_MESSAGE in text]
+    assert line["user"] == "mlflow-drift" and endpoint in line["reason"] and "403" in line["reason"]
+    assert "MLflow user 'mlflow-drift' was refused" in err and "Traceback" not in err

@@ -211,8 +211,8 @@ def test_the_tracking_server_is_told_googles_load_balancer_ranges_and_the_in_clu
     env = {e["name"]: e.get("value") for c in tracking.inputs["spec"]["template"]["spec"]["containers"]
            for e in c.get("env", [])}
     assert env[hook.LOAD_BALANCER_RANGES_ENV].split(",") == list(GOOGLE_LB_RANGES)
-    # the load test runs in the cluster, without IAP: a load test of an IAP stack logs in by password
-    assert env[hook.BASIC_AUTH_USERS_ENV].split(",") == ["admin", "mlflow-serving", LOAD_TEST_USER]
+    # the load test and the drift job run in the cluster, without IAP: they log in by password
+    assert env[hook.BASIC_AUTH_USERS_ENV].split(",") == ["admin", "mlflow-serving", "mlflow-drift", LOAD_TEST_USER]
 
 
 def test_settings_come_from_the_environment_and_refuse_a_missing_key_url():

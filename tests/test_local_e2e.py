@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
+from infra.secrets import DRIFT_PASSWORD
 from k8s.serving import ENV_CACHE_PATH, ENV_VOLUME, SERVING_PORT
 from k8s.tracking import TRACKING_PORT, auth_config_ini
 from tools.local.container import Bind
@@ -178,7 +179,8 @@ def test_serving_user_job_runs_the_image_s_module_against_local_tracking(offline
     assert command.container_argv[-2:] == ["-m", "mlflow_serving_user"]
     check_env(spec, command.env, {"MLFLOW_TRACKING_URI": p.tracking_url})  # the Service: the local load balancer
     assert command.files == {secrets / "admin-password": (p.admin_password, 0o600),
-                             secrets / "serving-password": (p.serving_password, 0o600)}
+                             secrets / "serving-password": (p.serving_password, 0o600),
+                             secrets / DRIFT_PASSWORD: (p.secret_value(DRIFT_PASSWORD), 0o600)}
 
 
 def test_changes_are_listed_without_secrets(offline):

@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from infra.secrets import ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD
+from infra.secrets import (
+    ADMIN_PASSWORD, DRIFT_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD,
+)
 from tools.local.processes import http
 from tools.local.secretmanager import LocalSecretManager
 from tools.ops.interfaces import RolloutError, generate_password
@@ -24,7 +26,7 @@ from tools.ops.secret_manager import CloudSecretManager, SecretManagerError
 from tools.venvs import Venv
 
 SECRETS = {ADMIN_PASSWORD: "admin-id", FLASK_SECRET_KEY: "flask-id", SERVING_PASSWORD: "serving-id",
-           PAYLOAD_HASH_KEY: "payload-key-id"}
+           PAYLOAD_HASH_KEY: "payload-key-id", DRIFT_PASSWORD: "drift-id"}
 
 
 class Recorder:
@@ -81,6 +83,14 @@ def test_the_admin_password_rolls_tracking_and_the_flask_key_touches_no_user(sto
     run(store, recorder, FLASK_SECRET_KEY)
     assert recorder.calls == [("add", "flask-id"), ("roll", "tracking")]
     assert store.access("flask-id") == "new-64"
+
+
+def test_the_drift_password_changes_in_mlflow_then_becomes_current_with_nothing_to_roll(store):
+    # The drift job's pods belong to a CronJob: each run mounts `latest`, none runs on the old value for long.
+    recorder = Recorder(store)
+    assert run(store, recorder, DRIFT_PASSWORD) == 2
+    assert recorder.calls == [("set", "mlflow-drift", "new-32", "old-admin-password"), ("add", "drift-id")]
+    assert store.enabled_versions("drift-id") == [2]
 
 
 def test_a_failed_new_version_puts_the_admin_password_back_authenticating_with_the_new_one(store):

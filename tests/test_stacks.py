@@ -130,8 +130,8 @@ def test_prod_plan_protects_exactly_its_stateful_resources(stack_runs):
     run = stack_runs["prod"]
     stateful = sorted(r.name for r in run.resources if r.type in STATEFUL_TYPES)
     # two clusters, the instance and its two databases, the bucket, the ring and two keys,
-    # six secrets and their first versions, the chat webhook's secret (no version), the payload dataset
-    assert len(stateful) == 23
+    # seven secrets and their first versions, the chat webhook's secret (no version), the payload dataset
+    assert len(stateful) == 25
     assert protected_in_plan(run) == stateful
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -30,10 +31,29 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+REFUSED_MESSAGE = "mlflow.drift.refused"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     args = parse_args(argv)
+    try:
+        return run(args)
+    except MlflowException as err:
+        if err.error_code != "PERMISSION_DENIED":
+            raise
+        # Tracking refused this user a call (403): say who and which call, not a traceback.
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+        print(json.dumps({"message": REFUSED_MESSAGE, "severity": "ERROR", "user": user, "reason": err.message}),
+              flush=True)
+        print(f"mlflow_drift: MLflow user {user!r} was refused: {err.message}", file=sys.stderr)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
     client = MlflowClient()
     if args.command == "reference":
         if args.data:

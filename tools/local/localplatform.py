@@ -38,8 +38,8 @@ import yaml
 
 from infra.database import AUTH_DATABASE, DATABASE_ADMIN_ROLE, TRACKING_DATABASE
 from infra.secrets import (
-    ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY,
-    WEBHOOK_SECRET, formatted,
+    ADMIN_PASSWORD, DRIFT_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD,
+    WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET, formatted,
 )
 from k8s.secret_files import SPC_KIND
 from k8s.serving import CHALLENGER, CHAMPION, SERVING_USERNAME
@@ -97,18 +97,19 @@ class Credentials:
     payload_hash_key: str
     webhook_secret: str
     webhook_encryption_key: str
+    drift_password: str
 
     @classmethod
     def generate(cls) -> "Credentials":
         return cls(generate_password(), generate_password(64), generate_password(), generate_password(),
                    generate_password(64),
                    *(formatted(name, generate_password(SECRET_LENGTHS[name]))
-                     for name in (WEBHOOK_SECRET, WEBHOOK_ENCRYPTION_KEY)))
+                     for name in (WEBHOOK_SECRET, WEBHOOK_ENCRYPTION_KEY)), generate_password())
 
     def values(self) -> list[str]:
         return [self.admin_password, self.flask_secret_key, self.serving_password,
                 self.postgres_superuser_password, self.payload_hash_key, self.webhook_secret,
-                self.webhook_encryption_key]
+                self.webhook_encryption_key, self.drift_password]
 
 
 def provider_class_secrets(manifests: Manifests) -> dict[str, str]:
@@ -217,7 +218,8 @@ class LocalPlatform:
                    SERVING_PASSWORD: self.credentials.serving_password,
                    PAYLOAD_HASH_KEY: self.credentials.payload_hash_key,
                    WEBHOOK_SECRET: self.credentials.webhook_secret,
-                   WEBHOOK_ENCRYPTION_KEY: self.credentials.webhook_encryption_key}
+                   WEBHOOK_ENCRYPTION_KEY: self.credentials.webhook_encryption_key,
+                   DRIFT_PASSWORD: self.credentials.drift_password}
         for name, secret in self.secret_ids.items():
             self.secret_manager.add_version(secret, initial[name])
         refuse_secrets(m)

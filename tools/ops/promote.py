@@ -12,7 +12,8 @@ In order, stopping at the first failure:
  3. the version is rehearsed as a serving pod loads it (tools.ops.verify: its recorded environment
     restored with the serving image's settings, the model loaded); one that would not serve
     changes nothing;
- 4. the serving user gets READ on the model and its experiments (the serving-user Job's logic,
+ 4. the serving user gets READ on the model and its experiments, the drift job's user (if the stack
+    has it) EDIT on the model and READ on the experiments (the serving-user Job's logic,
     tools.ops.grants, in the runtime virtualenv);
  5. the alias moves; the registered-model tag `mlflow.promote.previous.<ALIAS>` records the
     version it pointed to before (a rollback swaps the two, so a second rollback rolls forward);
@@ -61,6 +62,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from k8s.drift import DRIFT_USERNAME
 from tools.ops import targets
 from tools.ops.canary import AbortFailed, CanaryBreach, Thresholds, parse_steps, run_steps
 from tools.ops.interfaces import (
@@ -172,7 +174,7 @@ class RuntimeGranter:
         self.runner, self.serving_user, self.timeout = runner, serving_user, timeout
 
     def command(self, model: str) -> list[str]:
-        return ["-m", "tools.ops.grants", "--model", model, "--user", self.serving_user]
+        return ["-m", "tools.ops.grants", "--model", model, "--user", self.serving_user, "--drift-user", DRIFT_USERNAME]
 
     def grant(self, model: str) -> str:
         try:
@@ -180,7 +182,8 @@ class RuntimeGranter:
                                             self.timeout)
         except VenvError as err:
             raise PromotionError(str(err)) from None
-        return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}"
+        drift = f"; {result['drift_user']} EDIT on it" if result["drift_user"] else ""
+        return f"{result['user']} has READ on model {model!r} and experiments {result['experiments']}{drift}"
 
 
 def as_admin(tracking: Tracking) -> tuple[MlflowClient, RuntimeGranter]:

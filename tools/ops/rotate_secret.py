@@ -1,11 +1,13 @@
 """Rotate one application secret and roll the pods that use it.
 
-    python -m tools.ops.rotate_secret --name admin-password|flask-secret-key|serving-password|payload-hash-key
+    python -m tools.ops.rotate_secret
+        --name admin-password|flask-secret-key|serving-password|drift-password|payload-hash-key
         [--target local|cluster] [--stack dev] [--workdir .local] [--tracking-uri URL] [--timeout S]
 
 In order, so that no login breaks and no request fails:
  1. a new value: letters and digits, as long as the program's first one;
- 2. for a password of an MLflow user (admin-password: `admin`, serving-password: the serving user),
+ 2. for a password of an MLflow user (admin-password: `admin`, serving-password: the serving user,
+    drift-password: the drift job's user),
     MLflow's auth database gets it first, through MLflow's auth client as the admin
     (`AuthServiceClient.update_user_password`, tools/ops/user_password.py in the runtime virtualenv).
     Running pods keep working: tracking reads the admin password only to create the admin, and a
@@ -14,7 +16,8 @@ In order, so that no login breaks and no request fails:
     is now the new value. Should this fail, step 2 is undone (the old password set again);
  4. the pods that mount it roll and are waited for: tracking (admin-password: its credential cache
     keeps an old password valid for tracking.authCacheTtlSeconds; flask-secret-key: MLflow reads it only at
-    start) or serving (serving-password), as their Deployment's strategy declares (surge first);
+    start) or serving (serving-password), as their Deployment's strategy declares (surge first); the drift
+    job has nothing to roll: each scheduled run mounts `latest` anew;
  5. the older versions are disabled: the old value can no longer be read by anyone.
 
 Targets (tools.ops.targets): `local` (tools/ops/local.py) rotates in a running `make local` (its
@@ -37,9 +40,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from infra.secrets import (
-    ADMIN_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD, WEBHOOK_ENCRYPTION_KEY,
-    WEBHOOK_SECRET,
+    ADMIN_PASSWORD, DRIFT_PASSWORD, FLASK_SECRET_KEY, PAYLOAD_HASH_KEY, SECRET_LENGTHS, SERVING_PASSWORD,
+    WEBHOOK_ENCRYPTION_KEY, WEBHOOK_SECRET,
 )
+from k8s.drift import DRIFT_USERNAME
 from k8s.serving import SERVING_USERNAME
 from k8s.tracking import ADMIN_USERNAME
 from tools.ops import targets
@@ -62,13 +66,14 @@ class Rotation:
     mlflow_user: Optional[str]
     """The MLflow user whose password this is (its auth database is updated first), if any."""
     roll: tuple[str, ...]
-    """Components whose pods mount it: tracking, serving."""
+    """Components whose Deployments' pods mount it: tracking, serving (none: only a CronJob's)."""
 
 
 ROTATIONS = {
     ADMIN_PASSWORD: Rotation(ADMIN_USERNAME, ("tracking",)),
     FLASK_SECRET_KEY: Rotation(None, ("tracking",)),
     SERVING_PASSWORD: Rotation(SERVING_USERNAME, ("serving",)),
+    DRIFT_PASSWORD: Rotation(DRIFT_USERNAME, ()),
     # Hashes logged before and after a rotation no longer match: rotate to unlink old entries on purpose.
     PAYLOAD_HASH_KEY: Rotation(None, ("serving",)),
 }
@@ -149,7 +154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log = lambda message: print(f"rotate-secret: {message}", flush=True)  # noqa: E731
     try:
         target = targets.platform(args).rotation(args.timeout)
-        missing = sorted(set(ROTATIONS) - set(target.secret_ids))
+        # What this rotation reads: the secret and the admin password (a stack without drift has no drift-password).
+        missing = sorted({args.name, ADMIN_PASSWORD} - set(target.secret_ids))
         if missing:
             raise RotationError(f"the {args.target} target has no secret {', '.join(missing)} "
                                 f"(has {', '.join(sorted(target.secret_ids))})")
