@@ -15,6 +15,7 @@ from typing import Optional
 
 import pulumi
 import pulumi_gcp as gcp
+import pulumiverse_time
 
 from infra.naming import child_options, gcp_name
 from infra.secrets import SecretRef, regional_secret, version_name
@@ -22,10 +23,15 @@ from infra.secrets import SecretRef, regional_secret, version_name
 CHAT_WEBHOOK_URL = "chat-webhook-url"
 PUBLISHER = "roles/pubsub.publisher"
 SUBSCRIBER = "roles/pubsub.subscriber"
-# Unacknowledged incidents wait this long (Pub/Sub's maximum) for a URL or a chat service that answers.
+# Unacknowledged incidents wait this long for a URL or a chat service that answers (Pub/Sub allows 10 min
+# to 31 days; a week outlasts any chat outage someone would not notice).
 RETENTION = "604800s"
-# One pull's messages are posted one by one; each post times out at 10 s (mlflow_notify.chat).
-ACK_DEADLINE_SECONDS = 60
+# One pull's messages (up to 10) are posted one by one, each post timing out at 10 s (mlflow_notify.chat) and
+# acknowledged with the batch: a shorter deadline would have Pub/Sub deliver them again meanwhile (duplicates).
+ACK_DEADLINE_SECONDS = 180
+# Google creates the Monitoring agent with the project's first `pubsub` channel; IAM may not know the new
+# account for a while and refuses a grant naming it.
+AGENT_PROPAGATION = "60s"
 
 
 def monitoring_agent(project_number: str) -> str:
@@ -54,7 +60,8 @@ class ChatChannelArgs:
     project_number: pulumi.Input[str]
     """For the Monitoring service agent's address."""
     protect: bool = True
-    """Pulumi refuses to delete the secret, which holds the URL a person added."""
+    """Pulumi refuses to delete the secret, which holds the URL a person added (prod: the policy pack's rule
+    on stateful resources)."""
 
 
 class ChatChannel(pulumi.ComponentResource):
@@ -77,10 +84,13 @@ class ChatChannel(pulumi.ComponentResource):
             f"{name}-channel", project=args.project, type="pubsub",
             display_name=f"MLflow {args.environment}: chat (Pub/Sub)", labels={"topic": topic_path(args.project, topic)},
             user_labels=args.labels, opts=child)
+        # Triggered by the channel's id only: the wait runs when the channel is created, not on every `up`.
+        agent_known = pulumiverse_time.Sleep(f"{name}-agent-visible", create_duration=AGENT_PROPAGATION,
+                                             triggers={"channel": channel.id}, opts=child)
         gcp.pubsub.TopicIAMMember(
             f"{name}-publisher", project=args.project, topic=topic.name, role=PUBLISHER,
             member=pulumi.Output.from_input(args.project_number).apply(monitoring_agent),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[channel])))
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[agent_known])))
         subscription = gcp.pubsub.Subscription(
             f"{name}-subscription", project=args.project, name=gcp_name(args.prefix, "alerts-chat"),
             topic=topic.id, ack_deadline_seconds=ACK_DEADLINE_SECONDS, message_retention_duration=RETENTION,

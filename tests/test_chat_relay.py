@@ -201,3 +201,11 @@ def test_a_message_that_is_no_notification_is_dropped_once_not_redelivered_forev
     outcome = relay(google).once()
     assert (outcome.dropped, outcome.posted) == (2, 0) and sorted(google.acked) == ["ack-0", "ack-1"] and posts == []
     assert capsys.readouterr().out.count("dropped") == 2
+
+
+def test_the_subscription_outlasts_a_whole_pull_being_posted():
+    # A deadline shorter than one pull's posts has Pub/Sub deliver them again while they are posted: duplicates.
+    from infra.chat import ACK_DEADLINE_SECONDS
+    from mlflow_notify.chat import MAX_MESSAGES, POST_TIMEOUT
+
+    assert ACK_DEADLINE_SECONDS > MAX_MESSAGES * POST_TIMEOUT

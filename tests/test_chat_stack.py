@@ -50,8 +50,12 @@ def test_monitoring_publishes_and_the_receiver_pulls_and_reads_the_url_nothing_m
     publisher = run.named("mlflow-chat-publisher")
     assert publisher.inputs["role"] == PUBLISHER and publisher.inputs["topic"] == "mlflow-alerts"
     assert publisher.inputs["member"] == monitoring_agent(OFFLINE_PROJECT_NUMBER)
-    # Google creates the service agent with the project's first pubsub channel: the grant waits for it
-    assert any(dep.endswith("mlflow-chat-channel") for dep in publisher.dependencies)
+    # Google creates the service agent with the project's first pubsub channel, and IAM learns of it later:
+    # the grant waits for a pause that starts when the channel exists
+    assert any(dep.endswith("mlflow-chat-agent-visible") for dep in publisher.dependencies)
+    pause = run.named("mlflow-chat-agent-visible")
+    assert pause.inputs["createDuration"] == "60s" and pause.inputs["triggers"] == {"channel": "mlflow-chat-channel-id"}
+    assert any(dep.endswith("mlflow-chat-channel") for dep in pause.dependencies)
     subscriber = run.named("mlflow-notify-chat-subscriber")
     assert subscriber.inputs["role"] == SUBSCRIBER
     assert subscriber.inputs["subscription"] == "mlflow-chat-subscription-id"
