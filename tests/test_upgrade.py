@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from infra.database import AUTH_DATABASE, TRACKING_DATABASE
+from k8s.drift import MONITORING_EXPERIMENT
 from tools.local.legacy import LEGACY_REQUIREMENTS, LegacyTracking, ensure_venv
 from tools.local.localize import relaunched
 from tools.local.processes import LocalPlatformError, http, run_to_completion
@@ -159,6 +160,9 @@ def test_upgraded_schemas_equal_a_fresh_install(upgrade):
 
 def test_experiments_and_runs_are_intact(upgrade):
     before, after = upgrade.before["experiments"], upgrade.after["experiments"]
+    # the new release's setup Job adds the drift job's experiment, empty; everything else is as it was
+    added = {key: after.pop(key) for key in set(after) - set(before)}
+    assert [(e["name"], e["runs"]) for e in added.values()] == [(MONITORING_EXPERIMENT, {})]
     assert after == before
     alice = before[upgrade.seed["experiments"]["alice"]]
     assert alice["tags"]["team"] == "alice" and len(alice["runs"]) == 3
