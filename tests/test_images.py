@@ -14,6 +14,8 @@ from e2b_dockerfile_utils import PatternMatcher, parse_dockerfile_ast
 from infra.images import ROOT, build_tag, context_files, context_hash, image_version
 from tools.offline.stack import run_load_test_stack
 from tests.helpers import container
+from tools.local import images
+from tools.local.images import ImageBuildError, ImageStore
 from tools.offline.mocks import is_secret
 
 IMAGE = "docker-build:index:Image"
@@ -223,3 +225,32 @@ def test_one_source_of_truth_for_the_mlflow_version():
             for line in open(f"mlflow_image/requirements-{name}.txt").read().splitlines()
             if line.startswith("mlflow==")]
     assert len(pins) == 1
+
+
+class ListingRacedStore(ImageStore):
+    """A store whose `buildah containers` meets another build removing its container `races` times."""
+
+    def __init__(self, root, races: int, message: str = "Error: reading build containers: container not known"):
+        super().__init__(root)
+        self.races, self.message, self.removed = races, message, []
+
+    def buildah(self, step, *args, timeout=0):
+        if args[0] == "containers":
+            if self.races:
+                self.races -= 1
+                raise ImageBuildError(f"containers failed (exit 125); log x:\n{self.message}")
+            return "rootfs-serving-old\nrootfs-other-1\n"
+        if args[0] == "images":
+            return ""
+        self.removed.append(args)
+        return ""
+
+
+def test_a_build_beside_another_lists_again_when_a_container_vanished_meanwhile(tmp_path, monkeypatch):
+    # `make test` builds the images side by side: one build's listing may meet another's removed container
+    monkeypatch.setattr(images.time, "sleep", lambda seconds: None)
+    store = ListingRacedStore(tmp_path, races=2)
+    store._evict_other_versions("serving", "localhost/serving:new")
+    assert store.removed == [("rm", "rootfs-serving-old")]
+    with pytest.raises(ImageBuildError, match="permission denied"):
+        ListingRacedStore(tmp_path, races=1, message="permission denied")._evict_other_versions("serving", "x")

@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STORE_ENV = "MLFLOW_LOCAL_IMAGE_STORE"
 DEFAULT_STORE = ROOT / ".images"
 BUILD_TIMEOUT_SECONDS = 1800
+LISTING_ATTEMPTS = 5
 BASE_PACKAGES = ("python3.11", "python3.11-venv", "python3-distutils", "ca-certificates", "passwd")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BASE_CONFIG = ("--env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--env", "LANG=C.UTF-8",
@@ -219,12 +220,26 @@ class ImageStore:
     def _evict_other_versions(self, name: str, reference: str) -> None:
         """Older versions of an image and their root filesystems: each is a full copy with vfs, so a
         store would otherwise grow by gigabytes with every change."""
-        for container in self.buildah("containers", "containers", "--format", "{{.ContainerName}}").split():
+        for container in self._listing("containers", "--format", "{{.ContainerName}}"):
             if container.startswith(f"rootfs-{name}-") and container != _rootfs_name(reference):
                 self.buildah(f"rm-{container}", "rm", container)
-        for image in self.buildah("images", "images", "--format", "{{.Name}}:{{.Tag}}").split():
+        for image in self._listing("images", "--format", "{{.Name}}:{{.Tag}}"):
             if image.startswith(f"localhost/{name}:") and image != reference:
                 self.buildah(f"rmi-{image}", "rmi", image)
+
+    def _listing(self, what: str, *args: str) -> list[str]:
+        """`buildah containers|images`: a build running beside this one (`make test` builds the images side
+        by side) may remove its working container while buildah lists them, which fails the listing with
+        "container not known"; listed again, it is gone."""
+        attempt = 1
+        while True:
+            try:
+                return self.buildah(what, what, *args).split()
+            except ImageBuildError as err:
+                if "not known" not in str(err) or attempt == LISTING_ATTEMPTS:
+                    raise
+                attempt += 1
+                time.sleep(1)
 
     def config(self, reference: str) -> dict:
         """The image's OCI config (Env, User, WorkingDir, Cmd, ...)."""
